@@ -1,0 +1,467 @@
+"""Write a small synthetic Moth Radio Hour dataset in the exact layout and formats of ds003020.
+
+    python synthetic_data.py --out data/synthetic --seed 0
+
+The files are what ``data_utils`` reads from the real dataset: ``stimuli/<story>.wav`` (44.1 kHz
+16-bit stereo for some stories, 16 kHz mono, 22.05 kHz 24-bit mono for others),
+``derivative/respdict.json``, ``derivative/TextGrids/<story>.TextGrid`` (phone and word tiers;
+long text format, with ``legacy`` and ``exorcism`` in the short format and ``life`` in the
+chronological one; some files start with a UTF-8 BOM) and
+``derivative/preprocessed_data/UTS0N/<story>.hf5`` (float64 ``data`` with rows = respdict - 20,
+z-scored per story; ``individual_repeats`` for ``wheretheressmoke``).
+
+The planted signal
+------------------
+Stimulus: each story is a sequence of word tokens from a small vocabulary, with pauses and
+noise tokens (``sp``, ``{BR}``, ``{LG}``, ``{NS}``) between them. Every word is a fixed sequence
+of 2-4 ARPAbet phones and every phone a short harmonic sound with its own pair of
+frequencies, so a word's acoustics identify the word. Each token gets a random loudness, so
+acoustic energy varies independently of which word is spoken.
+
+Responses: on the standard TR grid (TR ``k`` covers ``2k - 10 .. 2k - 8`` s from story onset)
+two stimulus features are computed per TR:
+
+* semantic: the sum of the fixed ``semantic_dim``-dimensional embeddings (i.i.d. normal, one
+  per word) of the words whose midpoint falls in the TR;
+* acoustic: the RMS energy of the audio in the TR.
+
+Both pass through a haemodynamic lag of 2, 3 and 4 TRs (4-8 s, weights ``HRF_WEIGHTS``).
+A *semantic* voxel's signal is its lagged semantic features times a fixed random weight
+vector; an *acoustic* voxel's signal is the lagged energy (with a random sign); a *noise*
+voxel has none. Each voxel has a signal fraction ``p``: one presentation is
+``sqrt(p) * signal + sqrt(1 - p) * noise`` (signal z-scored per story, white Gaussian noise),
+then z-scored per story. With ``N`` repeats its true noise ceiling is
+``1 / sqrt(1 + (1/p - 1) / N)``; signal voxels get ceilings spread uniformly over 0.1-0.9,
+noise voxels 0. A few noise voxels are NaN throughout the first training story, as masked
+voxels are in the real data.
+
+Everything is recorded in ``synthetic_truth.json`` at the dataset root: voxel types, signal
+fractions, true noise ceilings, the words (phones, embedding), the phone frequencies, the
+HRF and each story's split and file formats.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import soundfile as sf
+
+import data_utils
+
+logger = logging.getLogger(__name__)
+
+VOWELS = ("AA", "AE", "AH", "EH", "IH", "IY", "OW", "UW")
+CONSONANTS = ("B", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "SH", "T", "Z")
+NOISE_TOKENS = ("{BR}", "{LG}", "{NS}")
+HRF_DELAYS = (2, 3, 4)  # TRs
+HRF_WEIGHTS = (0.45, 0.35, 0.2)
+CC_MAX_RANGE = (0.1, 0.9)
+# Training stories in the order they are taken, so that small datasets still hold the
+# stories whose TextGrids are in the compact formats.
+TRAIN_ORDER = ("souls", "legacy", "exorcism") + tuple(
+    s for s in data_utils.TRAIN_STORIES if s not in ("souls", "legacy", "exorcism"))
+TEXTGRID_FORMATS = {"legacy": "short", "exorcism": "short", "life": "chronological"}
+AUDIO_FORMATS = ((44100, 2, "PCM_16"), (16000, 1, "PCM_16"), (44100, 2, "PCM_16"),
+                 (22050, 1, "PCM_24"))
+
+
+def _rng(seed, name):
+    """A random stream for one named part, independent of how many other parts exist."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+# ----------------------------------------------------------------------------- stimulus
+
+def make_lexicon(seed, n_words, semantic_dim):
+    """Phone frequencies and words (phones, phone durations, semantic embedding)."""
+    rng = _rng(seed, "lexicon")
+    phones = {}
+    low = rng.permutation(np.linspace(220.0, 900.0, len(VOWELS) + len(CONSONANTS)))
+    high = rng.permutation(np.linspace(1100.0, 3600.0, len(VOWELS) + len(CONSONANTS)))
+    for phone, f1, f2 in zip(VOWELS + CONSONANTS, low, high):
+        phones[phone] = (round(float(f1), 2), round(float(f2), 2))
+    words = {}
+    while len(words) < n_words:
+        pattern = [("C", "V"), ("C", "V", "C"), ("V", "C"), ("C", "V", "C", "V")][rng.integers(4)]
+        sequence, stressed = [], False
+        for kind in pattern:
+            if kind == "V":
+                sequence.append(f"{VOWELS[rng.integers(len(VOWELS))]}{0 if stressed else 1}")
+                stressed = True
+            else:
+                sequence.append(CONSONANTS[rng.integers(len(CONSONANTS))])
+        label = "".join(p.rstrip("012").lower() for p in sequence)
+        if label in words:
+            continue
+        durations = [round(float(rng.uniform(0.09, 0.15) if p[-1].isdigit()
+                                 else rng.uniform(0.05, 0.09)), 3) for p in sequence]
+        words[label] = {"phones": sequence, "durations": durations,
+                        "embedding": rng.standard_normal(semantic_dim).round(4).tolist()}
+    return {"phones": phones, "words": words}
+
+
+def _phone_sound(frequencies, duration, rate, rng):
+    t = np.arange(int(round(duration * rate))) / rate
+    f1, f2 = frequencies
+    sound = np.sin(2 * np.pi * f1 * t + rng.uniform(0, 2 * np.pi)) + 0.5 * np.sin(2 * np.pi * f2 * t)
+    ramp = min(len(t) // 2, int(0.01 * rate))
+    if ramp:
+        envelope = np.ones(len(t))
+        envelope[:ramp] = np.sin(np.linspace(0, np.pi / 2, ramp)) ** 2
+        envelope[-ramp:] = envelope[:ramp][::-1]
+        sound *= envelope
+    return sound
+
+
+def make_story(seed, story, lexicon, duration, rate):
+    """Audio (float64 mono at ``rate``), phone and word tiers, and the word tokens of a story.
+
+    Returns audio, phone tier, word tier (lists of (start, end, label) tiling 0..duration)
+    and tokens (start, end, word, gain).
+    """
+    rng = _rng(seed, f"story/{story}")
+    audio = rng.normal(0.0, 0.002, int(round(duration * rate)))
+    words = list(lexicon["words"])
+    phone_tier, word_tier, tokens = [], [], []
+    now = 0.0
+
+    def gap(until, label=""):
+        nonlocal now
+        if until > now:
+            phone_tier.append((now, until, label))
+            word_tier.append((now, until, label))
+            now = until
+
+    gap(round(rng.uniform(0.2, 0.6), 3))
+    while True:
+        event = rng.uniform()
+        if event < 0.06:
+            length, label = rng.uniform(0.5, 1.2), "sp"
+        elif event < 0.09:
+            length, label = 0.3, NOISE_TOKENS[rng.integers(len(NOISE_TOKENS))]
+        else:
+            label = words[rng.integers(len(words))]
+            length = sum(lexicon["words"][label]["durations"])
+        if now + length > duration - 0.5:
+            break
+        start = now
+        if label == "sp":
+            gap(round(start + length, 4), "sp")
+        elif label in NOISE_TOKENS:
+            first = int(round(start * rate))
+            audio[first:first + int(length * rate)] += rng.normal(0.0, 0.02, int(length * rate))
+            phone_tier.append((start, start + length, "ns"))
+            word_tier.append((start, start + length, label))
+            now = start + length
+        else:
+            gain = float(10 ** rng.uniform(-0.8, 0.0))
+            info = lexicon["words"][label]
+            for phone, phone_duration in zip(info["phones"], info["durations"]):
+                first = int(round(now * rate))
+                sound = _phone_sound(lexicon["phones"][phone.rstrip("012")], phone_duration, rate, rng)
+                audio[first:first + len(sound)] += 0.5 * gain * sound
+                phone_tier.append((now, now + phone_duration, phone))
+                now += phone_duration
+            word_tier.append((start, now, label))
+            tokens.append((start, now, label, gain))
+        gap(round(now + rng.uniform(0.03, 0.2), 4))
+    gap(duration)
+    return audio, phone_tier, word_tier, tokens
+
+
+def tr_features(tokens, audio, rate, n_grid_trs, lexicon):
+    """Per grid TR: summed word embeddings (n_grid_trs, dim) and audio RMS energy (n_grid_trs,)."""
+    tr_starts = data_utils.TRFile.simulated(n_grid_trs).tr_starts()
+    dim = len(next(iter(lexicon["words"].values()))["embedding"])
+    semantic = np.zeros((n_grid_trs, dim))
+    for start, end, word, _ in tokens:
+        tr = int(np.searchsorted(tr_starts, (start + end) / 2, side="right")) - 1
+        if 0 <= tr < n_grid_trs:
+            semantic[tr] += lexicon["words"][word]["embedding"]
+    energy = np.zeros(n_grid_trs)
+    for tr, start in enumerate(tr_starts):
+        first = max(0, int(round(start * rate)))
+        last = min(len(audio), int(round((start + data_utils.TR_SECONDS) * rate)))
+        if last > first:
+            energy[tr] = np.sqrt(np.mean(audio[first:last] ** 2))
+    return semantic, energy
+
+
+def haemodynamic_lag(features):
+    """Features seen through the lag: sum over ``HRF_DELAYS`` of weight * features[k - delay]."""
+    lagged = np.zeros_like(features)
+    for delay, weight in zip(HRF_DELAYS, HRF_WEIGHTS):
+        lagged[delay:] += weight * features[:-delay]
+    return lagged
+
+
+# ----------------------------------------------------------------------------- responses
+
+def make_subject(seed, subject, n_voxels, n_repeats, semantic_dim, semantic_fraction,
+                 acoustic_fraction):
+    """Voxel types, signal fractions, true ceilings and weights of one synthetic subject."""
+    rng = _rng(seed, f"subject/{subject}")
+    n_semantic = int(round(semantic_fraction * n_voxels))
+    n_acoustic = int(round(acoustic_fraction * n_voxels))
+    types = np.array(["semantic"] * n_semantic + ["acoustic"] * n_acoustic
+                     + ["noise"] * (n_voxels - n_semantic - n_acoustic))
+    types = types[rng.permutation(n_voxels)]
+    target = rng.uniform(*CC_MAX_RANGE, n_voxels)
+    signal_fraction = np.where(types == "noise", 0.0,
+                               1.0 / (1.0 + n_repeats * (1.0 / target ** 2 - 1.0)))
+    true_cc_max = np.zeros(n_voxels)
+    has_signal = signal_fraction > 0
+    true_cc_max[has_signal] = 1.0 / np.sqrt(
+        1.0 + (1.0 / signal_fraction[has_signal] - 1.0) / n_repeats)
+    return {
+        "types": types,
+        "signal_fraction": signal_fraction,
+        "true_cc_max": true_cc_max,
+        "n_repeats": n_repeats,
+        # rounded as written to synthetic_truth.json, so the recorded weights are the ones used
+        "semantic_weights": (rng.standard_normal((n_voxels, semantic_dim)).round(4)
+                             * (types == "semantic")[:, None]),
+        "acoustic_sign": rng.choice([-1.0, 1.0], n_voxels) * (types == "acoustic"),
+    }
+
+
+def _zscore(x, axis=0):
+    std = x.std(axis=axis, keepdims=True)
+    return (x - x.mean(axis=axis, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
+def voxel_signals(subject, semantic, energy):
+    """Noise-free z-scored signal of every voxel on the response rows: (rows, n_voxels)."""
+    lagged_semantic = haemodynamic_lag(semantic)
+    lagged_energy = haemodynamic_lag(_zscore(energy))
+    signal = lagged_semantic @ subject["semantic_weights"].T + np.outer(lagged_energy,
+                                                                        subject["acoustic_sign"])
+    rows = slice(data_utils.TRIM_START_TRS, len(energy) - data_utils.TRIM_END_TRS)
+    return _zscore(signal[rows])
+
+
+def presentation(signal, subject, rng):
+    """One noisy presentation, z-scored per voxel: (rows, n_voxels)."""
+    p = subject["signal_fraction"]
+    noise = rng.standard_normal(signal.shape)
+    return _zscore(np.sqrt(p) * signal + np.sqrt(1.0 - p) * noise)
+
+
+# ----------------------------------------------------------------------------- writers
+
+def _praat_number(value):
+    return repr(float(value)) if value != int(value) else str(int(value))
+
+
+def _praat_string(text):
+    return '"' + text.replace('"', '""') + '"'
+
+
+def format_textgrid(tiers, duration, fmt="long"):
+    """Text of a Praat TextGrid of interval tiers (dict name -> [(start, end, label)]).
+
+    fmt: "long", "short" or "chronological", as Praat writes them.
+    """
+    n, end = _praat_number, _praat_number(duration)
+    if fmt == "chronological":
+        lines = ['"Praat chronological TextGrid text file"', f"0 {end}   ! Time domain.",
+                 f"{len(tiers)}   ! Number of tiers."]
+        lines += [f'"IntervalTier" {_praat_string(name)} 0 {end}' for name in tiers]
+        entries = sorted((start, index, stop, label) for index, entries in enumerate(tiers.values(), 1)
+                         for start, stop, label in entries)
+        for start, index, stop, label in entries:
+            lines += ["", f"{index} {n(start)} {n(stop)}", _praat_string(label)]
+        return "\n".join(lines) + "\n"
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', ""]
+    if fmt == "short":
+        lines += ["0", end, "<exists>", str(len(tiers))]
+        for name, entries in tiers.items():
+            lines += ['"IntervalTier"', _praat_string(name), "0", end, str(len(entries))]
+            for start, stop, label in entries:
+                lines += [n(start), n(stop), _praat_string(label)]
+        return "\n".join(lines) + "\n"
+    if fmt != "long":
+        raise ValueError(f"unknown TextGrid format {fmt!r}")
+    lines += ["xmin = 0 ", f"xmax = {end} ", "tiers? <exists> ", f"size = {len(tiers)} ", "item []: "]
+    for index, (name, entries) in enumerate(tiers.items(), 1):
+        lines += [f"    item [{index}]:", '        class = "IntervalTier" ',
+                  f"        name = {_praat_string(name)} ", "        xmin = 0 ",
+                  f"        xmax = {end} ", f"        intervals: size = {len(entries)} "]
+        for number, (start, stop, label) in enumerate(entries, 1):
+            lines += [f"        intervals [{number}]:", f"            xmin = {n(start)} ",
+                      f"            xmax = {n(stop)} ", f"            text = {_praat_string(label)} "]
+    return "\n".join(lines) + "\n"
+
+
+def write_textgrid(path, tiers, duration, fmt="long", bom=False):
+    """Write a TextGrid in UTF-8, with a byte-order mark if ``bom``."""
+    text = format_textgrid(tiers, duration, fmt)
+    Path(path).write_bytes(("\ufeff" if bom else "").encode() + text.encode("utf-8"))
+
+
+def write_wav(path, audio, rate, channels, subtype):
+    """Write mono ``audio`` as a WAV; stereo gets unequal channels whose mean is ``audio``."""
+    if channels == 2:
+        audio = np.stack([1.1 * audio, 0.9 * audio], axis=1)
+    sf.write(path, np.clip(audio, -1.0, 1.0), rate, subtype=subtype, format="WAV")
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def story_plan(n_train_stories, train_trs, test_trs, seed):
+    """Story -> (split, respdict TRs) of the dataset; training lengths vary by +-8 TRs."""
+    if not 1 <= n_train_stories <= len(TRAIN_ORDER):
+        raise ValueError(f"n_train_stories must be 1..{len(TRAIN_ORDER)}")
+    if min(train_trs, test_trs) < data_utils.RESPONSE_ROWS_OFFSET + 8:
+        raise ValueError(f"stories need at least {data_utils.RESPONSE_ROWS_OFFSET + 8} TRs")
+    rng = _rng(seed, "plan")
+    plan = {story: ("train", int(train_trs + rng.integers(-8, 9)))
+            for story in TRAIN_ORDER[:n_train_stories]}
+    plan["stagefright"] = ("validation", train_trs)
+    plan["life"] = ("validation", train_trs)
+    plan[data_utils.TEST_STORY] = ("test", test_trs)
+    return plan
+
+
+def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test_trs=120,
+             n_voxels=200, n_words=48, semantic_dim=16, semantic_fraction=0.4,
+             acoustic_fraction=0.2, overwrite=False):
+    """Write the dataset to ``out`` (atomically: built beside it, then moved into place).
+
+    Subject ``s`` gets ``n_voxels + 16 * (s - 1)`` voxels and 10 repeats of the test story
+    (5 from UTS04 on, as in ds003020); with several subjects the last lacks ``life``.
+    Returns the ground truth that is also written to ``synthetic_truth.json``.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    plan = story_plan(n_train_stories, train_trs, test_trs, seed)
+    lexicon = make_lexicon(seed, n_words, semantic_dim)
+    names = [data_utils.subject_id(s) for s in subjects]
+    truth = {
+        "generator": "synthetic_data.py", "seed": seed,
+        "tr_seconds": data_utils.TR_SECONDS,
+        "hrf": {"delays_tr": list(HRF_DELAYS), "weights": list(HRF_WEIGHTS)},
+        "semantic_dim": semantic_dim,
+        "signal_model": "presentation = zscore(sqrt(p) * zscore(signal) + sqrt(1 - p) * noise)",
+        "phones": {p: list(f) for p, f in lexicon["phones"].items()},
+        "words": lexicon["words"], "stories": {}, "subjects": {},
+    }
+    features = {}
+    with data_utils.atomic_output(out, overwrite=True) as tmp:
+        derivative = tmp / "derivative"
+        for folder in ("stimuli", "derivative/TextGrids"):
+            (tmp / folder).mkdir(parents=True, exist_ok=True)
+        for index, (story, (split, n_trs)) in enumerate(plan.items()):
+            rate, channels, subtype = AUDIO_FORMATS[index % len(AUDIO_FORMATS)]
+            duration = 2.0 * (n_trs - 15)
+            audio, phone_tier, word_tier, tokens = make_story(seed, story, lexicon, duration, rate)
+            fmt = TEXTGRID_FORMATS.get(story, "long")
+            bom = index % 3 == 1
+            write_wav(tmp / "stimuli" / f"{story}.wav", audio, rate, channels, subtype)
+            write_textgrid(derivative / "TextGrids" / f"{story}.TextGrid",
+                           {"phone": phone_tier, "word": word_tier}, duration, fmt, bom)
+            features[story] = tr_features(tokens, audio, rate, n_trs - data_utils.RESPDICT_PAD_TRS,
+                                          lexicon)
+            truth["stories"][story] = {"split": split, "respdict_trs": n_trs,
+                                       "duration_s": duration, "sampling_rate": rate,
+                                       "channels": channels, "subtype": subtype,
+                                       "textgrid_format": fmt, "bom": bom,
+                                       "n_words": len(tokens)}
+        (derivative / "respdict.json").write_text(
+            json.dumps({story: n_trs for story, (_, n_trs) in plan.items()}, indent=1))
+        for number, name in enumerate(names):
+            subject_number = int(name[3:])
+            n_repeats = 10 if subject_number <= 3 else 5
+            subject = make_subject(seed, name, n_voxels + 16 * (subject_number - 1), n_repeats,
+                                   semantic_dim, semantic_fraction, acoustic_fraction)
+            stories = [s for s in plan if not (s == "life" and len(names) > 1
+                                               and number == len(names) - 1)]
+            rng = _rng(seed, f"responses/{name}")
+            nan_story = next(s for s in plan if plan[s][0] == "train")
+            nan_voxels = np.flatnonzero(subject["types"] == "noise")[:2]
+            folder = derivative / "preprocessed_data" / name
+            folder.mkdir(parents=True)
+            for story in stories:
+                signal = voxel_signals(subject, *features[story])
+                with h5py.File(folder / f"{story}.hf5", "w") as handle:
+                    if story == data_utils.TEST_STORY:
+                        repeats = np.stack([presentation(signal, subject, rng)
+                                            for _ in range(n_repeats)])
+                        handle.create_dataset("data", data=_zscore(repeats.mean(axis=0)))
+                        handle.create_dataset("individual_repeats", data=repeats)
+                    else:
+                        data = presentation(signal, subject, rng)
+                        if story == nan_story:
+                            data[:, nan_voxels] = np.nan
+                        handle.create_dataset("data", data=data)
+            truth["subjects"][name] = {
+                "n_voxels": len(subject["types"]), "n_repeats": n_repeats, "stories": stories,
+                "voxel_type": subject["types"].tolist(),
+                **{f"{kind}_voxels": np.flatnonzero(subject["types"] == kind).tolist()
+                   for kind in ("semantic", "acoustic", "noise")},
+                "signal_fraction": subject["signal_fraction"].tolist(),
+                "true_cc_max": subject["true_cc_max"].tolist(),
+                "nan_voxels": {nan_story: nan_voxels.tolist()},
+                "semantic_weights": subject["semantic_weights"].tolist(),
+                "acoustic_sign": subject["acoustic_sign"].tolist(),
+            }
+        (tmp / "synthetic_truth.json").write_text(json.dumps(truth) + "\n")
+    logger.info("wrote %d stories and %d subject(s) to %s", len(plan), len(names), out)
+    return truth
+
+
+def load_truth(data_dir):
+    """The ground truth written next to a synthetic dataset."""
+    path = Path(data_dir) / "synthetic_truth.json"
+    if not path.is_file():
+        raise data_utils.DatasetError(f"{path}: missing; {data_dir} is not a synthetic dataset "
+                                      "written by synthetic_data.py")
+    return json.loads(path.read_text())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Write a small synthetic dataset in the exact ds003020 layout, with a planted "
+                    "signal (semantic, acoustic and noise voxels) recorded in "
+                    "synthetic_truth.json. Deterministic for a seed.")
+    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--subjects", nargs="+", default=["1", "2"],
+                        help="subjects to write, 1..9 (default: 1 2)")
+    parser.add_argument("--n_train_stories", type=int, default=8,
+                        help="training stories, taken from the paper's list (default: %(default)s)")
+    parser.add_argument("--train_trs", type=int, default=64,
+                        help="TRs acquired per training/validation story, +-8 for training "
+                             "(default: %(default)s; responses have 20 rows fewer)")
+    parser.add_argument("--test_trs", type=int, default=120,
+                        help="TRs acquired for the test story wheretheressmoke (default: %(default)s)")
+    parser.add_argument("--n_voxels", type=int, default=200,
+                        help="voxels of UTS01; UTSn gets 16 * (n - 1) more (default: %(default)s)")
+    parser.add_argument("--n_words", type=int, default=48, help="vocabulary size (default: %(default)s)")
+    parser.add_argument("--semantic_dim", type=int, default=16,
+                        help="dimension of the planted word embeddings (default: %(default)s)")
+    parser.add_argument("--semantic_fraction", type=float, default=0.4,
+                        help="fraction of semantic voxels (default: %(default)s)")
+    parser.add_argument("--acoustic_fraction", type=float, default=0.2,
+                        help="fraction of acoustic-energy voxels; the rest are noise (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        generate(args.out, args.seed, args.subjects, args.n_train_stories, args.train_trs,
+                 args.test_trs, args.n_voxels, args.n_words, args.semantic_dim,
+                 args.semantic_fraction, args.acoustic_fraction, args.overwrite)
+    except (FileExistsError, ValueError) as err:
+        logger.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

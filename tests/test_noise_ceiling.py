@@ -1,0 +1,204 @@
+"""Noise ceilings and normalised correlations (Schoppe et al. 2016) in eval_utils."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import data_utils
+import eval_utils
+import synthetic_data
+
+
+def _planted_repeats(signal_fraction, n_repeats=10, n_time=400, seed=0):
+    """Repeats of voxels with known signal fraction, each repeat of unit variance (ddof=1)."""
+    rng = np.random.default_rng(seed)
+    signal = scipy.stats.zscore(rng.standard_normal((n_time, len(signal_fraction))), ddof=1)
+    noise = rng.standard_normal((n_repeats, n_time, len(signal_fraction)))
+    repeats = np.sqrt(signal_fraction) * signal + np.sqrt(1 - signal_fraction) * noise
+    return scipy.stats.zscore(repeats, axis=1, ddof=1), signal
+
+
+def _reference_cc_max(repeats):
+    """SPEC section 4, one voxel at a time with plain numpy."""
+    n = repeats.shape[0]
+    out = []
+    for voxel in range(repeats.shape[2]):
+        y = repeats[:, :, voxel].mean(axis=0)
+        sp = (n * np.var(y, ddof=1) - 1) / (n - 1)
+        out.append(1 / np.sqrt(1 + (1 / n) * (1 / sp - 1)) if sp > 0 else 0.0)
+    return np.array(out)
+
+
+def test_noise_ceiling_matches_the_formula():
+    repeats, _ = _planted_repeats(np.linspace(0.0, 0.6, 25))
+    np.testing.assert_allclose(eval_utils.noise_ceiling(repeats), _reference_cc_max(repeats),
+                               rtol=1e-10)
+
+
+def test_noise_ceiling_recovers_the_true_ceiling():
+    p = np.linspace(0.05, 0.5, 10)
+    repeats, _ = _planted_repeats(p, n_repeats=10, n_time=20000)
+    expected = 1 / np.sqrt(1 + (1 / p - 1) / 10)
+    np.testing.assert_allclose(eval_utils.noise_ceiling(repeats), expected, atol=0.02)
+
+
+def test_no_signal_gives_zero():
+    repeats, _ = _planted_repeats(np.zeros(200), n_time=300)
+    cc_max = eval_utils.noise_ceiling(repeats)
+    assert (cc_max >= 0).all() and np.median(cc_max) == 0.0
+    constant = np.zeros((5, 30, 3))
+    np.testing.assert_array_equal(eval_utils.noise_ceiling(constant), 0.0)
+
+
+def test_dtype_is_kept():
+    repeats, _ = _planted_repeats(np.full(4, 0.3))
+    assert eval_utils.noise_ceiling(repeats.astype(np.float32)).dtype == np.float32
+    assert eval_utils.noise_ceiling(repeats).dtype == np.float64
+    np.testing.assert_allclose(eval_utils.noise_ceiling(repeats.astype(np.float32)),
+                               eval_utils.noise_ceiling(repeats), atol=1e-5)
+
+
+def test_data_norm_false_is_scale_invariant():
+    repeats, _ = _planted_repeats(np.linspace(0.05, 0.5, 8))
+    scaled = repeats * np.array([3.0, 0.5, 2.0, 1.0, 4.0, 1.5, 0.7, 2.5])
+    np.testing.assert_allclose(eval_utils.noise_ceiling(scaled, data_norm=False),
+                               eval_utils.noise_ceiling(repeats), rtol=1e-10)
+    assert not np.allclose(eval_utils.noise_ceiling(scaled), eval_utils.noise_ceiling(repeats))
+
+
+def test_spe_and_cc_norm_against_independent_computation():
+    repeats, signal = _planted_repeats(np.linspace(0.05, 0.5, 12), n_time=300)
+    rng = np.random.default_rng(1)
+    prediction = signal + rng.standard_normal(signal.shape)
+    spe, cc_norm, cc_max, corr = eval_utils.spe_and_cc_norm(repeats, prediction)
+    y = repeats.mean(axis=0)
+    for v in range(y.shape[1]):
+        assert corr[v] == pytest.approx(scipy.stats.pearsonr(y[:, v], prediction[:, v])[0], abs=1e-12)
+        sp = (10 * np.var(y[:, v], ddof=1) - 1) / 9
+        expected_spe = (np.var(y[:, v], ddof=1) - np.var(y[:, v] - prediction[:, v], ddof=1)) / sp
+        assert spe[v] == pytest.approx(expected_spe, rel=1e-10)
+    np.testing.assert_allclose(cc_max, _reference_cc_max(repeats), rtol=1e-10)
+    np.testing.assert_allclose(cc_norm, corr / cc_max, rtol=1e-10)
+
+
+def test_the_true_signal_is_normalised_to_one():
+    """cc_norm of the noise-free signal is about 1 whatever the noise level."""
+    p = np.linspace(0.05, 0.5, 8)
+    repeats, signal = _planted_repeats(p, n_time=20000)
+    _, cc_norm, _, corr = eval_utils.spe_and_cc_norm(repeats, signal)
+    np.testing.assert_allclose(cc_norm, 1.0, atol=0.03)
+    assert corr[0] < 0.6 < corr[-1]
+
+
+def test_edge_cases_give_zeros_not_nan():
+    repeats, signal = _planted_repeats(np.array([0.0, 0.3, 0.3]), n_time=200)
+    repeats[:, :, 0] = 0.0
+    prediction = signal.copy()
+    prediction[:, 2] = 1.0
+    for flooring in (None, 0.2):
+        spe, cc_norm, cc_max, corr = eval_utils.spe_and_cc_norm(repeats, prediction,
+                                                                max_flooring=flooring)
+        for values in (spe, cc_norm, cc_max, corr):
+            assert np.isfinite(values).all()
+        assert cc_max[0] == 0 and spe[0] == 0 and corr[0] == 0 and cc_norm[0] == 0
+        assert corr[2] == 0 and cc_norm[2] == 0
+    _, floored, cc_max, corr = eval_utils.spe_and_cc_norm(repeats, prediction, max_flooring=0.99)
+    np.testing.assert_allclose(floored[1], corr[1] / max(cc_max[1], 0.99))
+
+
+def test_spe_and_cc_norm_every_argument_combination():
+    repeats, signal = _planted_repeats(np.full(3, 0.2), n_time=50)
+    for data_norm in (True, False):
+        for flooring in (None, 0.0, 0.5):
+            for dtype in (np.float32, np.float64):
+                result = eval_utils.spe_and_cc_norm(repeats.astype(dtype), signal.astype(dtype),
+                                                    data_norm=data_norm, max_flooring=flooring)
+                assert len(result) == 4
+                assert all(a.shape == (3,) and a.dtype == dtype and np.isfinite(a).all()
+                           for a in result)
+
+
+@pytest.mark.parametrize("repeats_shape,prediction_shape", [((5, 20, 3), (20, 4)),
+                                                             ((1, 20, 3), (20, 3)),
+                                                             ((20, 3), (20, 3))])
+def test_bad_shapes_raise(repeats_shape, prediction_shape):
+    with pytest.raises(ValueError):
+        eval_utils.spe_and_cc_norm(np.ones(repeats_shape), np.ones(prediction_shape))
+
+
+def test_column_correlation_against_scipy():
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((50, 4)), rng.standard_normal((50, 4))
+    expected = [scipy.stats.pearsonr(x[:, i], y[:, i])[0] for i in range(4)]
+    np.testing.assert_allclose(eval_utils.column_correlation(x, y), expected, atol=1e-12)
+    assert eval_utils.column_correlation(x.astype(np.float32), y.astype(np.float32)).dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- on the dataset
+
+def test_ceilings_track_the_generators_ground_truth(synthetic_dir):
+    truth = synthetic_data.load_truth(synthetic_dir)["subjects"]["UTS01"]
+    cc_max = eval_utils.noise_ceiling(data_utils.load_repeats(synthetic_dir, 1))
+    true = np.array(truth["true_cc_max"])
+    signal = true > 0
+    assert np.corrcoef(cc_max[signal], true[signal])[0, 1] > 0.9
+    assert np.abs(cc_max[signal] - true[signal]).mean() < 0.08
+    assert np.median(cc_max[~signal]) < 0.15
+    assert cc_max.min() == 0.0 and cc_max.max() > 0.8
+
+
+def test_cli_writes_file_and_provenance(synthetic_dir, tmp_path):
+    out = tmp_path / "ncs" / "UTS02.npy"
+    args = ["noise-ceiling", "--data_dir", str(synthetic_dir), "--subject", "UTS02",
+            "--out", str(out), "--voxel_batch", "50"]
+    assert eval_utils.main(args) == 0
+    cc_max = np.load(out)
+    assert cc_max.dtype == np.float64
+    np.testing.assert_allclose(cc_max, eval_utils.noise_ceiling(
+        data_utils.load_repeats(synthetic_dir, 2).astype(np.float64)), rtol=1e-5)
+    metadata = json.loads(out.with_suffix(".json").read_text())
+    assert metadata["subject"] == "UTS02" and metadata["n_repeats"] == 10
+    assert metadata["n_voxels"] == cc_max.size and metadata["run"]["arguments"]["voxel_batch"] == 50
+    out.write_bytes(b"keep me")
+    assert eval_utils.main(args) == 1
+    assert out.read_bytes() == b"keep me"
+    assert eval_utils.main(args + ["--overwrite"]) == 0
+    np.testing.assert_array_equal(np.load(out), cc_max)
+
+
+def test_cli_data_problem_is_one_line(synthetic_dir, tmp_path, caplog):
+    args = ["noise-ceiling", "--data_dir", str(synthetic_dir), "--subject", "3",
+            "--out", str(tmp_path / "x.npy")]
+    assert eval_utils.main(args) == 1
+    assert "UTS03" in caplog.text and not (tmp_path / "x.npy").exists()
+
+
+def test_get_noise_ceiling_computes_once_then_loads(synthetic_dir, tmp_path, caplog):
+    path = tmp_path / "UTS01.npy"
+    with caplog.at_level(logging.INFO):
+        first = eval_utils.get_noise_ceiling(synthetic_dir, 1, path)
+    assert "computing the noise ceiling" in caplog.text and path.exists()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        second = eval_utils.get_noise_ceiling(synthetic_dir, 1, path)
+    assert "computing" not in caplog.text
+    np.testing.assert_array_equal(first, second)
+
+
+def test_noise_ceiling_of_another_subject_is_refused(synthetic_dir, tmp_path):
+    path = tmp_path / "UTS02.npy"
+    eval_utils.get_noise_ceiling(synthetic_dir, 2, path)
+    with pytest.raises(data_utils.DatasetError, match="another subject"):
+        eval_utils.get_noise_ceiling(synthetic_dir, 1, path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(data_utils.DatasetError, match="unreadable noise-ceiling file"):
+        eval_utils.load_noise_ceiling(path)
+
+
+def test_default_nc_path_is_in_the_repository():
+    path = eval_utils.default_nc_path("3")
+    assert path.name == "UTS03.npy" and path.parent.name == "subject_NCs"
+    assert (path.parent / "README.md").exists()
