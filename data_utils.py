@@ -291,7 +291,7 @@ def load_repeats(data_dir, subject, story=TEST_STORY, voxels=None):
 def hdf5_shape(path, name="data"):
     """Shape of a dataset in an HDF5 file, read from metadata only."""
     with _open_hdf5(path) as handle:
-        if name not in handle:
+        if name not in handle or not isinstance(handle[name], h5py.Dataset):
             raise DatasetError(f"{path}: no dataset {name!r} "
                                f"(found: {', '.join(handle.keys()) or 'none'})")
         return handle[name].shape
@@ -372,7 +372,11 @@ def _decode_praat_text(raw, path):
     if raw.startswith(codecs.BOM_UTF8):
         return raw[len(codecs.BOM_UTF8):].decode("utf-8")
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16")
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{path}: damaged UTF-16 text ({err.reason}); the file is "
+                               "truncated or corrupt") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -394,9 +398,11 @@ def parse_textgrid(text, path="<string>"):
     if header == "Praat chronological TextGrid text file":
         tokens.number(), tokens.number()
         n_tiers = tokens.integer()
+        ends = []
         for _ in range(n_tiers):
             kind, name = tokens.string(), tokens.string()
-            tokens.number(), tokens.number()
+            tokens.number()
+            ends.append(tokens.number())
             tiers.append((kind, name, []))
         while not tokens.at_end():
             index = tokens.integer()
@@ -406,6 +412,13 @@ def parse_textgrid(text, path="<string>"):
             start = tokens.number()
             end = tokens.number() if kind == "IntervalTier" else start
             entries.append((start, end, tokens.string()))
+        # This format has no entry counts: a file cut at a line end is caught by interval
+        # tiers that stop before their declared end (Praat's interval tiers tile it).
+        for (kind, name, entries), end in zip(tiers, ends):
+            if kind == "IntervalTier" and (not entries or abs(entries[-1][1] - end) > 1e-6):
+                raise DatasetError(f"{path}: tier {name!r} stops at "
+                                   f"{entries[-1][1] if entries else 0} s but should reach {end} s; "
+                                   "the file is truncated")
     elif header.startswith("ooTextFile"):
         if tokens.string() != "TextGrid":
             raise DatasetError(f"{path}: a Praat text file but not a TextGrid")
@@ -423,13 +436,18 @@ def parse_textgrid(text, path="<string>"):
     else:
         raise DatasetError(f"{path}: not a Praat TextGrid in text format (first value "
                            f"{header!r}); binary TextGrids must be saved as text from Praat")
+    return _unique_names((name, entries) for _, name, entries in tiers)
+
+
+def _unique_names(named):
+    """dict from (name, value) pairs; a repeated name gets a suffix: "word", "word#2", ..."""
     result = {}
-    for _, name, entries in tiers:
+    for name, value in named:
         key, copy = name, 1
         while key in result:
             copy += 1
             key = f"{name}#{copy}"
-        result[key] = entries
+        result[key] = value
     return result
 
 
@@ -524,9 +542,12 @@ class TRFile:
                 others.append((when, label))
         if start is None or len(trtimes) < 2:
             raise DatasetError(f"{path}: needs a 'sound-start' line and at least two triggers")
+        # A gap of more than 1.5 typical TRs means missed triggers: put them back.
         gaps = np.diff(trtimes)
-        for missed in np.flatnonzero(gaps > 1.5 * gaps.mean())[::-1]:
-            trtimes.insert(missed + 1, trtimes[missed] + expectedtr)
+        for missed in np.flatnonzero(gaps > 1.5 * np.median(gaps))[::-1]:
+            n_missing = max(1, int(round(gaps[missed] / expectedtr)) - 1)
+            trtimes[missed + 1:missed + 1] = [trtimes[missed] + k * expectedtr
+                                              for k in range(1, n_missing + 1)]
         return cls(trtimes, start, stop, others, expectedtr)
 
     @property
@@ -547,8 +568,9 @@ class _ResearchTextGrid:
     """Stand-in for the research code's ``TextGrid`` class inside ``grids_huge.jbl``."""
 
     def to_tiers(self):
-        return {tier.nameid: [(float(s), float(e) if e is not None else float(s), str(label))
-                              for s, e, label in _simple_entries(tier)] for tier in self.tiers}
+        return _unique_names((tier.nameid, [(float(s), float(s if e is None else e), str(label))
+                                            for s, e, label in _simple_entries(tier)])
+                             for tier in self.tiers)
 
 
 class _ResearchTier:
@@ -564,17 +586,29 @@ def _simple_entries(tier):
 
 
 class _ResearchUnpickler(pickle.Unpickler):
-    """Unpickler that maps the research code's classes onto ours and refuses anything else."""
+    """Unpickler that maps the research code's classes onto ours and refuses anything else.
 
-    SAFE_MODULES = ("builtins", "copy_reg", "copyreg", "collections", "numpy", "_codecs")
+    Only the exact (module, name) pairs that pickled lists, dicts, numpy scalars and arrays
+    need are allowed, so a pickle cannot reach functions such as ``exec`` or ``os.system``.
+    """
+
     CLASSES = {"TRFile": TRFile, "TextGrid": _ResearchTextGrid, "Tier": _ResearchTier}
+    ALLOWED = {
+        ("builtins", "object"), ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"),
+        ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "object"),
+        ("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor"),
+        ("collections", "OrderedDict"), ("_codecs", "encode"),
+        ("numpy", "dtype"), ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    }
 
     def find_class(self, module, name):
         if name in self.CLASSES:
             return self.CLASSES[name]
-        if module.split(".")[0] in self.SAFE_MODULES:
+        if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load class {module}.{name}")
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
 # Compressed joblib files are plain compressed pickles; the prefixes are those joblib writes.
@@ -866,7 +900,8 @@ def check_dataset(data_dir, subjects=None):
             path = subject_dir(root, name) / f"{TEST_STORY}.hf5"
             try:
                 repeat_shape = hdf5_shape(path, "individual_repeats")
-                repeats = str(repeat_shape[0])
+                if len(repeat_shape) == 3:
+                    repeats = str(repeat_shape[0])
                 if len(repeat_shape) != 3 or tuple(repeat_shape[1:]) != tuple(shapes[TEST_STORY]):
                     subject_problems.append(
                         f"{path}: 'individual_repeats' has shape {repeat_shape}, expected "
