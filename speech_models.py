@@ -1,0 +1,210 @@
+"""Pretrained speech encoders with a voxel regression head: the model that brain-tuning trains.
+
+The family is read from the checkpoint's ``config.json`` (``model_type``), never guessed from
+its name. wav2vec2-like encoders (wav2vec2, HuBERT, WavLM, data2vec-audio) take normalised
+raw audio; Whisper takes log-mel features of 30 s (the audio zero-padded) and only its
+encoder is used. Audio preprocessing happens once in the data pipeline (``AudioPreprocessor``),
+never inside ``forward``.
+"""
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
+                          WhisperFeatureExtractor)
+
+logger = logging.getLogger(__name__)
+
+WAV2VEC2_LIKE = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer")
+WHISPER = ("whisper",)
+SUPPORTED = WAV2VEC2_LIKE + WHISPER
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+class ModelError(ValueError):
+    """A checkpoint that cannot be used as a speech encoder; the message says why."""
+
+
+def model_family(config):
+    """``"wav2vec2"`` for wav2vec2-like encoders, ``"whisper"`` for Whisper."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in WAV2VEC2_LIKE:
+        return "wav2vec2"
+    if model_type in WHISPER:
+        return "whisper"
+    raise ModelError(f"model_type {model_type!r} is not a supported audio encoder (supported: "
+                     f"{', '.join(SUPPORTED)})")
+
+
+def load_config(name_or_path):
+    """The checkpoint's config, with one-line errors for missing or non-audio checkpoints."""
+    looks_local = str(name_or_path).startswith((".", "/", "~")) or Path(name_or_path).exists()
+    if looks_local and not (Path(name_or_path).expanduser() / "config.json").is_file():
+        raise ModelError(f"{name_or_path}: no such model directory (or no config.json in it); "
+                         "give a checkpoint folder or a hub id such as facebook/wav2vec2-base")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{name_or_path}: cannot load a model config ({str(err).splitlines()[0]}); "
+                         "give a checkpoint folder or a hub id that is available offline") from None
+    model_family(config)
+    return config
+
+
+def load_backbone(name_or_path):
+    """Pretrained encoder (``AutoModel``; the whole ``WhisperModel`` for Whisper) and its family."""
+    config = load_config(name_or_path)
+    backbone = AutoModel.from_pretrained(name_or_path, config=config)
+    return backbone, model_family(config)
+
+
+def load_feature_extractor(name_or_path, family):
+    """The checkpoint's feature extractor, or the family's default when none was saved."""
+    try:
+        return AutoFeatureExtractor.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        logger.warning("%s has no preprocessor_config.json: using the default %s feature extractor",
+                       name_or_path, family)
+        return WhisperFeatureExtractor() if family == "whisper" else Wav2Vec2FeatureExtractor(
+            do_normalize=True, return_attention_mask=False)
+
+
+class AudioPreprocessor:
+    """Turns raw 16 kHz audio windows into model inputs, as the feature extractor would.
+
+    wav2vec2-like: zero-mean unit-variance per window when the extractor normalises (as
+    ``Wav2Vec2FeatureExtractor``), else the raw audio. Whisper: log-mel features of the window
+    zero-padded to 30 s, from the checkpoint's ``WhisperFeatureExtractor``.
+    """
+
+    def __init__(self, feature_extractor, family):
+        self.feature_extractor = feature_extractor
+        self.family = family
+        self.sampling_rate = getattr(feature_extractor, "sampling_rate", 16000)
+
+    def __call__(self, windows):
+        """windows: (n, samples) float32 -> float32 (n, samples) or (n, mel bins, frames)."""
+        windows = np.asarray(windows, dtype=np.float32)
+        if self.family == "whisper":
+            return self.feature_extractor(list(windows), sampling_rate=self.sampling_rate,
+                                          return_tensors="np").input_features.astype(np.float32)
+        if getattr(self.feature_extractor, "do_normalize", False):
+            mean = windows.mean(axis=-1, keepdims=True)
+            var = windows.var(axis=-1, keepdims=True)
+            return (windows - mean) / np.sqrt(var + 1e-7)
+        return windows
+
+    def whisper_frames(self, n_samples):
+        """Encoder frames of a Whisper input that come from ``n_samples`` of real audio."""
+        return max(1, math.ceil((n_samples // self.feature_extractor.hop_length) / 2))
+
+
+class BrainTuningModel(nn.Module):
+    """Speech encoder -> mean over time of the last hidden state -> one linear layer.
+
+    Parameters
+    ----------
+    backbone : a transformers audio model (wav2vec2-like, or ``WhisperModel``)
+    family : "wav2vec2" or "whisper"
+    n_outputs : voxels (or target features) predicted
+    whisper_frames : for Whisper, the encoder frames that hold real audio (the rest is the
+        30 s padding and is left out of the mean)
+    """
+
+    def __init__(self, backbone, family, n_outputs, whisper_frames=None):
+        super().__init__()
+        self.backbone = backbone
+        self.family = family
+        self.whisper_frames = whisper_frames
+        self.head = nn.Linear(backbone.config.hidden_size if family != "whisper"
+                              else backbone.config.d_model, n_outputs)
+
+    def encoder(self):
+        """The module that encodes audio (Whisper: the encoder half)."""
+        return self.backbone.encoder if self.family == "whisper" else self.backbone
+
+    def freeze(self):
+        """Freeze what the paper keeps fixed: the CNN feature encoder (wav2vec2-like); the
+        decoder, conv1, conv2 and positional embeddings (Whisper)."""
+        if self.family == "whisper":
+            frozen = [self.backbone.decoder, self.backbone.encoder.conv1,
+                      self.backbone.encoder.conv2, self.backbone.encoder.embed_positions]
+        else:
+            frozen = [self.backbone.feature_extractor]
+        for module in frozen:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+    def pooled(self, inputs):
+        """Mean of the last hidden state over time: (batch, hidden)."""
+        if self.family == "whisper":
+            hidden = self.backbone.encoder(inputs).last_hidden_state
+            return hidden[:, :self.whisper_frames].mean(dim=1)
+        return self.backbone(inputs).last_hidden_state.mean(dim=1)
+
+    def forward(self, inputs):
+        """inputs: (batch, samples) audio or (batch, mel, frames) -> (batch, n_outputs)."""
+        return self.head(self.pooled(inputs))
+
+
+def build_model(name_or_path, n_outputs, window_samples):
+    """Load a checkpoint as a ``BrainTuningModel`` with the paper's freezing, plus its
+    ``AudioPreprocessor``."""
+    backbone, family = load_backbone(name_or_path)
+    preprocessor = AudioPreprocessor(load_feature_extractor(name_or_path, family), family)
+    frames = preprocessor.whisper_frames(window_samples) if family == "whisper" else None
+    model = BrainTuningModel(backbone, family, n_outputs, frames)
+    model.freeze()
+    return model, preprocessor
+
+
+def add_lora(model, rank, alpha=32, dropout=0.1):
+    """Train LoRA adapters instead of the whole encoder (multi-participant brain-tuning).
+
+    Adapters of ``rank`` go on the q/k/v/out attention projections of the encoder layers
+    (Whisper: not the decoder); every base weight of the backbone is frozen. The head still
+    trains fully.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    pattern = r".*encoder\.layers\.\d+\.(self_attn|attention)\.(" + "|".join(LORA_TARGETS) + ")"
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
+    model.backbone = get_peft_model(model.backbone, config)
+    return model
+
+
+def plain_backbone(model):
+    """The backbone as a plain transformers model: LoRA adapters, if any, merged into a copy."""
+    from peft import PeftModel
+
+    if isinstance(model.backbone, PeftModel):
+        return copy.deepcopy(model.backbone).merge_and_unload()
+    return model.backbone
+
+
+def tiny_config(family, **overrides):
+    """A small random-weight config of a family, for tests and the synthetic demo."""
+    from transformers import (Data2VecAudioConfig, HubertConfig, Wav2Vec2Config, WavLMConfig,
+                              WhisperConfig)
+
+    if family == "whisper":
+        settings = dict(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        num_mel_bins=80, vocab_size=64, max_source_positions=1500,
+                        max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                        decoder_start_token_id=1)
+        settings.update(overrides)
+        return WhisperConfig(**settings)
+    classes = {"wav2vec2": Wav2Vec2Config, "hubert": HubertConfig, "wavlm": WavLMConfig,
+               "data2vec-audio": Data2VecAudioConfig}
+    settings = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, conv_dim=(32, 32, 32), conv_stride=(10, 8, 4),
+                    conv_kernel=(10, 8, 4), num_conv_pos_embeddings=16,
+                    num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=64)
+    settings.update(overrides)
+    return classes[family](**settings)

@@ -1,0 +1,342 @@
+"""brain_trainer_story.py with tiny models of every family on a tiny synthetic dataset."""
+
+import json
+import logging
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (AutoModel, BertConfig, BertModel, Wav2Vec2FeatureExtractor,
+                          WhisperFeatureExtractor)
+
+import brain_trainer_story as trainer
+import data_utils
+import eval_utils
+import speech_models
+import synthetic_data
+
+FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
+FAST = ["--batch_size", "8", "--base_lr", "1e-3", "--linear_layer_lr", "1e-2",
+        "--warmup_epochs", "1", "--log_level", "WARNING"]
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """Tiny dataset: 2 training stories of 32-48 rows, noise ceilings precomputed."""
+    root = tmp_path_factory.mktemp("train_data")
+    data = root / "ds"
+    synthetic_data.generate(data, seed=1, subjects=(1, 2), n_train_stories=2, train_trs=60,
+                            test_trs=80, n_voxels=40, n_words=12)
+    for subject in (1, 2):
+        eval_utils.get_noise_ceiling(data, subject, root / f"UTS0{subject}.npy")
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """family -> folder of a tiny random-weight checkpoint saved with save_pretrained."""
+    root = tmp_path_factory.mktemp("models")
+    folders = {}
+    for family in FAMILIES:
+        torch.manual_seed(0)
+        folder = root / family
+        AutoModel.from_config(speech_models.tiny_config(family)).save_pretrained(folder)
+        extractor = (WhisperFeatureExtractor() if family == "whisper"
+                     else Wav2Vec2FeatureExtractor(do_normalize=True))
+        extractor.save_pretrained(folder)
+        folders[family] = folder
+    return folders
+
+
+def run(train_data, model, tmp_path, *extra, subject="1"):
+    args = ["--model_name", str(model), "--subject", *subject.split(), "--data_dir", str(train_data),
+            "--save_dir", str(tmp_path), "--exp_name", "run",
+            "--nc_path", *[str(train_data.parent / f"{data_utils.subject_id(s)}.npy")
+                           for s in subject.split()], *FAST, *extra]
+    return trainer.main(args), tmp_path / "run"
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def test_schedules_match_the_paper():
+    factors = [trainer.backbone_lr_factor(e, 30, 5) for e in range(31)]
+    np.testing.assert_allclose(factors[:6], [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(factors[5:], np.linspace(1, 0, 26))
+    heads = [trainer.head_lr_factor(e, 0.8, 0.1) for e in range(15)]
+    np.testing.assert_allclose(heads, np.maximum(0.8 ** np.arange(15), 0.1))
+
+
+# ----------------------------------------------------------------------------- every family
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_tunes_saves_and_reloads(train_data, tiny_models, tmp_path, family):
+    code, run_dir = run(train_data, tiny_models[family], tmp_path, "--num_epochs", "2")
+    assert code == 0
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint-epoch1", "checkpoint-epoch2", "final", "last", "metrics.jsonl",
+        "run_config.json"]
+    metrics = _metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(metrics[0]) == {"epoch", "train_loss", "val_loss", "val_corr", "lr_backbone",
+                               "lr_head", "seconds"}
+    assert metrics[0]["lr_backbone"] == 0.0 and metrics[1]["lr_backbone"] == pytest.approx(1e-3)
+    assert metrics[1]["lr_head"] == pytest.approx(1e-2 * 0.8)
+
+    before = AutoModel.from_pretrained(tiny_models[family])
+    after = AutoModel.from_pretrained(run_dir / "checkpoint-epoch2")  # epoch 1 has encoder lr 0
+    assert type(after) is type(before) is type(AutoModel.from_pretrained(run_dir / "final"))
+    old, new = before.state_dict(), after.state_dict()
+    assert old.keys() == new.keys()
+    frozen = (("encoder.conv1.", "encoder.conv2.", "encoder.embed_positions.", "decoder.")
+              if family == "whisper" else ("feature_extractor.",))
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed, "nothing was trained"
+    assert not any(k.startswith(frozen) for k in changed), "frozen weights changed"
+    assert any(".layers." in k for k in changed)
+
+    cc_max = np.load(train_data.parent / "UTS01.npy")
+    voxels = json.loads((run_dir / "final" / "voxels.json").read_text())
+    assert voxels == {"UTS01": np.flatnonzero(cc_max > 0.4).tolist()}
+    head = load_file(str(run_dir / "final" / "brain_head.safetensors"))
+    assert head["weight"].shape == (len(voxels["UTS01"]), after.config.hidden_size
+                                    if family != "whisper" else after.config.d_model)
+    config = json.loads((run_dir / "final" / "brain_tuning.json").read_text())
+    assert config["family"] == speech_models.model_family(after.config)
+    assert config["arguments"]["seed"] == 0 and config["epoch"] in (1, 2)
+    assert (run_dir / "final" / "preprocessor_config.json").exists()
+
+
+# ----------------------------------------------------------------------------- learning
+
+def test_loss_falls(train_data, tiny_models, tmp_path):
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "4",
+                        "--save_every", "0", "--patience", "0")
+    assert code == 0
+    losses = [m["train_loss"] for m in _metrics(run_dir)]
+    assert losses[-1] < losses[0]
+    assert not any(p.name.startswith("checkpoint") for p in run_dir.iterdir())
+
+
+def test_final_is_the_best_validation_epoch(train_data, tiny_models, tmp_path):
+    code, run_dir = run(train_data, tiny_models["hubert"], tmp_path, "--num_epochs", "3",
+                        "--patience", "0")
+    assert code == 0
+    metrics = _metrics(run_dir)
+    best = min(metrics, key=lambda m: m["val_loss"])["epoch"]
+    final = AutoModel.from_pretrained(run_dir / "final").state_dict()
+    chosen = AutoModel.from_pretrained(run_dir / f"checkpoint-epoch{best}").state_dict()
+    assert all(torch.equal(final[k], chosen[k]) for k in final)
+    assert json.loads((run_dir / "final" / "brain_tuning.json").read_text())["epoch"] == best
+
+
+def test_early_stopping(train_data, tiny_models, tmp_path, monkeypatch):
+    """With patience 1, training stops once the validation loss fails to improve."""
+    losses = iter([1.0, 0.9, 0.95, 0.8, 0.7, 0.6])
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: (next(losses), 0.0))
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "6",
+                        "--patience", "1", "--save_every", "0")
+    assert code == 0
+    assert [m["val_loss"] for m in _metrics(run_dir)] == [1.0, 0.9, 0.95]
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resume_gives_the_same_weights(train_data, tiny_models, tmp_path, monkeypatch):
+    model = tiny_models["wav2vec2"]
+    code, straight = run(train_data, model, tmp_path / "a", "--num_epochs", "3", "--save_every", "0")
+    assert code == 0
+
+    calls = {"n": 0}
+    original = trainer.save_training_state
+
+    def killed_after_epoch_two(run_dir, state):
+        original(run_dir, state)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_training_state", killed_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(train_data, model, tmp_path / "b", "--num_epochs", "3", "--save_every", "0")
+    monkeypatch.setattr(trainer, "save_training_state", original)
+    assert len(_metrics(tmp_path / "b" / "run")) == 2
+    code, resumed = run(train_data, model, tmp_path / "b", "--num_epochs", "3", "--save_every", "0",
+                        "--resume")
+    assert code == 0
+    a = AutoModel.from_pretrained(straight / "final").state_dict()
+    b = AutoModel.from_pretrained(resumed / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(load_file(str(straight / "final" / "brain_head.safetensors"))["weight"],
+                       load_file(str(resumed / "final" / "brain_head.safetensors"))["weight"])
+    drop = ("seconds",)
+    assert ([{k: v for k, v in m.items() if k not in drop} for m in _metrics(straight)]
+            == [{k: v for k, v in m.items() if k not in drop} for m in _metrics(resumed)])
+
+
+def test_existing_run_is_never_overwritten(train_data, tiny_models, tmp_path, caplog):
+    model = tiny_models["wav2vec2"]
+    assert run(train_data, model, tmp_path, "--num_epochs", "1")[0] == 0
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert run(train_data, model, tmp_path, "--num_epochs", "1")[0] == 1
+    assert "--resume" in caplog.text and "--overwrite" in caplog.text
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    assert run(train_data, model, tmp_path, "--num_epochs", "1", "--seed", "4", "--resume")[0] == 1
+    assert "seed" in caplog.text
+    assert run(train_data, model, tmp_path, "--num_epochs", "1", "--seed", "4", "--overwrite")[0] == 0
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["arguments"]["seed"] == 4
+
+
+# ----------------------------------------------------------------------------- controls and targets
+
+def test_swap_chunks_moves_whole_chunks_far_apart():
+    rng = np.random.default_rng(0)
+    responses = np.arange(400, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    swapped = trainer.swap_chunks(responses, rng)
+    n_chunks = 400 // 15
+    moved = 0
+    for position in range(n_chunks):
+        chunk = swapped[position * 15:(position + 1) * 15, 0]
+        source = int(chunk[0]) // 15
+        np.testing.assert_array_equal(chunk, responses[source * 15:(source + 1) * 15, 0])
+        if source != position:
+            moved += 1
+            assert abs(source - position) >= 10
+            assert int(swapped[source * 15, 0]) // 15 == position  # pairs trade places
+    assert moved >= n_chunks - 2
+    np.testing.assert_array_equal(swapped[n_chunks * 15:], responses[n_chunks * 15:])
+    with pytest.raises(data_utils.DatasetError, match="two 15-row chunks"):
+        trainer.swap_chunks(responses[:20], rng)
+
+
+def test_borrow_responses_uses_other_stories():
+    rng = np.random.default_rng(1)
+    responses = {"a": np.full((30, 2), 1.0), "b": np.full((50, 2), 2.0), "c": np.full((40, 2), 3.0)}
+    borrowed = trainer.borrow_responses(responses, rng)
+    for story, values in borrowed.items():
+        assert values.shape == responses[story].shape
+        donor = values[0, 0]
+        assert donor != responses[story][0, 0] and (values == donor).all()
+    with pytest.raises(data_utils.DatasetError):
+        trainer.borrow_responses({"a": np.ones((3, 1))}, rng)
+
+
+@pytest.mark.parametrize("target", ["random_fmri_all", "random_fmri_local"])
+def test_random_fmri_controls_train(train_data, tiny_models, tmp_path, monkeypatch, target):
+    seen = {}
+    original = trainer.TRWindowDataset.__init__
+
+    def spy(self, audio, bounds, targets, output_offset=0):
+        seen.update(targets)
+        original(self, audio, bounds, targets, output_offset)
+
+    monkeypatch.setattr(trainer.TRWindowDataset, "__init__", spy)
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
+                        "--target", target)
+    assert code == 0 and (run_dir / "final" / "config.json").exists()
+    voxels = json.loads((run_dir / "final" / "voxels.json").read_text())["UTS01"]
+    for story, values in seen.items():
+        real = data_utils.load_fmri(train_data, 1, story, voxels)
+        assert values.shape == real.shape and not np.array_equal(values, real)
+
+
+def test_target_features_replace_fmri(train_data, tiny_models, tmp_path):
+    path = tmp_path / "features.hf5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as handle:
+        for story in data_utils.list_stories(train_data, 1):
+            handle[story] = rng.standard_normal((data_utils.response_rows(train_data, story), 6))
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
+                        "--target_features", str(path))
+    assert code == 0
+    assert load_file(str(run_dir / "final" / "brain_head.safetensors"))["weight"].shape[0] == 6
+    assert json.loads((run_dir / "final" / "voxels.json").read_text()) == {}
+    with h5py.File(path, "a") as handle:
+        del handle["souls"]
+        handle["souls"] = np.zeros((3, 6))
+    code, _ = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
+                  "--target_features", str(path), "--overwrite")
+    assert code == 1
+
+
+# ----------------------------------------------------------------------------- multi-subject, LoRA
+
+@pytest.mark.parametrize("mode", ["shared_head", "per_subject"])
+def test_multi_subject(train_data, tiny_models, tmp_path, mode):
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
+                        "--multi_subject", mode, subject="1 2")
+    assert code == 0
+    voxels = json.loads((run_dir / "final" / "voxels.json").read_text())
+    assert set(voxels) == {"UTS01", "UTS02"}
+    head = load_file(str(run_dir / "final" / "brain_head.safetensors"))["weight"]
+    assert head.shape[0] == len(voxels["UTS01"]) + len(voxels["UTS02"])
+    config = json.loads((run_dir / "run_config.json").read_text())
+    assert config["subjects"] == ["UTS01", "UTS02"]
+
+
+def test_lora_trains_adapters_only_and_saves_merged(train_data, tiny_models, tmp_path):
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "2",
+                        "--lora_rank", "4", "--lora_alpha", "8")
+    assert code == 0
+    before = AutoModel.from_pretrained(tiny_models["wav2vec2"]).state_dict()
+    after = AutoModel.from_pretrained(run_dir / "checkpoint-epoch2").state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.split(".")[-2] in speech_models.LORA_TARGETS for k in changed)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _not_an_audio_model(tmp_path):
+    folder = tmp_path / "bert"
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, vocab_size=50)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["story", "test_story", "subject", "model_path", "bert",
+                                  "nc_wrong_count", "nc_threshold"])
+def test_bad_input_is_one_clear_line(train_data, tiny_models, tmp_path, caplog, case):
+    model, extra, subject = tiny_models["wav2vec2"], ["--num_epochs", "1"], "1"
+    expected = {
+        "story": "story 'nosuchstory' has no responses",
+        "test_story": "never used for tuning",
+        "subject": "subjects found",
+        "model_path": "no such model directory",
+        "bert": "not a supported audio encoder",
+        "nc_wrong_count": "another subject",
+        "nc_threshold": "lower --nc_thr",
+    }[case]
+    if case == "story":
+        extra += ["--train_stories", "souls", "nosuchstory"]
+    elif case == "test_story":
+        extra += ["--train_stories", "souls", data_utils.TEST_STORY]
+    elif case == "subject":
+        subject = "5"
+    elif case == "model_path":
+        model = tmp_path / "absent"
+    elif case == "bert":
+        model = _not_an_audio_model(tmp_path)
+    elif case == "nc_threshold":
+        extra += ["--nc_thr", "0.99"]
+    if case == "nc_wrong_count":
+        code, _ = run(train_data, model, tmp_path, *extra, "--nc_path",
+                      str(train_data.parent / "UTS02.npy"))
+    elif case == "subject":
+        code = trainer.main(["--model_name", str(model), "--subject", subject, "--data_dir",
+                             str(train_data), "--save_dir", str(tmp_path), *FAST, *extra])
+    else:
+        code, _ = run(train_data, model, tmp_path, *extra)
+    assert code == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and expected in errors[0].getMessage()
+    assert "Traceback" not in caplog.text
