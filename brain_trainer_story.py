@@ -437,6 +437,8 @@ def prepare_run_dir(args, is_main):
             raise DatasetError(f"{run_dir}: --resume with other settings than the run: "
                                + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
         return run_dir, state_path
+    if not is_main:  # rank 0 decides; the others only wait for it
+        return run_dir, None
     if run_dir.exists() and any(run_dir.iterdir()):
         if not args.overwrite:
             raise FileExistsError(f"{run_dir} exists; pass --resume to continue that run, "
@@ -482,6 +484,8 @@ def train(args):
     if args.target_features and args.target != "fmri":
         raise DatasetError("--target_features replaces fMRI targets; leave --target at fmri")
     run_dir, state_path = prepare_run_dir(args, is_main)
+    if distributed:
+        dist.barrier()
     speech_models.load_config(args.model_name)
 
     train_stories, val_stories = choose_stories(args, subjects)
@@ -523,8 +527,11 @@ def train(args):
         lambda e: head_lr_factor(e, args.head_lr_decay, args.head_lr_floor)])
     dtype = autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    # SpecAugment's mask embedding (wav2vec2-like) is used only in batches where a mask was
+    # drawn, so some steps leave parameters without gradient.
     network = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True) if distributed else model
 
     num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
     collate = Collate(preprocessor)
@@ -583,6 +590,10 @@ def train(args):
             scaler.update()
             progress.set_postfix(loss=f"{total / count:.4f}")
         scheduler.step()
+        if distributed:
+            sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+            dist.all_reduce(sums)
+            total, count = sums.tolist()
         val_loss, val_corr = np.mean([evaluate(model, loader, device, dtype, n_outputs)
                                       for loader in val_loaders], axis=0)
         line = {"epoch": epoch + 1, "train_loss": total / max(count, 1),

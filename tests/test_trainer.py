@@ -2,6 +2,10 @@
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -340,3 +344,20 @@ def test_bad_input_is_one_clear_line(train_data, tiny_models, tmp_path, caplog, 
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and expected in errors[0].getMessage()
     assert "Traceback" not in caplog.text
+
+
+def test_distributed_data_parallel_on_two_cpu_processes(train_data, tiny_models, tmp_path):
+    """torchrun with two processes (gloo on CPU): rank 0 writes one complete run."""
+    repo = Path(trainer.__file__).resolve().parent
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", str(repo / "brain_trainer_story.py"), "--model_name", str(tiny_models["wav2vec2"]),
+               "--subject", "1", "--data_dir", str(train_data), "--save_dir", str(tmp_path),
+               "--exp_name", "ddp", "--nc_path", str(train_data.parent / "UTS01.npy"),
+               "--num_epochs", "2", *FAST]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    assert [m["epoch"] for m in _metrics(run_dir)] == [1, 2]
+    assert AutoModel.from_pretrained(run_dir / "final").config.model_type == "wav2vec2"
+    assert "Traceback" not in result.stderr
