@@ -1,4 +1,5 @@
-# make demo   set up .venv if needed, then run the main job on the built-in synthetic data
+# make demo   set up .venv if needed, then run the main job on the built-in synthetic data:
+#             dataset, check, noise ceilings, brain-tuning of a tiny model (a few minutes)
 # make test   set up .venv if needed, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,3 +28,8 @@ demo: setup
 	$(BIN)/python data_utils.py check --data_dir $(DEMO_DIR)/data
 	$(BIN)/python eval_utils.py noise-ceiling --data_dir $(DEMO_DIR)/data --subject 1 \
 		--out $(DEMO_DIR)/subject_NCs/UTS01.npy --overwrite
+	$(BIN)/python speech_models.py make-tiny --family wav2vec2 --out $(DEMO_DIR)/tiny-wav2vec2
+	$(BIN)/python brain_trainer_story.py --model_name $(DEMO_DIR)/tiny-wav2vec2 --subject 1 \
+		--data_dir $(DEMO_DIR)/data --nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy \
+		--save_dir $(DEMO_DIR)/runs --exp_name tiny-wav2vec2_UTS01 --overwrite \
+		--num_epochs 3 --batch_size 16 --base_lr 5e-4 --linear_layer_lr 5e-3 --warmup_epochs 1

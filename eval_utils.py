@@ -1,4 +1,4 @@
-"""Evaluation maths: noise ceilings and normalised correlations (Schoppe et al. 2016).
+"""Evaluation maths: noise ceilings, normalised correlations and voxelwise encoding models.
 
 With N repeats ``y_r`` of a response (each of unit variance), ``y`` their mean and variances
 over time with ddof=1 (SPEC section 4)::
@@ -9,6 +9,17 @@ over time with ddof=1 (SPEC section 4)::
 
 ``python eval_utils.py noise-ceiling --data_dir D --subject S`` writes a subject's ceiling to
 ``subject_NCs/UTS0S.npy``.
+
+Encoding models (SPEC section 4): features are Lanczos-downsampled to the TR centres
+(``lanczos_interp``), trimmed per story to the response rows, z-scored and given FIR delays of
+1..4 TRs per story (``delayed_story_features``), then fitted by ridge regression with one
+alpha per voxel chosen by cross-validation on chunks held out inside stories
+(``bootstrap_chunk_splits``, ``fit_ridge_cv``).
+
+Ridge alpha convention: ``fit_ridge_cv`` uses ordinary ridge, minimising
+``||X W - Y||^2 + alpha ||W||^2``. The Huth-lab grid ``logspace(1, 4, 15)`` is in singular-value
+units (weights ``V diag(s / (s^2 + a^2)) U^T Y``), i.e. ``alpha = a^2``: pass
+``np.logspace(1, 4, 15) ** 2`` to reproduce it.
 """
 
 import argparse
@@ -17,6 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 import data_utils
@@ -129,6 +141,225 @@ def spe_and_cc_norm(repeats, prediction, data_norm=True, max_flooring=None):
     cc_norm = np.divide(corr, divisor, out=np.zeros_like(corr), where=divisor > 0)
     dtype = _float_dtype(repeats, prediction)
     return tuple(a.astype(dtype) for a in (spe, cc_norm, cc_max, corr))
+
+
+# ----------------------------------------------------------------------------- features
+
+def lanczos_interp(data, old_times, new_times, window=3, cutoff_mult=1.0):
+    """Resample ``data`` from ``old_times`` to ``new_times`` with a Lanczos kernel.
+
+    The cutoff frequency is ``cutoff_mult / mean(diff(new_times))``; the kernel is
+    ``L(dt) = sinc(f dt) sinc(f dt / window)``, 0 beyond ``|f dt| > window``, and the output
+    is ``sum_j L(new_i - old_j) data_j`` (not normalised), as in the Huth-lab code.
+
+    Parameters
+    ----------
+    data : (n_old, n_features) array
+    old_times, new_times : (n_old,), (n_new,) seconds
+
+    Returns
+    -------
+    (n_new, n_features) in data's float dtype.
+    """
+    data = np.asarray(data)
+    old_times, new_times = np.asarray(old_times, np.float64), np.asarray(new_times, np.float64)
+    if data.ndim != 2 or len(data) != len(old_times):
+        raise ValueError(f"data must be (n_old, n_features) with n_old = len(old_times) = "
+                         f"{len(old_times)}, got {data.shape}")
+    if len(new_times) < 2:
+        raise ValueError("need at least two new times to define the cutoff frequency")
+    cutoff = cutoff_mult / np.mean(np.diff(new_times))
+    scaled = cutoff * (new_times[:, None] - old_times[None, :])
+    kernel = np.sinc(scaled) * np.sinc(scaled / window)
+    kernel[np.abs(scaled) > window] = 0.0
+    dtype = _float_dtype(data)
+    return kernel.astype(dtype) @ data.astype(dtype, copy=False)
+
+
+def make_delayed(x, delays):
+    """FIR delays: for each delay ``d`` a copy of ``x`` shifted down by ``d`` rows (zeros first;
+    negative ``d`` shifts up), side by side in the order of ``delays``.
+
+    (n, n_features) -> (n, n_features * len(delays)), dtype kept.
+    """
+    x = np.asarray(x)
+    n = len(x)
+    blocks = []
+    for delay in delays:
+        shifted = np.zeros_like(x)
+        if delay >= 0:
+            shifted[delay:] = x[:n - delay] if delay < n else 0
+        else:
+            shifted[:delay] = x[-delay:]
+        blocks.append(shifted)
+    return np.hstack(blocks)
+
+
+def zscore(x, axis=0):
+    """Subtract the mean and divide by the population std along ``axis``; constant columns are
+    only demeaned. dtype kept."""
+    x = np.asarray(x)
+    mean = x.mean(axis=axis, keepdims=True)
+    std = x.std(axis=axis, keepdims=True)
+    return ((x - mean) / np.where(std > 0, std, 1)).astype(_float_dtype(x), copy=False)
+
+
+def delayed_story_features(story_features, delays=(1, 2, 3, 4),
+                           trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
+    """Encoding-model design matrix from per-story features on the TR grid.
+
+    Each story's (grid TRs, features) matrix is trimmed (``trim`` TRs at start and end, so rows
+    match the response rows), z-scored and delayed on its own, so that no delay reaches across
+    a story boundary; the stories are then stacked in the given order.
+
+    Parameters
+    ----------
+    story_features : list of (n_grid_trs, n_features) arrays
+
+    Returns
+    -------
+    (sum of trimmed rows, n_features * len(delays)) in the features' dtype.
+    """
+    start, end = trim
+    return np.vstack([make_delayed(zscore(f[start:len(f) - end]), delays)
+                      for f in story_features])
+
+
+def bootstrap_chunk_splits(story_lengths, n_boots=3, chunk_len=20, held_out_fraction=0.25,
+                           seed=0):
+    """Random held-out chunks for choosing ridge alphas, never crossing a story boundary.
+
+    The rows of each story (stacked in order) are cut into consecutive chunks of
+    ``chunk_len`` (a story's last chunk may be shorter); each bootstrap holds out a random
+    ``held_out_fraction`` of all chunks.
+
+    Returns
+    -------
+    list of ``n_boots`` (train_idx, val_idx) pairs of sorted int64 row indices.
+    """
+    chunks, offset = [], 0
+    for length in story_lengths:
+        chunks += [np.arange(offset + s, offset + min(s + chunk_len, length))
+                   for s in range(0, length, chunk_len)]
+        offset += length
+    n_held = max(1, int(round(held_out_fraction * len(chunks))))
+    if n_held >= len(chunks):
+        raise ValueError(f"{len(chunks)} chunks of {chunk_len} rows are too few to hold out "
+                         f"{held_out_fraction:.0%} and train on the rest")
+    rng = np.random.default_rng(seed)
+    splits = []
+    for _ in range(n_boots):
+        held = np.zeros(offset, bool)
+        for index in rng.choice(len(chunks), n_held, replace=False):
+            held[chunks[index]] = True
+        splits.append((np.flatnonzero(~held), np.flatnonzero(held)))
+    return splits
+
+
+# ----------------------------------------------------------------------------- ridge
+
+def _as_tensor(array, device):
+    return torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array,
+                           device=device)
+
+
+def _eig_gram(x):
+    """Eigenvalues (clipped at 0) and eigenvectors of x^T x, solved in float64."""
+    gram = (x.T @ x).double()
+    values, vectors = torch.linalg.eigh(gram)
+    return values.clamp_min(0).to(x.dtype), vectors.to(x.dtype)
+
+
+def _centred_correlation(prediction, y_centred, y_norm):
+    """Column correlations of prediction with already centred targets of norm ``y_norm``."""
+    centred = prediction - prediction.mean(0, keepdim=True)
+    denominator = centred.norm(dim=0) * y_norm
+    numerator = (centred * y_centred).sum(0)
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30),
+                       torch.zeros_like(numerator))
+
+
+def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budget=2 * 2**30,
+                 progress=False):
+    """Ridge regression with one alpha per voxel chosen by cross-validated correlation.
+
+    Minimises ``||X W - Y||^2 + alpha ||W||^2`` (ordinary ridge; see the module docstring for
+    the singular-value convention of the Huth-lab grid). For each split, the Gram matrix of
+    the training rows is eigendecomposed once and the targets are projected once; every alpha
+    then costs one (held-out rows x features x voxels) product. Each voxel gets the alpha with
+    the best mean held-out Pearson correlation over the splits (the first one on ties), and
+    the weights are refitted on all rows, voxels grouped by their alpha. No intercept: X and Y
+    should be centred (z-scored), as the encoding pipeline makes them.
+
+    Parameters
+    ----------
+    X : (n_samples, n_features) array
+    Y : (n_samples, n_voxels) array
+    alphas : (n_alphas,) ridge penalties
+    splits : list of (train_idx, val_idx), e.g. from ``bootstrap_chunk_splits``
+    backend : "numpy" (arrays in and out, computed with torch on the CPU) or "torch"
+        (tensors in and out, on ``device``: CPU or CUDA)
+    memory_budget : bytes of working memory; voxels are processed in batches that fit
+
+    Returns
+    -------
+    weights : (n_features, n_voxels), best_alphas : (n_voxels,), cv_scores : (n_alphas, n_voxels)
+        in the input float dtype (float32 stays float32).
+    """
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+    if not len(splits):
+        raise ValueError("fit_ridge_cv needs at least one (train_idx, val_idx) split")
+    if device is None:
+        device = X.device if torch.is_tensor(X) else torch.device("cpu")
+    X, Y = _as_tensor(X, device), _as_tensor(Y, device)
+    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
+        raise ValueError(f"X and Y must be (samples, features) and (samples, voxels) with the "
+                         f"same samples, got {tuple(X.shape)} and {tuple(Y.shape)}")
+    dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
+    X, Y = X.to(dtype), Y.to(dtype)
+    alphas_t = torch.as_tensor(np.asarray(alphas, dtype=np.float64), device=device).to(dtype)
+    n_samples, n_features = X.shape
+    n_voxels = Y.shape[1]
+
+    folds = []
+    for train_idx, val_idx in splits:
+        val = torch.as_tensor(np.asarray(val_idx), device=device)
+        values, vectors = _eig_gram(X[torch.as_tensor(np.asarray(train_idx), device=device)])
+        folds.append((val, values, vectors, X[val] @ vectors, X[val]))
+    all_values, all_vectors = _eig_gram(X)
+
+    itemsize = X.element_size()
+    per_voxel = itemsize * (3 * n_samples + 4 * n_features + 2 * len(alphas_t))
+    batch = int(max(1, min(n_voxels, memory_budget // per_voxel)))
+    weights = torch.empty((n_features, n_voxels), dtype=dtype, device=device)
+    cv_scores = torch.zeros((len(alphas_t), n_voxels), dtype=dtype, device=device)
+    best = torch.empty(n_voxels, dtype=torch.long, device=device)
+    for first in tqdm(range(0, n_voxels, batch), desc="ridge", unit="voxel batch",
+                      disable=not progress):
+        columns = slice(first, min(first + batch, n_voxels))
+        y = Y[:, columns]
+        xty = X.T @ y
+        for val, values, vectors, x_val_rotated, x_val in folds:
+            y_val = y[val]
+            projected = vectors.T @ (xty - x_val.T @ y_val)
+            y_centred = y_val - y_val.mean(0, keepdim=True)
+            y_norm = y_centred.norm(dim=0)
+            for index, alpha in enumerate(alphas_t):
+                prediction = (x_val_rotated / (values + alpha)) @ projected
+                cv_scores[index, columns] += _centred_correlation(prediction, y_centred, y_norm)
+        scores = cv_scores[:, columns]
+        scores /= len(folds)
+        best[columns] = scores.argmax(0)
+        projected = all_vectors.T @ xty
+        for index in torch.unique(best[columns]).tolist():
+            chosen = torch.nonzero(best[columns] == index).flatten()
+            weights[:, first + chosen] = all_vectors @ (projected[:, chosen]
+                                                        / (all_values + alphas_t[index])[:, None])
+    best_alphas = alphas_t[best]
+    if backend == "numpy":
+        return weights.cpu().numpy(), best_alphas.cpu().numpy(), cv_scores.cpu().numpy()
+    return weights, best_alphas, cv_scores
 
 
 # ----------------------------------------------------------------------------- NC files

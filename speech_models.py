@@ -7,9 +7,11 @@ encoder is used. Audio preprocessing happens once in the data pipeline (``AudioP
 never inside ``forward``.
 """
 
+import argparse
 import copy
 import logging
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +210,35 @@ def tiny_config(family, **overrides):
                     num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=64)
     settings.update(overrides)
     return classes[family](**settings)
+
+
+def save_tiny_model(out, family, seed=0):
+    """Write a tiny random-weight checkpoint (model and feature extractor) to ``out``."""
+    torch.manual_seed(seed)
+    AutoModel.from_config(tiny_config(family)).save_pretrained(out)
+    extractor = (WhisperFeatureExtractor() if family == "whisper"
+                 else Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False))
+    extractor.save_pretrained(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Speech-model utilities for brain-tuning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    tiny = commands.add_parser(
+        "make-tiny", help="write a tiny random-weight checkpoint (no download)",
+        description="Write a tiny random-weight checkpoint of a family, with its feature "
+                    "extractor, that every script loads like a real one. For demos and tests: "
+                    "it has learned nothing.")
+    tiny.add_argument("--family", choices=("wav2vec2", "hubert", "wavlm", "data2vec-audio",
+                                           "whisper"), default="wav2vec2", help="model family")
+    tiny.add_argument("--out", required=True, help="output folder")
+    tiny.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    save_tiny_model(args.out, args.family, args.seed)
+    logger.info("wrote a tiny %s checkpoint to %s", args.family, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoModel, BertConfig, BertModel, Wav2Vec2FeatureExtractor,
-                          WhisperFeatureExtractor)
+from transformers import AutoModel, BertConfig, BertModel
 
 import brain_trainer_story as trainer
 import data_utils
@@ -44,13 +43,8 @@ def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     folders = {}
     for family in FAMILIES:
-        torch.manual_seed(0)
-        folder = root / family
-        AutoModel.from_config(speech_models.tiny_config(family)).save_pretrained(folder)
-        extractor = (WhisperFeatureExtractor() if family == "whisper"
-                     else Wav2Vec2FeatureExtractor(do_normalize=True))
-        extractor.save_pretrained(folder)
-        folders[family] = folder
+        folders[family] = root / family
+        assert speech_models.main(["make-tiny", "--family", family, "--out", str(folders[family])]) == 0
     return folders
 
 

@@ -1,0 +1,214 @@
+"""Encoding-model maths in eval_utils: Lanczos resampling, delays, z-scoring, splits, ridge."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import eval_utils
+
+
+# ----------------------------------------------------------------------------- Lanczos
+
+def _lanczos_reference(data, old_times, new_times, window=3, cutoff_mult=1.0):
+    """The kernel sum written out with math.sin, one output value at a time."""
+    cutoff = cutoff_mult / ((new_times[-1] - new_times[0]) / (len(new_times) - 1))
+    out = np.zeros((len(new_times), data.shape[1]))
+    for i, t_new in enumerate(new_times):
+        for j, t_old in enumerate(old_times):
+            x = cutoff * (t_new - t_old)
+            if x == 0:
+                weight = 1.0
+            elif abs(x) > window:
+                weight = 0.0
+            else:
+                weight = window * math.sin(math.pi * x) * math.sin(math.pi * x / window) / (
+                    math.pi ** 2 * x ** 2)
+            out[i] += weight * data[j]
+    return out
+
+
+def test_lanczos_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    old_times = np.sort(rng.uniform(0, 60, 200))
+    new_times = np.arange(30) * 2.0 + 1.0
+    data = rng.standard_normal((200, 3))
+    np.testing.assert_allclose(eval_utils.lanczos_interp(data, old_times, new_times),
+                               _lanczos_reference(data, old_times, new_times), atol=1e-10)
+    np.testing.assert_allclose(
+        eval_utils.lanczos_interp(data, old_times, new_times, window=2, cutoff_mult=0.5),
+        _lanczos_reference(data, old_times, new_times, window=2, cutoff_mult=0.5), atol=1e-10)
+
+
+def test_lanczos_passes_slow_signals_and_keeps_dtype():
+    """A slow sine sampled every 0.1 s comes out at the TRs scaled by the 20 samples per TR."""
+    old_times = np.arange(0, 600, 0.1)
+    new_times = np.arange(20, 580, 2.0)
+    slow = np.sin(2 * np.pi * old_times / 60.0)[:, None].astype(np.float32)
+    out = eval_utils.lanczos_interp(slow, old_times, new_times)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0] / 20.0, np.sin(2 * np.pi * new_times / 60.0), atol=0.01)
+    fast = np.sin(2 * np.pi * old_times / 1.0)[:, None]  # 1 Hz, far above the 0.25 Hz Nyquist
+    assert np.abs(eval_utils.lanczos_interp(fast, old_times, new_times)).max() < 0.05 * 20
+
+
+# ----------------------------------------------------------------------------- delays, z-scores
+
+def test_make_delayed_shifts_with_zero_padding():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2) + 1
+    out = eval_utils.make_delayed(x, [1, 2, -1, 0])
+    assert out.shape == (6, 8) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, 0:2], np.vstack([np.zeros((1, 2)), x[:-1]]))
+    np.testing.assert_array_equal(out[:, 2:4], np.vstack([np.zeros((2, 2)), x[:-2]]))
+    np.testing.assert_array_equal(out[:, 4:6], np.vstack([x[1:], np.zeros((1, 2))]))
+    np.testing.assert_array_equal(out[:, 6:8], x)
+    np.testing.assert_array_equal(eval_utils.make_delayed(x, [10]), 0)
+
+
+def test_zscore_population_std_and_constant_columns():
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]], dtype=np.float32)
+    out = eval_utils.zscore(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], (x[:, 0] - 3) / np.sqrt(8 / 3), rtol=1e-6)
+    np.testing.assert_array_equal(out[:, 1], 0)
+
+
+def test_story_features_are_trimmed_scored_and_delayed_per_story():
+    rng = np.random.default_rng(1)
+    stories = [rng.standard_normal((40, 2)) * 5 + 3, rng.standard_normal((55, 2))]
+    design = eval_utils.delayed_story_features(stories, delays=(1, 2, 3, 4))
+    assert design.shape == (25 + 40, 8)
+    second = eval_utils.zscore(stories[1][10:-5])
+    # the first rows of the second story are zero in the delayed copies: nothing leaks from
+    # the end of the first story
+    np.testing.assert_array_equal(design[25, 0:2], 0)
+    np.testing.assert_array_equal(design[25:29, 6:8], 0)
+    np.testing.assert_allclose(design[26, 0:2], second[0])
+    np.testing.assert_allclose(design[:25, 2:4], eval_utils.make_delayed(
+        eval_utils.zscore(stories[0][10:-5]), [2]))
+
+
+# ----------------------------------------------------------------------------- splits
+
+def test_splits_hold_out_whole_chunks_inside_stories():
+    lengths = [53, 100, 47]
+    splits = eval_utils.bootstrap_chunk_splits(lengths, n_boots=5, chunk_len=20, seed=3)
+    boundaries = np.cumsum([0] + lengths)
+    story_of = np.searchsorted(boundaries, np.arange(sum(lengths)), side="right") - 1
+    assert len(splits) == 5
+    for train, val in splits:
+        assert np.intersect1d(train, val).size == 0
+        np.testing.assert_array_equal(np.union1d(train, val), np.arange(sum(lengths)))
+        assert 0.15 < len(val) / sum(lengths) < 0.35
+        # held-out rows form runs that start at chunk starts within a story
+        runs = np.split(val, np.flatnonzero(np.diff(val) != 1) + 1)
+        for run in runs:
+            start_in_story = run[0] - boundaries[story_of[run[0]]]
+            assert start_in_story % 20 == 0
+            assert len(set(story_of[run])) >= 1
+    assert not all(np.array_equal(splits[0][1], s[1]) for s in splits[1:])
+    again = eval_utils.bootstrap_chunk_splits(lengths, n_boots=5, chunk_len=20, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
+    with pytest.raises(ValueError):
+        eval_utils.bootstrap_chunk_splits([20], chunk_len=20)
+
+
+def test_chunks_never_straddle_stories():
+    lengths = [25, 25]
+    for train, val in eval_utils.bootstrap_chunk_splits(lengths, n_boots=20, chunk_len=20,
+                                                        held_out_fraction=0.25, seed=0):
+        assert set(val.tolist()) in ({*range(0, 20)}, {*range(20, 25)}, {*range(25, 45)},
+                                     {*range(45, 50)})
+
+
+# ----------------------------------------------------------------------------- ridge
+
+def _problem(n=400, p=30, v=50, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p))
+    weights = rng.standard_normal((p, v)) * (rng.uniform(size=v) > 0.2)
+    noise = rng.standard_normal((n, v)) * np.linspace(0.3, 30, v)
+    return X.astype(dtype), (X @ weights + noise).astype(dtype)
+
+
+def test_ridge_refit_matches_the_closed_form():
+    X, Y = _problem()
+    alphas = np.logspace(-2, 4, 7)
+    splits = eval_utils.bootstrap_chunk_splits([200, 200], n_boots=3, chunk_len=20)
+    weights, best, scores = eval_utils.fit_ridge_cv(X, Y, alphas, splits)
+    assert weights.shape == (30, 50) and best.shape == (50,) and scores.shape == (7, 50)
+    assert len(set(best.tolist())) > 1  # the noise levels call for different alphas
+    for voxel in range(50):
+        expected = np.linalg.solve(X.T @ X + best[voxel] * np.eye(30), X.T @ Y[:, voxel])
+        np.testing.assert_allclose(weights[:, voxel], expected, rtol=1e-8, atol=1e-10)
+
+
+def test_ridge_cv_scores_match_a_direct_computation():
+    X, Y = _problem(v=6)
+    alphas = np.array([0.1, 10.0, 1000.0])
+    splits = eval_utils.bootstrap_chunk_splits([400], n_boots=2, chunk_len=25)
+    _, best, scores = eval_utils.fit_ridge_cv(X, Y, alphas, splits)
+    expected = np.zeros((3, 6))
+    for train, val in splits:
+        for a, alpha in enumerate(alphas):
+            w = np.linalg.solve(X[train].T @ X[train] + alpha * np.eye(30), X[train].T @ Y[train])
+            expected[a] += eval_utils.column_correlation(X[val] @ w, Y[val]) / len(splits)
+    np.testing.assert_allclose(scores, expected, atol=1e-10)
+    np.testing.assert_array_equal(best, alphas[expected.argmax(0)])
+
+
+def test_ridge_agrees_with_himalaya():
+    himalaya = pytest.importorskip("himalaya")
+    from himalaya.backend import set_backend
+    from himalaya.ridge import RidgeCV
+    from himalaya.scoring import correlation_score
+
+    set_backend("numpy", on_error="warn")
+    X, Y = _problem(n=600, p=40, v=80, seed=2, dtype=np.float32)
+    alphas = np.logspace(-1, 5, 10)
+    splits = eval_utils.bootstrap_chunk_splits([300, 300], n_boots=3, chunk_len=20, seed=1)
+    weights, best, _ = eval_utils.fit_ridge_cv(X, Y, alphas, splits)
+    reference = RidgeCV(alphas=alphas, cv=splits, fit_intercept=False,
+                        solver_params=dict(score_func=correlation_score, local_alpha=True))
+    reference.fit(X, Y)
+    np.testing.assert_allclose(best, reference.best_alphas_, rtol=1e-5)
+    np.testing.assert_allclose(weights, reference.coef_, atol=1e-4)
+    assert himalaya.__version__
+
+
+def test_ridge_dtype_batches_and_torch_backend_agree():
+    X, Y = _problem(v=40, dtype=np.float32)
+    alphas = np.logspace(-1, 4, 6)
+    splits = eval_utils.bootstrap_chunk_splits([400], n_boots=3, chunk_len=20)
+    weights, best, scores = eval_utils.fit_ridge_cv(X, Y, alphas, splits)
+    assert weights.dtype == best.dtype == scores.dtype == np.float32
+    small = eval_utils.fit_ridge_cv(X, Y, alphas, splits, memory_budget=20_000)
+    for a, b in zip((weights, best, scores), small):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    on_torch = eval_utils.fit_ridge_cv(torch.from_numpy(X), torch.from_numpy(Y), alphas, splits,
+                                       backend="torch")
+    assert all(torch.is_tensor(t) for t in on_torch)
+    for a, b in zip((weights, best, scores), on_torch):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6)
+    double = eval_utils.fit_ridge_cv(X.astype(np.float64), Y.astype(np.float64), alphas, splits)
+    assert double[0].dtype == np.float64
+
+
+def test_ridge_constant_voxels_do_not_break():
+    X, Y = _problem(v=5)
+    Y[:, 2] = 0.0
+    weights, best, scores = eval_utils.fit_ridge_cv(X, Y, [1.0, 10.0], [(np.arange(300),
+                                                                          np.arange(300, 400))])
+    assert np.isfinite(weights).all() and np.isfinite(scores).all()
+    np.testing.assert_array_equal(weights[:, 2], 0)
+    np.testing.assert_array_equal(scores[:, 2], 0)
+
+
+def test_ridge_bad_shapes():
+    with pytest.raises(ValueError):
+        eval_utils.fit_ridge_cv(np.ones((10, 3)), np.ones((9, 2)), [1.0], [])
+    with pytest.raises(ValueError):
+        eval_utils.fit_ridge_cv(np.ones((10, 3)), np.ones((10, 2)), [1.0], [], backend="jax")
+    with pytest.raises(ValueError, match="at least one"):
+        eval_utils.fit_ridge_cv(np.ones((10, 3)), np.ones((10, 2)), [1.0], [])
