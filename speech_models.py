@@ -8,7 +8,9 @@ never inside ``forward``.
 """
 
 import argparse
+import contextlib
 import copy
+import hashlib
 import logging
 import math
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
                           WhisperFeatureExtractor)
 
@@ -133,12 +136,13 @@ class BrainTuningModel(nn.Module):
     def freeze(self):
         """Freeze what the paper keeps fixed: the CNN feature encoder (wav2vec2-like); the
         decoder, conv1, conv2 and positional embeddings (Whisper)."""
-        if self.family == "whisper":
-            frozen = [self.backbone.decoder, self.backbone.encoder.conv1,
-                      self.backbone.encoder.conv2, self.backbone.encoder.embed_positions]
-        else:
-            frozen = [self.backbone.feature_extractor]
-        for module in frozen:
+        if self.family != "whisper":
+            # _freeze_parameters (every wav2vec2-like feature encoder has it) also stops the
+            # CNN from asking for gradients of its input, so no backward pass runs through it
+            self.backbone.feature_extractor._freeze_parameters()
+            return
+        for module in (self.backbone.decoder, self.backbone.encoder.conv1,
+                       self.backbone.encoder.conv2, self.backbone.encoder.embed_positions):
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
 
@@ -210,6 +214,103 @@ def tiny_config(family, **overrides):
                     num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=64)
     settings.update(overrides)
     return classes[family](**settings)
+
+
+# ----------------------------------------------------------------------------- layer features
+
+def num_layers(backbone, family):
+    """Transformer layers of the encoder (hidden-state indices run 0..num_layers)."""
+    return len(backbone.encoder.layers)
+
+
+@contextlib.contextmanager
+def first_layers(backbone, count):
+    """Run only the first ``count`` encoder layers inside the block."""
+    original = backbone.encoder.layers
+    backbone.encoder.layers = nn.ModuleList(list(original)[:count])
+    try:
+        yield
+    finally:
+        backbone.encoder.layers = original
+
+
+def hidden_states_at(backbone, family, inputs, layers, frame):
+    """Hidden states of ``layers`` at time frame ``frame``: dict layer -> (batch, hidden).
+
+    Index 0 is the encoder input, ``i`` the output of layer ``i``. Only the layers up to one
+    past the highest requested one run: the extra layer keeps the requested index free of
+    the final layer norm that some encoders apply after their last layer, so the values are
+    those of the full model.
+    """
+    total = num_layers(backbone, family)
+    encoder = backbone.encoder if family == "whisper" else backbone
+    with first_layers(backbone, min(max(layers) + 1, total)):
+        hidden = encoder(inputs, output_hidden_states=True).hidden_states
+    return {layer: hidden[layer][:, frame] for layer in layers}
+
+
+def window_ends(n_samples, chunk):
+    """End sample of each sliding window: every ``chunk`` samples, the last at the audio end."""
+    return np.minimum(np.arange(1, math.ceil(n_samples / chunk) + 1) * chunk, n_samples)
+
+
+def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.0, chunk_s=0.1,
+                            batch_size=16, device="cpu", dtype=None, naive=False, progress=False):
+    """Features of a story for brain alignment (SPEC section 4).
+
+    A window of ``context_s`` s of context plus a ``chunk_s`` s chunk slides over the audio in
+    ``chunk_s`` steps (shorter windows at the start); each window gives the hidden state of its
+    last frame (Whisper: the last frame from real audio) at each requested layer.
+
+    Parameters
+    ----------
+    audio : (n_samples,) float32 at ``preprocessor.sampling_rate``
+    naive : one window per forward pass, as the original code; same values, slower.
+
+    Returns
+    -------
+    dict layer -> (n_windows, hidden) float32, and the window end times (n_windows,) in s.
+    """
+    rate = preprocessor.sampling_rate
+    chunk, context = int(round(chunk_s * rate)), int(round(context_s * rate))
+    ends = window_ends(len(audio), chunk)
+    starts = np.maximum(0, ends - context - chunk)
+    lengths = ends - starts
+    out = {layer: None for layer in layers}
+    groups = {}
+    for index, length in enumerate(lengths):
+        groups.setdefault(int(length), []).append(index)
+    jobs = []
+    for length, indices in groups.items():
+        step = 1 if naive else batch_size
+        jobs += [(length, indices[i:i + step]) for i in range(0, len(indices), step)]
+    backbone.eval()
+    with torch.inference_mode():
+        for length, indices in tqdm(jobs, desc="windows", unit="batch", disable=not progress):
+            windows = np.stack([audio[starts[i]:ends[i]] for i in indices])
+            inputs = torch.from_numpy(preprocessor(windows)).to(device)
+            frame = preprocessor.whisper_frames(length) - 1 if backbone_family(backbone) == "whisper" else -1
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                states = hidden_states_at(backbone, backbone_family(backbone), inputs, layers, frame)
+            for layer, values in states.items():
+                if out[layer] is None:
+                    out[layer] = np.empty((len(ends), values.shape[-1]), np.float32)
+                out[layer][indices] = values.float().cpu().numpy()
+    return out, ends / rate
+
+
+def backbone_family(backbone):
+    """Family of a loaded transformers model."""
+    return model_family(backbone.config)
+
+
+def fingerprint(backbone):
+    """SHA-256 of a model's weights and config, to key cached features."""
+    digest = hashlib.sha256(backbone.config.to_json_string().encode())
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_tiny_model(out, family, seed=0):

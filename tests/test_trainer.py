@@ -355,3 +355,15 @@ def test_distributed_data_parallel_on_two_cpu_processes(train_data, tiny_models,
     assert [m["epoch"] for m in _metrics(run_dir)] == [1, 2]
     assert AutoModel.from_pretrained(run_dir / "final").config.model_type == "wav2vec2"
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm", "data2vec-audio"])
+def test_no_backward_through_the_frozen_cnn(tiny_models, family):
+    """The frozen CNN's output needs no gradient, so backward stops at the transformer."""
+    model, preprocessor = speech_models.build_model(tiny_models[family], 3, 16000)
+    model.train()
+    inputs = torch.from_numpy(preprocessor(np.random.default_rng(0).standard_normal(
+        (2, 16000)).astype(np.float32)))
+    features = model.backbone.feature_extractor(inputs)
+    assert not features.requires_grad
+    assert not any(p.requires_grad for p in model.backbone.feature_extractor.parameters())
