@@ -1,0 +1,179 @@
+"""brain_evaluate.py: features, caching, encoding scores on the planted signal, the CLI."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import brain_evaluate
+import data_utils
+import eval_utils
+import speech_models
+import synthetic_data
+
+# Shorter windows than the paper's (16 s context, 0.1 s steps) keep the CPU tests quick.
+QUICK = ["--context_s", "3", "--chunk_s", "0.5", "--n_boots", "2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "ds"
+    synthetic_data.generate(data, seed=4, subjects=(1,), n_train_stories=2, train_trs=40,
+                            test_trs=100, n_voxels=30, n_words=10)
+    eval_utils.get_noise_ceiling(data, 1, root / "UTS01.npy")
+    for seed in (0, 1):
+        speech_models.save_tiny_model(root / f"model{seed}", "wav2vec2", seed=seed)
+    return root, data
+
+
+def _run(setup, *extra, save="out"):
+    root, data = setup
+    return brain_evaluate.main([
+        "--model_name", str(root / "model0"), "--model_path", str(root / "model1"),
+        "--subject", "1", "--data_dir", str(data), "--nc_path", str(root / "UTS01.npy"),
+        "--save_dir", str(root / save), "--exp_name", "run", *QUICK, *extra])
+
+
+def test_cli_end_to_end(setup, capsys):
+    root, data = setup
+    nc = np.load(root / "UTS01.npy")
+    roi = {"first": list(range(10)), "rest": list(range(10, 30))}
+    (root / "roi.json").write_text(json.dumps(roi))
+    assert _run(setup, "--layers", "1", "2", "--roi_file", str(root / "roi.json"),
+                "--nc_thr", "0.2") == 0
+    out = root / "out" / "run"
+    printed = capsys.readouterr().out
+    assert "pretrained" in printed and "model1" in printed and "L2" in printed
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {(r["model"], r["layer"], r["region"]) for r in rows} == {
+        (m, l, g) for m in ("pretrained", "model1") for l in ("1", "2")
+        for g in ("all", "first", "rest")}
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["results"]) == len(rows) and results["subject"] == "UTS01"
+    for row in rows:
+        voxels = np.load(out / f"voxels_{row['model']}_layer{row['layer']}.npz")
+        r, cc_norm = voxels["r"], voxels["cc_norm"]
+        assert r.shape == cc_norm.shape == voxels["alpha"].shape == (30,)
+        np.testing.assert_allclose(cc_norm, np.where(nc > 0, r / np.where(nc > 0, nc, 1), 0),
+                                   rtol=1e-5)
+        region = np.arange(30) if row["region"] == "all" else np.array(roi[row["region"]])
+        region = region[nc[region] > 0.2]
+        assert float(row["cc_norm"]) == pytest.approx(float(cc_norm[region].mean()), rel=1e-5)
+    assert (out / "alignment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "run_config.json").read_text())["arguments"]["layers"] == [1, 2]
+
+
+def test_features_are_cached_and_reused(setup, monkeypatch):
+    assert _run(setup, save="cached") == 0
+    first = json.loads((setup[0] / "cached" / "run" / "results.json").read_text())["results"]
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(speech_models, "sliding_window_features", no_extraction)
+    assert _run(setup, "--overwrite", save="cached") == 0
+    again = json.loads((setup[0] / "cached" / "run" / "results.json").read_text())["results"]
+    assert again == first
+
+
+def test_existing_results_are_kept(setup, caplog):
+    assert _run(setup, "--layers", "2", save="kept") == 0
+    assert _run(setup, "--layers", "2", save="kept") == 1
+    assert "--overwrite" in caplog.text
+
+
+def test_default_layers_clip_to_depth_and_explicit_ones_do_not(setup, caplog):
+    assert brain_evaluate.choose_layers(None, 2) == [2]
+    assert brain_evaluate.choose_layers(None, 12) == [2, 5, 7, 8, 10, 11, 12]
+    assert _run(setup, "--layers", "5", save="deep") == 1
+    assert "0..2" in caplog.text
+
+
+def test_noise_ceiling_of_wrong_length_is_refused(setup, caplog):
+    root, _ = setup
+    np.save(root / "short.npy", np.ones(7))
+    assert _run(setup, "--nc_path", str(root / "short.npy"), save="badnc") == 1
+    assert "another subject" in caplog.text
+
+
+def test_test_story_without_repeats(setup, tmp_path, caplog):
+    root, data = setup
+    assert brain_evaluate.main([
+        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data),
+        "--nc_path", str(tmp_path / "missing.npy"), "--test_story", "stagefright",
+        "--save_dir", str(tmp_path), *QUICK]) == 1
+    assert "individual_repeats" in caplog.text
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_batched_features_equal_the_naive_path(tmp_path, family):
+    speech_models.save_tiny_model(tmp_path, family)
+    backbone, family = speech_models.load_backbone(tmp_path)
+    preprocessor = speech_models.AudioPreprocessor(
+        speech_models.load_feature_extractor(tmp_path, family), family)
+    audio = np.random.default_rng(0).standard_normal(16000 * 5).astype(np.float32)
+    fast, times = speech_models.sliding_window_features(backbone, preprocessor, audio, [0, 2],
+                                                        context_s=2.0, chunk_s=0.25)
+    slow, _ = speech_models.sliding_window_features(backbone, preprocessor, audio, [0, 2],
+                                                    context_s=2.0, chunk_s=0.25, naive=True)
+    np.testing.assert_allclose(times, np.arange(1, 21) * 0.25)
+    for layer in (0, 2):
+        assert fast[layer].shape == (20, 32) and fast[layer].dtype == np.float32
+        np.testing.assert_allclose(fast[layer], slow[layer], atol=1e-5)
+    # the last window is the final 2.25 s; its last frame equals the full model's
+    window = torch.from_numpy(preprocessor(audio[None, -36000:]))
+    with torch.inference_mode():
+        encoder = backbone.encoder if family == "whisper" else backbone
+        hidden = encoder(window, output_hidden_states=True).hidden_states
+    frame = preprocessor.whisper_frames(36000) - 1 if family == "whisper" else -1
+    np.testing.assert_allclose(fast[2][-1], hidden[2][0, frame].numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- planted signal
+
+def _planted_window_features(data_dir, story, truth, rng=None):
+    """0.1 s features: each word's planted embedding at its midpoint (or random numbers)."""
+    duration = truth["stories"][story]["duration_s"]
+    times = np.arange(1, int(duration * 10) + 1) / 10.0
+    features = np.zeros((len(times), truth["semantic_dim"]), np.float32)
+    if rng is not None:
+        return rng.standard_normal(features.shape).astype(np.float32), times
+    for start, end, word in data_utils.load_words(data_dir, story):
+        step = min(int((start + end) / 2 * 10), len(times) - 1)
+        features[step] += truth["words"][word]["embedding"]
+    return features, times
+
+
+def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_path):
+    synthetic_dir = tmp_path / "ds"
+    synthetic_data.generate(synthetic_dir, seed=5, subjects=(1,), n_train_stories=6,
+                            train_trs=100, test_trs=311, n_voxels=60, n_words=24)
+    truth = synthetic_data.load_truth(synthetic_dir)
+    subject = truth["subjects"]["UTS01"]
+    stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
+    test = data_utils.TEST_STORY
+    nc = eval_utils.noise_ceiling(data_utils.load_repeats(synthetic_dir, 1)).astype(np.float64)
+    train_responses = np.vstack([data_utils.load_fmri(synthetic_dir, 1, s) for s in stories])
+    test_responses = data_utils.load_fmri(synthetic_dir, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:]
+    splits = eval_utils.bootstrap_chunk_splits(
+        [data_utils.response_rows(synthetic_dir, s) for s in stories], n_boots=3, chunk_len=10)
+    semantic = np.array(subject["semantic_voxels"])
+    semantic = semantic[nc[semantic] > 0.4]
+    noise = np.array(subject["noise_voxels"])
+    scores = {}
+    for name, rng in (("planted", None), ("random", np.random.default_rng(0))):
+        tr_level = {}
+        for story in [*stories, test]:
+            features, times = _planted_window_features(synthetic_dir, story, truth, rng)
+            tr_level[story] = eval_utils.lanczos_interp(
+                features, times, data_utils.tr_times(synthetic_dir, story))
+        x_train, x_test = brain_evaluate.design_matrices(tr_level, stories, test)
+        _, cc_norm, _ = brain_evaluate.encoding_scores(
+            x_train, x_test, train_responses, test_responses, nc, np.logspace(0, 5, 11), splits)
+        scores[name] = cc_norm
+    assert scores["planted"][semantic].mean() > 0.4  # ridge on 480 noisy rows: not 1
+    assert abs(scores["random"][semantic].mean()) < 0.15
+    assert abs(scores["planted"][noise].mean()) < 0.15
