@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -177,3 +178,33 @@ def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_pa
     assert scores["planted"][semantic].mean() > 0.4  # ridge on 480 noisy rows: not 1
     assert abs(scores["random"][semantic].mean()) < 0.15
     assert abs(scores["planted"][noise].mean()) < 0.15
+
+
+def test_logs_dir_epochs_select_checkpoints(setup, tmp_path):
+    root, data = setup
+    run_dir = tmp_path / "run"
+    for name in ("checkpoint-epoch1", "checkpoint-epoch3", "final"):
+        speech_models.save_tiny_model(run_dir / name, "wav2vec2")
+    args = brain_evaluate.parse_args([
+        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data),
+        "--logs_dir", str(run_dir), "--epochs", "1", "3", "final"])
+    assert brain_evaluate.models_to_evaluate(args) == [
+        ("pretrained", str(root / "model0")), ("epoch 1", str(run_dir / "checkpoint-epoch1")),
+        ("epoch 3", str(run_dir / "checkpoint-epoch3")), ("final", str(run_dir / "final"))]
+    args.epochs = ["2"]
+    with pytest.raises(data_utils.DatasetError, match="checkpoint-epoch2.*checkpoint-epoch1"):
+        brain_evaluate.models_to_evaluate(args)
+
+
+def test_feature_and_response_rows_must_match(setup, tmp_path, caplog):
+    root, data = setup
+    copy = tmp_path / "ds"
+    shutil.copytree(data, copy)
+    respdict_path = copy / "derivative" / "respdict.json"
+    respdict = json.loads(respdict_path.read_text())
+    respdict["souls"] += 2
+    respdict_path.write_text(json.dumps(respdict))
+    assert brain_evaluate.main([
+        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(copy),
+        "--nc_path", str(root / "UTS01.npy"), "--save_dir", str(tmp_path / "out"), *QUICK]) == 1
+    assert "do not match respdict.json" in caplog.text
