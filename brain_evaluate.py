@@ -27,7 +27,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
 import data_utils
 import eval_utils
@@ -306,11 +305,8 @@ def run(args):
     if (out_dir / "results.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'results.json'} exists; pass --overwrite or another "
                               "--exp_name")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
-    dtype = torch.bfloat16 if (args.precision == "bf16" or (
-        args.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())) \
-        else None
+    device = speech_models.resolve_device(args.device)
+    dtype = speech_models.autocast_dtype(args.precision, device)
     available = data_utils.list_stories(args.data_dir, subject)
     stories = args.train_stories or [s for s in data_utils.TRAIN_STORIES if s in available]
     for story in [*stories, args.test_story]:

@@ -171,7 +171,7 @@ def head_lr_factor(epoch, decay, floor):
 def choose_stories(args, subjects):
     """Training and validation stories per subject, checked against what is on disk."""
     available = {s: set(data_utils.list_stories(args.data_dir, s)) for s in subjects}
-    if args.target_features is None and args.multi_subject == "shared_head" or len(subjects) == 1:
+    if args.multi_subject == "shared_head" or len(subjects) == 1:
         common = set.intersection(*available.values())
         available = {s: common for s in subjects}
     val = args.val_stories or [s for s in data_utils.VALIDATION_STORIES
@@ -357,22 +357,6 @@ class Collate:
 
 # ----------------------------------------------------------------------------- run
 
-def resolve_device(name, local_rank=0):
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DatasetError(f"--device {name}: no CUDA GPU is available; use --device cpu")
-    return device
-
-
-def autocast_dtype(precision, device):
-    """The autocast dtype for ``--precision`` on ``device`` (None: plain fp32)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def rng_state():
     return {"python": random.getstate(), "numpy": np.random.get_state(),
             "torch": torch.get_rng_state(),
@@ -472,7 +456,7 @@ def train(args):
     """Run (or resume) a brain-tuning run; returns the run folder."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(args.device, local_rank)
+    device = speech_models.resolve_device(args.device, local_rank)
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if distributed else 0
@@ -525,7 +509,7 @@ def train(args):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
         lambda e: backbone_lr_factor(e, args.num_epochs, args.warmup_epochs),
         lambda e: head_lr_factor(e, args.head_lr_decay, args.head_lr_floor)])
-    dtype = autocast_dtype(args.precision, device)
+    dtype = speech_models.autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # SpecAugment's mask embedding (wav2vec2-like) is used only in batches where a mask was
     # drawn, so some steps leave parameters without gradient.

@@ -68,6 +68,13 @@ def load_backbone(name_or_path):
     return backbone, model_family(config)
 
 
+def default_feature_extractor(family):
+    """The standard feature extractor of a family (wav2vec2-like: normalised raw audio)."""
+    if family == "whisper":
+        return WhisperFeatureExtractor()
+    return Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
+
+
 def load_feature_extractor(name_or_path, family):
     """The checkpoint's feature extractor, or the family's default when none was saved."""
     try:
@@ -75,8 +82,24 @@ def load_feature_extractor(name_or_path, family):
     except (OSError, ValueError):
         logger.warning("%s has no preprocessor_config.json: using the default %s feature extractor",
                        name_or_path, family)
-        return WhisperFeatureExtractor() if family == "whisper" else Wav2Vec2FeatureExtractor(
-            do_normalize=True, return_attention_mask=False)
+        return default_feature_extractor(family)
+
+
+def resolve_device(name, local_rank=0):
+    """``auto`` -> the local rank's GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {name}: no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def autocast_dtype(precision, device):
+    """The autocast dtype for ``--precision`` on ``device`` (None: plain fp32)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 class AudioPreprocessor:
@@ -284,14 +307,15 @@ def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.
     for length, indices in groups.items():
         step = 1 if naive else batch_size
         jobs += [(length, indices[i:i + step]) for i in range(0, len(indices), step)]
+    family = backbone_family(backbone)
     backbone.eval()
     with torch.inference_mode():
         for length, indices in tqdm(jobs, desc="windows", unit="batch", disable=not progress):
             windows = np.stack([audio[starts[i]:ends[i]] for i in indices])
             inputs = torch.from_numpy(preprocessor(windows)).to(device)
-            frame = preprocessor.whisper_frames(length) - 1 if backbone_family(backbone) == "whisper" else -1
+            frame = preprocessor.whisper_frames(length) - 1 if family == "whisper" else -1
             with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
-                states = hidden_states_at(backbone, backbone_family(backbone), inputs, layers, frame)
+                states = hidden_states_at(backbone, family, inputs, layers, frame)
             for layer, values in states.items():
                 if out[layer] is None:
                     out[layer] = np.empty((len(ends), values.shape[-1]), np.float32)
@@ -317,9 +341,7 @@ def save_tiny_model(out, family, seed=0):
     """Write a tiny random-weight checkpoint (model and feature extractor) to ``out``."""
     torch.manual_seed(seed)
     AutoModel.from_config(tiny_config(family)).save_pretrained(out)
-    extractor = (WhisperFeatureExtractor() if family == "whisper"
-                 else Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False))
-    extractor.save_pretrained(out)
+    default_feature_extractor("whisper" if family == "whisper" else "wav2vec2").save_pretrained(out)
 
 
 def main(argv=None):
