@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, BertConfig, BertModel
+from transformers import AutoModel, BertConfig, BertModel, Wav2Vec2FeatureExtractor
 
 import brain_trainer_story as trainer
 import data_utils
@@ -123,6 +123,50 @@ def test_loss_falls(train_data, tiny_models, tmp_path):
     losses = [m["train_loss"] for m in _metrics(run_dir)]
     assert losses[-1] < losses[0]
     assert not any(p.name.startswith("checkpoint") for p in run_dir.iterdir())
+
+
+def _held_out_correlation(model_dir, data_dir, voxels, trained_head=True):
+    """Correlation of a model's own predictions with the test story, never used in training."""
+    model, preprocessor = speech_models.build_model(model_dir, len(voxels), 160000)
+    if trained_head:
+        model.head.load_state_dict(load_file(str(model_dir / "brain_head.safetensors")))
+    model.eval()
+    windows = data_utils.tr_audio_windows(data_dir, data_utils.TEST_STORY)
+    with torch.inference_mode():
+        prediction = torch.cat([model(torch.from_numpy(preprocessor(windows[i:i + 32])))
+                                for i in range(0, len(windows), 32)]).numpy()
+    responses = data_utils.load_fmri(data_dir, 1, data_utils.TEST_STORY, voxels)
+    return eval_utils.column_correlation(prediction, responses)
+
+
+def test_tuned_model_predicts_held_out_planted_voxels(tmp_path):
+    """After tuning, the model's predictions of the held-out story follow the planted acoustic
+    voxels; the untuned model (same encoder, fresh head) does not. A tiny random-weight
+    encoder does not learn the semantic voxels in a CPU-sized run, so they are not tested."""
+    data = tmp_path / "ds"
+    synthetic_data.generate(data, seed=2, subjects=(1,), n_train_stories=8, train_trs=80,
+                            test_trs=100, n_voxels=60, n_words=16, semantic_fraction=0.3,
+                            acoustic_fraction=0.5)
+    model_dir = tmp_path / "model"
+    speech_models.save_tiny_model(model_dir, "wav2vec2")
+    Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(model_dir)  # keep loudness
+    code = trainer.main(["--model_name", str(model_dir), "--subject", "1", "--data_dir", str(data),
+                         "--save_dir", str(tmp_path), "--exp_name", "run",
+                         "--nc_path", str(tmp_path / "UTS01.npy"), "--num_epochs", "8",
+                         "--patience", "0", "--batch_size", "8", "--base_lr", "1e-3",
+                         "--linear_layer_lr", "3e-2", "--warmup_epochs", "1", "--save_every", "0",
+                         "--log_level", "WARNING"])
+    assert code == 0
+    final = tmp_path / "run" / "final"
+    voxels = np.array(json.loads((final / "voxels.json").read_text())["UTS01"])
+    types = np.array(synthetic_data.load_truth(data)["subjects"]["UTS01"]["voxel_type"])[voxels]
+    acoustic = types == "acoustic"
+    assert acoustic.sum() >= 10
+    torch.manual_seed(0)
+    untuned = _held_out_correlation(model_dir, data, voxels, trained_head=False)
+    tuned = _held_out_correlation(final, data, voxels)
+    assert tuned[acoustic].mean() > 0.08
+    assert tuned[acoustic].mean() > untuned[acoustic].mean() + 0.05
 
 
 def test_final_is_the_best_validation_epoch(train_data, tiny_models, tmp_path):
@@ -367,3 +411,24 @@ def test_no_backward_through_the_frozen_cnn(tiny_models, family):
     features = model.backbone.feature_extractor(inputs)
     assert not features.requires_grad
     assert not any(p.requires_grad for p in model.backbone.feature_extractor.parameters())
+
+
+def test_loader_workers_do_not_change_training(train_data, tiny_models, tmp_path):
+    """Worker processes only load data: the run is the same as without them."""
+    model = tiny_models["wav2vec2"]
+    assert run(train_data, model, tmp_path / "w0", "--num_epochs", "1", "--num_workers", "0")[0] == 0
+    assert run(train_data, model, tmp_path / "w2", "--num_epochs", "1", "--num_workers", "2")[0] == 0
+    drop = ("seconds",)
+    first, second = (_metrics(tmp_path / name / "run") for name in ("w0", "w2"))
+    assert ([{k: v for k, v in m.items() if k not in drop} for m in first]
+            == [{k: v for k, v in m.items() if k not in drop} for m in second])
+
+
+def test_bf16_autocast_runs(train_data, tiny_models, tmp_path):
+    """--precision bf16 (the GPU default) also runs on the CPU; outputs stay float32."""
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
+                        "--precision", "bf16")
+    assert code == 0
+    assert np.isfinite(_metrics(run_dir)[0]["val_loss"])
+    head = load_file(str(run_dir / "final" / "brain_head.safetensors"))
+    assert head["weight"].dtype == torch.float32
