@@ -432,7 +432,7 @@ def prepare_run_dir(args, is_main):
     return run_dir, None
 
 
-def evaluate(model, loader, device, dtype, n_outputs):
+def evaluate(model, loader, device, dtype):
     """Validation loss (MSE) and mean voxel correlation, in eval mode."""
     model.eval()
     predictions, targets, total, count = [], [], 0.0, 0
@@ -446,10 +446,8 @@ def evaluate(model, loader, device, dtype, n_outputs):
             count += target.numel()
             predictions.append(output.cpu().numpy())
             targets.append(target.cpu().numpy())
-    prediction, target = np.concatenate(predictions), np.concatenate(targets)
-    correlation = float(eval_utils.column_correlation(prediction, target).mean()) \
-        if prediction.shape[1] == target.shape[1] else float("nan")
-    return total / count, correlation
+    correlation = eval_utils.column_correlation(np.concatenate(predictions), np.concatenate(targets))
+    return total / count, float(correlation.mean())
 
 
 def train(args):
@@ -578,7 +576,7 @@ def train(args):
             sums = torch.tensor([total, count], dtype=torch.float64, device=device)
             dist.all_reduce(sums)
             total, count = sums.tolist()
-        val_loss, val_corr = np.mean([evaluate(model, loader, device, dtype, n_outputs)
+        val_loss, val_corr = np.mean([evaluate(model, loader, device, dtype)
                                       for loader in val_loaders], axis=0)
         line = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
                 "val_loss": float(val_loss), "val_corr": float(val_corr),
