@@ -120,7 +120,8 @@ def models_to_evaluate(args):
     if not models:
         raise DatasetError("nothing to evaluate: give --model_path or --logs_dir, or drop "
                            "--skip_pretrained")
-    return models
+    labels = data_utils.unique_names((label, None) for label, _ in models)
+    return [(label, checkpoint) for label, (_, checkpoint) in zip(labels, models)]
 
 
 def choose_layers(requested, depth):
@@ -137,7 +138,10 @@ def choose_layers(requested, depth):
 def cached_story_features(args, backbone, preprocessor, model_key, story, layers, device, dtype):
     """Window features of a story from the cache, extracting (and caching) the missing layers."""
     settings = json.dumps({"context_s": args.context_s, "chunk_s": args.chunk_s,
-                           "rate": preprocessor.sampling_rate}, sort_keys=True)
+                           "autocast": str(dtype),
+                           "preprocessor": hashlib.sha256(
+                               preprocessor.feature_extractor.to_json_string().encode()).hexdigest()},
+                          sort_keys=True)
     path = (Path(args.cache_dir) / model_key[:16]
             / f"{story}_{hashlib.sha256(settings.encode()).hexdigest()[:12]}.hf5")
     features, times = {}, None
@@ -174,7 +178,7 @@ def summarise(values, nc, nc_thr, rois):
     good = nc > nc_thr
     summary = {"all": float(values[good].mean()) if good.any() else float("nan")}
     for name, voxels in rois.items():
-        voxels = np.asarray(voxels)
+        voxels = np.asarray(voxels, dtype=np.intp)
         selected = voxels[good[voxels]]
         summary[name] = float(values[selected].mean()) if selected.size else float("nan")
     return summary
@@ -317,6 +321,8 @@ def run(args):
     nc = eval_utils.get_noise_ceiling(args.data_dir, subject, args.nc_path, args.test_story)
     rois = json.loads(Path(args.roi_file).read_text()) if args.roi_file else {}
     for name, voxels in rois.items():
+        if not all(isinstance(v, int) for v in voxels):
+            raise DatasetError(f"{args.roi_file}: region {name!r} must list integer voxel indices")
         if len(voxels) and (min(voxels) < 0 or max(voxels) >= nc.size):
             raise DatasetError(f"{args.roi_file}: region {name!r} has voxel indices outside "
                                f"0..{nc.size - 1}")

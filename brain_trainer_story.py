@@ -200,6 +200,11 @@ def choose_stories(args, subjects):
     if set(train) & set(val):
         raise DatasetError(f"stories both in training and validation: "
                            f"{', '.join(sorted(set(train) & set(val)))}")
+    for subject in subjects:
+        for kind, stories in (("training", train), ("validation", val)):
+            if not any(story in available[subject] for story in stories):
+                raise DatasetError(f"{subject} has none of the {kind} stories "
+                                   f"({', '.join(stories)}); choose stories every subject has")
     return ({s: [t for t in train if t in available[s]] for s in subjects},
             {s: [t for t in val if t in available[s]] for s in subjects})
 
@@ -247,21 +252,26 @@ def swap_chunks(responses, rng, chunk=CHUNK_TRS, min_distance=MIN_CHUNK_DISTANCE
     return swapped
 
 
-def borrow_responses(responses, rng):
-    """The "all" random-fMRI control: each story gets another story's responses.
+def borrow_responses(responses, train_stories, rng):
+    """The "all" random-fMRI control: each story gets a different training story's responses.
 
-    responses: dict story -> (rows, voxels). Donors form a random derangement; a donor's rows
-    are trimmed, or padded with its own rows drawn at random, to the story's length.
+    responses: dict story -> (rows, voxels). Training stories take each other's responses (a
+    random derangement); any other (validation) story takes a random training story's. A
+    donor's rows are trimmed, or padded with its own rows drawn at random, to the length.
     """
-    stories = list(responses)
-    if len(stories) < 2:
-        raise DatasetError("the random_fmri_all control needs at least two stories")
+    train = [s for s in responses if s in train_stories]
+    if len(train) < 2:
+        raise DatasetError("the random_fmri_all control needs at least two training stories")
     while True:
-        donors = [stories[i] for i in rng.permutation(len(stories))]
-        if all(d != s for d, s in zip(donors, stories)):
+        donors = [train[i] for i in rng.permutation(len(train))]
+        if all(d != s for d, s in zip(donors, train)):
             break
+    donors = dict(zip(train, donors))
+    for story in responses:
+        if story not in donors:
+            donors[story] = train[rng.integers(len(train))]
     borrowed = {}
-    for story, donor in zip(stories, donors):
+    for story, donor in donors.items():
         rows, source = len(responses[story]), responses[donor]
         if len(source) >= rows:
             borrowed[story] = source[:rows].copy()
@@ -271,7 +281,7 @@ def borrow_responses(responses, rng):
     return borrowed
 
 
-def load_targets(args, subjects, stories_by_subject, voxels):
+def load_targets(args, subjects, stories_by_subject, voxels, train_stories):
     """Targets per subject and story: (rows, outputs) float32."""
     if args.target_features:
         return {s: load_target_features(args.target_features, args.data_dir, stories)
@@ -282,7 +292,7 @@ def load_targets(args, subjects, stories_by_subject, voxels):
         responses = {story: data_utils.load_fmri(args.data_dir, subject, story, voxels[subject])
                      for story in tqdm(stories, desc=f"responses {subject}", leave=False)}
         if args.target == "random_fmri_all":
-            responses = borrow_responses(responses, rng)
+            responses = borrow_responses(responses, train_stories[subject], rng)
         elif args.target == "random_fmri_local":
             responses = {story: swap_chunks(r, rng) for story, r in responses.items()}
         targets[subject] = responses
@@ -471,9 +481,13 @@ def train(args):
     speech_models.load_config(args.model_name)
 
     train_stories, val_stories = choose_stories(args, subjects)
+    if distributed and not is_main:
+        dist.barrier()  # rank 0 computes and saves missing noise ceilings first
     voxels = None if args.target_features else select_voxels(args, subjects)
+    if distributed and is_main:
+        dist.barrier()
     stories_by_subject = {s: train_stories[s] + val_stories[s] for s in subjects}
-    targets = load_targets(args, subjects, stories_by_subject, voxels)
+    targets = load_targets(args, subjects, stories_by_subject, voxels, train_stories)
     if args.multi_subject == "shared_head" or len(subjects) == 1:
         merged = {story: np.concatenate([targets[s][story] for s in subjects], axis=1)
                   for story in stories_by_subject[subjects[0]]}
@@ -578,6 +592,10 @@ def train(args):
             total, count = sums.tolist()
         val_loss, val_corr = np.mean([evaluate(model, loader, device, dtype)
                                       for loader in val_loaders], axis=0)
+        if distributed:  # every rank takes rank 0's numbers, so they stop at the same epoch
+            shared = torch.tensor([val_loss, val_corr], dtype=torch.float64, device=device)
+            dist.broadcast(shared, src=0)
+            val_loss, val_corr = shared.tolist()
         line = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
                 "val_loss": float(val_loss), "val_corr": float(val_corr),
                 "lr_backbone": lrs[0], "lr_head": lrs[1], "seconds": time.time() - began}
@@ -627,7 +645,9 @@ def epoch_batches(loaders, args, epoch, rank, distributed, collate, num_workers)
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 101 + index)
         order = torch.randperm(len(train_set), generator=generator).tolist()
         if distributed:
-            order = order[rank::dist.get_world_size()]
+            # pad as DistributedSampler does, so every rank runs the same number of passes
+            world = dist.get_world_size()
+            order = (order + order[:-len(order) % world])[rank::world]
         step = args.batch_size // (dist.get_world_size() if distributed else 1)
         micro = min(args.micro_batch_size, step)
         batches = [[order[i:i + micro] for i in range(s, min(s + step, len(order)), micro)]

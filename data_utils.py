@@ -436,10 +436,10 @@ def parse_textgrid(text, path="<string>"):
     else:
         raise DatasetError(f"{path}: not a Praat TextGrid in text format (first value "
                            f"{header!r}); binary TextGrids must be saved as text from Praat")
-    return _unique_names((name, entries) for _, name, entries in tiers)
+    return unique_names((name, entries) for _, name, entries in tiers)
 
 
-def _unique_names(named):
+def unique_names(named):
     """dict from (name, value) pairs; a repeated name gets a suffix: "word", "word#2", ..."""
     result = {}
     for name, value in named:
@@ -568,7 +568,7 @@ class _ResearchTextGrid:
     """Stand-in for the research code's ``TextGrid`` class inside ``grids_huge.jbl``."""
 
     def to_tiers(self):
-        return _unique_names((tier.nameid, [(float(s), float(s if e is None else e), str(label))
+        return unique_names((tier.nameid, [(float(s), float(s if e is None else e), str(label))
                                             for s, e, label in _simple_entries(tier)])
                              for tier in self.tiers)
 

@@ -333,7 +333,8 @@ def fingerprint(backbone):
     digest = hashlib.sha256(backbone.config.to_json_string().encode())
     for name, tensor in sorted(backbone.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                      .tobytes())
     return digest.hexdigest()
 
 

@@ -208,3 +208,46 @@ def test_feature_and_response_rows_must_match(setup, tmp_path, caplog):
         "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(copy),
         "--nc_path", str(root / "UTS01.npy"), "--save_dir", str(tmp_path / "out"), *QUICK]) == 1
     assert "do not match respdict.json" in caplog.text
+
+
+def test_models_with_the_same_folder_name_keep_separate_results(setup, tmp_path):
+    root, data = setup
+    args = brain_evaluate.parse_args([
+        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data),
+        "--model_path", str(tmp_path / "seed0" / "checkpoint-epoch5"),
+        "--model_path", str(tmp_path / "seed1" / "checkpoint-epoch5")])
+    labels = [label for label, _ in brain_evaluate.models_to_evaluate(args)]
+    assert labels == ["pretrained", "checkpoint-epoch5", "checkpoint-epoch5#2"]
+
+
+def test_empty_region_gives_nan_not_a_crash():
+    summary = brain_evaluate.summarise(np.ones(5), np.full(5, 0.5), 0.4, {"empty": [], "two": [1, 3]})
+    assert np.isnan(summary["empty"]) and summary["two"] == 1.0 and summary["all"] == 1.0
+
+
+def test_cache_key_depends_on_precision(setup, tmp_path):
+    root, data = setup
+    args = brain_evaluate.parse_args([
+        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data),
+        "--cache_dir", str(tmp_path), *QUICK])
+    backbone, family = speech_models.load_backbone(root / "model0")
+    preprocessor = speech_models.AudioPreprocessor(
+        speech_models.load_feature_extractor(root / "model0", family), family)
+    for dtype in (None, torch.bfloat16, None):
+        brain_evaluate.cached_story_features(args, backbone, preprocessor, "key", "souls", [1],
+                                             "cpu", dtype)
+    assert len(list(tmp_path.rglob("*.hf5"))) == 2
+
+
+def test_fingerprint_of_models_with_scalar_buffers():
+    """wav2vec2-conformer has 0-d BatchNorm counters; fingerprints still work and differ."""
+    from transformers import AutoModel, Wav2Vec2ConformerConfig
+
+    config = Wav2Vec2ConformerConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, conv_dim=(16,), conv_stride=(5,),
+                                     conv_kernel=(10,), num_conv_pos_embeddings=8,
+                                     num_conv_pos_embedding_groups=2, conv_depthwise_kernel_size=3)
+    torch.manual_seed(0)
+    first = speech_models.fingerprint(AutoModel.from_config(config))
+    torch.manual_seed(1)
+    assert speech_models.fingerprint(AutoModel.from_config(config)) != first

@@ -260,16 +260,19 @@ def test_swap_chunks_moves_whole_chunks_far_apart():
         trainer.swap_chunks(responses[:20], rng)
 
 
-def test_borrow_responses_uses_other_stories():
-    rng = np.random.default_rng(1)
-    responses = {"a": np.full((30, 2), 1.0), "b": np.full((50, 2), 2.0), "c": np.full((40, 2), 3.0)}
-    borrowed = trainer.borrow_responses(responses, rng)
-    for story, values in borrowed.items():
-        assert values.shape == responses[story].shape
-        donor = values[0, 0]
-        assert donor != responses[story][0, 0] and (values == donor).all()
-    with pytest.raises(data_utils.DatasetError):
-        trainer.borrow_responses({"a": np.ones((3, 1))}, rng)
+def test_borrow_responses_uses_other_training_stories():
+    responses = {"a": np.full((30, 2), 1.0), "b": np.full((50, 2), 2.0), "c": np.full((40, 2), 3.0),
+                 "val": np.full((20, 2), 4.0)}
+    for seed in range(5):
+        borrowed = trainer.borrow_responses(responses, ["a", "b", "c"], np.random.default_rng(seed))
+        for story, values in borrowed.items():
+            assert values.shape == responses[story].shape
+            donor = values[0, 0]
+            assert donor != responses[story][0, 0] and (values == donor).all()
+            assert donor != 4.0  # validation responses are never lent
+    with pytest.raises(data_utils.DatasetError, match="two training stories"):
+        trainer.borrow_responses({"a": np.ones((3, 1)), "val": np.ones((3, 1))}, ["a"],
+                                 np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("target", ["random_fmri_all", "random_fmri_local"])
@@ -385,12 +388,13 @@ def test_bad_input_is_one_clear_line(train_data, tiny_models, tmp_path, caplog, 
 
 
 def test_distributed_data_parallel_on_two_cpu_processes(train_data, tiny_models, tmp_path):
-    """torchrun with two processes (gloo on CPU): rank 0 writes one complete run."""
+    """torchrun with two processes (gloo on CPU): rank 0 computes the missing noise ceiling and
+    writes one complete run."""
     repo = Path(trainer.__file__).resolve().parent
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                "2", str(repo / "brain_trainer_story.py"), "--model_name", str(tiny_models["wav2vec2"]),
                "--subject", "1", "--data_dir", str(train_data), "--save_dir", str(tmp_path),
-               "--exp_name", "ddp", "--nc_path", str(train_data.parent / "UTS01.npy"),
+               "--exp_name", "ddp", "--nc_path", str(tmp_path / "UTS01.npy"),
                "--num_epochs", "2", *FAST]
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -399,6 +403,8 @@ def test_distributed_data_parallel_on_two_cpu_processes(train_data, tiny_models,
     assert [m["epoch"] for m in _metrics(run_dir)] == [1, 2]
     assert AutoModel.from_pretrained(run_dir / "final").config.model_type == "wav2vec2"
     assert "Traceback" not in result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "UTS01.npy"),
+                                  np.load(train_data.parent / "UTS01.npy"))
 
 
 @pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm", "data2vec-audio"])
@@ -432,3 +438,34 @@ def test_bf16_autocast_runs(train_data, tiny_models, tmp_path):
     assert np.isfinite(_metrics(run_dir)[0]["val_loss"])
     head = load_file(str(run_dir / "final" / "brain_head.safetensors"))
     assert head["weight"].dtype == torch.float32
+
+
+def test_per_subject_needs_stories_for_every_subject(train_data, tiny_models, tmp_path, caplog):
+    """UTS02 lacks 'life': validating on it alone is refused before any training."""
+    code, _ = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
+                  "--multi_subject", "per_subject", "--val_stories", "life", subject="1 2")
+    assert code == 1
+    assert "UTS02 has none of the validation stories" in caplog.text
+
+
+def test_shards_are_even_across_ranks(monkeypatch):
+    """Every rank runs the same number of steps and passes, whatever the training-set size."""
+    monkeypatch.setattr(trainer.dist, "get_world_size", lambda: 2)
+    args = trainer.parse_args(["--model_name", "m", "--subject", "1", "--data_dir", "d",
+                               "--batch_size", "128", "--micro_batch_size", "16"])
+
+    class Items:
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+    for size in (8000, 8001, 8065, 3):
+        shapes = []
+        for rank in (0, 1):
+            loader = trainer.epoch_batches([("all", Items(size), None)], args, 0, rank, True,
+                                           None, 0)
+            steps = loader.dataset.steps
+            shapes.append([len(micro) for _, micro in steps])
+        assert shapes[0] == shapes[1], size
