@@ -42,7 +42,7 @@ TEST_RESPONSE_TRIM = 40  # the paper drops the first 40 test rows (features [50:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Brain alignment of pretrained and brain-tuned speech models (ds003020).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=data_utils.HelpFormatter)
     parser.add_argument("--model_name", required=True,
                         help="pretrained checkpoint folder or hub id (evaluated as 'pretrained')")
     parser.add_argument("--model_path", action="append", default=[],

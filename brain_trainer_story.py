@@ -53,7 +53,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Brain-tune a pretrained speech encoder (wav2vec2, HuBERT, WavLM, "
                     "data2vec-audio, Whisper) to predict fMRI responses (ds003020).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=data_utils.HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data_dir", required=True,
                       help="ds003020 root: the folder holding stimuli/ and derivative/")

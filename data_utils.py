@@ -70,6 +70,15 @@ TR_SOURCES = ("respdict", "report", "trfiles")
 HDF5_BLOCK_BYTES = 64 * 2**20
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is none to show (None or off)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class DatasetError(ValueError):
     """A problem with the dataset on disk or with how it was asked for; the message says the fix."""
 
