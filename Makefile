@@ -37,4 +37,5 @@ demo: setup
 	$(BIN)/python brain_evaluate.py --model_name $(DEMO_DIR)/tiny-wav2vec2 --subject 1 \
 		--data_dir $(DEMO_DIR)/data --nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy \
 		--logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 --epochs final \
-		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_UTS01 --overwrite --chunk_s 0.5
+		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_UTS01 --overwrite --chunk_s 0.5 \
+		--layers 0 1 2

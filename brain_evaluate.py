@@ -280,6 +280,8 @@ def plot_alignment(path, all_results, subject):
     for label, layers in all_results.items():
         axis.plot(list(layers), [r["summary"]["cc_norm"]["all"] for r in layers.values()],
                   marker="o", label=label)
+    axis.set_xticks(sorted({layer for layers in all_results.values() for layer in layers}))
+    axis.axhline(0.0, color="grey", linewidth=0.5)
     axis.set_xlabel("layer (hidden-state index)")
     axis.set_ylabel("mean cc_norm")
     axis.set_title(f"Brain alignment, {data_utils.subject_id(subject)}")
