@@ -16,7 +16,6 @@ GPU.
 """
 
 import argparse
-import contextlib
 import json
 import logging
 import math

@@ -116,8 +116,8 @@ def test_splits_hold_out_whole_chunks_inside_stories():
 
 def test_chunks_never_straddle_stories():
     lengths = [25, 25]
-    for train, val in eval_utils.bootstrap_chunk_splits(lengths, n_boots=20, chunk_len=20,
-                                                        held_out_fraction=0.25, seed=0):
+    for _, val in eval_utils.bootstrap_chunk_splits(lengths, n_boots=20, chunk_len=20,
+                                                    held_out_fraction=0.25, seed=0):
         assert set(val.tolist()) in ({*range(0, 20)}, {*range(20, 25)}, {*range(25, 45)},
                                      {*range(45, 50)})
 
