@@ -710,19 +710,25 @@ def tr_times(data_dir, story, tr_source="respdict", tr_path=None):
 
 # ----------------------------------------------------------------------------- audio
 
-def load_stimulus(data_dir, story, sampling_rate=16000):
-    """A story's audio as float32 mono at ``sampling_rate`` Hz (channels averaged, resampled)."""
-    path = stimulus_path(data_dir, story)
+def read_audio(path, sampling_rate=16000):
+    """An audio file (RIFF WAV, NIST SPHERE, FLAC, ...) as float32 mono at ``sampling_rate``:
+    channels averaged, resampled from any rate."""
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise DatasetError(f"{path}: unreadable audio ({err}); download the WAV again") from None
+        raise DatasetError(f"{path}: unreadable audio ({err}); the file is damaged, get it "
+                           "again") from None
     if audio.size == 0:
-        raise DatasetError(f"{path}: the audio file holds no samples; download it again")
+        raise DatasetError(f"{path}: the audio file holds no samples; get it again")
     mono = audio.mean(axis=1, dtype=np.float32)
     if rate != sampling_rate:
         mono = librosa.resample(mono, orig_sr=rate, target_sr=sampling_rate)
     return mono.astype(np.float32, copy=False)
+
+
+def load_stimulus(data_dir, story, sampling_rate=16000):
+    """A story's audio as float32 mono at ``sampling_rate`` Hz (channels averaged, resampled)."""
+    return read_audio(stimulus_path(data_dir, story), sampling_rate)
 
 
 def tr_window_bounds(data_dir, story, sampling_rate=16000, n_delays=4, tr_source="respdict",

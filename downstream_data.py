@@ -3,14 +3,11 @@
 TIMIT as distributed by the LDC: ``TRAIN/`` and ``TEST/`` trees of
 ``DR<n>/<speaker>/<utterance>.WAV|.PHN|.WRD|.TXT``, upper or lower case, optionally under a
 ``data/`` folder; WAV files in NIST SPHERE or RIFF format; ``.PHN``/``.WRD`` lines
-``<start sample> <end sample> <label>``.
+``<start sample> <end sample> <label>``. Audio of every format is read with
+``data_utils.read_audio``.
 """
 
 from pathlib import Path
-
-import librosa
-import numpy as np
-import soundfile as sf
 
 from data_utils import DatasetError
 
@@ -28,20 +25,6 @@ TIMIT_61_TO_39 = {
 }
 TIMIT_39 = tuple(sorted({p for p in TIMIT_61_TO_39.values() if p is not None}))
 SENTENCE_TYPES = ("SA", "SI", "SX")
-
-
-def read_audio(path, sampling_rate=16000):
-    """Audio file (RIFF WAV, NIST SPHERE, FLAC, ...) as float32 mono at ``sampling_rate``."""
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise DatasetError(f"{path}: unreadable audio ({err})") from None
-    if audio.size == 0:
-        raise DatasetError(f"{path}: the audio file holds no samples")
-    mono = audio.mean(axis=1, dtype=np.float32)
-    if rate != sampling_rate:
-        mono = librosa.resample(mono, orig_sr=rate, target_sr=sampling_rate)
-    return mono.astype(np.float32, copy=False)
 
 
 def read_timit_labels(path):
