@@ -8,7 +8,17 @@ TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= outputs/demo
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
+# make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020
+#             the paper's protocol on the real data: check, brain-tuning with the paper's
+#             settings (resumed if interrupted), alignment of the pretrained and tuned model
+SUBJECT ?= 1
+MODEL ?=
+DATA ?=
+EPOCHS ?= 30
+OUT ?= outputs/reproduce
+RUN_NAME = $(notdir $(patsubst %/,%,$(MODEL)))_UTS0$(SUBJECT)
+
+.PHONY: setup demo test reproduce
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +49,13 @@ demo: setup
 		--logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 --epochs final \
 		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_UTS01 --overwrite --chunk_s 0.5 \
 		--layers 0 1 2
+
+reproduce: setup
+	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020 [EPOCHS=30] [OUT=outputs/reproduce]"; exit 2; }
+	$(BIN)/python data_utils.py check --data_dir $(DATA) --subjects $(SUBJECT)
+	$(BIN)/python brain_trainer_story.py --model_name $(MODEL) --subject $(SUBJECT) \
+		--data_dir $(DATA) --num_epochs $(EPOCHS) --save_dir $(OUT)/runs --exp_name $(RUN_NAME) \
+		$(if $(wildcard $(OUT)/runs/$(RUN_NAME)/last),--resume,)
+	$(BIN)/python brain_evaluate.py --model_name $(MODEL) --subject $(SUBJECT) --data_dir $(DATA) \
+		--logs_dir $(OUT)/runs/$(RUN_NAME) --epochs final --save_dir $(OUT)/alignment \
+		--exp_name $(RUN_NAME) --overwrite
