@@ -207,11 +207,12 @@ def _open_hdf5(path):
                            "download it again") from None
 
 
-def _dataset(handle, name, path, ndim):
+def _dataset(handle, name, path, ndim=None):
+    """The HDF5 dataset ``name`` (with ``ndim`` axes, if given), or a DatasetError."""
     if name not in handle or not isinstance(handle[name], h5py.Dataset):
         raise DatasetError(f"{path}: no dataset {name!r} (found: {', '.join(handle.keys()) or 'none'})")
     dataset = handle[name]
-    if dataset.ndim != ndim:
+    if ndim is not None and dataset.ndim != ndim:
         raise DatasetError(f"{path}: dataset {name!r} has shape {dataset.shape}, expected {ndim} axes")
     return dataset
 
@@ -300,10 +301,7 @@ def load_repeats(data_dir, subject, story=TEST_STORY, voxels=None):
 def hdf5_shape(path, name="data"):
     """Shape of a dataset in an HDF5 file, read from metadata only."""
     with _open_hdf5(path) as handle:
-        if name not in handle or not isinstance(handle[name], h5py.Dataset):
-            raise DatasetError(f"{path}: no dataset {name!r} "
-                               f"(found: {', '.join(handle.keys()) or 'none'})")
-        return handle[name].shape
+        return _dataset(handle, name, path).shape
 
 
 # ----------------------------------------------------------------------------- TextGrids

@@ -52,6 +52,7 @@ import numpy as np
 import soundfile as sf
 
 import data_utils
+import eval_utils
 
 logger = logging.getLogger(__name__)
 
@@ -230,26 +231,21 @@ def make_subject(seed, subject, n_voxels, n_repeats, semantic_dim, semantic_frac
     }
 
 
-def _zscore(x, axis=0):
-    std = x.std(axis=axis, keepdims=True)
-    return (x - x.mean(axis=axis, keepdims=True)) / np.where(std > 0, std, 1.0)
-
-
 def voxel_signals(subject, semantic, energy):
     """Noise-free z-scored signal of every voxel on the response rows: (rows, n_voxels)."""
     lagged_semantic = haemodynamic_lag(semantic)
-    lagged_energy = haemodynamic_lag(_zscore(energy))
+    lagged_energy = haemodynamic_lag(eval_utils.zscore(energy))
     signal = lagged_semantic @ subject["semantic_weights"].T + np.outer(lagged_energy,
                                                                         subject["acoustic_sign"])
     rows = slice(data_utils.TRIM_START_TRS, len(energy) - data_utils.TRIM_END_TRS)
-    return _zscore(signal[rows])
+    return eval_utils.zscore(signal[rows])
 
 
 def presentation(signal, subject, rng):
     """One noisy presentation, z-scored per voxel: (rows, n_voxels)."""
     p = subject["signal_fraction"]
     noise = rng.standard_normal(signal.shape)
-    return _zscore(np.sqrt(p) * signal + np.sqrt(1.0 - p) * noise)
+    return eval_utils.zscore(np.sqrt(p) * signal + np.sqrt(1.0 - p) * noise)
 
 
 # ----------------------------------------------------------------------------- writers
@@ -393,7 +389,7 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
                     if story == data_utils.TEST_STORY:
                         repeats = np.stack([presentation(signal, subject, rng)
                                             for _ in range(n_repeats)])
-                        handle.create_dataset("data", data=_zscore(repeats.mean(axis=0)))
+                        handle.create_dataset("data", data=eval_utils.zscore(repeats.mean(axis=0)))
                         handle.create_dataset("individual_repeats", data=repeats)
                     else:
                         data = presentation(signal, subject, rng)
