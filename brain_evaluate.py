@@ -13,7 +13,7 @@ Pearson r and cc_norm = r / noise ceiling.
 Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model and
 layer: mean r and cc_norm over voxels above ``--nc_thr``, and per region with
 ``--roi_file``), ``voxels_<model>_layer<k>.npz`` (per-voxel r, cc_norm, alpha),
-``alignment.png`` (cc_norm per layer, one line per model) and ``run_config.json``. Features
+``alignment.png`` (mean cc_norm per layer, one line per model) and ``run_config.json``. Features
 are cached in ``--cache_dir`` and never extracted twice.
 """
 
@@ -25,7 +25,6 @@ import logging
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 import data_utils
@@ -43,16 +42,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Brain alignment of pretrained and brain-tuned speech models (ds003020).",
         formatter_class=data_utils.HelpFormatter)
-    parser.add_argument("--model_name", required=True,
-                        help="pretrained checkpoint folder or hub id (evaluated as 'pretrained')")
-    parser.add_argument("--model_path", action="append", default=[],
-                        help="a brain-tuned model folder (e.g. <run>/final); repeat for several")
-    parser.add_argument("--logs_dir", default=None,
-                        help="a brain_trainer_story.py run folder: evaluates its --epochs")
-    parser.add_argument("--epochs", nargs="+", default=["final"],
-                        help="with --logs_dir: epoch numbers (checkpoint-epoch<k>) or 'final'")
-    parser.add_argument("--skip_pretrained", action="store_true",
-                        help="evaluate only the tuned models")
+    add_model_arguments(parser)
     parser.add_argument("--subject", required=True, help="subject: 1, '1' or UTS01")
     parser.add_argument("--data_dir", required=True,
                         help="ds003020 root: the folder holding stimuli/ and derivative/")
@@ -104,11 +94,29 @@ def parse_args(argv=None):
     return args
 
 
+def add_model_arguments(parser):
+    """The flags that choose the models to evaluate (see ``models_to_evaluate``)."""
+    parser.add_argument("--model_name", required=True,
+                        help="pretrained checkpoint folder or hub id (evaluated as 'pretrained')")
+    parser.add_argument("--model_path", action="append", default=[],
+                        help="a brain-tuned model folder (a run folder means its final/); repeat "
+                             "for several")
+    parser.add_argument("--logs_dir", default=None,
+                        help="a brain_trainer_story.py run folder: evaluates its --epochs")
+    parser.add_argument("--epochs", nargs="+", default=["final"],
+                        help="with --logs_dir: epoch numbers (checkpoint-epoch<k>) or 'final'")
+    parser.add_argument("--skip_pretrained", action="store_true",
+                        help="evaluate only the tuned models")
+
+
 def models_to_evaluate(args):
     """(label, checkpoint) pairs: the pretrained model, then every tuned one."""
     models = [] if args.skip_pretrained else [("pretrained", args.model_name)]
-    models += [(Path(p).name if Path(p).name != "final" else Path(p).parent.name + "/final", p)
-               for p in args.model_path]
+    for path in map(Path, args.model_path):
+        if not (path / "config.json").exists() and (path / "final" / "config.json").exists():
+            path = path / "final"  # a brain_trainer_story.py run folder: its final model
+        models.append((path.name if path.name != "final" else path.parent.name + "/final",
+                       str(path)))
     if args.logs_dir:
         for epoch in args.epochs:
             folder = Path(args.logs_dir) / (epoch if epoch == "final" else f"checkpoint-epoch{epoch}")
@@ -138,32 +146,20 @@ def choose_layers(requested, depth):
 def cached_story_features(args, backbone, preprocessor, model_key, story, layers, device, dtype):
     """Window features of a story from the cache, extracting (and caching) the missing layers."""
     settings = json.dumps({"context_s": args.context_s, "chunk_s": args.chunk_s,
-                           "autocast": str(dtype),
-                           "preprocessor": hashlib.sha256(
-                               preprocessor.feature_extractor.to_json_string().encode()).hexdigest()},
+                           "autocast": str(dtype), "preprocessor": preprocessor.digest()},
                           sort_keys=True)
     path = (Path(args.cache_dir) / model_key[:16]
             / f"{story}_{hashlib.sha256(settings.encode()).hexdigest()[:12]}.hf5")
-    features, times = {}, None
-    if path.exists():
-        with h5py.File(path, "r") as handle:
-            times = handle["times"][()]
-            features = {layer: handle[f"layer_{layer}"][()] for layer in layers
-                        if f"layer_{layer}" in handle}
-    missing = [layer for layer in layers if layer not in features]
-    if missing:
+
+    def extract(missing):
         audio = data_utils.load_stimulus(args.data_dir, story, preprocessor.sampling_rate)
-        new, times = speech_models.sliding_window_features(
+        features, times = speech_models.sliding_window_features(
             backbone, preprocessor, audio, missing, args.context_s, args.chunk_s,
             args.batch_size, device, dtype, naive=args.naive)
-        features.update(new)
-        with data_utils.atomic_output(path, overwrite=True) as tmp:
-            with h5py.File(tmp, "w") as handle:
-                handle["times"] = times
-                for layer, values in features.items():
-                    handle[f"layer_{layer}"] = values
-                handle.attrs["settings"] = settings
-    return features, times
+        return features, {"times": times}
+
+    features, extras = speech_models.cached_layer_features(path, layers, extract, settings)
+    return features, extras["times"]
 
 
 def tr_features(args, story, window_features, times):
@@ -265,44 +261,12 @@ def write_results(out_dir, all_results, args, run_config):
             writer = csv.DictWriter(handle, fieldnames=["model", "layer", "region", "cc_norm", "r"])
             writer.writeheader()
             writer.writerows(rows)
-    plot_alignment(out_dir / "alignment.png", all_results, args.subject)
+    eval_utils.plot_per_layer(
+        out_dir / "alignment.png",
+        {label: {layer: r["summary"]["cc_norm"]["all"] for layer, r in layers.items()}
+         for label, layers in all_results.items()},
+        "mean cc_norm", f"Brain alignment, {data_utils.subject_id(args.subject)}")
     return rows
-
-
-def plot_alignment(path, all_results, subject):
-    """cc_norm per layer (voxels above the threshold), one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for label, layers in all_results.items():
-        axis.plot(list(layers), [r["summary"]["cc_norm"]["all"] for r in layers.values()],
-                  marker="o", label=label)
-    axis.set_xticks(sorted({layer for layers in all_results.values() for layer in layers}))
-    axis.axhline(0.0, color="grey", linewidth=0.5)
-    axis.set_xlabel("layer (hidden-state index)")
-    axis.set_ylabel("mean cc_norm")
-    axis.set_title(f"Brain alignment, {data_utils.subject_id(subject)}")
-    axis.legend()
-    figure.tight_layout()
-    with data_utils.atomic_output(path, overwrite=True) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-
-
-def comparison_table(rows):
-    """Text table: models as rows, layers as columns, mean cc_norm (all voxels above NC)."""
-    models = list(dict.fromkeys(row["model"] for row in rows))
-    layers = sorted({row["layer"] for row in rows})
-    value = {(row["model"], row["layer"]): row["cc_norm"] for row in rows if row["region"] == "all"}
-    width = max(len(m) for m in models) + 2
-    lines = ["model".ljust(width) + "".join(f"L{layer:<7}" for layer in layers)]
-    for model in models:
-        lines.append(model.ljust(width) + "".join(
-            f"{value.get((model, layer), float('nan')):<8.3f}" for layer in layers))
-    return "\n".join(lines)
 
 
 def run(args):
@@ -340,7 +304,8 @@ def run(args):
                   "models": dict(models), "run": data_utils.run_metadata(args)}
     data_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
     rows = write_results(out_dir, all_results, args, run_config)
-    print(comparison_table(rows))
+    print(eval_utils.comparison_table([row for row in rows if row["region"] == "all"],
+                                      "cc_norm"))
     logger.info("results in %s", out_dir)
     return out_dir
 

@@ -74,7 +74,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each flag's default, except where there is none to show (None or off)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+        if any(action.default is value for value in (None, False, argparse.SUPPRESS)):
             return action.help
         return super()._get_help_string(action)
 

@@ -1,12 +1,29 @@
 """Readers for the downstream datasets of the probing tasks (SPEC section 6).
 
-TIMIT as distributed by the LDC: ``TRAIN/`` and ``TEST/`` trees of
-``DR<n>/<speaker>/<utterance>.WAV|.PHN|.WRD|.TXT``, upper or lower case, optionally under a
-``data/`` folder; WAV files in NIST SPHERE or RIFF format; ``.PHN``/``.WRD`` lines
-``<start sample> <end sample> <label>``. Audio of every format is read with
-``data_utils.read_audio``.
+Each task reader returns examples (dicts with ``audio``, the file, and ``label``) of a split,
+read from the dataset's own distribution layout:
+
+- TIMIT (LDC): ``TRAIN/`` and ``TEST/`` trees of ``DR<n>/<speaker>/<utterance>.WAV|.PHN|...``,
+  upper or lower case, optionally under a ``data/`` folder; WAV files in NIST SPHERE or RIFF;
+  ``.PHN`` lines ``<start sample> <end sample> <phone>``. Tasks ``phonemes`` (the 39 Lee & Hon
+  classes present in the utterance, multi-label) and ``sentence_type`` (SA, SI or SX).
+- Speech Commands v2: a folder per word, ``validation_list.txt`` and ``testing_list.txt``
+  (paths relative to the root); training is every other file. Task ``words``, 35 classes.
+- CREMA-D: ``<actor>_<sentence>_<EMOTION>_<level>.wav`` in ``AudioWAV/`` (or the root). Task
+  ``emotion``, 6 classes, split by actor so that no speaker is in both splits.
+- SLURP: ``train.jsonl``/``test.jsonl`` (in the root or ``dataset/slurp/``), one utterance per
+  line with its ``action`` and ``recordings``; the audio files in ``slurp_real/`` (searched in
+  the root, ``audio/`` and ``scripts/audio/``, or given). Task ``intent``: the action, every
+  recording an example.
+
+Audio is read later, by ``data_utils.read_audio`` (every format libsndfile reads, NIST SPHERE
+included, resampled with librosa). The ``datasets`` library's ``Audio`` feature is not used:
+since datasets 4 it decodes through torchcodec/FFmpeg, which is not a dependency here.
 """
 
+import json
+import random
+import re
 from pathlib import Path
 
 from data_utils import DatasetError
@@ -103,3 +120,185 @@ def timit_utterances(root, split):
     if not utterances:
         raise DatasetError(f"{timit_split_dir(root, split)}: no DR*/<speaker>/<utterance>.WAV files")
     return utterances
+
+
+def timit_examples(root, split, target):
+    """TIMIT examples of ``split`` ("train" or "test") for ``target`` "phonemes" (label: sorted
+    tuple of the 39 classes present) or "sentence_type" (label: SA, SI or SX)."""
+    examples = []
+    for utterance in timit_utterances(root, split.upper()):
+        if target == "phonemes":
+            path = utterance["phn"]
+            label = tuple(sorted(timit_phone_classes(read_timit_labels(path), path)))
+        else:
+            label = utterance["sentence_type"]
+        examples.append({"audio": utterance["wav"], "label": label,
+                         "speaker": utterance["speaker"]})
+    return examples
+
+
+SPEECH_COMMANDS_WORDS = tuple(sorted(
+    "backward bed bird cat dog down eight five follow forward four go happy house learn left "
+    "marvin nine no off on one right seven sheila six stop three tree two up visual wow yes "
+    "zero".split()))
+
+
+def _read_list(path):
+    """Relative paths listed one per line in a Speech Commands split file."""
+    try:
+        return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def speech_commands_examples(root, split):
+    """Speech Commands v2 examples of ``split`` ("train", "validation" or "test")."""
+    root = Path(root)
+    lists = {name: root / f"{name}_list.txt" for name in ("validation", "testing")}
+    if not root.is_dir() or not all(path.is_file() for path in lists.values()):
+        raise DatasetError(f"{root}: not a Speech Commands v2 folder (word folders with "
+                           "validation_list.txt and testing_list.txt beside them)")
+    held_out = {name: _read_list(path) for name, path in lists.items()}
+    words = [folder for folder in sorted(root.iterdir())
+             if folder.is_dir() and not folder.name.startswith("_")]
+    unknown = [folder.name for folder in words if folder.name not in SPEECH_COMMANDS_WORDS]
+    if unknown:
+        raise DatasetError(f"{root}: folders {', '.join(unknown)} are not Speech Commands v2 "
+                           f"words ({' '.join(SPEECH_COMMANDS_WORDS)})")
+    for name, listed in held_out.items():
+        for relative in sorted(listed):
+            if not (root / relative).is_file():
+                raise DatasetError(f"{lists[name]}: lists {relative}, which is not in {root}")
+    examples = []
+    for folder in words:
+        for wav in sorted(folder.glob("*.wav")):
+            relative = f"{folder.name}/{wav.name}"
+            in_split = {"validation": relative in held_out["validation"],
+                        "test": relative in held_out["testing"]}
+            in_split["train"] = not any(in_split.values())
+            if in_split[split]:
+                examples.append({"audio": wav, "label": folder.name,
+                                 "speaker": wav.name.split("_nohash_")[0]})
+    if not examples:
+        raise DatasetError(f"{root}: no {split} examples in the word folders")
+    return examples
+
+
+CREMA_D_EMOTIONS = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
+CREMA_D_NAME = re.compile(r"^(\d+)_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+
+
+def crema_d_examples(root, split, test_fraction=0.2, seed=0):
+    """CREMA-D examples of ``split`` ("train" or "test"); the actors are split at random
+    (``seed``), ``test_fraction`` of them (at least one) held out for testing."""
+    root = Path(root)
+    audio_dir = root / "AudioWAV" if (root / "AudioWAV").is_dir() else root
+    if not audio_dir.is_dir():
+        raise DatasetError(f"{root}: no such directory; --data_path must be the CREMA-D root")
+    files = sorted(audio_dir.glob("*.wav"))
+    if not files:
+        raise DatasetError(f"{audio_dir}: no .wav files; --data_path must be the CREMA-D root "
+                           "(holding AudioWAV/)")
+    parsed = []
+    for wav in files:
+        match = CREMA_D_NAME.match(wav.stem)
+        if match is None:
+            raise DatasetError(f"{wav}: expected <actor>_<sentence>_<EMOTION>_<level>.wav")
+        if match.group(3) not in CREMA_D_EMOTIONS:
+            raise DatasetError(f"{wav}: emotion {match.group(3)!r} is not one of "
+                               f"{', '.join(CREMA_D_EMOTIONS)}")
+        parsed.append({"audio": wav, "label": match.group(3), "speaker": match.group(1)})
+    actors = sorted({example["speaker"] for example in parsed})
+    if len(actors) < 2:
+        raise DatasetError(f"{audio_dir}: a speaker-disjoint split needs at least two actors")
+    random.Random(seed).shuffle(actors)
+    test_actors = set(actors[:min(len(actors) - 1, max(1, round(test_fraction * len(actors))))])
+    return [example for example in parsed
+            if (example["speaker"] in test_actors) == (split == "test")]
+
+
+def _slurp_file(root, name):
+    for folder in (root, root / "dataset" / "slurp"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DatasetError(f"{root}: no {name} (looked in {root} and {root / 'dataset' / 'slurp'}); "
+                       "--data_path must be the SLURP root")
+
+
+def slurp_audio_dir(root):
+    """The folder of SLURP's recordings: ``slurp_real/`` in the root, ``audio/`` or
+    ``scripts/audio/``."""
+    root = Path(root)
+    for folder in (root / "slurp_real", root / "audio" / "slurp_real",
+                   root / "scripts" / "audio" / "slurp_real"):
+        if folder.is_dir():
+            return folder
+    raise DatasetError(f"{root}: no slurp_real/ audio folder (looked in the root, audio/ and "
+                       "scripts/audio/); pass --audio_dir")
+
+
+def slurp_examples(root, split, audio_dir=None):
+    """SLURP examples of ``split`` ("train", "devel" or "test"): one per recording, labelled
+    with the utterance's action."""
+    root = Path(root)
+    path = _slurp_file(root, f"{split}.jsonl")
+    audio_dir = Path(audio_dir) if audio_dir else slurp_audio_dir(root)
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            action, recordings = record["action"], record["recordings"]
+            files = [recording["file"] for recording in recordings]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DatasetError(f"{path}:{number}: expected a JSON object with 'action' and "
+                               "'recordings' (a list of {'file': ...})") from None
+        if not isinstance(action, str) or not action:
+            raise DatasetError(f"{path}:{number}: 'action' must be a non-empty string")
+        for name in files:
+            if not (audio_dir / name).is_file():
+                raise DatasetError(f"{path}:{number}: recording {name} is not in {audio_dir}")
+            examples.append({"audio": audio_dir / name, "label": action})
+    if not examples:
+        raise DatasetError(f"{path}: no utterances")
+    return examples
+
+
+# task -> (dataset, multi-label, fixed classes or None when read from the training split)
+TASKS = {
+    "phonemes": ("TIMIT", True, TIMIT_39),
+    "sentence_type": ("TIMIT", False, SENTENCE_TYPES),
+    "words": ("Speech Commands v2", False, SPEECH_COMMANDS_WORDS),
+    "emotion": ("CREMA-D", False, CREMA_D_EMOTIONS),
+    "intent": ("SLURP", False, None),
+}
+
+
+def task_examples(task, data_path, split, seed=0, test_fraction=0.2, audio_dir=None):
+    """Examples of a probing task's ``split`` ("train" or "test")."""
+    if task in ("phonemes", "sentence_type"):
+        return timit_examples(data_path, split, task)
+    if task == "words":
+        return speech_commands_examples(data_path, split)
+    if task == "emotion":
+        return crema_d_examples(data_path, split, test_fraction, seed)
+    if task == "intent":
+        return slurp_examples(data_path, split, audio_dir)
+    raise ValueError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+
+
+def task_classes(task, train, test):
+    """The classes of a task, checking every test label against them (intent: the actions of
+    the training split)."""
+    dataset, multi_label, classes = TASKS[task]
+    if classes is None:
+        classes = tuple(sorted({example["label"] for example in train}))
+    known = set(classes)
+    for example in [*train, *test]:
+        labels = example["label"] if multi_label else (example["label"],)
+        unknown = [label for label in labels if label not in known]
+        if unknown:
+            raise DatasetError(f"{example['audio']}: label {unknown[0]!r} is not among the "
+                               f"{len(classes)} {dataset} {task} classes seen in training")
+    return classes

@@ -362,6 +362,44 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
     return weights, best_alphas, cv_scores
 
 
+# ----------------------------------------------------------------------------- reporting
+
+def comparison_table(rows, value_key):
+    """Text table of ``row[value_key]``: models as rows, layers as columns (rows are dicts with
+    "model" and "layer")."""
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    layers = sorted({row["layer"] for row in rows})
+    value = {(row["model"], row["layer"]): row[value_key] for row in rows}
+    width = max(len(m) for m in models) + 2
+    lines = [f"{value_key}:", "model".ljust(width) + "".join(f"L{layer:<7}" for layer in layers)]
+    for model in models:
+        lines.append(model.ljust(width) + "".join(
+            f"{value.get((model, layer), float('nan')):<8.3f}" for layer in layers))
+    return "\n".join(lines)
+
+
+def plot_per_layer(path, series, ylabel, title):
+    """A PNG of one line per model: ``series`` maps model label -> {layer: value}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, values in series.items():
+        axis.plot(list(values), list(values.values()), marker="o", label=label)
+    axis.set_xticks(sorted({layer for values in series.values() for layer in values}))
+    axis.axhline(0.0, color="grey", linewidth=0.5)
+    axis.set_xlabel("layer (hidden-state index)")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    with data_utils.atomic_output(path, overwrite=True) as tmp:
+        figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+
+
 # ----------------------------------------------------------------------------- NC files
 
 def default_nc_path(subject):

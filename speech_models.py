@@ -16,12 +16,15 @@ import math
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
                           WhisperFeatureExtractor)
+
+import data_utils
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +129,10 @@ class AudioPreprocessor:
             var = windows.var(axis=-1, keepdims=True)
             return (windows - mean) / np.sqrt(var + 1e-7)
         return windows
+
+    def digest(self):
+        """SHA-256 of the feature extractor's settings, to key cached features."""
+        return hashlib.sha256(self.feature_extractor.to_json_string().encode()).hexdigest()
 
     def whisper_frames(self, n_samples):
         """Encoder frames of a Whisper input that come from ``n_samples`` of real audio."""
@@ -265,11 +272,102 @@ def hidden_states_at(backbone, family, inputs, layers, frame):
     the final layer norm that some encoders apply after their last layer, so the values are
     those of the full model.
     """
+    return {layer: hidden[:, frame] for layer, hidden in
+            layer_hidden_states(backbone, family, inputs, layers).items()}
+
+
+def layer_hidden_states(backbone, family, inputs, layers):
+    """Hidden states of ``layers``: dict layer -> (batch, frames, hidden), see
+    ``hidden_states_at``."""
     total = num_layers(backbone, family)
     encoder = backbone.encoder if family == "whisper" else backbone
     with first_layers(backbone, min(max(layers) + 1, total)):
         hidden = encoder(inputs, output_hidden_states=True).hidden_states
-    return {layer: hidden[layer][:, frame] for layer in layers}
+    return {layer: hidden[layer] for layer in layers}
+
+
+def _equal_length_batches(waveforms, batch_size):
+    """Consecutive waveforms grouped into batches of equal length: lists of (index, waveform)."""
+    batch = []
+    for index, waveform in enumerate(waveforms):
+        if batch and (len(batch) == batch_size or len(waveform) != len(batch[0][1])):
+            yield batch
+            batch = []
+        batch.append((index, waveform))
+    if batch:
+        yield batch
+
+
+def pooled_layer_features(backbone, preprocessor, waveforms, layers, batch_size=16,
+                          device="cpu", dtype=None, progress=False, total=None):
+    """Mean over time of each layer's hidden states, one row per utterance (SPEC section 6).
+
+    Consecutive utterances of equal length share a forward pass (no padding, so the values are
+    those of one utterance at a time); Whisper means over the frames that hold real audio.
+
+    Parameters
+    ----------
+    waveforms : iterable of (n_samples,) float32 at ``preprocessor.sampling_rate``, read lazily
+    total : number of waveforms, for the progress bar
+
+    Returns
+    -------
+    dict layer -> (n_utterances, hidden) float32.
+    """
+    family = backbone_family(backbone)
+    limit = 30 * preprocessor.sampling_rate
+    rows = {layer: [] for layer in layers}
+    backbone.eval()
+    with torch.inference_mode(), tqdm(desc="utterances", unit="utt", total=total,
+                                      disable=not progress) as bar:
+        for batch in _equal_length_batches(waveforms, batch_size):
+            length = len(batch[0][1])
+            if family == "whisper" and length > limit:
+                raise ModelError(f"utterance {batch[0][0]} is {length / preprocessor.sampling_rate:.1f}"
+                                 " s long; the Whisper encoder takes at most 30 s")
+            inputs = torch.from_numpy(preprocessor(np.stack([w for _, w in batch]))).to(device)
+            frames = preprocessor.whisper_frames(length) if family == "whisper" else None
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                states = layer_hidden_states(backbone, family, inputs, layers)
+            for layer, hidden in states.items():
+                rows[layer].append(hidden[:, :frames].float().mean(dim=1).cpu().numpy())
+            bar.update(len(batch))
+    if not rows[layers[0]]:
+        raise ValueError("no waveforms to encode")
+    return {layer: np.concatenate(values).astype(np.float32, copy=False)
+            for layer, values in rows.items()}
+
+
+def cached_layer_features(path, layers, extract, settings):
+    """Per-layer features kept in an HDF5 file, each layer computed once.
+
+    The layers found in ``path`` are read; ``extract(missing_layers)`` computes the others and
+    returns (dict layer -> array, dict name -> extra array stored beside them, e.g. times);
+    everything is written back atomically with ``settings`` (a string) as an attribute.
+
+    Returns
+    -------
+    dict layer -> array, dict name -> extra array.
+    """
+    path = Path(path)
+    features, extras = {}, {}
+    if path.exists():
+        with h5py.File(path, "r") as handle:
+            features = {layer: handle[f"layer_{layer}"][()] for layer in layers
+                        if f"layer_{layer}" in handle}
+            extras = {name: handle[name][()] for name in handle if not name.startswith("layer_")}
+    missing = [layer for layer in layers if layer not in features]
+    if missing:
+        new, extras = extract(missing)
+        features.update(new)
+        with data_utils.atomic_output(path, overwrite=True) as tmp:
+            with h5py.File(tmp, "w") as handle:
+                for name, values in extras.items():
+                    handle[name] = values
+                for layer, values in features.items():
+                    handle[f"layer_{layer}"] = values
+                handle.attrs["settings"] = settings
+    return {layer: features[layer] for layer in layers}, extras
 
 
 def window_ends(n_samples, chunk):

@@ -71,7 +71,7 @@ AUDIO_FORMATS = ((44100, 2, "PCM_16"), (16000, 1, "PCM_16"), (44100, 2, "PCM_16"
                  (22050, 1, "PCM_24"))
 
 
-def _rng(seed, name):
+def named_rng(seed, name):
     """A random stream for one named part, independent of how many other parts exist."""
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
@@ -80,7 +80,7 @@ def _rng(seed, name):
 
 def make_lexicon(seed, n_words, semantic_dim):
     """Phone frequencies and words (phones, phone durations, semantic embedding)."""
-    rng = _rng(seed, "lexicon")
+    rng = named_rng(seed, "lexicon")
     phones = {}
     low = rng.permutation(np.linspace(220.0, 900.0, len(VOWELS) + len(CONSONANTS)))
     high = rng.permutation(np.linspace(1100.0, 3600.0, len(VOWELS) + len(CONSONANTS)))
@@ -106,9 +106,10 @@ def make_lexicon(seed, n_words, semantic_dim):
     return {"phones": phones, "words": words}
 
 
-def _phone_sound(frequencies, duration, rate, rng):
+def phone_sound(frequencies, duration, rate, rng, pitch=1.0):
+    """A phone: two harmonics at ``frequencies`` (Hz, times ``pitch``) with 10 ms ramps."""
     t = np.arange(int(round(duration * rate))) / rate
-    f1, f2 = frequencies
+    f1, f2 = (pitch * f for f in frequencies)
     sound = np.sin(2 * np.pi * f1 * t + rng.uniform(0, 2 * np.pi)) + 0.5 * np.sin(2 * np.pi * f2 * t)
     ramp = min(len(t) // 2, int(0.01 * rate))
     if ramp:
@@ -125,7 +126,7 @@ def make_story(seed, story, lexicon, duration, rate):
     Returns audio, phone tier, word tier (lists of (start, end, label) tiling 0..duration)
     and tokens (start, end, word, gain).
     """
-    rng = _rng(seed, f"story/{story}")
+    rng = named_rng(seed, f"story/{story}")
     audio = rng.normal(0.0, 0.002, int(round(duration * rate)))
     words = list(lexicon["words"])
     phone_tier, word_tier, tokens = [], [], []
@@ -164,7 +165,7 @@ def make_story(seed, story, lexicon, duration, rate):
             info = lexicon["words"][label]
             for phone, phone_duration in zip(info["phones"], info["durations"]):
                 first = int(round(now * rate))
-                sound = _phone_sound(lexicon["phones"][phone.rstrip("012")], phone_duration, rate, rng)
+                sound = phone_sound(lexicon["phones"][phone.rstrip("012")], phone_duration, rate, rng)
                 audio[first:first + len(sound)] += 0.5 * gain * sound
                 phone_tier.append((now, now + phone_duration, phone))
                 now += phone_duration
@@ -206,7 +207,7 @@ def haemodynamic_lag(features):
 def make_subject(seed, subject, n_voxels, n_repeats, semantic_dim, semantic_fraction,
                  acoustic_fraction):
     """Voxel types, signal fractions, true ceilings and weights of one synthetic subject."""
-    rng = _rng(seed, f"subject/{subject}")
+    rng = named_rng(seed, f"subject/{subject}")
     n_semantic = int(round(semantic_fraction * n_voxels))
     n_acoustic = int(round(acoustic_fraction * n_voxels))
     types = np.array(["semantic"] * n_semantic + ["acoustic"] * n_acoustic
@@ -315,7 +316,7 @@ def story_plan(n_train_stories, train_trs, test_trs, seed):
         raise ValueError(f"n_train_stories must be 1..{len(TRAIN_ORDER)}")
     if min(train_trs, test_trs) < data_utils.RESPONSE_ROWS_OFFSET + 8:
         raise ValueError(f"stories need at least {data_utils.RESPONSE_ROWS_OFFSET + 8} TRs")
-    rng = _rng(seed, "plan")
+    rng = named_rng(seed, "plan")
     plan = {story: ("train", int(train_trs + rng.integers(-8, 9)))
             for story in TRAIN_ORDER[:n_train_stories]}
     plan["stagefright"] = ("validation", train_trs)
@@ -378,7 +379,7 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
                                    semantic_dim, semantic_fraction, acoustic_fraction)
             stories = [s for s in plan if not (s == "life" and len(names) > 1
                                                and number == len(names) - 1)]
-            rng = _rng(seed, f"responses/{name}")
+            rng = named_rng(seed, f"responses/{name}")
             nan_story = next(s for s in plan if plan[s][0] == "train")
             nan_voxels = np.flatnonzero(subject["types"] == "noise")[:2]
             folder = derivative / "preprocessed_data" / name

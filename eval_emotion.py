@@ -1,0 +1,24 @@
+"""Emotion probe on CREMA-D: anger, disgust, fear, happiness, neutral or sadness; 6 classes,
+F1 per layer; the actors are split so that no speaker is in both training and test.
+
+    python eval_emotion.py --data_path /data/CREMA-D --model_name facebook/wav2vec2-base \\
+        --model_path outputs/brain_tuning/wav2vec2-base_UTS03_fmri --save_dir outputs/downstream
+
+--data_path: the CREMA-D root with ``AudioWAV/<actor>_<sentence>_<EMOTION>_<level>.wav`` (or the
+``.wav`` files directly); ``--test_fraction`` of the actors (default 0.2) are held out,
+chosen with ``--seed``.
+
+Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
+"""
+
+import sys
+
+import probing
+
+
+def main(argv=None):
+    return probing.main("emotion", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Sentence-type probe on TIMIT: SA (dialect), SI (phonetically diverse) or SX (phonetically
+compact), read from the utterance name; 3 classes, F1 per layer.
+
+    python eval_sentence_type.py --data_path /data/timit --model_name facebook/wav2vec2-base \\
+        --model_path outputs/brain_tuning/wav2vec2-base_UTS03_fmri --save_dir outputs/downstream
+
+--data_path: TIMIT as for ``eval_phonemes.py``.
+
+Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
+"""
+
+import sys
+
+import probing
+
+
+def main(argv=None):
+    return probing.main("sentence_type", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

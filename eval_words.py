@@ -1,0 +1,24 @@
+"""Word-identity probe on Speech Commands v2: which of the 35 command words is spoken, F1 per
+layer.
+
+    python eval_words.py --data_path /data/speech_commands_v0.02 --model_name facebook/wav2vec2-base \\
+        --model_path outputs/brain_tuning/wav2vec2-base_UTS03_fmri --save_dir outputs/downstream
+
+--data_path: the Speech Commands v2 folder: one folder per word, ``validation_list.txt`` and
+``testing_list.txt``; training uses every file in neither list, testing the files of
+``testing_list.txt``; ``_background_noise_`` is ignored.
+
+Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
+"""
+
+import sys
+
+import probing
+
+
+def main(argv=None):
+    return probing.main("words", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Linear probes on mean-pooled layer features: the downstream tasks (SPEC section 6).
+
+The shared core of the ``eval_*.py`` scripts, one per task:
+
+==================  ====================  ==========================================
+script              dataset (--data_path)  target
+==================  ====================  ==========================================
+eval_phonemes       TIMIT                 the 39 phone classes present (multi-label)
+eval_sentence_type  TIMIT                 SA, SI or SX
+eval_words          Speech Commands v2    one of 35 words
+eval_emotion        CREMA-D               one of 6 emotions (speaker-disjoint split)
+eval_intent         SLURP                 one of the actions (46 in SLURP)
+==================  ====================  ==========================================
+
+For each model (pretrained, and every ``--model_path``/``--logs_dir`` checkpoint) and layer:
+the hidden states of each utterance averaged over time, cached per model and dataset split;
+then one linear layer trained full-batch with Adam (lr 1e-3) on the training split (binary
+cross-entropy per class for the multi-label phonemes, softmax cross-entropy otherwise), its
+inputs standardised with the training mean and std; scored on the test split by micro and
+macro F1 and accuracy (multi-label: exact match of the whole label set).
+
+Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model and layer:
+f1_micro, f1_macro, accuracy, n_train, n_test), ``<task>.png`` (macro F1 per layer, one line per
+model) and ``run_config.json``.
+"""
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+import brain_evaluate
+import data_utils
+import downstream_data
+import eval_utils
+import speech_models
+from data_utils import DatasetError
+
+logger = logging.getLogger(__name__)
+
+MIN_SECONDS = 0.025  # the wav2vec2 CNN's receptive field: shorter audio gives no frame
+
+
+def parse_args(task, argv=None):
+    dataset = downstream_data.TASKS[task][0]
+    parser = argparse.ArgumentParser(
+        description=f"Linear probes of every layer of pretrained and brain-tuned speech models "
+                    f"on {dataset} ({task}).", formatter_class=data_utils.HelpFormatter)
+    parser.add_argument("--data_path", required=True, help=f"root of the local {dataset} copy")
+    brain_evaluate.add_model_arguments(parser)
+    parser.add_argument("--layers", nargs="+", type=int, default=None,
+                        help="hidden-state indices to probe (default: all, 0 = encoder input)")
+    parser.add_argument("--num_epochs", type=int, default=50,
+                        help="full-batch Adam steps of each probe")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the probe")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the probe initialisation, --max_examples subsets and the "
+                             "CREMA-D actor split")
+    parser.add_argument("--max_examples", type=int, default=None,
+                        help="use a random subset of at most this many utterances per split "
+                             "(quick looks; the paper uses all)")
+    if task == "emotion":
+        parser.add_argument("--test_fraction", type=float, default=0.2,
+                            help="fraction of the CREMA-D actors held out for testing")
+    if task == "intent":
+        parser.add_argument("--audio_dir", default=None,
+                            help="folder of the SLURP recordings (default: slurp_real/ found in "
+                                 "--data_path, audio/ or scripts/audio/)")
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="utterances of equal length per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 on a GPU that supports it, else fp32")
+    parser.add_argument("--save_dir", default="outputs/downstream", help="parent of the results")
+    parser.add_argument("--exp_name", default=None,
+                        help="results folder name (default: <model>_<task>)")
+    parser.add_argument("--cache_dir", default=None,
+                        help="feature cache (default: <save_dir>/feature_cache)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    args = parser.parse_args(argv)
+    args.task = task
+    if args.exp_name is None:
+        args.exp_name = f"{Path(args.model_name.rstrip('/')).name}_{task}"
+    if args.cache_dir is None:
+        args.cache_dir = str(Path(args.save_dir) / "feature_cache")
+    if args.num_epochs < 1 or args.lr <= 0:
+        parser.error("--num_epochs must be >= 1 and --lr > 0")
+    return args
+
+
+def split_examples(args, split):
+    """Examples of a split, subsampled to ``--max_examples`` when asked."""
+    examples = downstream_data.task_examples(
+        args.task, args.data_path, split, seed=args.seed,
+        test_fraction=getattr(args, "test_fraction", 0.2), audio_dir=getattr(args, "audio_dir", None))
+    if args.max_examples is not None and len(examples) > args.max_examples:
+        keep = np.random.default_rng(args.seed).choice(len(examples), args.max_examples,
+                                                       replace=False)
+        examples = [examples[i] for i in sorted(keep)]
+    return examples
+
+
+def targets(examples, classes, multi_label):
+    """Labels as class indices (n,) int64, or a (n, classes) float32 indicator when multi-label."""
+    index = {name: i for i, name in enumerate(classes)}
+    if not multi_label:
+        return np.array([index[e["label"]] for e in examples], dtype=np.int64)
+    y = np.zeros((len(examples), len(classes)), dtype=np.float32)
+    for row, example in enumerate(examples):
+        y[row, [index[label] for label in example["label"]]] = 1.0
+    return y
+
+
+def _waveforms(examples, sampling_rate, family):
+    """The examples' audio, read one at a time, with the file named on bad lengths."""
+    for example in examples:
+        audio = data_utils.read_audio(example["audio"], sampling_rate)
+        if len(audio) < MIN_SECONDS * sampling_rate:
+            raise DatasetError(f"{example['audio']}: {len(audio)} samples, shorter than "
+                               f"{MIN_SECONDS * 1000:.0f} ms; remove it from the dataset")
+        if family == "whisper" and len(audio) > 30 * sampling_rate:
+            raise DatasetError(f"{example['audio']}: longer than the 30 s the Whisper encoder "
+                               "takes")
+        yield audio
+
+
+def utterance_features(args, backbone, preprocessor, model_key, examples, layers, device, dtype):
+    """Mean-pooled layer features of the examples (dict layer -> (n, hidden) float32), cached
+    per model and list of audio files."""
+    files = [str(Path(e["audio"]).resolve()) for e in examples]
+    stats = [Path(f).stat() for f in files]
+    settings = json.dumps({"files": files, "sizes": [s.st_size for s in stats],
+                           "modified_ns": [s.st_mtime_ns for s in stats],
+                           "autocast": str(dtype), "preprocessor": preprocessor.digest()},
+                          sort_keys=True)
+    dataset = downstream_data.TASKS[args.task][0].replace(" ", "_").lower()
+    path = (Path(args.cache_dir) / model_key[:16]
+            / f"{dataset}_{hashlib.sha256(settings.encode()).hexdigest()[:16]}.hf5")
+    family = speech_models.backbone_family(backbone)
+
+    def extract(missing):
+        waveforms = _waveforms(examples, preprocessor.sampling_rate, family)
+        return speech_models.pooled_layer_features(
+            backbone, preprocessor, waveforms, missing, args.batch_size, device, dtype,
+            progress=True, total=len(examples)), {}
+
+    return speech_models.cached_layer_features(path, layers, extract, settings)[0]
+
+
+def probe_predictions(x_train, y_train, x_test, n_classes, multi_label, num_epochs=50, lr=1e-3,
+                      seed=0, device="cpu"):
+    """Train a linear probe full-batch with Adam and predict the test set.
+
+    Parameters
+    ----------
+    x_train, x_test : (n_train, d), (n_test, d) features; standardised with the training mean
+        and std (constant columns only centred)
+    y_train : (n_train,) class indices, or (n_train, n_classes) 0/1 when ``multi_label``
+    seed : seed of the probe's initial weights (the global RNG is left untouched)
+
+    Returns
+    -------
+    (n_test,) int64 class indices, or (n_test, n_classes) bool (sigmoid > 0.5) when multi-label.
+    """
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0
+    train = torch.from_numpy(((x_train - mean) / std).astype(np.float32)).to(device)
+    test = torch.from_numpy(((x_test - mean) / std).astype(np.float32)).to(device)
+    labels = torch.from_numpy(y_train).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = torch.nn.Linear(train.shape[1], n_classes).to(device)
+    loss_fn = torch.nn.BCEWithLogitsLoss() if multi_label else torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+    for _ in range(num_epochs):
+        optimizer.zero_grad()
+        loss_fn(probe(train), labels).backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = probe(test).cpu()
+    return (logits > 0).numpy() if multi_label else logits.argmax(dim=1).numpy()
+
+
+def probe_scores(y_true, y_pred, multi_label):
+    """Micro and macro F1 and accuracy (multi-label: exact match of the label set).
+
+    Macro F1 averages over the classes present in ``y_true``; micro F1 counts every prediction
+    (a predicted class absent from the test set is a false positive)."""
+    if multi_label:
+        y_true, y_pred = np.asarray(y_true) > 0.5, np.asarray(y_pred).astype(bool)
+        present = y_true.any(axis=0)
+        macro = f1_score(y_true[:, present], y_pred[:, present], average="macro", zero_division=0)
+    else:
+        macro = f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro",
+                         zero_division=0)
+    return {"f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+            "f1_macro": float(macro), "accuracy": float(accuracy_score(y_true, y_pred))}
+
+
+def evaluate_model(args, label, checkpoint, data, device, dtype):
+    """Result rows (one per layer) of one model."""
+    backbone, family = speech_models.load_backbone(checkpoint)
+    backbone.to(device)
+    preprocessor = speech_models.AudioPreprocessor(
+        speech_models.load_feature_extractor(checkpoint, family), family)
+    depth = speech_models.num_layers(backbone, family)
+    layers = brain_evaluate.choose_layers(args.layers or list(range(depth + 1)), depth)
+    key = speech_models.fingerprint(backbone)
+    features = {split: utterance_features(args, backbone, preprocessor, key, data[split][0],
+                                          layers, device, dtype)
+                for split in ("train", "test")}
+    rows = []
+    for layer in layers:
+        predictions = probe_predictions(
+            features["train"][layer], data["train"][1], features["test"][layer],
+            len(data["classes"]), data["multi_label"], args.num_epochs, args.lr, args.seed, device)
+        scores = probe_scores(data["test"][1], predictions, data["multi_label"])
+        rows.append({"model": label, "layer": layer, **scores,
+                     "n_train": len(data["train"][1]), "n_test": len(data["test"][1])})
+        logger.info("%s layer %d: F1 micro %.3f, macro %.3f, accuracy %.3f", label, layer,
+                    scores["f1_micro"], scores["f1_macro"], scores["accuracy"])
+    return rows
+
+
+def write_results(out_dir, rows, run_config, task):
+    """results.json, results.csv and <task>.png, atomically."""
+    data_utils.write_json(out_dir / "results.json", {**run_config, "results": rows},
+                          overwrite=True)
+    with data_utils.atomic_output(out_dir / "results.csv", overwrite=True) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    series = {}
+    for row in rows:
+        series.setdefault(row["model"], {})[row["layer"]] = row["f1_macro"]
+    eval_utils.plot_per_layer(out_dir / f"{task}.png", series, "macro F1 (test)",
+                              f"Linear probes: {task}")
+
+
+def run(args):
+    out_dir = Path(args.save_dir) / args.exp_name
+    if (out_dir / "results.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out_dir / 'results.json'} exists; pass --overwrite or another "
+                              "--exp_name")
+    models = brain_evaluate.models_to_evaluate(args)
+    device = speech_models.resolve_device(args.device)
+    dtype = speech_models.autocast_dtype(args.precision, device)
+    dataset, multi_label, _ = downstream_data.TASKS[args.task]
+    train, test = split_examples(args, "train"), split_examples(args, "test")
+    classes = downstream_data.task_classes(args.task, train, test)
+    logger.info("%s %s: %d training and %d test utterances, %d classes", dataset, args.task,
+                len(train), len(test), len(classes))
+    data = {"train": (train, targets(train, classes, multi_label)),
+            "test": (test, targets(test, classes, multi_label)),
+            "classes": classes, "multi_label": multi_label}
+    rows = []
+    for label, checkpoint in models:
+        rows += evaluate_model(args, label, checkpoint, data, device, dtype)
+    run_config = {"arguments": vars(args), "task": args.task, "dataset": dataset,
+                  "classes": list(classes), "models": dict(models),
+                  "run": data_utils.run_metadata(args)}
+    data_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
+    write_results(out_dir, rows, run_config, args.task)
+    for key in ("f1_micro", "f1_macro"):
+        print(eval_utils.comparison_table(rows, key))
+    logger.info("results in %s", out_dir)
+    return out_dir
+
+
+def main(task, argv=None):
+    """Command-line entry of the ``eval_<task>.py`` scripts; returns the exit status."""
+    args = parse_args(task, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        run(args)
+    except (DatasetError, speech_models.ModelError, FileExistsError) as err:
+        logger.error("%s", err)
+        return 1
+    return 0

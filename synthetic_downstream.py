@@ -1,0 +1,231 @@
+"""Write small synthetic copies of the downstream datasets, in their real layouts and formats.
+
+    python synthetic_downstream.py --layout timit --out data/synthetic_timit
+
+For demos and tests of the probing scripts (``eval_*.py``) without the licensed datasets.
+Utterances are spoken in the synthetic language of ``synthetic_data.py``: words of 2-4 ARPAbet
+phones, each phone two harmonics with its own frequencies, so the phones and words of an
+utterance are audible to a model. Each layout plants the signal its task needs:
+
+- ``timit``: ``TRAIN/`` and ``TEST/`` trees of ``DR<n>/<speaker>/<utterance>.WAV`` (NIST
+  SPHERE, 16 kHz, 16 bit) with ``.PHN`` (TIMIT phones, ``h#`` at both ends), ``.WRD`` and
+  ``.TXT``. SA1 and SA2 are the same two sentences for every speaker (as in TIMIT); SX
+  sentences use words of a compact third of the vocabulary, SI sentences the rest, and are
+  longer. Phone sets differ between utterances, for the phoneme probe.
+- ``speech_commands``: a folder per command word (each spoken as one synthetic word at a random
+  offset in 1 s of audio, RIFF 16 kHz), ``<speaker>_nohash_<k>.wav`` names,
+  ``validation_list.txt`` and ``testing_list.txt`` chosen by speaker, and
+  ``_background_noise_/``.
+- ``crema_d``: ``AudioWAV/<actor>_<sentence>_<EMOTION>_<level>.wav``; the emotion sets the pitch
+  (and the level the loudness) of the sentence.
+- ``slurp``: ``train.jsonl``/``test.jsonl`` with ``action`` and two ``recordings`` per utterance
+  (FLAC in ``slurp_real/``); each action has a keyword spoken among filler words.
+
+Speakers differ in pitch (+-4%) and loudness. Deterministic for a seed.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+import data_utils
+import downstream_data
+import synthetic_data
+
+logger = logging.getLogger(__name__)
+
+RATE = 16000
+LAYOUTS = ("timit", "speech_commands", "crema_d", "slurp")
+EMOTION_PITCH = {"SAD": 0.7, "DIS": 0.82, "NEU": 0.95, "HAP": 1.1, "FEA": 1.27, "ANG": 1.45}
+LEVEL_GAIN = {"LO": 0.5, "MD": 0.75, "HI": 1.0, "XX": 0.75}
+COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right")
+SLURP_ACTIONS = ("query", "set", "remove", "play", "hue_lightoff")
+
+
+def speak(words, lexicon, rng, pitch=1.0, gain=0.5, lead=0.1):
+    """Audio of ``words`` spoken in a row with short pauses, at 16 kHz.
+
+    Returns the float64 audio and the phone and word intervals as (start sample, end sample,
+    label) lists (phones with their stress digits).
+    """
+    pieces, phones, spoken = [np.zeros(int(lead * RATE))], [], []
+    now = len(pieces[0])
+    for word in words:
+        info = lexicon["words"][word]
+        start = now
+        for phone, duration in zip(info["phones"], info["durations"]):
+            sound = synthetic_data.phone_sound(lexicon["phones"][phone.rstrip("012")], duration,
+                                               RATE, rng, pitch)
+            pieces.append(gain * sound)
+            phones.append((now, now + len(sound), phone))
+            now += len(sound)
+        spoken.append((start, now, word))
+        pause = np.zeros(int(rng.uniform(0.03, 0.12) * RATE))
+        pieces.append(pause)
+        now += len(pause)
+    pieces.append(np.zeros(int(lead * RATE)))
+    audio = np.concatenate(pieces)
+    return audio + rng.normal(0.0, 0.002, len(audio)), phones, spoken
+
+
+def _lexicon(seed):
+    return synthetic_data.make_lexicon(seed, 24, 2)
+
+
+def _speakers(rng, count):
+    """Per speaker: (pitch, gain)."""
+    return [(float(rng.uniform(0.96, 1.04)), float(rng.uniform(0.3, 0.6))) for _ in range(count)]
+
+
+def write_timit(out, seed=0, n_train_speakers=8, n_test_speakers=4):
+    """TIMIT layout: per speaker SA1, SA2, two SX and two SI utterances."""
+    rng = synthetic_data.named_rng(seed, "timit")
+    lexicon = _lexicon(seed)
+    words = list(lexicon["words"])
+    compact, diverse = words[:len(words) // 3], words[len(words) // 3:]
+    sa = {"SA1": [words[0], words[9]], "SA2": [words[11], words[20]]}
+    speakers = _speakers(rng, n_train_speakers + n_test_speakers)
+    for number, (pitch, gain) in enumerate(speakers):
+        split = "TRAIN" if number < n_train_speakers else "TEST"
+        speaker = f"{'FM'[number % 2]}{''.join(chr(65 + (number * 7 + k) % 26) for k in range(3))}0"
+        folder = Path(out) / split / f"DR{number % 2 + 1}" / speaker
+        folder.mkdir(parents=True)
+        sentences = dict(sa)
+        for k in range(2):
+            sentences[f"SX{number * 10 + k + 3}"] = list(rng.choice(compact, 2))
+            sentences[f"SI{number * 10 + k + 1000}"] = list(rng.choice(diverse, 3))
+        for name, sentence in sentences.items():
+            audio, phones, spoken = speak(sentence, lexicon, rng, pitch, gain)
+            sf.write(folder / f"{name}.WAV", audio, RATE, subtype="PCM_16", format="NIST")
+            lines = [f"0 {phones[0][0]} h#"]
+            lines += [f"{start} {end} {phone.rstrip('012').lower()}" for start, end, phone in phones]
+            lines.append(f"{phones[-1][1]} {len(audio)} h#")
+            (folder / f"{name}.PHN").write_text("\n".join(lines) + "\n")
+            (folder / f"{name}.WRD").write_text(
+                "".join(f"{start} {end} {word}\n" for start, end, word in spoken))
+            (folder / f"{name}.TXT").write_text(f"0 {len(audio)} {' '.join(sentence)}.\n")
+
+
+def write_speech_commands(out, seed=0, n_speakers=12, takes=2):
+    """Speech Commands v2 layout for ``COMMAND_WORDS``; a sixth of the speakers each for
+    validation and testing."""
+    rng = synthetic_data.named_rng(seed, "speech_commands")
+    lexicon = _lexicon(seed)
+    out = Path(out)
+    speakers = [(f"{rng.integers(16 ** 8):08x}", *voice) for voice in _speakers(rng, n_speakers)]
+    held_out = {"validation": set(s[0] for s in speakers[:n_speakers // 6]),
+                "testing": set(s[0] for s in speakers[n_speakers // 6:n_speakers // 3])}
+    lists = {name: [] for name in held_out}
+    for index, command in enumerate(COMMAND_WORDS):
+        (out / command).mkdir(parents=True)
+        for speaker, pitch, gain in speakers:
+            for take in range(takes):
+                audio = np.zeros(RATE)
+                spoken = speak([list(lexicon["words"])[index]], lexicon, rng, pitch, gain, 0.0)[0]
+                offset = rng.integers(0, RATE - len(spoken))
+                audio[offset:offset + len(spoken)] = spoken
+                name = f"{command}/{speaker}_nohash_{take}.wav"
+                sf.write(out / name, audio, RATE, subtype="PCM_16")
+                for split, members in held_out.items():
+                    if speaker in members:
+                        lists[split].append(name)
+    for split, names in lists.items():
+        (out / f"{split}_list.txt").write_text("".join(f"{name}\n" for name in sorted(names)))
+    (out / "_background_noise_").mkdir()
+    sf.write(out / "_background_noise_" / "white_noise.wav", rng.normal(0, 0.1, 5 * RATE), RATE,
+             subtype="PCM_16")
+
+
+def write_crema_d(out, seed=0, n_actors=10):
+    """CREMA-D layout: each actor speaks three sentences in the six emotions (sentence IEO at
+    three levels, the others at level XX)."""
+    rng = synthetic_data.named_rng(seed, "crema_d")
+    lexicon = _lexicon(seed)
+    words = list(lexicon["words"])
+    sentences = {"IEO": words[:3], "TIE": words[3:6], "DFA": words[6:9]}
+    folder = Path(out) / "AudioWAV"
+    folder.mkdir(parents=True)
+    for number, (pitch, _) in enumerate(_speakers(rng, n_actors)):
+        actor = 1001 + number
+        for sentence, spoken in sentences.items():
+            for emotion in downstream_data.CREMA_D_EMOTIONS:
+                levels = ("LO", "MD", "HI") if sentence == "IEO" and emotion != "NEU" else ("XX",)
+                for level in levels:
+                    audio = speak(spoken, lexicon, rng, pitch * EMOTION_PITCH[emotion],
+                                  LEVEL_GAIN[level] * 0.6)[0]
+                    sf.write(folder / f"{actor}_{sentence}_{emotion}_{level}.wav", audio, RATE,
+                             subtype="PCM_16")
+
+
+def write_slurp(out, seed=0, n_train=40, n_test=15):
+    """SLURP layout: ``n_train``/``n_test`` utterances, each a keyword of its action among one
+    or two filler words, recorded twice (close and far, quieter)."""
+    rng = synthetic_data.named_rng(seed, "slurp")
+    lexicon = _lexicon(seed)
+    words = list(lexicon["words"])
+    keywords, fillers = words[:len(SLURP_ACTIONS)], words[len(SLURP_ACTIONS):]
+    out = Path(out)
+    (out / "slurp_real").mkdir(parents=True)
+    slurp_id = 0
+    for split, count in (("train", n_train), ("test", n_test)):
+        lines = []
+        for index in range(count):
+            action = SLURP_ACTIONS[index % len(SLURP_ACTIONS)]
+            sentence = [keywords[index % len(SLURP_ACTIONS)],
+                        *rng.choice(fillers, rng.integers(1, 3))]
+            rng.shuffle(sentence)
+            pitch, gain = _speakers(rng, 1)[0]
+            recordings = []
+            for kind, scale in (("headset", 1.0), ("farfield", 0.4)):
+                name = f"audio-{1490000000 + slurp_id}-{kind}.flac"
+                audio = speak(sentence, lexicon, rng, pitch, gain * scale)[0]
+                sf.write(out / "slurp_real" / name, audio, RATE, subtype="PCM_16", format="FLAC")
+                recordings.append({"file": name, "wer": 0.0, "ent_wer": 0.0, "status": "correct"})
+            lines.append(json.dumps({"slurp_id": slurp_id, "sentence": " ".join(sentence),
+                                     "scenario": "synthetic", "action": action,
+                                     "intent": f"synthetic_{action}", "recordings": recordings}))
+            slurp_id += 1
+        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+WRITERS = {"timit": write_timit, "speech_commands": write_speech_commands,
+           "crema_d": write_crema_d, "slurp": write_slurp}
+
+
+def generate(layout, out, seed=0, overwrite=False):
+    """Write a synthetic dataset in ``layout`` to ``out`` (atomically)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    with data_utils.atomic_output(out, overwrite=True) as tmp:
+        WRITERS[layout](tmp, seed)
+    logger.info("wrote a synthetic %s dataset to %s", layout, out)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Write a small synthetic downstream dataset (TIMIT, Speech Commands v2, "
+                    "CREMA-D or SLURP layout) with a planted, learnable signal.",
+        formatter_class=data_utils.HelpFormatter)
+    parser.add_argument("--layout", choices=LAYOUTS, required=True, help="dataset layout")
+    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        generate(args.layout, args.out, args.seed, args.overwrite)
+    except FileExistsError as err:
+        logger.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Downstream probes: the probing core, the five eval_*.py scripts on synthetic datasets in the
+real layouts, the cache and the errors."""
+
+import csv
+import importlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import brain_evaluate
+import downstream_data
+import probing
+import speech_models
+import synthetic_downstream
+from data_utils import DatasetError
+
+DATASETS = {"phonemes": "timit", "sentence_type": "timit", "words": "speech_commands",
+            "emotion": "crema_d", "intent": "slurp"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probing")
+    for layout in synthetic_downstream.LAYOUTS:
+        synthetic_downstream.generate(layout, root / layout, seed=1)
+    speech_models.save_tiny_model(root / "model0", "wav2vec2", seed=0)
+    speech_models.save_tiny_model(root / "run" / "final", "wav2vec2", seed=1)
+    return root
+
+
+def _run(setup, task, *extra, save="out"):
+    module = importlib.import_module(f"eval_{task}")
+    return module.main(["--data_path", str(setup / DATASETS[task]), "--model_name",
+                        str(setup / "model0"), "--save_dir", str(setup / save),
+                        "--num_epochs", "300", *extra])
+
+
+# ----------------------------------------------------------------------------- probing core
+
+def test_scores_match_hand_counts():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 0, 2])
+    # per class (tp, fp, fn): 0 (1, 1, 1), 1 (2, 1, 0), 2 (1, 0, 1)
+    f1 = [2 * 1 / (2 * 1 + 1 + 1), 2 * 2 / (2 * 2 + 1 + 0), 2 * 1 / (2 * 1 + 0 + 1)]
+    scores = probing.probe_scores(y_true, y_pred, multi_label=False)
+    assert scores["f1_macro"] == pytest.approx(np.mean(f1))
+    assert scores["f1_micro"] == pytest.approx(4 / 6) == scores["accuracy"]
+    # multi-label: class 2 absent from the truth is left out of the macro mean but its false
+    # positive counts in the micro F1
+    y_true = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    y_pred = np.array([[1, 0, 1], [1, 0, 0], [0, 1, 0]])
+    scores = probing.probe_scores(y_true, y_pred, multi_label=True)
+    assert scores["f1_macro"] == pytest.approx(np.mean([1.0, 2 * 1 / (2 + 0 + 1)]))
+    assert scores["f1_micro"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert scores["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_probe_separates_clusters_and_keeps_the_global_rng():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (4, 20))
+    labels = rng.integers(0, 4, 400)
+    x = (centres[labels] + rng.normal(0, 1, (400, 20)) + 50).astype(np.float32)  # offset: scaling
+    state = torch.get_rng_state()
+    first = probing.probe_predictions(x[:300], labels[:300], x[300:], 4, False, 200, seed=3)
+    assert torch.equal(state, torch.get_rng_state())
+    assert (first == labels[300:]).mean() > 0.95
+    again = probing.probe_predictions(x[:300], labels[:300], x[300:], 4, False, 200, seed=3)
+    np.testing.assert_array_equal(first, again)
+    # multi-label: class k present when feature k is positive
+    y = (x[:, :5] > 50).astype(np.float32)
+    predicted = probing.probe_predictions(x[:300], y[:300], x[300:], 5, True, 300, seed=0)
+    assert predicted.dtype == bool and predicted.shape == (100, 5)
+    assert probing.probe_scores(y[300:], predicted, True)["f1_micro"] > 0.9
+    # 50 steps of lr 1e-3 move the weights by about 0.05 at most: the paper's setting
+    assert probing.probe_scores(labels[300:], probing.probe_predictions(
+        x[:300], labels[:300], x[300:], 4, False, 1, seed=3), False)["accuracy"] < 0.9
+
+
+def test_pooled_features_are_the_mean_of_the_full_models_hidden_states(tmp_path):
+    speech_models.save_tiny_model(tmp_path / "w", "wav2vec2")
+    speech_models.save_tiny_model(tmp_path / "h", "whisper")
+    rng = np.random.default_rng(0)
+    waveforms = [rng.normal(0, 0.1, n).astype(np.float32) for n in (8000, 8000, 8000, 12000, 8000)]
+    for family, folder in (("wav2vec2", "w"), ("whisper", "h")):
+        backbone, family = speech_models.load_backbone(tmp_path / folder)
+        preprocessor = speech_models.AudioPreprocessor(
+            speech_models.load_feature_extractor(tmp_path / folder, family), family)
+        pooled = speech_models.pooled_layer_features(backbone, preprocessor, iter(waveforms),
+                                                     [0, 2], batch_size=2)
+        encoder = backbone.encoder if family == "whisper" else backbone
+        for index, waveform in enumerate(waveforms):
+            with torch.no_grad():
+                hidden = encoder(torch.from_numpy(preprocessor(waveform[None])),
+                                 output_hidden_states=True).hidden_states
+            frames = preprocessor.whisper_frames(len(waveform)) if family == "whisper" else None
+            for layer in (0, 2):
+                expected = hidden[layer][0, :frames].mean(dim=0).numpy()
+                np.testing.assert_allclose(pooled[layer][index], expected, rtol=1e-4, atol=1e-5)
+        assert pooled[2].dtype == np.float32 and pooled[2].shape[0] == len(waveforms)
+
+
+# ----------------------------------------------------------------------------- readers
+
+def test_readers_follow_the_layouts(setup):
+    timit_train = downstream_data.task_examples("phonemes", setup / "timit", "train")
+    for example in timit_train[:6]:
+        lines = example["audio"].with_suffix(".PHN").read_text().split("\n")
+        expected = {downstream_data.TIMIT_61_TO_39[line.split()[2]] for line in lines if line}
+        assert set(example["label"]) == expected
+    kinds = [e["label"] for e in downstream_data.task_examples("sentence_type", setup / "timit",
+                                                               "test")]
+    assert kinds.count("SA") == kinds.count("SX") == kinds.count("SI") > 0
+
+    root = setup / "speech_commands"
+    listed = set((root / "testing_list.txt").read_text().split())
+    listed |= set((root / "validation_list.txt").read_text().split())
+    every = {f"{p.parent.name}/{p.name}" for p in root.glob("[!_]*/*.wav")}
+    test = downstream_data.speech_commands_examples(root, "test")
+    train = downstream_data.speech_commands_examples(root, "train")
+    assert {f"{e['audio'].parent.name}/{e['audio'].name}" for e in test} == set(
+        (root / "testing_list.txt").read_text().split())
+    assert {f"{e['audio'].parent.name}/{e['audio'].name}" for e in train} == every - listed
+    assert all(e["label"] == e["audio"].parent.name for e in train)
+
+    crema_train = downstream_data.crema_d_examples(setup / "crema_d", "train", 0.2, seed=4)
+    crema_test = downstream_data.crema_d_examples(setup / "crema_d", "test", 0.2, seed=4)
+    assert not {e["speaker"] for e in crema_train} & {e["speaker"] for e in crema_test}
+    assert len({e["speaker"] for e in crema_test}) == 2  # 20% of 10 actors
+    assert {e["label"] for e in crema_test} == set(downstream_data.CREMA_D_EMOTIONS)
+    assert all(e["audio"].stem.split("_")[2] == e["label"] for e in crema_train)
+
+    lines = (setup / "slurp" / "test.jsonl").read_text().splitlines()
+    slurp = downstream_data.slurp_examples(setup / "slurp", "test")
+    assert len(slurp) == sum(len(json.loads(line)["recordings"]) for line in lines)
+    assert slurp[1]["label"] == json.loads(lines[0])["action"]
+
+
+# ----------------------------------------------------------------------------- scripts
+
+@pytest.mark.parametrize("task", list(DATASETS))
+def test_each_task_beats_chance_on_the_planted_signal(setup, task, capsys):
+    assert _run(setup, task, "--model_path", str(setup / "run")) == 0
+    out = setup / "out" / f"model0_{task}"
+    results = json.loads((out / "results.json").read_text())["results"]
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["model"] for r in rows] == [r["model"] for r in results] == ["pretrained"] * 3 + [
+        "run/final"] * 3
+    assert set(rows[0]) == {"model", "layer", "f1_micro", "f1_macro", "accuracy", "n_train",
+                            "n_test"}
+    assert (out / f"{task}.png").stat().st_size > 1000
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["arguments"]["num_epochs"] == 300 and "torch" in config["run"]["packages"]
+    train = downstream_data.task_examples(task, setup / DATASETS[task], "train")
+    test = downstream_data.task_examples(task, setup / DATASETS[task], "test")
+    assert {int(r["n_train"]) for r in rows} == {len(train)}
+    assert {int(r["n_test"]) for r in rows} == {len(test)}
+    best = max(float(r["f1_micro"]) for r in rows)
+    if task == "phonemes":
+        # chance: the best constant answer, each class predicted when most training
+        # utterances have it
+        classes = downstream_data.TIMIT_39
+        prior = probing.targets(train, classes, True).mean(axis=0) > 0.5
+        y_test = probing.targets(test, classes, True)
+        chance = probing.probe_scores(y_test, np.tile(prior, (len(test), 1)), True)["f1_micro"]
+    else:
+        labels = [e["label"] for e in test]
+        chance = max(labels.count(label) for label in set(labels)) / len(labels)
+    assert best > chance + 0.1, (best, chance)
+    printed = capsys.readouterr().out
+    assert "f1_macro:" in printed and "run/final" in printed
+
+
+def test_features_are_cached_per_model_and_split(setup, monkeypatch):
+    assert _run(setup, "words", "--layers", "1", save="cached") == 0
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    original = speech_models.pooled_layer_features
+    monkeypatch.setattr(speech_models, "pooled_layer_features", no_extraction)
+    assert _run(setup, "words", "--layers", "1", "--overwrite", save="cached") == 0
+    asked = []
+
+    def only_missing(backbone, preprocessor, waveforms, layers, *args, **kwargs):
+        asked.append(list(layers))
+        return original(backbone, preprocessor, waveforms, layers, *args, **kwargs)
+
+    monkeypatch.setattr(speech_models, "pooled_layer_features", only_missing)
+    assert _run(setup, "words", "--layers", "1", "2", "--overwrite", save="cached") == 0
+    assert asked == [[2], [2]]  # train and test splits, the new layer only
+
+
+def test_existing_results_are_kept_and_run_folders_resolve(setup, caplog):
+    assert _run(setup, "emotion", "--layers", "0", save="keep") == 0
+    assert _run(setup, "emotion", "--layers", "0", save="keep") == 1
+    assert "exists; pass --overwrite" in caplog.text
+    args = probing.parse_args("emotion", ["--data_path", "x", "--model_name", "m",
+                                          "--model_path", str(setup / "run")])
+    assert brain_evaluate.models_to_evaluate(args)[1] == ("run/final", str(setup / "run" / "final"))
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        probing.parse_args("intent", ["--help"])
+    text = capsys.readouterr().out
+    assert "--audio_dir" in text and "SLURP" in text and "(default: 0)" in text
+    assert "--test_fraction" not in text
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_unknown_layouts_and_labels_are_named(setup, tmp_path, caplog):
+    cases = []
+    missing = tmp_path / "nothing"
+    cases.append(("phonemes", missing, "no such directory"))
+    commands = tmp_path / "commands"
+    (commands / "yes").mkdir(parents=True)
+    cases.append(("words", commands, "not a Speech Commands v2 folder"))
+    crema = tmp_path / "crema"
+    shutil.copytree(setup / "crema_d", crema)
+    shutil.copy(next((crema / "AudioWAV").glob("*.wav")), crema / "AudioWAV" / "1001_IEO_BOR_XX.wav")
+    cases.append(("emotion", crema, "1001_IEO_BOR_XX.wav: emotion 'BOR'"))
+    slurp = tmp_path / "slurp"
+    shutil.copytree(setup / "slurp", slurp)
+    lines = (slurp / "test.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    record["action"] = "dance"
+    (slurp / "test.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    cases.append(("intent", slurp, "'dance' is not among the 5 SLURP intent classes"))
+    words = tmp_path / "words"
+    shutil.copytree(setup / "speech_commands", words)
+    (words / "banana").mkdir()
+    cases.append(("words", words, "folders banana are not Speech Commands v2 words"))
+    for task, path, message in cases:
+        caplog.clear()
+        assert probing.main(task, ["--data_path", str(path), "--model_name",
+                                   str(setup / "model0"), "--save_dir", str(tmp_path / "o")]) == 1
+        assert message in caplog.text, (task, caplog.text)
+
+
+def test_unreadable_and_too_short_audio_are_named(setup, tmp_path, caplog):
+    root = tmp_path / "commands"
+    shutil.copytree(setup / "speech_commands", root)
+    victim = downstream_data.speech_commands_examples(root, "train")[5]["audio"]
+    victim.write_bytes(b"RIFF....WAVEfmt garbage")
+    assert probing.main("words", ["--data_path", str(root), "--model_name",
+                                  str(setup / "model0"), "--save_dir", str(tmp_path / "o")]) == 1
+    assert f"{victim}: unreadable audio" in caplog.text
+    sf.write(victim, np.zeros(100), 16000)
+    caplog.clear()
+    assert probing.main("words", ["--data_path", str(root), "--model_name",
+                                  str(setup / "model0"), "--save_dir", str(tmp_path / "o")]) == 1
+    assert f"{victim}: 100 samples, shorter than 25 ms" in caplog.text
+
+
+def test_slurp_recording_missing_is_named(setup, tmp_path):
+    root = tmp_path / "slurp"
+    shutil.copytree(setup / "slurp", root)
+    first = json.loads((root / "train.jsonl").read_text().splitlines()[0])
+    (root / "slurp_real" / first["recordings"][0]["file"]).unlink()
+    with pytest.raises(DatasetError, match=r"train.jsonl:1: recording .* is not in"):
+        downstream_data.slurp_examples(root, "train")
+    (root / "train.jsonl").write_text('{"action": "set"}\n')
+    with pytest.raises(DatasetError, match=r"train.jsonl:1: expected a JSON object"):
+        downstream_data.slurp_examples(root, "train")
