@@ -10,11 +10,23 @@ alphas chosen on chunks held out inside the training stories; predictions of the
 (``wheretheressmoke``, its first 40 response rows dropped as in the paper) scored by raw
 Pearson r and cc_norm = r / noise ceiling.
 
-Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model and
-layer: mean r and cc_norm over voxels above ``--nc_thr``, and per region with
-``--roi_file``), ``voxels_<model>_layer<k>.npz`` (per-voxel r, cc_norm, alpha),
-``alignment.png`` (mean cc_norm per layer, one line per model) and ``run_config.json``. Features
-are cached in ``--cache_dir`` and never extracted twice.
+Reliance on low-level features (SPEC section 5), with ``--low_level powspec phonemes ...``:
+each named set of ``low_level_features`` (``a+b`` for several together) is regressed out of
+each layer's TR-level features with a cross-validated ridge fitted on the training stories
+and applied to every story; the encoding model is fitted again on the residuals, and the drop
+in cc_norm is the layer's reliance on those features. Semantic preference (SPEC section 7),
+with ``--semantic_preference --word_vectors FILE|synthetic``: how well each layer's TR-level
+features predict the word vectors of the words heard (same ridge and splits, held-out story,
+mean r over dimensions) minus how well they predict ``--phonetic_features``.
+
+Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model, layer,
+low-level analysis ("none", or the set removed) and region: mean r and cc_norm over voxels
+above ``--nc_thr``, and ``drop_percent`` = 100 (before - after) / before),
+``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r, cc_norm, alpha),
+``alignment.png`` (mean cc_norm per layer, one line per model), ``reliance.png`` (drop per
+layer), ``semantic_preference.csv``/``.png`` (semantic_r, phonetic_r, preference per model and
+layer; also in results.json) and ``run_config.json``. Model features are cached in
+``--cache_dir``, stimulus features in ``<cache_dir>/stimulus``; nothing is computed twice.
 """
 
 import argparse
@@ -29,6 +41,7 @@ import numpy as np
 
 import data_utils
 import eval_utils
+import low_level_features
 import speech_models
 from data_utils import DatasetError
 
@@ -61,6 +74,22 @@ def parse_args(argv=None):
     parser.add_argument("--roi_file", default=None,
                         help="JSON mapping region name -> list of voxel indices, for per-region "
                              "summaries")
+    parser.add_argument("--low_level", nargs="+", default=[],
+                        help="reliance analysis: low-level feature sets ("
+                             + ", ".join(low_level_features.FEATURE_SETS) + ") to regress out of "
+                             "each layer's features before fitting the encoding model again; each "
+                             "is removed on its own, 'a+b' removes a and b together")
+    parser.add_argument("--ngram_vocab_size", type=int, default=1000,
+                        help="diphone/triphone columns: the most frequent in the training stories")
+    parser.add_argument("--semantic_preference", action="store_true",
+                        help="also score how well each layer predicts semantic features "
+                             "(--word_vectors) versus phonetic ones (--phonetic_features)")
+    parser.add_argument("--word_vectors", default=None,
+                        help="word-vector text file (word2vec/GloVe text format: a word and its "
+                             "values per line), or 'synthetic' for the embedding planted in a "
+                             "synthetic dataset; needed by --semantic_preference")
+    parser.add_argument("--phonetic_features", nargs="+", default=["phonemes", "articulation"],
+                        help="low-level feature sets that --semantic_preference compares against")
     parser.add_argument("--alphas", nargs="+", type=float, default=None,
                         help="ridge penalties (ordinary ridge); default: the paper's "
                              "logspace(1, 4, 15) in singular-value units, squared")
@@ -91,6 +120,14 @@ def parse_args(argv=None):
         args.cache_dir = str(Path(args.save_dir) / "feature_cache")
     if args.alphas is None:
         args.alphas = (np.logspace(1, 4, 15) ** 2).tolist()
+    try:
+        for spec in args.low_level:
+            low_level_features.check_feature_sets(spec.split("+"))
+        low_level_features.check_feature_sets(args.phonetic_features)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.semantic_preference and args.word_vectors is None:
+        parser.error("--semantic_preference needs --word_vectors FILE (or 'synthetic')")
     return args
 
 
@@ -180,8 +217,16 @@ def summarise(values, nc, nc_thr, rois):
     return summary
 
 
-def evaluate_model(args, label, checkpoint, stories, responses, nc, rois, device, dtype):
-    """Per-layer scores of one model: dict layer -> per-voxel arrays and summaries."""
+def evaluate_model(args, label, checkpoint, stories, responses, nc, rois, device, dtype,
+                   stimulus=None):
+    """Per-layer scores of one model.
+
+    Returns dict layer -> {"encoding": {analysis: scores}, "semantic_preference": ... or None},
+    where analysis is "none" (the layer's features) or a ``--low_level`` item (the features
+    with those low-level features regressed out), and scores holds per-voxel ``r``,
+    ``cc_norm`` and ``alpha`` and their ``summary``. ``stimulus`` (from ``stimulus_features``)
+    holds the low-level, phonetic and semantic features per story.
+    """
     backbone, family = speech_models.load_backbone(checkpoint)
     backbone.to(device)
     preprocessor = speech_models.AudioPreprocessor(
@@ -193,27 +238,94 @@ def evaluate_model(args, label, checkpoint, stories, responses, nc, rois, device
         window_features, times = cached_story_features(args, backbone, preprocessor, key, story,
                                                        layers, device, dtype)
         per_story[story] = tr_features(args, story, window_features, times)
-    train_responses, test_responses = responses
     lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
     splits = eval_utils.bootstrap_chunk_splits(lengths, args.n_boots, args.chunk_len,
                                                seed=args.seed)
     results = {}
     for layer in layers:
-        x_train, x_test = design_matrices({s: f[layer] for s, f in per_story.items()}, stories,
-                                          args.test_story)
-        if len(x_train) != len(train_responses) or len(x_test) != len(test_responses):
-            raise DatasetError(f"{label} layer {layer}: {len(x_train)}/{len(x_test)} feature rows "
-                               f"but {len(train_responses)}/{len(test_responses)} response rows; "
-                               "the responses do not match respdict.json")
-        r, cc_norm, alphas = encoding_scores(x_train, x_test, train_responses, test_responses,
-                                             nc, args.alphas, splits, device)
-        results[layer] = {"r": r, "cc_norm": cc_norm, "alpha": alphas,
-                          "summary": {"r": summarise(r, nc, args.nc_thr, rois),
-                                      "cc_norm": summarise(cc_norm, nc, args.nc_thr, rois)}}
-        logger.info("%s layer %d: mean cc_norm %.3f, mean r %.3f (voxels with NC > %s)", label,
-                    layer, results[layer]["summary"]["cc_norm"]["all"],
-                    results[layer]["summary"]["r"]["all"], args.nc_thr)
+        features = {story: values[layer] for story, values in per_story.items()}
+        analyses = {"none": features}
+        for spec in args.low_level:
+            confounds = {story: np.hstack([stimulus["low_level"][story][name]
+                                           for name in spec.split("+")]) for story in features}
+            analyses[spec] = eval_utils.regress_out(features, confounds, stories, args.alphas,
+                                                    splits, device)
+        results[layer] = {"encoding": {}, "semantic_preference": None}
+        for analysis, values in analyses.items():
+            scores = layer_scores(args, values, stories, responses, nc, rois, splits, device,
+                                  f"{label} layer {layer}")
+            results[layer]["encoding"][analysis] = scores
+            logger.info("%s layer %d%s: mean cc_norm %.3f, mean r %.3f (voxels with NC > %s)",
+                        label, layer, "" if analysis == "none" else f" without {analysis}",
+                        scores["summary"]["cc_norm"]["all"], scores["summary"]["r"]["all"],
+                        args.nc_thr)
+        if args.semantic_preference:
+            results[layer]["semantic_preference"] = semantic_preference(
+                features, stimulus["semantic"], stimulus["phonetic"], stories, args.test_story,
+                args.alphas, splits, device)
+            logger.info("%s layer %d: semantic r %.3f, phonetic r %.3f", label, layer,
+                        results[layer]["semantic_preference"]["semantic_r"],
+                        results[layer]["semantic_preference"]["phonetic_r"])
     return results
+
+
+def layer_scores(args, features, stories, responses, nc, rois, splits, device, what):
+    """Encoding-model scores of TR-grid features (story -> (grid TRs, features))."""
+    train_responses, test_responses = responses
+    x_train, x_test = design_matrices(features, stories, args.test_story)
+    if len(x_train) != len(train_responses) or len(x_test) != len(test_responses):
+        raise DatasetError(f"{what}: {len(x_train)}/{len(x_test)} feature rows "
+                           f"but {len(train_responses)}/{len(test_responses)} response rows; "
+                           "the responses do not match respdict.json")
+    r, cc_norm, alphas = encoding_scores(x_train, x_test, train_responses, test_responses,
+                                         nc, args.alphas, splits, device)
+    return {"r": r, "cc_norm": cc_norm, "alpha": alphas,
+            "summary": {"r": summarise(r, nc, args.nc_thr, rois),
+                        "cc_norm": summarise(cc_norm, nc, args.nc_thr, rois)}}
+
+
+def semantic_preference(features, semantic, phonetic, stories, test_story, alphas, splits,
+                        device=None):
+    """How much better a layer predicts semantic than phonetic stimulus features (SPEC 7).
+
+    Each score is the mean, over the target's columns, of the held-out-story correlation of a
+    ridge prediction from the layer's TR-grid features (``eval_utils.prediction_score``).
+
+    Returns
+    -------
+    dict with ``semantic_r``, ``phonetic_r`` and ``preference`` = semantic_r - phonetic_r.
+    """
+    scores = {}
+    for name, targets in (("semantic", semantic), ("phonetic", phonetic)):
+        scores[f"{name}_r"] = float(eval_utils.prediction_score(
+            features, targets, stories, test_story, alphas, splits, device).mean())
+    scores["preference"] = scores["semantic_r"] - scores["phonetic_r"]
+    return scores
+
+
+def stimulus_features(args, stories):
+    """Low-level (``--low_level``), phonetic and semantic features per story on the TR grid,
+    as needed by the requested analyses (cached in ``<cache_dir>/stimulus``)."""
+    names = sorted({name for spec in args.low_level for name in spec.split("+")}
+                   | (set(args.phonetic_features) if args.semantic_preference else set()))
+    if not names:
+        return None
+    all_stories = [*stories, args.test_story]
+    vocabularies = low_level_features.build_vocabularies(
+        args.data_dir, stories, names, max_size=args.ngram_vocab_size)
+    low = {story: low_level_features.story_features(
+        args.data_dir, story, names, vocabularies, args.tr_source, args.tr_path,
+        Path(args.cache_dir) / "stimulus") for story in all_stories}
+    stimulus = {"low_level": low}
+    if args.semantic_preference:
+        vectors = low_level_features.load_word_vectors(args.word_vectors, args.data_dir)
+        stimulus["phonetic"] = {story: np.hstack([low[story][name]
+                                                  for name in args.phonetic_features])
+                                for story in all_stories}
+        stimulus["semantic"] = {story: low_level_features.word_vector_features(
+            args.data_dir, story, vectors, args.tr_source, args.tr_path)
+            for story in all_stories}
+    return stimulus
 
 
 def design_matrices(tr_level, stories, test_story):
@@ -243,30 +355,67 @@ def encoding_scores(x_train, x_test, train_responses, test_responses, nc, alphas
     return r, cc_norm, best_alphas
 
 
-def write_results(out_dir, all_results, args, run_config):
-    """results.json, results.csv, per-voxel .npz files and alignment.png, all atomic."""
-    rows = []
-    for label, layers in all_results.items():
-        for layer, result in layers.items():
-            for region in result["summary"]["cc_norm"]:
-                rows.append({"model": label, "layer": layer, "region": region,
-                             "cc_norm": result["summary"]["cc_norm"][region],
-                             "r": result["summary"]["r"][region]})
-            safe = label.replace("/", "_").replace(" ", "_")
-            with data_utils.atomic_output(out_dir / f"voxels_{safe}_layer{layer}.npz", True) as tmp:
-                np.savez(tmp, r=result["r"], cc_norm=result["cc_norm"], alpha=result["alpha"])
-    data_utils.write_json(out_dir / "results.json", {**run_config, "results": rows}, overwrite=True)
-    with data_utils.atomic_output(out_dir / "results.csv", overwrite=True) as tmp:
+def _write_csv(path, rows):
+    with data_utils.atomic_output(path, overwrite=True) as tmp:
         with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["model", "layer", "region", "cc_norm", "r"])
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    eval_utils.plot_per_layer(
-        out_dir / "alignment.png",
-        {label: {layer: r["summary"]["cc_norm"]["all"] for layer, r in layers.items()}
-         for label, layers in all_results.items()},
-        "mean cc_norm", f"Brain alignment, {data_utils.subject_id(args.subject)}")
-    return rows
+
+
+def write_results(out_dir, all_results, args, run_config):
+    """results.json/.csv, per-voxel .npz files and the plots (alignment.png; reliance.png with
+    --low_level; semantic_preference.png/.csv with --semantic_preference), all atomic.
+
+    Returns the alignment rows and the semantic-preference rows."""
+    rows, preference_rows = [], []
+    for label, layers in all_results.items():
+        safe = label.replace("/", "_").replace(" ", "_")
+        for layer, result in layers.items():
+            before = result["encoding"]["none"]["summary"]["cc_norm"]
+            for analysis, scores in result["encoding"].items():
+                for region, value in scores["summary"]["cc_norm"].items():
+                    drop = (100.0 * (before[region] - value) / before[region]
+                            if analysis != "none" and before[region] != 0 else None)
+                    rows.append({"model": label, "layer": layer, "low_level": analysis,
+                                 "region": region, "cc_norm": value,
+                                 "r": scores["summary"]["r"][region], "drop_percent": drop})
+                suffix = "" if analysis == "none" else f"_without_{analysis}"
+                with data_utils.atomic_output(out_dir / f"voxels_{safe}_layer{layer}{suffix}.npz",
+                                              True) as tmp:
+                    np.savez(tmp, r=scores["r"], cc_norm=scores["cc_norm"], alpha=scores["alpha"])
+            if result["semantic_preference"] is not None:
+                preference_rows.append({"model": label, "layer": layer,
+                                        **result["semantic_preference"]})
+    data_utils.write_json(out_dir / "results.json",
+                          {**run_config, "results": rows, "semantic_preference": preference_rows},
+                          overwrite=True)
+    _write_csv(out_dir / "results.csv", rows)
+    baseline = [row for row in rows if row["region"] == "all" and row["low_level"] == "none"]
+    eval_utils.plot_per_layer(out_dir / "alignment.png", _series(baseline, "cc_norm"),
+                              "mean cc_norm", f"Brain alignment, {data_utils.subject_id(args.subject)}")
+    removed = [row for row in rows if row["region"] == "all" and row["low_level"] != "none"]
+    if removed:
+        eval_utils.plot_per_layer(out_dir / "reliance.png",
+                                  _series(removed, "drop_percent", with_analysis=True),
+                                  "drop in mean cc_norm (%)",
+                                  "Reliance on low-level features (higher: more reliant)")
+    if preference_rows:
+        _write_csv(out_dir / "semantic_preference.csv", preference_rows)
+        eval_utils.plot_per_layer(out_dir / "semantic_preference.png",
+                                  _series(preference_rows, "preference"),
+                                  "semantic r - phonetic r", "Semantic preference")
+    return rows, preference_rows
+
+
+def _series(rows, key, with_analysis=False):
+    """Plot series: label -> {layer: row[key]}."""
+    series = {}
+    for row in rows:
+        label = f"{row['model']} without {row['low_level']}" if with_analysis else row["model"]
+        series.setdefault(label, {})[row["layer"]] = (float("nan") if row[key] is None
+                                                      else row[key])
+    return series
 
 
 def run(args):
@@ -295,17 +444,24 @@ def run(args):
     train_responses = np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories])
     test_responses = data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:]
     models = models_to_evaluate(args)
+    stimulus = stimulus_features(args, stories)
     all_results = {}
     for label, checkpoint in models:
         all_results[label] = evaluate_model(args, label, checkpoint, stories,
                                             (train_responses, test_responses), nc, rois, device,
-                                            dtype)
+                                            dtype, stimulus)
     run_config = {"arguments": vars(args), "subject": subject, "train_stories": stories,
                   "models": dict(models), "run": data_utils.run_metadata(args)}
     data_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
-    rows = write_results(out_dir, all_results, args, run_config)
-    print(eval_utils.comparison_table([row for row in rows if row["region"] == "all"],
-                                      "cc_norm"))
+    rows, preference_rows = write_results(out_dir, all_results, args, run_config)
+    overall = [row for row in rows if row["region"] == "all"]
+    print(eval_utils.comparison_table([r for r in overall if r["low_level"] == "none"], "cc_norm"))
+    for spec in args.low_level:
+        print(f"without {spec}:")
+        print(eval_utils.comparison_table([r for r in overall if r["low_level"] == spec],
+                                          "drop_percent"))
+    if preference_rows:
+        print(eval_utils.comparison_table(preference_rows, "preference"))
     logger.info("results in %s", out_dir)
     return out_dir
 

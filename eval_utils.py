@@ -362,6 +362,62 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
     return weights, best_alphas, cv_scores
 
 
+# ----------------------------------------------------------------------------- feature spaces
+
+def _trimmed(story_features, stories, trim):
+    start, end = trim
+    return np.vstack([zscore(story_features[s])[start:len(story_features[s]) - end]
+                      for s in stories])
+
+
+def regress_out(features, confounds, train_stories, alphas, splits, device=None,
+                trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
+    """Remove from each story's features what a ridge model predicts from the confounds.
+
+    Each story's features and confounds are z-scored on their own; the ridge (one alpha per
+    feature column, chosen on ``splits`` of the stacked trimmed training rows) is fitted on
+    the trimmed rows of ``train_stories`` and applied to every story and row.
+
+    Parameters
+    ----------
+    features, confounds : dict story -> (n_grid_trs, n_features), (n_grid_trs, n_confounds)
+    splits : (train_idx, val_idx) pairs over the stacked trimmed training rows
+
+    Returns
+    -------
+    dict story -> (n_grid_trs, n_features) residuals, in the features' dtype.
+    """
+    weights, _, _ = fit_ridge_cv(_trimmed(confounds, train_stories, trim),
+                                 _trimmed(features, train_stories, trim), alphas, splits,
+                                 device=device)
+    return {story: (zscore(values) - zscore(confounds[story]) @ weights.astype(values.dtype))
+            .astype(values.dtype, copy=False) for story, values in features.items()}
+
+
+def prediction_score(features, targets, train_stories, test_story, alphas, splits, device=None,
+                     trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
+    """How well one feature space predicts another on a held-out story.
+
+    A ridge model (alphas chosen per target column on ``splits``) maps the z-scored, trimmed
+    features of the training stories to the targets; the score is the Pearson correlation of
+    its prediction with each target column of ``test_story``.
+
+    Parameters
+    ----------
+    features, targets : dict story -> (n_grid_trs, n_features), (n_grid_trs, n_targets)
+
+    Returns
+    -------
+    (n_targets,) correlations (0 for a target constant on the test story).
+    """
+    weights, _, _ = fit_ridge_cv(_trimmed(features, train_stories, trim),
+                                 _trimmed(targets, train_stories, trim), alphas, splits,
+                                 device=device)
+    x_test = _trimmed(features, [test_story], trim)
+    return column_correlation(x_test @ weights.astype(x_test.dtype),
+                              _trimmed(targets, [test_story], trim))
+
+
 # ----------------------------------------------------------------------------- reporting
 
 def comparison_table(rows, value_key):
@@ -369,7 +425,8 @@ def comparison_table(rows, value_key):
     "model" and "layer")."""
     models = list(dict.fromkeys(row["model"] for row in rows))
     layers = sorted({row["layer"] for row in rows})
-    value = {(row["model"], row["layer"]): row[value_key] for row in rows}
+    value = {(row["model"], row["layer"]): float("nan") if row[value_key] is None
+             else row[value_key] for row in rows}
     width = max(len(m) for m in models) + 2
     lines = [f"{value_key}:", "model".ljust(width) + "".join(f"L{layer:<7}" for layer in layers)]
     for model in models:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import Ridge
 
 import eval_utils
 
@@ -212,3 +213,54 @@ def test_ridge_bad_shapes():
         eval_utils.fit_ridge_cv(np.ones((10, 3)), np.ones((10, 2)), [1.0], [], backend="jax")
     with pytest.raises(ValueError, match="at least one"):
         eval_utils.fit_ridge_cv(np.ones((10, 3)), np.ones((10, 2)), [1.0], [])
+
+
+def test_regress_out_matches_sklearn_ridge_and_removes_the_confounds():
+    rng = np.random.default_rng(5)
+    stories = ["a", "b", "c", "d"]
+    confounds = {s: rng.standard_normal((90, 5)).astype(np.float32) for s in stories}
+    mixing = rng.standard_normal((5, 8))
+    own = {s: rng.standard_normal((90, 8)) for s in stories}
+    features = {s: (confounds[s] @ mixing + own[s]).astype(np.float32) for s in stories}
+    train = stories[:3]
+    splits = eval_utils.bootstrap_chunk_splits([75] * 3, n_boots=2)
+    residuals = eval_utils.regress_out(features, confounds, train, [10.0], splits)
+    assert residuals["d"].dtype == np.float32 and residuals["d"].shape == (90, 8)
+    # independent: scikit-learn ridge on the same z-scored, trimmed, stacked training rows
+    rows = slice(10, 85)
+    x = np.vstack([eval_utils.zscore(confounds[s].astype(np.float64))[rows] for s in train])
+    y = np.vstack([eval_utils.zscore(features[s].astype(np.float64))[rows] for s in train])
+    reference = Ridge(alpha=10.0, fit_intercept=False).fit(x, y)
+    expected = (eval_utils.zscore(features["d"].astype(np.float64))
+                - eval_utils.zscore(confounds["d"].astype(np.float64)) @ reference.coef_.T)
+    np.testing.assert_allclose(residuals["d"], expected, atol=1e-4)
+    # what is left is the part the confounds cannot explain, on the held-out story too
+    left = eval_utils.column_correlation(residuals["d"], own["d"])
+    assert left.min() > 0.9
+    before = np.abs(np.corrcoef(features["d"].T, confounds["d"].T)[:8, 8:]).mean()
+    after = np.abs(np.corrcoef(residuals["d"].T, confounds["d"].T)[:8, 8:]).mean()
+    assert before > 0.3 and after < 0.15
+
+
+def test_prediction_score_is_high_for_a_linear_target_and_null_for_an_unrelated_one():
+    rng = np.random.default_rng(6)
+    stories = ["a", "b", "c", "d"]
+    features = {s: rng.standard_normal((90, 6)).astype(np.float32) for s in stories}
+    mixing = rng.standard_normal((6, 3))
+    linear = {s: features[s] @ mixing + 0.1 * rng.standard_normal((90, 3)) for s in stories}
+    unrelated = {s: rng.standard_normal((90, 3)) for s in stories}
+    splits = eval_utils.bootstrap_chunk_splits([75] * 3, n_boots=2)
+    alphas = np.logspace(-1, 3, 5)
+    high = eval_utils.prediction_score(features, linear, stories[:3], "d", alphas, splits)
+    low = eval_utils.prediction_score(features, unrelated, stories[:3], "d", alphas, splits)
+    assert high.shape == (3,) and high.min() > 0.95
+    assert np.abs(low).max() < 0.35
+    # one alpha: the same correlations as scikit-learn's ridge prediction
+    rows = slice(10, 85)
+    x = np.vstack([eval_utils.zscore(features[s].astype(np.float64))[rows] for s in stories[:3]])
+    y = np.vstack([eval_utils.zscore(linear[s])[rows] for s in stories[:3]])
+    prediction = Ridge(alpha=5.0, fit_intercept=False).fit(x, y).predict(
+        eval_utils.zscore(features["d"].astype(np.float64))[rows])
+    np.testing.assert_allclose(
+        eval_utils.prediction_score(features, linear, stories[:3], "d", [5.0], splits),
+        eval_utils.column_correlation(prediction, linear["d"][rows]), atol=1e-4)
