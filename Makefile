@@ -1,22 +1,41 @@
 # make demo   set up .venv if needed, then run the main job on the built-in synthetic data:
 #             dataset, check, noise ceilings, brain-tuning of a tiny model, brain alignment of
 #             the pretrained and tuned model (0.5 s window steps instead of 0.1 s, for speed)
+#             with the low-level reliance and semantic preference, a phoneme probe on a
+#             synthetic TIMIT, and outputs/demo/report.md + summary.json
 # make test   set up .venv if needed, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= outputs/demo
+DEMO_EPOCHS ?= 6
 BIN := $(VENV)/bin
 
 # make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020
-#             the paper's protocol on the real data: check, brain-tuning with the paper's
-#             settings (resumed if interrupted), alignment of the pretrained and tuned model
+#             the paper's protocol on the real data: check, noise ceiling, brain-tuning with the
+#             paper's settings (resumed if interrupted), alignment of the pretrained and tuned
+#             model with the low-level reliance (and the semantic preference with WORD_VECTORS=),
+#             downstream probes for the datasets given (TIMIT= SPEECH_COMMANDS= CREMA_D= SLURP=),
+#             and $(OUT)/report.md + summary.json
 SUBJECT ?= 1
 MODEL ?=
 DATA ?=
 EPOCHS ?= 30
 OUT ?= outputs/reproduce
 RUN_NAME = $(notdir $(patsubst %/,%,$(MODEL)))_UTS0$(SUBJECT)
+LOW_LEVEL ?= powspec phonemes articulation
+WORD_VECTORS ?=
+TIMIT ?=
+SPEECH_COMMANDS ?=
+CREMA_D ?=
+SLURP ?=
+PROBE_DATA_phonemes = $(TIMIT)
+PROBE_DATA_sentence_type = $(TIMIT)
+PROBE_DATA_words = $(SPEECH_COMMANDS)
+PROBE_DATA_emotion = $(CREMA_D)
+PROBE_DATA_intent = $(SLURP)
+PROBES = $(if $(TIMIT),phonemes sentence_type,) $(if $(SPEECH_COMMANDS),words,) \
+	$(if $(CREMA_D),emotion,) $(if $(SLURP),intent,)
 
 .PHONY: setup demo test reproduce
 
@@ -35,7 +54,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/python synthetic_data.py --out $(DEMO_DIR)/data --seed 0 --overwrite
+	$(BIN)/python synthetic_data.py --out $(DEMO_DIR)/data --seed 0 --family_size 3 --overwrite
 	$(BIN)/python data_utils.py check --data_dir $(DEMO_DIR)/data
 	$(BIN)/python eval_utils.py noise-ceiling --data_dir $(DEMO_DIR)/data --subject 1 \
 		--out $(DEMO_DIR)/subject_NCs/UTS01.npy --overwrite
@@ -43,19 +62,38 @@ demo: setup
 	$(BIN)/python brain_trainer_story.py --model_name $(DEMO_DIR)/tiny-wav2vec2 --subject 1 \
 		--data_dir $(DEMO_DIR)/data --nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy \
 		--save_dir $(DEMO_DIR)/runs --exp_name tiny-wav2vec2_UTS01 --overwrite \
-		--num_epochs 3 --batch_size 16 --base_lr 5e-4 --linear_layer_lr 5e-3 --warmup_epochs 1
+		--num_epochs $(DEMO_EPOCHS) --batch_size 16 --base_lr 1e-3 --linear_layer_lr 1e-2 \
+		--warmup_epochs 0 --patience $(DEMO_EPOCHS)
 	$(BIN)/python brain_evaluate.py --model_name $(DEMO_DIR)/tiny-wav2vec2 --subject 1 \
 		--data_dir $(DEMO_DIR)/data --nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy \
-		--logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 --epochs final \
+		--logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 --epochs $(DEMO_EPOCHS) \
 		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_UTS01 --overwrite --chunk_s 0.5 \
-		--layers 0 1 2
+		--layers 0 1 2 --low_level powspec phonemes --semantic_preference --word_vectors synthetic
+	$(BIN)/python synthetic_downstream.py --layout timit --out $(DEMO_DIR)/timit --overwrite
+	$(BIN)/python eval_phonemes.py --data_path $(DEMO_DIR)/timit \
+		--model_name $(DEMO_DIR)/tiny-wav2vec2 \
+		--model_path $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01/checkpoint-epoch$(DEMO_EPOCHS) \
+		--num_epochs 300 --save_dir $(DEMO_DIR)/downstream --exp_name tiny-wav2vec2_phonemes \
+		--overwrite
+	$(BIN)/python report.py --out $(DEMO_DIR) --title "brain-tuning demo (synthetic data)" \
+		--alignment $(DEMO_DIR)/alignment/tiny-wav2vec2_UTS01 \
+		--downstream $(DEMO_DIR)/downstream/tiny-wav2vec2_phonemes --data_dir $(DEMO_DIR)/data \
+		--overwrite
 
 reproduce: setup
-	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020 [EPOCHS=30] [OUT=outputs/reproduce]"; exit 2; }
+	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020 [EPOCHS=30] [OUT=outputs/reproduce] [TIMIT=... SPEECH_COMMANDS=... CREMA_D=... SLURP=...] [WORD_VECTORS=glove.txt] [LOW_LEVEL='powspec phonemes']"; exit 2; }
 	$(BIN)/python data_utils.py check --data_dir $(DATA) --subjects $(SUBJECT)
+	$(if $(wildcard subject_NCs/UTS0$(SUBJECT).npy),,$(BIN)/python eval_utils.py noise-ceiling --data_dir $(DATA) --subject $(SUBJECT))
 	$(BIN)/python brain_trainer_story.py --model_name $(MODEL) --subject $(SUBJECT) \
 		--data_dir $(DATA) --num_epochs $(EPOCHS) --save_dir $(OUT)/runs --exp_name $(RUN_NAME) \
 		$(if $(wildcard $(OUT)/runs/$(RUN_NAME)/last),--resume,)
 	$(BIN)/python brain_evaluate.py --model_name $(MODEL) --subject $(SUBJECT) --data_dir $(DATA) \
 		--logs_dir $(OUT)/runs/$(RUN_NAME) --epochs final --save_dir $(OUT)/alignment \
-		--exp_name $(RUN_NAME) --overwrite
+		--exp_name $(RUN_NAME) --overwrite $(if $(LOW_LEVEL),--low_level $(LOW_LEVEL),) \
+		$(if $(WORD_VECTORS),--semantic_preference --word_vectors $(WORD_VECTORS),)
+	$(foreach task,$(PROBES),$(BIN)/python eval_$(task).py --data_path $(PROBE_DATA_$(task)) \
+		--model_name $(MODEL) --model_path $(OUT)/runs/$(RUN_NAME) --save_dir $(OUT)/downstream \
+		--exp_name $(RUN_NAME)_$(task) --overwrite &&) true
+	$(BIN)/python report.py --out $(OUT) --title "brain-tuning of $(RUN_NAME)" \
+		--alignment $(OUT)/alignment/$(RUN_NAME) --overwrite \
+		$(if $(PROBES),--downstream $(foreach task,$(PROBES),$(OUT)/downstream/$(RUN_NAME)_$(task)),)

@@ -189,10 +189,11 @@ def cached_story_features(args, backbone, preprocessor, model_key, story, layers
             / f"{story}_{hashlib.sha256(settings.encode()).hexdigest()[:12]}.hf5")
 
     def extract(missing):
+        logger.info("%s: extracting layers %s", story, " ".join(map(str, missing)))
         audio = data_utils.load_stimulus(args.data_dir, story, preprocessor.sampling_rate)
         features, times = speech_models.sliding_window_features(
             backbone, preprocessor, audio, missing, args.context_s, args.chunk_s,
-            args.batch_size, device, dtype, naive=args.naive)
+            args.batch_size, device, dtype, naive=args.naive, progress=True)
         return features, {"times": times}
 
     features, extras = speech_models.cached_layer_features(path, layers, extract, settings)
@@ -349,7 +350,7 @@ def encoding_scores(x_train, x_test, train_responses, test_responses, nc, alphas
     and the chosen alphas, each (n_voxels,).
     """
     weights, best_alphas, _ = eval_utils.fit_ridge_cv(x_train, train_responses, alphas, splits,
-                                                      device=device)
+                                                      device=device, progress=True)
     r = eval_utils.column_correlation(x_test @ weights, test_responses)
     cc_norm = np.divide(r, nc, out=np.zeros_like(r), where=nc > 0)
     return r, cc_norm, best_alphas

@@ -15,14 +15,19 @@ The planted signal
 Stimulus: each story is a sequence of word tokens from a small vocabulary, with pauses and
 noise tokens (``sp``, ``{BR}``, ``{LG}``, ``{NS}``) between them. Every word is a fixed sequence
 of 2-4 ARPAbet phones and every phone a short harmonic sound with its own pair of
-frequencies, so a word's acoustics identify the word. Each token gets a random loudness, so
-acoustic energy varies independently of which word is spoken.
+frequencies, so a word's acoustics identify the word. With ``family_size`` > 1 (``--family_size``)
+words come instead in anagram families: 3-4 phones spoken in ``family_size`` different orders.
+Each token gets a random loudness, so acoustic energy varies independently of which word is
+spoken.
 
 Responses: on the standard TR grid (TR ``k`` covers ``2k - 10 .. 2k - 8`` s from story onset)
 two stimulus features are computed per TR:
 
-* semantic: the sum of the fixed ``semantic_dim``-dimensional embeddings (i.i.d. normal, one
-  per word) of the words whose midpoint falls in the TR;
+* semantic: the sum of the fixed ``semantic_dim``-dimensional embeddings (normal, one per
+  word) of the words whose midpoint falls in the TR. In anagram families the embeddings are
+  centred within each family: as the words of a family share their sounds, the semantic
+  signal then cannot be predicted from which sounds are heard (spectrum, phone counts), only
+  from word identity, i.e. phone order;
 * acoustic: the RMS energy of the audio in the TR.
 
 Both pass through a haemodynamic lag of 2, 3 and 4 TRs (4-8 s, weights ``HRF_WEIGHTS``).
@@ -31,8 +36,8 @@ vector; an *acoustic* voxel's signal is the lagged energy (with a random sign); 
 voxel has none. Each voxel has a signal fraction ``p``: one presentation is
 ``sqrt(p) * signal + sqrt(1 - p) * noise`` (signal z-scored per story, white Gaussian noise),
 then z-scored per story. With ``N`` repeats its true noise ceiling is
-``1 / sqrt(1 + (1/p - 1) / N)``; signal voxels get ceilings spread uniformly over 0.1-0.9,
-noise voxels 0. A few noise voxels are NaN throughout the first training story, as masked
+``1 / sqrt(1 + (1/p - 1) / N)``; signal voxels get ceilings spread uniformly over
+``cc_max_range`` (0.1-0.9), noise voxels 0. A few noise voxels are NaN throughout the first training story, as masked
 voxels are in the real data.
 
 Everything is recorded in ``synthetic_truth.json`` at the dataset root: voxel types, signal
@@ -78,8 +83,11 @@ def named_rng(seed, name):
 
 # ----------------------------------------------------------------------------- stimulus
 
-def make_lexicon(seed, n_words, semantic_dim):
-    """Phone frequencies and words (phones, phone durations, semantic embedding)."""
+def make_lexicon(seed, n_words, semantic_dim, family_size=1):
+    """Phone frequencies and words (phones, phone durations, semantic embedding): independent
+    words, or anagram families of ``family_size`` words."""
+    if not 1 <= family_size <= 6:
+        raise ValueError("family_size must be 1..6 (3 phones have 6 orders)")
     rng = named_rng(seed, "lexicon")
     phones = {}
     low = rng.permutation(np.linspace(220.0, 900.0, len(VOWELS) + len(CONSONANTS)))
@@ -88,22 +96,55 @@ def make_lexicon(seed, n_words, semantic_dim):
         phones[phone] = (round(float(f1), 2), round(float(f2), 2))
     words = {}
     while len(words) < n_words:
-        pattern = [("C", "V"), ("C", "V", "C"), ("V", "C"), ("C", "V", "C", "V")][rng.integers(4)]
-        sequence, stressed = [], False
-        for kind in pattern:
-            if kind == "V":
-                sequence.append(f"{VOWELS[rng.integers(len(VOWELS))]}{0 if stressed else 1}")
-                stressed = True
-            else:
-                sequence.append(CONSONANTS[rng.integers(len(CONSONANTS))])
-        label = "".join(p.rstrip("012").lower() for p in sequence)
-        if label in words:
-            continue
-        durations = [round(float(rng.uniform(0.09, 0.15) if p[-1].isdigit()
-                                 else rng.uniform(0.05, 0.09)), 3) for p in sequence]
-        words[label] = {"phones": sequence, "durations": durations,
-                        "embedding": rng.standard_normal(semantic_dim).round(4).tolist()}
+        if family_size == 1:
+            _add_word(words, rng, semantic_dim)
+        else:
+            _add_family(words, rng, semantic_dim, min(family_size, n_words - len(words)))
     return {"phones": phones, "words": words}
+
+
+def _add_word(words, rng, semantic_dim):
+    """A word of 2-4 phones (CV, CVC, VC or CVCV) with its own embedding, unless drawn before."""
+    pattern = [("C", "V"), ("C", "V", "C"), ("V", "C"), ("C", "V", "C", "V")][rng.integers(4)]
+    sequence, stressed = [], False
+    for kind in pattern:
+        if kind == "V":
+            sequence.append(f"{VOWELS[rng.integers(len(VOWELS))]}{0 if stressed else 1}")
+            stressed = True
+        else:
+            sequence.append(CONSONANTS[rng.integers(len(CONSONANTS))])
+    label = "".join(p.rstrip("012").lower() for p in sequence)
+    if label in words:
+        return
+    durations = [round(float(rng.uniform(0.09, 0.15) if p[-1].isdigit()
+                             else rng.uniform(0.05, 0.09)), 3) for p in sequence]
+    words[label] = {"phones": sequence, "durations": durations,
+                    "embedding": rng.standard_normal(semantic_dim).round(4).tolist()}
+
+
+def _add_family(words, rng, semantic_dim, size):
+    """An anagram family: one set of 3-4 phones spoken in ``size`` orders. The embeddings are
+    centred within the family, so which sounds a word has says nothing of its meaning."""
+    n_phones = int(rng.integers(3, 5))
+    vowels = list(rng.choice(VOWELS, 1 if n_phones == 3 else 2, replace=False))
+    sounds = vowels + list(rng.choice(CONSONANTS, n_phones - len(vowels), replace=False))
+    durations = {p: round(float(rng.uniform(0.09, 0.15) if p in vowels
+                                else rng.uniform(0.05, 0.09)), 3) for p in sounds}
+    family = {}
+    while len(family) < size:
+        order = [str(p) for p in rng.permutation(sounds)]
+        family.setdefault("".join(order).lower(), order)
+    if any(label in words for label in family):
+        return
+    embeddings = rng.standard_normal((size, semantic_dim))
+    if size > 1:
+        embeddings = (embeddings - embeddings.mean(axis=0)) * np.sqrt(size / (size - 1))
+    for (label, order), embedding in zip(family.items(), embeddings):
+        first_vowel = next(p for p in order if p in vowels)
+        words[label] = {"phones": [p + ("1" if p == first_vowel else "0") if p in vowels else p
+                                   for p in order],
+                        "durations": [durations[p] for p in order],
+                        "embedding": embedding.round(4).tolist()}
 
 
 def phone_sound(frequencies, duration, rate, rng, pitch=1.0):
@@ -205,7 +246,7 @@ def haemodynamic_lag(features):
 # ----------------------------------------------------------------------------- responses
 
 def make_subject(seed, subject, n_voxels, n_repeats, semantic_dim, semantic_fraction,
-                 acoustic_fraction):
+                 acoustic_fraction, cc_max_range=CC_MAX_RANGE):
     """Voxel types, signal fractions, true ceilings and weights of one synthetic subject."""
     rng = named_rng(seed, f"subject/{subject}")
     n_semantic = int(round(semantic_fraction * n_voxels))
@@ -213,7 +254,7 @@ def make_subject(seed, subject, n_voxels, n_repeats, semantic_dim, semantic_frac
     types = np.array(["semantic"] * n_semantic + ["acoustic"] * n_acoustic
                      + ["noise"] * (n_voxels - n_semantic - n_acoustic))
     types = types[rng.permutation(n_voxels)]
-    target = rng.uniform(*CC_MAX_RANGE, n_voxels)
+    target = rng.uniform(*cc_max_range, n_voxels)
     signal_fraction = np.where(types == "noise", 0.0,
                                1.0 / (1.0 + n_repeats * (1.0 / target ** 2 - 1.0)))
     true_cc_max = np.zeros(n_voxels)
@@ -327,7 +368,7 @@ def story_plan(n_train_stories, train_trs, test_trs, seed):
 
 def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test_trs=120,
              n_voxels=200, n_words=48, semantic_dim=16, semantic_fraction=0.4,
-             acoustic_fraction=0.2, overwrite=False):
+             acoustic_fraction=0.2, cc_max_range=CC_MAX_RANGE, family_size=1, overwrite=False):
     """Write the dataset to ``out`` (atomically: built beside it, then moved into place).
 
     Subject ``s`` gets ``n_voxels + 16 * (s - 1)`` voxels and 10 repeats of the test story
@@ -338,13 +379,13 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     plan = story_plan(n_train_stories, train_trs, test_trs, seed)
-    lexicon = make_lexicon(seed, n_words, semantic_dim)
+    lexicon = make_lexicon(seed, n_words, semantic_dim, family_size)
     names = [data_utils.subject_id(s) for s in subjects]
     truth = {
         "generator": "synthetic_data.py", "seed": seed,
         "tr_seconds": data_utils.TR_SECONDS,
         "hrf": {"delays_tr": list(HRF_DELAYS), "weights": list(HRF_WEIGHTS)},
-        "semantic_dim": semantic_dim,
+        "semantic_dim": semantic_dim, "family_size": family_size,
         "signal_model": "presentation = zscore(sqrt(p) * zscore(signal) + sqrt(1 - p) * noise)",
         "phones": {p: list(f) for p, f in lexicon["phones"].items()},
         "words": lexicon["words"], "stories": {}, "subjects": {},
@@ -376,7 +417,8 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
             subject_number = int(name[3:])
             n_repeats = 10 if subject_number <= 3 else 5
             subject = make_subject(seed, name, n_voxels + 16 * (subject_number - 1), n_repeats,
-                                   semantic_dim, semantic_fraction, acoustic_fraction)
+                                   semantic_dim, semantic_fraction, acoustic_fraction,
+                                   cc_max_range)
             stories = [s for s in plan if not (s == "life" and len(names) > 1
                                                and number == len(names) - 1)]
             rng = named_rng(seed, f"responses/{name}")
@@ -447,13 +489,22 @@ def main(argv=None):
                         help="fraction of semantic voxels (default: %(default)s)")
     parser.add_argument("--acoustic_fraction", type=float, default=0.2,
                         help="fraction of acoustic-energy voxels; the rest are noise (default: %(default)s)")
+    parser.add_argument("--cc_max_range", nargs=2, type=float, default=list(CC_MAX_RANGE),
+                        metavar=("LOW", "HIGH"),
+                        help="true noise ceilings of the signal voxels are spread uniformly over "
+                             "this range; higher means cleaner single presentations (default: "
+                             "%(default)s)")
+    parser.add_argument("--family_size", type=int, default=1,
+                        help="words per anagram family (1: independent words); with 2-6 the "
+                             "semantic signal lives in phone order only (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         generate(args.out, args.seed, args.subjects, args.n_train_stories, args.train_trs,
                  args.test_trs, args.n_voxels, args.n_words, args.semantic_dim,
-                 args.semantic_fraction, args.acoustic_fraction, args.overwrite)
+                 args.semantic_fraction, args.acoustic_fraction, tuple(args.cc_max_range),
+                 args.family_size, args.overwrite)
     except (FileExistsError, ValueError) as err:
         logger.error("%s", err)
         return 1

@@ -111,7 +111,7 @@ def write_timit(out, seed=0, n_train_speakers=8, n_test_speakers=4):
             (folder / f"{name}.TXT").write_text(f"0 {len(audio)} {' '.join(sentence)}.\n")
 
 
-def write_speech_commands(out, seed=0, n_speakers=12, takes=2):
+def write_speech_commands(out, seed=0, n_speakers=24, takes=3):
     """Speech Commands v2 layout for ``COMMAND_WORDS``; a sixth of the speakers each for
     validation and testing."""
     rng = synthetic_data.named_rng(seed, "speech_commands")
@@ -162,7 +162,7 @@ def write_crema_d(out, seed=0, n_actors=10):
                              subtype="PCM_16")
 
 
-def write_slurp(out, seed=0, n_train=40, n_test=15):
+def write_slurp(out, seed=0, n_train=100, n_test=30):
     """SLURP layout: ``n_train``/``n_test`` utterances, each a keyword of its action among one
     or two filler words, recorded twice (close and far, quieter)."""
     rng = synthetic_data.named_rng(seed, "slurp")

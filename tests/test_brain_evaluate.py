@@ -11,6 +11,7 @@ import torch
 import brain_evaluate
 import data_utils
 import eval_utils
+import low_level_features
 import speech_models
 import synthetic_data
 
@@ -251,3 +252,113 @@ def test_fingerprint_of_models_with_scalar_buffers():
     first = speech_models.fingerprint(AutoModel.from_config(config))
     torch.manual_seed(1)
     assert speech_models.fingerprint(AutoModel.from_config(config)) != first
+
+
+# ----------------------------------------------------------------------------- reliance, preference
+
+def test_low_level_reliance_and_semantic_preference_cli(setup, capsys):
+    root, data = setup
+    assert _run(setup, "--layers", "2", "--low_level", "powspec", "phonemes+articulation",
+                "--semantic_preference", "--word_vectors", "synthetic", "--nc_thr", "0.2",
+                save="reliance") == 0
+    out = root / "reliance" / "run"
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {(r["model"], r["low_level"]) for r in rows} == {
+        (m, a) for m in ("pretrained", "model1")
+        for a in ("none", "powspec", "phonemes+articulation")}
+    nc = np.load(root / "UTS01.npy")
+    for row in rows:
+        suffix = "" if row["low_level"] == "none" else f"_without_{row['low_level']}"
+        cc_norm = np.load(out / f"voxels_{row['model']}_layer2{suffix}.npz")["cc_norm"]
+        assert float(row["cc_norm"]) == pytest.approx(float(cc_norm[nc > 0.2].mean()), rel=1e-5)
+        before = next(float(r["cc_norm"]) for r in rows
+                      if r["model"] == row["model"] and r["low_level"] == "none")
+        if row["low_level"] == "none":
+            assert row["drop_percent"] == ""
+        else:
+            assert float(row["drop_percent"]) == pytest.approx(
+                100 * (before - float(row["cc_norm"])) / before, rel=1e-5)
+    preference = list(csv.DictReader(open(out / "semantic_preference.csv")))
+    assert [p["model"] for p in preference] == ["pretrained", "model1"]
+    for p in preference:
+        assert float(p["preference"]) == pytest.approx(
+            float(p["semantic_r"]) - float(p["phonetic_r"]), abs=1e-6)
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["semantic_preference"]) == 2
+    for name in ("alignment.png", "reliance.png", "semantic_preference.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "without powspec:" in printed and "preference:" in printed
+    assert list((root / "reliance" / "feature_cache" / "stimulus").glob("*_powspec_*.hf5"))
+
+
+def test_bad_low_level_requests_are_refused(setup, capsys):
+    root, data = setup
+    with pytest.raises(SystemExit):
+        _run(setup, "--low_level", "powspec+loudness")
+    assert "loudness" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run(setup, "--semantic_preference")
+    assert "--word_vectors" in capsys.readouterr().err
+
+
+def _planted_tr_features(data_dir, stories, truth):
+    """TR-grid features of an ideal model: the planted word embeddings (semantic) and the RMS
+    energy of 0.1 s windows (acoustic), side by side."""
+    tr_level = {}
+    for story in stories:
+        embedding, times = _planted_window_features(data_dir, story, truth)
+        audio = data_utils.load_stimulus(data_dir, story)
+        ends = (times * 16000).astype(int)
+        energy = np.array([np.sqrt(np.mean(audio[max(0, end - 1600):end] ** 2)) for end in ends])
+        window = np.hstack([embedding, energy[:, None].astype(np.float32)])
+        tr_level[story] = eval_utils.lanczos_interp(window, times,
+                                                    data_utils.tr_times(data_dir, story))
+    return tr_level
+
+
+def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp_path):
+    data = tmp_path / "ds"
+    synthetic_data.generate(data, seed=5, subjects=(1,), n_train_stories=6, train_trs=100,
+                            test_trs=311, n_voxels=60, n_words=24, family_size=3)
+    truth = synthetic_data.load_truth(data)
+    subject = truth["subjects"]["UTS01"]
+    stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
+    test = data_utils.TEST_STORY
+    nc = eval_utils.noise_ceiling(data_utils.load_repeats(data, 1)).astype(np.float64)
+    responses = (np.vstack([data_utils.load_fmri(data, 1, s) for s in stories]),
+                 data_utils.load_fmri(data, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:])
+    splits = eval_utils.bootstrap_chunk_splits(
+        [data_utils.response_rows(data, s) for s in stories], n_boots=3, chunk_len=10)
+    args = brain_evaluate.parse_args(["--model_name", "m", "--subject", "1", "--data_dir",
+                                      str(data), "--alphas", *map(str, np.logspace(0, 5, 11))])
+    features = _planted_tr_features(data, [*stories, test], truth)
+    powspec = {s: low_level_features.story_features(data, s, "powspec")["powspec"]
+               for s in features}
+    before = brain_evaluate.layer_scores(args, features, stories, responses, nc, {}, splits,
+                                         None, "planted")["cc_norm"]
+    after = brain_evaluate.layer_scores(
+        args, eval_utils.regress_out(features, powspec, stories, args.alphas, splits), stories,
+        responses, nc, {}, splits, None, "planted")["cc_norm"]
+    drop = {}
+    for kind in ("semantic", "acoustic"):
+        voxels = np.array(subject[f"{kind}_voxels"])
+        voxels = voxels[nc[voxels] > 0.4]
+        assert before[voxels].mean() > 0.3
+        drop[kind] = (before[voxels].mean() - after[voxels].mean()) / before[voxels].mean()
+    assert drop["acoustic"] > 0.6 and drop["semantic"] < 0.15, drop
+
+    # semantic preference: the planted embedding features prefer the semantic target, the
+    # acoustic energy and the power spectrum the phonetic one
+    vectors = low_level_features.load_word_vectors("synthetic", data)
+    semantic = {s: low_level_features.word_vector_features(data, s, vectors) for s in features}
+    phonetic = {s: np.hstack(list(low_level_features.story_features(
+        data, s, ["phonemes", "articulation"]).values())) for s in features}
+    scores = {name: brain_evaluate.semantic_preference(
+        {s: values[:, columns] for s, values in source.items()}, semantic, phonetic, stories,
+        test, args.alphas, splits)["preference"]
+        for name, source, columns in (("embedding", features, slice(0, -1)),
+                                      ("energy", features, slice(-1, None)),
+                                      ("powspec", powspec, slice(None)))}
+    assert scores["embedding"] > 0.5 and scores["embedding"] > scores["energy"] + 0.5
+    assert scores["embedding"] > scores["powspec"] + 0.5

@@ -188,3 +188,31 @@ def test_cli_refuses_to_overwrite(tmp_path, caplog):
 def test_cli_rejects_bad_settings(tmp_path, bad):
     assert synthetic_data.main(["--out", str(tmp_path / "d")] + bad) == 1
     assert not (tmp_path / "d").exists()
+
+
+def test_words_come_in_anagram_families_with_centred_embeddings(tmp_path):
+    truth = synthetic_data.generate(tmp_path / "ds", seed=2, subjects=(1,), n_train_stories=1,
+                                    train_trs=30, test_trs=30, n_voxels=20, n_words=24,
+                                    family_size=3)
+    families = {}
+    for info in truth["words"].values():
+        sounds = tuple(sorted(p.rstrip("012") for p in info["phones"]))
+        families.setdefault(sounds, []).append(np.array(info["embedding"]))
+    sizes = [len(members) for members in families.values()]
+    assert sizes == [3] * 8 and truth["family_size"] == 3
+    for members in families.values():
+        if len(members) > 1:
+            np.testing.assert_allclose(np.sum(members, axis=0), 0, atol=1e-3)
+    # embeddings keep about unit variance
+    every = np.concatenate([np.array(i["embedding"]) for i in truth["words"].values()])
+    assert 0.5 < every.std() < 1.5
+
+
+def test_ceiling_range_is_honoured(tmp_path):
+    truth = synthetic_data.generate(tmp_path / "ds", seed=2, subjects=(1,), n_train_stories=1,
+                                    train_trs=30, test_trs=30, n_voxels=40,
+                                    cc_max_range=(0.8, 0.95))
+    subject = truth["subjects"]["UTS01"]
+    signal = [c for c, kind in zip(subject["true_cc_max"], subject["voxel_type"])
+              if kind != "noise"]
+    assert min(signal) >= 0.8 and max(signal) <= 0.95

@@ -1,0 +1,85 @@
+"""report.py: summary numbers from hand-made result folders, the Markdown, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+import eval_utils
+import report
+
+
+def _alignment(folder, truth, nc_path, rng):
+    """A brain_evaluate.py-like results folder with per-voxel cc_norm drawn at random."""
+    folder.mkdir(parents=True)
+    rows, values = [], {}
+    for model in ("pretrained", "epoch 3"):
+        for layer in (1, 2):
+            for analysis in ("none", "powspec"):
+                cc_norm = rng.uniform(-0.2, 0.8, 12)
+                values[(model, layer, analysis)] = cc_norm
+                suffix = "" if analysis == "none" else "_without_powspec"
+                np.savez(folder / f"voxels_{model.replace(' ', '_')}_layer{layer}{suffix}.npz",
+                         r=cc_norm, cc_norm=cc_norm, alpha=np.ones(12))
+                rows.append({"model": model, "layer": layer, "low_level": analysis,
+                             "region": "all", "cc_norm": float(cc_norm.mean()), "r": 0.0,
+                             "drop_percent": None if analysis == "none" else 12.5})
+    preference = [{"model": m, "layer": k, "semantic_r": 0.5, "phonetic_r": 0.25,
+                   "preference": 0.25} for m in ("pretrained", "epoch 3") for k in (1, 2)]
+    (folder / "results.json").write_text(json.dumps({
+        "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
+        "subject": "UTS01", "train_stories": ["a", "b"],
+        "models": {"pretrained": "m0", "epoch 3": "run/checkpoint-epoch3"},
+        "results": rows, "semantic_preference": preference}))
+    return values
+
+
+def test_summary_and_report_from_result_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    nc = rng.uniform(0, 1, 12)
+    eval_utils.save_noise_ceiling(tmp_path / "UTS01.npy", nc, {})
+    truth = {"subjects": {"UTS01": {"semantic_voxels": [0, 1, 2, 3, 4], "acoustic_voxels": [5, 6, 7],
+                                    "noise_voxels": [8, 9, 10, 11]}}}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "synthetic_truth.json").write_text(json.dumps(truth))
+    values = _alignment(tmp_path / "alignment", truth, tmp_path / "UTS01.npy", rng)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "results.json").write_text(json.dumps({"task": "phonemes", "dataset": "TIMIT",
+                                                    "results": [
+        {"model": "pretrained", "layer": 0, "f1_micro": 0.5, "f1_macro": 0.4, "accuracy": 0.1},
+        {"model": "pretrained", "layer": 1, "f1_micro": 0.6, "f1_macro": 0.45, "accuracy": 0.1},
+        {"model": "epoch 3", "layer": 1, "f1_micro": 0.7, "f1_macro": 0.55, "accuracy": 0.2}]}))
+    out = tmp_path / "report"
+    assert report.main(["--out", str(out), "--alignment", str(tmp_path / "alignment"),
+                        "--downstream", str(probe), "--data_dir", str(data)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    semantic = np.array([0, 1, 2, 3, 4])
+    semantic = semantic[nc[semantic] > 0.4]
+    for role, model in (("pretrained", "pretrained"), ("tuned", "epoch 3")):
+        expected = values[(model, 2, "none")][semantic].mean()
+        assert summary[role]["semantic_cc_norm"] == pytest.approx(expected)
+        assert summary[role]["noise_cc_norm"] == pytest.approx(values[(model, 2, "none")][8:].mean())
+        after = values[(model, 2, "powspec")][semantic].mean()
+        assert summary[role]["semantic_drop_percent_without_powspec"] == pytest.approx(
+            100 * (expected - after) / expected)
+        assert summary[role]["semantic_preference"] == 0.25
+    assert summary["layer"] == 2
+    assert summary["pretrained"]["phonemes_f1_macro_best_layer"] == 0.45
+    assert summary["tuned"]["phonemes_f1_macro_best_layer"] == 0.55
+    assert summary["semantic_cc_norm_gain"] == pytest.approx(
+        summary["tuned"]["semantic_cc_norm"] - summary["pretrained"]["semantic_cc_norm"])
+    text = (out / "report.md").read_text()
+    for heading in ("## Brain alignment", "### Planted voxels", "## Reliance on low-level",
+                    "## Semantic preference", "## Downstream probe: phonemes",
+                    "## What the planted signal predicts"):
+        assert heading in text
+    assert "| epoch 3 | 2 |" in text
+    # existing reports are kept
+    assert report.main(["--out", str(out), "--alignment", str(tmp_path / "alignment")]) == 1
+
+
+def test_missing_results_are_named(tmp_path, caplog):
+    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "none")]) == 1
+    assert "results.json: missing" in caplog.text
