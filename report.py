@@ -115,7 +115,8 @@ def summarise(alignment, planted, downstream):
             if row["model"] == model and row["layer"] == layer:
                 entry["semantic_preference"] = row["preference"]
         for results in downstream:
-            best = max((r for r in results["results"] if r["model"] == model),
+            label = _same_checkpoint(alignment["models"][model], results.get("models", {}))
+            best = max((r for r in results["results"] if r["model"] == label),
                        key=lambda r: r["f1_macro"], default=None)
             if best is not None:
                 entry[f"{results['task']}_f1_macro_best_layer"] = best["f1_macro"]
@@ -126,6 +127,19 @@ def summarise(alignment, planted, downstream):
         summary["semantic_cc_norm_gain_percent"] = (100.0 * (after - before) / abs(before)
                                                     if before else None)
     return summary
+
+
+def _same_checkpoint(path, models):
+    """The label under which ``models`` (label -> checkpoint) holds the checkpoint ``path``
+    (a run folder standing for its final/ model), or None."""
+    def resolved(folder):
+        folder = Path(folder)
+        if not (folder / "config.json").exists() and (folder / "final" / "config.json").exists():
+            folder = folder / "final"
+        return folder.resolve()
+
+    return next((label for label, other in models.items()
+                 if resolved(other) == resolved(path)), None)
 
 
 def _value(rows, key, **match):

@@ -46,11 +46,16 @@ def test_summary_and_report_from_result_folders(tmp_path):
     values = _alignment(tmp_path / "alignment", truth, tmp_path / "UTS01.npy", rng)
     probe = tmp_path / "probe"
     probe.mkdir()
-    (probe / "results.json").write_text(json.dumps({"task": "phonemes", "dataset": "TIMIT",
-                                                    "results": [
-        {"model": "pretrained", "layer": 0, "f1_micro": 0.5, "f1_macro": 0.4, "accuracy": 0.1},
-        {"model": "pretrained", "layer": 1, "f1_micro": 0.6, "f1_macro": 0.45, "accuracy": 0.1},
-        {"model": "epoch 3", "layer": 1, "f1_micro": 0.7, "f1_macro": 0.55, "accuracy": 0.2}]}))
+    # the probe labels the tuned model differently: it is matched by its checkpoint folder
+    (probe / "results.json").write_text(json.dumps({
+        "task": "phonemes", "dataset": "TIMIT",
+        "models": {"pretrained": "m0", "checkpoint-epoch3": "run/checkpoint-epoch3"},
+        "results": [
+            {"model": "pretrained", "layer": 0, "f1_micro": 0.5, "f1_macro": 0.4, "accuracy": 0.1},
+            {"model": "pretrained", "layer": 1, "f1_micro": 0.6, "f1_macro": 0.45,
+             "accuracy": 0.1},
+            {"model": "checkpoint-epoch3", "layer": 1, "f1_micro": 0.7, "f1_macro": 0.55,
+             "accuracy": 0.2}]}))
     out = tmp_path / "report"
     assert report.main(["--out", str(out), "--alignment", str(tmp_path / "alignment"),
                         "--downstream", str(probe), "--data_dir", str(data)]) == 0
