@@ -21,7 +21,7 @@ mean r over dimensions) minus how well they predict ``--phonetic_features``.
 
 Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model, layer,
 low-level analysis ("none", or the set removed) and region: mean r and cc_norm over voxels
-above ``--nc_thr``, and ``drop_percent`` = 100 (before - after) / before),
+above ``--nc_thr``, and ``drop_percent`` = 100 (before - after) / before, empty where before <= 0),
 ``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r, cc_norm, alpha),
 ``alignment.png`` (mean cc_norm per layer, one line per model), ``reliance.png`` (drop per
 layer), ``semantic_preference.csv``/``.png`` (semantic_r, phonetic_r, preference per model and
@@ -93,6 +93,11 @@ def parse_args(argv=None):
     parser.add_argument("--alphas", nargs="+", type=float, default=None,
                         help="ridge penalties (ordinary ridge); default: the paper's "
                              "logspace(1, 4, 15) in singular-value units, squared")
+    parser.add_argument("--low_level_alphas", nargs="+", type=float, default=None,
+                        help="ridge penalties for regressing --low_level features out of the "
+                             "model's features; default: logspace(0, 4, 17) in singular-value "
+                             "units, squared (reaching lower than --alphas, so that the removal "
+                             "is not limited by shrinkage)")
     parser.add_argument("--n_boots", type=int, default=3, help="cross-validation splits")
     parser.add_argument("--chunk_len", type=int, default=20, help="rows per held-out chunk")
     parser.add_argument("--context_s", type=float, default=16.0, help="window context, seconds")
@@ -120,6 +125,8 @@ def parse_args(argv=None):
         args.cache_dir = str(Path(args.save_dir) / "feature_cache")
     if args.alphas is None:
         args.alphas = (np.logspace(1, 4, 15) ** 2).tolist()
+    if args.low_level_alphas is None:
+        args.low_level_alphas = (np.logspace(0, 4, 17) ** 2).tolist()
     try:
         for spec in args.low_level:
             low_level_features.check_feature_sets(spec.split("+"))
@@ -183,7 +190,9 @@ def choose_layers(requested, depth):
 def cached_story_features(args, backbone, preprocessor, model_key, story, layers, device, dtype):
     """Window features of a story from the cache, extracting (and caching) the missing layers."""
     settings = json.dumps({"context_s": args.context_s, "chunk_s": args.chunk_s,
-                           "autocast": str(dtype), "preprocessor": preprocessor.digest()},
+                           "autocast": str(dtype), "preprocessor": preprocessor.digest(),
+                           **data_utils.file_identity([data_utils.stimulus_path(args.data_dir,
+                                                                                story)])},
                           sort_keys=True)
     path = (Path(args.cache_dir) / model_key[:16]
             / f"{story}_{hashlib.sha256(settings.encode()).hexdigest()[:12]}.hf5")
@@ -249,8 +258,8 @@ def evaluate_model(args, label, checkpoint, stories, responses, nc, rois, device
         for spec in args.low_level:
             confounds = {story: np.hstack([stimulus["low_level"][story][name]
                                            for name in spec.split("+")]) for story in features}
-            analyses[spec] = eval_utils.regress_out(features, confounds, stories, args.alphas,
-                                                    splits, device)
+            analyses[spec] = eval_utils.regress_out(features, confounds, stories,
+                                                    args.low_level_alphas, splits, device)
         results[layer] = {"encoding": {}, "semantic_preference": None}
         for analysis, values in analyses.items():
             scores = layer_scores(args, values, stories, responses, nc, rois, splits, device,
@@ -289,17 +298,26 @@ def semantic_preference(features, semantic, phonetic, stories, test_story, alpha
                         device=None):
     """How much better a layer predicts semantic than phonetic stimulus features (SPEC 7).
 
-    Each score is the mean, over the target's columns, of the held-out-story correlation of a
-    ridge prediction from the layer's TR-grid features (``eval_utils.prediction_score``).
+    Each score is the mean, over the target's columns that vary in both the training stories
+    and the test story, of the held-out-story correlation of a ridge prediction from the
+    layer's TR-grid features (``eval_utils.prediction_score``).
 
     Returns
     -------
-    dict with ``semantic_r``, ``phonetic_r`` and ``preference`` = semantic_r - phonetic_r.
+    dict with ``semantic_r``, ``phonetic_r``, ``preference`` = semantic_r - phonetic_r, and
+    ``semantic_columns``/``phonetic_columns``, the number of columns averaged.
     """
     scores = {}
     for name, targets in (("semantic", semantic), ("phonetic", phonetic)):
-        scores[f"{name}_r"] = float(eval_utils.prediction_score(
-            features, targets, stories, test_story, alphas, splits, device).mean())
+        per_column = eval_utils.prediction_score(features, targets, stories, test_story, alphas,
+                                                 splits, device)
+        used = np.isfinite(per_column)
+        if not used.any():
+            raise DatasetError(f"no {name} feature column varies in both the training stories "
+                               f"and {test_story}; the --semantic_preference comparison is "
+                               "undefined (check --word_vectors covers the stories' words)")
+        scores[f"{name}_r"] = float(per_column[used].mean())
+        scores[f"{name}_columns"] = int(used.sum())
     scores["preference"] = scores["semantic_r"] - scores["phonetic_r"]
     return scores
 
@@ -376,8 +394,8 @@ def write_results(out_dir, all_results, args, run_config):
             before = result["encoding"]["none"]["summary"]["cc_norm"]
             for analysis, scores in result["encoding"].items():
                 for region, value in scores["summary"]["cc_norm"].items():
-                    drop = (100.0 * (before[region] - value) / before[region]
-                            if analysis != "none" and before[region] != 0 else None)
+                    drop = (eval_utils.percent_drop(before[region], value)
+                            if analysis != "none" else None)
                     rows.append({"model": label, "layer": layer, "low_level": analysis,
                                  "region": region, "cc_norm": value,
                                  "r": scores["summary"]["r"][region], "drop_percent": drop})

@@ -800,6 +800,15 @@ def atomic_output(path, overwrite=False):
             tmp.unlink()
 
 
+def file_identity(paths):
+    """Resolved paths, sizes and modification times of files, for cache keys: a file replaced
+    or regenerated at the same path gives a different key."""
+    files = [str(Path(path).resolve()) for path in paths]
+    stats = [Path(path).stat() for path in files]
+    return {"files": files, "sizes": [stat.st_size for stat in stats],
+            "modified_ns": [stat.st_mtime_ns for stat in stats]}
+
+
 def write_json(path, payload, overwrite=False):
     """Write JSON atomically (see ``atomic_output``)."""
     with atomic_output(path, overwrite) as tmp:

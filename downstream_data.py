@@ -22,11 +22,16 @@ since datasets 4 it decodes through torchcodec/FFmpeg, which is not a dependency
 """
 
 import json
+import logging
 import random
 import re
 from pathlib import Path
 
+import soundfile as sf
+
 from data_utils import DatasetError
+
+logger = logging.getLogger(__name__)
 
 # Lee & Hon (1989): the 61 TIMIT phones folded onto 39 classes; the glottal stop q is dropped.
 TIMIT_61_TO_39 = {
@@ -185,7 +190,8 @@ def speech_commands_examples(root, split):
 
 
 CREMA_D_EMOTIONS = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
-CREMA_D_NAME = re.compile(r"^(\d+)_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+# The level is LO, MD, HI, XX or (in a few names such as 1040_ITH_SAD_X) X.
+CREMA_D_NAME = re.compile(r"^(\d+)_([A-Z]{3})_([A-Z]{3})_([A-Z]{1,2})$")
 
 
 def crema_d_examples(root, split, test_fraction=0.2, seed=0):
@@ -207,6 +213,10 @@ def crema_d_examples(root, split, test_fraction=0.2, seed=0):
         if match.group(3) not in CREMA_D_EMOTIONS:
             raise DatasetError(f"{wav}: emotion {match.group(3)!r} is not one of "
                                f"{', '.join(CREMA_D_EMOTIONS)}")
+        if sf.info(str(wav)).frames == 0:
+            # The distribution has an empty recording (1076_MTI_SAD_XX.wav); nothing to re-get.
+            logger.warning("%s: holds no audio; left out", wav)
+            continue
         parsed.append({"audio": wav, "label": match.group(3), "speaker": match.group(1)})
     actors = sorted({example["speaker"] for example in parsed})
     if len(actors) < 2:
@@ -265,7 +275,7 @@ def slurp_examples(root, split, audio_dir=None):
     return examples
 
 
-# task -> (dataset, multi-label, fixed classes or None when read from the training split)
+# task -> (dataset, multi-label, fixed classes or None when read from the data)
 TASKS = {
     "phonemes": ("TIMIT", True, TIMIT_39),
     "sentence_type": ("TIMIT", False, SENTENCE_TYPES),
@@ -289,16 +299,26 @@ def task_examples(task, data_path, split, seed=0, test_fraction=0.2, audio_dir=N
 
 
 def task_classes(task, train, test):
-    """The classes of a task, checking every test label against them (intent: the actions of
-    the training split)."""
+    """The classes of a task, checking every label against them.
+
+    Intent has no fixed list: its classes are the actions of both splits. A test action that
+    no training example has (rare actions, or a ``--max_examples`` subset) stays a class the
+    probe can never predict, so it counts against the scores, and a warning says so.
+    """
     dataset, multi_label, classes = TASKS[task]
     if classes is None:
-        classes = tuple(sorted({example["label"] for example in train}))
+        seen = {example["label"] for example in train}
+        unseen = sorted({example["label"] for example in test} - seen)
+        if unseen:
+            logger.warning("%s %s: %d test label(s) have no training example (%s); their test "
+                           "examples count as errors", dataset, task, len(unseen),
+                           ", ".join(unseen[:10]) + (" ..." if len(unseen) > 10 else ""))
+        return tuple(sorted(seen | set(unseen)))
     known = set(classes)
     for example in [*train, *test]:
         labels = example["label"] if multi_label else (example["label"],)
         unknown = [label for label in labels if label not in known]
         if unknown:
-            raise DatasetError(f"{example['audio']}: label {unknown[0]!r} is not among the "
-                               f"{len(classes)} {dataset} {task} classes seen in training")
+            raise DatasetError(f"{example['audio']}: label {unknown[0]!r} is not one of the "
+                               f"{len(classes)} {dataset} {task} classes")
     return classes

@@ -364,9 +364,20 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
 
 # ----------------------------------------------------------------------------- feature spaces
 
-def _trimmed(story_features, stories, trim):
+def _standardise_on_trimmed(x, trim):
+    """``x`` z-scored with the mean and std of its trimmed rows (the rows the encoding model
+    sees), applied to all rows; constant columns only demeaned. dtype kept."""
     start, end = trim
-    return np.vstack([zscore(story_features[s])[start:len(story_features[s]) - end]
+    rows = x[start:len(x) - end]
+    mean = rows.mean(axis=0, keepdims=True)
+    std = rows.std(axis=0, keepdims=True)
+    return ((x - mean) / np.where(std > 0, std, 1)).astype(_float_dtype(x), copy=False)
+
+
+def _trimmed(story_features, stories, trim):
+    """Trimmed rows of each story, z-scored per story, stacked."""
+    start, end = trim
+    return np.vstack([zscore(story_features[s][start:len(story_features[s]) - end])
                       for s in stories])
 
 
@@ -374,9 +385,10 @@ def regress_out(features, confounds, train_stories, alphas, splits, device=None,
                 trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
     """Remove from each story's features what a ridge model predicts from the confounds.
 
-    Each story's features and confounds are z-scored on their own; the ridge (one alpha per
-    feature column, chosen on ``splits`` of the stacked trimmed training rows) is fitted on
-    the trimmed rows of ``train_stories`` and applied to every story and row.
+    Each story's features and confounds are z-scored on their own with the statistics of its
+    trimmed rows (as ``delayed_story_features`` does); the ridge (one alpha per feature
+    column, chosen on ``splits`` of the stacked trimmed training rows) is fitted on the
+    trimmed rows of ``train_stories`` and applied to every story and row.
 
     Parameters
     ----------
@@ -390,8 +402,10 @@ def regress_out(features, confounds, train_stories, alphas, splits, device=None,
     weights, _, _ = fit_ridge_cv(_trimmed(confounds, train_stories, trim),
                                  _trimmed(features, train_stories, trim), alphas, splits,
                                  device=device)
-    return {story: (zscore(values) - zscore(confounds[story]) @ weights.astype(values.dtype))
-            .astype(values.dtype, copy=False) for story, values in features.items()}
+    return {story: (_standardise_on_trimmed(values, trim)
+                    - _standardise_on_trimmed(confounds[story], trim)
+                    @ weights.astype(values.dtype)).astype(values.dtype, copy=False)
+            for story, values in features.items()}
 
 
 def prediction_score(features, targets, train_stories, test_story, alphas, splits, device=None,
@@ -408,17 +422,29 @@ def prediction_score(features, targets, train_stories, test_story, alphas, split
 
     Returns
     -------
-    (n_targets,) correlations (0 for a target constant on the test story).
+    (n_targets,) correlations; NaN for a target that is constant over the training rows or
+    over the test story (nothing to predict, or no correlation defined).
     """
-    weights, _, _ = fit_ridge_cv(_trimmed(features, train_stories, trim),
-                                 _trimmed(targets, train_stories, trim), alphas, splits,
-                                 device=device)
+    train_targets = _trimmed(targets, train_stories, trim)
+    weights, _, _ = fit_ridge_cv(_trimmed(features, train_stories, trim), train_targets, alphas,
+                                 splits, device=device)
     x_test = _trimmed(features, [test_story], trim)
-    return column_correlation(x_test @ weights.astype(x_test.dtype),
-                              _trimmed(targets, [test_story], trim))
+    start, end = trim
+    test_targets = targets[test_story][start:len(targets[test_story]) - end]
+    varies = (np.ptp(train_targets, axis=0) > 0) & (np.ptp(test_targets, axis=0) > 0)
+    scores = column_correlation(x_test @ weights.astype(x_test.dtype), zscore(test_targets))
+    return np.where(varies, scores, np.nan).astype(scores.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------- reporting
+
+def percent_drop(before, after):
+    """100 (before - after) / before, or None where ``before`` is not a positive number (a drop
+    relative to a zero or negative score has no meaning, and its sign would flip)."""
+    if not np.isfinite(before) or before <= 0 or not np.isfinite(after):
+        return None
+    return float(100.0 * (before - after) / before)
+
 
 def comparison_table(rows, value_key):
     """Text table of ``row[value_key]``: models as rows, layers as columns (rows are dicts with

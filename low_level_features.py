@@ -362,9 +362,12 @@ def feature_settings(name, vocabulary=None):
 
 
 def cache_path(cache_dir, data_dir, story, name, centres, vocabulary=None, tr_source="respdict"):
-    """Cache file of a feature set of a story, and the settings JSON its name is a hash of."""
+    """Cache file of a feature set of a story, and the settings JSON its name is a hash of
+    (which includes the identity of the story's WAV or TextGrid, so a replaced file is re-read)."""
+    source = (data_utils.stimulus_path(data_dir, story) if name == "powspec"
+              else data_utils.textgrid_path(data_dir, story))
     settings = json.dumps({**feature_settings(name, vocabulary),
-                           "data_dir": str(Path(data_dir).resolve()), "tr_source": tr_source,
+                           **data_utils.file_identity([source]), "tr_source": tr_source,
                            "tr_centres": hashlib.sha256(
                                np.ascontiguousarray(centres, dtype=np.float64)).hexdigest(),
                            "lanczos_window": LANCZOS_WINDOW}, sort_keys=True)
@@ -422,7 +425,8 @@ def load_word_vectors(source, data_dir=None):
     """Word vectors: dict lower-case word -> (dim,) float32.
 
     ``source`` is a text file in the word2vec/GloVe text format (a word and its values per
-    line; a first line "<count> <dim>" is skipped; the first entry of a word wins), or
+    line, the values being the last <dim> fields; a first line "<count> <dim>" gives dim,
+    otherwise the first entry does; the first entry of a word wins), or
     "synthetic" for the embedding planted in a synthetic dataset at ``data_dir``.
     """
     if source == "synthetic":
@@ -438,19 +442,20 @@ def load_word_vectors(source, data_dir=None):
         for number, line in enumerate(handle, 1):
             fields = line.rstrip().split(" ")
             if number == 1 and len(fields) == 2 and all(f.isdigit() for f in fields):
+                dim = int(fields[1])
                 continue
             if len(fields) < 2:
                 continue
-            try:
-                values = np.asarray(fields[1:], dtype=np.float32)
-            except ValueError:
-                raise DatasetError(f"{path}:{number}: expected '<word> <numbers...>'") from None
             if dim is None:
-                dim = len(values)
-            elif len(values) != dim:
-                raise DatasetError(f"{path}:{number}: {len(values)} values, earlier lines have "
-                                   f"{dim}")
-            vectors.setdefault(fields[0].lower(), values)
+                dim = len(fields) - 1
+            # The values are the last ``dim`` fields: some tokens (GloVe 840B) contain spaces.
+            if len(fields) < dim + 1:
+                raise DatasetError(f"{path}:{number}: {len(fields) - 1} values, expected {dim}")
+            try:
+                values = np.asarray(fields[-dim:], dtype=np.float32)
+            except ValueError:
+                raise DatasetError(f"{path}:{number}: expected '<word> <{dim} numbers>'") from None
+            vectors.setdefault(" ".join(fields[:-dim]).lower(), values)
     if not vectors:
         raise DatasetError(f"{path}: no word vectors in the file")
     return vectors

@@ -91,6 +91,8 @@ def parse_args(task, argv=None):
         args.cache_dir = str(Path(args.save_dir) / "feature_cache")
     if args.num_epochs < 1 or args.lr <= 0:
         parser.error("--num_epochs must be >= 1 and --lr > 0")
+    if args.max_examples is not None and args.max_examples < 1:
+        parser.error("--max_examples must be >= 1")
     return args
 
 
@@ -133,10 +135,7 @@ def _waveforms(examples, sampling_rate, family):
 def utterance_features(args, backbone, preprocessor, model_key, examples, layers, device, dtype):
     """Mean-pooled layer features of the examples (dict layer -> (n, hidden) float32), cached
     per model and list of audio files."""
-    files = [str(Path(e["audio"]).resolve()) for e in examples]
-    stats = [Path(f).stat() for f in files]
-    settings = json.dumps({"files": files, "sizes": [s.st_size for s in stats],
-                           "modified_ns": [s.st_mtime_ns for s in stats],
+    settings = json.dumps({**data_utils.file_identity(e["audio"] for e in examples),
                            "autocast": str(dtype), "preprocessor": preprocessor.digest()},
                           sort_keys=True)
     dataset = downstream_data.TASKS[args.task][0].replace(" ", "_").lower()

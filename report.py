@@ -110,7 +110,7 @@ def summarise(alignment, planted, downstream):
                     for kind in ("semantic", "acoustic"):
                         before, after = planted[model]["none"][layer][kind], by_layer[layer][kind]
                         entry[f"{kind}_drop_percent_without_{analysis}"] = (
-                            100.0 * (before - after) / before if before else None)
+                            eval_utils.percent_drop(before, after))
         for row in alignment.get("semantic_preference", []):
             if row["model"] == model and row["layer"] == layer:
                 entry["semantic_preference"] = row["preference"]

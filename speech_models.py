@@ -13,6 +13,7 @@ import copy
 import hashlib
 import logging
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -360,12 +361,16 @@ def cached_layer_features(path, layers, extract, settings):
     if missing:
         new, extras = extract(missing)
         features.update(new)
+        # Start from a copy so that layers cached earlier but not asked for now are kept.
         with data_utils.atomic_output(path, overwrite=True) as tmp:
-            with h5py.File(tmp, "w") as handle:
-                for name, values in extras.items():
+            if path.exists():
+                shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "a") as handle:
+                for name, values in [*extras.items(),
+                                     *((f"layer_{layer}", new[layer]) for layer in missing)]:
+                    if name in handle:
+                        del handle[name]
                     handle[name] = values
-                for layer, values in features.items():
-                    handle[f"layer_{layer}"] = values
                 handle.attrs["settings"] = settings
     return {layer: features[layer] for layer in layers}, extras
 

@@ -4,8 +4,10 @@ import csv
 import json
 import shutil
 
+import h5py
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import brain_evaluate
@@ -238,6 +240,38 @@ def test_cache_key_depends_on_precision(setup, tmp_path):
         brain_evaluate.cached_story_features(args, backbone, preprocessor, "key", "souls", [1],
                                              "cpu", dtype)
     assert len(list(tmp_path.rglob("*.hf5"))) == 2
+
+
+def test_replaced_stimulus_is_extracted_again_and_other_layers_stay_cached(setup, tmp_path):
+    root, data = setup
+    copy = tmp_path / "ds"
+    shutil.copytree(data, copy)
+    args = brain_evaluate.parse_args([
+        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(copy),
+        "--cache_dir", str(tmp_path / "cache"), *QUICK])
+    backbone, family = speech_models.load_backbone(root / "model0")
+    preprocessor = speech_models.AudioPreprocessor(
+        speech_models.load_feature_extractor(root / "model0", family), family)
+
+    def features(layers):
+        return brain_evaluate.cached_story_features(args, backbone, preprocessor, "key", "souls",
+                                                    layers, "cpu", None)[0]
+
+    before = features([1])
+    features([2])
+    (cache_file,) = (tmp_path / "cache").rglob("*.hf5")
+    with h5py.File(cache_file, "r") as handle:
+        assert {"layer_1", "layer_2", "times"} <= set(handle)
+    wav = data_utils.stimulus_path(copy, "souls")
+    audio, rate = sf.read(wav, dtype="float32")
+    sf.write(wav, np.ascontiguousarray(audio[::-1]), rate)
+    after = features([1])
+    assert len(list((tmp_path / "cache").rglob("*.hf5"))) == 2
+    fresh = speech_models.sliding_window_features(
+        backbone, preprocessor, data_utils.load_stimulus(copy, "souls"), [1], args.context_s,
+        args.chunk_s)[0]
+    np.testing.assert_allclose(after[1], fresh[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(after[1], before[1])
 
 
 def test_fingerprint_of_models_with_scalar_buffers():

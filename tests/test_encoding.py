@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
+import brain_evaluate
 import eval_utils
 
 
@@ -227,13 +228,21 @@ def test_regress_out_matches_sklearn_ridge_and_removes_the_confounds():
     residuals = eval_utils.regress_out(features, confounds, train, [10.0], splits)
     assert residuals["d"].dtype == np.float32 and residuals["d"].shape == (90, 8)
     # independent: scikit-learn ridge on the same z-scored, trimmed, stacked training rows
+    # (each story standardised with the mean and std of its trimmed rows, as the encoding model
+    # standardises them)
     rows = slice(10, 85)
-    x = np.vstack([eval_utils.zscore(confounds[s].astype(np.float64))[rows] for s in train])
-    y = np.vstack([eval_utils.zscore(features[s].astype(np.float64))[rows] for s in train])
+
+    def standardised(x):
+        x = x.astype(np.float64)
+        return (x - x[rows].mean(axis=0)) / x[rows].std(axis=0)
+
+    x = np.vstack([standardised(confounds[s])[rows] for s in train])
+    y = np.vstack([standardised(features[s])[rows] for s in train])
     reference = Ridge(alpha=10.0, fit_intercept=False).fit(x, y)
-    expected = (eval_utils.zscore(features["d"].astype(np.float64))
-                - eval_utils.zscore(confounds["d"].astype(np.float64)) @ reference.coef_.T)
+    expected = standardised(features["d"]) - standardised(confounds["d"]) @ reference.coef_.T
     np.testing.assert_allclose(residuals["d"], expected, atol=1e-4)
+    # the rows the encoding model uses come out z-scored, so no confound-driven offset remains
+    np.testing.assert_allclose(residuals["d"][rows].mean(axis=0), 0, atol=1e-5)
     # what is left is the part the confounds cannot explain, on the held-out story too
     left = eval_utils.column_correlation(residuals["d"], own["d"])
     assert left.min() > 0.9
@@ -257,10 +266,34 @@ def test_prediction_score_is_high_for_a_linear_target_and_null_for_an_unrelated_
     assert np.abs(low).max() < 0.35
     # one alpha: the same correlations as scikit-learn's ridge prediction
     rows = slice(10, 85)
-    x = np.vstack([eval_utils.zscore(features[s].astype(np.float64))[rows] for s in stories[:3]])
-    y = np.vstack([eval_utils.zscore(linear[s])[rows] for s in stories[:3]])
+    x = np.vstack([eval_utils.zscore(features[s][rows].astype(np.float64)) for s in stories[:3]])
+    y = np.vstack([eval_utils.zscore(linear[s][rows]) for s in stories[:3]])
     prediction = Ridge(alpha=5.0, fit_intercept=False).fit(x, y).predict(
-        eval_utils.zscore(features["d"].astype(np.float64))[rows])
+        eval_utils.zscore(features["d"][rows].astype(np.float64)))
     np.testing.assert_allclose(
         eval_utils.prediction_score(features, linear, stories[:3], "d", [5.0], splits),
         eval_utils.column_correlation(prediction, linear["d"][rows]), atol=1e-4)
+
+
+def test_prediction_score_is_undefined_for_targets_without_variation():
+    rng = np.random.default_rng(7)
+    stories = ["a", "b", "c", "d"]
+    features = {s: rng.standard_normal((90, 4)).astype(np.float32) for s in stories}
+    mixing = rng.standard_normal(4)
+    targets = {s: np.column_stack([features[s] @ mixing,
+                                   np.zeros(90) if s == "d" else rng.standard_normal(90),
+                                   np.ones(90)]) for s in stories}
+    splits = eval_utils.bootstrap_chunk_splits([75] * 3, n_boots=2)
+    scores = eval_utils.prediction_score(features, targets, stories[:3], "d", [1.0], splits)
+    assert scores[0] > 0.9 and np.isnan(scores[1:]).all()
+    preference = brain_evaluate.semantic_preference(features, targets, targets, stories[:3], "d",
+                                                    [1.0], splits)
+    assert preference["semantic_columns"] == preference["phonetic_columns"] == 1
+    assert preference["semantic_r"] == pytest.approx(scores[0])
+
+
+def test_percent_drop_is_left_out_for_baselines_that_are_not_positive():
+    assert eval_utils.percent_drop(0.2, 0.15) == pytest.approx(25.0)
+    assert eval_utils.percent_drop(0.2, 0.3) == pytest.approx(-50.0)
+    for before, after in [(-0.1, -0.2), (0.0, 0.1), (np.nan, 0.1), (0.2, np.nan)]:
+        assert eval_utils.percent_drop(before, after) is None

@@ -7,6 +7,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import soundfile as sf
 
 import data_utils
 import eval_utils
@@ -304,6 +305,21 @@ def test_cache_is_read_back(synthetic_dir, vocabularies, tmp_path, monkeypatch):
         llf.story_features(synthetic_dir, STORY, ["diphones"], smaller, cache_dir=tmp_path)
 
 
+def test_cache_follows_replaced_source_files(dataset_copy, vocabularies, tmp_path):
+    names = ["powspec", "phonemes"]
+    before = llf.story_features(dataset_copy, STORY, names, cache_dir=tmp_path / "cache")
+    wav = data_utils.stimulus_path(dataset_copy, STORY)
+    audio, rate = sf.read(wav, dtype="float32")
+    sf.write(wav, np.ascontiguousarray(audio[::-1]), rate)
+    textgrid = data_utils.textgrid_path(dataset_copy, STORY)
+    textgrid.write_text(textgrid.read_text().replace('"AH0"', '"IY1"'))
+    cached = llf.story_features(dataset_copy, STORY, names, cache_dir=tmp_path / "cache")
+    fresh = llf.story_features(dataset_copy, STORY, names)
+    for name in names:
+        np.testing.assert_array_equal(cached[name], fresh[name])
+        assert not np.array_equal(cached[name], before[name])
+
+
 def test_cache_key_covers_the_settings(synthetic_dir, vocabularies, monkeypatch):
     centres = data_utils.tr_times(synthetic_dir, STORY)
 
@@ -317,3 +333,26 @@ def test_cache_key_covers_the_settings(synthetic_dir, vocabularies, monkeypatch)
     powspec = key("powspec", None)
     monkeypatch.setattr(llf, "N_MELS", 40)
     assert key("powspec", None) != powspec
+
+
+def test_word_vector_text_files(tmp_path):
+    glove = tmp_path / "glove.txt"
+    glove.write_text(", 0.5 1 -2\nThe 1 2 3\n. . . 4 5 6\nthe 7 8 9\n", encoding="utf-8")
+    vectors = llf.load_word_vectors(glove)
+    assert set(vectors) == {",", "the", ". . ."}
+    np.testing.assert_array_equal(vectors["the"], [1, 2, 3])  # the first entry wins
+    np.testing.assert_array_equal(vectors[". . ."], [4, 5, 6])
+    assert vectors["the"].dtype == np.float32
+    word2vec = tmp_path / "word2vec.txt"
+    word2vec.write_text("2 2\nhello 0.1 0.2\nworld 0.3 0.4\n", encoding="utf-8")
+    assert set(llf.load_word_vectors(word2vec)) == {"hello", "world"}
+    short = tmp_path / "short.txt"
+    short.write_text("a 1 2 3\nb 1 2\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"short.txt:2: 2 values, expected 3"):
+        llf.load_word_vectors(short)
+    text = tmp_path / "text.txt"
+    text.write_text("a 1 2\nb one 2\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"text.txt:2: expected"):
+        llf.load_word_vectors(text)
+    with pytest.raises(DatasetError, match="no such word-vector file"):
+        llf.load_word_vectors(tmp_path / "missing.txt")

@@ -225,13 +225,11 @@ def test_unknown_layouts_and_labels_are_named(setup, tmp_path, caplog):
     shutil.copytree(setup / "crema_d", crema)
     shutil.copy(next((crema / "AudioWAV").glob("*.wav")), crema / "AudioWAV" / "1001_IEO_BOR_XX.wav")
     cases.append(("emotion", crema, "1001_IEO_BOR_XX.wav: emotion 'BOR'"))
-    slurp = tmp_path / "slurp"
-    shutil.copytree(setup / "slurp", slurp)
-    lines = (slurp / "test.jsonl").read_text().splitlines()
-    record = json.loads(lines[0])
-    record["action"] = "dance"
-    (slurp / "test.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
-    cases.append(("intent", slurp, "'dance' is not among the 5 SLURP intent classes"))
+    timit = tmp_path / "timit"
+    shutil.copytree(setup / "timit", timit)
+    phn = next(timit.rglob("*.PHN"))
+    phn.write_text(phn.read_text().replace(" h#", " xx", 1))
+    cases.append(("phonemes", timit, f"{phn.name}: 'xx' is not one of the 61 TIMIT phones"))
     words = tmp_path / "words"
     shutil.copytree(setup / "speech_commands", words)
     (words / "banana").mkdir()
@@ -268,3 +266,40 @@ def test_slurp_recording_missing_is_named(setup, tmp_path):
     (root / "train.jsonl").write_text('{"action": "set"}\n')
     with pytest.raises(DatasetError, match=r"train.jsonl:1: expected a JSON object"):
         downstream_data.slurp_examples(root, "train")
+
+
+def test_intent_actions_only_in_the_test_split_stay_classes(setup, tmp_path, caplog):
+    slurp = tmp_path / "slurp"
+    shutil.copytree(setup / "slurp", slurp)
+    lines = (slurp / "test.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    record["action"] = "dance"
+    (slurp / "test.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    assert probing.main("intent", ["--data_path", str(slurp), "--model_name",
+                                   str(setup / "model0"), "--save_dir", str(tmp_path / "o"),
+                                   "--layers", "0", "--num_epochs", "5"]) == 0
+    assert "1 test label(s) have no training example (dance)" in caplog.text
+    config = json.loads((tmp_path / "o" / "model0_intent" / "run_config.json").read_text())
+    train = downstream_data.task_examples("intent", slurp, "train")
+    assert config["classes"] == sorted({e["label"] for e in train} | {"dance"})
+
+
+def test_max_examples_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        probing.parse_args("words", ["--data_path", "x", "--model_name", "m",
+                                     "--max_examples", "0"])
+    assert "--max_examples must be >= 1" in capsys.readouterr().err
+
+
+def test_crema_d_single_letter_levels_and_empty_recordings(setup, tmp_path, caplog):
+    crema = tmp_path / "crema"
+    shutil.copytree(setup / "crema_d", crema)
+    audio = crema / "AudioWAV"
+    shutil.copy(next(audio.glob("*.wav")), audio / "1040_ITH_SAD_X.wav")
+    sf.write(audio / "1076_MTI_SAD_XX.wav", np.zeros(0, np.float32), 16000)
+    examples = [e for split in ("train", "test")
+                for e in downstream_data.crema_d_examples(crema, split)]
+    names = {e["audio"].name for e in examples}
+    assert "1040_ITH_SAD_X.wav" in names and "1076_MTI_SAD_XX.wav" not in names
+    assert "1076_MTI_SAD_XX.wav: holds no audio; left out" in caplog.text
+    assert len(examples) == len(list(audio.glob("*.wav"))) - 1
