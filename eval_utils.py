@@ -204,6 +204,13 @@ def zscore(x, axis=0):
     return ((x - mean) / np.where(std > 0, std, 1)).astype(_float_dtype(x), copy=False)
 
 
+def trim_rows(x, trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
+    """The rows of a story's TR-grid array that match its response rows: ``trim`` = (TRs cut
+    at the start, TRs cut at the end)."""
+    start, end = trim
+    return x[start:len(x) - end]
+
+
 def delayed_story_features(story_features, delays=(1, 2, 3, 4),
                            trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
     """Encoding-model design matrix from per-story features on the TR grid.
@@ -220,9 +227,7 @@ def delayed_story_features(story_features, delays=(1, 2, 3, 4),
     -------
     (sum of trimmed rows, n_features * len(delays)) in the features' dtype.
     """
-    start, end = trim
-    return np.vstack([make_delayed(zscore(f[start:len(f) - end]), delays)
-                      for f in story_features])
+    return np.vstack([make_delayed(zscore(trim_rows(f, trim)), delays) for f in story_features])
 
 
 def bootstrap_chunk_splits(story_lengths, n_boots=3, chunk_len=20, held_out_fraction=0.25,
@@ -367,8 +372,7 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
 def _standardise_on_trimmed(x, trim):
     """``x`` z-scored with the mean and std of its trimmed rows (the rows the encoding model
     sees), applied to all rows; constant columns only demeaned. dtype kept."""
-    start, end = trim
-    rows = x[start:len(x) - end]
+    rows = trim_rows(x, trim)
     mean = rows.mean(axis=0, keepdims=True)
     std = rows.std(axis=0, keepdims=True)
     return ((x - mean) / np.where(std > 0, std, 1)).astype(_float_dtype(x), copy=False)
@@ -376,9 +380,7 @@ def _standardise_on_trimmed(x, trim):
 
 def _trimmed(story_features, stories, trim):
     """Trimmed rows of each story, z-scored per story, stacked."""
-    start, end = trim
-    return np.vstack([zscore(story_features[s][start:len(story_features[s]) - end])
-                      for s in stories])
+    return np.vstack([zscore(trim_rows(story_features[s], trim)) for s in stories])
 
 
 def regress_out(features, confounds, train_stories, alphas, splits, device=None,
@@ -429,8 +431,7 @@ def prediction_score(features, targets, train_stories, test_story, alphas, split
     weights, _, _ = fit_ridge_cv(_trimmed(features, train_stories, trim), train_targets, alphas,
                                  splits, device=device)
     x_test = _trimmed(features, [test_story], trim)
-    start, end = trim
-    test_targets = targets[test_story][start:len(targets[test_story]) - end]
+    test_targets = trim_rows(targets[test_story], trim)
     varies = (np.ptp(train_targets, axis=0) > 0) & (np.ptp(test_targets, axis=0) > 0)
     scores = column_correlation(x_test @ weights.astype(x_test.dtype), zscore(test_targets))
     return np.where(varies, scores, np.nan).astype(scores.dtype, copy=False)
