@@ -1,14 +1,15 @@
 # make demo   set up .venv if needed, then run the main job on the built-in synthetic data:
-#             dataset, check, noise ceilings, brain-tuning of a tiny model, brain alignment of
-#             the pretrained and tuned model (0.5 s window steps instead of 0.1 s, for speed)
-#             with the low-level reliance and semantic preference, a phoneme probe on a
-#             synthetic TIMIT, and outputs/demo/report.md + summary.json
+#             dataset (10 training stories of 80 TRs, clean single presentations), check, noise
+#             ceilings, brain-tuning of a small random-weight wav2vec2 (make-tiny --size demo)
+#             for 4 epochs, brain alignment of the pretrained and tuned model (4 s context
+#             instead of 16 s, for speed) with the low-level reliance and semantic preference,
+#             a phoneme probe on a synthetic TIMIT, and outputs/demo/report.md + summary.json
 # make test   set up .venv if needed, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= outputs/demo
-DEMO_EPOCHS ?= 6
+DEMO_EPOCHS ?= 4
 BIN := $(VENV)/bin
 
 # make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020
@@ -54,11 +55,12 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/python synthetic_data.py --out $(DEMO_DIR)/data --seed 0 --family_size 3 --overwrite
+	$(BIN)/python synthetic_data.py --out $(DEMO_DIR)/data --seed 0 --overwrite \
+		--n_train_stories 10 --train_trs 80 --cc_max_range 0.85 0.98
 	$(BIN)/python data_utils.py check --data_dir $(DEMO_DIR)/data
 	$(BIN)/python eval_utils.py noise-ceiling --data_dir $(DEMO_DIR)/data --subject 1 \
 		--out $(DEMO_DIR)/subject_NCs/UTS01.npy --overwrite
-	$(BIN)/python speech_models.py make-tiny --family wav2vec2 --out $(DEMO_DIR)/tiny-wav2vec2
+	$(BIN)/python speech_models.py make-tiny --family wav2vec2 --size demo --out $(DEMO_DIR)/tiny-wav2vec2
 	$(BIN)/python brain_trainer_story.py --model_name $(DEMO_DIR)/tiny-wav2vec2 --subject 1 \
 		--data_dir $(DEMO_DIR)/data --nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy \
 		--save_dir $(DEMO_DIR)/runs --exp_name tiny-wav2vec2_UTS01 --overwrite \
@@ -67,7 +69,8 @@ demo: setup
 	$(BIN)/python brain_evaluate.py --model_name $(DEMO_DIR)/tiny-wav2vec2 --subject 1 \
 		--data_dir $(DEMO_DIR)/data --nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy \
 		--logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 --epochs $(DEMO_EPOCHS) \
-		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_UTS01 --overwrite --chunk_s 0.5 \
+		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_UTS01 --overwrite \
+		--context_s 4 --chunk_s 0.1 \
 		--layers 0 1 2 --low_level powspec phonemes --semantic_preference --word_vectors synthetic
 	$(BIN)/python synthetic_downstream.py --layout timit --out $(DEMO_DIR)/timit --overwrite
 	$(BIN)/python eval_phonemes.py --data_path $(DEMO_DIR)/timit \

@@ -236,12 +236,14 @@ def render(out, alignment_dir, alignment, planted, downstream_dirs, downstream, 
 def _synthetic_explanation(summary, truth):
     pretrained, tuned = summary["pretrained"], summary["tuned"]
     gain = summary["semantic_cc_norm_gain"]
-    outcome = ("The tuned model is better, as expected." if gain > 0 else
+    percent = summary["semantic_cc_norm_gain_percent"]
+    relative = f" ({percent:+.0f}%)" if percent is not None else ""
+    outcome = (f"The tuned model is better{relative}, as expected." if gain > 0 else
                "The tuned model is NOT better here: the tuning run did not learn word identity "
                "(see val_corr in the run's metrics.jsonl). A small random-weight model tuned for "
-               "a few CPU minutes on a few hundred noisy samples rarely does; the method assumes "
-               "a pretrained model whose features already tell words apart, and more data and "
-               "epochs (a GPU).")
+               "a few CPU minutes on a few hundred noisy samples often does not; the method "
+               "assumes a pretrained model whose features already tell sounds apart, and more "
+               "data and epochs (a GPU).")
     return (
         "## What the planted signal predicts\n\n"
         "The synthetic subject's semantic voxels respond to a fixed embedding of each word "
@@ -254,9 +256,10 @@ def _synthetic_explanation(summary, truth):
            if truth.get("family_size", 1) > 1 else
            "Each word has its own sounds, so part of the semantic signal can be read off which "
            "sounds occur; the rest needs the words told apart. ")
-        + "An untrained model's features do not tell them apart, so its alignment "
-        "with semantic voxels stays low. Brain-tuning trains the encoder to predict these "
-        "very voxels from the audio of the training stories, so a tuned model's features should "
+        + "An untrained model's features hold which sounds are heard only diffusely, mixed with "
+        "everything else in the audio, so a linear encoding model fitted on a few hundred TRs "
+        "finds little of the semantic signal in them. Brain-tuning trains the encoder to predict "
+        "these very voxels from the audio of the training stories, so a tuned model's features should "
         "carry word identity and predict the semantic voxels of the held-out story better.\n\n"
         f"At layer {summary['layer']}, the tuned model's mean cc_norm over the planted semantic "
         f"voxels is {tuned['semantic_cc_norm']:.3f} against {pretrained['semantic_cc_norm']:.3f} "

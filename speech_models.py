@@ -224,6 +224,17 @@ def plain_backbone(model):
     return model.backbone
 
 
+# A wider variant for the synthetic demo. Wav2vec2-like: one 25 ms / 20 ms convolution of 128
+# channels with per-frame layer norm, whose random filters already tell the synthetic phones
+# apart (the default 3-layer, 32-channel CNN does much worse, and the CNN stays frozen in
+# brain-tuning; its group norm over time also removes the loudness and the mix of sounds that a
+# window holds), and a 64-wide transformer.
+DEMO_SIZE = {"wav2vec2": dict(conv_dim=(128,), conv_kernel=(400,), conv_stride=(320,),
+                              feat_extract_norm="layer", hidden_size=64, num_attention_heads=4,
+                              intermediate_size=128),
+             "whisper": dict(d_model=64, encoder_attention_heads=4, encoder_ffn_dim=128)}
+
+
 def tiny_config(family, **overrides):
     """A small random-weight config of a family, for tests and the synthetic demo."""
     from transformers import (Data2VecAudioConfig, HubertConfig, Wav2Vec2Config, WavLMConfig,
@@ -441,10 +452,12 @@ def fingerprint(backbone):
     return digest.hexdigest()
 
 
-def save_tiny_model(out, family, seed=0):
-    """Write a tiny random-weight checkpoint (model and feature extractor) to ``out``."""
+def save_tiny_model(out, family, seed=0, size="tiny"):
+    """Write a tiny random-weight checkpoint (model and feature extractor) to ``out``;
+    ``size="demo"`` gives the wider variant ``DEMO_SIZE``."""
     torch.manual_seed(seed)
-    AutoModel.from_config(tiny_config(family)).save_pretrained(out)
+    overrides = {} if size == "tiny" else DEMO_SIZE["whisper" if family == "whisper" else "wav2vec2"]
+    AutoModel.from_config(tiny_config(family, **overrides)).save_pretrained(out)
     default_feature_extractor("whisper" if family == "whisper" else "wav2vec2").save_pretrained(out)
 
 
@@ -460,9 +473,13 @@ def main(argv=None):
                                            "whisper"), default="wav2vec2", help="model family")
     tiny.add_argument("--out", required=True, help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    tiny.add_argument("--size", choices=("tiny", "demo"), default="tiny",
+                      help="tiny: hidden size 32, three 32-channel CNN layers (fast, for tests); "
+                           "demo: hidden size 64 and one 128-channel 25 ms CNN layer whose random "
+                           "filters tell the synthetic phones apart (what make demo uses)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    save_tiny_model(args.out, args.family, args.seed)
+    save_tiny_model(args.out, args.family, args.seed, args.size)
     logger.info("wrote a tiny %s checkpoint to %s", args.family, args.out)
     return 0
 

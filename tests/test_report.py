@@ -88,3 +88,15 @@ def test_summary_and_report_from_result_folders(tmp_path):
 def test_missing_results_are_named(tmp_path, caplog):
     assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "none")]) == 1
     assert "results.json: missing" in caplog.text
+
+
+@pytest.mark.parametrize("tuned, expected", [(0.3, "The tuned model is better (+50%), as expected."),
+                                             (0.1, "The tuned model is NOT better here")])
+def test_synthetic_explanation_states_the_gain(tuned, expected):
+    summary = {"layer": 2, "pretrained": {"semantic_cc_norm": 0.2},
+               "tuned": {"semantic_cc_norm": tuned},
+               "semantic_cc_norm_gain": tuned - 0.2,
+               "semantic_cc_norm_gain_percent": 100 * (tuned - 0.2) / 0.2}
+    text = report._synthetic_explanation(summary, {"family_size": 1})
+    assert expected in text
+    assert f"is {tuned:.3f} against 0.200" in text
