@@ -259,8 +259,9 @@ def _synthetic_explanation(summary, truth):
         + "An untrained model's features hold which sounds are heard only diffusely, mixed with "
         "everything else in the audio, so a linear encoding model fitted on a few hundred TRs "
         "finds little of the semantic signal in them. Brain-tuning trains the encoder to predict "
-        "these very voxels from the audio of the training stories, so a tuned model's features should "
-        "carry word identity and predict the semantic voxels of the held-out story better.\n\n"
+        "these very voxels from the audio of the training stories, so a tuned model's features "
+        "should carry word identity and predict the semantic voxels of the held-out story "
+        "better.\n\n"
         f"At layer {summary['layer']}, the tuned model's mean cc_norm over the planted semantic "
         f"voxels is {tuned['semantic_cc_norm']:.3f} against {pretrained['semantic_cc_norm']:.3f} "
         f"for the pretrained model ({gain:+.3f}). {outcome}\n")
