@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path):
     out = tmp_path / "demo"
     # -o setup: run with this interpreter instead of setting up .venv
-    subprocess.run(["make", "-o", "setup", "demo", f"DEMO_DIR={out}",
-                    f"BIN={Path(sys.executable).parent}"], cwd=ROOT, check=True,
-                   capture_output=True)
+    result = subprocess.run(["make", "-o", "setup", "demo", f"DEMO_DIR={out}",
+                             f"BIN={Path(sys.executable).parent}"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     pretrained, tuned = summary["pretrained"], summary["tuned"]
     assert summary["models"] == {"pretrained": "pretrained", "tuned": "epoch 4"}
