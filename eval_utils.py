@@ -195,12 +195,14 @@ def make_delayed(x, delays):
     return np.hstack(blocks)
 
 
-def zscore(x, axis=0):
-    """Subtract the mean and divide by the population std along ``axis``; constant columns are
-    only demeaned. dtype kept."""
+def zscore(x, axis=0, reference=None):
+    """Subtract the mean and divide by the population std along ``axis``, both taken from
+    ``reference`` (default: ``x`` itself; e.g. a subset of its rows); constant columns are only
+    demeaned. dtype kept."""
     x = np.asarray(x)
-    mean = x.mean(axis=axis, keepdims=True)
-    std = x.std(axis=axis, keepdims=True)
+    reference = x if reference is None else np.asarray(reference)
+    mean = reference.mean(axis=axis, keepdims=True)
+    std = reference.std(axis=axis, keepdims=True)
     return ((x - mean) / np.where(std > 0, std, 1)).astype(_float_dtype(x), copy=False)
 
 
@@ -369,15 +371,6 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
 
 # ----------------------------------------------------------------------------- feature spaces
 
-def _standardise_on_trimmed(x, trim):
-    """``x`` z-scored with the mean and std of its trimmed rows (the rows the encoding model
-    sees), applied to all rows; constant columns only demeaned. dtype kept."""
-    rows = trim_rows(x, trim)
-    mean = rows.mean(axis=0, keepdims=True)
-    std = rows.std(axis=0, keepdims=True)
-    return ((x - mean) / np.where(std > 0, std, 1)).astype(_float_dtype(x), copy=False)
-
-
 def _trimmed(story_features, stories, trim):
     """Trimmed rows of each story, z-scored per story, stacked."""
     return np.vstack([zscore(trim_rows(story_features[s], trim)) for s in stories])
@@ -404,8 +397,10 @@ def regress_out(features, confounds, train_stories, alphas, splits, device=None,
     weights, _, _ = fit_ridge_cv(_trimmed(confounds, train_stories, trim),
                                  _trimmed(features, train_stories, trim), alphas, splits,
                                  device=device)
-    return {story: (_standardise_on_trimmed(values, trim)
-                    - _standardise_on_trimmed(confounds[story], trim)
+    def standardised(x):
+        return zscore(x, reference=trim_rows(x, trim))
+
+    return {story: (standardised(values) - standardised(confounds[story])
                     @ weights.astype(values.dtype)).astype(values.dtype, copy=False)
             for story, values in features.items()}
 
@@ -433,7 +428,7 @@ def prediction_score(features, targets, train_stories, test_story, alphas, split
     x_test = _trimmed(features, [test_story], trim)
     test_targets = trim_rows(targets[test_story], trim)
     varies = (np.ptp(train_targets, axis=0) > 0) & (np.ptp(test_targets, axis=0) > 0)
-    scores = column_correlation(x_test @ weights.astype(x_test.dtype), zscore(test_targets))
+    scores = column_correlation(x_test @ weights.astype(x_test.dtype), test_targets)
     return np.where(varies, scores, np.nan).astype(scores.dtype, copy=False)
 
 

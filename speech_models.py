@@ -456,9 +456,10 @@ def save_tiny_model(out, family, seed=0, size="tiny"):
     """Write a tiny random-weight checkpoint (model and feature extractor) to ``out``;
     ``size="demo"`` gives the wider variant ``DEMO_SIZE``."""
     torch.manual_seed(seed)
-    overrides = {} if size == "tiny" else DEMO_SIZE["whisper" if family == "whisper" else "wav2vec2"]
+    kind = "whisper" if family == "whisper" else "wav2vec2"
+    overrides = {} if size == "tiny" else DEMO_SIZE[kind]
     AutoModel.from_config(tiny_config(family, **overrides)).save_pretrained(out)
-    default_feature_extractor("whisper" if family == "whisper" else "wav2vec2").save_pretrained(out)
+    default_feature_extractor(kind).save_pretrained(out)
 
 
 def main(argv=None):

@@ -10,7 +10,7 @@ import speech_models
 import synthetic_data
 
 
-def _phone_frames(backbone, lexicon, rng, n_tokens):
+def _phone_frames(backbone, preprocessor, lexicon, rng, n_tokens):
     """Frozen-CNN frames (``extract_features``) from the middle of synthetic phones: X, labels."""
     rate = 16000
     features, labels = [], []
@@ -20,9 +20,9 @@ def _phone_frames(backbone, lexicon, rng, n_tokens):
                 frequencies, 0.12, rate, rng)
             audio = np.concatenate([np.zeros(1600), sound, np.zeros(1600)])
             audio += rng.normal(0.0, 0.002, len(audio))
-            audio = ((audio - audio.mean()) / audio.std()).astype(np.float32)
+            inputs = torch.from_numpy(preprocessor(audio[None].astype(np.float32)))
             with torch.no_grad():
-                frames = backbone(torch.from_numpy(audio[None])).extract_features[0]
+                frames = backbone(inputs).extract_features[0]
             middle = (1600 + len(sound) // 2) // 320
             features.append(frames[middle].numpy())
             labels.append(phone)
@@ -38,9 +38,11 @@ def test_demo_size_checkpoint_tells_the_synthetic_phones_apart(tmp_path):
                                    "--out", str(out)]) == 0
         backbone, family = speech_models.load_backbone(out)
         backbone.eval()
+        preprocessor = speech_models.AudioPreprocessor(
+            speech_models.load_feature_extractor(out, family), family)
         rng = np.random.default_rng(0)
-        x_train, y_train = _phone_frames(backbone, lexicon, rng, 6)
-        x_test, y_test = _phone_frames(backbone, lexicon, rng, 3)
+        x_train, y_train = _phone_frames(backbone, preprocessor, lexicon, rng, 6)
+        x_test, y_test = _phone_frames(backbone, preprocessor, lexicon, rng, 3)
         accuracy[size] = LogisticRegression(max_iter=3000).fit(x_train, y_train).score(x_test,
                                                                                       y_test)
     config = json.loads((tmp_path / "demo" / "config.json").read_text())
