@@ -58,9 +58,9 @@ demo: setup
 	$(BIN)/python synthetic_data.py --out $(DEMO_DIR)/data --seed 0 --overwrite \
 		--n_train_stories 10 --train_trs 80 --cc_max_range 0.85 0.98
 	$(BIN)/python data_utils.py check --data_dir $(DEMO_DIR)/data
-	$(BIN)/python eval_utils.py noise-ceiling --data_dir $(DEMO_DIR)/data --subject 1 \
+	$(BIN)/python noise_ceilings.py --data_dir $(DEMO_DIR)/data --subject 1 \
 		--out $(DEMO_DIR)/subject_NCs/UTS01.npy --overwrite
-	$(BIN)/python speech_models.py make-tiny --family wav2vec2 --size demo --out $(DEMO_DIR)/tiny-wav2vec2
+	$(BIN)/python speech_models.py make-tiny --family wav2vec2 --size demo --out $(DEMO_DIR)/tiny-wav2vec2 --overwrite
 	$(BIN)/python brain_trainer_story.py --model_name $(DEMO_DIR)/tiny-wav2vec2 --subject 1 \
 		--data_dir $(DEMO_DIR)/data --nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy \
 		--save_dir $(DEMO_DIR)/runs --exp_name tiny-wav2vec2_UTS01 --overwrite \
@@ -86,7 +86,7 @@ demo: setup
 reproduce: setup
 	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020 [EPOCHS=30] [OUT=outputs/reproduce] [TIMIT=... SPEECH_COMMANDS=... CREMA_D=... SLURP=...] [WORD_VECTORS=glove.txt] [LOW_LEVEL='powspec phonemes']"; exit 2; }
 	$(BIN)/python data_utils.py check --data_dir $(DATA) --subjects $(SUBJECT)
-	$(if $(wildcard subject_NCs/UTS0$(SUBJECT).npy),,$(BIN)/python eval_utils.py noise-ceiling --data_dir $(DATA) --subject $(SUBJECT))
+	$(if $(wildcard subject_NCs/UTS0$(SUBJECT).npy),,$(BIN)/python noise_ceilings.py --data_dir $(DATA) --subject $(SUBJECT))
 	$(BIN)/python brain_trainer_story.py --model_name $(MODEL) --subject $(SUBJECT) \
 		--data_dir $(DATA) --num_epochs $(EPOCHS) --save_dir $(OUT)/runs --exp_name $(RUN_NAME) \
 		$(if $(wildcard $(OUT)/runs/$(RUN_NAME)/last),--resume,)

@@ -42,6 +42,9 @@ import numpy as np
 import data_utils
 import eval_utils
 import low_level_features
+import noise_ceilings
+import plots
+import run_utils
 import speech_models
 from data_utils import DatasetError
 
@@ -54,7 +57,7 @@ TEST_RESPONSE_TRIM = 40  # the paper drops the first 40 test rows (features [50:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Brain alignment of pretrained and brain-tuned speech models (ds003020).",
-        formatter_class=data_utils.HelpFormatter)
+        formatter_class=run_utils.HelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--subject", required=True, help="subject: 1, '1' or UTS01")
     parser.add_argument("--data_dir", required=True,
@@ -172,7 +175,7 @@ def models_to_evaluate(args):
     if not models:
         raise DatasetError("nothing to evaluate: give --model_path or --logs_dir, or drop "
                            "--skip_pretrained")
-    labels = data_utils.unique_names((label, None) for label, _ in models)
+    labels = run_utils.unique_names((label, None) for label, _ in models)
     return [(label, checkpoint) for label, (_, checkpoint) in zip(labels, models)]
 
 
@@ -191,7 +194,7 @@ def cached_story_features(args, backbone, preprocessor, model_key, story, layers
     """Window features of a story from the cache, extracting (and caching) the missing layers."""
     settings = json.dumps({"context_s": args.context_s, "chunk_s": args.chunk_s,
                            "autocast": str(dtype), "preprocessor": preprocessor.digest(),
-                           **data_utils.file_identity([data_utils.stimulus_path(args.data_dir,
+                           **run_utils.file_identity([data_utils.stimulus_path(args.data_dir,
                                                                                 story)])},
                           sort_keys=True)
     path = (Path(args.cache_dir) / model_key[:16]
@@ -205,7 +208,7 @@ def cached_story_features(args, backbone, preprocessor, model_key, story, layers
             args.batch_size, device, dtype, naive=args.naive, progress=True)
         return features, {"times": times}
 
-    features, extras = speech_models.cached_layer_features(path, layers, extract, settings)
+    features, extras = run_utils.cached_arrays(path, layers, extract, settings)
     return features, extras["times"]
 
 
@@ -241,7 +244,7 @@ def evaluate_model(args, label, checkpoint, stories, responses, nc, rois, device
     backbone.to(device)
     preprocessor = speech_models.AudioPreprocessor(
         speech_models.load_feature_extractor(checkpoint, family), family)
-    layers = choose_layers(args.layers, speech_models.num_layers(backbone, family))
+    layers = choose_layers(args.layers, speech_models.num_layers(backbone))
     key = speech_models.fingerprint(backbone)
     per_story = {}
     for story in [*stories, args.test_story]:
@@ -375,7 +378,7 @@ def encoding_scores(x_train, x_test, train_responses, test_responses, nc, alphas
 
 
 def _write_csv(path, rows):
-    with data_utils.atomic_output(path, overwrite=True) as tmp:
+    with run_utils.atomic_output(path, overwrite=True) as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -400,28 +403,28 @@ def write_results(out_dir, all_results, args, run_config):
                                  "region": region, "cc_norm": value,
                                  "r": scores["summary"]["r"][region], "drop_percent": drop})
                 suffix = "" if analysis == "none" else f"_without_{analysis}"
-                with data_utils.atomic_output(out_dir / f"voxels_{safe}_layer{layer}{suffix}.npz",
+                with run_utils.atomic_output(out_dir / f"voxels_{safe}_layer{layer}{suffix}.npz",
                                               True) as tmp:
                     np.savez(tmp, r=scores["r"], cc_norm=scores["cc_norm"], alpha=scores["alpha"])
             if result["semantic_preference"] is not None:
                 preference_rows.append({"model": label, "layer": layer,
                                         **result["semantic_preference"]})
-    data_utils.write_json(out_dir / "results.json",
+    run_utils.write_json(out_dir / "results.json",
                           {**run_config, "results": rows, "semantic_preference": preference_rows},
                           overwrite=True)
     _write_csv(out_dir / "results.csv", rows)
     baseline = [row for row in rows if row["region"] == "all" and row["low_level"] == "none"]
-    eval_utils.plot_per_layer(out_dir / "alignment.png", _series(baseline, "cc_norm"),
+    plots.plot_per_layer(out_dir / "alignment.png", _series(baseline, "cc_norm"),
                               "mean cc_norm", f"Brain alignment, {data_utils.subject_id(args.subject)}")
     removed = [row for row in rows if row["region"] == "all" and row["low_level"] != "none"]
     if removed:
-        eval_utils.plot_per_layer(out_dir / "reliance.png",
+        plots.plot_per_layer(out_dir / "reliance.png",
                                   _series(removed, "drop_percent", with_analysis=True),
                                   "drop in mean cc_norm (%)",
                                   "Reliance on low-level features (higher: more reliant)")
     if preference_rows:
         _write_csv(out_dir / "semantic_preference.csv", preference_rows)
-        eval_utils.plot_per_layer(out_dir / "semantic_preference.png",
+        plots.plot_per_layer(out_dir / "semantic_preference.png",
                                   _series(preference_rows, "preference"),
                                   "semantic r - phonetic r", "Semantic preference")
     return rows, preference_rows
@@ -452,7 +455,7 @@ def run(args):
             raise DatasetError(f"story {story!r} has no responses for {subject}")
     if args.test_story in stories:
         raise DatasetError(f"the test story {args.test_story} is also a training story")
-    nc = eval_utils.get_noise_ceiling(args.data_dir, subject, args.nc_path, args.test_story)
+    nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, args.nc_path, args.test_story)
     rois = json.loads(Path(args.roi_file).read_text()) if args.roi_file else {}
     for name, voxels in rois.items():
         if not all(isinstance(v, int) for v in voxels):
@@ -470,17 +473,17 @@ def run(args):
                                             (train_responses, test_responses), nc, rois, device,
                                             dtype, stimulus)
     run_config = {"arguments": vars(args), "subject": subject, "train_stories": stories,
-                  "models": dict(models), "run": data_utils.run_metadata(args)}
-    data_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
+                  "models": dict(models), "run": run_utils.run_metadata()}
+    run_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
     rows, preference_rows = write_results(out_dir, all_results, args, run_config)
     overall = [row for row in rows if row["region"] == "all"]
-    print(eval_utils.comparison_table([r for r in overall if r["low_level"] == "none"], "cc_norm"))
+    print(run_utils.comparison_table([r for r in overall if r["low_level"] == "none"], "cc_norm"))
     for spec in args.low_level:
         print(f"without {spec}:")
-        print(eval_utils.comparison_table([r for r in overall if r["low_level"] == spec],
+        print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
                                           "drop_percent"))
     if preference_rows:
-        print(eval_utils.comparison_table(preference_rows, "preference"))
+        print(run_utils.comparison_table(preference_rows, "preference"))
     logger.info("results in %s", out_dir)
     return out_dir
 

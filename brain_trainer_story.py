@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 
 import data_utils
 import eval_utils
+import noise_ceilings
+import run_utils
 import speech_models
 from data_utils import DatasetError
 
@@ -52,7 +54,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Brain-tune a pretrained speech encoder (wav2vec2, HuBERT, WavLM, "
                     "data2vec-audio, Whisper) to predict fMRI responses (ds003020).",
-        formatter_class=data_utils.HelpFormatter)
+        formatter_class=run_utils.HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data_dir", required=True,
                       help="ds003020 root: the folder holding stimuli/ and derivative/")
@@ -215,7 +217,7 @@ def select_voxels(args, subjects):
         raise DatasetError(f"--nc_path needs one file per subject ({len(subjects)}), got {len(paths)}")
     voxels = {}
     for subject, path in zip(subjects, paths):
-        cc_max = eval_utils.get_noise_ceiling(args.data_dir, subject, path)
+        cc_max = noise_ceilings.get_noise_ceiling(args.data_dir, subject, path)
         voxels[subject] = np.flatnonzero(cc_max > args.nc_thr)
         if voxels[subject].size == 0:
             raise DatasetError(f"no voxel of {subject} has a noise ceiling above --nc_thr "
@@ -393,7 +395,7 @@ def save_tuned_model(directory, model, preprocessor, voxels, run_config, overwri
     extractor, the head (``brain_head.safetensors``), the voxels predicted (``voxels.json``)
     and the run configuration (``brain_tuning.json``). Written atomically.
     """
-    with data_utils.atomic_output(directory, overwrite) as tmp:
+    with run_utils.atomic_output(directory, overwrite) as tmp:
         speech_models.plain_backbone(model).save_pretrained(tmp)
         preprocessor.feature_extractor.save_pretrained(tmp)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
@@ -405,13 +407,13 @@ def save_tuned_model(directory, model, preprocessor, voxels, run_config, overwri
 
 def save_training_state(run_dir, state):
     """Everything ``--resume`` needs, in ``last/``, written atomically."""
-    with data_utils.atomic_output(run_dir / "last", overwrite=True) as tmp:
+    with run_utils.atomic_output(run_dir / "last", overwrite=True) as tmp:
         tmp.mkdir()
         torch.save(state, tmp / "training_state.pt")
 
 
 def write_metrics(run_dir, metrics):
-    with data_utils.atomic_output(run_dir / "metrics.jsonl", overwrite=True) as tmp:
+    with run_utils.atomic_output(run_dir / "metrics.jsonl", overwrite=True) as tmp:
         tmp.write_text("".join(json.dumps(line) + "\n" for line in metrics))
 
 
@@ -544,7 +546,7 @@ def train(args):
                   "train_stories": train_stories, "val_stories": val_stories,
                   "n_outputs": n_outputs, "family": model.family,
                   "voxel_counts": {s: int(v.size) for s, v in (voxels or {}).items()},
-                  "window_samples": window_samples, "run": data_utils.run_metadata(args)}
+                  "window_samples": window_samples, "run": run_utils.run_metadata()}
     metrics, best = [], {"val_loss": math.inf, "epoch": -1, "state": None}
     start_epoch, stale = 0, 0
     if state_path is not None:
@@ -558,7 +560,7 @@ def train(args):
         start_epoch = state["epoch"] + 1
         logger.info("resuming %s after epoch %d", run_dir, start_epoch)
     elif is_main:
-        data_utils.write_json(run_dir / "run_config.json", run_config)
+        run_utils.write_json(run_dir / "run_config.json", run_config)
 
     for epoch in range(start_epoch, args.num_epochs):
         if args.patience and stale >= args.patience:

@@ -29,13 +29,9 @@ import io
 import json
 import logging
 import lzma
-import os
 import pickle
-import platform
 import re
-import shutil
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -44,8 +40,11 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+import run_utils
+
 logger = logging.getLogger(__name__)
 
+SAMPLING_RATE = 16000  # Hz: every model here takes 16 kHz audio
 TR_SECONDS = 2.0
 SIMULATED_SOUND_START = 10.0  # seconds of scanner time before the story starts
 RESPDICT_PAD_TRS = 5  # respdict counts 5 TRs more than the simulated grid
@@ -70,17 +69,8 @@ TR_SOURCES = ("respdict", "report", "trfiles")
 HDF5_BLOCK_BYTES = 64 * 2**20
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except where there is none to show (None or off)."""
-
-    def _get_help_string(self, action):
-        if any(action.default is value for value in (None, False, argparse.SUPPRESS)):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class DatasetError(ValueError):
-    """A problem with the dataset on disk or with how it was asked for; the message says the fix."""
+class DatasetError(run_utils.UserError, ValueError):
+    """A problem with the dataset on disk; the message names the file and says the fix."""
 
 
 # ----------------------------------------------------------------------------- paths
@@ -443,19 +433,7 @@ def parse_textgrid(text, path="<string>"):
     else:
         raise DatasetError(f"{path}: not a Praat TextGrid in text format (first value "
                            f"{header!r}); binary TextGrids must be saved as text from Praat")
-    return unique_names((name, entries) for _, name, entries in tiers)
-
-
-def unique_names(named):
-    """dict from (name, value) pairs; a repeated name gets a suffix: "word", "word#2", ..."""
-    result = {}
-    for name, value in named:
-        key, copy = name, 1
-        while key in result:
-            copy += 1
-            key = f"{name}#{copy}"
-        result[key] = value
-    return result
+    return run_utils.unique_names((name, entries) for _, name, entries in tiers)
 
 
 def load_textgrid(path):
@@ -575,9 +553,10 @@ class _ResearchTextGrid:
     """Stand-in for the research code's ``TextGrid`` class inside ``grids_huge.jbl``."""
 
     def to_tiers(self):
-        return unique_names((tier.nameid, [(float(s), float(s if e is None else e), str(label))
-                                            for s, e, label in _simple_entries(tier)])
-                             for tier in self.tiers)
+        return run_utils.unique_names(
+            (tier.nameid, [(float(s), float(s if e is None else e), str(label))
+                           for s, e, label in _simple_entries(tier)])
+            for tier in self.tiers)
 
 
 class _ResearchTier:
@@ -708,7 +687,7 @@ def tr_times(data_dir, story, tr_source="respdict", tr_path=None):
 
 # ----------------------------------------------------------------------------- audio
 
-def read_audio(path, sampling_rate=16000):
+def read_audio(path, sampling_rate=SAMPLING_RATE):
     """An audio file (RIFF WAV, NIST SPHERE, FLAC, ...) as float32 mono at ``sampling_rate``:
     channels averaged, resampled from any rate."""
     try:
@@ -724,12 +703,12 @@ def read_audio(path, sampling_rate=16000):
     return mono.astype(np.float32, copy=False)
 
 
-def load_stimulus(data_dir, story, sampling_rate=16000):
+def load_stimulus(data_dir, story, sampling_rate=SAMPLING_RATE):
     """A story's audio as float32 mono at ``sampling_rate`` Hz (channels averaged, resampled)."""
     return read_audio(stimulus_path(data_dir, story), sampling_rate)
 
 
-def tr_window_bounds(data_dir, story, sampling_rate=16000, n_delays=4, tr_source="respdict",
+def tr_window_bounds(data_dir, story, sampling_rate=SAMPLING_RATE, n_delays=4, tr_source="respdict",
                      tr_path=None):
     """Sample range of the audio input of each response row.
 
@@ -762,7 +741,7 @@ def slice_windows(audio, starts, length):
     return view[starts + before]
 
 
-def tr_audio_windows(data_dir, story, sampling_rate=16000, n_delays=4, tr_source="respdict",
+def tr_audio_windows(data_dir, story, sampling_rate=SAMPLING_RATE, n_delays=4, tr_source="respdict",
                      tr_path=None):
     """Audio input of each response row: float32 (rows, (n_delays + 1) * 2 * sampling_rate).
 
@@ -774,63 +753,14 @@ def tr_audio_windows(data_dir, story, sampling_rate=16000, n_delays=4, tr_source
     return slice_windows(audio, starts, int(stops[0] - starts[0]))
 
 
-# ----------------------------------------------------------------------------- outputs
-
-@contextlib.contextmanager
-def atomic_output(path, overwrite=False):
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
-
-    Refuses to replace an existing ``path`` unless ``overwrite``. The temporary name keeps the
-    suffix so that writers which choose a format by extension (numpy, soundfile) work.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        if path.is_dir() and tmp.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
-
-
-def file_identity(paths):
-    """Resolved paths, sizes and modification times of files, for cache keys: a file replaced
-    or regenerated at the same path gives a different key."""
-    files = [str(Path(path).resolve()) for path in paths]
-    stats = [Path(path).stat() for path in files]
-    return {"files": files, "sizes": [stat.st_size for stat in stats],
-            "modified_ns": [stat.st_mtime_ns for stat in stats]}
-
-
-def write_json(path, payload, overwrite=False):
-    """Write JSON atomically (see ``atomic_output``)."""
-    with atomic_output(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def run_metadata(args=None):
-    """Command line, time, host and package versions, to store next to results."""
-    versions = {}
-    for module in ("numpy", "scipy", "h5py", "soundfile", "librosa", "torch", "transformers",
-                   "sklearn", "peft"):
-        imported = sys.modules.get(module)
-        if imported is not None:
-            versions[module] = getattr(imported, "__version__", "unknown")
-    return {
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "arguments": vars(args) if isinstance(args, argparse.Namespace) else args,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": versions,
-    }
+def load_truth(data_dir):
+    """The ground truth that ``synthetic_data.py`` writes next to a synthetic dataset
+    (``synthetic_truth.json``): planted voxels, words and their embeddings."""
+    path = Path(data_dir) / "synthetic_truth.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing; {data_dir} is not a synthetic dataset written by "
+                           "synthetic_data.py")
+    return json.loads(path.read_text())
 
 
 # ----------------------------------------------------------------------------- check
@@ -940,7 +870,7 @@ def check_dataset(data_dir, subjects=None):
     return lines, problems, notes
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Dataset tools for the Moth Radio Hour fMRI dataset (OpenNeuro ds003020).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -954,8 +884,11 @@ def main(argv=None):
                        help="ds003020 root: the folder holding stimuli/ and derivative/")
     check.add_argument("--subjects", nargs="+", default=None,
                        help="subjects to check (1, '1' or UTS01); default: all found")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return parser.parse_args(argv)
+
+
+def run(args):
+    """Print the dataset report; a dataset with problems is a DatasetError (exit status 1)."""
     try:
         lines, problems, notes = check_dataset(args.data_dir, args.subjects)
     except DatasetError as err:
@@ -967,7 +900,12 @@ def main(argv=None):
     for problem in problems:
         print(f"problem: {problem}")
     print(f"{len(problems)} problem(s): dataset {'NOT ' if problems else ''}usable")
-    return 1 if problems else 0
+    if problems:
+        raise DatasetError(f"{args.data_dir}: {len(problems)} problem(s), listed above")
+
+
+def main(argv=None):
+    return run_utils.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

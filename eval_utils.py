@@ -7,8 +7,8 @@ over time with ddof=1 (SPEC section 4)::
     cc_max = 1 / sqrt(1 + (1/N) (1/SP - 1))         noise ceiling, 0 where SP <= 0
     cc_norm = pearson(y, prediction) / cc_max
 
-``python eval_utils.py noise-ceiling --data_dir D --subject S`` writes a subject's ceiling to
-``subject_NCs/UTS0S.npy``.
+``noise_ceilings.py`` computes, saves and loads a subject's ceiling file
+(``subject_NCs/UTS0S.npy``).
 
 Encoding models (SPEC section 4): features are Lanczos-downsampled to the TR centres
 (``lanczos_interp``), trimmed per story to the response rows, z-scored and given FIR delays of
@@ -22,10 +22,7 @@ units (weights ``V diag(s / (s^2 + a^2)) U^T Y``), i.e. ``alpha = a^2``: pass
 ``np.logspace(1, 4, 15) ** 2`` to reproduce it.
 """
 
-import argparse
 import logging
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +32,12 @@ import data_utils
 
 logger = logging.getLogger(__name__)
 
-NC_DIR = Path(__file__).resolve().parent / "subject_NCs"
+NC_THRESHOLD = 0.4  # default: summaries and training use voxels whose noise ceiling exceeds it
+# Ridge penalties (ordinary ridge, see above): the Huth-lab grid of the encoding models, and a
+# lower-reaching one for regressing confounds out of features (so that the removal is not
+# limited by shrinkage).
+ENCODING_ALPHAS = np.logspace(1, 4, 15) ** 2
+CONFOUND_ALPHAS = np.logspace(0, 4, 17) ** 2
 
 
 def _float_dtype(*arrays):
@@ -432,7 +434,7 @@ def prediction_score(features, targets, train_stories, test_story, alphas, split
     return np.where(varies, scores, np.nan).astype(scores.dtype, copy=False)
 
 
-# ----------------------------------------------------------------------------- reporting
+# ----------------------------------------------------------------------------- summaries
 
 def percent_drop(before, after):
     """100 (before - after) / before, or None where ``before`` is not a positive number (a drop
@@ -440,176 +442,3 @@ def percent_drop(before, after):
     if not np.isfinite(before) or before <= 0 or not np.isfinite(after):
         return None
     return float(100.0 * (before - after) / before)
-
-
-def comparison_table(rows, value_key):
-    """Text table of ``row[value_key]``: models as rows, layers as columns (rows are dicts with
-    "model" and "layer")."""
-    models = list(dict.fromkeys(row["model"] for row in rows))
-    layers = sorted({row["layer"] for row in rows})
-    value = {(row["model"], row["layer"]): float("nan") if row[value_key] is None
-             else row[value_key] for row in rows}
-    width = max(len(m) for m in models) + 2
-    lines = [f"{value_key}:", "model".ljust(width) + "".join(f"L{layer:<7}" for layer in layers)]
-    for model in models:
-        lines.append(model.ljust(width) + "".join(
-            f"{value.get((model, layer), float('nan')):<8.3f}" for layer in layers))
-    return "\n".join(lines)
-
-
-def plot_per_layer(path, series, ylabel, title):
-    """A PNG of one line per model: ``series`` maps model label -> {layer: value}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for label, values in series.items():
-        axis.plot(list(values), list(values.values()), marker="o", label=label)
-    axis.set_xticks(sorted({layer for values in series.values() for layer in values}))
-    axis.axhline(0.0, color="grey", linewidth=0.5)
-    axis.set_xlabel("layer (hidden-state index)")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.legend()
-    figure.tight_layout()
-    with data_utils.atomic_output(path, overwrite=True) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-
-
-# ----------------------------------------------------------------------------- NC files
-
-def default_nc_path(subject):
-    """``subject_NCs/UTS0N.npy`` in this repository."""
-    return NC_DIR / f"{data_utils.subject_id(subject)}.npy"
-
-
-def compute_subject_noise_ceiling(data_dir, subject, story=data_utils.TEST_STORY,
-                                  data_norm=True, voxel_batch=20000):
-    """Noise ceiling of every voxel of a subject from the test story's repeats.
-
-    Reads the repeats ``voxel_batch`` voxels at a time. Returns ((n_voxels,) float64, n_repeats).
-    """
-    path = data_utils.response_path(data_dir, subject, story)
-    shape = data_utils.hdf5_shape(path, "individual_repeats")
-    if len(shape) != 3:
-        raise data_utils.DatasetError(f"{path}: 'individual_repeats' has shape {shape}, expected "
-                                      "(repeats, rows, voxels)")
-    n_voxels = shape[2]
-    cc_max = np.empty(n_voxels, np.float64)
-    batches = range(0, n_voxels, voxel_batch)
-    for first in tqdm(batches, desc=f"noise ceiling {data_utils.subject_id(subject)}",
-                      unit="batch", disable=len(batches) < 2):
-        voxels = np.arange(first, min(first + voxel_batch, n_voxels))
-        repeats = data_utils.load_repeats(data_dir, subject, story, voxels)
-        cc_max[voxels] = noise_ceiling(repeats, data_norm)
-    return cc_max, shape[0]
-
-
-def save_noise_ceiling(path, cc_max, metadata, overwrite=False):
-    """Write a noise-ceiling file (float64 .npy) and its provenance JSON, both atomically."""
-    path = Path(path)
-    with data_utils.atomic_output(path, overwrite) as tmp:
-        np.save(tmp, np.asarray(cc_max, dtype=np.float64))
-    data_utils.write_json(path.with_suffix(".json"), metadata, overwrite=True)
-
-
-def load_noise_ceiling(path, n_voxels=None):
-    """Read a noise-ceiling file: (n_voxels,) float64, checked against the data's voxel count."""
-    path = Path(path)
-    try:
-        cc_max = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise data_utils.DatasetError(f"{path}: unreadable noise-ceiling file ({err}); make it "
-                                      "again with `python eval_utils.py noise-ceiling`") from None
-    if cc_max.ndim != 1:
-        raise data_utils.DatasetError(f"{path}: expected one value per voxel, got shape "
-                                      f"{cc_max.shape}")
-    if n_voxels is not None and cc_max.shape[0] != n_voxels:
-        raise data_utils.DatasetError(
-            f"{path}: {cc_max.shape[0]} voxels but the subject's responses have {n_voxels}; the "
-            "file belongs to another subject or dataset: pass the right --nc_path or delete it "
-            "to recompute it from the test-story repeats")
-    return cc_max.astype(np.float64, copy=False)
-
-
-def get_noise_ceiling(data_dir, subject, nc_path=None, story=data_utils.TEST_STORY):
-    """A subject's noise ceiling from ``nc_path`` (default ``subject_NCs/UTS0N.npy``).
-
-    When the file is missing it is computed from the test story's repeats and saved there,
-    with a log line saying so. Returns (n_voxels,) float64.
-    """
-    path = Path(nc_path) if nc_path is not None else default_nc_path(subject)
-    n_voxels = data_utils.hdf5_shape(data_utils.response_path(data_dir, subject, story))[1]
-    if path.exists():
-        return load_noise_ceiling(path, n_voxels)
-    logger.info("%s not found: computing the noise ceiling of %s from the repeats of %s and "
-                "saving it there", path, data_utils.subject_id(subject), story)
-    cc_max, n_repeats = compute_subject_noise_ceiling(data_dir, subject, story)
-    save_noise_ceiling(path, cc_max, _nc_metadata(data_dir, subject, story, n_repeats, True, cc_max))
-    return cc_max
-
-
-def _nc_metadata(data_dir, subject, story, n_repeats, data_norm, cc_max, args=None):
-    return {
-        "what": "per-voxel noise ceiling cc_max (Schoppe et al. 2016), 0 where SP <= 0",
-        "subject": data_utils.subject_id(subject),
-        "data_dir": str(Path(data_dir).resolve()),
-        "story": story,
-        "n_repeats": int(n_repeats),
-        "n_voxels": int(cc_max.shape[0]),
-        "data_norm": data_norm,
-        "voxels_above": {str(t): int((cc_max > t).sum()) for t in (0.2, 0.4, 0.6)},
-        "mean_cc_max": float(cc_max.mean()),
-        "run": data_utils.run_metadata(args),
-    }
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Evaluation utilities for brain-tuning.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    nc = commands.add_parser(
-        "noise-ceiling", help="compute a subject's per-voxel noise ceiling",
-        description="Compute each voxel's noise ceiling cc_max (Schoppe et al. 2016) from the "
-                    "individual repeats of the test story and save it as a float64 .npy file "
-                    "(one value per voxel, 0 where the signal power is not positive), with a "
-                    ".json file beside it that records how it was made.")
-    nc.add_argument("--data_dir", required=True,
-                    help="ds003020 root: the folder holding stimuli/ and derivative/")
-    nc.add_argument("--subject", required=True, help="subject: 1, '1' or UTS01")
-    nc.add_argument("--story", default=data_utils.TEST_STORY,
-                    help="story with an 'individual_repeats' dataset (default: %(default)s)")
-    nc.add_argument("--out", default=None,
-                    help="output .npy path (default: subject_NCs/UTS0N.npy in this repository)")
-    nc.add_argument("--no_data_norm", action="store_true",
-                    help="use each repeat's measured variance instead of assuming unit variance "
-                         "(the published files assume unit variance)")
-    nc.add_argument("--voxel_batch", type=int, default=20000,
-                    help="voxels read and processed at a time; lower it to save memory "
-                         "(default: %(default)s)")
-    nc.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    out = Path(args.out) if args.out else default_nc_path(args.subject)
-    try:
-        if out.exists() and not args.overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        data_norm = not args.no_data_norm
-        cc_max, n_repeats = compute_subject_noise_ceiling(args.data_dir, args.subject, args.story,
-                                                          data_norm, args.voxel_batch)
-        save_noise_ceiling(out, cc_max, _nc_metadata(args.data_dir, args.subject, args.story,
-                                                     n_repeats, data_norm, cc_max, args),
-                           overwrite=args.overwrite)
-    except (data_utils.DatasetError, FileExistsError) as err:
-        logger.error("%s", err)
-        return 1
-    logger.info("%s: %d repeats, %d voxels, %d with cc_max > 0.4 (mean cc_max %.3f); wrote %s",
-                data_utils.subject_id(args.subject), n_repeats, cc_max.size,
-                (cc_max > 0.4).sum(), cc_max.mean(), out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

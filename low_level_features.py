@@ -45,7 +45,7 @@ import numpy as np
 
 import data_utils
 import eval_utils
-import synthetic_data
+import run_utils
 from data_utils import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ def cache_path(cache_dir, data_dir, story, name, centres, vocabulary=None, tr_so
     source = (data_utils.stimulus_path(data_dir, story) if name == "powspec"
               else data_utils.textgrid_path(data_dir, story))
     settings = json.dumps({**feature_settings(name, vocabulary),
-                           **data_utils.file_identity([source]), "tr_source": tr_source,
+                           **run_utils.file_identity([source]), "tr_source": tr_source,
                            "tr_centres": hashlib.sha256(
                                np.ascontiguousarray(centres, dtype=np.float64)).hexdigest(),
                            "lanczos_window": LANCZOS_WINDOW}, sort_keys=True)
@@ -413,7 +413,7 @@ def story_features(data_dir, story, names=FEATURE_SETS, vocabularies=None, tr_so
             continue
         logger.info("%s: computing %s features", story, name)
         features[name] = compute_features(data_dir, story, name, centres, vocabulary)
-        with data_utils.atomic_output(path, overwrite=True) as tmp, h5py.File(tmp, "w") as handle:
+        with run_utils.atomic_output(path, overwrite=True) as tmp, h5py.File(tmp, "w") as handle:
             handle["features"] = features[name]
             handle.attrs["settings"] = settings
     return features
@@ -430,7 +430,7 @@ def load_word_vectors(source, data_dir=None):
     "synthetic" for the embedding planted in a synthetic dataset at ``data_dir``.
     """
     if source == "synthetic":
-        words = synthetic_data.load_truth(data_dir)["words"]
+        words = data_utils.load_truth(data_dir)["words"]
         return {word.lower(): np.asarray(info["embedding"], np.float32)
                 for word, info in words.items()}
     path = Path(source)

@@ -38,7 +38,8 @@ from sklearn.metrics import accuracy_score, f1_score
 import brain_evaluate
 import data_utils
 import downstream_data
-import eval_utils
+import plots
+import run_utils
 import speech_models
 from data_utils import DatasetError
 
@@ -51,7 +52,7 @@ def parse_args(task, argv=None):
     dataset = downstream_data.TASKS[task][0]
     parser = argparse.ArgumentParser(
         description=f"Linear probes of every layer of pretrained and brain-tuned speech models "
-                    f"on {dataset} ({task}).", formatter_class=data_utils.HelpFormatter)
+                    f"on {dataset} ({task}).", formatter_class=run_utils.HelpFormatter)
     parser.add_argument("--data_path", required=True, help=f"root of the local {dataset} copy")
     brain_evaluate.add_model_arguments(parser)
     parser.add_argument("--layers", nargs="+", type=int, default=None,
@@ -135,7 +136,7 @@ def _waveforms(examples, sampling_rate, family):
 def utterance_features(args, backbone, preprocessor, model_key, examples, layers, device, dtype):
     """Mean-pooled layer features of the examples (dict layer -> (n, hidden) float32), cached
     per model and list of audio files."""
-    settings = json.dumps({**data_utils.file_identity(e["audio"] for e in examples),
+    settings = json.dumps({**run_utils.file_identity(e["audio"] for e in examples),
                            "autocast": str(dtype), "preprocessor": preprocessor.digest()},
                           sort_keys=True)
     dataset = downstream_data.TASKS[args.task][0].replace(" ", "_").lower()
@@ -149,7 +150,7 @@ def utterance_features(args, backbone, preprocessor, model_key, examples, layers
             backbone, preprocessor, waveforms, missing, args.batch_size, device, dtype,
             progress=True, total=len(examples)), {}
 
-    return speech_models.cached_layer_features(path, layers, extract, settings)[0]
+    return run_utils.cached_arrays(path, layers, extract, settings)[0]
 
 
 def probe_predictions(x_train, y_train, x_test, n_classes, multi_label, num_epochs=50, lr=1e-3,
@@ -209,7 +210,7 @@ def evaluate_model(args, label, checkpoint, data, device, dtype):
     backbone.to(device)
     preprocessor = speech_models.AudioPreprocessor(
         speech_models.load_feature_extractor(checkpoint, family), family)
-    depth = speech_models.num_layers(backbone, family)
+    depth = speech_models.num_layers(backbone)
     layers = brain_evaluate.choose_layers(args.layers or list(range(depth + 1)), depth)
     key = speech_models.fingerprint(backbone)
     features = {split: utterance_features(args, backbone, preprocessor, key, data[split][0],
@@ -230,9 +231,9 @@ def evaluate_model(args, label, checkpoint, data, device, dtype):
 
 def write_results(out_dir, rows, run_config, task):
     """results.json, results.csv and <task>.png, atomically."""
-    data_utils.write_json(out_dir / "results.json", {**run_config, "results": rows},
+    run_utils.write_json(out_dir / "results.json", {**run_config, "results": rows},
                           overwrite=True)
-    with data_utils.atomic_output(out_dir / "results.csv", overwrite=True) as tmp:
+    with run_utils.atomic_output(out_dir / "results.csv", overwrite=True) as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -240,7 +241,7 @@ def write_results(out_dir, rows, run_config, task):
     series = {}
     for row in rows:
         series.setdefault(row["model"], {})[row["layer"]] = row["f1_macro"]
-    eval_utils.plot_per_layer(out_dir / f"{task}.png", series, "macro F1 (test)",
+    plots.plot_per_layer(out_dir / f"{task}.png", series, "macro F1 (test)",
                               f"Linear probes: {task}")
 
 
@@ -265,11 +266,11 @@ def run(args):
         rows += evaluate_model(args, label, checkpoint, data, device, dtype)
     run_config = {"arguments": vars(args), "task": args.task, "dataset": dataset,
                   "classes": list(classes), "models": dict(models),
-                  "run": data_utils.run_metadata(args)}
-    data_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
+                  "run": run_utils.run_metadata()}
+    run_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
     write_results(out_dir, rows, run_config, args.task)
     for key in ("f1_micro", "f1_macro"):
-        print(eval_utils.comparison_table(rows, key))
+        print(run_utils.comparison_table(rows, key))
     logger.info("results in %s", out_dir)
     return out_dir
 

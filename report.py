@@ -24,7 +24,8 @@ import numpy as np
 
 import data_utils
 import eval_utils
-import synthetic_data
+import noise_ceilings
+import run_utils
 from data_utils import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ VOXEL_TYPES = ("semantic", "acoustic", "noise")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Write report.md and summary.json from brain_evaluate.py and eval_*.py "
-                    "results.", formatter_class=data_utils.HelpFormatter)
+                    "results.", formatter_class=run_utils.HelpFormatter)
     parser.add_argument("--out", required=True, help="folder of report.md and summary.json")
     parser.add_argument("--alignment", required=True,
                         help="a brain_evaluate.py results folder (holding results.json)")
@@ -68,7 +69,7 @@ def planted_scores(alignment_dir, alignment, truth):
     """
     arguments = alignment["arguments"]
     subject = alignment["subject"]
-    nc = eval_utils.load_noise_ceiling(arguments["nc_path"] or eval_utils.default_nc_path(subject))
+    nc = noise_ceilings.load_noise_ceiling(arguments["nc_path"] or noise_ceilings.default_nc_path(subject))
     planted = truth["subjects"][subject]
     scores = {}
     for row in alignment["results"]:
@@ -278,7 +279,7 @@ def main(argv=None):
         downstream = [_results(folder) for folder in args.downstream]
         truth = None
         if args.data_dir and (Path(args.data_dir) / "synthetic_truth.json").exists():
-            truth = synthetic_data.load_truth(args.data_dir)
+            truth = data_utils.load_truth(args.data_dir)
         planted = planted_scores(args.alignment, alignment, truth) if truth else None
         summary = summarise(alignment, planted, downstream)
         text = render(out, args.alignment, alignment, planted, args.downstream, downstream,
@@ -286,9 +287,10 @@ def main(argv=None):
     except (DatasetError, FileExistsError) as err:
         logger.error("%s", err)
         return 1
-    summary["run"] = data_utils.run_metadata(args)
-    data_utils.write_json(out / "summary.json", summary, overwrite=True)
-    with data_utils.atomic_output(out / "report.md", overwrite=True) as tmp:
+    summary["arguments"] = vars(args)
+    summary["run"] = run_utils.run_metadata()
+    run_utils.write_json(out / "summary.json", summary, overwrite=True)
+    with run_utils.atomic_output(out / "report.md", overwrite=True) as tmp:
         Path(tmp).write_text(text)
     logger.info("wrote %s and %s", out / "report.md", out / "summary.json")
     return 0

@@ -10,14 +10,14 @@ never inside ``forward``.
 import argparse
 import contextlib
 import copy
+import dataclasses
+import functools
 import hashlib
 import logging
 import math
-import shutil
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2F
                           WhisperFeatureExtractor)
 
 import data_utils
+import run_utils
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,10 @@ WAV2VEC2_LIKE = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conf
 WHISPER = ("whisper",)
 SUPPORTED = WAV2VEC2_LIKE + WHISPER
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+WHISPER_MAX_SECONDS = 30  # the Whisper encoder takes at most this much audio
 
 
-class ModelError(ValueError):
+class ModelError(run_utils.UserError, ValueError):
     """A checkpoint that cannot be used as a speech encoder; the message says why."""
 
 
@@ -70,6 +72,31 @@ def load_backbone(name_or_path):
     config = load_config(name_or_path)
     backbone = AutoModel.from_pretrained(name_or_path, config=config)
     return backbone, model_family(config)
+
+
+@dataclasses.dataclass
+class Encoder:
+    """A loaded speech encoder and what every script needs beside it."""
+
+    backbone: nn.Module  # ``AutoModel`` (the whole ``WhisperModel`` for Whisper)
+    family: str  # "wav2vec2" (wav2vec2-like) or "whisper"
+    preprocessor: "AudioPreprocessor"
+    depth: int  # transformer layers: hidden-state indices run 0..depth
+
+    @functools.cached_property
+    def fingerprint(self):
+        """SHA-256 of the weights and config (``fingerprint``), computed on first use."""
+        return fingerprint(self.backbone)
+
+
+def load_encoder(name_or_path, device=None):
+    """A checkpoint as an ``Encoder``: backbone (moved to ``device`` if given), family,
+    preprocessor (the saved feature extractor or the family's default) and depth."""
+    backbone, family = load_backbone(name_or_path)
+    preprocessor = AudioPreprocessor(load_feature_extractor(name_or_path, family), family)
+    if device is not None:
+        backbone.to(device)
+    return Encoder(backbone, family, preprocessor, num_layers(backbone))
 
 
 def default_feature_extractor(family):
@@ -117,7 +144,7 @@ class AudioPreprocessor:
     def __init__(self, feature_extractor, family):
         self.feature_extractor = feature_extractor
         self.family = family
-        self.sampling_rate = getattr(feature_extractor, "sampling_rate", 16000)
+        self.sampling_rate = getattr(feature_extractor, "sampling_rate", data_utils.SAMPLING_RATE)
 
     def __call__(self, windows):
         """windows: (n, samples) float32 -> float32 (n, samples) or (n, mel bins, frames)."""
@@ -160,10 +187,6 @@ class BrainTuningModel(nn.Module):
         self.head = nn.Linear(backbone.config.hidden_size if family != "whisper"
                               else backbone.config.d_model, n_outputs)
 
-    def encoder(self):
-        """The module that encodes audio (Whisper: the encoder half)."""
-        return self.backbone.encoder if self.family == "whisper" else self.backbone
-
     def freeze(self):
         """Freeze what the paper keeps fixed: the CNN feature encoder (wav2vec2-like); the
         decoder, conv1, conv2 and positional embeddings (Whisper)."""
@@ -192,10 +215,10 @@ class BrainTuningModel(nn.Module):
 def build_model(name_or_path, n_outputs, window_samples):
     """Load a checkpoint as a ``BrainTuningModel`` with the paper's freezing, plus its
     ``AudioPreprocessor``."""
-    backbone, family = load_backbone(name_or_path)
-    preprocessor = AudioPreprocessor(load_feature_extractor(name_or_path, family), family)
-    frames = preprocessor.whisper_frames(window_samples) if family == "whisper" else None
-    model = BrainTuningModel(backbone, family, n_outputs, frames)
+    encoder = load_encoder(name_or_path)
+    preprocessor = encoder.preprocessor
+    frames = preprocessor.whisper_frames(window_samples) if encoder.family == "whisper" else None
+    model = BrainTuningModel(encoder.backbone, encoder.family, n_outputs, frames)
     model.freeze()
     return model, preprocessor
 
@@ -260,7 +283,7 @@ def tiny_config(family, **overrides):
 
 # ----------------------------------------------------------------------------- layer features
 
-def num_layers(backbone, family):
+def num_layers(backbone):
     """Transformer layers of the encoder (hidden-state indices run 0..num_layers)."""
     return len(backbone.encoder.layers)
 
@@ -291,7 +314,7 @@ def hidden_states_at(backbone, family, inputs, layers, frame):
 def layer_hidden_states(backbone, family, inputs, layers):
     """Hidden states of ``layers``: dict layer -> (batch, frames, hidden), see
     ``hidden_states_at``."""
-    total = num_layers(backbone, family)
+    total = num_layers(backbone)
     encoder = backbone.encoder if family == "whisper" else backbone
     with first_layers(backbone, min(max(layers) + 1, total)):
         hidden = encoder(inputs, output_hidden_states=True).hidden_states
@@ -327,7 +350,7 @@ def pooled_layer_features(backbone, preprocessor, waveforms, layers, batch_size=
     dict layer -> (n_utterances, hidden) float32.
     """
     family = backbone_family(backbone)
-    limit = 30 * preprocessor.sampling_rate
+    limit = WHISPER_MAX_SECONDS * preprocessor.sampling_rate
     rows = {layer: [] for layer in layers}
     backbone.eval()
     with torch.inference_mode(), tqdm(desc="utterances", unit="utt", total=total,
@@ -336,7 +359,8 @@ def pooled_layer_features(backbone, preprocessor, waveforms, layers, batch_size=
             length = len(batch[0][1])
             if family == "whisper" and length > limit:
                 raise ModelError(f"utterance {batch[0][0]} is {length / preprocessor.sampling_rate:.1f}"
-                                 " s long; the Whisper encoder takes at most 30 s")
+                                 f" s long; the Whisper encoder takes at most "
+                                 f"{WHISPER_MAX_SECONDS} s")
             inputs = torch.from_numpy(preprocessor(np.stack([w for _, w in batch]))).to(device)
             frames = preprocessor.whisper_frames(length) if family == "whisper" else None
             with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
@@ -348,42 +372,6 @@ def pooled_layer_features(backbone, preprocessor, waveforms, layers, batch_size=
         raise ValueError("no waveforms to encode")
     return {layer: np.concatenate(values).astype(np.float32, copy=False)
             for layer, values in rows.items()}
-
-
-def cached_layer_features(path, layers, extract, settings):
-    """Per-layer features kept in an HDF5 file, each layer computed once.
-
-    The layers found in ``path`` are read; ``extract(missing_layers)`` computes the others and
-    returns (dict layer -> array, dict name -> extra array stored beside them, e.g. times);
-    everything is written back atomically with ``settings`` (a string) as an attribute.
-
-    Returns
-    -------
-    dict layer -> array, dict name -> extra array.
-    """
-    path = Path(path)
-    features, extras = {}, {}
-    if path.exists():
-        with h5py.File(path, "r") as handle:
-            features = {layer: handle[f"layer_{layer}"][()] for layer in layers
-                        if f"layer_{layer}" in handle}
-            extras = {name: handle[name][()] for name in handle if not name.startswith("layer_")}
-    missing = [layer for layer in layers if layer not in features]
-    if missing:
-        new, extras = extract(missing)
-        features.update(new)
-        # Start from a copy so that layers cached earlier but not asked for now are kept.
-        with data_utils.atomic_output(path, overwrite=True) as tmp:
-            if path.exists():
-                shutil.copyfile(path, tmp)
-            with h5py.File(tmp, "a") as handle:
-                for name, values in [*extras.items(),
-                                     *((f"layer_{layer}", new[layer]) for layer in missing)]:
-                    if name in handle:
-                        del handle[name]
-                    handle[name] = values
-                handle.attrs["settings"] = settings
-    return {layer: features[layer] for layer in layers}, extras
 
 
 def window_ends(n_samples, chunk):
@@ -462,14 +450,14 @@ def save_tiny_model(out, family, seed=0, size="tiny"):
     default_feature_extractor(kind).save_pretrained(out)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Speech-model utilities for brain-tuning.")
     commands = parser.add_subparsers(dest="command", required=True)
     tiny = commands.add_parser(
         "make-tiny", help="write a tiny random-weight checkpoint (no download)",
         description="Write a tiny random-weight checkpoint of a family, with its feature "
                     "extractor, that every script loads like a real one. For demos and tests: "
-                    "it has learned nothing.")
+                    "it has learned nothing.", formatter_class=run_utils.HelpFormatter)
     tiny.add_argument("--family", choices=("wav2vec2", "hubert", "wavlm", "data2vec-audio",
                                            "whisper"), default="wav2vec2", help="model family")
     tiny.add_argument("--out", required=True, help="output folder")
@@ -478,11 +466,19 @@ def main(argv=None):
                       help="tiny: hidden size 32, three 32-channel CNN layers (fast, for tests); "
                            "demo: hidden size 64 and one 128-channel 25 ms CNN layer whose random "
                            "filters tell the synthetic phones apart (what make demo uses)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    save_tiny_model(args.out, args.family, args.seed, args.size)
+    tiny.add_argument("--overwrite", action="store_true",
+                      help="replace a model folder written earlier by make-tiny")
+    return parser.parse_args(argv)
+
+
+def run(args):
+    with run_utils.output_folder(args.out, args.overwrite, what="tiny model") as staging:
+        save_tiny_model(staging, args.family, args.seed, args.size)
     logger.info("wrote a tiny %s checkpoint to %s", args.family, args.out)
-    return 0
+
+
+def main(argv=None):
+    return run_utils.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ import soundfile as sf
 
 import data_utils
 import eval_utils
+import run_utils
 
 logger = logging.getLogger(__name__)
 
@@ -391,7 +392,7 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
         "words": lexicon["words"], "stories": {}, "subjects": {},
     }
     features = {}
-    with data_utils.atomic_output(out, overwrite=True) as tmp:
+    with run_utils.atomic_output(out, overwrite=True) as tmp:
         derivative = tmp / "derivative"
         for folder in ("stimuli", "derivative/TextGrids"):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
@@ -453,15 +454,6 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
         (tmp / "synthetic_truth.json").write_text(json.dumps(truth) + "\n")
     logger.info("wrote %d stories and %d subject(s) to %s", len(plan), len(names), out)
     return truth
-
-
-def load_truth(data_dir):
-    """The ground truth written next to a synthetic dataset."""
-    path = Path(data_dir) / "synthetic_truth.json"
-    if not path.is_file():
-        raise data_utils.DatasetError(f"{path}: missing; {data_dir} is not a synthetic dataset "
-                                      "written by synthetic_data.py")
-    return json.loads(path.read_text())
 
 
 def main(argv=None):

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-import data_utils
 import downstream_data
+import run_utils
 import synthetic_data
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def generate(layout, out, seed=0, overwrite=False):
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    with data_utils.atomic_output(out, overwrite=True) as tmp:
+    with run_utils.atomic_output(out, overwrite=True) as tmp:
         WRITERS[layout](tmp, seed)
     logger.info("wrote a synthetic %s dataset to %s", layout, out)
     return out
@@ -212,7 +212,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Write a small synthetic downstream dataset (TIMIT, Speech Commands v2, "
                     "CREMA-D or SLURP layout) with a planted, learnable signal.",
-        formatter_class=data_utils.HelpFormatter)
+        formatter_class=run_utils.HelpFormatter)
     parser.add_argument("--layout", choices=LAYOUTS, required=True, help="dataset layout")
     parser.add_argument("--out", required=True, help="output folder (the dataset root)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")

@@ -34,6 +34,7 @@ from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Fea
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data_utils  # noqa: E402
+import run_utils  # noqa: E402
 import speech_models  # noqa: E402
 from brain_trainer_story import Collate, TRWindowDataset, epoch_batches  # noqa: E402
 
@@ -76,7 +77,7 @@ def synthetic_stories(n_stories, minutes, n_outputs, rng):
     audio, bounds, targets = {}, {}, {}
     with tempfile.TemporaryDirectory() as data_dir:
         respdict = {name: seconds // 2 + 15 for name in names}
-        data_utils.write_json(Path(data_dir) / "derivative" / "respdict.json", respdict)
+        run_utils.write_json(Path(data_dir) / "derivative" / "respdict.json", respdict)
         for name in names:
             audio[name] = (0.1 * rng.standard_normal(seconds * SAMPLING_RATE)).astype(np.float32)
             starts, stops = data_utils.tr_window_bounds(data_dir, name, SAMPLING_RATE)

@@ -14,6 +14,7 @@ import brain_evaluate
 import data_utils
 import eval_utils
 import low_level_features
+import noise_ceilings
 import speech_models
 import synthetic_data
 
@@ -27,7 +28,7 @@ def setup(tmp_path_factory):
     data = root / "ds"
     synthetic_data.generate(data, seed=4, subjects=(1,), n_train_stories=2, train_trs=40,
                             test_trs=100, n_voxels=30, n_words=10)
-    eval_utils.get_noise_ceiling(data, 1, root / "UTS01.npy")
+    noise_ceilings.get_noise_ceiling(data, 1, root / "UTS01.npy")
     for seed in (0, 1):
         speech_models.save_tiny_model(root / f"model{seed}", "wav2vec2", seed=seed)
     return root, data
@@ -155,7 +156,7 @@ def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_pa
     synthetic_dir = tmp_path / "ds"
     synthetic_data.generate(synthetic_dir, seed=5, subjects=(1,), n_train_stories=6,
                             train_trs=100, test_trs=311, n_voxels=60, n_words=24)
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     subject = truth["subjects"]["UTS01"]
     stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
     test = data_utils.TEST_STORY
@@ -355,7 +356,7 @@ def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp
     data = tmp_path / "ds"
     synthetic_data.generate(data, seed=5, subjects=(1,), n_train_stories=6, train_trs=100,
                             test_trs=311, n_voxels=60, n_words=24, family_size=3)
-    truth = synthetic_data.load_truth(data)
+    truth = data_utils.load_truth(data)
     subject = truth["subjects"]["UTS01"]
     stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
     test = data_utils.TEST_STORY

@@ -90,7 +90,7 @@ def test_clean_dataset_summary_matches_files_and_truth(synthetic_dir, capsys):
     assert code == 0, output
     assert problems(output) == []
     respdict = json.loads(respdict_file(synthetic_dir).read_text())
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     found = summaries(output)
     assert sorted(found) == ["UTS01", "UTS02"]
     for subject, (n_stories, rows, voxels, repeats) in found.items():
@@ -303,7 +303,7 @@ def test_missing_individual_repeats_is_a_note(dataset_copy, capsys):
     found = notes(output)
     assert len(found) == 1
     assert str(path) in found[0] and "noise ceiling" in found[0]
-    n_repeats = synthetic_data.load_truth(dataset_copy)["subjects"]["UTS02"]["n_repeats"]
+    n_repeats = data_utils.load_truth(dataset_copy)["subjects"]["UTS02"]["n_repeats"]
     assert summaries(output)["UTS01"][3] == "none"
     assert summaries(output)["UTS02"][3] == str(n_repeats)
 

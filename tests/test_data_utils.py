@@ -11,7 +11,7 @@ import scipy.signal
 import soundfile as sf
 
 import data_utils
-import synthetic_data
+import run_utils
 from data_utils import DatasetError
 
 
@@ -38,7 +38,7 @@ def test_subject_id_rejects_nonsense(given):
 
 
 def test_list_stories_is_sorted_and_per_subject(synthetic_dir):
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     for name, info in truth["subjects"].items():
         assert data_utils.list_stories(synthetic_dir, name) == sorted(info["stories"])
     assert "life" in data_utils.list_stories(synthetic_dir, 1)
@@ -74,7 +74,7 @@ def test_data_dir_without_derivative(tmp_path):
 # ----------------------------------------------------------------------------- fMRI
 
 def test_load_fmri_matches_file_as_float32_with_nan_zeroed(synthetic_dir):
-    truth = synthetic_data.load_truth(synthetic_dir)["subjects"]["UTS01"]
+    truth = data_utils.load_truth(synthetic_dir)["subjects"]["UTS01"]
     (nan_story, nan_voxels), = truth["nan_voxels"].items()
     raw = _raw(synthetic_dir, "UTS01", nan_story)
     assert raw.dtype == np.float64 and np.isnan(raw[:, nan_voxels]).all()
@@ -204,7 +204,7 @@ def test_any_rate_and_channel_count(dataset_copy, rate, channels):
 
 
 def test_synthetic_stimuli_formats_decode_to_the_same_mono(synthetic_dir):
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     formats = {(s["sampling_rate"], s["channels"]) for s in truth["stories"].values()}
     assert {(44100, 2), (16000, 1)} <= formats
     for story, info in truth["stories"].items():
@@ -277,7 +277,7 @@ def test_windows_use_exact_sample_arithmetic_for_fractional_trs(dataset_copy):
 
 def test_windows_match_planted_words(synthetic_dir):
     """A word's phone frequencies are in the window of every row whose 10 s span covers it."""
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     story, rate = "souls", 16000
     windows = data_utils.tr_audio_windows(synthetic_dir, story)
     starts, _ = data_utils.tr_window_bounds(synthetic_dir, story)
@@ -320,17 +320,17 @@ def test_rows_need_enough_trs(dataset_copy):
 def test_atomic_output_never_leaves_partial_files(tmp_path):
     target = tmp_path / "result.npy"
     with pytest.raises(RuntimeError):
-        with data_utils.atomic_output(target) as tmp:
+        with run_utils.atomic_output(target) as tmp:
             np.save(tmp, np.ones(3))
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
-    with data_utils.atomic_output(target) as tmp:
+    with run_utils.atomic_output(target) as tmp:
         np.save(tmp, np.ones(3))
     np.testing.assert_array_equal(np.load(target), np.ones(3))
     with pytest.raises(FileExistsError, match="--overwrite"):
-        with data_utils.atomic_output(target):
+        with run_utils.atomic_output(target):
             pass
-    with data_utils.atomic_output(target, overwrite=True) as tmp:
+    with run_utils.atomic_output(target, overwrite=True) as tmp:
         np.save(tmp, np.zeros(2))
     np.testing.assert_array_equal(np.load(target), np.zeros(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.npy"]
@@ -339,7 +339,7 @@ def test_atomic_output_never_leaves_partial_files(tmp_path):
 def test_atomic_output_replaces_directories(tmp_path):
     target = tmp_path / "dataset"
     for content in ("first", "second"):
-        with data_utils.atomic_output(target, overwrite=True) as tmp:
+        with run_utils.atomic_output(target, overwrite=True) as tmp:
             tmp.mkdir()
             (tmp / "file.txt").write_text(content)
     assert (target / "file.txt").read_text() == "second"

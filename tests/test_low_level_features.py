@@ -20,7 +20,7 @@ STORY = "howtodraw"  # a training story written at 16 kHz mono: no resampling, f
 
 @pytest.fixture(scope="module")
 def truth(synthetic_dir):
-    return synthetic_data.load_truth(synthetic_dir)
+    return data_utils.load_truth(synthetic_dir)
 
 
 @pytest.fixture(scope="module")

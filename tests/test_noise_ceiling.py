@@ -9,7 +9,7 @@ import scipy.stats
 
 import data_utils
 import eval_utils
-import synthetic_data
+import noise_ceilings
 
 
 def _planted_repeats(signal_fraction, n_repeats=10, n_time=400, seed=0):
@@ -140,7 +140,7 @@ def test_column_correlation_against_scipy():
 # ----------------------------------------------------------------------------- on the dataset
 
 def test_ceilings_track_the_generators_ground_truth(synthetic_dir):
-    truth = synthetic_data.load_truth(synthetic_dir)["subjects"]["UTS01"]
+    truth = data_utils.load_truth(synthetic_dir)["subjects"]["UTS01"]
     cc_max = eval_utils.noise_ceiling(data_utils.load_repeats(synthetic_dir, 1))
     true = np.array(truth["true_cc_max"])
     signal = true > 0
@@ -152,53 +152,53 @@ def test_ceilings_track_the_generators_ground_truth(synthetic_dir):
 
 def test_cli_writes_file_and_provenance(synthetic_dir, tmp_path):
     out = tmp_path / "ncs" / "UTS02.npy"
-    args = ["noise-ceiling", "--data_dir", str(synthetic_dir), "--subject", "UTS02",
+    args = ["--data_dir", str(synthetic_dir), "--subject", "UTS02",
             "--out", str(out), "--voxel_batch", "50"]
-    assert eval_utils.main(args) == 0
+    assert noise_ceilings.main(args) == 0
     cc_max = np.load(out)
     assert cc_max.dtype == np.float64
     np.testing.assert_allclose(cc_max, eval_utils.noise_ceiling(
         data_utils.load_repeats(synthetic_dir, 2).astype(np.float64)), rtol=1e-5)
     metadata = json.loads(out.with_suffix(".json").read_text())
     assert metadata["subject"] == "UTS02" and metadata["n_repeats"] == 10
-    assert metadata["n_voxels"] == cc_max.size and metadata["run"]["arguments"]["voxel_batch"] == 50
+    assert metadata["n_voxels"] == cc_max.size and metadata["arguments"]["voxel_batch"] == 50
     out.write_bytes(b"keep me")
-    assert eval_utils.main(args) == 1
+    assert noise_ceilings.main(args) == 1
     assert out.read_bytes() == b"keep me"
-    assert eval_utils.main(args + ["--overwrite"]) == 0
+    assert noise_ceilings.main(args + ["--overwrite"]) == 0
     np.testing.assert_array_equal(np.load(out), cc_max)
 
 
 def test_cli_data_problem_is_one_line(synthetic_dir, tmp_path, caplog):
-    args = ["noise-ceiling", "--data_dir", str(synthetic_dir), "--subject", "3",
+    args = ["--data_dir", str(synthetic_dir), "--subject", "3",
             "--out", str(tmp_path / "x.npy")]
-    assert eval_utils.main(args) == 1
+    assert noise_ceilings.main(args) == 1
     assert "UTS03" in caplog.text and not (tmp_path / "x.npy").exists()
 
 
 def test_get_noise_ceiling_computes_once_then_loads(synthetic_dir, tmp_path, caplog):
     path = tmp_path / "UTS01.npy"
     with caplog.at_level(logging.INFO):
-        first = eval_utils.get_noise_ceiling(synthetic_dir, 1, path)
+        first = noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path)
     assert "computing the noise ceiling" in caplog.text and path.exists()
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        second = eval_utils.get_noise_ceiling(synthetic_dir, 1, path)
+        second = noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path)
     assert "computing" not in caplog.text
     np.testing.assert_array_equal(first, second)
 
 
 def test_noise_ceiling_of_another_subject_is_refused(synthetic_dir, tmp_path):
     path = tmp_path / "UTS02.npy"
-    eval_utils.get_noise_ceiling(synthetic_dir, 2, path)
+    noise_ceilings.get_noise_ceiling(synthetic_dir, 2, path)
     with pytest.raises(data_utils.DatasetError, match="another subject"):
-        eval_utils.get_noise_ceiling(synthetic_dir, 1, path)
+        noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path)
     path.write_bytes(b"garbage")
     with pytest.raises(data_utils.DatasetError, match="unreadable noise-ceiling file"):
-        eval_utils.load_noise_ceiling(path)
+        noise_ceilings.load_noise_ceiling(path)
 
 
 def test_default_nc_path_is_in_the_repository():
-    path = eval_utils.default_nc_path("3")
+    path = noise_ceilings.default_nc_path("3")
     assert path.name == "UTS03.npy" and path.parent.name == "subject_NCs"
     assert (path.parent / "README.md").exists()

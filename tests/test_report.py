@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-import eval_utils
+import noise_ceilings
 import report
 
 
@@ -37,7 +37,7 @@ def _alignment(folder, truth, nc_path, rng):
 def test_summary_and_report_from_result_folders(tmp_path):
     rng = np.random.default_rng(0)
     nc = rng.uniform(0, 1, 12)
-    eval_utils.save_noise_ceiling(tmp_path / "UTS01.npy", nc, {})
+    noise_ceilings.save_noise_ceiling(tmp_path / "UTS01.npy", nc, {})
     truth = {"subjects": {"UTS01": {"semantic_voxels": [0, 1, 2, 3, 4], "acoustic_voxels": [5, 6, 7],
                                     "noise_voxels": [8, 9, 10, 11]}}}
     data = tmp_path / "data"

@@ -37,7 +37,7 @@ def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path):
 
 
 def test_layout_and_formats_follow_ds003020(synthetic_dir):
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     respdict = json.loads((synthetic_dir / "derivative" / "respdict.json").read_text())
     assert set(respdict) == set(truth["stories"])
     assert {"souls", "legacy", "exorcism", "stagefright", "life", "wheretheressmoke"} <= set(respdict)
@@ -75,7 +75,7 @@ def test_responses_are_zscored_per_story(synthetic_dir):
 
 
 def test_ground_truth_partitions_voxels_and_spans_ceilings(synthetic_dir):
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     for info in truth["subjects"].values():
         groups = [set(info[f"{kind}_voxels"]) for kind in ("semantic", "acoustic", "noise")]
         assert set.union(*groups) == set(range(info["n_voxels"]))
@@ -145,7 +145,7 @@ def _lag(features, truth):
 def test_planted_signal_is_recoverable_from_the_files(synthetic_dir):
     """Rebuilt from TextGrid, WAV and truth, each voxel's signal correlates with the mean
     response as its noise ceiling says (the correlation of the true signal is cc_max)."""
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     subject = truth["subjects"]["UTS01"]
     story = data_utils.TEST_STORY
     response = data_utils.load_fmri(synthetic_dir, 1, story).astype(np.float64)

@@ -625,7 +625,7 @@ def _story_grid(data_dir, story):
 
 def test_synthetic_words(synthetic_dir):
     """For every story, load_words is the word tier without noise, in time order, in the story."""
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     for story, info in truth["stories"].items():
         expected = [(s, e, label.strip()) for s, e, label in _story_grid(synthetic_dir, story)["word"]
                     if label.strip().lower().strip("{}") not in NOISE]
@@ -640,7 +640,7 @@ def test_synthetic_words(synthetic_dir):
 
 def test_synthetic_phones_in_story(synthetic_dir):
     """Phones carry ARPAbet labels with stress digits on vowels and lie inside the story."""
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     phones_known = set(truth["phones"])
     for story, info in truth["stories"].items():
         phones = data_utils.load_phones(synthetic_dir, story)
@@ -651,7 +651,7 @@ def test_synthetic_phones_in_story(synthetic_dir):
 
 def test_synthetic_other_formats_match_generator(synthetic_dir):
     """Stories in short/chronological format or with a BOM parse to the tiers that were written."""
-    truth = synthetic_data.load_truth(synthetic_dir)
+    truth = data_utils.load_truth(synthetic_dir)
     stories = truth["stories"]
     formats = {info["textgrid_format"] for info in stories.values()}
     assert {"short", "chronological"} <= formats

@@ -17,6 +17,7 @@ from transformers import AutoModel, BertConfig, BertModel, Wav2Vec2FeatureExtrac
 import brain_trainer_story as trainer
 import data_utils
 import eval_utils
+import noise_ceilings
 import speech_models
 import synthetic_data
 
@@ -33,7 +34,7 @@ def train_data(tmp_path_factory):
     synthetic_data.generate(data, seed=1, subjects=(1, 2), n_train_stories=2, train_trs=60,
                             test_trs=80, n_voxels=40, n_words=12)
     for subject in (1, 2):
-        eval_utils.get_noise_ceiling(data, subject, root / f"UTS0{subject}.npy")
+        noise_ceilings.get_noise_ceiling(data, subject, root / f"UTS0{subject}.npy")
     return data
 
 
@@ -159,7 +160,7 @@ def test_tuned_model_predicts_held_out_planted_voxels(tmp_path):
     assert code == 0
     final = tmp_path / "run" / "final"
     voxels = np.array(json.loads((final / "voxels.json").read_text())["UTS01"])
-    types = np.array(synthetic_data.load_truth(data)["subjects"]["UTS01"]["voxel_type"])[voxels]
+    types = np.array(data_utils.load_truth(data)["subjects"]["UTS01"]["voxel_type"])[voxels]
     acoustic = types == "acoustic"
     assert acoustic.sum() >= 10
     torch.manual_seed(0)

@@ -1,0 +1,557 @@
+"""Run plumbing shared by every script: errors, help text, logging, atomic writes, output
+folders, run configs, model choice and caches.
+
+Scripts are built the same way::
+
+    def parse_args(argv=None):
+        parser = argparse.ArgumentParser(..., formatter_class=run_utils.HelpFormatter)
+        ...
+        return parser.parse_args(argv)
+
+    def run(args):
+        ...
+
+    def main(argv=None):
+        return run_utils.main(parse_args, run, argv)
+
+``run_utils.main`` turns a ``UserError`` (a problem with the data, the model or the flags,
+whose message says the fix) into one logged line and exit status 1.
+
+Output folders (``output_folder``, ``RunFolder``) are never lost: a run writes into a fresh
+staging folder, or replaces an old run only once it has started successfully; only folders
+that carry the project's marker file are ever replaced; a lock file beside the folder keeps
+two runs of the same name apart.
+"""
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import h5py
+
+logger = logging.getLogger(__name__)
+
+RUN_MARKER = ".brain_tuning_run"  # written into every output folder the project makes
+PACKAGES = ("numpy", "scipy", "h5py", "soundfile", "librosa", "torch", "transformers", "sklearn",
+            "peft")
+KEY_CHARS = 16  # hex characters of a cache-key digest
+
+
+# ----------------------------------------------------------------------------- errors
+
+class UserError(Exception):
+    """A problem the user can fix (data, model, flags, output folder); the message says how.
+
+    Scripts stop on it with one line and exit status 1 (``main``)."""
+
+
+class UsageError(UserError, ValueError):
+    """Flags or arguments that do not fit together, found after parsing."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output that would be replaced without ``--overwrite``, or that is not ours to replace."""
+
+
+# ----------------------------------------------------------------------------- scripts
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is none to show (None or off)."""
+
+    def _get_help_string(self, action):
+        if any(action.default is value for value in (None, False, argparse.SUPPRESS)):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def setup_logging(level="INFO"):
+    """Log lines with time and level to stderr."""
+    logging.basicConfig(level=str(level).upper(), format="%(asctime)s %(levelname)s %(message)s")
+
+
+def main(parse_args, run, argv=None):
+    """Entry point of a script: parse, set up logging, ``run(args)``; returns the exit status.
+
+    A ``UserError`` becomes one logged line and status 1 (no traceback)."""
+    args = parse_args(argv)
+    setup_logging(getattr(args, "log_level", "INFO"))
+    try:
+        run(args)
+    except UserError as err:
+        logger.error("%s", err)
+        return 1
+    return 0
+
+
+def check_exp_name(name):
+    """An output-folder name that stays inside its parent folder, or a UsageError."""
+    if not name or name in (".", "..") or os.sep in name or "/" in name or (
+            os.altsep and os.altsep in name) or Path(name).is_absolute():
+        raise UsageError(f"--exp_name {name!r}: give a plain folder name (not empty, '.', '..', "
+                         "an absolute path or a path with a separator)")
+    return name
+
+
+def default_exp_name(model_name, *parts):
+    """``<checkpoint folder or hub name>_<part>_<part>...``, the default ``--exp_name``."""
+    return "_".join([Path(str(model_name).rstrip("/")).name, *map(str, parts)])
+
+
+def unique_names(named):
+    """dict from (name, value) pairs; a repeated name gets a suffix: "word", "word#2", ..."""
+    result = {}
+    for name, value in named:
+        key, copy = name, 1
+        while key in result:
+            copy += 1
+            key = f"{name}#{copy}"
+        result[key] = value
+    return result
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _temporary(path, tag):
+    return path.with_name(f".{path.stem}.{tag}{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(path, overwrite=False):
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    Refuses to replace an existing ``path`` unless ``overwrite``. The temporary name keeps the
+    suffix so that writers which choose a format by extension (numpy, soundfile) work. A
+    folder is swapped by renames (old aside, new in, old removed), so that at every instant
+    either the old or the new folder is complete: after a kill between the renames
+    ``recover(path)`` puts the old one back.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path, "tmp")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            aside = _temporary(path, "old")
+            os.replace(path, aside)
+            os.replace(tmp, path)
+            shutil.rmtree(aside)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(path, tag):
+    """Temporaries of ``atomic_output(path)`` with the given tag: (pid, path), newest first."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.{tag}(\d+){re.escape(path.suffix)}")
+    found = [(int(m.group(1)), p) for p in path.parent.glob(f".{path.stem}.{tag}*")
+             if (m := pattern.fullmatch(p.name))]
+    return sorted(found, key=lambda item: item[1].stat().st_mtime, reverse=True)
+
+
+def recover(path):
+    """Undo what a killed ``atomic_output(path)`` left: put a folder set aside back when
+    ``path`` is missing, and remove the temporaries of processes that no longer run.
+
+    Returns True when ``path`` was restored."""
+    path = Path(path)
+    restored = False
+    for pid, aside in _leftovers(path, "old"):
+        if _pid_alive(pid) and pid != os.getpid():
+            continue
+        if not path.exists():
+            os.replace(aside, path)
+            restored = True
+            logger.warning("%s was missing after an interrupted write: restored it from %s",
+                           path, aside.name)
+        else:
+            _remove(aside)
+    for pid, tmp in _leftovers(path, "tmp"):
+        if not _pid_alive(pid) or pid == os.getpid():
+            _remove(tmp)
+    return restored
+
+
+def write_text(path, text, overwrite=False):
+    """Write a text file atomically (see ``atomic_output``)."""
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path, payload, overwrite=False):
+    """Write JSON atomically (see ``atomic_output``)."""
+    write_text(path, json.dumps(payload, indent=2, default=str) + "\n", overwrite)
+
+
+def write_csv(path, rows, overwrite=False):
+    """Write a list of dicts as CSV atomically, with the first row's keys as the header."""
+    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def comparison_table(rows, value_key):
+    """Text table of ``row[value_key]``: models as rows, layers as columns (rows are dicts with
+    "model" and "layer")."""
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    layers = sorted({row["layer"] for row in rows})
+    value = {(row["model"], row["layer"]): float("nan") if row[value_key] is None
+             else row[value_key] for row in rows}
+    width = max(len(m) for m in models) + 2
+    lines = [f"{value_key}:", "model".ljust(width) + "".join(f"L{layer:<7}" for layer in layers)]
+    for model in models:
+        lines.append(model.ljust(width) + "".join(
+            f"{value.get((model, layer), float('nan')):<8.3f}" for layer in layers))
+    return "\n".join(lines)
+
+
+def voxel_results_name(model, layer, analysis="none"):
+    """File name of the per-voxel results of a model, layer and low-level analysis
+    (``brain_evaluate.py`` writes it, ``report.py`` reads it)."""
+    safe = model.replace("/", "_").replace(" ", "_")
+    suffix = "" if analysis == "none" else f"_without_{analysis}"
+    return f"voxels_{safe}_layer{layer}{suffix}.npz"
+
+
+# ----------------------------------------------------------------------------- run configs
+
+def run_metadata():
+    """Command line, time, host and package versions, to store next to results."""
+    versions = {}
+    for module in PACKAGES:
+        imported = sys.modules.get(module)
+        if imported is not None:
+            versions[module] = getattr(imported, "__version__", "unknown")
+    return {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+    }
+
+
+def run_config(args, **facts):
+    """What a run's ``run_config.json`` holds: the arguments (once), the facts the run found
+    (stories, models, ...) and ``run_metadata()`` under "run"."""
+    arguments = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    return {"arguments": arguments, **facts, "run": run_metadata()}
+
+
+# ----------------------------------------------------------------------------- output folders
+
+def _marker(folder):
+    return Path(folder) / RUN_MARKER
+
+
+def is_project_folder(folder):
+    """True when ``folder`` was made by one of the project's scripts (it holds the marker)."""
+    return _marker(folder).is_file()
+
+
+def mark_folder(folder, what):
+    """Create ``folder`` (if needed) with the project's marker file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _marker(folder).write_text(json.dumps({"what": what, **run_metadata()}) + "\n")
+
+
+def check_replaceable(folder, overwrite, hint="pass --overwrite to replace it or choose "
+                                              "another --exp_name"):
+    """Stop early when ``folder`` holds something that must not be replaced.
+
+    An empty or missing folder is fine; an existing one needs ``overwrite`` and the project's
+    marker (anything else is not ours to delete)."""
+    folder = Path(folder)
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not folder.is_dir():
+        raise OutputExistsError(f"{folder} exists and is not a folder; {hint}")
+    if not overwrite:
+        raise OutputExistsError(f"{folder} exists; {hint}")
+    if not is_project_folder(folder):
+        raise OutputExistsError(f"{folder} exists but was not written by brain-tuning (no "
+                                f"{RUN_MARKER} file); it is not replaced: move it away or "
+                                "choose another --exp_name / --out")
+
+
+class FolderLock:
+    """A lock file ``.<name>.lock`` beside a folder, held for a run's life.
+
+    A second run of the same folder stops with one line naming the holder; a lock left by a
+    process that no longer runs (on this host) is taken over."""
+
+    def __init__(self, folder):
+        folder = Path(folder)
+        self.path = folder.parent / f".{folder.name}.lock"
+        self.held = False
+
+    def acquire(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and not self._stale(holder):
+                    raise OutputExistsError(
+                        f"{self.path.parent / self.path.name[1:-5]} is in use by another run "
+                        f"(process {holder.get('pid')} on {holder.get('host')}, started "
+                        f"{holder.get('started')}: {holder.get('command')}); wait for it or "
+                        f"choose another --exp_name (remove {self.path} if that run is gone)"
+                    ) from None
+                logger.warning("taking over the lock %s of a run that no longer runs",
+                               self.path)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(me, handle)
+            self.held = True
+            return self
+        raise OutputExistsError(f"{self.path}: could not take the lock; remove it if no run "
+                                "uses the folder")
+
+    def _holder(self):
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # half-written by a process killed while taking it
+
+    @staticmethod
+    def _stale(holder):
+        return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder["pid"]))
+
+    def release(self):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@contextlib.contextmanager
+def output_folder(folder, overwrite=False, what="results"):
+    """Write a run's outputs into a fresh folder that replaces ``folder`` when the block ends
+    without error.
+
+    Checks first (``check_replaceable``), holds the folder's lock for the block, yields the
+    staging folder (marked as the project's) and swaps it in by renames, so that a failed or
+    killed run leaves the previous outputs exactly as they were and never mixes files of two
+    runs."""
+    folder = Path(folder)
+    check_replaceable(folder, overwrite)
+    with FolderLock(folder):
+        recover(folder)
+        check_replaceable(folder, overwrite)  # another run may have finished meanwhile
+        with atomic_output(folder, overwrite=True) as staging:
+            mark_folder(staging, what)
+            yield staging
+
+
+class RunFolder:
+    """The folder of a long run (training) that writes as it goes and can be resumed.
+
+    ``check`` stops early on a folder that must not be replaced; ``start`` (called once the
+    run has set itself up) moves an old run out of the way and deletes it, then creates the
+    folder with the project's marker; ``resume_from`` checks a folder to continue. The lock is
+    held from ``check`` (or ``resume_from``) to ``release``."""
+
+    def __init__(self, folder, what="run"):
+        self.path = Path(folder)
+        self.what = what
+        self.lock = FolderLock(self.path)
+
+    def check(self, overwrite):
+        check_replaceable(self.path, overwrite, hint="pass --resume to continue that run, "
+                          "--overwrite to start it again, or another --exp_name")
+        self.lock.acquire()
+        recover(self.path)
+        return self
+
+    def resume_from(self, state):
+        """Lock and repair the folder of a run to resume; returns the path of ``state`` (a
+        file inside it, e.g. ``last/training_state.pt``), restoring it after an interrupted
+        write."""
+        self.lock.acquire()
+        recover(self.path)
+        recover(self.path / Path(state).parts[0])
+        return self.path / state
+
+    def start(self):
+        """Replace an old run (only now that the new one has started) and create the folder."""
+        if self.path.exists() and any(self.path.iterdir()):
+            aside = _temporary(self.path, "old")
+            os.replace(self.path, aside)
+            shutil.rmtree(aside)
+        mark_folder(self.path, self.what)
+        return self.path
+
+    def release(self):
+        self.lock.release()
+
+
+# ----------------------------------------------------------------------------- model choice
+
+def resolve_checkpoint(path):
+    """A checkpoint folder; a ``brain_trainer_story.py`` run folder stands for its ``final/``."""
+    path = Path(path)
+    if not (path / "config.json").exists() and (path / "final" / "config.json").exists():
+        return path / "final"
+    return path
+
+
+def add_model_arguments(parser):
+    """The flags that choose the models to evaluate (see ``models_to_evaluate``)."""
+    parser.add_argument("--model_name", required=True,
+                        help="pretrained checkpoint folder or hub id (evaluated as 'pretrained')")
+    parser.add_argument("--model_path", action="append", default=[],
+                        help="a brain-tuned model folder (a run folder means its final/); repeat "
+                             "for several")
+    parser.add_argument("--logs_dir", default=None,
+                        help="a brain_trainer_story.py run folder: evaluates its --epochs")
+    parser.add_argument("--epochs", nargs="+", default=["final"],
+                        help="with --logs_dir: epoch numbers (checkpoint-epoch<k>) or 'final'")
+    parser.add_argument("--skip_pretrained", action="store_true",
+                        help="evaluate only the tuned models")
+
+
+def check_model_arguments(parser, args):
+    """``parser.error`` when the model flags choose nothing."""
+    if args.skip_pretrained and not args.model_path and not args.logs_dir:
+        parser.error("nothing to evaluate: give --model_path or --logs_dir, or drop "
+                     "--skip_pretrained")
+
+
+def models_to_evaluate(model_name, model_paths=(), logs_dir=None, epochs=("final",),
+                       skip_pretrained=False):
+    """(label, checkpoint) pairs: the pretrained model, then every tuned one, labels unique."""
+    models = [] if skip_pretrained else [("pretrained", str(model_name))]
+    for path in map(resolve_checkpoint, model_paths):
+        models.append((path.name if path.name != "final" else path.parent.name + "/final",
+                       str(path)))
+    if logs_dir:
+        for epoch in epochs:
+            folder = Path(logs_dir) / (epoch if epoch == "final" else f"checkpoint-epoch{epoch}")
+            if not folder.is_dir():
+                found = sorted(p.name for p in Path(logs_dir).glob("*")
+                               if (p / "config.json").exists())
+                raise UsageError(f"{folder}: not found; the run has {', '.join(found) or 'none'}")
+            models.append((f"epoch {epoch}" if epoch != "final" else "final", str(folder)))
+    if not models:
+        raise UsageError("nothing to evaluate: give --model_path or --logs_dir, or drop "
+                         "--skip_pretrained")
+    labels = unique_names((label, None) for label, _ in models)
+    return [(label, checkpoint) for label, (_, checkpoint) in zip(labels, models)]
+
+
+def choose_layers(requested, depth, default=None):
+    """Requested hidden-state indices (sorted, unique), or ``default`` clipped to the model's
+    depth (all of 0..depth when None)."""
+    if requested is None:
+        return [layer for layer in (default or range(depth + 1)) if layer <= depth]
+    beyond = [layer for layer in requested if not 0 <= layer <= depth]
+    if beyond:
+        raise UsageError(f"--layers {' '.join(map(str, beyond))}: the model has hidden states "
+                         f"0..{depth} only")
+    return sorted(set(requested))
+
+
+# ----------------------------------------------------------------------------- caches
+
+def file_identity(paths):
+    """Resolved paths, sizes and modification times of files, for cache keys: a file replaced
+    or regenerated at the same path gives a different key."""
+    files = [str(Path(path).resolve()) for path in paths]
+    stats = [Path(path).stat() for path in files]
+    return {"files": files, "sizes": [stat.st_size for stat in stats],
+            "modified_ns": [stat.st_mtime_ns for stat in stats]}
+
+
+def digest(text):
+    """Short SHA-256 hex digest of a string, for cache keys."""
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_CHARS]
+
+
+def cache_path(cache_dir, name, settings, model_key=None):
+    """``<cache_dir>[/<model key>]/<name>_<digest of settings>.hf5``.
+
+    ``settings``: a dict (dumped as sorted JSON) of everything the cached values depend on.
+    Returns the path and the settings string (stored in the file)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    folder = Path(cache_dir) / model_key[:KEY_CHARS] if model_key else Path(cache_dir)
+    return folder / f"{name}_{digest(text)}.hf5", text
+
+
+def cached_arrays(path, names, compute, settings):
+    """Named arrays kept in an HDF5 file, each computed once.
+
+    The names found in ``path`` are read; ``compute(missing_names)`` computes the others and
+    returns (dict name -> array, dict name -> extra array stored beside them, e.g. times);
+    everything is written back atomically with ``settings`` (a string) as an attribute, and
+    names cached earlier but not asked for now are kept.
+
+    Returns
+    -------
+    dict name -> array, dict name -> extra array.
+    """
+    path = Path(path)
+    keys = {name: f"layer_{name}" if isinstance(name, int) else str(name) for name in names}
+    found, extras = {}, {}
+    if path.exists():
+        with h5py.File(path, "r") as handle:
+            found = {name: handle[key][()] for name, key in keys.items() if key in handle}
+            extras = {key: handle[key][()] for key in handle if key not in keys.values()
+                      and not key.startswith("layer_")}
+    missing = [name for name in names if name not in found]
+    if missing:
+        new, extras = compute(missing)
+        found.update(new)
+        with atomic_output(path, overwrite=True) as tmp:
+            if path.exists():
+                shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "a") as handle:
+                for key, values in [*extras.items(), *((keys[name], new[name]) for name in missing)]:
+                    if key in handle:
+                        del handle[key]
+                    handle[key] = values
+                handle.attrs["settings"] = settings
+    return {name: found[name] for name in names}, extras
