@@ -5,6 +5,7 @@
 #             instead of 16 s, for speed) with the low-level reliance and semantic preference,
 #             a phoneme probe on a synthetic TIMIT, and outputs/demo/report.md + summary.json
 # make test   set up .venv if needed, then run the test suite
+# make test-fast  the same without the tests marked slow (the whole demo)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
@@ -38,7 +39,7 @@ PROBE_DATA_intent = $(SLURP)
 PROBES = $(if $(TIMIT),phonemes sentence_type,) $(if $(SPEECH_COMMANDS),words,) \
 	$(if $(CREMA_D),emotion,) $(if $(SLURP),intent,)
 
-.PHONY: setup demo test reproduce
+.PHONY: setup demo test test-fast reproduce
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,9 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: setup
 	$(BIN)/python synthetic_data.py --out $(DEMO_DIR)/data --seed 0 --overwrite \

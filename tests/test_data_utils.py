@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import h5py
 import numpy as np
@@ -11,7 +10,6 @@ import scipy.signal
 import soundfile as sf
 
 import data_utils
-import run_utils
 from data_utils import DatasetError
 
 
@@ -313,35 +311,3 @@ def test_rows_need_enough_trs(dataset_copy):
     respdict_path.write_text(json.dumps(respdict))
     with pytest.raises(DatasetError, match="respdict.json: no entry for story 'souls'"):
         data_utils.tr_audio_windows(dataset_copy, "souls")
-
-
-# ----------------------------------------------------------------------------- outputs
-
-def test_atomic_output_never_leaves_partial_files(tmp_path):
-    target = tmp_path / "result.npy"
-    with pytest.raises(RuntimeError):
-        with run_utils.atomic_output(target) as tmp:
-            np.save(tmp, np.ones(3))
-            raise RuntimeError("killed")
-    assert list(tmp_path.iterdir()) == []
-    with run_utils.atomic_output(target) as tmp:
-        np.save(tmp, np.ones(3))
-    np.testing.assert_array_equal(np.load(target), np.ones(3))
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        with run_utils.atomic_output(target):
-            pass
-    with run_utils.atomic_output(target, overwrite=True) as tmp:
-        np.save(tmp, np.zeros(2))
-    np.testing.assert_array_equal(np.load(target), np.zeros(2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.npy"]
-
-
-def test_atomic_output_replaces_directories(tmp_path):
-    target = tmp_path / "dataset"
-    for content in ("first", "second"):
-        with run_utils.atomic_output(target, overwrite=True) as tmp:
-            tmp.mkdir()
-            (tmp / "file.txt").write_text(content)
-    assert (target / "file.txt").read_text() == "second"
-    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
-    shutil.rmtree(target)

@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path):
     out = tmp_path / "demo"

@@ -97,18 +97,18 @@ def test_splits_hold_out_whole_chunks_inside_stories():
     lengths = [53, 100, 47]
     splits = eval_utils.bootstrap_chunk_splits(lengths, n_boots=5, chunk_len=20, seed=3)
     boundaries = np.cumsum([0] + lengths)
-    story_of = np.searchsorted(boundaries, np.arange(sum(lengths)), side="right") - 1
     assert len(splits) == 5
     for train, val in splits:
         assert np.intersect1d(train, val).size == 0
         np.testing.assert_array_equal(np.union1d(train, val), np.arange(sum(lengths)))
         assert 0.15 < len(val) / sum(lengths) < 0.35
-        # held-out rows form runs that start at chunk starts within a story
-        runs = np.split(val, np.flatnonzero(np.diff(val) != 1) + 1)
-        for run in runs:
-            start_in_story = run[0] - boundaries[story_of[run[0]]]
-            assert start_in_story % 20 == 0
-            assert len(set(story_of[run])) >= 1
+        # each chunk (20 rows from a chunk start inside a story, or the story's last rows) is
+        # held out whole or not at all
+        held = np.isin(np.arange(sum(lengths)), val)
+        for first, length in zip(boundaries[:-1], lengths):
+            for start in range(0, length, 20):
+                chunk = held[first + start:first + min(start + 20, length)]
+                assert chunk.all() or not chunk.any()
     assert not all(np.array_equal(splits[0][1], s[1]) for s in splits[1:])
     again = eval_utils.bootstrap_chunk_splits(lengths, n_boots=5, chunk_len=20, seed=3)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
@@ -161,7 +161,7 @@ def test_ridge_cv_scores_match_a_direct_computation():
 
 
 def test_ridge_agrees_with_himalaya():
-    himalaya = pytest.importorskip("himalaya")
+    pytest.importorskip("himalaya")
     from himalaya.backend import set_backend
     from himalaya.ridge import RidgeCV
     from himalaya.scoring import correlation_score
@@ -176,7 +176,7 @@ def test_ridge_agrees_with_himalaya():
     reference.fit(X, Y)
     np.testing.assert_allclose(best, reference.best_alphas_, rtol=1e-5)
     np.testing.assert_allclose(weights, reference.coef_, atol=1e-4)
-    assert himalaya.__version__
+    assert len(np.unique(reference.best_alphas_)) > 1  # a comparison of per-voxel choices
 
 
 def test_ridge_dtype_batches_and_torch_backend_agree():

@@ -1,4 +1,5 @@
-"""Noise ceilings and normalised correlations (Schoppe et al. 2016) in eval_utils."""
+"""Noise ceilings and normalised correlations (Schoppe et al. 2016): the maths in eval_utils
+and the subject ceiling files and CLI of noise_ceilings.py."""
 
 import json
 import logging

@@ -1,0 +1,315 @@
+"""run_utils.py: atomic writes, output folders that never lose a run, locks, model choice,
+caches and the scripts' entry point."""
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import run_utils
+
+
+def _dead_pid():
+    """The pid of a process that has exited."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _tree(folder):
+    """{relative path: bytes} of every file below ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def _project_folder(folder, files):
+    run_utils.mark_folder(folder, "test")
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return _tree(folder)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def test_atomic_output_never_leaves_partial_files(tmp_path):
+    target = tmp_path / "result.npy"
+    with pytest.raises(RuntimeError):
+        with run_utils.atomic_output(target) as tmp:
+            np.save(tmp, np.ones(3))
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with run_utils.atomic_output(target) as tmp:
+        np.save(tmp, np.ones(3))
+    np.testing.assert_array_equal(np.load(target), np.ones(3))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        with run_utils.atomic_output(target):
+            pass
+    with run_utils.atomic_output(target, overwrite=True) as tmp:
+        np.save(tmp, np.zeros(2))
+    np.testing.assert_array_equal(np.load(target), np.zeros(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.npy"]
+
+
+def test_atomic_output_replaces_directories(tmp_path):
+    target = tmp_path / "dataset"
+    for content in ("first", "second"):
+        with run_utils.atomic_output(target, overwrite=True) as tmp:
+            tmp.mkdir()
+            (tmp / "file.txt").write_text(content)
+    assert (target / "file.txt").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
+
+
+def test_folder_swap_keeps_the_old_folder_until_the_new_one_is_in(tmp_path, monkeypatch):
+    """A kill between the two renames leaves the old folder set aside; recover() restores it."""
+    target = tmp_path / "last"
+    target.mkdir()
+    (target / "state.pt").write_text("epoch 1")
+    renames = []
+    real_replace = os.replace
+
+    def replace_then_die(source, destination):
+        renames.append((source, destination))
+        if len(renames) == 2:  # old aside done, new not yet in
+            raise KeyboardInterrupt
+        real_replace(source, destination)
+
+    monkeypatch.setattr(run_utils.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        with run_utils.atomic_output(target, overwrite=True) as tmp:
+            tmp.mkdir()
+            (tmp / "state.pt").write_text("epoch 2")
+    monkeypatch.undo()
+    assert not target.exists()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".last.old")]
+    assert len(aside) == 1 and (aside[0] / "state.pt").read_text() == "epoch 1"
+    # the set-aside folder belongs to this (live) process here; as after a real kill, its
+    # owner is gone when recover() runs
+    aside[0].rename(tmp_path / f".last.old{_dead_pid()}")
+    assert run_utils.recover(target)
+    assert (target / "state.pt").read_text() == "epoch 1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_recover_removes_temporaries_of_dead_processes_only(tmp_path):
+    target = tmp_path / "results"
+    target.mkdir()
+    dead = tmp_path / f".results.tmp{_dead_pid()}"
+    dead.mkdir()
+    live_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        live = tmp_path / f".results.tmp{live_process.pid}"
+        live.mkdir()
+        old = tmp_path / f".results.old{_dead_pid()}"
+        old.mkdir()
+        assert not run_utils.recover(target)  # target exists: nothing to restore
+        assert not dead.exists() and not old.exists() and live.exists()
+    finally:
+        live_process.kill()
+        live_process.wait()
+
+
+def test_write_json_and_csv(tmp_path):
+    rows = [{"model": "a", "layer": 1, "value": 0.5}, {"model": "b", "layer": 1, "value": None}]
+    run_utils.write_csv(tmp_path / "rows.csv", rows)
+    with open(tmp_path / "rows.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == [
+            {"model": "a", "layer": "1", "value": "0.5"}, {"model": "b", "layer": "1", "value": ""}]
+    run_utils.write_json(tmp_path / "rows.json", {"rows": rows})
+    assert json.loads((tmp_path / "rows.json").read_text()) == {"rows": rows}
+    with pytest.raises(run_utils.OutputExistsError):
+        run_utils.write_json(tmp_path / "rows.json", {})
+
+
+def test_run_config_stores_the_arguments_once():
+    import argparse
+
+    config = run_utils.run_config(argparse.Namespace(seed=3), subject="UTS01")
+    assert config["arguments"] == {"seed": 3} and config["subject"] == "UTS01"
+    assert "arguments" not in config["run"] and "command" in config["run"]
+
+
+# ----------------------------------------------------------------------------- output folders
+
+@pytest.mark.parametrize("name", ["", ".", "..", "/abs", "a/b", "../x"])
+def test_exp_names_that_leave_the_parent_are_refused(name):
+    with pytest.raises(run_utils.UsageError, match="plain folder name"):
+        run_utils.check_exp_name(name)
+
+
+def test_exp_name_default_and_plain_names():
+    assert run_utils.check_exp_name("wav2vec2_UTS01") == "wav2vec2_UTS01"
+    assert run_utils.default_exp_name("/models/wav2vec2-base/", "UTS01", "fmri") == \
+        "wav2vec2-base_UTS01_fmri"
+
+
+def test_output_folder_keeps_the_previous_run_when_the_new_one_fails(tmp_path):
+    out = tmp_path / "results"
+    before = _project_folder(out, {"results.json": "old", "voxels_layer3.npz": "old"})
+    with pytest.raises(RuntimeError):
+        with run_utils.output_folder(out, overwrite=True) as staging:
+            (staging / "results.json").write_text("half")
+            raise RuntimeError("the run failed")
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_output_folder_replaces_the_whole_previous_run(tmp_path):
+    out = tmp_path / "results"
+    _project_folder(out, {"results.json": "old", "voxels_layer3.npz": "old"})
+    with run_utils.output_folder(out, overwrite=True) as staging:
+        (staging / "results.json").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == [run_utils.RUN_MARKER, "results.json"]
+    assert (out / "results.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # lock released
+
+
+def test_output_folder_needs_overwrite_and_our_marker(tmp_path):
+    out = tmp_path / "results"
+    before = _project_folder(out, {"results.json": "old"})
+    with pytest.raises(run_utils.OutputExistsError, match="--overwrite"):
+        with run_utils.output_folder(out):
+            pytest.fail("must not start")
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_text("precious")
+    with pytest.raises(run_utils.OutputExistsError, match="not written by brain-tuning"):
+        with run_utils.output_folder(foreign, overwrite=True):
+            pytest.fail("must not start")
+    assert (foreign / "holiday.jpg").read_text() == "precious" and _tree(out) == before
+    with run_utils.output_folder(tmp_path / "empty_or_new") as staging:
+        (staging / "x").write_text("1")
+    assert (tmp_path / "empty_or_new" / "x").exists()
+
+
+def test_a_second_run_of_the_same_folder_stops_naming_the_holder(tmp_path, caplog):
+    out = tmp_path / "results"
+    with run_utils.output_folder(out) as staging:
+        (staging / "first").write_text("1")
+        with pytest.raises(run_utils.OutputExistsError,
+                           match=rf"in use by another run \(process {os.getpid()} "):
+            with run_utils.output_folder(out, overwrite=True):
+                pytest.fail("must not start")
+    assert sorted(p.name for p in out.iterdir()) == [run_utils.RUN_MARKER, "first"]
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, caplog):
+    out = tmp_path / "results"
+    lock = run_utils.FolderLock(out)
+    lock.path.write_text(json.dumps({"pid": _dead_pid(), "host": os.uname().nodename}))
+    with caplog.at_level(logging.WARNING), run_utils.output_folder(out) as staging:
+        (staging / "x").write_text("1")
+    assert "no longer runs" in caplog.text and not lock.path.exists()
+
+
+def test_run_folder_replaces_an_old_run_only_when_started(tmp_path):
+    folder = tmp_path / "run"
+    before = _project_folder(folder, {"run_config.json": "old"})
+    run = run_utils.RunFolder(folder).check(overwrite=True)
+    assert _tree(folder) == before  # set-up happens here; a failure keeps the old run
+    run.start()
+    assert sorted(p.name for p in folder.iterdir()) == [run_utils.RUN_MARKER]
+    with pytest.raises(run_utils.OutputExistsError, match="in use"):
+        run_utils.RunFolder(folder).check(overwrite=True)
+    run.release()
+    with pytest.raises(run_utils.OutputExistsError, match="--resume"):
+        run_utils.RunFolder(folder).check(overwrite=False)
+
+
+def test_run_folder_resume_restores_a_stranded_state(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    aside = folder / f".last.old{_dead_pid()}"
+    aside.mkdir()
+    (aside / "training_state.pt").write_text("epoch 3")
+    (folder / f".last.tmp{_dead_pid()}").mkdir()
+    run = run_utils.RunFolder(folder)
+    state = run.resume_from("last/training_state.pt")
+    assert state.read_text() == "epoch 3"
+    assert sorted(p.name for p in folder.iterdir()) == ["last"]
+    run.release()
+
+
+# ----------------------------------------------------------------------------- scripts
+
+def test_main_turns_user_errors_into_one_line_and_status_1(caplog):
+    def parse(argv):
+        import argparse
+        return argparse.Namespace(value=argv[0])
+
+    def fails(args):
+        raise run_utils.UsageError(f"bad value {args.value}; use another")
+
+    with caplog.at_level(logging.ERROR):
+        assert run_utils.main(parse, fails, ["x"]) == 1
+    assert [r.getMessage() for r in caplog.records] == ["bad value x; use another"]
+    assert run_utils.main(parse, lambda args: None, ["x"]) == 0
+    with pytest.raises(ZeroDivisionError):  # a bug is not a user error: it keeps its traceback
+        run_utils.main(parse, lambda args: 1 / 0, ["x"])
+
+
+# ----------------------------------------------------------------------------- model choice
+
+def _checkpoint(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_models_to_evaluate(tmp_path):
+    run = tmp_path / "runs" / "tuned"
+    _checkpoint(run / "final")
+    _checkpoint(run / "checkpoint-epoch2")
+    other = _checkpoint(tmp_path / "other" / "final")
+    models = run_utils.models_to_evaluate("base", [str(run), str(other)], str(run), ["2", "final"])
+    assert models == [("pretrained", "base"), ("tuned/final", str(run / "final")),
+                      ("other/final", str(other)), ("epoch 2", str(run / "checkpoint-epoch2")),
+                      ("final", str(run / "final"))]
+    assert run_utils.resolve_checkpoint(run) == run / "final"
+    with pytest.raises(run_utils.UsageError, match="checkpoint-epoch7: not found; the run has "
+                                                   "checkpoint-epoch2, final"):
+        run_utils.models_to_evaluate("base", logs_dir=str(run), epochs=["7"])
+    with pytest.raises(run_utils.UsageError, match="nothing to evaluate"):
+        run_utils.models_to_evaluate("base", skip_pretrained=True)
+    labels = [label for label, _ in run_utils.models_to_evaluate("a", [str(run), str(run)])]
+    assert labels == ["pretrained", "tuned/final", "tuned/final#2"]
+
+
+def test_choose_layers():
+    assert run_utils.choose_layers(None, 4) == [0, 1, 2, 3, 4]
+    assert run_utils.choose_layers(None, 4, default=(2, 5, 7)) == [2]
+    assert run_utils.choose_layers([3, 1, 3], 4) == [1, 3]
+    with pytest.raises(run_utils.UsageError, match="--layers 9: the model has hidden states 0..4"):
+        run_utils.choose_layers([1, 9], 4)
+
+
+# ----------------------------------------------------------------------------- caches
+
+def test_cache_path_depends_on_every_setting(tmp_path):
+    first, text = run_utils.cache_path(tmp_path, "souls", {"a": 1, "b": [1, 2]}, model_key="f" * 64)
+    same, _ = run_utils.cache_path(tmp_path, "souls", {"b": [1, 2], "a": 1}, model_key="f" * 64)
+    other, _ = run_utils.cache_path(tmp_path, "souls", {"a": 2, "b": [1, 2]}, model_key="f" * 64)
+    assert first == same != other
+    assert first.parent == tmp_path / ("f" * run_utils.KEY_CHARS) and json.loads(text)["a"] == 1
+
+
+def test_cached_arrays_compute_each_name_once_and_keep_earlier_ones(tmp_path):
+    path = tmp_path / "cache.hf5"
+    calls = []
+
+    def compute(missing):
+        calls.append(list(missing))
+        return {name: np.full(3, name, np.float32) for name in missing}, {"times": np.arange(3)}
+
+    values, extras = run_utils.cached_arrays(path, [1, 2], compute, "settings")
+    np.testing.assert_array_equal(values[2], [2, 2, 2])
+    values, extras = run_utils.cached_arrays(path, [2, 3], compute, "settings")
+    values, extras = run_utils.cached_arrays(path, [1, 2, 3], compute, "settings")
+    assert calls == [[1, 2], [3]]
+    np.testing.assert_array_equal(values[1], [1, 1, 1])
+    np.testing.assert_array_equal(extras["times"], np.arange(3))
