@@ -67,10 +67,11 @@ class OutputExistsError(UserError, FileExistsError):
 # ----------------------------------------------------------------------------- scripts
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except where there is none to show (None or off)."""
+    """Shows each flag's default, except where there is none to show (None, off or empty)."""
 
     def _get_help_string(self, action):
-        if any(action.default is value for value in (None, False, argparse.SUPPRESS)):
+        if any(action.default is value for value in (None, False, argparse.SUPPRESS)) or (
+                isinstance(action.default, (list, tuple)) and not action.default):
             return action.help
         return super()._get_help_string(action)
 
@@ -106,6 +107,40 @@ def check_exp_name(name):
 def default_exp_name(model_name, *parts):
     """``<checkpoint folder or hub name>_<part>_<part>...``, the default ``--exp_name``."""
     return "_".join([Path(str(model_name).rstrip("/")).name, *map(str, parts)])
+
+
+def set_exp_name(parser, args, *parts):
+    """Fill ``args.exp_name`` with ``default_exp_name(args.model_name, *parts)`` when it was not
+    given, and ``parser.error`` on a name that would leave ``--save_dir``."""
+    if args.exp_name is None:
+        args.exp_name = default_exp_name(args.model_name, *parts)
+    try:
+        check_exp_name(args.exp_name)
+    except UsageError as err:
+        parser.error(str(err))
+
+
+def add_results_arguments(parser, save_dir, default_name):
+    """The device and output flags of the scripts that extract features and write a results
+    folder (``brain_evaluate.py``, the probes); ``finish_results_arguments`` completes them."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 on a GPU that supports it, else fp32")
+    parser.add_argument("--save_dir", default=save_dir, help="parent of the results folder")
+    parser.add_argument("--exp_name", default=None,
+                        help=f"results folder name (default: {default_name})")
+    parser.add_argument("--cache_dir", default=None,
+                        help="feature cache (default: <save_dir>/feature_cache)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results folder of an earlier run (once the new "
+                             "results are complete)")
+
+
+def finish_results_arguments(parser, args, *name_parts):
+    """Defaults of the ``add_results_arguments`` flags that depend on others."""
+    set_exp_name(parser, args, *name_parts)
+    if args.cache_dir is None:
+        args.cache_dir = str(Path(args.save_dir) / "feature_cache")
 
 
 def unique_names(named):
@@ -418,11 +453,13 @@ class RunFolder:
 
     def start(self):
         """Replace an old run (only now that the new one has started) and create the folder."""
+        aside = None
         if self.path.exists() and any(self.path.iterdir()):
             aside = _temporary(self.path, "old")
             os.replace(self.path, aside)
+        mark_folder(self.path, self.what)  # before the delete: recover() must not bring it back
+        if aside is not None:
             shutil.rmtree(aside)
-        mark_folder(self.path, self.what)
         return self.path
 
     def release(self):

@@ -313,3 +313,16 @@ def test_cached_arrays_compute_each_name_once_and_keep_earlier_ones(tmp_path):
     assert calls == [[1, 2], [3]]
     np.testing.assert_array_equal(values[1], [1, 1, 1])
     np.testing.assert_array_equal(extras["times"], np.arange(3))
+
+
+def test_help_shows_defaults_only_where_there_is_one():
+    import argparse
+
+    parser = argparse.ArgumentParser(formatter_class=run_utils.HelpFormatter)
+    parser.add_argument("--count", type=int, default=3, help="how many")
+    parser.add_argument("--paths", nargs="*", default=[], help="some paths")
+    parser.add_argument("--name", default=None, help="a name")
+    parser.add_argument("--flag", action="store_true", help="a flag")
+    text = parser.format_help()
+    assert "how many (default: 3)" in text
+    assert text.count("(default:") == 1
