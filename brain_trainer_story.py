@@ -11,27 +11,31 @@ Outputs under ``<save_dir>/<exp_name>/``: ``checkpoint-epoch<k>/`` and ``final/`
 with ``transformers.AutoModel.from_pretrained`` as the tuned encoder and holds the feature
 extractor, ``brain_head.safetensors``, ``voxels.json`` and ``brain_tuning.json``),
 ``metrics.jsonl`` (one line per epoch), ``run_config.json`` and ``last/`` (the state that
-``--resume`` continues from). Runs under ``torchrun --nproc_per_node N`` with one process per
-GPU.
+``--resume`` continues from). ``--overwrite`` replaces an earlier run only once the new run
+has set itself up (data, voxels, model), and only a folder with the project's marker file
+(``run_utils.RUN_MARKER``); a lock file
+``<save_dir>/.<exp_name>.lock`` keeps two runs of one folder apart. Runs under
+``torchrun --nproc_per_node N`` with one process per GPU.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import data_utils
@@ -40,12 +44,14 @@ import noise_ceilings
 import run_utils
 import speech_models
 from data_utils import DatasetError
+from run_utils import UsageError
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("fmri", "random_fmri_all", "random_fmri_local")
 CHUNK_TRS = 15
 MIN_CHUNK_DISTANCE = 10
+STATE_FILE = "last/training_state.pt"  # inside the run folder: what --resume continues from
 # Settings that may differ between a run and its --resume.
 RESUME_MAY_CHANGE = {"resume", "overwrite", "device", "num_workers", "log_level"}
 
@@ -70,7 +76,7 @@ def parse_args(argv=None):
                       help="noise-ceiling file(s), one per subject; default "
                            "subject_NCs/UTS0N.npy, computed from the test-story repeats when "
                            "missing")
-    data.add_argument("--nc_thr", type=float, default=0.4,
+    data.add_argument("--nc_thr", type=float, default=eval_utils.NC_THRESHOLD,
                       help="train on voxels whose noise ceiling exceeds this")
     data.add_argument("--target", choices=TARGETS, default="fmri",
                       help="fmri: the responses; random_fmri_all: another story's responses "
@@ -132,25 +138,44 @@ def parse_args(argv=None):
     out.add_argument("--resume", action="store_true",
                      help="continue the run in <save_dir>/<exp_name> from its last epoch")
     out.add_argument("--overwrite", action="store_true",
-                     help="delete an existing run folder and start again")
+                     help="start an existing run folder again (the old run is deleted once "
+                          "the new one has set itself up)")
     out.add_argument("--log_level", default="INFO", help="logging level")
     args = parser.parse_args(argv)
+    for flag in ("num_epochs", "batch_size", "micro_batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be at least 1, got {value}")
+    for flag in ("warmup_epochs", "patience", "save_every", "lora_rank", "num_workers",
+                 "base_lr", "linear_layer_lr", "head_lr_floor"):
+        value = getattr(args, flag)
+        if value is not None and value < 0:
+            parser.error(f"--{flag} must not be negative, got {value}")
+    if not 0 < args.head_lr_decay <= 1:
+        parser.error(f"--head_lr_decay must be in (0, 1], got {args.head_lr_decay}")
+    if not 0 <= args.lora_dropout < 1:
+        parser.error(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
     if args.micro_batch_size is None:
         args.micro_batch_size = args.batch_size
-    if args.exp_name is None:
-        subjects = "-".join(data_utils.subject_id(s) for s in args.subject) if all(
-            _is_subject(s) for s in args.subject) else "subjects"
-        target = "features" if args.target_features else args.target
-        args.exp_name = f"{Path(args.model_name.rstrip('/')).name}_{subjects}_{target}"
-    return args
-
-
-def _is_subject(text):
+    elif args.micro_batch_size > args.batch_size:
+        parser.error(f"--micro_batch_size {args.micro_batch_size} is larger than --batch_size "
+                     f"{args.batch_size}")
+    if args.target_features and args.target != "fmri":
+        parser.error("--target_features replaces fMRI targets; leave --target at fmri")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run and --overwrite starts it again: give one")
     try:
-        data_utils.subject_id(text)
-    except DatasetError:
-        return False
-    return True
+        subjects = [data_utils.subject_id(s) for s in args.subject]
+    except DatasetError as err:
+        parser.error(f"--subject: {err}")
+    if len(set(subjects)) < len(subjects):
+        parser.error(f"--subject {' '.join(args.subject)}: a subject is given twice")
+    if args.nc_path and len(args.nc_path) != len(subjects):
+        parser.error(f"--nc_path needs one file per subject ({len(subjects)}), got "
+                     f"{len(args.nc_path)}")
+    run_utils.set_exp_name(parser, args, "-".join(subjects),
+                           "features" if args.target_features else args.target)
+    return args
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -167,24 +192,119 @@ def head_lr_factor(epoch, decay, floor):
     return max(decay ** epoch, floor)
 
 
+# ----------------------------------------------------------------------------- distributed
+
+class Processes(NamedTuple):
+    """This process's device and rank, and the number of processes (1 without torchrun)."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def setup_processes(device):
+    """Join the torchrun process group (if torchrun started this process) and pick the
+    device (``--device``; ``auto``: the local rank's GPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = speech_models.resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Processes(device, dist.get_rank() if world_size > 1 else 0, world_size)
+
+
+def barrier(processes):
+    if processes.distributed:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- run folder
+
+def check_resumable(run_dir, arguments):
+    """Stop unless ``run_dir`` holds a run to continue with the same ``arguments`` (a dict)."""
+    if not (run_dir / STATE_FILE).is_file() or not (run_dir / "run_config.json").is_file():
+        raise UsageError(f"{run_dir}: nothing to resume (no {STATE_FILE} or run_config.json); "
+                         "start the run without --resume")
+    saved = json.loads((run_dir / "run_config.json").read_text())["arguments"]
+    changed = {k: (saved.get(k), v) for k, v in arguments.items()
+               if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
+    if changed:
+        raise UsageError(f"{run_dir}: --resume with other settings than the run: "
+                         + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+
+@contextlib.contextmanager
+def run_folder(run_dir, resume, overwrite, arguments, processes):
+    """The run folder, held for the block: rank 0 locks it and checks it (``resume``: repairs
+    an interrupted write of ``last/`` and checks the settings against ``arguments``).
+
+    Yields the ``RunFolder`` (None on the other ranks). Nothing is deleted here: a new run
+    calls its ``start()`` once it has set itself up. The lock is released at the end, also
+    after an error."""
+    folder = run_utils.RunFolder(run_dir, what="brain-tuning run") if processes.is_main else None
+    try:
+        if folder is not None and resume:
+            folder.resume_from(STATE_FILE)
+            check_resumable(run_dir, arguments)
+        elif folder is not None:
+            folder.check(overwrite)
+        barrier(processes)  # the other ranks read last/ only once rank 0 has repaired it
+        yield folder
+    finally:
+        if folder is not None:
+            folder.release()
+
+
 # ----------------------------------------------------------------------------- data
 
-def choose_stories(args, subjects):
-    """Training and validation stories per subject, checked against what is on disk."""
-    available = {s: set(data_utils.list_stories(args.data_dir, s)) for s in subjects}
-    if args.multi_subject == "shared_head" or len(subjects) == 1:
+class TargetGroup(NamedTuple):
+    """Targets learnt through one stretch of the head's outputs: every subject's side by side
+    (shared head) or one subject's (per-subject training)."""
+
+    targets: dict  # story -> (rows, outputs) float32
+    offset: int  # first head output of the group
+    train_stories: list
+    val_stories: list
+
+
+class GroupDatasets(NamedTuple):
+    """The training and validation samples of a ``TargetGroup``."""
+
+    train: speech_models.TRWindowDataset
+    val: speech_models.TRWindowDataset
+
+
+def choose_stories(data_dir, subjects, train_stories=None, val_stories=None,
+                   multi_subject="shared_head"):
+    """Training and validation stories per subject, checked against what is on disk.
+
+    ``train_stories``: None (the paper's, as available), ``["all"]`` or a list;
+    ``val_stories``: None (the default validation stories) or a list. With a shared head
+    (or one subject) every subject gets the stories all of them have.
+    """
+    available = {s: set(data_utils.list_stories(data_dir, s)) for s in subjects}
+    if multi_subject == "shared_head" or len(subjects) == 1:
         common = set.intersection(*available.values())
         available = {s: common for s in subjects}
-    val = args.val_stories or [s for s in data_utils.VALIDATION_STORIES
-                               if all(s in a for a in available.values())]
+    val = val_stories or [s for s in data_utils.VALIDATION_STORIES
+                          if all(s in a for a in available.values())]
     if not val:
         raise DatasetError("none of the default validation stories "
                            f"({', '.join(data_utils.VALIDATION_STORIES)}) is available for "
                            f"{', '.join(subjects)}; pass --val_stories")
-    if args.train_stories == ["all"]:
+    if train_stories == ["all"]:
         train = sorted(set.union(*available.values()) - set(val) - {data_utils.TEST_STORY})
-    elif args.train_stories:
-        train = list(args.train_stories)
+    elif train_stories:
+        train = list(train_stories)
     else:
         train = [s for s in data_utils.TRAIN_STORIES if any(s in a for a in available.values())]
         if not train:
@@ -192,15 +312,15 @@ def choose_stories(args, subjects):
                                f"{', '.join(subjects)}; pass --train_stories (or 'all')")
     for story in [*train, *val]:
         if story == data_utils.TEST_STORY:
-            raise DatasetError(f"{story} is the test story and is never used for tuning; "
-                               "remove it from --train_stories/--val_stories")
+            raise UsageError(f"{story} is the test story and is never used for tuning; "
+                             "remove it from --train_stories/--val_stories")
         if not any(story in a for a in available.values()):
             raise DatasetError(f"story {story!r} has no responses for {', '.join(subjects)}"
                                f"{' (in common)' if len(subjects) > 1 else ''}; available: "
                                f"{', '.join(sorted(set.union(*available.values())))}")
     if set(train) & set(val):
-        raise DatasetError(f"stories both in training and validation: "
-                           f"{', '.join(sorted(set(train) & set(val)))}")
+        raise UsageError(f"stories both in training and validation: "
+                         f"{', '.join(sorted(set(train) & set(val)))}")
     for subject in subjects:
         for kind, stories in (("training", train), ("validation", val)):
             if not any(story in available[subject] for story in stories):
@@ -210,20 +330,24 @@ def choose_stories(args, subjects):
             {s: [t for t in val if t in available[s]] for s in subjects})
 
 
-def select_voxels(args, subjects):
-    """Voxel indices per subject: noise ceiling above ``--nc_thr``."""
-    paths = args.nc_path or [None] * len(subjects)
-    if len(paths) != len(subjects):
-        raise DatasetError(f"--nc_path needs one file per subject ({len(subjects)}), got {len(paths)}")
+def select_voxels(data_dir, subjects, nc_paths=None, nc_thr=eval_utils.NC_THRESHOLD):
+    """Voxel indices per subject: noise ceiling above ``nc_thr``.
+
+    ``nc_paths``: one noise-ceiling file per subject, or None for the default files (computed
+    when missing)."""
+    nc_paths = nc_paths or [None] * len(subjects)
+    if len(nc_paths) != len(subjects):
+        raise UsageError(f"--nc_path needs one file per subject ({len(subjects)}), got "
+                         f"{len(nc_paths)}")
     voxels = {}
-    for subject, path in zip(subjects, paths):
-        cc_max = noise_ceilings.get_noise_ceiling(args.data_dir, subject, path)
-        voxels[subject] = np.flatnonzero(cc_max > args.nc_thr)
+    for subject, path in zip(subjects, nc_paths):
+        cc_max = noise_ceilings.get_noise_ceiling(data_dir, subject, path)
+        voxels[subject] = np.flatnonzero(cc_max > nc_thr)
         if voxels[subject].size == 0:
             raise DatasetError(f"no voxel of {subject} has a noise ceiling above --nc_thr "
-                               f"{args.nc_thr} (highest: {cc_max.max():.3f}); lower --nc_thr")
+                               f"{nc_thr} (highest: {cc_max.max():.3f}); lower --nc_thr")
         logger.info("%s: %d of %d voxels have a noise ceiling above %s", subject,
-                    voxels[subject].size, cc_max.size, args.nc_thr)
+                    voxels[subject].size, cc_max.size, nc_thr)
     return voxels
 
 
@@ -249,7 +373,8 @@ def swap_chunks(responses, rng, chunk=CHUNK_TRS, min_distance=MIN_CHUNK_DISTANCE
             order[first], order[second] = second, first
     swapped = responses.copy()
     for position, source in enumerate(order):
-        swapped[position * chunk:(position + 1) * chunk] = responses[source * chunk:(source + 1) * chunk]
+        swapped[position * chunk:(position + 1) * chunk] = \
+            responses[source * chunk:(source + 1) * chunk]
     return swapped
 
 
@@ -282,19 +407,23 @@ def borrow_responses(responses, train_stories, rng):
     return borrowed
 
 
-def load_targets(args, subjects, stories_by_subject, voxels, train_stories):
-    """Targets per subject and story: (rows, outputs) float32."""
-    if args.target_features:
-        return {s: load_target_features(args.target_features, args.data_dir, stories)
+def load_targets(data_dir, stories_by_subject, voxels, train_stories, target="fmri",
+                 target_features=None, seed=0):
+    """Targets per subject and story: (rows, outputs) float32.
+
+    The responses of ``voxels`` (dict subject -> indices), scrambled for the random-fMRI
+    ``target`` controls, or the rows of the ``target_features`` file."""
+    if target_features:
+        return {s: load_target_features(target_features, data_dir, stories)
                 for s, stories in stories_by_subject.items()}
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     targets = {}
     for subject, stories in stories_by_subject.items():
-        responses = {story: data_utils.load_fmri(args.data_dir, subject, story, voxels[subject])
+        responses = {story: data_utils.load_fmri(data_dir, subject, story, voxels[subject])
                      for story in tqdm(stories, desc=f"responses {subject}", leave=False)}
-        if args.target == "random_fmri_all":
+        if target == "random_fmri_all":
             responses = borrow_responses(responses, train_stories[subject], rng)
-        elif args.target == "random_fmri_local":
+        elif target == "random_fmri_local":
             responses = {story: swap_chunks(r, rng) for story, r in responses.items()}
         targets[subject] = responses
     return targets
@@ -323,47 +452,48 @@ def load_target_features(path, data_dir, stories):
     return features
 
 
-class TRWindowDataset(Dataset):
-    """(audio window, target row) pairs of several stories.
+def target_groups(targets, train_stories, val_stories, shared_head):
+    """The ``TargetGroup``s of a run and the head's number of outputs.
 
-    Each story's audio is loaded, downmixed and resampled once and kept zero-padded, so a
-    window is a slice. Items are (window (samples,), target (outputs,), output offset); the
-    offset says where the target's columns start in the model output (per-subject training).
-    """
-
-    def __init__(self, audio, bounds, targets, output_offset=0):
-        self.items, self.audio, self.targets = [], {}, targets
-        self.output_offset = output_offset
-        for story, (starts, length) in bounds.items():
-            if story not in targets:
-                continue
-            if len(starts) != len(targets[story]):
-                raise DatasetError(f"story {story!r}: {len(starts)} audio windows but "
-                                   f"{len(targets[story])} target rows")
-            before = max(0, -int(starts.min()))
-            after = max(0, int(starts.max()) + length - len(audio[story]))
-            self.audio[story] = (np.pad(audio[story], (before, after)), starts + before, length)
-            self.items += [(story, row) for row in range(len(starts))]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        story, row = self.items[index]
-        padded, starts, length = self.audio[story]
-        return padded[starts[row]:starts[row] + length], self.targets[story][row], self.output_offset
+    ``targets``: dict subject -> story -> rows. Shared head: one group of every subject's
+    targets side by side (they share their stories); else one group per subject, each on
+    its own stretch of the outputs."""
+    subjects = list(targets)
+    if shared_head:
+        first = subjects[0]
+        merged = {story: np.concatenate([targets[s][story] for s in subjects], axis=1)
+                  for story in train_stories[first] + val_stories[first]}
+        groups = [TargetGroup(merged, 0, train_stories[first], val_stories[first])]
+    else:
+        groups, offset = [], 0
+        for s in subjects:
+            groups.append(TargetGroup(targets[s], offset, train_stories[s], val_stories[s]))
+            offset += next(iter(targets[s].values())).shape[1]
+    last = groups[-1]
+    return groups, last.offset + next(iter(last.targets.values())).shape[1]
 
 
-class Collate:
-    """Stacks a batch and turns its audio into model inputs once (in the loader workers)."""
+def load_stimuli(data_dir, stories, tr_source="respdict", tr_path=None, progress=True):
+    """Audio at ``data_utils.SAMPLING_RATE`` and TR window bounds (starts, window length) per
+    story."""
+    audio, bounds = {}, {}
+    for story in tqdm(stories, desc="stimuli", disable=not progress):
+        audio[story] = data_utils.load_stimulus(data_dir, story, data_utils.SAMPLING_RATE)
+        starts, stops = data_utils.tr_window_bounds(data_dir, story, data_utils.SAMPLING_RATE,
+                                                    tr_source=tr_source, tr_path=tr_path)
+        bounds[story] = (starts, int(stops[0] - starts[0]))
+    return audio, bounds
 
-    def __init__(self, preprocessor):
-        self.preprocessor = preprocessor
 
-    def __call__(self, batch):
-        windows, targets, offsets = zip(*batch)
-        inputs = torch.from_numpy(self.preprocessor(np.stack(windows)))
-        return inputs, torch.from_numpy(np.stack(targets)), int(offsets[0])
+def group_datasets(groups, audio, bounds):
+    """The training and validation samples of each ``TargetGroup``."""
+    def samples(group, stories):
+        return speech_models.TRWindowDataset({s: audio[s] for s in stories},
+                                             {s: bounds[s] for s in stories}, group.targets,
+                                             group.offset)
+
+    return [GroupDatasets(samples(g, g.train_stories), samples(g, g.val_stories))
+            for g in groups]
 
 
 # ----------------------------------------------------------------------------- run
@@ -413,34 +543,42 @@ def save_training_state(run_dir, state):
 
 
 def write_metrics(run_dir, metrics):
-    with run_utils.atomic_output(run_dir / "metrics.jsonl", overwrite=True) as tmp:
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in metrics))
+    run_utils.write_text(run_dir / "metrics.jsonl",
+                         "".join(json.dumps(line) + "\n" for line in metrics), overwrite=True)
 
 
-def prepare_run_dir(args, is_main):
-    """Create the run folder, or check it for --resume; never silently overwrite."""
-    run_dir = Path(args.save_dir) / args.exp_name
-    state_path = run_dir / "last" / "training_state.pt"
-    if args.resume:
-        if not state_path.exists():
-            raise DatasetError(f"{run_dir}: nothing to resume (no last/training_state.pt); "
-                               "start the run without --resume")
-        saved = json.loads((run_dir / "run_config.json").read_text())["arguments"]
-        changed = {k: (saved.get(k), v) for k, v in vars(args).items()
-                   if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
-        if changed:
-            raise DatasetError(f"{run_dir}: --resume with other settings than the run: "
-                               + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-        return run_dir, state_path
-    if not is_main:  # rank 0 decides; the others only wait for it
-        return run_dir, None
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not args.overwrite:
-            raise FileExistsError(f"{run_dir} exists; pass --resume to continue that run, "
-                                  "--overwrite to start it again, or another --exp_name")
-        if is_main:
-            shutil.rmtree(run_dir)
-    return run_dir, None
+def make_optimizer(model, base_lr, head_lr, num_epochs, warmup_epochs, head_lr_decay,
+                   head_lr_floor):
+    """Adam over the trainable encoder weights and the head, with their per-epoch schedules
+    (``backbone_lr_factor``, ``head_lr_factor``)."""
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam([{"params": backbone_params, "lr": base_lr},
+                                  {"params": list(model.head.parameters()), "lr": head_lr}])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
+        lambda e: backbone_lr_factor(e, num_epochs, warmup_epochs),
+        lambda e: head_lr_factor(e, head_lr_decay, head_lr_floor)])
+    return optimizer, scheduler
+
+
+class Progress(NamedTuple):
+    """Where a run stands between epochs (saved in ``last/`` and restored by ``--resume``)."""
+
+    start_epoch: int  # epochs done
+    metrics: list  # one line per epoch
+    best: dict  # "val_loss", "epoch" and "state" (weights) of the best epoch so far
+    stale: int  # epochs since the best one
+
+
+def load_training_state(path, model, optimizer, scheduler, scaler):
+    """Restore the model, optimiser, schedules and random states of ``last/``; returns the
+    run's ``Progress``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return Progress(state["epoch"] + 1, state["metrics"], state["best"], state["stale"])
 
 
 def evaluate(model, loader, device, dtype):
@@ -457,248 +595,177 @@ def evaluate(model, loader, device, dtype):
             count += target.numel()
             predictions.append(output.cpu().numpy())
             targets.append(target.cpu().numpy())
-    correlation = eval_utils.column_correlation(np.concatenate(predictions), np.concatenate(targets))
+    correlation = eval_utils.column_correlation(np.concatenate(predictions),
+                                                np.concatenate(targets))
     return total / count, float(correlation.mean())
+
+
+def train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler, scaler, dtype,
+                    processes, epoch, num_epochs):
+    """One epoch: an optimiser step per item of ``batches`` (its micro-batches' gradients
+    summed), the schedules' step, then the validation loss and correlation (of rank 0, on
+    every rank). Returns the epoch's metrics line."""
+    began = time.time()
+    device = processes.device
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    network.train()
+    total, count = 0.0, 0
+    progress = tqdm(batches, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not processes.is_main)
+    for micro_batches in progress:
+        optimizer.zero_grad(set_to_none=True)
+        n_samples = sum(len(b[1]) for b in micro_batches)
+        for inputs, target, offset in micro_batches:
+            inputs, target = inputs.to(device), target.to(device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                output = network(inputs)
+            loss = torch.nn.functional.mse_loss(
+                output.float()[:, offset:offset + target.shape[1]], target)
+            scaler.scale(loss * len(target) / n_samples).backward()
+            total += loss.item() * len(target)
+            count += len(target)
+        scaler.step(optimizer)
+        scaler.update()
+        progress.set_postfix(loss=f"{total / count:.4f}")
+    scheduler.step()
+    if processes.distributed:
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        total, count = sums.tolist()
+    val_loss, val_corr = np.mean([evaluate(model, loader, device, dtype)
+                                  for loader in val_loaders], axis=0)
+    if processes.distributed:  # every rank takes rank 0's numbers, so they stop at the same epoch
+        shared = torch.tensor([val_loss, val_corr], dtype=torch.float64, device=device)
+        dist.broadcast(shared, src=0)
+        val_loss, val_corr = shared.tolist()
+    return {"epoch": epoch + 1, "train_loss": total / max(count, 1),
+            "val_loss": float(val_loss), "val_corr": float(val_corr),
+            "lr_backbone": lrs[0], "lr_head": lrs[1], "seconds": time.time() - began}
 
 
 def train(args):
     """Run (or resume) a brain-tuning run; returns the run folder."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = speech_models.resolve_device(args.device, local_rank)
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    is_main = rank == 0
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    processes = setup_processes(args.device)
+    device, is_main = processes.device, processes.is_main
+    if args.batch_size < processes.world_size:
+        raise UsageError(f"--batch_size {args.batch_size} is smaller than the number of "
+                         f"processes ({processes.world_size}); each needs a sample per step")
     seed_everything(args.seed)
     subjects = [data_utils.subject_id(s) for s in args.subject]
-    if args.target_features and args.target != "fmri":
-        raise DatasetError("--target_features replaces fMRI targets; leave --target at fmri")
-    run_dir, state_path = prepare_run_dir(args, is_main)
-    if distributed:
-        dist.barrier()
-    speech_models.load_config(args.model_name)
+    shared_head = args.multi_subject == "shared_head" or len(subjects) == 1
+    run_dir = Path(args.save_dir) / args.exp_name
+    state_path = run_dir / STATE_FILE if args.resume else None
+    with run_folder(run_dir, args.resume, args.overwrite, vars(args), processes) as folder:
+        speech_models.load_config(args.model_name)  # a bad --model_name stops before any loading
 
-    train_stories, val_stories = choose_stories(args, subjects)
-    if distributed and not is_main:
-        dist.barrier()  # rank 0 computes and saves missing noise ceilings first
-    voxels = None if args.target_features else select_voxels(args, subjects)
-    if distributed and is_main:
-        dist.barrier()
-    stories_by_subject = {s: train_stories[s] + val_stories[s] for s in subjects}
-    targets = load_targets(args, subjects, stories_by_subject, voxels, train_stories)
-    if args.multi_subject == "shared_head" or len(subjects) == 1:
-        merged = {story: np.concatenate([targets[s][story] for s in subjects], axis=1)
-                  for story in stories_by_subject[subjects[0]]}
-        groups = {"all": (merged, 0, train_stories[subjects[0]], val_stories[subjects[0]])}
-        n_outputs = next(iter(merged.values())).shape[1]
-    else:
-        groups, offset = {}, 0
-        for s in subjects:
-            groups[s] = (targets[s], offset, train_stories[s], val_stories[s])
-            offset += next(iter(targets[s].values())).shape[1]
-        n_outputs = offset
-
-    sampling_rate = 16000
-    all_stories = sorted({story for g in groups.values() for story in g[0]})
-    audio, bounds = {}, {}
-    for story in tqdm(all_stories, desc="stimuli", disable=not is_main):
-        audio[story] = data_utils.load_stimulus(args.data_dir, story, sampling_rate)
-        starts, stops = data_utils.tr_window_bounds(args.data_dir, story, sampling_rate,
-                                                    tr_source=args.tr_source, tr_path=args.tr_path)
-        bounds[story] = (starts, int(stops[0] - starts[0]))
-    window_samples = next(iter(bounds.values()))[1]
-
-    model, preprocessor = speech_models.build_model(args.model_name, n_outputs, window_samples)
-    if args.lora_rank:
-        speech_models.add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
-    model.to(device)
-    head_params = list(model.head.parameters())
-    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam([{"params": backbone_params, "lr": args.base_lr},
-                                  {"params": head_params, "lr": args.linear_layer_lr}])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
-        lambda e: backbone_lr_factor(e, args.num_epochs, args.warmup_epochs),
-        lambda e: head_lr_factor(e, args.head_lr_decay, args.head_lr_floor)])
-    dtype = speech_models.autocast_dtype(args.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    # SpecAugment's mask embedding (wav2vec2-like) is used only in batches where a mask was
-    # drawn, so some steps leave parameters without gradient.
-    network = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True) if distributed else model
-
-    num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
-    collate = Collate(preprocessor)
-    loaders = []
-    for name, (group_targets, offset, train_list, val_list) in groups.items():
-        train_set = TRWindowDataset({s: audio[s] for s in train_list},
-                                    {s: bounds[s] for s in train_list}, group_targets, offset)
-        val_set = TRWindowDataset({s: audio[s] for s in val_list},
-                                  {s: bounds[s] for s in val_list}, group_targets, offset)
-        loaders.append((name, train_set, val_set))
-    val_loaders = [DataLoader(v, batch_size=args.micro_batch_size, collate_fn=collate,
-                              num_workers=num_workers) for _, _, v in loaders]
-
-    run_config = {"arguments": vars(args), "subjects": subjects,
-                  "train_stories": train_stories, "val_stories": val_stories,
-                  "n_outputs": n_outputs, "family": model.family,
-                  "voxel_counts": {s: int(v.size) for s, v in (voxels or {}).items()},
-                  "window_samples": window_samples, "run": run_utils.run_metadata()}
-    metrics, best = [], {"val_loss": math.inf, "epoch": -1, "state": None}
-    start_epoch, stale = 0, 0
-    if state_path is not None:
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        metrics, best, stale = state["metrics"], state["best"], state["stale"]
-        start_epoch = state["epoch"] + 1
-        logger.info("resuming %s after epoch %d", run_dir, start_epoch)
-    elif is_main:
-        run_utils.write_json(run_dir / "run_config.json", run_config)
-
-    for epoch in range(start_epoch, args.num_epochs):
-        if args.patience and stale >= args.patience:
-            break
-        began = time.time()
-        lrs = [group["lr"] for group in optimizer.param_groups]
-        network.train()
-        batches = epoch_batches(loaders, args, epoch, rank, distributed, collate, num_workers)
-        total, count = 0.0, 0
-        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{args.num_epochs}", disable=not is_main)
-        for micro_batches in progress:
-            optimizer.zero_grad(set_to_none=True)
-            n_samples = sum(len(b[1]) for b in micro_batches)
-            for inputs, target, offset in micro_batches:
-                inputs, target = inputs.to(device), target.to(device)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    output = network(inputs)
-                loss = torch.nn.functional.mse_loss(
-                    output.float()[:, offset:offset + target.shape[1]], target)
-                scaler.scale(loss * len(target) / n_samples).backward()
-                total += loss.item() * len(target)
-                count += len(target)
-            scaler.step(optimizer)
-            scaler.update()
-            progress.set_postfix(loss=f"{total / count:.4f}")
-        scheduler.step()
-        if distributed:
-            sums = torch.tensor([total, count], dtype=torch.float64, device=device)
-            dist.all_reduce(sums)
-            total, count = sums.tolist()
-        val_loss, val_corr = np.mean([evaluate(model, loader, device, dtype)
-                                      for loader in val_loaders], axis=0)
-        if distributed:  # every rank takes rank 0's numbers, so they stop at the same epoch
-            shared = torch.tensor([val_loss, val_corr], dtype=torch.float64, device=device)
-            dist.broadcast(shared, src=0)
-            val_loss, val_corr = shared.tolist()
-        line = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
-                "val_loss": float(val_loss), "val_corr": float(val_corr),
-                "lr_backbone": lrs[0], "lr_head": lrs[1], "seconds": time.time() - began}
-        metrics.append(line)
-        logger.info("epoch %d: train loss %.4f, val loss %.4f, val corr %.4f", epoch + 1,
-                    line["train_loss"], line["val_loss"], line["val_corr"])
-        if val_loss < best["val_loss"]:
-            best = {"val_loss": float(val_loss), "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-            stale = 0
-        else:
-            stale += 1
-        if is_main:
-            if args.save_every and (epoch + 1) % args.save_every == 0:
-                save_tuned_model(run_dir / f"checkpoint-epoch{epoch + 1}", model, preprocessor,
-                                 voxels, {**run_config, "epoch": epoch + 1}, overwrite=True)
-            write_metrics(run_dir, metrics)
-            save_training_state(run_dir, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rng_state(), "epoch": epoch, "metrics": metrics, "best": best,
-                "stale": stale})
-        if distributed:
+        # data: stories, voxels, targets, audio
+        train_stories, val_stories = choose_stories(args.data_dir, subjects, args.train_stories,
+                                                    args.val_stories, args.multi_subject)
+        if processes.distributed and not is_main:
+            dist.barrier()  # rank 0 computes and saves missing noise ceilings first
+        voxels = None if args.target_features else select_voxels(args.data_dir, subjects,
+                                                                 args.nc_path, args.nc_thr)
+        if processes.distributed and is_main:
             dist.barrier()
+        stories = {s: train_stories[s] + val_stories[s] for s in subjects}
+        targets = load_targets(args.data_dir, stories, voxels, train_stories, args.target,
+                               args.target_features, args.seed)
+        groups, n_outputs = target_groups(targets, train_stories, val_stories, shared_head)
+        audio, bounds = load_stimuli(args.data_dir, sorted({s for g in groups for s in g.targets}),
+                                     args.tr_source, args.tr_path, progress=is_main)
+        window_samples = next(iter(bounds.values()))[1]
 
-    if is_main:
-        if best["state"] is not None:
-            model.load_state_dict(best["state"])
-        save_tuned_model(run_dir / "final", model, preprocessor, voxels,
-                         {**run_config, "epoch": best["epoch"], "best_val_loss": best["val_loss"]},
-                         overwrite=True)
-        logger.info("best validation loss %.4f at epoch %d; tuned model in %s",
-                    best["val_loss"], best["epoch"], run_dir / "final")
-    if distributed:
-        dist.barrier()
+        # model, optimiser, data loaders
+        model, preprocessor = speech_models.build_model(args.model_name, n_outputs,
+                                                        window_samples)
+        if args.lora_rank:
+            speech_models.add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+        model.to(device)
+        optimizer, scheduler = make_optimizer(model, args.base_lr, args.linear_layer_lr,
+                                              args.num_epochs, args.warmup_epochs,
+                                              args.head_lr_decay, args.head_lr_floor)
+        dtype = speech_models.autocast_dtype(args.precision, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        # SpecAugment's mask embedding (wav2vec2-like) is used only in batches where a mask
+        # was drawn, so some steps leave parameters without gradient.
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True) if processes.distributed else model
+        num_workers = args.num_workers if args.num_workers is not None else (
+            4 if device.type == "cuda" else 0)
+        collate = speech_models.Collate(preprocessor)
+        datasets = group_datasets(groups, audio, bounds)
+        val_loaders = [DataLoader(d.val, batch_size=args.micro_batch_size, collate_fn=collate,
+                                  num_workers=num_workers) for d in datasets]
+        config = run_utils.run_config(
+            args, subjects=subjects, train_stories=train_stories, val_stories=val_stories,
+            n_outputs=n_outputs, family=model.family,
+            voxel_counts={s: int(v.size) for s, v in (voxels or {}).items()},
+            window_samples=window_samples)
+
+        if state_path is not None:
+            start_epoch, metrics, best, stale = load_training_state(state_path, model, optimizer,
+                                                                    scheduler, scaler)
+            logger.info("resuming %s after epoch %d", run_dir, start_epoch)
+        else:
+            start_epoch, metrics, stale = 0, [], 0
+            best = {"val_loss": math.inf, "epoch": -1, "state": None}
+            if is_main:  # set up without error: only now is an old run replaced
+                folder.start()
+                run_utils.write_json(run_dir / "run_config.json", config)
+
+        for epoch in range(start_epoch, args.num_epochs):
+            if args.patience and stale >= args.patience:
+                break
+            batches = speech_models.epoch_batches(
+                [d.train for d in datasets], epoch, args.seed, args.batch_size,
+                args.micro_batch_size, collate, num_workers, processes.rank, processes.world_size)
+            line = train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler,
+                                   scaler, dtype, processes, epoch, args.num_epochs)
+            metrics.append(line)
+            logger.info("epoch %d: train loss %.4f, val loss %.4f, val corr %.4f", epoch + 1,
+                        line["train_loss"], line["val_loss"], line["val_corr"])
+            if line["val_loss"] < best["val_loss"]:
+                best = {"val_loss": line["val_loss"], "epoch": epoch + 1, "state": {
+                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                stale = 0
+            else:
+                stale += 1
+            if is_main:
+                if args.save_every and (epoch + 1) % args.save_every == 0:
+                    save_tuned_model(run_dir / f"checkpoint-epoch{epoch + 1}", model,
+                                     preprocessor, voxels, {**config, "epoch": epoch + 1},
+                                     overwrite=True)
+                write_metrics(run_dir, metrics)
+                save_training_state(run_dir, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "rng": rng_state(), "epoch": epoch, "metrics": metrics, "best": best,
+                    "stale": stale})
+            barrier(processes)
+
+        if is_main:
+            if best["state"] is not None:
+                model.load_state_dict(best["state"])
+            save_tuned_model(run_dir / "final", model, preprocessor, voxels,
+                             {**config, "epoch": best["epoch"], "best_val_loss": best["val_loss"]},
+                             overwrite=True)
+            logger.info("best validation loss %.4f at epoch %d; tuned model in %s",
+                        best["val_loss"], best["epoch"], run_dir / "final")
+        barrier(processes)
     return run_dir
 
 
-def epoch_batches(loaders, args, epoch, rank, distributed, collate, num_workers):
-    """Optimiser steps of an epoch, each a list of micro-batches.
-
-    The order depends only on (seed, epoch), so a resumed run sees the same batches. With
-    several subject groups (per-subject training) their steps alternate.
-    """
-    streams = []
-    for index, (_, train_set, _) in enumerate(loaders):
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 101 + index)
-        order = torch.randperm(len(train_set), generator=generator).tolist()
-        if distributed:
-            # pad as DistributedSampler does, so every rank runs the same number of passes
-            world = dist.get_world_size()
-            order = (order + order[:-len(order) % world])[rank::world]
-        step = args.batch_size // (dist.get_world_size() if distributed else 1)
-        micro = min(args.micro_batch_size, step)
-        batches = [[order[i:i + micro] for i in range(s, min(s + step, len(order)), micro)]
-                   for s in range(0, len(order), step)]
-        streams.append((train_set, batches))
-    interleaved = []
-    for position in range(max(len(b) for _, b in streams)):
-        for train_set, batches in streams:
-            if position < len(batches):
-                interleaved.append((train_set, batches[position]))
-    loader = DataLoader(_StepDataset(interleaved), batch_size=None, collate_fn=_StepCollate(collate),
-                        num_workers=num_workers)
-    return loader
-
-
-class _StepDataset(Dataset):
-    """One item per optimiser step: the samples of its micro-batches."""
-
-    def __init__(self, steps):
-        self.steps = steps
-
-    def __len__(self):
-        return len(self.steps)
-
-    def __getitem__(self, index):
-        dataset, micro_batches = self.steps[index]
-        return [[dataset[i] for i in micro] for micro in micro_batches]
-
-
-class _StepCollate:
-    def __init__(self, collate):
-        self.collate = collate
-
-    def __call__(self, micro_batches):
-        return [self.collate(batch) for batch in micro_batches]
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(message)s")
+def run(args):
+    """``train``, leaving the torchrun process group also after an error."""
     try:
         train(args)
-    except (DatasetError, speech_models.ModelError, FileExistsError) as err:
-        logger.error("%s", err)
-        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+
+
+def main(argv=None):
+    return run_utils.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

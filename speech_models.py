@@ -3,8 +3,9 @@
 The family is read from the checkpoint's ``config.json`` (``model_type``), never guessed from
 its name. wav2vec2-like encoders (wav2vec2, HuBERT, WavLM, data2vec-audio) take normalised
 raw audio; Whisper takes log-mel features of 30 s (the audio zero-padded) and only its
-encoder is used. Audio preprocessing happens once in the data pipeline (``AudioPreprocessor``),
-never inside ``forward``.
+encoder is used. Audio preprocessing happens once in the data pipeline (``AudioPreprocessor``,
+``Collate``), never inside ``forward``; ``TRWindowDataset`` and ``epoch_batches`` are the
+training data pipeline of ``brain_trainer_story.py`` (and of its benchmark).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
                           WhisperFeatureExtractor)
@@ -166,6 +168,113 @@ class AudioPreprocessor:
         """Encoder frames of a Whisper input that come from ``n_samples`` of real audio."""
         return max(1, math.ceil((n_samples // self.feature_extractor.hop_length) / 2))
 
+
+# ----------------------------------------------------------------------------- training data pipeline
+
+class TRWindowDataset(Dataset):
+    """(audio window, target row) pairs of several stories.
+
+    Each story's audio is loaded, downmixed and resampled once and kept zero-padded, so a
+    window is a slice. Items are (window (samples,), target (outputs,), output offset); the
+    offset says where the target's columns start in the model output (per-subject training).
+
+    Parameters
+    ----------
+    audio : dict story -> (n_samples,) float32
+    bounds : dict story -> (window starts (rows,), window length), as from
+        ``data_utils.tr_window_bounds``
+    targets : dict story -> (rows, outputs) float32
+    """
+
+    def __init__(self, audio, bounds, targets, output_offset=0):
+        self.items, self.audio, self.targets = [], {}, targets
+        self.output_offset = output_offset
+        for story, (starts, length) in bounds.items():
+            if story not in targets:
+                continue
+            if len(starts) != len(targets[story]):
+                raise data_utils.DatasetError(f"story {story!r}: {len(starts)} audio windows but "
+                                              f"{len(targets[story])} target rows")
+            before = max(0, -int(starts.min()))
+            after = max(0, int(starts.max()) + length - len(audio[story]))
+            self.audio[story] = (np.pad(audio[story], (before, after)), starts + before, length)
+            self.items += [(story, row) for row in range(len(starts))]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        story, row = self.items[index]
+        padded, starts, length = self.audio[story]
+        return padded[starts[row]:starts[row] + length], self.targets[story][row], self.output_offset
+
+
+class Collate:
+    """Stacks a batch and turns its audio into model inputs once (in the loader workers)."""
+
+    def __init__(self, preprocessor):
+        self.preprocessor = preprocessor
+
+    def __call__(self, batch):
+        windows, targets, offsets = zip(*batch)
+        inputs = torch.from_numpy(self.preprocessor(np.stack(windows)))
+        return inputs, torch.from_numpy(np.stack(targets)), int(offsets[0])
+
+
+class _StepDataset(Dataset):
+    """One item per optimiser step: the samples of its micro-batches."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def __len__(self):
+        return len(self.steps)
+
+    def __getitem__(self, index):
+        dataset, micro_batches = self.steps[index]
+        return [[dataset[i] for i in micro] for micro in micro_batches]
+
+
+class _StepCollate:
+    """``collate`` applied to each micro-batch of a step."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, micro_batches):
+        return [self.collate(batch) for batch in micro_batches]
+
+
+def epoch_batches(datasets, epoch, seed, batch_size, micro_batch_size, collate, num_workers=0,
+                  rank=0, world_size=1):
+    """A DataLoader over the optimiser steps of an epoch, each a list of collated micro-batches.
+
+    ``batch_size`` samples per step over all ``world_size`` processes, in forward passes of at
+    most ``micro_batch_size``. The order depends only on (seed, epoch), so a resumed run sees
+    the same batches; with several datasets (per-subject training) their steps alternate.
+    """
+    streams = []
+    for index, dataset in enumerate(datasets):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + index)
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        if world_size > 1:
+            # pad as DistributedSampler does, so every rank runs the same number of passes
+            order = (order + order[:-len(order) % world_size])[rank::world_size]
+        step = batch_size // world_size
+        micro = min(micro_batch_size, step)
+        batches = [[order[i:i + micro] for i in range(s, min(s + step, len(order)), micro)]
+                   for s in range(0, len(order), step)]
+        streams.append((dataset, batches))
+    interleaved = []
+    for position in range(max(len(b) for _, b in streams)):
+        for dataset, batches in streams:
+            if position < len(batches):
+                interleaved.append((dataset, batches[position]))
+    return DataLoader(_StepDataset(interleaved), batch_size=None, collate_fn=_StepCollate(collate),
+                      num_workers=num_workers)
+
+
+# ----------------------------------------------------------------------------- the model
 
 class BrainTuningModel(nn.Module):
     """Speech encoder -> mean over time of the last hidden state -> one linear layer.

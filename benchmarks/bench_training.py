@@ -3,13 +3,13 @@
     python benchmarks/bench_training.py --family wav2vec2 --batch_size 2 --steps 3
 
 A base-size encoder (random init from the family's default config, so nothing is downloaded)
-is trained for a few steps on synthetic stories through the trainer's own data path
-(``TRWindowDataset``, ``Collate(AudioPreprocessor)``, ``epoch_batches``), with each step split
-into the wait for the DataLoader batch and forward + backward + optimiser step. The peer is the
-original code's design: the loader yields raw audio and the model calls the HF feature extractor
-inside ``forward`` on every batch. Both run in this process on the same weights, batches and
-random draws, their steps interleaved (in alternating order) so that a change in machine load
-hits both alike.
+is trained for a few steps on synthetic stories through the trainer's own data path, the
+training data pipeline of ``speech_models`` (``TRWindowDataset``, ``Collate(AudioPreprocessor)``,
+``epoch_batches``), with each step split into the wait for the DataLoader batch and forward +
+backward + optimiser step. The peer is the original code's design: the loader yields raw audio
+and the model calls the HF feature extractor inside ``forward`` on every batch. Both run in
+this process on the same weights, batches and random draws, their steps interleaved (in
+alternating order) so that a change in machine load hits both alike.
 Run on demand; not part of the test suite.
 """
 
@@ -21,24 +21,23 @@ import statistics
 import sys
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
 from torch import nn
-from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor,
-                          Wav2Vec2Model, WhisperConfig, WhisperFeatureExtractor, WhisperModel)
+from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model, WhisperConfig,
+                          WhisperModel)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data_utils  # noqa: E402
 import run_utils  # noqa: E402
 import speech_models  # noqa: E402
-from brain_trainer_story import Collate, TRWindowDataset, epoch_batches  # noqa: E402
+from data_utils import SAMPLING_RATE  # noqa: E402
+from speech_models import Collate, TRWindowDataset, epoch_batches  # noqa: E402
 
-SAMPLING_RATE = 16000
 FAMILIES = {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
             "hubert": (HubertConfig, HubertModel),
             "whisper": (WhisperConfig, WhisperModel)}
@@ -50,8 +49,9 @@ BASE_OVERRIDES = {"whisper": dict(d_model=512, encoder_layers=6, decoder_layers=
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="wav2vec2")
+                                     formatter_class=run_utils.HelpFormatter)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="wav2vec2",
+                        help="encoder family (base size, random weights)")
     parser.add_argument("--batch_size", type=int, default=2, help="samples per training step")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
@@ -62,7 +62,7 @@ def parse_args(argv=None):
     parser.add_argument("--extract_repeats", type=int, default=5,
                         help="repeats of the isolated feature-extraction timing (median)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     return parser.parse_args(argv)
 
 
@@ -84,13 +84,6 @@ def synthetic_stories(n_stories, minutes, n_outputs, rng):
             bounds[name] = (starts, int(stops[0] - starts[0]))
             targets[name] = rng.standard_normal((len(starts), n_outputs)).astype(np.float32)
     return audio, bounds, targets
-
-
-def default_feature_extractor(family):
-    """The extractor a checkpoint of the family ships (as ``speech_models`` falls back to)."""
-    if family == "whisper":
-        return WhisperFeatureExtractor()
-    return Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
 
 
 def base_config(name):
@@ -157,10 +150,9 @@ class TimedTraining:
         self.optimizer = torch.optim.Adam([
             {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": 5e-5},
             {"params": list(model.head.parameters()), "lr": 1e-4}])
-        options = Namespace(seed=args.seed, batch_size=args.batch_size,
-                            micro_batch_size=args.batch_size)
-        self.loader = epoch_batches([("all", train_set, None)], options, 0, 0, False, collate,
-                                    args.num_workers)
+        self.loader = epoch_batches([train_set], epoch=0, seed=args.seed,
+                                    batch_size=args.batch_size, micro_batch_size=args.batch_size,
+                                    collate=collate, num_workers=args.num_workers)
         self.batches = None
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
@@ -242,7 +234,7 @@ def main(argv=None):
         sys.exit(f"{len(train_set)} windows but {needed} needed; raise --stories or --minutes")
 
     family = speech_models.model_family(base_config(args.family))
-    feature_extractor = default_feature_extractor(family)
+    feature_extractor = speech_models.default_feature_extractor(family)
     preprocessor = speech_models.AudioPreprocessor(feature_extractor, family)
     frames = preprocessor.whisper_frames(window_samples) if family == "whisper" else None
     ours_collate, peer_collate = Collate(preprocessor), Collate(raw_audio)

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import brain_trainer_story as trainer
 import data_utils
 import eval_utils
 import noise_ceilings
+import run_utils
 import speech_models
 import synthetic_data
 
@@ -61,8 +63,17 @@ def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _params(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def _snapshot(folder):
+    """Relative path -> bytes of every file under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def _dead_pid():
+    """The id of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -81,9 +92,10 @@ def test_schedules_match_the_paper():
 def test_every_family_tunes_saves_and_reloads(train_data, tiny_models, tmp_path, family):
     code, run_dir = run(train_data, tiny_models[family], tmp_path, "--num_epochs", "2")
     assert code == 0
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoint-epoch1", "checkpoint-epoch2", "final", "last", "metrics.jsonl",
-        "run_config.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([
+        run_utils.RUN_MARKER, "checkpoint-epoch1", "checkpoint-epoch2", "final", "last",
+        "metrics.jsonl", "run_config.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # lock released
     metrics = _metrics(run_dir)
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert set(metrics[0]) == {"epoch", "train_loss", "val_loss", "val_corr", "lr_backbone",
@@ -194,7 +206,11 @@ def test_early_stopping(train_data, tiny_models, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- resume
 
-def test_resume_gives_the_same_weights(train_data, tiny_models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("killed_in_swap", [False, True])
+def test_resume_gives_the_same_weights(train_data, tiny_models, tmp_path, monkeypatch,
+                                       killed_in_swap):
+    """Also after a kill between the renames of the end-of-epoch swap of last/ (the old one
+    set aside, the new one half written): --resume puts the old one back."""
     model = tiny_models["wav2vec2"]
     code, straight = run(train_data, model, tmp_path / "a", "--num_epochs", "3", "--save_every", "0")
     assert code == 0
@@ -212,10 +228,17 @@ def test_resume_gives_the_same_weights(train_data, tiny_models, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         run(train_data, model, tmp_path / "b", "--num_epochs", "3", "--save_every", "0")
     monkeypatch.setattr(trainer, "save_training_state", original)
-    assert len(_metrics(tmp_path / "b" / "run")) == 2
+    killed = tmp_path / "b" / "run"
+    assert len(_metrics(killed)) == 2
+    if killed_in_swap:
+        dead = _dead_pid()
+        (killed / "last").rename(killed / f".last.old{dead}")
+        (killed / f".last.tmp{dead}").mkdir()
+        (killed / f".last.tmp{dead}" / "training_state.pt").write_bytes(b"half written")
     code, resumed = run(train_data, model, tmp_path / "b", "--num_epochs", "3", "--save_every", "0",
                         "--resume")
     assert code == 0
+    assert not list(resumed.glob(".last.*"))
     a = AutoModel.from_pretrained(straight / "final").state_dict()
     b = AutoModel.from_pretrained(resumed / "final").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -237,6 +260,83 @@ def test_existing_run_is_never_overwritten(train_data, tiny_models, tmp_path, ca
     assert "seed" in caplog.text
     assert run(train_data, model, tmp_path, "--num_epochs", "1", "--seed", "4", "--overwrite")[0] == 0
     assert json.loads((tmp_path / "run" / "run_config.json").read_text())["arguments"]["seed"] == 4
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_set_itself_up(
+        train_data, tiny_models, tmp_path, caplog):
+    """A misspelt story stops the new run before it replaces anything."""
+    model = tiny_models["wav2vec2"]
+    assert run(train_data, model, tmp_path, "--num_epochs", "1")[0] == 0
+    before = _snapshot(tmp_path / "run")
+    assert run_utils.RUN_MARKER in before and "final/config.json" in before
+    code, _ = run(train_data, model, tmp_path, "--num_epochs", "1", "--overwrite",
+                  "--train_stories", "souls", "nosuchstory")
+    assert code == 1 and "'nosuchstory' has no responses" in caplog.text
+    assert _snapshot(tmp_path / "run") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # lock released, no temporary
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "../x", "a/b", "absolute"])
+def test_exp_name_must_be_a_plain_folder_name(tmp_path, capsys, name):
+    """Parser error before anything is read or deleted, even with --overwrite."""
+    save_dir = tmp_path / "runs"
+    run_utils.mark_folder(save_dir / "other", "brain-tuning run")
+    (save_dir / "other" / "metrics.jsonl").write_text("{}\n")
+    before = _snapshot(tmp_path)
+    name = str(save_dir / "other") if name == "absolute" else name
+    with pytest.raises(SystemExit) as stop:
+        trainer.main(["--model_name", str(tmp_path / "absent"), "--subject", "1", "--data_dir",
+                      str(tmp_path / "absent"), "--save_dir", str(save_dir), "--exp_name", name,
+                      "--overwrite"])
+    assert stop.value.code == 2
+    assert "--exp_name" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_folder_not_written_by_the_trainer_is_never_replaced(train_data, tiny_models, tmp_path,
+                                                               caplog):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    code, _ = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
+                  "--overwrite")
+    assert code == 1 and "not written by brain-tuning" in caplog.text
+    assert _snapshot(tmp_path / "run") == {"notes.txt": b"mine"}
+
+
+def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(train_data, tiny_models,
+                                                                     tmp_path, caplog):
+    model = tiny_models["wav2vec2"]
+    with run_utils.FolderLock(tmp_path / "run") as lock:
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            caplog.clear()
+            code, run_dir = run(train_data, model, tmp_path, "--num_epochs", "1", *extra)
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert code == 1 and len(errors) == 1
+            assert f"in use by another run (process {os.getpid()} on {socket.gethostname()}" \
+                in errors[0]
+            assert lock.path.exists() and not run_dir.exists()
+    lock.path.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
+                                     "started": "", "command": "brain_trainer_story.py"}))
+    code, run_dir = run(train_data, model, tmp_path, "--num_epochs", "1", "--save_every", "0")
+    assert code == 0 and (run_dir / "final" / "config.json").exists()
+    assert "taking over the lock" in caplog.text and not lock.path.exists()
+
+
+@pytest.mark.parametrize("flags", [
+    ["--batch_size", "0"], ["--micro_batch_size", "0"], ["--num_epochs", "0"],
+    ["--batch_size", "4", "--micro_batch_size", "8"], ["--patience", "-1"],
+    ["--base_lr", "-1e-3"], ["--head_lr_decay", "0"], ["--lora_dropout", "1"],
+    ["--target", "random_fmri_all", "--target_features", "features.hf5"],
+    ["--resume", "--overwrite"], ["--subject", "x"], ["--subject", "1", "UTS01"],
+    ["--subject", "1", "2", "--nc_path", "UTS01.npy"]])
+def test_bad_flags_are_parser_errors_before_any_loading(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as stop:
+        trainer.main(["--model_name", str(tmp_path / "absent"), "--subject", "1", "--data_dir",
+                      str(tmp_path / "absent"), "--save_dir", str(tmp_path / "runs"), *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert any(flag in err for flag in flags if flag.startswith("--"))
+    assert not (tmp_path / "runs").exists()
 
 
 # ----------------------------------------------------------------------------- controls and targets
@@ -279,13 +379,13 @@ def test_borrow_responses_uses_other_training_stories():
 @pytest.mark.parametrize("target", ["random_fmri_all", "random_fmri_local"])
 def test_random_fmri_controls_train(train_data, tiny_models, tmp_path, monkeypatch, target):
     seen = {}
-    original = trainer.TRWindowDataset.__init__
+    original = speech_models.TRWindowDataset.__init__
 
     def spy(self, audio, bounds, targets, output_offset=0):
         seen.update(targets)
         original(self, audio, bounds, targets, output_offset)
 
-    monkeypatch.setattr(trainer.TRWindowDataset, "__init__", spy)
+    monkeypatch.setattr(speech_models.TRWindowDataset, "__init__", spy)
     code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
                         "--target", target)
     assert code == 0 and (run_dir / "final" / "config.json").exists()
@@ -449,12 +549,8 @@ def test_per_subject_needs_stories_for_every_subject(train_data, tiny_models, tm
     assert "UTS02 has none of the validation stories" in caplog.text
 
 
-def test_shards_are_even_across_ranks(monkeypatch):
+def test_shards_are_even_across_ranks():
     """Every rank runs the same number of steps and passes, whatever the training-set size."""
-    monkeypatch.setattr(trainer.dist, "get_world_size", lambda: 2)
-    args = trainer.parse_args(["--model_name", "m", "--subject", "1", "--data_dir", "d",
-                               "--batch_size", "128", "--micro_batch_size", "16"])
-
     class Items:
         def __init__(self, n):
             self.n = n
@@ -465,8 +561,9 @@ def test_shards_are_even_across_ranks(monkeypatch):
     for size in (8000, 8001, 8065, 3):
         shapes = []
         for rank in (0, 1):
-            loader = trainer.epoch_batches([("all", Items(size), None)], args, 0, rank, True,
-                                           None, 0)
+            loader = speech_models.epoch_batches([Items(size)], epoch=0, seed=0, batch_size=128,
+                                                 micro_batch_size=16, collate=None, rank=rank,
+                                                 world_size=2)
             steps = loader.dataset.steps
             shapes.append([len(micro) for _, micro in steps])
         assert shapes[0] == shapes[1], size
