@@ -25,17 +25,18 @@ above ``--nc_thr``, and ``drop_percent`` = 100 (before - after) / before, empty 
 ``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r, cc_norm, alpha),
 ``alignment.png`` (mean cc_norm per layer, one line per model), ``reliance.png`` (drop per
 layer), ``semantic_preference.csv``/``.png`` (semantic_r, phonetic_r, preference per model and
-layer; also in results.json) and ``run_config.json``. Model features are cached in
-``--cache_dir``, stimulus features in ``<cache_dir>/stimulus``; nothing is computed twice.
+layer; also in results.json) and ``run_config.json`` (the arguments and the run). The folder
+is written whole at the end (``run_utils.output_folder``): a failed run leaves the previous
+results as they were. Model features are cached in ``--cache_dir``, stimulus features in
+``<cache_dir>/stimulus``; nothing is computed twice.
 """
 
 import argparse
-import csv
-import hashlib
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,6 +48,7 @@ import plots
 import run_utils
 import speech_models
 from data_utils import DatasetError
+from run_utils import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Brain alignment of pretrained and brain-tuned speech models (ds003020).",
         formatter_class=run_utils.HelpFormatter)
-    add_model_arguments(parser)
+    run_utils.add_model_arguments(parser)
     parser.add_argument("--subject", required=True, help="subject: 1, '1' or UTS01")
     parser.add_argument("--data_dir", required=True,
                         help="ds003020 root: the folder holding stimuli/ and derivative/")
@@ -72,7 +74,7 @@ def parse_args(argv=None):
     parser.add_argument("--nc_path", default=None,
                         help="noise-ceiling file (default subject_NCs/UTS0N.npy; computed from "
                              "the test-story repeats when missing)")
-    parser.add_argument("--nc_thr", type=float, default=0.4,
+    parser.add_argument("--nc_thr", type=float, default=eval_utils.NC_THRESHOLD,
                         help="summaries average over voxels whose noise ceiling exceeds this")
     parser.add_argument("--roi_file", default=None,
                         help="JSON mapping region name -> list of voxel indices, for per-region "
@@ -111,112 +113,302 @@ def parse_args(argv=None):
     parser.add_argument("--tr_source", choices=data_utils.TR_SOURCES, default="respdict",
                         help="TR timing source (see data_utils.tr_times)")
     parser.add_argument("--tr_path", default=None, help="folder of .report files or .jbl file")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 on a GPU that supports it, else fp32")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cross-validation splits")
-    parser.add_argument("--save_dir", default="outputs/brain_alignment", help="parent of the results")
-    parser.add_argument("--exp_name", default=None,
-                        help="results folder name (default: <model>_<subject>)")
-    parser.add_argument("--cache_dir", default=None,
-                        help="feature cache (default: <save_dir>/feature_cache)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    run_utils.add_results_arguments(parser, "outputs/brain_alignment", "<model>_<subject>")
     args = parser.parse_args(argv)
-    if args.exp_name is None:
-        args.exp_name = f"{Path(args.model_name.rstrip('/')).name}_{args.subject}"
-    if args.cache_dir is None:
-        args.cache_dir = str(Path(args.save_dir) / "feature_cache")
-    if args.alphas is None:
-        args.alphas = (np.logspace(1, 4, 15) ** 2).tolist()
-    if args.low_level_alphas is None:
-        args.low_level_alphas = (np.logspace(0, 4, 17) ** 2).tolist()
+    run_utils.check_model_arguments(parser, args)
+    for flag in ("n_boots", "chunk_len", "batch_size", "ngram_vocab_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
+    for flag in ("context_s", "chunk_s"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag} must be positive")
+    if args.semantic_preference and args.word_vectors is None:
+        parser.error("--semantic_preference needs --word_vectors FILE (or 'synthetic')")
+    run_utils.finish_results_arguments(parser, args, args.subject)
     try:
         for spec in args.low_level:
             low_level_features.check_feature_sets(spec.split("+"))
         low_level_features.check_feature_sets(args.phonetic_features)
     except ValueError as err:
         parser.error(str(err))
-    if args.semantic_preference and args.word_vectors is None:
-        parser.error("--semantic_preference needs --word_vectors FILE (or 'synthetic')")
+    if args.alphas is None:
+        args.alphas = eval_utils.ENCODING_ALPHAS.tolist()
+    if args.low_level_alphas is None:
+        args.low_level_alphas = eval_utils.CONFOUND_ALPHAS.tolist()
     return args
 
 
-def add_model_arguments(parser):
-    """The flags that choose the models to evaluate (see ``models_to_evaluate``)."""
-    parser.add_argument("--model_name", required=True,
-                        help="pretrained checkpoint folder or hub id (evaluated as 'pretrained')")
-    parser.add_argument("--model_path", action="append", default=[],
-                        help="a brain-tuned model folder (a run folder means its final/); repeat "
-                             "for several")
-    parser.add_argument("--logs_dir", default=None,
-                        help="a brain_trainer_story.py run folder: evaluates its --epochs")
-    parser.add_argument("--epochs", nargs="+", default=["final"],
-                        help="with --logs_dir: epoch numbers (checkpoint-epoch<k>) or 'final'")
-    parser.add_argument("--skip_pretrained", action="store_true",
-                        help="evaluate only the tuned models")
+def run(args):
+    out_dir = Path(args.save_dir) / args.exp_name
+    run_utils.check_replaceable(out_dir, args.overwrite)  # before any expensive work
+    subject = data_utils.subject_id(args.subject)
+    models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
+                                          args.epochs, args.skip_pretrained)
+    device = speech_models.resolve_device(args.device)
+    dtype = speech_models.autocast_dtype(args.precision, device)
+    stories = training_stories(args.data_dir, subject, args.train_stories, args.test_story)
+    nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, args.nc_path, args.test_story)
+    responses = Responses(
+        np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories]),
+        data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:])
+    lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
+    try:
+        splits = eval_utils.bootstrap_chunk_splits(lengths, args.n_boots, args.chunk_len,
+                                                   seed=args.seed)
+    except ValueError as err:
+        raise UsageError(f"--chunk_len {args.chunk_len}: {err}") from None
+    task = EncodingTask(stories, args.test_story, responses, nc,
+                        load_rois(args.roi_file, nc.size), splits, args.alphas, args.nc_thr)
+    extraction = Extraction(args.data_dir, args.cache_dir, args.context_s, args.chunk_s,
+                            args.batch_size, args.naive, dtype, args.tr_source, args.tr_path)
+    stimulus = stimulus_features(stories, args.test_story, extraction, args.low_level,
+                                 args.phonetic_features,
+                                 args.word_vectors if args.semantic_preference else None,
+                                 args.ngram_vocab_size)
+    all_results = {label: evaluate_model(label, checkpoint, args.layers, extraction, task,
+                                         stimulus, args.low_level, args.low_level_alphas, device)
+                   for label, checkpoint in models}
+    facts = {"subject": subject, "train_stories": stories, "models": dict(models)}
+    with run_utils.output_folder(out_dir, args.overwrite) as staging:
+        run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
+        rows, preference_rows = write_results(staging, all_results, facts)
+    overall = [row for row in rows if row["region"] == "all"]
+    print(run_utils.comparison_table([r for r in overall if r["low_level"] == "none"], "cc_norm"))
+    for spec in args.low_level:
+        print(f"without {spec}:")
+        print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
+                                          "drop_percent"))
+    if preference_rows:
+        print(run_utils.comparison_table(preference_rows, "preference"))
+    logger.info("results in %s", out_dir)
+    return out_dir
 
 
-def models_to_evaluate(args):
-    """(label, checkpoint) pairs: the pretrained model, then every tuned one."""
-    models = [] if args.skip_pretrained else [("pretrained", args.model_name)]
-    for path in map(Path, args.model_path):
-        if not (path / "config.json").exists() and (path / "final" / "config.json").exists():
-            path = path / "final"  # a brain_trainer_story.py run folder: its final model
-        models.append((path.name if path.name != "final" else path.parent.name + "/final",
-                       str(path)))
-    if args.logs_dir:
-        for epoch in args.epochs:
-            folder = Path(args.logs_dir) / (epoch if epoch == "final" else f"checkpoint-epoch{epoch}")
-            if not folder.is_dir():
-                raise DatasetError(f"{folder}: not found; the run has "
-                                   + ", ".join(sorted(p.name for p in Path(args.logs_dir).glob("*")
-                                                      if (p / "config.json").exists())))
-            models.append((f"epoch {epoch}" if epoch != "final" else "final", str(folder)))
-    if not models:
-        raise DatasetError("nothing to evaluate: give --model_path or --logs_dir, or drop "
-                           "--skip_pretrained")
-    labels = run_utils.unique_names((label, None) for label, _ in models)
-    return [(label, checkpoint) for label, (_, checkpoint) in zip(labels, models)]
+def main(argv=None):
+    return run_utils.main(parse_args, run, argv)
 
 
-def choose_layers(requested, depth):
-    """Requested layers, or the paper's default clipped to the model's depth."""
-    if requested is None:
-        return [layer for layer in DEFAULT_LAYERS if layer <= depth]
-    beyond = [layer for layer in requested if not 0 <= layer <= depth]
-    if beyond:
-        raise DatasetError(f"--layers {' '.join(map(str, beyond))}: the model has hidden states "
-                           f"0..{depth} only")
-    return sorted(set(requested))
+class Responses(NamedTuple):
+    """The fMRI rows encoding models are fitted and scored on."""
+    train: np.ndarray  # the training stories' rows, stacked in story order
+    test: np.ndarray  # the test story's rows without the first TEST_RESPONSE_TRIM
 
 
-def cached_story_features(args, backbone, preprocessor, model_key, story, layers, device, dtype):
-    """Window features of a story from the cache, extracting (and caching) the missing layers."""
-    settings = json.dumps({"context_s": args.context_s, "chunk_s": args.chunk_s,
-                           "autocast": str(dtype), "preprocessor": preprocessor.digest(),
-                           **run_utils.file_identity([data_utils.stimulus_path(args.data_dir,
-                                                                                story)])},
-                          sort_keys=True)
-    path = (Path(args.cache_dir) / model_key[:16]
-            / f"{story}_{hashlib.sha256(settings.encode()).hexdigest()[:12]}.hf5")
+class EncodingTask(NamedTuple):
+    """The encoding problem every layer of every model is scored on."""
+    stories: list  # training stories, in order
+    test_story: str
+    responses: Responses
+    nc: np.ndarray  # noise ceiling per voxel
+    rois: dict  # region name -> voxel indices, for per-region summaries
+    splits: list  # (train rows, held-out rows) pairs over the stacked training rows
+    alphas: list  # ridge penalties
+    nc_thr: float  # summaries average over voxels whose noise ceiling exceeds it
+
+
+class Extraction(NamedTuple):
+    """Where the stories' features come from and how window features are extracted."""
+    data_dir: str
+    cache_dir: str  # model features; stimulus features in <cache_dir>/stimulus
+    context_s: float
+    chunk_s: float
+    batch_size: int
+    naive: bool
+    dtype: object  # autocast dtype (None: fp32)
+    tr_source: str = "respdict"
+    tr_path: str = None
+
+
+class Stimulus(NamedTuple):
+    """Stimulus features per story on the TR grid, as far as the analyses need them."""
+    low_level: dict  # story -> low-level feature set -> (grid TRs, dims)
+    phonetic: dict = None  # story -> the --phonetic_features side by side
+    semantic: dict = None  # story -> word-vector features
+
+
+def training_stories(data_dir, subject, requested, test_story):
+    """The requested training stories, or the paper's that the subject has; checked against
+    the subject's responses and the test story."""
+    available = data_utils.list_stories(data_dir, subject)
+    stories = requested or [s for s in data_utils.TRAIN_STORIES if s in available]
+    if not stories:
+        raise UsageError(f"{subject} has none of the paper's training stories; name them with "
+                         "--train_stories")
+    for story in [*stories, test_story]:
+        if story not in available:
+            raise UsageError(f"story {story!r} has no responses for {subject} (check "
+                             "--train_stories and --test_story)")
+    if test_story in stories:
+        raise UsageError(f"the test story {test_story} is also a training story")
+    return stories
+
+
+def load_rois(path, n_voxels):
+    """Regions of ``--roi_file`` (name -> voxel indices), checked; {} without a file."""
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise UsageError(f"--roi_file {path}: no such file")
+    rois = json.loads(Path(path).read_text())
+    for name, voxels in rois.items():
+        if not all(isinstance(v, int) for v in voxels):
+            raise DatasetError(f"{path}: region {name!r} must list integer voxel indices")
+        if len(voxels) and (min(voxels) < 0 or max(voxels) >= n_voxels):
+            raise DatasetError(f"{path}: region {name!r} has voxel indices outside "
+                               f"0..{n_voxels - 1}")
+    return rois
+
+
+def stimulus_features(stories, test_story, extraction, low_level=(), phonetic_features=(),
+                      word_vectors=None, ngram_vocab_size=None):
+    """Low-level (the ``low_level`` specs' sets), phonetic and semantic features per story
+    on the TR grid, as the analyses need them; semantic and phonetic ones only with
+    ``word_vectors`` (a file or "synthetic"). Cached in ``<cache_dir>/stimulus``."""
+    names = sorted({name for spec in low_level for name in spec.split("+")}
+                   | (set(phonetic_features) if word_vectors else set()))
+    if not names:
+        return Stimulus(low_level={})
+    data_dir, tr_source, tr_path = extraction.data_dir, extraction.tr_source, extraction.tr_path
+    all_stories = [*stories, test_story]
+    vocabularies = low_level_features.build_vocabularies(data_dir, stories, names,
+                                                         max_size=ngram_vocab_size)
+    low = {story: low_level_features.story_features(
+        data_dir, story, names, vocabularies, tr_source, tr_path,
+        Path(extraction.cache_dir) / "stimulus") for story in all_stories}
+    if not word_vectors:
+        return Stimulus(low_level=low)
+    vectors = low_level_features.load_word_vectors(word_vectors, data_dir)
+    return Stimulus(
+        low_level=low,
+        phonetic={story: np.hstack([low[story][name] for name in phonetic_features])
+                  for story in all_stories},
+        semantic={story: low_level_features.word_vector_features(data_dir, story, vectors,
+                                                                 tr_source, tr_path)
+                  for story in all_stories})
+
+
+def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, low_level=(),
+                   low_level_alphas=eval_utils.CONFOUND_ALPHAS, device="cpu"):
+    """Per-layer scores of one model.
+
+    ``layers``: the requested hidden-state indices, or None for ``DEFAULT_LAYERS``;
+    ``low_level``: specs ("a" or "a+b") of low-level feature sets of ``stimulus`` to regress
+    out, one analysis each. The semantic preference is scored when ``stimulus`` has
+    semantic features.
+
+    Returns dict layer -> {"encoding": {analysis: scores}, "semantic_preference": ... or None},
+    where analysis is "none" (the layer's features) or a ``low_level`` item (the features
+    with those low-level features regressed out), and scores holds per-voxel ``r``,
+    ``cc_norm`` and ``alpha`` and their ``summary`` (``layer_scores``).
+    """
+    encoder = speech_models.load_encoder(checkpoint, device)
+    layers = run_utils.choose_layers(layers, encoder.depth, DEFAULT_LAYERS)
+    per_story = {}
+    for story in [*task.stories, task.test_story]:
+        window_features, times = cached_story_features(encoder, story, layers, extraction,
+                                                       device)
+        per_story[story] = tr_features(extraction.data_dir, story, window_features, times,
+                                       extraction.tr_source, extraction.tr_path)
+    results = {}
+    for layer in layers:
+        features = {story: values[layer] for story, values in per_story.items()}
+        analyses = {"none": features}
+        for spec in low_level:
+            confounds = {story: np.hstack([stimulus.low_level[story][name]
+                                           for name in spec.split("+")]) for story in features}
+            analyses[spec] = eval_utils.regress_out(features, confounds, task.stories,
+                                                    low_level_alphas, task.splits, device)
+        results[layer] = {"encoding": {}, "semantic_preference": None}
+        for analysis, values in analyses.items():
+            scores = layer_scores(values, task, device, f"{label} layer {layer}")
+            results[layer]["encoding"][analysis] = scores
+            logger.info("%s layer %d%s: mean cc_norm %.3f, mean r %.3f (voxels with NC > %s)",
+                        label, layer, "" if analysis == "none" else f" without {analysis}",
+                        scores["summary"]["cc_norm"]["all"], scores["summary"]["r"]["all"],
+                        task.nc_thr)
+        if stimulus.semantic is not None:
+            preference = semantic_preference(features, stimulus.semantic, stimulus.phonetic,
+                                             task.stories, task.test_story, task.alphas,
+                                             task.splits, device)
+            results[layer]["semantic_preference"] = preference
+            logger.info("%s layer %d: semantic r %.3f, phonetic r %.3f", label, layer,
+                        preference["semantic_r"], preference["phonetic_r"])
+    return results
+
+
+def cached_story_features(encoder, story, layers, extraction, device="cpu"):
+    """Window features of a story (layer -> (windows, hidden)) and their end times, from the
+    cache; missing layers are extracted and cached (keyed by the model's fingerprint, the
+    window settings, the autocast dtype, the preprocessor and the story's WAV)."""
+    settings = {"context_s": extraction.context_s, "chunk_s": extraction.chunk_s,
+                "autocast": str(extraction.dtype), "preprocessor": encoder.preprocessor.digest(),
+                **run_utils.file_identity([data_utils.stimulus_path(extraction.data_dir,
+                                                                     story)])}
+    path, text = run_utils.cache_path(extraction.cache_dir, story, settings, encoder.fingerprint)
 
     def extract(missing):
         logger.info("%s: extracting layers %s", story, " ".join(map(str, missing)))
-        audio = data_utils.load_stimulus(args.data_dir, story, preprocessor.sampling_rate)
+        audio = data_utils.load_stimulus(extraction.data_dir, story,
+                                         encoder.preprocessor.sampling_rate)
         features, times = speech_models.sliding_window_features(
-            backbone, preprocessor, audio, missing, args.context_s, args.chunk_s,
-            args.batch_size, device, dtype, naive=args.naive, progress=True)
+            encoder.backbone, encoder.preprocessor, audio, missing, extraction.context_s,
+            extraction.chunk_s, extraction.batch_size, device, extraction.dtype,
+            naive=extraction.naive, progress=True)
         return features, {"times": times}
 
-    features, extras = run_utils.cached_arrays(path, layers, extract, settings)
+    features, extras = run_utils.cached_arrays(path, layers, extract, text)
     return features, extras["times"]
 
 
-def tr_features(args, story, window_features, times):
+def tr_features(data_dir, story, window_features, times, tr_source="respdict", tr_path=None):
     """Window features resampled to the story's TR centres: layer -> (grid TRs, hidden)."""
-    centres = data_utils.tr_times(args.data_dir, story, args.tr_source, args.tr_path)
+    centres = data_utils.tr_times(data_dir, story, tr_source, tr_path)
     return {layer: eval_utils.lanczos_interp(values, times, centres)
             for layer, values in window_features.items()}
+
+
+def layer_scores(features, task, device=None, what="features"):
+    """Encoding-model scores of TR-grid features (story -> (grid TRs, features)) on ``task``:
+    per-voxel ``r``, ``cc_norm`` and ``alpha``, and the ``summary`` of r and cc_norm."""
+    responses = task.responses
+    x_train, x_test = design_matrices(features, task.stories, task.test_story)
+    if len(x_train) != len(responses.train) or len(x_test) != len(responses.test):
+        raise DatasetError(f"{what}: {len(x_train)}/{len(x_test)} feature rows "
+                           f"but {len(responses.train)}/{len(responses.test)} response rows; "
+                           "the responses do not match respdict.json")
+    r, cc_norm, alphas = encoding_scores(x_train, x_test, responses.train, responses.test,
+                                         task.nc, task.alphas, task.splits, device)
+    return {"r": r, "cc_norm": cc_norm, "alpha": alphas,
+            "summary": {"r": summarise(r, task.nc, task.nc_thr, task.rois),
+                        "cc_norm": summarise(cc_norm, task.nc, task.nc_thr, task.rois)}}
+
+
+def design_matrices(tr_level, stories, test_story):
+    """Delayed design matrices from TR-grid features (story -> (grid TRs, features)).
+
+    Training stories are trimmed [10:-5] like the responses; the test story [50:-5], matching
+    its responses without their first 40 rows (the paper's protocol).
+    """
+    x_train = eval_utils.delayed_story_features([tr_level[s] for s in stories])
+    x_test = eval_utils.delayed_story_features(
+        [tr_level[test_story]],
+        trim=(data_utils.TRIM_START_TRS + TEST_RESPONSE_TRIM, data_utils.TRIM_END_TRS))
+    return x_train, x_test
+
+
+def encoding_scores(x_train, x_test, train_responses, test_responses, nc, alphas, splits,
+                    device="cpu"):
+    """Fit the ridge encoding model and score the test story.
+
+    Returns per-voxel raw Pearson r, cc_norm (r / noise ceiling, 0 where the ceiling is 0)
+    and the chosen alphas, each (n_voxels,).
+    """
+    weights, best_alphas, _ = eval_utils.fit_ridge_cv(x_train, train_responses, alphas, splits,
+                                                      device=device, progress=True)
+    r = eval_utils.column_correlation(x_test @ weights, test_responses)
+    cc_norm = np.divide(r, nc, out=np.zeros_like(r), where=nc > 0)
+    return r, cc_norm, best_alphas
 
 
 def summarise(values, nc, nc_thr, rois):
@@ -228,73 +420,6 @@ def summarise(values, nc, nc_thr, rois):
         selected = voxels[good[voxels]]
         summary[name] = float(values[selected].mean()) if selected.size else float("nan")
     return summary
-
-
-def evaluate_model(args, label, checkpoint, stories, responses, nc, rois, device, dtype,
-                   stimulus=None):
-    """Per-layer scores of one model.
-
-    Returns dict layer -> {"encoding": {analysis: scores}, "semantic_preference": ... or None},
-    where analysis is "none" (the layer's features) or a ``--low_level`` item (the features
-    with those low-level features regressed out), and scores holds per-voxel ``r``,
-    ``cc_norm`` and ``alpha`` and their ``summary``. ``stimulus`` (from ``stimulus_features``)
-    holds the low-level, phonetic and semantic features per story.
-    """
-    backbone, family = speech_models.load_backbone(checkpoint)
-    backbone.to(device)
-    preprocessor = speech_models.AudioPreprocessor(
-        speech_models.load_feature_extractor(checkpoint, family), family)
-    layers = choose_layers(args.layers, speech_models.num_layers(backbone))
-    key = speech_models.fingerprint(backbone)
-    per_story = {}
-    for story in [*stories, args.test_story]:
-        window_features, times = cached_story_features(args, backbone, preprocessor, key, story,
-                                                       layers, device, dtype)
-        per_story[story] = tr_features(args, story, window_features, times)
-    lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
-    splits = eval_utils.bootstrap_chunk_splits(lengths, args.n_boots, args.chunk_len,
-                                               seed=args.seed)
-    results = {}
-    for layer in layers:
-        features = {story: values[layer] for story, values in per_story.items()}
-        analyses = {"none": features}
-        for spec in args.low_level:
-            confounds = {story: np.hstack([stimulus["low_level"][story][name]
-                                           for name in spec.split("+")]) for story in features}
-            analyses[spec] = eval_utils.regress_out(features, confounds, stories,
-                                                    args.low_level_alphas, splits, device)
-        results[layer] = {"encoding": {}, "semantic_preference": None}
-        for analysis, values in analyses.items():
-            scores = layer_scores(args, values, stories, responses, nc, rois, splits, device,
-                                  f"{label} layer {layer}")
-            results[layer]["encoding"][analysis] = scores
-            logger.info("%s layer %d%s: mean cc_norm %.3f, mean r %.3f (voxels with NC > %s)",
-                        label, layer, "" if analysis == "none" else f" without {analysis}",
-                        scores["summary"]["cc_norm"]["all"], scores["summary"]["r"]["all"],
-                        args.nc_thr)
-        if args.semantic_preference:
-            results[layer]["semantic_preference"] = semantic_preference(
-                features, stimulus["semantic"], stimulus["phonetic"], stories, args.test_story,
-                args.alphas, splits, device)
-            logger.info("%s layer %d: semantic r %.3f, phonetic r %.3f", label, layer,
-                        results[layer]["semantic_preference"]["semantic_r"],
-                        results[layer]["semantic_preference"]["phonetic_r"])
-    return results
-
-
-def layer_scores(args, features, stories, responses, nc, rois, splits, device, what):
-    """Encoding-model scores of TR-grid features (story -> (grid TRs, features))."""
-    train_responses, test_responses = responses
-    x_train, x_test = design_matrices(features, stories, args.test_story)
-    if len(x_train) != len(train_responses) or len(x_test) != len(test_responses):
-        raise DatasetError(f"{what}: {len(x_train)}/{len(x_test)} feature rows "
-                           f"but {len(train_responses)}/{len(test_responses)} response rows; "
-                           "the responses do not match respdict.json")
-    r, cc_norm, alphas = encoding_scores(x_train, x_test, train_responses, test_responses,
-                                         nc, args.alphas, splits, device)
-    return {"r": r, "cc_norm": cc_norm, "alpha": alphas,
-            "summary": {"r": summarise(r, nc, args.nc_thr, rois),
-                        "cc_norm": summarise(cc_norm, nc, args.nc_thr, rois)}}
 
 
 def semantic_preference(features, semantic, phonetic, stories, test_story, alphas, splits,
@@ -325,74 +450,14 @@ def semantic_preference(features, semantic, phonetic, stories, test_story, alpha
     return scores
 
 
-def stimulus_features(args, stories):
-    """Low-level (``--low_level``), phonetic and semantic features per story on the TR grid,
-    as needed by the requested analyses (cached in ``<cache_dir>/stimulus``)."""
-    names = sorted({name for spec in args.low_level for name in spec.split("+")}
-                   | (set(args.phonetic_features) if args.semantic_preference else set()))
-    if not names:
-        return None
-    all_stories = [*stories, args.test_story]
-    vocabularies = low_level_features.build_vocabularies(
-        args.data_dir, stories, names, max_size=args.ngram_vocab_size)
-    low = {story: low_level_features.story_features(
-        args.data_dir, story, names, vocabularies, args.tr_source, args.tr_path,
-        Path(args.cache_dir) / "stimulus") for story in all_stories}
-    stimulus = {"low_level": low}
-    if args.semantic_preference:
-        vectors = low_level_features.load_word_vectors(args.word_vectors, args.data_dir)
-        stimulus["phonetic"] = {story: np.hstack([low[story][name]
-                                                  for name in args.phonetic_features])
-                                for story in all_stories}
-        stimulus["semantic"] = {story: low_level_features.word_vector_features(
-            args.data_dir, story, vectors, args.tr_source, args.tr_path)
-            for story in all_stories}
-    return stimulus
-
-
-def design_matrices(tr_level, stories, test_story):
-    """Delayed design matrices from TR-grid features (story -> (grid TRs, features)).
-
-    Training stories are trimmed [10:-5] like the responses; the test story [50:-5], matching
-    its responses without their first 40 rows (the paper's protocol).
-    """
-    x_train = eval_utils.delayed_story_features([tr_level[s] for s in stories])
-    x_test = eval_utils.delayed_story_features(
-        [tr_level[test_story]],
-        trim=(data_utils.TRIM_START_TRS + TEST_RESPONSE_TRIM, data_utils.TRIM_END_TRS))
-    return x_train, x_test
-
-
-def encoding_scores(x_train, x_test, train_responses, test_responses, nc, alphas, splits,
-                    device="cpu"):
-    """Fit the ridge encoding model and score the test story.
-
-    Returns per-voxel raw Pearson r, cc_norm (r / noise ceiling, 0 where the ceiling is 0)
-    and the chosen alphas, each (n_voxels,).
-    """
-    weights, best_alphas, _ = eval_utils.fit_ridge_cv(x_train, train_responses, alphas, splits,
-                                                      device=device, progress=True)
-    r = eval_utils.column_correlation(x_test @ weights, test_responses)
-    cc_norm = np.divide(r, nc, out=np.zeros_like(r), where=nc > 0)
-    return r, cc_norm, best_alphas
-
-
-def _write_csv(path, rows):
-    with run_utils.atomic_output(path, overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def write_results(out_dir, all_results, args, run_config):
-    """results.json/.csv, per-voxel .npz files and the plots (alignment.png; reliance.png with
-    --low_level; semantic_preference.png/.csv with --semantic_preference), all atomic.
+def write_results(out_dir, all_results, facts):
+    """results.json (``facts``, the rows and the semantic preference), results.csv, the
+    per-voxel .npz files and the plots (alignment.png; reliance.png with low-level analyses;
+    semantic_preference.png/.csv with the semantic preference) in a fresh ``out_dir``.
 
     Returns the alignment rows and the semantic-preference rows."""
     rows, preference_rows = [], []
     for label, layers in all_results.items():
-        safe = label.replace("/", "_").replace(" ", "_")
         for layer, result in layers.items():
             before = result["encoding"]["none"]["summary"]["cc_norm"]
             for analysis, scores in result["encoding"].items():
@@ -402,31 +467,28 @@ def write_results(out_dir, all_results, args, run_config):
                     rows.append({"model": label, "layer": layer, "low_level": analysis,
                                  "region": region, "cc_norm": value,
                                  "r": scores["summary"]["r"][region], "drop_percent": drop})
-                suffix = "" if analysis == "none" else f"_without_{analysis}"
-                with run_utils.atomic_output(out_dir / f"voxels_{safe}_layer{layer}{suffix}.npz",
-                                              True) as tmp:
-                    np.savez(tmp, r=scores["r"], cc_norm=scores["cc_norm"], alpha=scores["alpha"])
+                np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis),
+                         r=scores["r"], cc_norm=scores["cc_norm"], alpha=scores["alpha"])
             if result["semantic_preference"] is not None:
                 preference_rows.append({"model": label, "layer": layer,
                                         **result["semantic_preference"]})
-    run_utils.write_json(out_dir / "results.json",
-                          {**run_config, "results": rows, "semantic_preference": preference_rows},
-                          overwrite=True)
-    _write_csv(out_dir / "results.csv", rows)
+    run_utils.write_json(out_dir / "results.json", {**facts, "results": rows,
+                                                    "semantic_preference": preference_rows})
+    run_utils.write_csv(out_dir / "results.csv", rows)
     baseline = [row for row in rows if row["region"] == "all" and row["low_level"] == "none"]
     plots.plot_per_layer(out_dir / "alignment.png", _series(baseline, "cc_norm"),
-                              "mean cc_norm", f"Brain alignment, {data_utils.subject_id(args.subject)}")
+                         "mean cc_norm", f"Brain alignment, {facts['subject']}")
     removed = [row for row in rows if row["region"] == "all" and row["low_level"] != "none"]
     if removed:
         plots.plot_per_layer(out_dir / "reliance.png",
-                                  _series(removed, "drop_percent", with_analysis=True),
-                                  "drop in mean cc_norm (%)",
-                                  "Reliance on low-level features (higher: more reliant)")
+                             _series(removed, "drop_percent", with_analysis=True),
+                             "drop in mean cc_norm (%)",
+                             "Reliance on low-level features (higher: more reliant)")
     if preference_rows:
-        _write_csv(out_dir / "semantic_preference.csv", preference_rows)
+        run_utils.write_csv(out_dir / "semantic_preference.csv", preference_rows)
         plots.plot_per_layer(out_dir / "semantic_preference.png",
-                                  _series(preference_rows, "preference"),
-                                  "semantic r - phonetic r", "Semantic preference")
+                             _series(preference_rows, "preference"),
+                             "semantic r - phonetic r", "Semantic preference")
     return rows, preference_rows
 
 
@@ -438,65 +500,6 @@ def _series(rows, key, with_analysis=False):
         series.setdefault(label, {})[row["layer"]] = (float("nan") if row[key] is None
                                                       else row[key])
     return series
-
-
-def run(args):
-    subject = data_utils.subject_id(args.subject)
-    out_dir = Path(args.save_dir) / args.exp_name
-    if (out_dir / "results.json").exists() and not args.overwrite:
-        raise FileExistsError(f"{out_dir / 'results.json'} exists; pass --overwrite or another "
-                              "--exp_name")
-    device = speech_models.resolve_device(args.device)
-    dtype = speech_models.autocast_dtype(args.precision, device)
-    available = data_utils.list_stories(args.data_dir, subject)
-    stories = args.train_stories or [s for s in data_utils.TRAIN_STORIES if s in available]
-    for story in [*stories, args.test_story]:
-        if story not in available:
-            raise DatasetError(f"story {story!r} has no responses for {subject}")
-    if args.test_story in stories:
-        raise DatasetError(f"the test story {args.test_story} is also a training story")
-    nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, args.nc_path, args.test_story)
-    rois = json.loads(Path(args.roi_file).read_text()) if args.roi_file else {}
-    for name, voxels in rois.items():
-        if not all(isinstance(v, int) for v in voxels):
-            raise DatasetError(f"{args.roi_file}: region {name!r} must list integer voxel indices")
-        if len(voxels) and (min(voxels) < 0 or max(voxels) >= nc.size):
-            raise DatasetError(f"{args.roi_file}: region {name!r} has voxel indices outside "
-                               f"0..{nc.size - 1}")
-    train_responses = np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories])
-    test_responses = data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:]
-    models = models_to_evaluate(args)
-    stimulus = stimulus_features(args, stories)
-    all_results = {}
-    for label, checkpoint in models:
-        all_results[label] = evaluate_model(args, label, checkpoint, stories,
-                                            (train_responses, test_responses), nc, rois, device,
-                                            dtype, stimulus)
-    run_config = {"arguments": vars(args), "subject": subject, "train_stories": stories,
-                  "models": dict(models), "run": run_utils.run_metadata()}
-    run_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
-    rows, preference_rows = write_results(out_dir, all_results, args, run_config)
-    overall = [row for row in rows if row["region"] == "all"]
-    print(run_utils.comparison_table([r for r in overall if r["low_level"] == "none"], "cc_norm"))
-    for spec in args.low_level:
-        print(f"without {spec}:")
-        print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
-                                          "drop_percent"))
-    if preference_rows:
-        print(run_utils.comparison_table(preference_rows, "preference"))
-    logger.info("results in %s", out_dir)
-    return out_dir
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        run(args)
-    except (DatasetError, speech_models.ModelError, FileExistsError) as err:
-        logger.error("%s", err)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -27,19 +27,18 @@ n-gram vocabularies come from the training stories (``build_vocabularies``); n-g
 the vocabulary are dropped.
 
 With ``cache_dir`` each feature set of a story is computed once and kept in
-``<cache_dir>/<story>_<feature set>_<key>.hf5`` (dataset ``features``, the settings JSON as the
-``settings`` attribute), ``key`` being a sha256 of everything that changes the numbers: the
-feature settings and vocabulary, the dataset folder, the TR source and the TR centres.
+``<cache_dir>/<story>_<feature set>_<key>.hf5`` (``run_utils.cache_path``/``cached_arrays``:
+dataset ``features``, the settings JSON as the ``settings`` attribute), ``key`` being a digest
+of everything that changes the numbers (``cache_settings``): the feature settings and
+vocabulary, the identity of the story's WAV or TextGrid, the TR source and the TR centres.
 """
 
 import collections
 import hashlib
-import json
 import logging
 import re
 from pathlib import Path
 
-import h5py
 import librosa
 import numpy as np
 
@@ -56,7 +55,6 @@ NGRAM_ORDER = {"diphones": 2, "triphones": 3}
 # Power spectrum: 25 ms Hann windows every 10 ms of the 16 kHz audio (512-point FFT), power
 # summed into 32 mel bands (librosa's Slaney mel scale, area-normalised triangles) from 0 Hz to
 # 8 kHz, in dB (10 log10, power floored at 1e-10, i.e. -100 dB).
-SAMPLING_RATE = 16000
 WINDOW_S = 0.025
 HOP_S = 0.010
 N_MELS = 32
@@ -249,7 +247,7 @@ def event_matrix(events, columns):
 
 # ----------------------------------------------------------------------------- audio
 
-def power_spectrum(audio, sampling_rate=SAMPLING_RATE):
+def power_spectrum(audio, sampling_rate=data_utils.SAMPLING_RATE):
     """Log-mel power spectrum (see the module constants for windows and bands).
 
     Parameters
@@ -274,7 +272,7 @@ def power_spectrum(audio, sampling_rate=SAMPLING_RATE):
     return spectrum.astype(np.float32), times.astype(np.float64)
 
 
-def band_edges(sampling_rate=SAMPLING_RATE):
+def band_edges(sampling_rate=data_utils.SAMPLING_RATE):
     """Mel band edges in Hz, (N_MELS + 2,): band ``k`` rises from ``edges[k]`` to its peak at
     ``edges[k + 1]`` and falls to ``edges[k + 2]``."""
     return librosa.mel_frequencies(N_MELS + 2, fmin=0.0, fmax=min(FMAX, sampling_rate / 2))
@@ -332,8 +330,8 @@ def compute_features(data_dir, story, name, centres, vocabulary=None):
     ``vocabulary`` (list of n-gram strings) is needed for diphones and triphones.
     """
     if name == "powspec":
-        audio = data_utils.load_stimulus(data_dir, story, SAMPLING_RATE)
-        return to_tr_grid(*power_spectrum(audio, SAMPLING_RATE), centres)
+        audio = data_utils.load_stimulus(data_dir, story, data_utils.SAMPLING_RATE)
+        return to_tr_grid(*power_spectrum(audio, data_utils.SAMPLING_RATE), centres)
     phones = story_phones(data_dir, story)
     if name == "phonemes":
         events = [(start, end, (phone,)) for start, end, phone, _ in phones]
@@ -351,7 +349,7 @@ def compute_features(data_dir, story, name, centres, vocabulary=None):
 def feature_settings(name, vocabulary=None):
     """What fixes the columns and values of a feature set (part of the cache key)."""
     if name == "powspec":
-        return {"feature": name, "sampling_rate": SAMPLING_RATE, "window_s": WINDOW_S,
+        return {"feature": name, "sampling_rate": data_utils.SAMPLING_RATE, "window_s": WINDOW_S,
                 "hop_s": HOP_S, "n_mels": N_MELS, "fmax": FMAX, "power_floor": POWER_FLOOR}
     if name == "phonemes":
         return {"feature": name, "columns": list(ARPABET_PHONES)}
@@ -361,18 +359,28 @@ def feature_settings(name, vocabulary=None):
     return {"feature": name, "order": NGRAM_ORDER[name], "columns": list(vocabulary)}
 
 
-def cache_path(cache_dir, data_dir, story, name, centres, vocabulary=None, tr_source="respdict"):
-    """Cache file of a feature set of a story, and the settings JSON its name is a hash of
-    (which includes the identity of the story's WAV or TextGrid, so a replaced file is re-read)."""
+def cache_settings(data_dir, story, name, centres, vocabulary=None, tr_source="respdict"):
+    """What the cached values of a feature set of a story depend on (``run_utils.cache_path``
+    settings), the identity of the story's WAV or TextGrid included so that a replaced file is
+    read again."""
     source = (data_utils.stimulus_path(data_dir, story) if name == "powspec"
               else data_utils.textgrid_path(data_dir, story))
-    settings = json.dumps({**feature_settings(name, vocabulary),
-                           **run_utils.file_identity([source]), "tr_source": tr_source,
-                           "tr_centres": hashlib.sha256(
-                               np.ascontiguousarray(centres, dtype=np.float64)).hexdigest(),
-                           "lanczos_window": LANCZOS_WINDOW}, sort_keys=True)
-    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"{story}_{name}_{digest}.hf5", settings
+    return {**feature_settings(name, vocabulary), **run_utils.file_identity([source]),
+            "tr_source": tr_source, "lanczos_window": LANCZOS_WINDOW,
+            "tr_centres": hashlib.sha256(np.ascontiguousarray(centres, np.float64)).hexdigest()}
+
+
+def cached_features(cache_dir, data_dir, story, name, centres, vocabulary=None,
+                    tr_source="respdict"):
+    """``compute_features`` kept in an HDF5 file in ``cache_dir`` and read back next time."""
+    def compute(_):
+        logger.info("%s: computing %s features", story, name)
+        return {"features": compute_features(data_dir, story, name, centres, vocabulary)}, {}
+
+    path, settings = run_utils.cache_path(
+        cache_dir, f"{story}_{name}",
+        cache_settings(data_dir, story, name, centres, vocabulary, tr_source))
+    return run_utils.cached_arrays(path, ["features"], compute, settings)[0]["features"]
 
 
 def story_features(data_dir, story, names=FEATURE_SETS, vocabularies=None, tr_source="respdict",
@@ -404,18 +412,9 @@ def story_features(data_dir, story, names=FEATURE_SETS, vocabularies=None, tr_so
         vocabulary = vocabularies.get(name) if name in NGRAM_ORDER else None
         if cache_dir is None:
             features[name] = compute_features(data_dir, story, name, centres, vocabulary)
-            continue
-        path, settings = cache_path(cache_dir, data_dir, story, name, centres, vocabulary,
-                                    tr_source)
-        if path.exists():
-            with h5py.File(path, "r") as handle:
-                features[name] = handle["features"][()]
-            continue
-        logger.info("%s: computing %s features", story, name)
-        features[name] = compute_features(data_dir, story, name, centres, vocabulary)
-        with run_utils.atomic_output(path, overwrite=True) as tmp, h5py.File(tmp, "w") as handle:
-            handle["features"] = features[name]
-            handle.attrs["settings"] = settings
+        else:
+            features[name] = cached_features(cache_dir, data_dir, story, name, centres,
+                                             vocabulary, tr_source)
     return features
 
 

@@ -7,7 +7,8 @@ Reads the outputs of ``brain_evaluate.py`` (``--alignment``, with its reliance a
 preference results when it ran them) and of the ``eval_*.py`` probes (``--downstream``, any
 number) and writes ``<out>/report.md`` (tables per model and layer, the plots) and
 ``<out>/summary.json``. The pretrained model is compared with the first tuned model of the
-alignment run. On a synthetic dataset (``--data_dir`` holding ``synthetic_truth.json``) the
+alignment run, whose arguments (test story, noise ceiling and threshold) come from its
+``run_config.json``. On a synthetic dataset (``--data_dir`` holding ``synthetic_truth.json``) the
 summary gives, per model, the mean cc_norm over the planted semantic, acoustic and noise
 voxels (those whose noise ceiling exceeds the evaluation's ``--nc_thr``) at the deepest layer
 evaluated, and the report explains what the planted signal predicts.
@@ -19,6 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,7 +28,7 @@ import data_utils
 import eval_utils
 import noise_ceilings
 import run_utils
-from data_utils import DatasetError
+from run_utils import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ def parse_args(argv=None):
                     "results.", formatter_class=run_utils.HelpFormatter)
     parser.add_argument("--out", required=True, help="folder of report.md and summary.json")
     parser.add_argument("--alignment", required=True,
-                        help="a brain_evaluate.py results folder (holding results.json)")
+                        help="a brain_evaluate.py results folder (results.json, run_config.json, "
+                             "the per-voxel files)")
     parser.add_argument("--downstream", nargs="*", default=[],
                         help="eval_*.py results folders (holding results.json)")
     parser.add_argument("--data_dir", default=None,
@@ -49,35 +52,61 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _results(folder):
-    path = Path(folder) / "results.json"
+def run(args):
+    out = Path(args.out)
+    if (out / "report.md").exists() and not args.overwrite:
+        raise run_utils.OutputExistsError(f"{out / 'report.md'} exists; pass --overwrite")
+    alignment = Alignment(Path(args.alignment), read_results(args.alignment),
+                          read_results(args.alignment, "run_config.json")["arguments"])
+    downstream = {folder: read_results(folder) for folder in args.downstream}
+    truth = None
+    if args.data_dir and (Path(args.data_dir) / "synthetic_truth.json").exists():
+        truth = data_utils.load_truth(args.data_dir)
+    planted = planted_scores(alignment, truth) if truth else None
+    summary = summarise(alignment.results, planted, list(downstream.values()))
+    text = render(out, alignment, planted, downstream, summary, args.title, truth)
+    run_utils.write_json(out / "summary.json", {**summary, **run_utils.run_config(args)},
+                         overwrite=True)
+    run_utils.write_text(out / "report.md", text, overwrite=True)
+    logger.info("wrote %s and %s", out / "report.md", out / "summary.json")
+
+
+def main(argv=None):
+    return run_utils.main(parse_args, run, argv)
+
+
+class Alignment(NamedTuple):
+    """A brain_evaluate.py results folder."""
+    folder: Path
+    results: dict  # results.json: subject, train_stories, models, results, semantic_preference
+    arguments: dict  # the run's arguments (run_config.json)
+
+
+def read_results(folder, name="results.json"):
+    """A JSON file of a results folder of brain_evaluate.py or an eval_*.py script."""
+    path = Path(folder) / name
     if not path.is_file():
-        raise DatasetError(f"{path}: missing; is {folder} a results folder of brain_evaluate.py "
-                           "or an eval_*.py script?")
+        raise UsageError(f"{path}: missing; is {folder} a results folder of brain_evaluate.py "
+                         "or an eval_*.py script?")
     return json.loads(path.read_text())
 
 
-def _safe(label):
-    return label.replace("/", "_").replace(" ", "_")
-
-
-def planted_scores(alignment_dir, alignment, truth):
+def planted_scores(alignment, truth):
     """Mean cc_norm over the planted voxel types, per model, analysis and layer.
 
     Returns dict model -> analysis -> layer -> {type: mean cc_norm}, over the voxels of each
     type whose noise ceiling exceeds the evaluation's threshold.
     """
-    arguments = alignment["arguments"]
-    subject = alignment["subject"]
-    nc = noise_ceilings.load_noise_ceiling(arguments["nc_path"] or noise_ceilings.default_nc_path(subject))
+    arguments, subject = alignment.arguments, alignment.results["subject"]
+    nc = noise_ceilings.load_noise_ceiling(arguments["nc_path"]
+                                           or noise_ceilings.default_nc_path(subject))
     planted = truth["subjects"][subject]
     scores = {}
-    for row in alignment["results"]:
+    for row in alignment.results["results"]:
         if row["region"] != "all":
             continue
-        suffix = "" if row["low_level"] == "none" else f"_without_{row['low_level']}"
-        cc_norm = np.load(Path(alignment_dir)
-                          / f"voxels_{_safe(row['model'])}_layer{row['layer']}{suffix}.npz")["cc_norm"]
+        name = run_utils.voxel_results_name(row["model"], row["layer"], row["low_level"])
+        cc_norm = np.load(alignment.folder / name)["cc_norm"]
         means = {}
         for kind in VOXEL_TYPES:
             voxels = np.asarray(planted[f"{kind}_voxels"], dtype=np.intp)
@@ -91,7 +120,7 @@ def summarise(alignment, planted, downstream):
     """summary.json: per model (pretrained, tuned) the headline numbers."""
     models = list(dict.fromkeys(row["model"] for row in alignment["results"]))
     if "pretrained" not in models or len(models) < 2:
-        raise DatasetError("the alignment run must hold the pretrained and a tuned model")
+        raise UsageError("the alignment run must hold the pretrained and a tuned model")
     roles = {"pretrained": "pretrained", "tuned": next(m for m in models if m != "pretrained")}
     layers = sorted({row["layer"] for row in alignment["results"]})
     layer = layers[-1]
@@ -123,7 +152,8 @@ def summarise(alignment, planted, downstream):
                 entry[f"{results['task']}_f1_macro_best_layer"] = best["f1_macro"]
         summary[role] = entry
     if planted:
-        before, after = summary["pretrained"]["semantic_cc_norm"], summary["tuned"]["semantic_cc_norm"]
+        before = summary["pretrained"]["semantic_cc_norm"]
+        after = summary["tuned"]["semantic_cc_norm"]
         summary["semantic_cc_norm_gain"] = after - before
         summary["semantic_cc_norm_gain_percent"] = (100.0 * (after - before) / abs(before)
                                                     if before else None)
@@ -134,10 +164,7 @@ def _same_checkpoint(path, models):
     """The label under which ``models`` (label -> checkpoint) holds the checkpoint ``path``
     (a run folder standing for its final/ model), or None."""
     def resolved(folder):
-        folder = Path(folder)
-        if not (folder / "config.json").exists() and (folder / "final" / "config.json").exists():
-            folder = folder / "final"
-        return folder.resolve()
+        return run_utils.resolve_checkpoint(folder).resolve()
 
     return next((label for label, other in models.items()
                  if resolved(other) == resolved(path)), None)
@@ -161,17 +188,16 @@ def _image(out, path, caption):
     return f"![{caption}]({os.path.relpath(path, out)})" if Path(path).exists() else ""
 
 
-def render(out, alignment_dir, alignment, planted, downstream_dirs, downstream, summary, title,
-           truth):
-    """The report's Markdown text."""
-    config = alignment["arguments"]
+def render(out, alignment, planted, downstream, summary, title, truth):
+    """The report's Markdown text (``downstream``: folder -> its results.json)."""
+    config, results = alignment.arguments, alignment.results
     lines = [f"# {title}", "",
-             f"Subject {alignment['subject']}; encoding models fitted on "
-             f"{len(alignment['train_stories'])} stories, tested on {config['test_story']}; "
+             f"Subject {results['subject']}; encoding models fitted on "
+             f"{len(results['train_stories'])} stories, tested on {config['test_story']}; "
              f"summaries over voxels with a noise ceiling above {config['nc_thr']}. Models: "
-             + ", ".join(f"**{label}** (`{path}`)" for label, path in alignment["models"].items())
+             + ", ".join(f"**{label}** (`{path}`)" for label, path in results["models"].items())
              + ".", "", "## Brain alignment", ""]
-    rows = [r for r in alignment["results"] if r["low_level"] == "none"]
+    rows = [r for r in results["results"] if r["low_level"] == "none"]
     regions = list(dict.fromkeys(r["region"] for r in rows))
     layers = sorted({r["layer"] for r in rows})
     for region in regions:
@@ -180,20 +206,20 @@ def render(out, alignment_dir, alignment, planted, downstream_dirs, downstream, 
                          [[m, *[_value(rows, "cc_norm", model=m, layer=k, region=region)
                                 for k in layers]]
                           for m in dict.fromkeys(r["model"] for r in rows)]), ""]
-    lines += [_image(out, Path(alignment_dir) / "alignment.png", "alignment per layer"), ""]
+    lines += [_image(out, alignment.folder / "alignment.png", "alignment per layer"), ""]
     if planted:
         lines += ["### Planted voxels (synthetic data)", "",
                   "Mean cc_norm over each planted voxel type:", "",
                   _table(["model", "layer", *VOXEL_TYPES],
                          [[m, k, *[analyses["none"][k][t] for t in VOXEL_TYPES]]
                           for m, analyses in planted.items() for k in layers]), ""]
-    analyses = [a for a in dict.fromkeys(r["low_level"] for r in alignment["results"])
+    analyses = [a for a in dict.fromkeys(r["low_level"] for r in results["results"])
                 if a != "none"]
     if analyses:
         lines += ["## Reliance on low-level features", "",
                   "Drop of mean cc_norm (percent) when each low-level feature set is regressed "
                   "out of the layer's features before fitting the encoding model:", ""]
-        drops = [r for r in alignment["results"] if r["low_level"] != "none"
+        drops = [r for r in results["results"] if r["low_level"] != "none"
                  and r["region"] == "all"]
         lines += [_table(["model", "removed", *[f"layer {k}" for k in layers]],
                          [[m, a, *[_value(drops, "drop_percent", model=m, low_level=a, layer=k)
@@ -207,26 +233,26 @@ def render(out, alignment_dir, alignment, planted, downstream_dirs, downstream, 
                                           f"{planted[m][a][k][t]:.3f}"
                                           for t in ("semantic", "acoustic")]]
                               for m in planted for a in analyses for k in layers]), ""]
-        lines += [_image(out, Path(alignment_dir) / "reliance.png", "reliance per layer"), ""]
-    if alignment.get("semantic_preference"):
+        lines += [_image(out, alignment.folder / "reliance.png", "reliance per layer"), ""]
+    if results.get("semantic_preference"):
         lines += ["## Semantic preference", "",
                   "How well each layer predicts the semantic features of the words heard, and "
                   "the phonetic features (held-out story, mean r):", "",
                   _table(["model", "layer", "semantic r", "phonetic r", "preference"],
                          [[r["model"], r["layer"], r["semantic_r"], r["phonetic_r"],
-                           r["preference"]] for r in alignment["semantic_preference"]]), "",
-                  _image(out, Path(alignment_dir) / "semantic_preference.png",
+                           r["preference"]] for r in results["semantic_preference"]]), "",
+                  _image(out, alignment.folder / "semantic_preference.png",
                          "semantic preference"), ""]
-    for folder, results in zip(downstream_dirs, downstream):
-        task = results["task"]
-        task_layers = sorted({r["layer"] for r in results["results"]})
-        lines += [f"## Downstream probe: {task} ({results['dataset']})", "",
+    for folder, probe in downstream.items():
+        task = probe["task"]
+        task_layers = sorted({r["layer"] for r in probe["results"]})
+        lines += [f"## Downstream probe: {task} ({probe['dataset']})", "",
                   "Macro F1 on the test split per layer (micro F1, accuracy and sizes in "
                   f"`{os.path.relpath(Path(folder) / 'results.csv', out)}`):", "",
                   _table(["model", *[f"layer {k}" for k in task_layers]],
-                         [[m, *[_value(results["results"], "f1_macro", model=m, layer=k)
+                         [[m, *[_value(probe["results"], "f1_macro", model=m, layer=k)
                                 for k in task_layers]]
-                          for m in dict.fromkeys(r["model"] for r in results["results"])]), "",
+                          for m in dict.fromkeys(r["model"] for r in probe["results"])]), "",
                   _image(out, Path(folder) / f"{task}.png", task), ""]
     lines += ["## Summary", "", "```json", json.dumps(summary, indent=1), "```", ""]
     if truth is not None:
@@ -266,34 +292,6 @@ def _synthetic_explanation(summary, truth):
         f"At layer {summary['layer']}, the tuned model's mean cc_norm over the planted semantic "
         f"voxels is {tuned['semantic_cc_norm']:.3f} against {pretrained['semantic_cc_norm']:.3f} "
         f"for the pretrained model ({gain:+.3f}). {outcome}\n")
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    out = Path(args.out)
-    try:
-        if (out / "report.md").exists() and not args.overwrite:
-            raise FileExistsError(f"{out / 'report.md'} exists; pass --overwrite")
-        alignment = _results(args.alignment)
-        downstream = [_results(folder) for folder in args.downstream]
-        truth = None
-        if args.data_dir and (Path(args.data_dir) / "synthetic_truth.json").exists():
-            truth = data_utils.load_truth(args.data_dir)
-        planted = planted_scores(args.alignment, alignment, truth) if truth else None
-        summary = summarise(alignment, planted, downstream)
-        text = render(out, args.alignment, alignment, planted, args.downstream, downstream,
-                      summary, args.title, truth)
-    except (DatasetError, FileExistsError) as err:
-        logger.error("%s", err)
-        return 1
-    summary["arguments"] = vars(args)
-    summary["run"] = run_utils.run_metadata()
-    run_utils.write_json(out / "summary.json", summary, overwrite=True)
-    with run_utils.atomic_output(out / "report.md", overwrite=True) as tmp:
-        Path(tmp).write_text(text)
-    logger.info("wrote %s and %s", out / "report.md", out / "summary.json")
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -15,6 +16,8 @@ import data_utils
 import eval_utils
 import low_level_features
 import noise_ceilings
+import report
+import run_utils
 import speech_models
 import synthetic_data
 
@@ -68,7 +71,12 @@ def test_cli_end_to_end(setup, capsys):
         region = region[nc[region] > 0.2]
         assert float(row["cc_norm"]) == pytest.approx(float(cc_norm[region].mean()), rel=1e-5)
     assert (out / "alignment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "run_config.json").read_text())["arguments"]["layers"] == [1, 2]
+    # the arguments are stored once, in run_config.json; results.json holds the run's facts
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["arguments"]["layers"] == [1, 2] and config["arguments"]["nc_thr"] == 0.2
+    assert "arguments" not in config["run"] and config["models"] == results["models"]
+    assert "arguments" not in results and "run" not in results
+    assert results["train_stories"] == config["train_stories"]
 
 
 def test_features_are_cached_and_reused(setup, monkeypatch):
@@ -84,15 +92,93 @@ def test_features_are_cached_and_reused(setup, monkeypatch):
     assert again == first
 
 
-def test_existing_results_are_kept(setup, caplog):
-    assert _run(setup, "--layers", "2", save="kept") == 0
-    assert _run(setup, "--layers", "2", save="kept") == 1
+def _run_shared(setup, *extra, save):
+    """``_run`` with a feature cache shared by the tests below (features extracted once)."""
+    return _run(setup, "--cache_dir", str(setup[0] / "shared_cache"), *extra, save=save)
+
+
+def _snapshot(folder):
+    return {path.relative_to(folder): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _no_model_loading(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(speech_models, "load_encoder", fail)
+
+
+def test_existing_results_are_refused_before_any_work(setup, caplog, monkeypatch):
+    root, _ = setup
+    assert _run_shared(setup, "--layers", "2", save="kept") == 0
+    before = _snapshot(root / "kept" / "run")
+    _no_model_loading(monkeypatch)
+    assert _run(setup, "--layers", "2", "--cache_dir", str(root / "kept_cache"), save="kept") == 1
     assert "--overwrite" in caplog.text
+    assert not (root / "kept_cache").exists()
+    assert _snapshot(root / "kept" / "run") == before
+
+
+def test_a_folder_not_written_by_the_project_is_not_replaced(setup, caplog, monkeypatch):
+    root, _ = setup
+    foreign = root / "foreign" / "run"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    _no_model_loading(monkeypatch)
+    assert _run(setup, "--overwrite", save="foreign") == 1
+    assert "not written by brain-tuning" in caplog.text
+    assert _snapshot(foreign) == {Path("notes.txt"): b"mine"}
+
+
+def test_a_failed_or_interrupted_rerun_leaves_the_previous_results(setup, monkeypatch):
+    root, _ = setup
+    out = root / "failed"
+    assert _run_shared(setup, "--layers", "2", save=out.name) == 0
+    before = _snapshot(out / "run")
+    for failure in (["--train_stories", "soulz"], ["--test_story", "nosuch"], ["--layers", "5"]):
+        assert _run_shared(setup, "--layers", "2", "--overwrite", *failure, save=out.name) == 1
+        assert _snapshot(out / "run") == before, failure
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(brain_evaluate.plots, "plot_per_layer", interrupt)  # while writing
+    with pytest.raises(KeyboardInterrupt):
+        _run_shared(setup, "--layers", "2", "--overwrite", save=out.name)
+    assert _snapshot(out / "run") == before
+    assert sorted(p.name for p in out.iterdir()) == ["run"]  # no leftovers
+
+
+def test_a_rerun_with_fewer_layers_leaves_no_files_of_the_earlier_run(setup):
+    root, _ = setup
+    out = root / "fewer" / "run"
+    assert _run_shared(setup, "--layers", "1", "2", save="fewer") == 0
+    assert len(list(out.glob("voxels_*_layer1.npz"))) == 2
+    assert _run_shared(setup, "--layers", "2", "--overwrite", save="fewer") == 0
+    assert sorted(p.name for p in out.glob("*.npz")) == [
+        "voxels_model1_layer2.npz", "voxels_pretrained_layer2.npz"]
+    assert {row["layer"] for row in json.loads((out / "results.json").read_text())["results"]} \
+        == {2}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--exp_name", "."], "--exp_name"), (["--exp_name", "a/b"], "--exp_name"),
+    (["--n_boots", "0"], "--n_boots"), (["--chunk_len", "0"], "--chunk_len"),
+    (["--batch_size", "0"], "--batch_size"), (["--context_s", "0"], "--context_s"),
+    (["--chunk_s", "-1"], "--chunk_s"), (["--skip_pretrained"], "nothing to evaluate")])
+def test_bad_flags_are_parser_errors(setup, flags, message, capsys):
+    root, data = setup
+    with pytest.raises(SystemExit):
+        brain_evaluate.parse_args(["--model_name", str(root / "model0"), "--subject", "1",
+                                   "--data_dir", str(data), *flags])
+    assert message in capsys.readouterr().err
 
 
 def test_default_layers_clip_to_depth_and_explicit_ones_do_not(setup, caplog):
-    assert brain_evaluate.choose_layers(None, 2) == [2]
-    assert brain_evaluate.choose_layers(None, 12) == [2, 5, 7, 8, 10, 11, 12]
+    assert run_utils.choose_layers(None, 2, brain_evaluate.DEFAULT_LAYERS) == [2]
+    assert run_utils.choose_layers(None, 12, brain_evaluate.DEFAULT_LAYERS) == [
+        2, 5, 7, 8, 10, 11, 12]
     assert _run(setup, "--layers", "5", save="deep") == 1
     assert "0..2" in caplog.text
 
@@ -162,7 +248,8 @@ def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_pa
     test = data_utils.TEST_STORY
     nc = eval_utils.noise_ceiling(data_utils.load_repeats(synthetic_dir, 1)).astype(np.float64)
     train_responses = np.vstack([data_utils.load_fmri(synthetic_dir, 1, s) for s in stories])
-    test_responses = data_utils.load_fmri(synthetic_dir, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:]
+    test_responses = data_utils.load_fmri(synthetic_dir, 1,
+                                          test)[brain_evaluate.TEST_RESPONSE_TRIM:]
     splits = eval_utils.bootstrap_chunk_splits(
         [data_utils.response_rows(synthetic_dir, s) for s in stories], n_boots=3, chunk_len=10)
     semantic = np.array(subject["semantic_voxels"])
@@ -184,6 +271,11 @@ def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_pa
     assert abs(scores["planted"][noise].mean()) < 0.15
 
 
+def _models(args):
+    return run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
+                                        args.epochs, args.skip_pretrained)
+
+
 def test_logs_dir_epochs_select_checkpoints(setup, tmp_path):
     root, data = setup
     run_dir = tmp_path / "run"
@@ -192,12 +284,12 @@ def test_logs_dir_epochs_select_checkpoints(setup, tmp_path):
     args = brain_evaluate.parse_args([
         "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data),
         "--logs_dir", str(run_dir), "--epochs", "1", "3", "final"])
-    assert brain_evaluate.models_to_evaluate(args) == [
+    assert _models(args) == [
         ("pretrained", str(root / "model0")), ("epoch 1", str(run_dir / "checkpoint-epoch1")),
         ("epoch 3", str(run_dir / "checkpoint-epoch3")), ("final", str(run_dir / "final"))]
     args.epochs = ["2"]
-    with pytest.raises(data_utils.DatasetError, match="checkpoint-epoch2.*checkpoint-epoch1"):
-        brain_evaluate.models_to_evaluate(args)
+    with pytest.raises(run_utils.UsageError, match="checkpoint-epoch2.*checkpoint-epoch1"):
+        _models(args)
 
 
 def test_feature_and_response_rows_must_match(setup, tmp_path, caplog):
@@ -220,43 +312,41 @@ def test_models_with_the_same_folder_name_keep_separate_results(setup, tmp_path)
         "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data),
         "--model_path", str(tmp_path / "seed0" / "checkpoint-epoch5"),
         "--model_path", str(tmp_path / "seed1" / "checkpoint-epoch5")])
-    labels = [label for label, _ in brain_evaluate.models_to_evaluate(args)]
+    labels = [label for label, _ in _models(args)]
     assert labels == ["pretrained", "checkpoint-epoch5", "checkpoint-epoch5#2"]
 
 
 def test_empty_region_gives_nan_not_a_crash():
-    summary = brain_evaluate.summarise(np.ones(5), np.full(5, 0.5), 0.4, {"empty": [], "two": [1, 3]})
+    summary = brain_evaluate.summarise(np.ones(5), np.full(5, 0.5), 0.4,
+                                       {"empty": [], "two": [1, 3]})
     assert np.isnan(summary["empty"]) and summary["two"] == 1.0 and summary["all"] == 1.0
+
+
+def _extraction(data, cache_dir, dtype=None):
+    return brain_evaluate.Extraction(str(data), str(cache_dir), context_s=3.0, chunk_s=0.5,
+                                     batch_size=16, naive=False, dtype=dtype)
 
 
 def test_cache_key_depends_on_precision(setup, tmp_path):
     root, data = setup
-    args = brain_evaluate.parse_args([
-        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data),
-        "--cache_dir", str(tmp_path), *QUICK])
-    backbone, family = speech_models.load_backbone(root / "model0")
-    preprocessor = speech_models.AudioPreprocessor(
-        speech_models.load_feature_extractor(root / "model0", family), family)
+    encoder = speech_models.load_encoder(root / "model0")
     for dtype in (None, torch.bfloat16, None):
-        brain_evaluate.cached_story_features(args, backbone, preprocessor, "key", "souls", [1],
-                                             "cpu", dtype)
+        brain_evaluate.cached_story_features(encoder, "souls", [1],
+                                             _extraction(data, tmp_path, dtype))
     assert len(list(tmp_path.rglob("*.hf5"))) == 2
+    (folder,) = {path.parent for path in tmp_path.rglob("*.hf5")}
+    assert folder.name == encoder.fingerprint[:run_utils.KEY_CHARS]
 
 
 def test_replaced_stimulus_is_extracted_again_and_other_layers_stay_cached(setup, tmp_path):
     root, data = setup
     copy = tmp_path / "ds"
     shutil.copytree(data, copy)
-    args = brain_evaluate.parse_args([
-        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(copy),
-        "--cache_dir", str(tmp_path / "cache"), *QUICK])
-    backbone, family = speech_models.load_backbone(root / "model0")
-    preprocessor = speech_models.AudioPreprocessor(
-        speech_models.load_feature_extractor(root / "model0", family), family)
+    encoder = speech_models.load_encoder(root / "model0")
+    extraction = _extraction(copy, tmp_path / "cache")
 
     def features(layers):
-        return brain_evaluate.cached_story_features(args, backbone, preprocessor, "key", "souls",
-                                                    layers, "cpu", None)[0]
+        return brain_evaluate.cached_story_features(encoder, "souls", layers, extraction)[0]
 
     before = features([1])
     features([2])
@@ -269,8 +359,8 @@ def test_replaced_stimulus_is_extracted_again_and_other_layers_stay_cached(setup
     after = features([1])
     assert len(list((tmp_path / "cache").rglob("*.hf5"))) == 2
     fresh = speech_models.sliding_window_features(
-        backbone, preprocessor, data_utils.load_stimulus(copy, "souls"), [1], args.context_s,
-        args.chunk_s)[0]
+        encoder.backbone, encoder.preprocessor, data_utils.load_stimulus(copy, "souls"), [1],
+        extraction.context_s, extraction.chunk_s)[0]
     np.testing.assert_allclose(after[1], fresh[1], rtol=1e-5, atol=1e-6)
     assert not np.allclose(after[1], before[1])
 
@@ -325,6 +415,13 @@ def test_low_level_reliance_and_semantic_preference_cli(setup, capsys):
     printed = capsys.readouterr().out
     assert "without powspec:" in printed and "preference:" in printed
     assert list((root / "reliance" / "feature_cache" / "stimulus").glob("*_powspec_*.hf5"))
+    # report.py reads this folder: per-voxel files, run_config.json's arguments
+    assert report.main(["--out", str(root / "reliance"), "--alignment", str(out),
+                        "--data_dir", str(data)]) == 0
+    summary = json.loads((root / "reliance" / "summary.json").read_text())
+    assert summary["models"] == {"pretrained": "pretrained", "tuned": "model1"}
+    assert {"semantic_cc_norm", "semantic_drop_percent_without_powspec",
+            "semantic_preference"} <= set(summary["tuned"])
 
 
 def test_bad_low_level_requests_are_refused(setup, capsys):
@@ -361,20 +458,21 @@ def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp
     stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
     test = data_utils.TEST_STORY
     nc = eval_utils.noise_ceiling(data_utils.load_repeats(data, 1)).astype(np.float64)
-    responses = (np.vstack([data_utils.load_fmri(data, 1, s) for s in stories]),
-                 data_utils.load_fmri(data, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:])
+    responses = brain_evaluate.Responses(
+        np.vstack([data_utils.load_fmri(data, 1, s) for s in stories]),
+        data_utils.load_fmri(data, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:])
     splits = eval_utils.bootstrap_chunk_splits(
         [data_utils.response_rows(data, s) for s in stories], n_boots=3, chunk_len=10)
-    args = brain_evaluate.parse_args(["--model_name", "m", "--subject", "1", "--data_dir",
-                                      str(data), "--alphas", *map(str, np.logspace(0, 5, 11))])
+    alphas = np.logspace(0, 5, 11)
+    task = brain_evaluate.EncodingTask(stories, test, responses, nc, {}, splits, alphas,
+                                       eval_utils.NC_THRESHOLD)
     features = _planted_tr_features(data, [*stories, test], truth)
     powspec = {s: low_level_features.story_features(data, s, "powspec")["powspec"]
                for s in features}
-    before = brain_evaluate.layer_scores(args, features, stories, responses, nc, {}, splits,
-                                         None, "planted")["cc_norm"]
+    before = brain_evaluate.layer_scores(features, task, what="planted")["cc_norm"]
     after = brain_evaluate.layer_scores(
-        args, eval_utils.regress_out(features, powspec, stories, args.alphas, splits), stories,
-        responses, nc, {}, splits, None, "planted")["cc_norm"]
+        eval_utils.regress_out(features, powspec, stories, alphas, splits), task,
+        what="planted")["cc_norm"]
     drop = {}
     for kind in ("semantic", "acoustic"):
         voxels = np.array(subject[f"{kind}_voxels"])
@@ -391,7 +489,7 @@ def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp
         data, s, ["phonemes", "articulation"]).values())) for s in features}
     scores = {name: brain_evaluate.semantic_preference(
         {s: values[:, columns] for s, values in source.items()}, semantic, phonetic, stories,
-        test, args.alphas, splits)["preference"]
+        test, alphas, splits)["preference"]
         for name, source, columns in (("embedding", features, slice(0, -1)),
                                       ("energy", features, slice(-1, None)),
                                       ("powspec", powspec, slice(None)))}

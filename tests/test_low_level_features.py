@@ -12,6 +12,7 @@ import soundfile as sf
 import data_utils
 import eval_utils
 import low_level_features as llf
+import run_utils
 import synthetic_data
 from data_utils import DatasetError
 
@@ -324,7 +325,8 @@ def test_cache_key_covers_the_settings(synthetic_dir, vocabularies, monkeypatch)
     centres = data_utils.tr_times(synthetic_dir, STORY)
 
     def key(name="diphones", vocabulary=vocabularies["diphones"], trs=centres, source="respdict"):
-        return llf.cache_path("cache", synthetic_dir, STORY, name, trs, vocabulary, source)[0]
+        settings = llf.cache_settings(synthetic_dir, STORY, name, trs, vocabulary, source)
+        return run_utils.cache_path("cache", f"{STORY}_{name}", settings)[0]
 
     assert key() == key() and key().name.startswith(f"{STORY}_diphones_")
     assert key(vocabulary=vocabularies["diphones"][:-1]) != key()

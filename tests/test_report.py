@@ -7,9 +7,10 @@ import pytest
 
 import noise_ceilings
 import report
+import run_utils
 
 
-def _alignment(folder, truth, nc_path, rng):
+def _alignment(folder, nc_path, rng):
     """A brain_evaluate.py-like results folder with per-voxel cc_norm drawn at random."""
     folder.mkdir(parents=True)
     rows, values = [], {}
@@ -18,32 +19,39 @@ def _alignment(folder, truth, nc_path, rng):
             for analysis in ("none", "powspec"):
                 cc_norm = rng.uniform(-0.2, 0.8, 12)
                 values[(model, layer, analysis)] = cc_norm
-                suffix = "" if analysis == "none" else "_without_powspec"
-                np.savez(folder / f"voxels_{model.replace(' ', '_')}_layer{layer}{suffix}.npz",
+                np.savez(folder / run_utils.voxel_results_name(model, layer, analysis),
                          r=cc_norm, cc_norm=cc_norm, alpha=np.ones(12))
                 rows.append({"model": model, "layer": layer, "low_level": analysis,
                              "region": "all", "cc_norm": float(cc_norm.mean()), "r": 0.0,
                              "drop_percent": None if analysis == "none" else 12.5})
     preference = [{"model": m, "layer": k, "semantic_r": 0.5, "phonetic_r": 0.25,
                    "preference": 0.25} for m in ("pretrained", "epoch 3") for k in (1, 2)]
-    (folder / "results.json").write_text(json.dumps({
+    facts = {"subject": "UTS01", "train_stories": ["a", "b"],
+             "models": {"pretrained": "m0", "epoch 3": "run/checkpoint-epoch3"}}
+    (folder / "run_config.json").write_text(json.dumps({
         "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
-        "subject": "UTS01", "train_stories": ["a", "b"],
-        "models": {"pretrained": "m0", "epoch 3": "run/checkpoint-epoch3"},
-        "results": rows, "semantic_preference": preference}))
+        **facts, "run": {}}))
+    (folder / "results.json").write_text(json.dumps({**facts, "results": rows,
+                                                     "semantic_preference": preference}))
     return values
+
+
+def _write_truth(data):
+    """A synthetic_truth.json with the planted voxel types of 12 voxels."""
+    truth = {"subjects": {"UTS01": {"semantic_voxels": [0, 1, 2, 3, 4],
+                                    "acoustic_voxels": [5, 6, 7],
+                                    "noise_voxels": [8, 9, 10, 11]}}}
+    data.mkdir()
+    (data / "synthetic_truth.json").write_text(json.dumps(truth))
 
 
 def test_summary_and_report_from_result_folders(tmp_path):
     rng = np.random.default_rng(0)
     nc = rng.uniform(0, 1, 12)
     noise_ceilings.save_noise_ceiling(tmp_path / "UTS01.npy", nc, {})
-    truth = {"subjects": {"UTS01": {"semantic_voxels": [0, 1, 2, 3, 4], "acoustic_voxels": [5, 6, 7],
-                                    "noise_voxels": [8, 9, 10, 11]}}}
     data = tmp_path / "data"
-    data.mkdir()
-    (data / "synthetic_truth.json").write_text(json.dumps(truth))
-    values = _alignment(tmp_path / "alignment", truth, tmp_path / "UTS01.npy", rng)
+    _write_truth(data)
+    values = _alignment(tmp_path / "alignment", tmp_path / "UTS01.npy", rng)
     probe = tmp_path / "probe"
     probe.mkdir()
     # the probe labels the tuned model differently: it is matched by its checkpoint folder
@@ -65,7 +73,8 @@ def test_summary_and_report_from_result_folders(tmp_path):
     for role, model in (("pretrained", "pretrained"), ("tuned", "epoch 3")):
         expected = values[(model, 2, "none")][semantic].mean()
         assert summary[role]["semantic_cc_norm"] == pytest.approx(expected)
-        assert summary[role]["noise_cc_norm"] == pytest.approx(values[(model, 2, "none")][8:].mean())
+        assert summary[role]["noise_cc_norm"] == pytest.approx(
+            values[(model, 2, "none")][8:].mean())
         after = values[(model, 2, "powspec")][semantic].mean()
         assert summary[role]["semantic_drop_percent_without_powspec"] == pytest.approx(
             100 * (expected - after) / expected)
@@ -88,10 +97,33 @@ def test_summary_and_report_from_result_folders(tmp_path):
 def test_missing_results_are_named(tmp_path, caplog):
     assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "none")]) == 1
     assert "results.json: missing" in caplog.text
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text("{}")
+    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "old")]) == 1
+    assert "run_config.json: missing" in caplog.text
 
 
-@pytest.mark.parametrize("tuned, expected", [(0.3, "The tuned model is better (+50%), as expected."),
-                                             (0.1, "The tuned model is NOT better here")])
+def test_voxel_files_are_found_by_their_shared_name(tmp_path, monkeypatch):
+    """report.py reads the per-voxel files under run_utils.voxel_results_name, the name
+    brain_evaluate.py writes them under."""
+    monkeypatch.setattr(run_utils, "voxel_results_name",
+                        lambda model, layer, analysis="none": f"{model}-{layer}-{analysis}.npz")
+    rng = np.random.default_rng(1)
+    noise_ceilings.save_noise_ceiling(tmp_path / "UTS01.npy", np.ones(12), {})
+    data = tmp_path / "data"
+    _write_truth(data)
+    values = _alignment(tmp_path / "alignment", tmp_path / "UTS01.npy", rng)
+    assert (tmp_path / "alignment" / "epoch 3-2-powspec.npz").is_file()
+    assert report.main(["--out", str(tmp_path / "report"), "--alignment",
+                        str(tmp_path / "alignment"), "--data_dir", str(data)]) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["tuned"]["semantic_cc_norm"] == pytest.approx(
+        values[("epoch 3", 2, "none")][:5].mean())
+
+
+@pytest.mark.parametrize("tuned, expected", [
+    (0.3, "The tuned model is better (+50%), as expected."),
+    (0.1, "The tuned model is NOT better here")])
 def test_synthetic_explanation_states_the_gain(tuned, expected):
     summary = {"layer": 2, "pretrained": {"semantic_cc_norm": 0.2},
                "tuned": {"semantic_cc_norm": tuned},
