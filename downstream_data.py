@@ -26,6 +26,7 @@ import logging
 import random
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import soundfile as sf
 
@@ -123,7 +124,8 @@ def timit_utterances(root, split):
                            "utterance": wav.stem.upper(), "region": wav.parent.parent.name.upper(),
                            "sentence_type": kind})
     if not utterances:
-        raise DatasetError(f"{timit_split_dir(root, split)}: no DR*/<speaker>/<utterance>.WAV files")
+        raise DatasetError(f"{timit_split_dir(root, split)}: no "
+                           "DR*/<speaker>/<utterance>.WAV files")
     return utterances
 
 
@@ -275,13 +277,21 @@ def slurp_examples(root, split, audio_dir=None):
     return examples
 
 
-# task -> (dataset, multi-label, fixed classes or None when read from the data)
+class Task(NamedTuple):
+    """A probing task: its dataset, whether an example has several labels, and its classes
+    (None: read from the data)."""
+
+    dataset: str
+    multi_label: bool
+    classes: tuple | None
+
+
 TASKS = {
-    "phonemes": ("TIMIT", True, TIMIT_39),
-    "sentence_type": ("TIMIT", False, SENTENCE_TYPES),
-    "words": ("Speech Commands v2", False, SPEECH_COMMANDS_WORDS),
-    "emotion": ("CREMA-D", False, CREMA_D_EMOTIONS),
-    "intent": ("SLURP", False, None),
+    "phonemes": Task("TIMIT", True, TIMIT_39),
+    "sentence_type": Task("TIMIT", False, SENTENCE_TYPES),
+    "words": Task("Speech Commands v2", False, SPEECH_COMMANDS_WORDS),
+    "emotion": Task("CREMA-D", False, CREMA_D_EMOTIONS),
+    "intent": Task("SLURP", False, None),
 }
 
 

@@ -1,7 +1,8 @@
 """Word-identity probe on Speech Commands v2: which of the 35 command words is spoken, F1 per
 layer.
 
-    python eval_words.py --data_path /data/speech_commands_v0.02 --model_name facebook/wav2vec2-base \\
+    python eval_words.py --data_path /data/speech_commands_v0.02 \\
+        --model_name facebook/wav2vec2-base \\
         --model_path outputs/brain_tuning/wav2vec2-base_UTS03_fmri --save_dir outputs/downstream
 
 --data_path: the Speech Commands v2 folder: one folder per word, ``validation_list.txt`` and

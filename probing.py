@@ -21,21 +21,21 @@ macro F1 and accuracy (multi-label: exact match of the whole label set).
 
 Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model and layer:
 f1_micro, f1_macro, accuracy, n_train, n_test), ``<task>.png`` (macro F1 per layer, one line per
-model) and ``run_config.json``.
+model) and ``run_config.json`` (the arguments and the run). They are written together once
+every model is probed; an existing folder is refused before any work unless ``--overwrite``,
+and a failed run leaves it as it was (see ``run_utils.output_folder``).
 """
 
 import argparse
-import csv
-import hashlib
-import json
+import functools
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-import brain_evaluate
 import data_utils
 import downstream_data
 import plots
@@ -49,12 +49,12 @@ MIN_SECONDS = 0.025  # the wav2vec2 CNN's receptive field: shorter audio gives n
 
 
 def parse_args(task, argv=None):
-    dataset = downstream_data.TASKS[task][0]
+    dataset = downstream_data.TASKS[task].dataset
     parser = argparse.ArgumentParser(
         description=f"Linear probes of every layer of pretrained and brain-tuned speech models "
                     f"on {dataset} ({task}).", formatter_class=run_utils.HelpFormatter)
     parser.add_argument("--data_path", required=True, help=f"root of the local {dataset} copy")
-    brain_evaluate.add_model_arguments(parser)
+    run_utils.add_model_arguments(parser)
     parser.add_argument("--layers", nargs="+", type=int, default=None,
                         help="hidden-state indices to probe (default: all, 0 = encoder input)")
     parser.add_argument("--num_epochs", type=int, default=50,
@@ -66,30 +66,25 @@ def parse_args(task, argv=None):
     parser.add_argument("--max_examples", type=int, default=None,
                         help="use a random subset of at most this many utterances per split "
                              "(quick looks; the paper uses all)")
+    # the dataset-specific flags exist for their task only; the others read None
     if task == "emotion":
         parser.add_argument("--test_fraction", type=float, default=0.2,
                             help="fraction of the CREMA-D actors held out for testing")
+    else:
+        parser.set_defaults(test_fraction=None)
     if task == "intent":
         parser.add_argument("--audio_dir", default=None,
                             help="folder of the SLURP recordings (default: slurp_real/ found in "
                                  "--data_path, audio/ or scripts/audio/)")
+    else:
+        parser.set_defaults(audio_dir=None)
     parser.add_argument("--batch_size", type=int, default=16,
                         help="utterances of equal length per forward pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 on a GPU that supports it, else fp32")
-    parser.add_argument("--save_dir", default="outputs/downstream", help="parent of the results")
-    parser.add_argument("--exp_name", default=None,
-                        help="results folder name (default: <model>_<task>)")
-    parser.add_argument("--cache_dir", default=None,
-                        help="feature cache (default: <save_dir>/feature_cache)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    run_utils.add_results_arguments(parser, "outputs/downstream", "<model>_<task>")
     args = parser.parse_args(argv)
     args.task = task
-    if args.exp_name is None:
-        args.exp_name = f"{Path(args.model_name.rstrip('/')).name}_{task}"
-    if args.cache_dir is None:
-        args.cache_dir = str(Path(args.save_dir) / "feature_cache")
+    run_utils.check_model_arguments(parser, args)
+    run_utils.finish_results_arguments(parser, args, task)
     if args.num_epochs < 1 or args.lr <= 0:
         parser.error("--num_epochs must be >= 1 and --lr > 0")
     if args.max_examples is not None and args.max_examples < 1:
@@ -97,14 +92,67 @@ def parse_args(task, argv=None):
     return args
 
 
-def split_examples(args, split):
-    """Examples of a split, subsampled to ``--max_examples`` when asked."""
-    examples = downstream_data.task_examples(
-        args.task, args.data_path, split, seed=args.seed,
-        test_fraction=getattr(args, "test_fraction", 0.2), audio_dir=getattr(args, "audio_dir", None))
-    if args.max_examples is not None and len(examples) > args.max_examples:
-        keep = np.random.default_rng(args.seed).choice(len(examples), args.max_examples,
-                                                       replace=False)
+def main(task, argv=None):
+    """Command-line entry of the ``eval_<task>.py`` scripts; returns the exit status."""
+    return run_utils.main(functools.partial(parse_args, task), run, argv)
+
+
+class Split(NamedTuple):
+    """The examples of a dataset split and their ``targets``."""
+
+    examples: list
+    targets: np.ndarray
+
+
+class ProbeData(NamedTuple):
+    """What every model of a run is probed on."""
+
+    dataset: str
+    train: Split
+    test: Split
+    classes: tuple
+    multi_label: bool
+
+
+def run(args):
+    out_dir = Path(args.save_dir) / args.exp_name
+    run_utils.check_replaceable(out_dir, args.overwrite)  # before the slow part
+    models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
+                                          args.epochs, args.skip_pretrained)
+    device = speech_models.resolve_device(args.device)
+    dtype = speech_models.autocast_dtype(args.precision, device)
+    task = downstream_data.TASKS[args.task]
+    train, test = [split_examples(args.task, args.data_path, split, args.seed, args.max_examples,
+                                  args.test_fraction, args.audio_dir)
+                   for split in ("train", "test")]
+    classes = downstream_data.task_classes(args.task, train, test)
+    logger.info("%s %s: %d training and %d test utterances, %d classes", task.dataset,
+                args.task, len(train), len(test), len(classes))
+    data = ProbeData(task.dataset, Split(train, targets(train, classes, task.multi_label)),
+                     Split(test, targets(test, classes, task.multi_label)), classes,
+                     task.multi_label)
+    rows = []
+    for label, checkpoint in models:
+        rows += evaluate_model(label, checkpoint, data, args.layers, args.cache_dir,
+                               args.batch_size, args.num_epochs, args.lr, args.seed, device,
+                               dtype)
+    facts = {"task": args.task, "dataset": task.dataset, "classes": list(classes),
+             "models": dict(models)}
+    with run_utils.output_folder(out_dir, args.overwrite, what=f"{args.task} probes") as staging:
+        run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
+        write_results(staging, rows, facts, args.task)
+    for key in ("f1_micro", "f1_macro"):
+        print(run_utils.comparison_table(rows, key))
+    logger.info("results in %s", out_dir)
+
+
+def split_examples(task, data_path, split, seed=0, max_examples=None, test_fraction=0.2,
+                   audio_dir=None):
+    """Examples of a split, a random subset of ``max_examples`` of them when given."""
+    examples = downstream_data.task_examples(task, data_path, split, seed=seed,
+                                             test_fraction=test_fraction, audio_dir=audio_dir)
+    if max_examples is not None and len(examples) > max_examples:
+        keep = np.random.default_rng(seed).choice(len(examples), max_examples, replace=False)
         examples = [examples[i] for i in sorted(keep)]
     return examples
 
@@ -120,6 +168,45 @@ def targets(examples, classes, multi_label):
     return y
 
 
+def evaluate_model(label, checkpoint, data, layers, cache_dir, batch_size, num_epochs, lr, seed,
+                   device, dtype):
+    """Result rows (one per layer: ``layers``, or all when None) of one model on ``data``."""
+    encoder = speech_models.load_encoder(checkpoint, device)
+    layers = run_utils.choose_layers(layers, encoder.depth)
+    features = {name: utterance_features(cache_dir, encoder, data.dataset, split.examples,
+                                         layers, batch_size, device, dtype)
+                for name, split in (("train", data.train), ("test", data.test))}
+    rows = []
+    for layer in layers:
+        predictions = probe_predictions(
+            features["train"][layer], data.train.targets, features["test"][layer],
+            len(data.classes), data.multi_label, num_epochs, lr, seed, device)
+        scores = probe_scores(data.test.targets, predictions, data.multi_label)
+        rows.append({"model": label, "layer": layer, **scores,
+                     "n_train": len(data.train.targets), "n_test": len(data.test.targets)})
+        logger.info("%s layer %d: F1 micro %.3f, macro %.3f, accuracy %.3f", label, layer,
+                    scores["f1_micro"], scores["f1_macro"], scores["accuracy"])
+    return rows
+
+
+def utterance_features(cache_dir, encoder, dataset_name, examples, layers, batch_size, device,
+                       dtype):
+    """Mean-pooled layer features of the examples (dict layer -> (n, hidden) float32), cached
+    per model and list of audio files."""
+    settings = {**run_utils.file_identity(e["audio"] for e in examples), "autocast": str(dtype),
+                "preprocessor": encoder.preprocessor.digest()}
+    path, text = run_utils.cache_path(cache_dir, dataset_name.replace(" ", "_").lower(),
+                                      settings, model_key=encoder.fingerprint)
+
+    def extract(missing):
+        waveforms = _waveforms(examples, encoder.preprocessor.sampling_rate, encoder.family)
+        return speech_models.pooled_layer_features(
+            encoder.backbone, encoder.preprocessor, waveforms, missing, batch_size, device, dtype,
+            progress=True, total=len(examples)), {}
+
+    return run_utils.cached_arrays(path, layers, extract, text)[0]
+
+
 def _waveforms(examples, sampling_rate, family):
     """The examples' audio, read one at a time, with the file named on bad lengths."""
     for example in examples:
@@ -127,30 +214,10 @@ def _waveforms(examples, sampling_rate, family):
         if len(audio) < MIN_SECONDS * sampling_rate:
             raise DatasetError(f"{example['audio']}: {len(audio)} samples, shorter than "
                                f"{MIN_SECONDS * 1000:.0f} ms; remove it from the dataset")
-        if family == "whisper" and len(audio) > 30 * sampling_rate:
-            raise DatasetError(f"{example['audio']}: longer than the 30 s the Whisper encoder "
-                               "takes")
+        if family == "whisper" and len(audio) > speech_models.WHISPER_MAX_SECONDS * sampling_rate:
+            raise DatasetError(f"{example['audio']}: longer than the "
+                               f"{speech_models.WHISPER_MAX_SECONDS} s the Whisper encoder takes")
         yield audio
-
-
-def utterance_features(args, backbone, preprocessor, model_key, examples, layers, device, dtype):
-    """Mean-pooled layer features of the examples (dict layer -> (n, hidden) float32), cached
-    per model and list of audio files."""
-    settings = json.dumps({**run_utils.file_identity(e["audio"] for e in examples),
-                           "autocast": str(dtype), "preprocessor": preprocessor.digest()},
-                          sort_keys=True)
-    dataset = downstream_data.TASKS[args.task][0].replace(" ", "_").lower()
-    path = (Path(args.cache_dir) / model_key[:16]
-            / f"{dataset}_{hashlib.sha256(settings.encode()).hexdigest()[:16]}.hf5")
-    family = speech_models.backbone_family(backbone)
-
-    def extract(missing):
-        waveforms = _waveforms(examples, preprocessor.sampling_rate, family)
-        return speech_models.pooled_layer_features(
-            backbone, preprocessor, waveforms, missing, args.batch_size, device, dtype,
-            progress=True, total=len(examples)), {}
-
-    return run_utils.cached_arrays(path, layers, extract, settings)[0]
 
 
 def probe_predictions(x_train, y_train, x_test, n_classes, multi_label, num_epochs=50, lr=1e-3,
@@ -204,84 +271,12 @@ def probe_scores(y_true, y_pred, multi_label):
             "f1_macro": float(macro), "accuracy": float(accuracy_score(y_true, y_pred))}
 
 
-def evaluate_model(args, label, checkpoint, data, device, dtype):
-    """Result rows (one per layer) of one model."""
-    backbone, family = speech_models.load_backbone(checkpoint)
-    backbone.to(device)
-    preprocessor = speech_models.AudioPreprocessor(
-        speech_models.load_feature_extractor(checkpoint, family), family)
-    depth = speech_models.num_layers(backbone)
-    layers = brain_evaluate.choose_layers(args.layers or list(range(depth + 1)), depth)
-    key = speech_models.fingerprint(backbone)
-    features = {split: utterance_features(args, backbone, preprocessor, key, data[split][0],
-                                          layers, device, dtype)
-                for split in ("train", "test")}
-    rows = []
-    for layer in layers:
-        predictions = probe_predictions(
-            features["train"][layer], data["train"][1], features["test"][layer],
-            len(data["classes"]), data["multi_label"], args.num_epochs, args.lr, args.seed, device)
-        scores = probe_scores(data["test"][1], predictions, data["multi_label"])
-        rows.append({"model": label, "layer": layer, **scores,
-                     "n_train": len(data["train"][1]), "n_test": len(data["test"][1])})
-        logger.info("%s layer %d: F1 micro %.3f, macro %.3f, accuracy %.3f", label, layer,
-                    scores["f1_micro"], scores["f1_macro"], scores["accuracy"])
-    return rows
-
-
-def write_results(out_dir, rows, run_config, task):
-    """results.json, results.csv and <task>.png, atomically."""
-    run_utils.write_json(out_dir / "results.json", {**run_config, "results": rows},
-                          overwrite=True)
-    with run_utils.atomic_output(out_dir / "results.csv", overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+def write_results(out_dir, rows, facts, task):
+    """results.json (``facts`` and the rows), results.csv and <task>.png."""
+    run_utils.write_json(out_dir / "results.json", {**facts, "results": rows})
+    run_utils.write_csv(out_dir / "results.csv", rows)
     series = {}
     for row in rows:
         series.setdefault(row["model"], {})[row["layer"]] = row["f1_macro"]
     plots.plot_per_layer(out_dir / f"{task}.png", series, "macro F1 (test)",
-                              f"Linear probes: {task}")
-
-
-def run(args):
-    out_dir = Path(args.save_dir) / args.exp_name
-    if (out_dir / "results.json").exists() and not args.overwrite:
-        raise FileExistsError(f"{out_dir / 'results.json'} exists; pass --overwrite or another "
-                              "--exp_name")
-    models = brain_evaluate.models_to_evaluate(args)
-    device = speech_models.resolve_device(args.device)
-    dtype = speech_models.autocast_dtype(args.precision, device)
-    dataset, multi_label, _ = downstream_data.TASKS[args.task]
-    train, test = split_examples(args, "train"), split_examples(args, "test")
-    classes = downstream_data.task_classes(args.task, train, test)
-    logger.info("%s %s: %d training and %d test utterances, %d classes", dataset, args.task,
-                len(train), len(test), len(classes))
-    data = {"train": (train, targets(train, classes, multi_label)),
-            "test": (test, targets(test, classes, multi_label)),
-            "classes": classes, "multi_label": multi_label}
-    rows = []
-    for label, checkpoint in models:
-        rows += evaluate_model(args, label, checkpoint, data, device, dtype)
-    run_config = {"arguments": vars(args), "task": args.task, "dataset": dataset,
-                  "classes": list(classes), "models": dict(models),
-                  "run": run_utils.run_metadata()}
-    run_utils.write_json(out_dir / "run_config.json", run_config, overwrite=True)
-    write_results(out_dir, rows, run_config, args.task)
-    for key in ("f1_micro", "f1_macro"):
-        print(run_utils.comparison_table(rows, key))
-    logger.info("results in %s", out_dir)
-    return out_dir
-
-
-def main(task, argv=None):
-    """Command-line entry of the ``eval_<task>.py`` scripts; returns the exit status."""
-    args = parse_args(task, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        run(args)
-    except (DatasetError, speech_models.ModelError, FileExistsError) as err:
-        logger.error("%s", err)
-        return 1
-    return 0
+                         f"Linear probes: {task}")

@@ -37,8 +37,8 @@ voxel has none. Each voxel has a signal fraction ``p``: one presentation is
 ``sqrt(p) * signal + sqrt(1 - p) * noise`` (signal z-scored per story, white Gaussian noise),
 then z-scored per story. With ``N`` repeats its true noise ceiling is
 ``1 / sqrt(1 + (1/p - 1) / N)``; signal voxels get ceilings spread uniformly over
-``cc_max_range`` (0.1-0.9), noise voxels 0. A few noise voxels are NaN throughout the first training story, as masked
-voxels are in the real data.
+``cc_max_range`` (0.1-0.9), noise voxels 0. A few noise voxels are NaN throughout the first
+training story, as masked voxels are in the real data.
 
 Everything is recorded in ``synthetic_truth.json`` at the dataset root: voxel types, signal
 fractions, true noise ceilings, the words (phones, embedding), the phone frequencies, the
@@ -77,6 +77,54 @@ AUDIO_FORMATS = ((44100, 2, "PCM_16"), (16000, 1, "PCM_16"), (44100, 2, "PCM_16"
                  (22050, 1, "PCM_24"))
 
 
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Write a small synthetic dataset in the exact ds003020 layout, with a planted "
+                    "signal (semantic, acoustic and noise voxels) recorded in "
+                    "synthetic_truth.json. Deterministic for a seed.",
+        formatter_class=run_utils.HelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--subjects", nargs="+", default=["1", "2"], help="subjects to write, 1..9")
+    parser.add_argument("--n_train_stories", type=int, default=8,
+                        help="training stories, taken from the paper's list")
+    parser.add_argument("--train_trs", type=int, default=64,
+                        help="TRs acquired per training/validation story, +-8 for training "
+                             "(responses have 20 rows fewer)")
+    parser.add_argument("--test_trs", type=int, default=120,
+                        help="TRs acquired for the test story wheretheressmoke")
+    parser.add_argument("--n_voxels", type=int, default=200,
+                        help="voxels of UTS01; UTSn gets 16 * (n - 1) more")
+    parser.add_argument("--n_words", type=int, default=48, help="vocabulary size")
+    parser.add_argument("--semantic_dim", type=int, default=16,
+                        help="dimension of the planted word embeddings")
+    parser.add_argument("--semantic_fraction", type=float, default=0.4,
+                        help="fraction of semantic voxels")
+    parser.add_argument("--acoustic_fraction", type=float, default=0.2,
+                        help="fraction of acoustic-energy voxels; the rest are noise")
+    parser.add_argument("--cc_max_range", nargs=2, type=float, default=list(CC_MAX_RANGE),
+                        metavar=("LOW", "HIGH"),
+                        help="true noise ceilings of the signal voxels are spread uniformly over "
+                             "this range; higher means cleaner single presentations")
+    parser.add_argument("--family_size", type=int, default=1,
+                        help="words per anagram family (1: independent words); with 2-6 the "
+                             "semantic signal lives in phone order only")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset written earlier at --out")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    return run_utils.main(parse_args, run, argv)
+
+
+def run(args):
+    generate(args.out, args.seed, args.subjects, args.n_train_stories, args.train_trs,
+             args.test_trs, args.n_voxels, args.n_words, args.semantic_dim,
+             args.semantic_fraction, args.acoustic_fraction, tuple(args.cc_max_range),
+             args.family_size, args.overwrite)
+
+
 def named_rng(seed, name):
     """A random stream for one named part, independent of how many other parts exist."""
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -88,7 +136,7 @@ def make_lexicon(seed, n_words, semantic_dim, family_size=1):
     """Phone frequencies and words (phones, phone durations, semantic embedding): independent
     words, or anagram families of ``family_size`` words."""
     if not 1 <= family_size <= 6:
-        raise ValueError("family_size must be 1..6 (3 phones have 6 orders)")
+        raise run_utils.UsageError("family_size must be 1..6 (3 phones have 6 orders)")
     rng = named_rng(seed, "lexicon")
     phones = {}
     low = rng.permutation(np.linspace(220.0, 900.0, len(VOWELS) + len(CONSONANTS)))
@@ -152,7 +200,8 @@ def phone_sound(frequencies, duration, rate, rng, pitch=1.0):
     """A phone: two harmonics at ``frequencies`` (Hz, times ``pitch``) with 10 ms ramps."""
     t = np.arange(int(round(duration * rate))) / rate
     f1, f2 = (pitch * f for f in frequencies)
-    sound = np.sin(2 * np.pi * f1 * t + rng.uniform(0, 2 * np.pi)) + 0.5 * np.sin(2 * np.pi * f2 * t)
+    sound = (np.sin(2 * np.pi * f1 * t + rng.uniform(0, 2 * np.pi))
+             + 0.5 * np.sin(2 * np.pi * f2 * t))
     ramp = min(len(t) // 2, int(0.01 * rate))
     if ramp:
         envelope = np.ones(len(t))
@@ -207,7 +256,8 @@ def make_story(seed, story, lexicon, duration, rate):
             info = lexicon["words"][label]
             for phone, phone_duration in zip(info["phones"], info["durations"]):
                 first = int(round(now * rate))
-                sound = phone_sound(lexicon["phones"][phone.rstrip("012")], phone_duration, rate, rng)
+                sound = phone_sound(lexicon["phones"][phone.rstrip("012")], phone_duration,
+                                    rate, rng)
                 audio[first:first + len(sound)] += 0.5 * gain * sound
                 phone_tier.append((now, now + phone_duration, phone))
                 now += phone_duration
@@ -311,7 +361,8 @@ def format_textgrid(tiers, duration, fmt="long"):
         lines = ['"Praat chronological TextGrid text file"', f"0 {end}   ! Time domain.",
                  f"{len(tiers)}   ! Number of tiers."]
         lines += [f'"IntervalTier" {_praat_string(name)} 0 {end}' for name in tiers]
-        entries = sorted((start, index, stop, label) for index, entries in enumerate(tiers.values(), 1)
+        entries = sorted((start, index, stop, label)
+                         for index, entries in enumerate(tiers.values(), 1)
                          for start, stop, label in entries)
         for start, index, stop, label in entries:
             lines += ["", f"{index} {n(start)} {n(stop)}", _praat_string(label)]
@@ -326,14 +377,16 @@ def format_textgrid(tiers, duration, fmt="long"):
         return "\n".join(lines) + "\n"
     if fmt != "long":
         raise ValueError(f"unknown TextGrid format {fmt!r}")
-    lines += ["xmin = 0 ", f"xmax = {end} ", "tiers? <exists> ", f"size = {len(tiers)} ", "item []: "]
+    lines += ["xmin = 0 ", f"xmax = {end} ", "tiers? <exists> ", f"size = {len(tiers)} ",
+              "item []: "]
     for index, (name, entries) in enumerate(tiers.items(), 1):
         lines += [f"    item [{index}]:", '        class = "IntervalTier" ',
                   f"        name = {_praat_string(name)} ", "        xmin = 0 ",
                   f"        xmax = {end} ", f"        intervals: size = {len(entries)} "]
         for number, (start, stop, label) in enumerate(entries, 1):
             lines += [f"        intervals [{number}]:", f"            xmin = {n(start)} ",
-                      f"            xmax = {n(stop)} ", f"            text = {_praat_string(label)} "]
+                      f"            xmax = {n(stop)} ",
+                      f"            text = {_praat_string(label)} "]
     return "\n".join(lines) + "\n"
 
 
@@ -355,9 +408,10 @@ def write_wav(path, audio, rate, channels, subtype):
 def story_plan(n_train_stories, train_trs, test_trs, seed):
     """Story -> (split, respdict TRs) of the dataset; training lengths vary by +-8 TRs."""
     if not 1 <= n_train_stories <= len(TRAIN_ORDER):
-        raise ValueError(f"n_train_stories must be 1..{len(TRAIN_ORDER)}")
+        raise run_utils.UsageError(f"n_train_stories must be 1..{len(TRAIN_ORDER)}")
     if min(train_trs, test_trs) < data_utils.RESPONSE_ROWS_OFFSET + 8:
-        raise ValueError(f"stories need at least {data_utils.RESPONSE_ROWS_OFFSET + 8} TRs")
+        raise run_utils.UsageError(
+            f"stories need at least {data_utils.RESPONSE_ROWS_OFFSET + 8} TRs")
     rng = named_rng(seed, "plan")
     plan = {story: ("train", int(train_trs + rng.integers(-8, 9)))
             for story in TRAIN_ORDER[:n_train_stories]}
@@ -370,15 +424,14 @@ def story_plan(n_train_stories, train_trs, test_trs, seed):
 def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test_trs=120,
              n_voxels=200, n_words=48, semantic_dim=16, semantic_fraction=0.4,
              acoustic_fraction=0.2, cc_max_range=CC_MAX_RANGE, family_size=1, overwrite=False):
-    """Write the dataset to ``out`` (atomically: built beside it, then moved into place).
+    """Write the dataset to ``out`` (built beside it, then moved into place; see
+    ``run_utils.output_folder``: a dataset written earlier is replaced only with ``overwrite``,
+    a folder the project did not write never).
 
     Subject ``s`` gets ``n_voxels + 16 * (s - 1)`` voxels and 10 repeats of the test story
     (5 from UTS04 on, as in ds003020); with several subjects the last lacks ``life``.
     Returns the ground truth that is also written to ``synthetic_truth.json``.
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     plan = story_plan(n_train_stories, train_trs, test_trs, seed)
     lexicon = make_lexicon(seed, n_words, semantic_dim, family_size)
     names = [data_utils.subject_id(s) for s in subjects]
@@ -392,7 +445,7 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
         "words": lexicon["words"], "stories": {}, "subjects": {},
     }
     features = {}
-    with run_utils.atomic_output(out, overwrite=True) as tmp:
+    with run_utils.output_folder(out, overwrite, what="synthetic dataset") as tmp:
         derivative = tmp / "derivative"
         for folder in ("stimuli", "derivative/TextGrids"):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
@@ -454,53 +507,6 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
         (tmp / "synthetic_truth.json").write_text(json.dumps(truth) + "\n")
     logger.info("wrote %d stories and %d subject(s) to %s", len(plan), len(names), out)
     return truth
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Write a small synthetic dataset in the exact ds003020 layout, with a planted "
-                    "signal (semantic, acoustic and noise voxels) recorded in "
-                    "synthetic_truth.json. Deterministic for a seed.")
-    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--subjects", nargs="+", default=["1", "2"],
-                        help="subjects to write, 1..9 (default: 1 2)")
-    parser.add_argument("--n_train_stories", type=int, default=8,
-                        help="training stories, taken from the paper's list (default: %(default)s)")
-    parser.add_argument("--train_trs", type=int, default=64,
-                        help="TRs acquired per training/validation story, +-8 for training "
-                             "(default: %(default)s; responses have 20 rows fewer)")
-    parser.add_argument("--test_trs", type=int, default=120,
-                        help="TRs acquired for the test story wheretheressmoke (default: %(default)s)")
-    parser.add_argument("--n_voxels", type=int, default=200,
-                        help="voxels of UTS01; UTSn gets 16 * (n - 1) more (default: %(default)s)")
-    parser.add_argument("--n_words", type=int, default=48, help="vocabulary size (default: %(default)s)")
-    parser.add_argument("--semantic_dim", type=int, default=16,
-                        help="dimension of the planted word embeddings (default: %(default)s)")
-    parser.add_argument("--semantic_fraction", type=float, default=0.4,
-                        help="fraction of semantic voxels (default: %(default)s)")
-    parser.add_argument("--acoustic_fraction", type=float, default=0.2,
-                        help="fraction of acoustic-energy voxels; the rest are noise (default: %(default)s)")
-    parser.add_argument("--cc_max_range", nargs=2, type=float, default=list(CC_MAX_RANGE),
-                        metavar=("LOW", "HIGH"),
-                        help="true noise ceilings of the signal voxels are spread uniformly over "
-                             "this range; higher means cleaner single presentations (default: "
-                             "%(default)s)")
-    parser.add_argument("--family_size", type=int, default=1,
-                        help="words per anagram family (1: independent words); with 2-6 the "
-                             "semantic signal lives in phone order only (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        generate(args.out, args.seed, args.subjects, args.n_train_stories, args.train_trs,
-                 args.test_trs, args.n_voxels, args.n_words, args.semantic_dim,
-                 args.semantic_fraction, args.acoustic_fraction, tuple(args.cc_max_range),
-                 args.family_size, args.overwrite)
-    except (FileExistsError, ValueError) as err:
-        logger.error("%s", err)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,27 @@ COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right")
 SLURP_ACTIONS = ("query", "set", "remove", "play", "hue_lightoff")
 
 
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Write a small synthetic downstream dataset (TIMIT, Speech Commands v2, "
+                    "CREMA-D or SLURP layout) with a planted, learnable signal.",
+        formatter_class=run_utils.HelpFormatter)
+    parser.add_argument("--layout", choices=LAYOUTS, required=True, help="dataset layout")
+    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset written earlier at --out")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    return run_utils.main(parse_args, run, argv)
+
+
+def run(args):
+    generate(args.layout, args.out, args.seed, args.overwrite)
+
+
 def speak(words, lexicon, rng, pitch=1.0, gain=0.5, lead=0.1):
     """Audio of ``words`` spoken in a row with short pauses, at 16 kHz.
 
@@ -103,7 +124,8 @@ def write_timit(out, seed=0, n_train_speakers=8, n_test_speakers=4):
             audio, phones, spoken = speak(sentence, lexicon, rng, pitch, gain)
             sf.write(folder / f"{name}.WAV", audio, RATE, subtype="PCM_16", format="NIST")
             lines = [f"0 {phones[0][0]} h#"]
-            lines += [f"{start} {end} {phone.rstrip('012').lower()}" for start, end, phone in phones]
+            lines += [f"{start} {end} {phone.rstrip('012').lower()}"
+                      for start, end, phone in phones]
             lines.append(f"{phones[-1][1]} {len(audio)} h#")
             (folder / f"{name}.PHN").write_text("\n".join(lines) + "\n")
             (folder / f"{name}.WRD").write_text(
@@ -198,33 +220,12 @@ WRITERS = {"timit": write_timit, "speech_commands": write_speech_commands,
 
 
 def generate(layout, out, seed=0, overwrite=False):
-    """Write a synthetic dataset in ``layout`` to ``out`` (atomically)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    with run_utils.atomic_output(out, overwrite=True) as tmp:
+    """Write a synthetic dataset in ``layout`` to ``out`` (built beside it, then moved into
+    place; see ``run_utils.output_folder``)."""
+    with run_utils.output_folder(out, overwrite, what="synthetic dataset") as tmp:
         WRITERS[layout](tmp, seed)
     logger.info("wrote a synthetic %s dataset to %s", layout, out)
-    return out
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Write a small synthetic downstream dataset (TIMIT, Speech Commands v2, "
-                    "CREMA-D or SLURP layout) with a planted, learnable signal.",
-        formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--layout", choices=LAYOUTS, required=True, help="dataset layout")
-    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        generate(args.layout, args.out, args.seed, args.overwrite)
-    except FileExistsError as err:
-        logger.error("%s", err)
-        return 1
-    return 0
+    return Path(out)
 
 
 if __name__ == "__main__":

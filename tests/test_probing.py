@@ -11,9 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-import brain_evaluate
 import downstream_data
+import plots
 import probing
+import run_utils
 import speech_models
 import synthetic_downstream
 from data_utils import DatasetError
@@ -145,7 +146,9 @@ def test_readers_follow_the_layouts(setup):
 def test_each_task_beats_chance_on_the_planted_signal(setup, task, capsys):
     assert _run(setup, task, "--model_path", str(setup / "run")) == 0
     out = setup / "out" / f"model0_{task}"
-    results = json.loads((out / "results.json").read_text())["results"]
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved) == {"task", "dataset", "classes", "models", "results"}  # no arguments
+    results = saved["results"]
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["model"] for r in rows] == [r["model"] for r in results] == ["pretrained"] * 3 + [
@@ -201,7 +204,87 @@ def test_existing_results_are_kept_and_run_folders_resolve(setup, caplog):
     assert "exists; pass --overwrite" in caplog.text
     args = probing.parse_args("emotion", ["--data_path", "x", "--model_name", "m",
                                           "--model_path", str(setup / "run")])
-    assert brain_evaluate.models_to_evaluate(args)[1] == ("run/final", str(setup / "run" / "final"))
+    models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
+                                          args.epochs, args.skip_pretrained)
+    assert models[1] == ("run/final", str(setup / "run" / "final"))
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_failed_rerun_keeps_the_previous_results(setup, tmp_path, monkeypatch):
+    save = tmp_path / "save"
+    args = ["--model_name", str(setup / "model0"), "--save_dir", str(save), "--layers", "0",
+            "--num_epochs", "5", "--max_examples", "40"]
+    good = ["--data_path", str(setup / "speech_commands"), *args]
+    assert probing.main("words", good) == 0
+    out = save / "model0_words"
+    before = _snapshot(out)
+    assert run_utils.RUN_MARKER in before and "results.json" in before
+    assert probing.main("words", ["--data_path", str(tmp_path / "nothing"), *args,
+                                  "--overwrite"]) == 1
+    assert _snapshot(out) == before
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(plots, "plot_per_layer", broken_plot)
+    with pytest.raises(RuntimeError, match="disk full"):
+        probing.main("words", [*good, "--overwrite"])
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in save.iterdir()) == ["feature_cache", "model0_words"]
+    monkeypatch.undo()
+    assert probing.main("words", [*good, "--overwrite", "--num_epochs", "6"]) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["arguments"]["num_epochs"] == 6
+
+
+def test_existing_folders_are_refused_before_any_work(setup, tmp_path, monkeypatch, caplog):
+    save = tmp_path / "save"
+    out = save / "model0_words"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(downstream_data, "task_examples", no_reading)
+    args = ["--data_path", str(setup / "speech_commands"), "--model_name",
+            str(setup / "model0"), "--save_dir", str(save)]
+    assert probing.main("words", args) == 1
+    assert "model0_words exists; pass --overwrite" in caplog.text
+    caplog.clear()
+    assert probing.main("words", [*args, "--overwrite"]) == 1  # no marker: not ours to replace
+    assert "was not written by brain-tuning" in caplog.text
+    assert _snapshot(out) == {"notes.txt": b"mine"}
+    assert sorted(p.name for p in save.iterdir()) == ["model0_words"]  # no feature cache
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", ""])
+def test_exp_name_must_be_a_plain_folder_name(name, capsys):
+    with pytest.raises(SystemExit):
+        probing.parse_args("words", ["--data_path", "x", "--model_name", "m", "--exp_name", name])
+    assert "give a plain folder name" in capsys.readouterr().err
+
+
+def test_generator_replaces_only_its_own_datasets(tmp_path, caplog):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("precious")
+    assert synthetic_downstream.main(["--layout", "timit", "--out", str(theirs),
+                                      "--overwrite"]) == 1
+    assert "was not written by brain-tuning" in caplog.text
+    assert _snapshot(theirs) == {"thesis.tex": b"precious"}
+    ours = tmp_path / "ours"
+    assert synthetic_downstream.main(["--layout", "timit", "--out", str(ours)]) == 0
+    (ours / "stray.txt").write_text("old run")
+    assert synthetic_downstream.main(["--layout", "timit", "--out", str(ours)]) == 1
+    assert synthetic_downstream.main(["--layout", "timit", "--out", str(ours), "--seed", "2",
+                                      "--overwrite"]) == 0
+    assert not (ours / "stray.txt").exists() and (ours / run_utils.RUN_MARKER).is_file()
+    assert len(downstream_data.timit_utterances(ours, "TEST")) == 24
 
 
 def test_help_explains_every_flag(capsys):
@@ -223,7 +306,8 @@ def test_unknown_layouts_and_labels_are_named(setup, tmp_path, caplog):
     cases.append(("words", commands, "not a Speech Commands v2 folder"))
     crema = tmp_path / "crema"
     shutil.copytree(setup / "crema_d", crema)
-    shutil.copy(next((crema / "AudioWAV").glob("*.wav")), crema / "AudioWAV" / "1001_IEO_BOR_XX.wav")
+    shutil.copy(next((crema / "AudioWAV").glob("*.wav")),
+                crema / "AudioWAV" / "1001_IEO_BOR_XX.wav")
     cases.append(("emotion", crema, "1001_IEO_BOR_XX.wav: emotion 'BOR'"))
     timit = tmp_path / "timit"
     shutil.copytree(setup / "timit", timit)

@@ -2,12 +2,14 @@
 
 import collections
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 import data_utils
+import run_utils
 import synthetic_data
 
 TINY = dict(subjects=(1,), n_train_stories=2, train_trs=40, test_trs=60, n_voxels=30, n_words=8)
@@ -26,6 +28,8 @@ def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path):
     synthetic_data.generate(other, seed=6, **TINY)
     assert _files(first) == _files(second) == _files(other)
     for relative in _files(first):
+        if relative.name == run_utils.RUN_MARKER:
+            continue  # the project's marker: when and how the folder was written
         if relative.suffix == ".hf5":
             with h5py.File(first / relative) as a, h5py.File(second / relative) as b:
                 assert set(a) == set(b)
@@ -33,14 +37,16 @@ def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path):
                     np.testing.assert_array_equal(a[name][()], b[name][()])
         else:
             assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
-    assert (first / "stimuli" / "souls.wav").read_bytes() != (other / "stimuli" / "souls.wav").read_bytes()
+    souls = Path("stimuli") / "souls.wav"
+    assert (first / souls).read_bytes() != (other / souls).read_bytes()
 
 
 def test_layout_and_formats_follow_ds003020(synthetic_dir):
     truth = data_utils.load_truth(synthetic_dir)
     respdict = json.loads((synthetic_dir / "derivative" / "respdict.json").read_text())
     assert set(respdict) == set(truth["stories"])
-    assert {"souls", "legacy", "exorcism", "stagefright", "life", "wheretheressmoke"} <= set(respdict)
+    assert {"souls", "legacy", "exorcism", "stagefright", "life",
+            "wheretheressmoke"} <= set(respdict)
     seen_formats = collections.Counter()
     for story, info in truth["stories"].items():
         raw = (synthetic_dir / "derivative" / "TextGrids" / f"{story}.TextGrid").read_bytes()
@@ -169,18 +175,30 @@ def test_planted_signal_is_recoverable_from_the_files(synthetic_dir):
                    for v in noise]).mean() < 0.1
 
 
-def test_cli_refuses_to_overwrite(tmp_path, caplog):
-    out = tmp_path / "data"
-    out.mkdir()
-    (out / "mine.txt").write_text("precious")
-    args = ["--out", str(out), "--n_train_stories", "1", "--train_trs", "40", "--test_trs", "50",
-            "--n_voxels", "10", "--subjects", "1"]
-    assert synthetic_data.main(args) == 1
-    assert "--overwrite" in caplog.text and (out / "mine.txt").read_text() == "precious"
-    assert synthetic_data.main(args + ["--overwrite"]) == 0
-    assert not (out / "mine.txt").exists()
-    assert data_utils.list_stories(out, 1) == sorted(["souls", "stagefright", "life",
-                                                      "wheretheressmoke"])
+def test_cli_replaces_only_datasets_it_wrote(tmp_path, caplog):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "mine.txt").write_text("precious")
+    sizes = ["--n_train_stories", "1", "--train_trs", "40", "--test_trs", "50", "--n_voxels",
+             "10", "--subjects", "1"]
+    assert synthetic_data.main(["--out", str(theirs), *sizes]) == 1
+    assert "--overwrite" in caplog.text
+    caplog.clear()
+    assert synthetic_data.main(["--out", str(theirs), *sizes, "--overwrite"]) == 1
+    assert "was not written by brain-tuning" in caplog.text
+    assert [p.name for p in theirs.iterdir()] == ["mine.txt"]
+    assert (theirs / "mine.txt").read_text() == "precious"
+
+    ours = tmp_path / "ours"
+    assert synthetic_data.main(["--out", str(ours), *sizes]) == 0
+    (ours / "stray.txt").write_text("from the first run")
+    assert synthetic_data.main(["--out", str(ours), *sizes]) == 1
+    assert synthetic_data.main(["--out", str(ours), *sizes, "--overwrite", "--seed", "1"]) == 0
+    assert not (ours / "stray.txt").exists()
+    assert data_utils.load_truth(ours)["seed"] == 1
+    assert data_utils.list_stories(ours, 1) == sorted(["souls", "stagefright", "life",
+                                                       "wheretheressmoke"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "theirs"]  # no lock left
 
 
 @pytest.mark.parametrize("bad", [["--n_train_stories", "0"], ["--train_trs", "10"],
