@@ -49,7 +49,6 @@ import argparse
 import json
 import logging
 import sys
-import zlib
 from pathlib import Path
 
 import h5py
@@ -59,11 +58,10 @@ import soundfile as sf
 import data_utils
 import eval_utils
 import run_utils
+import synthetic_speech
 
 logger = logging.getLogger(__name__)
 
-VOWELS = ("AA", "AE", "AH", "EH", "IH", "IY", "OW", "UW")
-CONSONANTS = ("B", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "SH", "T", "Z")
 NOISE_TOKENS = ("{BR}", "{LG}", "{NS}")
 HRF_DELAYS = (2, 3, 4)  # TRs
 HRF_WEIGHTS = (0.45, 0.35, 0.2)
@@ -125,99 +123,13 @@ def run(args):
              args.family_size, args.overwrite)
 
 
-def named_rng(seed, name):
-    """A random stream for one named part, independent of how many other parts exist."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-# ----------------------------------------------------------------------------- stimulus
-
-def make_lexicon(seed, n_words, semantic_dim, family_size=1):
-    """Phone frequencies and words (phones, phone durations, semantic embedding): independent
-    words, or anagram families of ``family_size`` words."""
-    if not 1 <= family_size <= 6:
-        raise run_utils.UsageError("family_size must be 1..6 (3 phones have 6 orders)")
-    rng = named_rng(seed, "lexicon")
-    phones = {}
-    low = rng.permutation(np.linspace(220.0, 900.0, len(VOWELS) + len(CONSONANTS)))
-    high = rng.permutation(np.linspace(1100.0, 3600.0, len(VOWELS) + len(CONSONANTS)))
-    for phone, f1, f2 in zip(VOWELS + CONSONANTS, low, high):
-        phones[phone] = (round(float(f1), 2), round(float(f2), 2))
-    words = {}
-    while len(words) < n_words:
-        if family_size == 1:
-            _add_word(words, rng, semantic_dim)
-        else:
-            _add_family(words, rng, semantic_dim, min(family_size, n_words - len(words)))
-    return {"phones": phones, "words": words}
-
-
-def _add_word(words, rng, semantic_dim):
-    """A word of 2-4 phones (CV, CVC, VC or CVCV) with its own embedding, unless drawn before."""
-    pattern = [("C", "V"), ("C", "V", "C"), ("V", "C"), ("C", "V", "C", "V")][rng.integers(4)]
-    sequence, stressed = [], False
-    for kind in pattern:
-        if kind == "V":
-            sequence.append(f"{VOWELS[rng.integers(len(VOWELS))]}{0 if stressed else 1}")
-            stressed = True
-        else:
-            sequence.append(CONSONANTS[rng.integers(len(CONSONANTS))])
-    label = "".join(p.rstrip("012").lower() for p in sequence)
-    if label in words:
-        return
-    durations = [round(float(rng.uniform(0.09, 0.15) if p[-1].isdigit()
-                             else rng.uniform(0.05, 0.09)), 3) for p in sequence]
-    words[label] = {"phones": sequence, "durations": durations,
-                    "embedding": rng.standard_normal(semantic_dim).round(4).tolist()}
-
-
-def _add_family(words, rng, semantic_dim, size):
-    """An anagram family: one set of 3-4 phones spoken in ``size`` orders. The embeddings are
-    centred within the family, so which sounds a word has says nothing of its meaning."""
-    n_phones = int(rng.integers(3, 5))
-    vowels = list(rng.choice(VOWELS, 1 if n_phones == 3 else 2, replace=False))
-    sounds = vowels + list(rng.choice(CONSONANTS, n_phones - len(vowels), replace=False))
-    durations = {p: round(float(rng.uniform(0.09, 0.15) if p in vowels
-                                else rng.uniform(0.05, 0.09)), 3) for p in sounds}
-    family = {}
-    while len(family) < size:
-        order = [str(p) for p in rng.permutation(sounds)]
-        family.setdefault("".join(order).lower(), order)
-    if any(label in words for label in family):
-        return
-    embeddings = rng.standard_normal((size, semantic_dim))
-    if size > 1:
-        embeddings = (embeddings - embeddings.mean(axis=0)) * np.sqrt(size / (size - 1))
-    for (label, order), embedding in zip(family.items(), embeddings):
-        first_vowel = next(p for p in order if p in vowels)
-        words[label] = {"phones": [p + ("1" if p == first_vowel else "0") if p in vowels else p
-                                   for p in order],
-                        "durations": [durations[p] for p in order],
-                        "embedding": embedding.round(4).tolist()}
-
-
-def phone_sound(frequencies, duration, rate, rng, pitch=1.0):
-    """A phone: two harmonics at ``frequencies`` (Hz, times ``pitch``) with 10 ms ramps."""
-    t = np.arange(int(round(duration * rate))) / rate
-    f1, f2 = (pitch * f for f in frequencies)
-    sound = (np.sin(2 * np.pi * f1 * t + rng.uniform(0, 2 * np.pi))
-             + 0.5 * np.sin(2 * np.pi * f2 * t))
-    ramp = min(len(t) // 2, int(0.01 * rate))
-    if ramp:
-        envelope = np.ones(len(t))
-        envelope[:ramp] = np.sin(np.linspace(0, np.pi / 2, ramp)) ** 2
-        envelope[-ramp:] = envelope[:ramp][::-1]
-        sound *= envelope
-    return sound
-
-
 def make_story(seed, story, lexicon, duration, rate):
     """Audio (float64 mono at ``rate``), phone and word tiers, and the word tokens of a story.
 
     Returns audio, phone tier, word tier (lists of (start, end, label) tiling 0..duration)
     and tokens (start, end, word, gain).
     """
-    rng = named_rng(seed, f"story/{story}")
+    rng = synthetic_speech.named_rng(seed, f"story/{story}")
     audio = rng.normal(0.0, 0.002, int(round(duration * rate)))
     words = list(lexicon["words"])
     phone_tier, word_tier, tokens = [], [], []
@@ -256,8 +168,8 @@ def make_story(seed, story, lexicon, duration, rate):
             info = lexicon["words"][label]
             for phone, phone_duration in zip(info["phones"], info["durations"]):
                 first = int(round(now * rate))
-                sound = phone_sound(lexicon["phones"][phone.rstrip("012")], phone_duration,
-                                    rate, rng)
+                sound = synthetic_speech.phone_sound(lexicon["phones"][phone.rstrip("012")],
+                                                     phone_duration, rate, rng)
                 audio[first:first + len(sound)] += 0.5 * gain * sound
                 phone_tier.append((now, now + phone_duration, phone))
                 now += phone_duration
@@ -299,7 +211,7 @@ def haemodynamic_lag(features):
 def make_subject(seed, subject, n_voxels, n_repeats, semantic_dim, semantic_fraction,
                  acoustic_fraction, cc_max_range=CC_MAX_RANGE):
     """Voxel types, signal fractions, true ceilings and weights of one synthetic subject."""
-    rng = named_rng(seed, f"subject/{subject}")
+    rng = synthetic_speech.named_rng(seed, f"subject/{subject}")
     n_semantic = int(round(semantic_fraction * n_voxels))
     n_acoustic = int(round(acoustic_fraction * n_voxels))
     types = np.array(["semantic"] * n_semantic + ["acoustic"] * n_acoustic
@@ -412,7 +324,7 @@ def story_plan(n_train_stories, train_trs, test_trs, seed):
     if min(train_trs, test_trs) < data_utils.RESPONSE_ROWS_OFFSET + 8:
         raise run_utils.UsageError(
             f"stories need at least {data_utils.RESPONSE_ROWS_OFFSET + 8} TRs")
-    rng = named_rng(seed, "plan")
+    rng = synthetic_speech.named_rng(seed, "plan")
     plan = {story: ("train", int(train_trs + rng.integers(-8, 9)))
             for story in TRAIN_ORDER[:n_train_stories]}
     plan["stagefright"] = ("validation", train_trs)
@@ -433,7 +345,7 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
     Returns the ground truth that is also written to ``synthetic_truth.json``.
     """
     plan = story_plan(n_train_stories, train_trs, test_trs, seed)
-    lexicon = make_lexicon(seed, n_words, semantic_dim, family_size)
+    lexicon = synthetic_speech.make_lexicon(seed, n_words, semantic_dim, family_size)
     names = [data_utils.subject_id(s) for s in subjects]
     truth = {
         "generator": "synthetic_data.py", "seed": seed,
@@ -475,7 +387,7 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
                                    cc_max_range)
             stories = [s for s in plan if not (s == "life" and len(names) > 1
                                                and number == len(names) - 1)]
-            rng = named_rng(seed, f"responses/{name}")
+            rng = synthetic_speech.named_rng(seed, f"responses/{name}")
             nan_story = next(s for s in plan if plan[s][0] == "train")
             nan_voxels = np.flatnonzero(subject["types"] == "noise")[:2]
             folder = derivative / "preprocessed_data" / name

@@ -3,7 +3,7 @@
     python synthetic_downstream.py --layout timit --out data/synthetic_timit
 
 For demos and tests of the probing scripts (``eval_*.py``) without the licensed datasets.
-Utterances are spoken in the synthetic language of ``synthetic_data.py``: words of 2-4 ARPAbet
+Utterances are spoken in the synthetic language of ``synthetic_speech.py``: words of 2-4 ARPAbet
 phones, each phone two harmonics with its own frequencies, so the phones and words of an
 utterance are audible to a model. Each layout plants the signal its task needs:
 
@@ -35,7 +35,7 @@ import soundfile as sf
 
 import downstream_data
 import run_utils
-import synthetic_data
+import synthetic_speech
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def speak(words, lexicon, rng, pitch=1.0, gain=0.5, lead=0.1):
         info = lexicon["words"][word]
         start = now
         for phone, duration in zip(info["phones"], info["durations"]):
-            sound = synthetic_data.phone_sound(lexicon["phones"][phone.rstrip("012")], duration,
+            sound = synthetic_speech.phone_sound(lexicon["phones"][phone.rstrip("012")], duration,
                                                RATE, rng, pitch)
             pieces.append(gain * sound)
             phones.append((now, now + len(sound), phone))
@@ -95,7 +95,7 @@ def speak(words, lexicon, rng, pitch=1.0, gain=0.5, lead=0.1):
 
 
 def _lexicon(seed):
-    return synthetic_data.make_lexicon(seed, 24, 2)
+    return synthetic_speech.make_lexicon(seed, 24, 2)
 
 
 def _speakers(rng, count):
@@ -105,7 +105,7 @@ def _speakers(rng, count):
 
 def write_timit(out, seed=0, n_train_speakers=8, n_test_speakers=4):
     """TIMIT layout: per speaker SA1, SA2, two SX and two SI utterances."""
-    rng = synthetic_data.named_rng(seed, "timit")
+    rng = synthetic_speech.named_rng(seed, "timit")
     lexicon = _lexicon(seed)
     words = list(lexicon["words"])
     compact, diverse = words[:len(words) // 3], words[len(words) // 3:]
@@ -136,7 +136,7 @@ def write_timit(out, seed=0, n_train_speakers=8, n_test_speakers=4):
 def write_speech_commands(out, seed=0, n_speakers=24, takes=3):
     """Speech Commands v2 layout for ``COMMAND_WORDS``; a sixth of the speakers each for
     validation and testing."""
-    rng = synthetic_data.named_rng(seed, "speech_commands")
+    rng = synthetic_speech.named_rng(seed, "speech_commands")
     lexicon = _lexicon(seed)
     out = Path(out)
     speakers = [(f"{rng.integers(16 ** 8):08x}", *voice) for voice in _speakers(rng, n_speakers)]
@@ -166,7 +166,7 @@ def write_speech_commands(out, seed=0, n_speakers=24, takes=3):
 def write_crema_d(out, seed=0, n_actors=10):
     """CREMA-D layout: each actor speaks three sentences in the six emotions (sentence IEO at
     three levels, the others at level XX)."""
-    rng = synthetic_data.named_rng(seed, "crema_d")
+    rng = synthetic_speech.named_rng(seed, "crema_d")
     lexicon = _lexicon(seed)
     words = list(lexicon["words"])
     sentences = {"IEO": words[:3], "TIE": words[3:6], "DFA": words[6:9]}
@@ -187,7 +187,7 @@ def write_crema_d(out, seed=0, n_actors=10):
 def write_slurp(out, seed=0, n_train=100, n_test=30):
     """SLURP layout: ``n_train``/``n_test`` utterances, each a keyword of its action among one
     or two filler words, recorded twice (close and far, quieter)."""
-    rng = synthetic_data.named_rng(seed, "slurp")
+    rng = synthetic_speech.named_rng(seed, "slurp")
     lexicon = _lexicon(seed)
     words = list(lexicon["words"])
     keywords, fillers = words[:len(SLURP_ACTIONS)], words[len(SLURP_ACTIONS):]

@@ -7,7 +7,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import speech_models
-import synthetic_data
+import synthetic_speech
 
 
 def _phone_frames(backbone, preprocessor, lexicon, rng, n_tokens):
@@ -16,7 +16,7 @@ def _phone_frames(backbone, preprocessor, lexicon, rng, n_tokens):
     features, labels = [], []
     for phone, frequencies in lexicon["phones"].items():
         for _ in range(n_tokens):
-            sound = 0.5 * 10 ** rng.uniform(-0.8, 0.0) * synthetic_data.phone_sound(
+            sound = 0.5 * 10 ** rng.uniform(-0.8, 0.0) * synthetic_speech.phone_sound(
                 frequencies, 0.12, rate, rng)
             audio = np.concatenate([np.zeros(1600), sound, np.zeros(1600)])
             audio += rng.normal(0.0, 0.002, len(audio))
@@ -30,7 +30,7 @@ def _phone_frames(backbone, preprocessor, lexicon, rng, n_tokens):
 
 
 def test_demo_size_checkpoint_tells_the_synthetic_phones_apart(tmp_path):
-    lexicon = synthetic_data.make_lexicon(0, n_words=4, semantic_dim=2)
+    lexicon = synthetic_speech.make_lexicon(0, n_words=4, semantic_dim=2)
     accuracy = {}
     for size in ("tiny", "demo"):
         out = tmp_path / size
