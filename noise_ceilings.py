@@ -93,7 +93,8 @@ def get_noise_ceiling(data_dir, subject, nc_path=None, story=data_utils.TEST_STO
     logger.info("%s not found: computing the noise ceiling of %s from the repeats of %s and "
                 "saving it there", path, data_utils.subject_id(subject), story)
     cc_max, n_repeats = compute_subject_noise_ceiling(data_dir, subject, story)
-    save_noise_ceiling(path, cc_max, _nc_metadata(data_dir, subject, story, n_repeats, True, cc_max))
+    save_noise_ceiling(path, cc_max,
+                       _nc_metadata(data_dir, subject, story, n_repeats, True, cc_max))
     return cc_max
 
 

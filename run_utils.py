@@ -586,7 +586,8 @@ def cached_arrays(path, names, compute, settings):
             if path.exists():
                 shutil.copyfile(path, tmp)
             with h5py.File(tmp, "a") as handle:
-                for key, values in [*extras.items(), *((keys[name], new[name]) for name in missing)]:
+                arrays = [*extras.items(), *((keys[name], new[name]) for name in missing)]
+                for key, values in arrays:
                     if key in handle:
                         del handle[key]
                     handle[key] = values
