@@ -142,47 +142,50 @@ def parse_args(argv=None):
 def run(args):
     out_dir = Path(args.save_dir) / args.exp_name
     run_utils.check_replaceable(out_dir, args.overwrite)  # before any expensive work
-    subject = data_utils.subject_id(args.subject)
-    models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
-                                          args.epochs, args.skip_pretrained)
-    device = speech_models.resolve_device(args.device)
-    dtype = speech_models.autocast_dtype(args.precision, device)
-    stories = training_stories(args.data_dir, subject, args.train_stories, args.test_story)
-    nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, args.nc_path, args.test_story)
-    responses = Responses(
-        np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories]),
-        data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:])
-    lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
-    try:
-        splits = eval_utils.bootstrap_chunk_splits(lengths, args.n_boots, args.chunk_len,
-                                                   seed=args.seed)
-    except ValueError as err:
-        raise UsageError(f"--chunk_len {args.chunk_len}: {err}") from None
-    task = EncodingTask(stories, args.test_story, responses, nc,
-                        load_rois(args.roi_file, nc.size), splits, args.alphas, args.nc_thr)
-    extraction = Extraction(args.data_dir, args.cache_dir, args.context_s, args.chunk_s,
-                            args.batch_size, args.naive, dtype, args.tr_source, args.tr_path)
-    stimulus = stimulus_features(stories, args.test_story, extraction, args.low_level,
-                                 args.phonetic_features,
-                                 args.word_vectors if args.semantic_preference else None,
-                                 args.ngram_vocab_size)
-    all_results = {label: evaluate_model(label, checkpoint, args.layers, extraction, task,
-                                         stimulus, args.low_level, args.low_level_alphas, device)
-                   for label, checkpoint in models}
-    facts = {"subject": subject, "train_stories": stories, "models": dict(models)}
-    with run_utils.output_folder(out_dir, args.overwrite) as staging:
-        run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
-        rows, preference_rows = write_results(staging, all_results, facts)
-    overall = [row for row in rows if row["region"] == "all"]
-    print(run_utils.comparison_table([r for r in overall if r["low_level"] == "none"], "cc_norm"))
-    for spec in args.low_level:
-        print(f"without {spec}:")
-        print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
-                                          "drop_percent"))
-    if preference_rows:
-        print(run_utils.comparison_table(preference_rows, "preference"))
-    logger.info("results in %s", out_dir)
-    return out_dir
+    with run_utils.FolderLock(out_dir):  # held for the run's life
+        subject = data_utils.subject_id(args.subject)
+        models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
+                                              args.epochs, args.skip_pretrained)
+        device = speech_models.resolve_device(args.device)
+        dtype = speech_models.autocast_dtype(args.precision, device)
+        stories = training_stories(args.data_dir, subject, args.train_stories, args.test_story)
+        nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, args.nc_path, args.test_story)
+        responses = Responses(
+            np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories]),
+            data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:])
+        lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
+        try:
+            splits = eval_utils.bootstrap_chunk_splits(lengths, args.n_boots, args.chunk_len,
+                                                       seed=args.seed)
+        except ValueError as err:
+            raise UsageError(f"--chunk_len {args.chunk_len}: {err}") from None
+        task = EncodingTask(stories, args.test_story, responses, nc,
+                            load_rois(args.roi_file, nc.size), splits, args.alphas, args.nc_thr)
+        extraction = Extraction(args.data_dir, args.cache_dir, args.context_s, args.chunk_s,
+                                args.batch_size, args.naive, dtype, args.tr_source, args.tr_path)
+        stimulus = stimulus_features(stories, args.test_story, extraction, args.low_level,
+                                     args.phonetic_features,
+                                     args.word_vectors if args.semantic_preference else None,
+                                     args.ngram_vocab_size)
+        all_results = {label: evaluate_model(label, checkpoint, args.layers, extraction, task,
+                                             stimulus, args.low_level, args.low_level_alphas,
+                                             device)
+                       for label, checkpoint in models}
+        facts = {"subject": subject, "train_stories": stories, "models": dict(models)}
+        with run_utils.output_folder(out_dir, args.overwrite) as staging:
+            run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
+            rows, preference_rows = write_results(staging, all_results, facts)
+        overall = [row for row in rows if row["region"] == "all"]
+        print(run_utils.comparison_table([r for r in overall if r["low_level"] == "none"],
+                                         "cc_norm"))
+        for spec in args.low_level:
+            print(f"without {spec}:")
+            print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
+                                              "drop_percent"))
+        if preference_rows:
+            print(run_utils.comparison_table(preference_rows, "preference"))
+        logger.info("results in %s", out_dir)
+        return out_dir
 
 
 def main(argv=None):

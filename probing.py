@@ -117,33 +117,35 @@ class ProbeData(NamedTuple):
 def run(args):
     out_dir = Path(args.save_dir) / args.exp_name
     run_utils.check_replaceable(out_dir, args.overwrite)  # before the slow part
-    models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
-                                          args.epochs, args.skip_pretrained)
-    device = speech_models.resolve_device(args.device)
-    dtype = speech_models.autocast_dtype(args.precision, device)
-    task = downstream_data.TASKS[args.task]
-    train, test = [split_examples(args.task, args.data_path, split, args.seed, args.max_examples,
-                                  args.test_fraction, args.audio_dir)
-                   for split in ("train", "test")]
-    classes = downstream_data.task_classes(args.task, train, test)
-    logger.info("%s %s: %d training and %d test utterances, %d classes", task.dataset,
-                args.task, len(train), len(test), len(classes))
-    data = ProbeData(task.dataset, Split(train, targets(train, classes, task.multi_label)),
-                     Split(test, targets(test, classes, task.multi_label)), classes,
-                     task.multi_label)
-    rows = []
-    for label, checkpoint in models:
-        rows += evaluate_model(label, checkpoint, data, args.layers, args.cache_dir,
-                               args.batch_size, args.num_epochs, args.lr, args.seed, device,
-                               dtype)
-    facts = {"task": args.task, "dataset": task.dataset, "classes": list(classes),
-             "models": dict(models)}
-    with run_utils.output_folder(out_dir, args.overwrite, what=f"{args.task} probes") as staging:
-        run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
-        write_results(staging, rows, facts, args.task)
-    for key in ("f1_micro", "f1_macro"):
-        print(run_utils.comparison_table(rows, key))
-    logger.info("results in %s", out_dir)
+    with run_utils.FolderLock(out_dir):  # held for the run's life
+        models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
+                                              args.epochs, args.skip_pretrained)
+        device = speech_models.resolve_device(args.device)
+        dtype = speech_models.autocast_dtype(args.precision, device)
+        task = downstream_data.TASKS[args.task]
+        train, test = [split_examples(args.task, args.data_path, split, args.seed,
+                                      args.max_examples, args.test_fraction, args.audio_dir)
+                       for split in ("train", "test")]
+        classes = downstream_data.task_classes(args.task, train, test)
+        logger.info("%s %s: %d training and %d test utterances, %d classes", task.dataset,
+                    args.task, len(train), len(test), len(classes))
+        data = ProbeData(task.dataset, Split(train, targets(train, classes, task.multi_label)),
+                         Split(test, targets(test, classes, task.multi_label)), classes,
+                         task.multi_label)
+        rows = []
+        for label, checkpoint in models:
+            rows += evaluate_model(label, checkpoint, data, args.layers, args.cache_dir,
+                                   args.batch_size, args.num_epochs, args.lr, args.seed, device,
+                                   dtype)
+        facts = {"task": args.task, "dataset": task.dataset, "classes": list(classes),
+                 "models": dict(models)}
+        what = f"{args.task} probes"
+        with run_utils.output_folder(out_dir, args.overwrite, what=what) as staging:
+            run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
+            write_results(staging, rows, facts, args.task)
+        for key in ("f1_micro", "f1_macro"):
+            print(run_utils.comparison_table(rows, key))
+        logger.info("results in %s", out_dir)
 
 
 def split_examples(task, data_path, split, seed=0, max_examples=None, test_fraction=0.2,

@@ -346,14 +346,21 @@ class FolderLock:
     """A lock file ``.<name>.lock`` beside a folder, held for a run's life.
 
     A second run of the same folder stops with one line naming the holder; a lock left by a
-    process that no longer runs (on this host) is taken over."""
+    process that no longer runs (on this host) is taken over. Within one process the lock is
+    re-entrant (a run that holds it may write its outputs through ``output_folder``)."""
+
+    _held = {}  # lock path -> how many holders in this process
 
     def __init__(self, folder):
         folder = Path(folder)
-        self.path = folder.parent / f".{folder.name}.lock"
+        self.path = (folder.parent / f".{folder.name}.lock").absolute()
         self.held = False
 
     def acquire(self):
+        if self.path in FolderLock._held:
+            FolderLock._held[self.path] += 1
+            self.held = True
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -376,6 +383,7 @@ class FolderLock:
                 continue
             with os.fdopen(descriptor, "w") as handle:
                 json.dump(me, handle)
+            FolderLock._held[self.path] = 1
             self.held = True
             return self
         raise OutputExistsError(f"{self.path}: could not take the lock; remove it if no run "
@@ -393,7 +401,10 @@ class FolderLock:
 
     def release(self):
         if self.held:
-            self.path.unlink(missing_ok=True)
+            FolderLock._held[self.path] -= 1
+            if not FolderLock._held[self.path]:
+                del FolderLock._held[self.path]
+                self.path.unlink(missing_ok=True)
             self.held = False
 
     def __enter__(self):

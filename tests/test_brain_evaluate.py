@@ -131,6 +131,16 @@ def test_a_folder_not_written_by_the_project_is_not_replaced(setup, caplog, monk
     assert _snapshot(foreign) == {Path("notes.txt"): b"mine"}
 
 
+def test_a_results_folder_in_use_by_another_run_is_refused(setup, caplog, monkeypatch,
+                                                           hold_lock):
+    root, _ = setup
+    holder = hold_lock(root / "busy" / "run")
+    _no_model_loading(monkeypatch)
+    assert _run(setup, "--overwrite", save="busy") == 1
+    assert f"in use by another run (process {holder} " in caplog.text
+    assert not (root / "busy" / "run").exists()
+
+
 def test_a_failed_or_interrupted_rerun_leaves_the_previous_results(setup, monkeypatch):
     root, _ = setup
     out = root / "failed"

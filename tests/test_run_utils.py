@@ -187,15 +187,25 @@ def test_output_folder_needs_overwrite_and_our_marker(tmp_path):
     assert (tmp_path / "empty_or_new" / "x").exists()
 
 
-def test_a_second_run_of_the_same_folder_stops_naming_the_holder(tmp_path, caplog):
+def test_a_second_run_of_the_same_folder_stops_naming_the_holder(tmp_path, hold_lock):
     out = tmp_path / "results"
-    with run_utils.output_folder(out) as staging:
-        (staging / "first").write_text("1")
-        with pytest.raises(run_utils.OutputExistsError,
-                           match=rf"in use by another run \(process {os.getpid()} "):
-            with run_utils.output_folder(out, overwrite=True):
-                pytest.fail("must not start")
-    assert sorted(p.name for p in out.iterdir()) == [run_utils.RUN_MARKER, "first"]
+    pid = hold_lock(out)
+    with pytest.raises(run_utils.OutputExistsError,
+                       match=rf"in use by another run \(process {pid} "):
+        with run_utils.output_folder(out, overwrite=True):
+            pytest.fail("must not start")
+    with pytest.raises(run_utils.OutputExistsError, match=rf"process {pid} "):
+        run_utils.RunFolder(out).check(overwrite=True)
+    assert not out.exists()
+
+
+def test_the_lock_is_reentrant_within_a_run(tmp_path):
+    out = tmp_path / "results"
+    with run_utils.FolderLock(out) as lock:  # held for the run's life
+        with run_utils.output_folder(out) as staging:  # the outputs, at the end
+            (staging / "x").write_text("1")
+        assert lock.path.exists()  # still held by the run
+    assert not lock.path.exists() and (out / "x").exists()
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, caplog):
@@ -214,8 +224,6 @@ def test_run_folder_replaces_an_old_run_only_when_started(tmp_path):
     assert _tree(folder) == before  # set-up happens here; a failure keeps the old run
     run.start()
     assert sorted(p.name for p in folder.iterdir()) == [run_utils.RUN_MARKER]
-    with pytest.raises(run_utils.OutputExistsError, match="in use"):
-        run_utils.RunFolder(folder).check(overwrite=True)
     run.release()
     with pytest.raises(run_utils.OutputExistsError, match="--resume"):
         run_utils.RunFolder(folder).check(overwrite=False)

@@ -304,17 +304,19 @@ def test_a_folder_not_written_by_the_trainer_is_never_replaced(train_data, tiny_
 
 
 def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(train_data, tiny_models,
-                                                                     tmp_path, caplog):
+                                                                     tmp_path, caplog,
+                                                                     hold_lock):
     model = tiny_models["wav2vec2"]
-    with run_utils.FolderLock(tmp_path / "run") as lock:
-        for extra in ([], ["--resume"], ["--overwrite"]):
-            caplog.clear()
-            code, run_dir = run(train_data, model, tmp_path, "--num_epochs", "1", *extra)
-            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-            assert code == 1 and len(errors) == 1
-            assert f"in use by another run (process {os.getpid()} on {socket.gethostname()}" \
-                in errors[0]
-            assert lock.path.exists() and not run_dir.exists()
+    lock = run_utils.FolderLock(tmp_path / "run")
+    holder = hold_lock(tmp_path / "run")
+    for extra in ([], ["--resume"], ["--overwrite"]):
+        caplog.clear()
+        code, run_dir = run(train_data, model, tmp_path, "--num_epochs", "1", *extra)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert code == 1 and len(errors) == 1
+        assert f"in use by another run (process {holder} on {socket.gethostname()}" \
+            in errors[0]
+        assert lock.path.exists() and not run_dir.exists()
     lock.path.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
                                      "started": "", "command": "brain_trainer_story.py"}))
     code, run_dir = run(train_data, model, tmp_path, "--num_epochs", "1", "--save_every", "0")
