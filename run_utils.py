@@ -26,9 +26,11 @@ two runs of the same name apart.
 import argparse
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 RUN_MARKER = ".brain_tuning_run"  # written into every output folder the project makes
 PACKAGES = ("numpy", "scipy", "h5py", "soundfile", "librosa", "torch", "transformers", "sklearn",
             "peft")
+# OSErrors that mean "cannot write here", not a bug: permission, read-only, full disk, quota.
+WRITE_FAILURES = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+FULL_DISK_BYTES = 2**20  # a write that fails with less free space than this: the disk is full
 KEY_CHARS = 16  # hex characters of a cache-key digest
 
 
@@ -92,7 +97,23 @@ def main(parse_args, run, argv=None):
     except UserError as err:
         logger.error("%s", err)
         return 1
+    except OSError as err:
+        if err.errno not in WRITE_FAILURES:
+            raise
+        logger.error("%s", write_failure_message(err))
+        return 1
     return 0
+
+
+def write_failure_message(err):
+    """One line for an OSError of a full disk or a folder we may not write: the path and
+    what to do. Files written atomically are left as they were before the write."""
+    where = err.filename or "an output file"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space (or raise the quota) or choose another --save_dir/--cache_dir"
+    else:
+        fix = "check its permissions or choose another --save_dir/--cache_dir"
+    return f"{where}: {err.strerror}; {fix} (files written earlier are intact)"
 
 
 def check_exp_name(name):
@@ -169,7 +190,8 @@ def atomic_output(path, overwrite=False):
     suffix so that writers which choose a format by extension (numpy, soundfile) work. A
     folder is swapped by renames (old aside, new in, old removed), so that at every instant
     either the old or the new folder is complete: after a kill between the renames
-    ``recover(path)`` puts the old one back.
+    ``recover(path)`` puts the old one back. A write that fails on a full disk is an
+    ``OSError`` (ENOSPC) naming ``path``, whatever the writer raised.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -177,7 +199,19 @@ def atomic_output(path, overwrite=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path, "tmp")
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:  # name the file the user asked for, not our temporary
+            if err.filename is not None and Path(err.filename) == tmp:
+                err.filename = str(path)
+            raise
+        except UserError:
+            raise
+        except Exception as err:
+            # torch.save and safetensors report a full disk as RuntimeError/SafetensorError
+            if shutil.disk_usage(path.parent).free < FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
         if tmp.is_dir() and path.is_dir():
             aside = _temporary(path, "old")
             os.replace(path, aside)
@@ -244,9 +278,28 @@ def write_text(path, text, overwrite=False):
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_safe(value):
+    """``value`` with every non-finite float (NaN, +-Infinity, numpy's too) replaced by None,
+    numpy scalars and arrays made plain Python, so that it is valid JSON."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(payload, indent=2):
+    """Valid JSON text of ``payload`` (NaN and Infinity written as null, see ``json_safe``)."""
+    return json.dumps(json_safe(payload), indent=indent, default=str, allow_nan=False)
+
+
 def write_json(path, payload, overwrite=False):
-    """Write JSON atomically (see ``atomic_output``)."""
-    write_text(path, json.dumps(payload, indent=2, default=str) + "\n", overwrite)
+    """Write JSON atomically (see ``atomic_output``); NaN and Infinity become null."""
+    write_text(path, json_text(payload) + "\n", overwrite)
 
 
 def write_csv(path, rows, overwrite=False):
@@ -270,6 +323,9 @@ def comparison_table(rows, value_key):
         lines.append(model.ljust(width) + "".join(
             f"{value.get((model, layer), float('nan')):<8.3f}" for layer in layers))
     return "\n".join(lines)
+
+
+SUMMARY_VOXELS_NAME = "summary_voxels.npy"  # indices of the voxels every summary averages over
 
 
 def voxel_results_name(model, layer, analysis="none"):
@@ -511,11 +567,12 @@ def check_model_arguments(parser, args):
 
 def models_to_evaluate(model_name, model_paths=(), logs_dir=None, epochs=("final",),
                        skip_pretrained=False):
-    """(label, checkpoint) pairs: the pretrained model, then every tuned one, labels unique."""
-    models = [] if skip_pretrained else [("pretrained", str(model_name))]
-    for path in map(resolve_checkpoint, model_paths):
-        models.append((path.name if path.name != "final" else path.parent.name + "/final",
-                       str(path)))
+    """(label, checkpoint) pairs: the pretrained model, then every tuned one.
+
+    Labels are the same whichever flag named a checkpoint (``checkpoint_label``): "pretrained",
+    "final", "epoch N", or the folder's name; where two checkpoints would share a label, each
+    is prefixed with its run folder's name ("runA/final")."""
+    paths = [resolve_checkpoint(path) for path in model_paths]
     if logs_dir:
         for epoch in epochs:
             folder = Path(logs_dir) / (epoch if epoch == "final" else f"checkpoint-epoch{epoch}")
@@ -523,12 +580,25 @@ def models_to_evaluate(model_name, model_paths=(), logs_dir=None, epochs=("final
                 found = sorted(p.name for p in Path(logs_dir).glob("*")
                                if (p / "config.json").exists())
                 raise UsageError(f"{folder}: not found; the run has {', '.join(found) or 'none'}")
-            models.append((f"epoch {epoch}" if epoch != "final" else "final", str(folder)))
+            paths.append(folder)
+    labels = [checkpoint_label(path) for path in paths]
+    labels = [f"{path.resolve().parent.name}/{label}" if labels.count(label) > 1 else label
+              for path, label in zip(paths, labels)]
+    models = [] if skip_pretrained else [("pretrained", str(model_name))]
+    models += [(label, str(path)) for label, path in zip(labels, paths)]
     if not models:
         raise UsageError("nothing to evaluate: give --model_path or --logs_dir, or drop "
                          "--skip_pretrained")
-    labels = unique_names((label, None) for label, _ in models)
-    return [(label, checkpoint) for label, (_, checkpoint) in zip(labels, models)]
+    names = unique_names((label, None) for label, _ in models)
+    return [(label, checkpoint) for label, (_, checkpoint) in zip(names, models)]
+
+
+def checkpoint_label(path):
+    """The label of a checkpoint folder: "final", "epoch N" for ``checkpoint-epochN``, else
+    the folder's name."""
+    name = Path(path).name
+    match = re.fullmatch(r"checkpoint-epoch(\d+)", name)
+    return f"epoch {match.group(1)}" if match else name
 
 
 def choose_layers(requested, depth, default=None):
@@ -575,7 +645,8 @@ def cached_arrays(path, names, compute, settings):
     The names found in ``path`` are read; ``compute(missing_names)`` computes the others and
     returns (dict name -> array, dict name -> extra array stored beside them, e.g. times);
     everything is written back atomically with ``settings`` (a string) as an attribute, and
-    names cached earlier but not asked for now are kept.
+    names cached earlier but not asked for now are kept. An unreadable file (truncated, zero
+    bytes, damaged) is rebuilt with a warning.
 
     Returns
     -------
@@ -583,18 +654,23 @@ def cached_arrays(path, names, compute, settings):
     """
     path = Path(path)
     keys = {name: f"layer_{name}" if isinstance(name, int) else str(name) for name in names}
-    found, extras = {}, {}
+    found, extras, readable = {}, {}, False
     if path.exists():
-        with h5py.File(path, "r") as handle:
-            found = {name: handle[key][()] for name, key in keys.items() if key in handle}
-            extras = {key: handle[key][()] for key in handle if key not in keys.values()
-                      and not key.startswith("layer_")}
+        try:
+            with h5py.File(path, "r") as handle:
+                found = {name: handle[key][()] for name, key in keys.items() if key in handle}
+                extras = {key: handle[key][()] for key in handle if key not in keys.values()
+                          and not key.startswith("layer_")}
+            readable = True
+        except (OSError, KeyError, ValueError) as err:  # truncated, zero bytes, damaged
+            logger.warning("cache file %s is unreadable (%s); rebuilding it", path, err)
+            found, extras = {}, {}
     missing = [name for name in names if name not in found]
     if missing:
         new, extras = compute(missing)
         found.update(new)
         with atomic_output(path, overwrite=True) as tmp:
-            if path.exists():
+            if readable:
                 shutil.copyfile(path, tmp)
             with h5py.File(tmp, "a") as handle:
                 arrays = [*extras.items(), *((keys[name], new[name]) for name in missing)]

@@ -2,9 +2,11 @@
 caches and the scripts' entry point."""
 
 import csv
+import errno
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -124,6 +126,16 @@ def test_write_json_and_csv(tmp_path):
     assert json.loads((tmp_path / "rows.json").read_text()) == {"rows": rows}
     with pytest.raises(run_utils.OutputExistsError):
         run_utils.write_json(tmp_path / "rows.json", {})
+
+
+def test_write_json_never_writes_nan_or_infinity(tmp_path):
+    payload = {"loss": float("inf"), "r": np.float32("nan"), "rows": [1.5, -np.inf],
+               "array": np.array([0.25, np.nan]), "count": np.int64(3), "ok": 0.5}
+    run_utils.write_json(tmp_path / "x.json", payload)
+    text = (tmp_path / "x.json").read_text()
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert strict == {"loss": None, "r": None, "rows": [1.5, None], "array": [0.25, None],
+                      "count": 3, "ok": 0.5}
 
 
 def test_run_config_stores_the_arguments_once():
@@ -261,6 +273,69 @@ def test_main_turns_user_errors_into_one_line_and_status_1(caplog):
         run_utils.main(parse, lambda args: 1 / 0, ["x"])
 
 
+def test_main_turns_write_failures_into_one_line_and_keeps_earlier_files(tmp_path, caplog,
+                                                                        monkeypatch):
+    out = tmp_path / "results"
+    out.mkdir()
+    run_utils.write_json(out / "results.json", {"before": 1})
+    out.chmod(0o500)  # read-only --save_dir
+    if os.geteuid() == 0:  # root writes anyway: fail the write as the kernel would for others
+        def refuse(self, *args, **kwargs):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+        monkeypatch.setattr(run_utils.Path, "write_text", refuse)
+    try:
+        with caplog.at_level(logging.ERROR):
+            status = run_utils.main(
+                lambda argv: None,
+                lambda args: run_utils.write_json(out / "results.json", {"after": 2},
+                                                  overwrite=True))
+    finally:
+        out.chmod(0o700)
+    assert status == 1
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"{out / 'results.json'}: Permission denied;")
+    assert "choose another --save_dir" in message
+    assert json.loads((out / "results.json").read_text()) == {"before": 1}
+
+
+def test_write_failure_message_for_a_full_disk():
+    err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/last/model.safetensors")
+    message = run_utils.write_failure_message(err)
+    assert message.startswith("/data/run/last/model.safetensors: No space left on device;")
+    assert "free some space" in message
+
+
+def test_a_writer_failing_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, monkeypatch):
+    def torch_like_writer(tmp):
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704")
+
+    target = tmp_path / "training_state.pt"
+    with pytest.raises(RuntimeError, match="enforce fail"):  # space left: a real error
+        with run_utils.atomic_output(target) as tmp:
+            torch_like_writer(tmp)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(run_utils.shutil, "disk_usage",
+                        lambda path: usage._replace(free=4096))
+    with pytest.raises(OSError) as caught:
+        with run_utils.atomic_output(target) as tmp:
+            torch_like_writer(tmp)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(run_utils.UsageError):  # our own errors pass unchanged
+        with run_utils.atomic_output(target):
+            raise run_utils.UsageError("bad flag")
+
+
+def test_main_keeps_the_traceback_of_other_os_errors():
+    def missing(args):
+        open("/nonexistent/file/for/sure")
+
+    with pytest.raises(FileNotFoundError):
+        run_utils.main(lambda argv: None, missing)
+
+
 # ----------------------------------------------------------------------------- model choice
 
 def _checkpoint(folder):
@@ -277,7 +352,12 @@ def test_models_to_evaluate(tmp_path):
     models = run_utils.models_to_evaluate("base", [str(run), str(other)], str(run), ["2", "final"])
     assert models == [("pretrained", "base"), ("tuned/final", str(run / "final")),
                       ("other/final", str(other)), ("epoch 2", str(run / "checkpoint-epoch2")),
-                      ("final", str(run / "final"))]
+                      ("tuned/final#2", str(run / "final"))]
+    # A checkpoint has the same label whichever flag names it (plots and tables agree).
+    for flags in ({"model_paths": [str(run / "checkpoint-epoch2"), str(run)]},
+                  {"logs_dir": str(run), "epochs": ["2", "final"]}):
+        assert [label for label, _ in run_utils.models_to_evaluate("base", **flags)] == [
+            "pretrained", "epoch 2", "final"]
     assert run_utils.resolve_checkpoint(run) == run / "final"
     with pytest.raises(run_utils.UsageError, match="checkpoint-epoch7: not found; the run has "
                                                    "checkpoint-epoch2, final"):
@@ -321,6 +401,28 @@ def test_cached_arrays_compute_each_name_once_and_keep_earlier_ones(tmp_path):
     assert calls == [[1, 2], [3]]
     np.testing.assert_array_equal(values[1], [1, 1, 1])
     np.testing.assert_array_equal(extras["times"], np.arange(3))
+
+
+@pytest.mark.parametrize("damage", ["zero bytes", "truncated"])
+def test_cached_arrays_rebuild_an_unreadable_cache_file(tmp_path, caplog, damage):
+    path = tmp_path / "cache.hf5"
+    calls = []
+
+    def compute(missing):
+        calls.append(list(missing))
+        return {name: np.full(3, name, np.float32) for name in missing}, {"times": np.arange(3)}
+
+    run_utils.cached_arrays(path, [1, 2], compute, "settings")
+    raw = path.read_bytes()
+    path.write_bytes(b"" if damage == "zero bytes" else raw[:len(raw) // 3])
+    with caplog.at_level(logging.WARNING):
+        values, extras = run_utils.cached_arrays(path, [1, 2], compute, "settings")
+    assert calls == [[1, 2], [1, 2]]
+    assert any("unreadable" in r.getMessage() and str(path) in r.getMessage()
+               for r in caplog.records)
+    np.testing.assert_array_equal(values[2], [2, 2, 2])
+    run_utils.cached_arrays(path, [1, 2], compute, "settings")  # the rebuilt file is read
+    assert len(calls) == 2
 
 
 def test_help_shows_defaults_only_where_there_is_one():

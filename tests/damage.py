@@ -1,0 +1,74 @@
+"""One defect each, applied to a private copy of a synthetic dataset (``dataset_copy``).
+
+The bad inputs a new user meets: stimuli that do not cover the story, respdict counts that
+make no sense, response files of the wrong shape, TextGrid tiers in an unexpected order.
+"""
+
+import json
+
+import h5py
+import numpy as np
+import soundfile as sf
+
+import data_utils
+
+
+def _wav(data_dir, story):
+    return data_utils.stimulus_path(data_dir, story)
+
+
+def shorten_wav(data_dir, story, seconds):
+    """Rewrite ``stimuli/<story>.wav`` as a valid WAV holding only its first ``seconds``."""
+    path = _wav(data_dir, story)
+    info = sf.info(str(path))
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    sf.write(path, audio[:int(round(seconds * rate))], rate, subtype=info.subtype)
+
+
+def truncate_wav_bytes(data_dir, story, fraction):
+    """Cut ``stimuli/<story>.wav`` to ``fraction`` of its bytes; its header still claims the
+    full length (an interrupted download)."""
+    path = _wav(data_dir, story)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(len(raw) * fraction)])
+
+
+def set_respdict(data_dir, story, value):
+    """Set ``respdict[story]`` to ``value`` (any JSON value)."""
+    path = data_utils.derivative_dir(data_dir) / "respdict.json"
+    respdict = json.loads(path.read_text())
+    respdict[story] = value
+    path.write_text(json.dumps(respdict))
+
+
+def read_hdf5(data_dir, subject, story, name="data"):
+    """Dataset ``name`` of a story's response file, as stored (float64)."""
+    with h5py.File(data_utils.response_path(data_dir, subject, story), "r") as handle:
+        return handle[name][()]
+
+
+def replace_hdf5(data_dir, subject, story, name, array):
+    """Replace dataset ``name`` of a story's response file by ``array``."""
+    with h5py.File(data_utils.response_path(data_dir, subject, story), "a") as handle:
+        del handle[name]
+        handle.create_dataset(name, data=np.asarray(array))
+
+
+def swap_tiers(data_dir, story, names=("", "")):
+    """Rewrite a story's TextGrid with the word tier first; ``names`` are the names the
+    (word, phone) tiers get: unnamed by default, ("phone", "word") for names that contradict
+    the content, ("word", "phone") for honest names."""
+    path = data_utils.textgrid_path(data_dir, story)
+    grid = data_utils.load_textgrid(path)
+    phones, words = list(grid.values())[:2]
+    end = max(entry[1] for entry in phones + words)
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0",
+             f"xmax = {end}", "tiers? <exists>", "size = 2", "item []:"]
+    for number, (name, entries) in enumerate(zip(names, (words, phones)), 1):
+        lines += [f"    item [{number}]:", '        class = "IntervalTier"',
+                  f'        name = "{name}"', "        xmin = 0", f"        xmax = {end}",
+                  f"        intervals: size = {len(entries)}"]
+        for index, (start, stop, label) in enumerate(entries, 1):
+            lines += [f"        intervals [{index}]:", f"            xmin = {start}",
+                      f"            xmax = {stop}", f'            text = "{label}"']
+    path.write_text("\n".join(lines) + "\n")
