@@ -4,10 +4,12 @@ Layout (SPEC section 3)::
 
     <data_dir>/stimuli/<story>.wav
     <data_dir>/derivative/respdict.json                      story -> TRs acquired
-    <data_dir>/derivative/TextGrids/<story>.TextGrid          tier 1 phones, tier 2 words
+    <data_dir>/derivative/TextGrids/<story>.TextGrid          phone tier, word tier
     <data_dir>/derivative/preprocessed_data/UTS0N/<story>.hf5 dataset "data" (rows, voxels)
 
-``derivatives/`` is accepted in place of ``derivative/``.
+``derivatives/`` is accepted in place of ``derivative/``. The WAV must cover the story
+(``stimulus_problem``) and the TextGrid tiers are found by name or content
+(``identify_tiers``). ``check_run_inputs`` checks all a run needs from headers, quickly.
 
 Timing: the standard (simulated) TR grid of a story has ``N = respdict[story] - 5`` TRs of
 2 s; TR ``k`` starts ``2k - 10`` s after story onset and its centre is ``2k - 9`` s. Response
@@ -67,6 +69,22 @@ NOISE_LABELS = frozenset({"", "sp", "br", "lg", "ls", "ns", "cg", "sil", "senten
                           "sentence_end"})
 TR_SOURCES = ("respdict", "report", "trfiles")
 HDF5_BLOCK_BYTES = 64 * 2**20
+# The stimulus must reach the end of the last response row's TR, at most this much earlier ...
+AUDIO_SHORT_TOLERANCE_S = TR_SECONDS
+# ... and may not run past the end of the TR grid by more than this (real WAVs end within
+# -2.0..+0.3 s of it) ...
+AUDIO_LONG_TOLERANCE_S = TR_SECONDS
+# ... nor differ from the TextGrid's xmax by more than this.
+TEXTGRID_AUDIO_TOLERANCE_S = TR_SECONDS
+# The 39 phones of the CMU pronouncing dictionary (ARPAbet without stress digits).
+ARPABET_PHONES = ("AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY",
+                  "F", "G", "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P",
+                  "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z", "ZH")
+# A tier is a phone tier by content when at least this fraction of its non-noise labels are
+# ARPAbet phones (a word tier has a few: "uh", "ah").
+PHONE_TIER_MIN_FRACTION = 0.5
+PHONE_TIER_NAMES = frozenset({"phone", "phones"})
+WORD_TIER_NAMES = frozenset({"word", "words"})
 
 
 class DatasetError(run_utils.UserError, ValueError):
@@ -151,7 +169,11 @@ def list_subjects(data_dir):
 
 
 def load_respdict(data_dir):
-    """``derivative/respdict.json``: story -> number of TRs acquired."""
+    """``derivative/respdict.json``: story -> number of TRs acquired, as stored.
+
+    Only the file is checked here (a JSON object); each entry is checked when it is used
+    (``respdict_trs``, ``respdict_problem``), so a bad entry is named.
+    """
     path = derivative_dir(data_dir) / "respdict.json"
     try:
         respdict = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -159,18 +181,38 @@ def load_respdict(data_dir):
         raise DatasetError(f"{path}: missing; download derivative/respdict.json of ds003020") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: not valid JSON ({err}); download it again") from None
-    if not isinstance(respdict, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in respdict.values()):
-        raise DatasetError(f"{path}: expected a JSON object mapping story names to TR counts")
+    if not isinstance(respdict, dict):
+        raise DatasetError(f"{path}: expected a JSON object mapping story names to TR counts, "
+                           f"found a JSON {type(respdict).__name__}; download it again")
     return respdict
 
 
-def respdict_trs(data_dir, story):
-    """TRs acquired for a story according to ``respdict.json``."""
-    respdict = load_respdict(data_dir)
+def respdict_problem(data_dir, respdict, story):
+    """What is wrong with a story's respdict entry (one line naming it), or None if usable.
+
+    A usable entry is a JSON integer that leaves at least one response row (>= 21).
+    """
+    path = derivative_dir(data_dir) / "respdict.json"
     if story not in respdict:
-        raise DatasetError(f"{derivative_dir(data_dir) / 'respdict.json'}: no entry for story "
-                           f"{story!r}; check the story name")
+        return (f"{path}: no entry for story {story!r}; check the story name or download "
+                "respdict.json again")
+    where, value = f"{path}: entry {story!r}", respdict[story]
+    if not isinstance(value, int) or isinstance(value, bool):
+        return (f"{where} is {json.dumps(value)}, not a whole number of TRs; write the TR count "
+                "as an integer (or download respdict.json again)")
+    if value - RESPONSE_ROWS_OFFSET < 1:
+        return (f"{where} is {value} TRs, which leaves {value - RESPONSE_ROWS_OFFSET} response "
+                f"rows (rows = TRs - {RESPONSE_ROWS_OFFSET}); it must be at least "
+                f"{RESPONSE_ROWS_OFFSET + 1}: download respdict.json again")
+    return None
+
+
+def respdict_trs(data_dir, story):
+    """TRs acquired for a story according to ``respdict.json`` (a checked integer >= 21)."""
+    respdict = load_respdict(data_dir)
+    problem = respdict_problem(data_dir, respdict, story)
+    if problem:
+        raise DatasetError(problem)
     return respdict[story]
 
 
@@ -389,11 +431,16 @@ def parse_textgrid(text, path="<string>"):
     dict tier name -> list of (start, end, label), tiers and entries in file order. Point
     tiers give (time, time, mark). A repeated tier name gets a suffix: ``"word#2"``.
     """
+    return _parse_textgrid(text, path)[1]
+
+
+def _parse_textgrid(text, path):
+    """``parse_textgrid`` that also returns the TextGrid's ``xmax``: (xmax seconds, tiers)."""
     tokens = _Tokens(text.lstrip("\ufeff"), path)
     header = tokens.string() if not tokens.at_end() else ""
     tiers = []
     if header == "Praat chronological TextGrid text file":
-        tokens.number(), tokens.number()
+        _, xmax = tokens.number(), tokens.number()
         n_tiers = tokens.integer()
         ends = []
         for _ in range(n_tiers):
@@ -419,7 +466,7 @@ def parse_textgrid(text, path="<string>"):
     elif header.startswith("ooTextFile"):
         if tokens.string() != "TextGrid":
             raise DatasetError(f"{path}: a Praat text file but not a TextGrid")
-        tokens.number(), tokens.number()
+        _, xmax = tokens.number(), tokens.number()
         has_tiers = tokens.flag() != "<absent>"
         for _ in range(tokens.integer() if has_tiers else 0):
             kind, name = tokens.string(), tokens.string()
@@ -433,11 +480,12 @@ def parse_textgrid(text, path="<string>"):
     else:
         raise DatasetError(f"{path}: not a Praat TextGrid in text format (first value "
                            f"{header!r}); binary TextGrids must be saved as text from Praat")
-    return run_utils.unique_names((name, entries) for _, name, entries in tiers)
+    return xmax, run_utils.unique_names((name, entries) for _, name, entries in tiers)
 
 
-def load_textgrid(path):
-    """Read a Praat TextGrid file: dict tier name -> list of (start, end, label) in file order.
+def read_textgrid(path):
+    """Read a Praat TextGrid file: (xmax seconds, dict tier name -> list of (start, end, label)
+    in file order).
 
     Long, short and chronological text formats; UTF-8 with or without BOM, or UTF-16.
     """
@@ -446,35 +494,74 @@ def load_textgrid(path):
         raw = path.read_bytes()
     except OSError as err:
         raise DatasetError(f"{path}: cannot read TextGrid ({err.strerror})") from None
-    return parse_textgrid(_decode_praat_text(raw, path), path)
+    return _parse_textgrid(_decode_praat_text(raw, path), path)
 
 
-def _tier(data_dir, story, names, position):
-    """A tier of a story's TextGrid, by name if present, else by position (0 phones, 1 words)."""
-    path = textgrid_path(data_dir, story)
-    grid = load_textgrid(path)
-    for name, entries in grid.items():
-        if name.strip().lower() in names:
-            return entries
-    if len(grid) < 2:
-        raise DatasetError(f"{path}: expected a phone tier and a word tier, found "
-                           f"{len(grid)} tier(s)")
-    return list(grid.values())[position]
+def load_textgrid(path):
+    """Read a Praat TextGrid file: dict tier name -> list of (start, end, label) in file order."""
+    return read_textgrid(path)[1]
 
 
 def _is_noise(label):
     return label.strip().lower().strip("{}").strip() in NOISE_LABELS
 
 
+def _phone_fraction(entries):
+    """Fraction of a tier's non-noise labels that are ARPAbet phones (stress digit allowed)."""
+    labels = [label.strip().upper() for _, _, label in entries if not _is_noise(label)]
+    phones = sum(re.sub(r"[012]$", "", label) in ARPABET_PHONES for label in labels)
+    return phones / len(labels) if labels else 0.0
+
+
+def _role_by_name(name):
+    """"phone", "word" or None from a tier's name (case and surrounding spaces ignored)."""
+    name = name.strip().lower()
+    return "phone" if name in PHONE_TIER_NAMES else "word" if name in WORD_TIER_NAMES else None
+
+
+def identify_tiers(grid, path):
+    """The phone and word tiers of a TextGrid: (phone entries, word entries).
+
+    A tier named phone/phones or word/words (any case) takes that role; otherwise content
+    decides: the phone tier is one whose labels are mostly ARPAbet phones, else the one with
+    more intervals, and the word tier is one whose labels are not. When the tier read as
+    phones is not mostly phones but the tier read as words is, the tiers look swapped: a
+    DatasetError naming ``path``.
+    """
+    if len(grid) < 2:
+        raise DatasetError(f"{path}: {len(grid)} tier(s), expected a phone tier and a word tier")
+    phone_like = {name: _phone_fraction(entries) >= PHONE_TIER_MIN_FRACTION
+                  for name, entries in grid.items()}
+    named = {role: next((n for n in grid if _role_by_name(n) == role), None)
+             for role in ("phone", "word")}
+    phone = named["phone"] or max((n for n in grid if n != named["word"]),
+                                  key=lambda n: (phone_like[n], len(grid[n])))
+    word = named["word"] or max((n for n in grid if n != phone),
+                                key=lambda n: (not phone_like[n], len(grid[n])))
+    if phone_like[word] and not phone_like[phone]:
+        raise DatasetError(
+            f"{path}: the tiers look swapped: tier {phone!r}, read as phones, holds words and "
+            f"tier {word!r}, read as words, holds ARPAbet phones; name the phone tier 'phone' "
+            "and the word tier 'word' (or get the TextGrid again)")
+    return grid[phone], grid[word]
+
+
+def story_textgrid(data_dir, story):
+    """A story's TextGrid: (xmax seconds, phone entries, word entries); see ``identify_tiers``."""
+    path = textgrid_path(data_dir, story)
+    xmax, grid = read_textgrid(path)
+    return (xmax, *identify_tiers(grid, path))
+
+
 def load_words(data_dir, story):
     """Word tier of a story: list of (start, end, word) without empty labels and noise tokens."""
-    entries = _tier(data_dir, story, {"word", "words"}, 1)
+    entries = story_textgrid(data_dir, story)[2]
     return [(start, end, label.strip()) for start, end, label in entries if not _is_noise(label)]
 
 
 def load_phones(data_dir, story):
     """Phone tier of a story: list of (start, end, ARPAbet phone with stress digit), no silences."""
-    entries = _tier(data_dir, story, {"phone", "phones"}, 0)
+    entries = story_textgrid(data_dir, story)[1]
     return [(start, end, label.strip()) for start, end, label in entries if not _is_noise(label)]
 
 
@@ -703,9 +790,88 @@ def read_audio(path, sampling_rate=SAMPLING_RATE):
     return mono.astype(np.float32, copy=False)
 
 
-def load_stimulus(data_dir, story, sampling_rate=SAMPLING_RATE):
-    """A story's audio as float32 mono at ``sampling_rate`` Hz (channels averaged, resampled)."""
-    return read_audio(stimulus_path(data_dir, story), sampling_rate)
+def audio_duration(path):
+    """Seconds of audio in a file, from its header only.
+
+    libsndfile counts only the frames the file's bytes hold (a WAV cut short by an
+    interrupted download reports its real length, not the length its header claims), so
+    this equals ``len(sf.read(path)[0]) / samplerate``.
+    """
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise DatasetError(f"{path}: unreadable audio ({err}); download it again") from None
+    if info.frames == 0:
+        raise DatasetError(f"{path}: holds no audio; download it again")
+    return info.frames / info.samplerate
+
+
+def _row_tr_starts(trfile, n_rows, story, tr_source):
+    """Starts of the TRs of the response rows (grid TRs 10 .. 10 + rows - 1): (rows,) float64."""
+    starts = trfile.tr_starts()[TRIM_START_TRS:TRIM_START_TRS + n_rows]
+    if len(starts) < n_rows:
+        raise DatasetError(f"story {story!r}: the {tr_source} TR timing has "
+                           f"{len(trfile.trtimes)} TRs but its {n_rows} response rows need "
+                           f"{n_rows + TRIM_START_TRS}")
+    return starts
+
+
+def story_span(data_dir, story, tr_source="respdict", tr_path=None):
+    """Where the audio of a story must end, in seconds from story onset: (rows_end, grid_end).
+
+    ``rows_end`` is the end of the last response row's TR (``2 * respdict - 30`` s on the
+    simulated grid), ``grid_end`` the end of the TR grid (``2 * respdict - 20`` s).
+    """
+    trfile = load_trfile(data_dir, story, tr_source, tr_path)
+    starts = _row_tr_starts(trfile, response_rows(data_dir, story), story, tr_source)
+    return float(starts[-1] + trfile.avgtr), float(trfile.tr_starts()[-1] + trfile.avgtr)
+
+
+def stimulus_problem(data_dir, story, duration, xmax=None, tr_source="respdict", tr_path=None):
+    """What is wrong with a story's audio length (one line naming the WAV), or None.
+
+    The audio (``duration`` s) must reach the end of the last response row's TR (less
+    ``AUDIO_SHORT_TOLERANCE_S``), end before the TR grid does (plus
+    ``AUDIO_LONG_TOLERANCE_S``) and, when ``xmax`` (the TextGrid's end) is given, end within
+    ``TEXTGRID_AUDIO_TOLERANCE_S`` of it.
+    """
+    wav = Path(data_dir) / "stimuli" / f"{story}.wav"
+    rows_end, grid_end = story_span(data_dir, story, tr_source, tr_path)
+    if duration < rows_end - AUDIO_SHORT_TOLERANCE_S:
+        return (f"{wav}: {duration:.2f} s of audio, but the story's response rows need audio "
+                f"until {rows_end:.2f} s ({tr_source} TR timing); the WAV is truncated or "
+                "belongs to another story: download it again")
+    if duration > grid_end + AUDIO_LONG_TOLERANCE_S:
+        return (f"{wav}: {duration:.2f} s of audio, but the story's TR grid ends at "
+                f"{grid_end:.2f} s ({tr_source} TR timing); the WAV belongs to another story or "
+                "respdict.json to another release: download them again")
+    if xmax is not None and abs(duration - xmax) > TEXTGRID_AUDIO_TOLERANCE_S:
+        return (f"{wav}: {duration:.2f} s of audio, but its TextGrid "
+                f"{derivative_dir(data_dir) / 'TextGrids' / (story + '.TextGrid')} ends at "
+                f"{xmax:.2f} s; one of them belongs to another story: download them again")
+    return None
+
+
+def _textgrid_xmax(data_dir, story):
+    """The ``xmax`` of a story's TextGrid, or None when the story has no TextGrid file."""
+    path = derivative_dir(data_dir) / "TextGrids" / f"{story}.TextGrid"
+    return read_textgrid(path)[0] if path.is_file() else None
+
+
+def load_stimulus(data_dir, story, sampling_rate=SAMPLING_RATE, tr_source="respdict",
+                  tr_path=None):
+    """A story's audio as float32 mono at ``sampling_rate`` Hz (channels averaged, resampled).
+
+    Audio that does not cover the story (``stimulus_problem``: against the TR timing
+    ``tr_source`` and the TextGrid's end, when there is a TextGrid) is a DatasetError naming
+    the WAV and both durations. The length checked is that of the decoded samples.
+    """
+    audio = read_audio(stimulus_path(data_dir, story), sampling_rate)
+    problem = stimulus_problem(data_dir, story, len(audio) / sampling_rate,
+                               _textgrid_xmax(data_dir, story), tr_source, tr_path)
+    if problem:
+        raise DatasetError(problem)
+    return audio
 
 
 def tr_window_bounds(data_dir, story, sampling_rate=SAMPLING_RATE, n_delays=4, tr_source="respdict",
@@ -720,12 +886,7 @@ def tr_window_bounds(data_dir, story, sampling_rate=SAMPLING_RATE, n_delays=4, t
         the end of the audio (zero padding). ``stops - starts`` is constant.
     """
     trfile = load_trfile(data_dir, story, tr_source, tr_path)
-    n_rows = response_rows(data_dir, story)
-    starts = trfile.tr_starts()[TRIM_START_TRS:TRIM_START_TRS + n_rows]
-    if len(starts) < n_rows:
-        raise DatasetError(f"story {story!r}: the {tr_source} TR timing has "
-                           f"{len(trfile.trtimes)} TRs but its {n_rows} response rows need "
-                           f"{n_rows + TRIM_START_TRS}")
+    starts = _row_tr_starts(trfile, response_rows(data_dir, story), story, tr_source)
     stops = np.round((starts + trfile.avgtr) * sampling_rate).astype(np.int64)
     length = int(round((n_delays + 1) * TR_SECONDS * sampling_rate))
     return stops - length, stops
@@ -746,9 +907,10 @@ def tr_audio_windows(data_dir, story, sampling_rate=SAMPLING_RATE, n_delays=4, t
     """Audio input of each response row: float32 (rows, (n_delays + 1) * 2 * sampling_rate).
 
     Row ``i`` pairs with row ``i`` of ``load_fmri``: the 10 s (default) ending at the end of
-    grid TR ``i + 10``, zero-padded before story onset and after its end.
+    grid TR ``i + 10``, zero-padded before story onset and after its end. Audio that does
+    not cover the story is refused (``load_stimulus``).
     """
-    audio = load_stimulus(data_dir, story, sampling_rate)
+    audio = load_stimulus(data_dir, story, sampling_rate, tr_source, tr_path)
     starts, stops = tr_window_bounds(data_dir, story, sampling_rate, n_delays, tr_source, tr_path)
     return slice_windows(audio, starts, int(stops[0] - starts[0]))
 
@@ -765,34 +927,120 @@ def load_truth(data_dir):
 
 # ----------------------------------------------------------------------------- check
 
-def _check_story_files(root, story, respdict):
-    """Problems with a story's WAV, TextGrid and respdict entry, one line each."""
-    found = []
-    if story not in respdict:
-        found.append(f"{derivative_dir(root) / 'respdict.json'}: no entry for story {story!r}")
+def _story_problems(data_dir, story, respdict, tr_source, tr_path):
+    """Problems with a story's respdict entry, TextGrid and WAV, one line each.
+
+    Reads headers and the TextGrid only (no audio decoding): the entry is usable, the
+    TextGrid readable with identifiable phone and word tiers, the WAV readable and as long as
+    the story (``stimulus_problem``).
+    """
+    entry_problem = respdict_problem(data_dir, respdict, story)
+    found = [entry_problem] if entry_problem else []
+    xmax = None
     try:
-        path = stimulus_path(root, story)
-        if sf.info(str(path)).frames == 0:
-            found.append(f"{path}: holds no audio; download it again")
+        xmax = story_textgrid(data_dir, story)[0]
     except DatasetError as err:
         found.append(str(err))
-    except (sf.LibsndfileError, RuntimeError) as err:
-        found.append(f"{root / 'stimuli' / (story + '.wav')}: unreadable audio ({err}); "
-                     "download it again")
     try:
-        path = textgrid_path(root, story)
-        n_tiers = len(load_textgrid(path))
-        if n_tiers < 2:
-            found.append(f"{path}: {n_tiers} tier(s), expected a phone tier and a word tier")
+        duration = audio_duration(stimulus_path(data_dir, story))
+        length_problem = None if entry_problem else stimulus_problem(
+            data_dir, story, duration, xmax, tr_source, tr_path)
+        found += [length_problem] if length_problem else []
     except DatasetError as err:
         found.append(str(err))
     return found
 
 
-def check_dataset(data_dir, subjects=None):
+def _response_shape(data_dir, subject, story, respdict):
+    """Shape of a story's response ``data`` from metadata: (shape or None, problem or None).
+
+    A problem when the file is missing or unreadable, ``data`` is not 2-D (shape None) or its
+    rows differ from ``respdict - 20`` (shape given).
+    """
+    try:
+        path = response_path(data_dir, subject, story)
+        shape = hdf5_shape(path)
+    except DatasetError as err:
+        return None, str(err)
+    if len(shape) != 2:
+        return None, f"{path}: 'data' has shape {shape}, expected (rows, voxels)"
+    if respdict_problem(data_dir, respdict, story) is None:
+        expected = respdict[story] - RESPONSE_ROWS_OFFSET
+        if shape[0] != expected:
+            return shape, (f"{path}: {shape[0]} rows but respdict.json says {respdict[story]} "
+                           f"TRs, so {expected} rows are expected; the file or respdict.json "
+                           "is from another release")
+    return shape, None
+
+
+def _voxel_count(data_dir, subject, shapes):
+    """The subject's voxel count (the most common one) and a problem line for each story
+    whose response file has another: (n_voxels, problems)."""
+    counts = collections.Counter(shape[1] for shape in shapes.values())
+    n_voxels = counts.most_common(1)[0][0] if counts else 0
+    return n_voxels, [f"{subject_dir(data_dir, subject) / (story + '.hf5')}: {shape[1]} voxels "
+                      f"but the subject's other stories have {n_voxels}; download the file again"
+                      for story, shape in shapes.items() if shape[1] != n_voxels]
+
+
+def check_run_inputs(data_dir, subject, stories, tr_source="respdict", tr_path=None):
+    """Check every input a run on ``stories`` needs, from metadata and headers only.
+
+    For each story: its respdict entry, its response file (readable, 2-D ``data`` with
+    respdict - 20 rows, the same voxel count in every story), its WAV (readable, as long as
+    the story: ``stimulus_problem``) and its TextGrid (readable, phone and word tiers
+    identifiable). Quick: no audio is decoded and no response matrix read.
+
+    Returns the subject's voxel count (int). Raises one DatasetError with the first problem,
+    and how many more there are.
+    """
+    respdict = load_respdict(data_dir)
+    problems, shapes = [], {}
+    for story in dict.fromkeys(stories):
+        problems += _story_problems(data_dir, story, respdict, tr_source, tr_path)
+        shape, problem = _response_shape(data_dir, subject, story, respdict)
+        problems += [problem] if problem else []
+        if shape is not None:
+            shapes[story] = shape
+    n_voxels, voxel_problems = _voxel_count(data_dir, subject, shapes)
+    problems += voxel_problems
+    if problems:
+        more = (f" (and {len(problems) - 1} more problems; run python data_utils.py check "
+                f"--data_dir {data_dir})" if len(problems) > 1 else "")
+        raise DatasetError(problems[0] + more)
+    return int(n_voxels)
+
+
+def constant_voxels(responses):
+    """Voxels whose responses carry no signal: constant over rows (NaN read as 0, so all-NaN
+    voxels too). ``responses``: (rows, n_voxels) as ``load_fmri`` returns. (n_voxels,) bool."""
+    return np.ptp(responses, axis=0) == 0
+
+
+def _constant_voxel_counts(path):
+    """(constant voxels, all-NaN voxels) of a response file's ``data``, NaN read as 0 as the
+    loaders do; read in row blocks of at most ``HDF5_BLOCK_BYTES``."""
+    with _open_hdf5(path) as handle:
+        dataset = _dataset(handle, "data", path, ndim=2)
+        n_rows, n_voxels = dataset.shape
+        missing = np.zeros(n_voxels, np.int64)
+        low, high = np.full(n_voxels, np.inf), np.full(n_voxels, -np.inf)
+        rows_per_block = max(1, HDF5_BLOCK_BYTES // (dataset.dtype.itemsize * max(1, n_voxels)))
+        for row in range(0, n_rows, rows_per_block):
+            block = np.asarray(dataset[row:row + rows_per_block], dtype=np.float64)
+            finite = np.isfinite(block)
+            missing += (~finite).sum(axis=0)
+            block[~finite] = 0.0
+            low, high = np.minimum(low, block.min(axis=0)), np.maximum(high, block.max(axis=0))
+    return int((low == high).sum()), int((missing == n_rows).sum())
+
+
+def check_dataset(data_dir, subjects=None, tr_source="respdict", tr_path=None):
     """Check a ds003020 copy. Returns (summary lines, problems, notes), problems being fatal.
 
-    Each problem and note is a one-line string naming the file and what is wrong.
+    Each problem and note is a one-line string naming the file and what is wrong. The
+    per-story checks are those of ``check_run_inputs``; audio lengths are checked against
+    the TR timing ``tr_source``.
     """
     lines, problems, notes = [], [], []
     root = Path(data_dir)
@@ -807,7 +1055,7 @@ def check_dataset(data_dir, subjects=None):
         respdict = {}
     lines.append(f"dataset {root}: respdict.json lists {len(respdict)} stories")
 
-    story_problems = {}
+    checked_stories = set()
     names = [subject_id(s) for s in subjects] if subjects else list_subjects(root)
     if not names:
         problems.append(f"{derivative / 'preprocessed_data'}: no subject folders (UTS01 ...)")
@@ -822,34 +1070,27 @@ def check_dataset(data_dir, subjects=None):
             continue
         shapes, subject_problems = {}, []
         for story in stories:
-            path = subject_dir(root, name) / f"{story}.hf5"
-            if story not in story_problems:
-                story_problems[story] = _check_story_files(root, story, respdict)
-                problems += story_problems[story]
-            try:
-                shape = hdf5_shape(path)
-            except DatasetError as err:
-                subject_problems.append(str(err))
-                continue
-            if len(shape) != 2:
-                subject_problems.append(f"{path}: 'data' has shape {shape}, expected (rows, voxels)")
-                continue
-            shapes[story] = shape
-            if story in respdict and shape[0] != respdict[story] - RESPONSE_ROWS_OFFSET:
-                subject_problems.append(
-                    f"{path}: {shape[0]} rows but respdict.json says {respdict[story]} TRs, so "
-                    f"{respdict[story] - RESPONSE_ROWS_OFFSET} rows are expected; the file or "
-                    "respdict.json is from another release")
-        voxel_counts = collections.Counter(shape[1] for shape in shapes.values())
-        n_voxels = voxel_counts.most_common(1)[0][0] if voxel_counts else 0
-        for story, shape in shapes.items():
-            if shape[1] != n_voxels:
-                subject_problems.append(
-                    f"{subject_dir(root, name) / (story + '.hf5')}: {shape[1]} voxels but the "
-                    f"subject's other stories have {n_voxels}; download the file again")
+            if story not in checked_stories:
+                checked_stories.add(story)
+                problems += _story_problems(root, story, respdict, tr_source, tr_path)
+            shape, problem = _response_shape(root, name, story, respdict)
+            subject_problems += [problem] if problem else []
+            if shape is not None:
+                shapes[story] = shape
+        n_voxels, voxel_problems = _voxel_count(root, name, shapes)
+        subject_problems += voxel_problems
         repeats = "none"
         if TEST_STORY in shapes:
             path = subject_dir(root, name) / f"{TEST_STORY}.hf5"
+            try:
+                n_constant, n_all_nan = _constant_voxel_counts(path)
+            except DatasetError as err:
+                subject_problems.append(str(err))
+                n_constant = 0
+            if n_constant:
+                notes.append(f"{path}: {n_constant} of {shapes[TEST_STORY][1]} voxels have "
+                             f"constant test-story responses ({n_all_nan} of them all NaN); they "
+                             "carry no signal and are left out of evaluation summaries")
             try:
                 repeat_shape = hdf5_shape(path, "individual_repeats")
                 if len(repeat_shape) == 3:
@@ -877,20 +1118,29 @@ def parse_args(argv=None):
     check = commands.add_parser(
         "check", help="check a downloaded ds003020 copy and print what it holds",
         description="Print per subject the stories, rows, voxels and test-story repeats, and "
-                    "every inconsistency found (missing WAV/TextGrid/respdict entry, wrong row "
-                    "count, unreadable HDF5, voxel counts that differ between stories). Exit "
-                    "status 0 when the dataset is usable, 1 otherwise.")
+                    "every inconsistency found (missing or bad WAV/TextGrid/respdict entry, "
+                    "audio shorter or longer than the story, TextGrid tiers that look swapped, "
+                    "wrong row count, unreadable HDF5, voxel counts that differ between "
+                    "stories). Notes (not problems) name test-story voxels with constant "
+                    "responses. Exit status 0 when the dataset is usable, 1 otherwise.")
     check.add_argument("--data_dir", required=True,
                        help="ds003020 root: the folder holding stimuli/ and derivative/")
     check.add_argument("--subjects", nargs="+", default=None,
                        help="subjects to check (1, '1' or UTS01); default: all found")
+    check.add_argument("--tr_source", choices=TR_SOURCES, default="respdict",
+                       help="TR timing the stimulus lengths are checked against (see "
+                            "data_utils.load_trfile); use the one of your runs")
+    check.add_argument("--tr_path", default=None,
+                       help="TR files for --tr_source report/trfiles (default: looked up in "
+                            "the dataset)")
     return parser.parse_args(argv)
 
 
 def run(args):
     """Print the dataset report; a dataset with problems is a DatasetError (exit status 1)."""
     try:
-        lines, problems, notes = check_dataset(args.data_dir, args.subjects)
+        lines, problems, notes = check_dataset(args.data_dir, args.subjects, args.tr_source,
+                                               args.tr_path)
     except DatasetError as err:
         lines, problems, notes = [], [str(err)], []
     for line in lines:

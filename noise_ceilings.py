@@ -36,12 +36,11 @@ def compute_subject_noise_ceiling(data_dir, subject, story=data_utils.TEST_STORY
     """Noise ceiling of every voxel of a subject from the test story's repeats.
 
     Reads the repeats ``voxel_batch`` voxels at a time. Returns ((n_voxels,) float64, n_repeats).
+    Repeats with another voxel count than the story's ``data`` are a DatasetError, raised
+    before anything is computed.
     """
     path = data_utils.response_path(data_dir, subject, story)
-    shape = data_utils.hdf5_shape(path, "individual_repeats")
-    if len(shape) != 3:
-        raise DatasetError(f"{path}: 'individual_repeats' has shape {shape}, expected "
-                           "(repeats, rows, voxels)")
+    shape = repeats_shape(path)
     n_voxels = shape[2]
     cc_max = np.empty(n_voxels, np.float64)
     batches = range(0, n_voxels, voxel_batch)
@@ -53,6 +52,21 @@ def compute_subject_noise_ceiling(data_dir, subject, story=data_utils.TEST_STORY
     return cc_max, shape[0]
 
 
+def repeats_shape(path):
+    """Shape (repeats, rows, voxels) of a response file's ``individual_repeats``, from metadata;
+    a DatasetError naming the file unless it has 3 axes and the voxel count of ``data``."""
+    shape = data_utils.hdf5_shape(path, "individual_repeats")
+    if len(shape) != 3:
+        raise DatasetError(f"{path}: 'individual_repeats' has shape {shape}, expected "
+                           "(repeats, rows, voxels)")
+    n_voxels = data_utils.hdf5_shape(path)[-1]
+    if shape[2] != n_voxels:
+        raise DatasetError(f"{path}: 'individual_repeats' has {shape[2]} voxels but 'data' has "
+                           f"{n_voxels}; no noise ceiling can be computed for these responses: "
+                           "download the file again")
+    return shape
+
+
 def save_noise_ceiling(path, cc_max, metadata, overwrite=False):
     """Write a noise-ceiling file (float64 .npy) and its provenance JSON, both atomically."""
     path = Path(path)
@@ -62,34 +76,72 @@ def save_noise_ceiling(path, cc_max, metadata, overwrite=False):
 
 
 def load_noise_ceiling(path, n_voxels=None):
-    """Read a noise-ceiling file: (n_voxels,) float64, checked against the data's voxel count."""
+    """Read a noise-ceiling file: (n_voxels,) float64, checked against the data's voxel count.
+
+    NaN (or infinite) values are read as 0, with a warning naming the file and their count.
+    """
     path = Path(path)
     try:
         cc_max = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise DatasetError(f"{path}: unreadable noise-ceiling file ({err}); make it "
                            "again with `python noise_ceilings.py`") from None
-    if cc_max.ndim != 1:
-        raise DatasetError(f"{path}: expected one value per voxel, got shape "
-                           f"{cc_max.shape}")
+    if cc_max.ndim != 1 or not np.issubdtype(cc_max.dtype, np.number):
+        raise DatasetError(f"{path}: expected one number per voxel, got shape {cc_max.shape} "
+                           f"and dtype {cc_max.dtype}; make it again with "
+                           "`python noise_ceilings.py`")
     if n_voxels is not None and cc_max.shape[0] != n_voxels:
         raise DatasetError(
             f"{path}: {cc_max.shape[0]} voxels but the subject's responses have {n_voxels}; the "
             "file belongs to another subject or dataset: pass the right --nc_path or delete it "
             "to recompute it from the test-story repeats")
-    return cc_max.astype(np.float64, copy=False)
+    cc_max = cc_max.astype(np.float64)
+    missing = ~np.isfinite(cc_max)
+    if missing.any():
+        logger.warning("%s: %d of %d noise ceilings are NaN or infinite; reading them as 0 (those "
+                       "voxels are below any ceiling threshold)", path, missing.sum(), cc_max.size)
+        cc_max[missing] = 0.0
+    return cc_max
 
 
-def get_noise_ceiling(data_dir, subject, nc_path=None, story=data_utils.TEST_STORY):
+def ceiling_voxels(nc, nc_thr, path):
+    """Voxels whose noise ceiling is above ``nc_thr``: (n_voxels,) bool.
+
+    An empty selection is a DatasetError naming ``path`` (the ceiling file) and the largest
+    ceiling, so that no run goes on with no voxels.
+    """
+    selected = np.asarray(nc) > nc_thr
+    if not selected.any():
+        largest = float(np.max(nc)) if np.size(nc) else float("nan")
+        raise DatasetError(
+            f"{path}: no voxel has a noise ceiling above {nc_thr} (max {largest:.3g}); lower "
+            "--nc_thr, or delete the file to recompute it from the test-story repeats with "
+            "`python noise_ceilings.py`")
+    return selected
+
+
+def get_noise_ceiling(data_dir, subject, nc_path=None, story=data_utils.TEST_STORY,
+                      n_voxels=None):
     """A subject's noise ceiling from ``nc_path`` (default ``subject_NCs/UTS0N.npy``).
 
-    When the file is missing it is computed from the test story's repeats and saved there,
-    with a log line saying so. Returns (n_voxels,) float64.
+    ``n_voxels`` is the voxel count of the responses the run uses (default: that of the
+    story's ``data``); a ceiling of another size, loaded or about to be computed, is a
+    DatasetError naming the file and both counts. When the file is missing it is computed
+    from the test story's repeats and saved there, with a log line saying so; the voxel
+    counts are checked before anything is computed or saved. Returns (n_voxels,) float64.
     """
     path = Path(nc_path) if nc_path is not None else default_nc_path(subject)
-    n_voxels = data_utils.hdf5_shape(data_utils.response_path(data_dir, subject, story))[1]
+    response_file = data_utils.response_path(data_dir, subject, story)
+    if n_voxels is None:
+        n_voxels = data_utils.hdf5_shape(response_file)[1]
     if path.exists():
         return load_noise_ceiling(path, n_voxels)
+    n_repeat_voxels = repeats_shape(response_file)[2]
+    if n_repeat_voxels != n_voxels:
+        raise DatasetError(
+            f"{response_file}: the repeats give a noise ceiling of {n_repeat_voxels} voxels but "
+            f"the run's responses have {n_voxels}; nothing was written to {path}: use the "
+            "responses of the same subject and release")
     logger.info("%s not found: computing the noise ceiling of %s from the repeats of %s and "
                 "saving it there", path, data_utils.subject_id(subject), story)
     cc_max, n_repeats = compute_subject_noise_ceiling(data_dir, subject, story)

@@ -181,7 +181,7 @@ def test_stereo_44k_is_downmixed_and_resampled(dataset_copy):
     t = np.arange(int(rate * seconds)) / rate
     left, right = 0.6 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 440 * t)
     _write_wav(dataset_copy, "souls", np.stack([left, right], axis=1), rate, "FLOAT")
-    audio = data_utils.load_stimulus(dataset_copy, "souls")
+    audio = data_utils.read_audio(dataset_copy / "stimuli" / "souls.wav")
     assert audio.dtype == np.float32 and audio.ndim == 1
     assert len(audio) == int(seconds * 16000)
     reference = scipy.signal.resample_poly((left + right) / 2, 160, 441)
@@ -195,7 +195,7 @@ def test_stereo_44k_is_downmixed_and_resampled(dataset_copy):
 def test_any_rate_and_channel_count(dataset_copy, rate, channels):
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, (rate, channels))
     _write_wav(dataset_copy, "souls", audio, rate, "FLOAT")
-    loaded = data_utils.load_stimulus(dataset_copy, "souls", sampling_rate=16000)
+    loaded = data_utils.read_audio(dataset_copy / "stimuli" / "souls.wav", sampling_rate=16000)
     assert loaded.dtype == np.float32 and loaded.shape == (16000,)
     if rate == 16000:
         np.testing.assert_allclose(loaded, audio.mean(axis=1), atol=1e-6)
@@ -241,20 +241,20 @@ def test_windows_pair_with_response_rows_on_the_simulated_grid(dataset_copy):
 
 
 def test_windows_zero_pad_before_onset_and_after_end(dataset_copy):
+    """Audio ending 1.5 s before the last row's TR (within the tolerance) is zero-padded."""
     rate = 16000
     n_rows = data_utils.response_rows(dataset_copy, "souls")
-    audio = np.ones(int(7.5 * rate))  # ends inside row 0's window
+    rows_end = 2.0 * (n_rows + 20) - 30
+    audio = np.ones(int((rows_end - 1.5) * rate))
     _write_wav(dataset_copy, "souls", audio, rate, "FLOAT")
     windows = data_utils.tr_audio_windows(dataset_copy, "souls", n_delays=7)  # 16 s windows
     assert windows.shape == (n_rows, 16 * rate)
-    # row 0 ends 12 s after onset: 4 s of padding, 7.5 s of audio, 4.5 s of padding
+    # row 0 spans -4..12 s: 4 s of padding, then audio
     np.testing.assert_array_equal(windows[0, :4 * rate], 0)
-    np.testing.assert_array_equal(windows[0, 4 * rate:int(11.5 * rate)], 1)
-    np.testing.assert_array_equal(windows[0, int(11.5 * rate):], 0)
-    # row 5 spans 6..22 s: the last 1.5 s of audio, then zeros; later rows are all padding
-    np.testing.assert_array_equal(windows[5, :int(1.5 * rate)], 1)
-    np.testing.assert_array_equal(windows[5, int(1.5 * rate):], 0)
-    np.testing.assert_array_equal(windows[6:], 0)
+    np.testing.assert_array_equal(windows[0, 4 * rate:], 1)
+    # the last row ends at rows_end: 14.5 s of audio, then 1.5 s of padding
+    np.testing.assert_array_equal(windows[-1, :int(14.5 * rate)], 1)
+    np.testing.assert_array_equal(windows[-1, int(14.5 * rate):], 0)
 
 
 def test_windows_use_exact_sample_arithmetic_for_fractional_trs(dataset_copy):
@@ -311,3 +311,30 @@ def test_rows_need_enough_trs(dataset_copy):
     respdict_path.write_text(json.dumps(respdict))
     with pytest.raises(DatasetError, match="respdict.json: no entry for story 'souls'"):
         data_utils.tr_audio_windows(dataset_copy, "souls")
+
+
+def test_load_stimulus_without_textgrid_checks_the_tr_grid_only(dataset_copy):
+    """The TextGrid is optional for audio: without one the WAV is still checked against the TR
+    grid (too short is refused), and a WAV that covers the story loads."""
+    (dataset_copy / "derivative" / "TextGrids" / "souls.TextGrid").unlink()
+    rate = 16000
+    rows_end = 2.0 * (data_utils.response_rows(dataset_copy, "souls") + 20) - 30
+    _write_wav(dataset_copy, "souls", np.full(int((rows_end + 4) * rate), 0.25), rate, "FLOAT")
+    assert len(data_utils.load_stimulus(dataset_copy, "souls")) == int((rows_end + 4) * rate)
+    _write_wav(dataset_copy, "souls", np.full(int((rows_end - 3) * rate), 0.25), rate, "FLOAT")
+    with pytest.raises(DatasetError, match=f"{rows_end - 3:.2f} s of audio.*until "
+                                           f"{rows_end:.2f} s"):
+        data_utils.tr_audio_windows(dataset_copy, "souls")
+
+
+def test_load_stimulus_checks_against_the_runs_tr_timing(dataset_copy):
+    """tr_source/tr_path reach the length check: triggers 6 s later make the WAV too short."""
+    n_trs = json.loads((dataset_copy / "derivative" / "respdict.json").read_text())["souls"] - 5
+    report = dataset_copy / "souls.report"
+    report.write_text("\n".join([f"{16.0 + 2.0 * k:.4f} trigger" for k in range(n_trs)]
+                                + ["20.0 sound-start"]) + "\n")
+    assert len(data_utils.load_stimulus(dataset_copy, "souls")) > 0
+    with pytest.raises(DatasetError, match="report TR timing"):
+        data_utils.load_stimulus(dataset_copy, "souls", tr_source="report", tr_path=report)
+    with pytest.raises(DatasetError, match="report TR timing"):
+        data_utils.tr_audio_windows(dataset_copy, "souls", tr_source="report", tr_path=report)

@@ -10,7 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import soundfile as sf
 
+import damage
 import data_utils
 import synthetic_data
 
@@ -447,3 +449,277 @@ def test_subject_not_understood_subprocess(synthetic_dir):
     assert result.returncode == 1
     assert "banana" in result.stdout
     assert_no_traceback(result.stdout + result.stderr)
+
+
+# ----------------------------------------------------------------------------- stimulus length
+
+def lengthen_wav(data_dir, story, seconds):
+    """Append ``seconds`` of silence to a story's WAV (same rate, channels and subtype)."""
+    path = data_utils.stimulus_path(data_dir, story)
+    info = sf.info(str(path))
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    padding = np.zeros((int(round(seconds * rate)), audio.shape[1]), np.float32)
+    sf.write(path, np.vstack([audio, padding]), rate, subtype=info.subtype)
+
+
+def wav_seconds(data_dir, story):
+    """Duration of a story's WAV from the samples actually decoded."""
+    audio, rate = sf.read(data_utils.stimulus_path(data_dir, story))
+    return len(audio) / rate
+
+
+def respdict_entry(data_dir, story):
+    return json.loads(respdict_file(data_dir).read_text())[story]
+
+
+def test_synthetic_wavs_end_where_the_last_response_row_does(synthetic_dir):
+    """The generator's WAVs last 2 * respdict - 30 s, the TextGrid ends there too."""
+    for story in data_utils.load_truth(synthetic_dir)["stories"]:
+        expected = 2.0 * respdict_entry(synthetic_dir, story) - 30
+        assert wav_seconds(synthetic_dir, story) == pytest.approx(expected, abs=1e-3)
+        assert data_utils.story_span(synthetic_dir, story) == pytest.approx(
+            (expected, expected + 10))
+        xmax = data_utils.story_textgrid(synthetic_dir, story)[0]
+        assert xmax == pytest.approx(expected)
+
+
+def test_wav_cut_to_a_third_of_its_bytes(dataset_copy, capsys):
+    """An interrupted download (header claims the full length): check, check_run_inputs and the
+    audio loaders all refuse it, naming the WAV and both durations; the real length is used."""
+    story = SHARED_STORY
+    needed = 2.0 * respdict_entry(dataset_copy, story) - 30
+    damage.truncate_wav_bytes(dataset_copy, story, 1 / 3)
+    path = data_utils.stimulus_path(dataset_copy, story)
+    real = wav_seconds(dataset_copy, story)
+    assert real < needed / 2
+    assert data_utils.audio_duration(path) == pytest.approx(real)  # header gives the real length
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 1
+    found = [line for line in problems(output) if str(path) in line]
+    assert len(found) == 1, output
+    assert f"{real:.2f} s of audio" in found[0] and f"until {needed:.2f} s" in found[0]
+    assert_no_traceback(output)
+    for load in (lambda: data_utils.check_run_inputs(dataset_copy, 1, [story]),
+                 lambda: data_utils.load_stimulus(dataset_copy, story),
+                 lambda: data_utils.tr_audio_windows(dataset_copy, story)):
+        with pytest.raises(data_utils.DatasetError) as info:
+            load()
+        assert str(info.value).startswith(f"{path}: {real:.2f} s of audio")
+        assert f"until {needed:.2f} s" in str(info.value)
+
+
+def test_20_second_wav_for_a_longer_story(dataset_copy, capsys):
+    story = TEST_STORY
+    damage.shorten_wav(dataset_copy, story, 20)
+    path = data_utils.stimulus_path(dataset_copy, story)
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 1
+    needed = 2.0 * respdict_entry(dataset_copy, story) - 30
+    assert [line for line in problems(output) if str(path) in line] == [
+        f"problem: {path}: 20.00 s of audio, but the story's response rows need audio until "
+        f"{needed:.2f} s (respdict TR timing); the WAV is truncated or belongs to another story: "
+        "download it again"]
+
+
+def test_wav_longer_than_the_tr_grid(dataset_copy, capsys):
+    """Audio running 3 s past the end of the TR grid (10 s past the last row) is refused."""
+    story = SHARED_STORY
+    lengthen_wav(dataset_copy, story, 13)
+    path = data_utils.stimulus_path(dataset_copy, story)
+    grid_end = 2.0 * respdict_entry(dataset_copy, story) - 20
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 1
+    found = [line for line in problems(output) if str(path) in line]
+    assert len(found) == 1 and f"TR grid ends at {grid_end:.2f} s" in found[0]
+    assert f"{wav_seconds(dataset_copy, story):.2f} s of audio" in found[0]
+
+
+def test_wav_and_textgrid_lengths_differ(dataset_copy, capsys):
+    """5 s more audio stays inside the TR grid but no longer matches the TextGrid's xmax."""
+    story = SHARED_STORY
+    xmax = data_utils.story_textgrid(dataset_copy, story)[0]
+    lengthen_wav(dataset_copy, story, 5)
+    path = data_utils.stimulus_path(dataset_copy, story)
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 1
+    found = [line for line in problems(output) if str(path) in line]
+    assert len(found) == 1
+    assert f"{xmax + 5:.2f} s of audio" in found[0] and f"ends at {xmax:.2f} s" in found[0]
+    assert str(textgrid_file(dataset_copy, story)) in found[0]
+    with pytest.raises(data_utils.DatasetError, match="TextGrid.*ends at"):
+        data_utils.load_stimulus(dataset_copy, story)
+
+
+def test_stimulus_length_tolerances(synthetic_dir):
+    """One TR of tolerance each side, computed from respdict independently."""
+    story = SHARED_STORY
+    rows_end = 2.0 * respdict_entry(synthetic_dir, story) - 30
+    grid_end = rows_end + 10
+
+    def problem(duration, xmax=None):
+        return data_utils.stimulus_problem(synthetic_dir, story, duration, xmax)
+
+    assert problem(rows_end - 1.9) is None and "response rows" in problem(rows_end - 2.1)
+    assert problem(grid_end + 1.9) is None and "TR grid" in problem(grid_end + 2.1)
+    assert problem(rows_end, rows_end + 1.9) is None
+    assert "TextGrid" in problem(rows_end, rows_end + 2.1)
+    assert "TextGrid" in problem(rows_end, rows_end - 2.1)
+
+
+def test_check_uses_the_chosen_tr_timing(dataset_copy, capsys):
+    """With --tr_source report the rows end is the report's: a WAV that the simulated grid
+    accepts is too short for triggers that start 6 s later."""
+    folder = dataset_copy / "TRfiles"
+    folder.mkdir()
+    for story in json.loads(respdict_file(dataset_copy).read_text()):
+        n_trs = respdict_entry(dataset_copy, story) - data_utils.RESPDICT_PAD_TRS
+        triggers = 16.0 + 2.0 * np.arange(n_trs)
+        lines = [f"{t:.4f} trigger" for t in triggers] + ["20.0 sound-start"]
+        (folder / f"{story}.report").write_text("\n".join(lines) + "\n")
+    code, output = run_check(capsys, dataset_copy, "--tr_source", "report", "--tr_path",
+                             str(folder))
+    assert code == 1
+    rows_end = 2.0 * respdict_entry(dataset_copy, SHARED_STORY) - 30 + 6
+    assert any(f"until {rows_end:.2f} s (report TR timing)" in line and
+               f"{SHARED_STORY}.wav" in line for line in problems(output)), output
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 0, output
+
+
+# ----------------------------------------------------------------------------- respdict entries
+
+@pytest.mark.parametrize("value", [-5, 0, 20, 3.5, "300", True, None, [48]])
+def test_bad_respdict_entry_is_named(dataset_copy, capsys, value):
+    """Negative, too small (no response row), non-integer counts: one line naming the entry and
+    the value, in check, check_run_inputs and every loader that needs it (no IndexError)."""
+    damage.set_respdict(dataset_copy, SHARED_STORY, value)
+    expected = f"respdict.json: entry '{SHARED_STORY}' is {json.dumps(value)}"
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 1
+    found = [line for line in problems(output) if expected in line]
+    assert len(found) == 1, output
+    assert_no_traceback(output)
+    for load in (lambda: data_utils.response_rows(dataset_copy, SHARED_STORY),
+                 lambda: data_utils.tr_times(dataset_copy, SHARED_STORY),
+                 lambda: data_utils.tr_audio_windows(dataset_copy, SHARED_STORY),
+                 lambda: data_utils.check_run_inputs(dataset_copy, 1, [SHARED_STORY])):
+        with pytest.raises(data_utils.DatasetError, match=re.escape(expected)):
+            load()
+
+
+def test_smallest_usable_respdict_entry(synthetic_dir):
+    respdict = {"a": 21, "b": 20}
+    assert data_utils.respdict_problem(synthetic_dir, respdict, "a") is None
+    assert "leaves 0 response rows" in data_utils.respdict_problem(synthetic_dir, respdict, "b")
+
+
+# ----------------------------------------------------------------------------- TextGrid tiers
+
+@pytest.mark.parametrize("names", [("", ""), ("word", "phone"), ("Words", "PHONES"),
+                                   ("tier 1", "tier 2")])
+def test_tiers_in_another_order_are_identified(dataset_copy, capsys, names):
+    """Word tier first, unnamed, honestly named or oddly named: words and phones are unchanged."""
+    story = SHARED_STORY
+    words, phones = (data_utils.load_words(dataset_copy, story),
+                     data_utils.load_phones(dataset_copy, story))
+    damage.swap_tiers(dataset_copy, story, names)
+    assert list(data_utils.load_textgrid(textgrid_file(dataset_copy, story)))[0] == names[0]
+    assert data_utils.load_words(dataset_copy, story) == words
+    assert data_utils.load_phones(dataset_copy, story) == phones
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 0, output
+
+
+def test_tier_names_that_contradict_the_content(dataset_copy, capsys):
+    story = SHARED_STORY
+    damage.swap_tiers(dataset_copy, story, ("phone", "word"))
+    path = textgrid_file(dataset_copy, story)
+    for load in (data_utils.load_words, data_utils.load_phones):
+        with pytest.raises(data_utils.DatasetError, match=re.escape(f"{path}: the tiers look "
+                                                                    "swapped")):
+            load(dataset_copy, story)
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 1
+    found = problems(output)
+    assert len(found) == 1 and f"{path}: the tiers look swapped" in found[0]
+    with pytest.raises(data_utils.DatasetError, match="look swapped"):
+        data_utils.check_run_inputs(dataset_copy, 1, [story])
+
+
+# ----------------------------------------------------------------------------- check_run_inputs
+
+def test_check_run_inputs_clean(synthetic_dir):
+    for subject in ("UTS01", 2):
+        stories = data_utils.list_stories(synthetic_dir, subject)
+        n_voxels = data_utils.check_run_inputs(synthetic_dir, subject, stories)
+        assert type(n_voxels) is int
+        assert n_voxels == read_dataset(hf5_path(synthetic_dir, data_utils.subject_id(subject),
+                                                 SHARED_STORY)).shape[1]
+
+
+def test_check_run_inputs_reads_no_audio_and_no_response_matrix(synthetic_dir, monkeypatch):
+    """Metadata and headers only: decoding audio or reading responses would fail here."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("check_run_inputs must not read audio or response data")
+
+    for name in ("read_audio", "read_columns", "load_fmri", "load_stimulus"):
+        monkeypatch.setattr(data_utils, name, refuse)
+    monkeypatch.setattr(sf, "read", refuse)
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", refuse)
+    stories = data_utils.list_stories(synthetic_dir, 1)
+    assert data_utils.check_run_inputs(synthetic_dir, 1, stories) > 0
+
+
+def test_check_run_inputs_rows_off_by_one(dataset_copy):
+    path = hf5_path(dataset_copy, "UTS01", SHARED_STORY)
+    replace_dataset(path, "data", read_dataset(path)[:-1])
+    rows = respdict_entry(dataset_copy, SHARED_STORY) - 20
+    with pytest.raises(data_utils.DatasetError) as info:
+        data_utils.check_run_inputs(dataset_copy, 1, [SHARED_STORY, TEST_STORY])
+    assert str(info.value).startswith(f"{path}: {rows - 1} rows but respdict.json says")
+    assert "more problems" not in str(info.value)
+
+
+def test_check_run_inputs_voxel_counts_differ(dataset_copy):
+    path = hf5_path(dataset_copy, "UTS01", SHARED_STORY)
+    data = read_dataset(path)
+    replace_dataset(path, "data", data[:, :-4])
+    stories = data_utils.list_stories(dataset_copy, 1)
+    with pytest.raises(data_utils.DatasetError, match=re.escape(
+            f"{path}: {data.shape[1] - 4} voxels but the subject's other stories have "
+            f"{data.shape[1]}")):
+        data_utils.check_run_inputs(dataset_copy, 1, stories)
+
+
+def test_check_run_inputs_reports_the_first_problem_and_how_many_more(dataset_copy):
+    textgrid_file(dataset_copy, SHARED_STORY).unlink()
+    damage.shorten_wav(dataset_copy, TEST_STORY, 20)
+    hf5_path(dataset_copy, "UTS01", UTS01_ONLY_STORY).unlink()
+    with pytest.raises(data_utils.DatasetError) as info:
+        data_utils.check_run_inputs(dataset_copy, 1, [SHARED_STORY, TEST_STORY, UTS01_ONLY_STORY])
+    message = str(info.value)
+    assert message.startswith(f"{textgrid_file(dataset_copy, SHARED_STORY)}: TextGrid of story")
+    assert message.endswith(f"(and 2 more problems; run python data_utils.py check --data_dir "
+                            f"{dataset_copy})")
+    assert "\n" not in message
+
+
+# ----------------------------------------------------------------------------- constant voxels
+
+def test_constant_and_nan_test_story_voxels_are_noted(dataset_copy, capsys):
+    """All-NaN and constant voxels of the test story: a note with their count, exit 0."""
+    path = hf5_path(dataset_copy, "UTS01", TEST_STORY)
+    data = read_dataset(path)
+    data[:, 3] = np.nan
+    data[:, 5] = 2.5
+    data[:4, 7] = np.nan  # partly NaN: still varies
+    replace_dataset(path, "data", data)
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 0, output
+    found = [line for line in notes(output) if str(path) in line]
+    assert found == [f"note: {path}: 2 of {data.shape[1]} voxels have constant test-story "
+                     "responses (1 of them all NaN); they carry no signal and are left out of "
+                     "evaluation summaries"]
+    np.testing.assert_array_equal(
+        np.flatnonzero(data_utils.constant_voxels(data_utils.load_fmri(dataset_copy, 1,
+                                                                       TEST_STORY))), [3, 5])

@@ -583,12 +583,59 @@ def test_tiers_found_by_name_in_any_order(tmp_path, phone_name, word_name):
     assert data_utils.load_phones(tmp_path, "tale") == PHONES
 
 
-def test_tiers_by_position_without_names(tmp_path):
-    """Without recognisable names, the first tier is phones and the second words."""
+def test_tiers_by_content_without_names(tmp_path):
+    """Without recognisable names, content decides: the ARPAbet tier is the phone tier."""
     _dataset_grid(tmp_path, "tale", (PHONE_BLOCK, "tier A"), (WORD_BLOCK, "tier B"),
                   (PHONE_BLOCK, "tier C"))
     assert data_utils.load_words(tmp_path, "tale") == WORDS
     assert data_utils.load_phones(tmp_path, "tale") == PHONES
+
+
+@pytest.mark.parametrize("word_name,phone_name", [("", ""), ("tier A", "tier B"),
+                                                   ("Word", "tier B"), ("tier A", " PHONES ")])
+def test_word_tier_first_without_both_names(tmp_path, word_name, phone_name):
+    """Word tier first, with no names, other names or one of the two names: found by content."""
+    _dataset_grid(tmp_path, "tale", (WORD_BLOCK, word_name), (PHONE_BLOCK, phone_name))
+    assert data_utils.load_words(tmp_path, "tale") == WORDS
+    assert data_utils.load_phones(tmp_path, "tale") == PHONES
+
+
+@pytest.mark.parametrize("word_name,phone_name", [("phone", "word"), ("phones", "tier B"),
+                                                  ("tier A", "words")])
+def test_names_contradicting_content_look_swapped(tmp_path, word_name, phone_name):
+    """A tier named for phones that holds words (or the reverse): the tiers look swapped."""
+    path = _dataset_grid(tmp_path, "tale", (WORD_BLOCK, word_name), (PHONE_BLOCK, phone_name))
+    for load in (data_utils.load_words, data_utils.load_phones):
+        with pytest.raises(data_utils.DatasetError) as excinfo:
+            load(tmp_path, "tale")
+        assert str(excinfo.value).startswith(f"{path}: the tiers look swapped")
+
+
+def test_identify_tiers_falls_back_on_interval_count():
+    """Neither tier is ARPAbet (IPA phones): the tier with more intervals holds phones."""
+    ipa = [(0.0, 0.2, "h"), (0.2, 0.5, "əʊ"), (0.5, 0.7, "w"), (0.7, 1.0, "ɜː")]
+    words = [(0.0, 0.5, "hello"), (0.5, 1.0, "world")]
+    assert data_utils.identify_tiers({"": words, "#2": ipa}, "x.TextGrid") == (ipa, words)
+    assert data_utils.identify_tiers({"": ipa, "#2": words}, "x.TextGrid") == (ipa, words)
+
+
+def test_identify_tiers_skips_a_point_tier():
+    phones = [(0.0, 0.5, "HH"), (0.5, 1.0, "AH0"), (1.0, 1.2, "sp"), (1.2, 1.5, "IY1")]
+    words = [(0.0, 1.0, "ha"), (1.0, 1.2, ""), (1.2, 1.5, "e")]
+    bell = [(0.9, 0.9, "ding")]
+    assert data_utils.identify_tiers({"bell": bell, "a": words, "b": phones}, "x") == (phones,
+                                                                                        words)
+
+
+def test_arpabet_phones_agree_with_low_level_features():
+    import low_level_features
+    assert data_utils.ARPABET_PHONES == low_level_features.ARPABET_PHONES
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_read_textgrid_gives_xmax(tmp_path, fmt):
+    xmax, tiers = data_utils.read_textgrid(_write(tmp_path, FORMATS[fmt].encode()))
+    assert xmax == 2.3 and tiers == EXPECTED
 
 
 def test_derivatives_folder_is_accepted(tmp_path):

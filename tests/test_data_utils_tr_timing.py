@@ -522,3 +522,19 @@ def test_tr_window_bounds_report_exact_trigger_count(dataset_copy):
     _write_story_report(dataset_copy, rows + 9)
     with pytest.raises(data_utils.DatasetError, match=STORY):
         data_utils.tr_window_bounds(dataset_copy, STORY, tr_source="report", tr_path=folder)
+
+
+def test_story_span_report(dataset_copy):
+    """With report timing the rows end is the end of TR rows + 9 and the grid end that of the
+    last trigger's TR, both from story onset (sound-start)."""
+    rows = data_utils.load_respdict(dataset_copy)[STORY] - 20
+    folder, times = _write_story_report(dataset_copy, rows + 13)
+    avgtr = (times[-1] - times[0]) / (len(times) - 1)
+    rows_end, grid_end = data_utils.story_span(dataset_copy, STORY, "report", folder)
+    assert rows_end == pytest.approx(times[rows + 9] - SOUND_START + avgtr)
+    assert grid_end == pytest.approx(times[-1] - SOUND_START + avgtr)
+    assert data_utils.stimulus_problem(dataset_copy, STORY, rows_end - 1.9, None, "report",
+                                       folder) is None
+    problem = data_utils.stimulus_problem(dataset_copy, STORY, rows_end - 2.1, None, "report",
+                                          folder)
+    assert f"until {rows_end:.2f} s (report TR timing)" in problem

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import damage
 import data_utils
 import eval_utils
 import noise_ceilings
@@ -203,3 +204,85 @@ def test_default_nc_path_is_in_the_repository():
     path = noise_ceilings.default_nc_path("3")
     assert path.name == "UTS03.npy" and path.parent.name == "subject_NCs"
     assert (path.parent / "README.md").exists()
+
+
+# ----------------------------------------------------------------------------- damaged inputs
+
+def _repeats_with_fewer_voxels(data_dir, n_voxels=100):
+    """Cut UTS01's test-story repeats to their first ``n_voxels`` voxels (``data`` keeps all)."""
+    repeats = damage.read_hdf5(data_dir, 1, data_utils.TEST_STORY, "individual_repeats")
+    damage.replace_hdf5(data_dir, 1, data_utils.TEST_STORY, "individual_repeats",
+                        repeats[:, :, :n_voxels])
+    return data_utils.hdf5_shape(data_utils.response_path(data_dir, 1, data_utils.TEST_STORY))[1]
+
+
+def test_repeats_with_other_voxel_count_are_refused_before_anything_is_saved(dataset_copy,
+                                                                             tmp_path):
+    """150-of-200-voxel repeats: no ceiling computed or saved, the message has both counts."""
+    n_data = _repeats_with_fewer_voxels(dataset_copy)
+    path = tmp_path / "ncs" / "UTS01.npy"
+    with pytest.raises(data_utils.DatasetError) as info:
+        noise_ceilings.get_noise_ceiling(dataset_copy, 1, path)
+    message = str(info.value)
+    assert f"{data_utils.TEST_STORY}.hf5" in message and "100 voxels" in message
+    assert f"{n_data}" in message
+    assert not path.exists() and not path.with_suffix(".json").exists()
+    with pytest.raises(data_utils.DatasetError, match="100 voxels"):
+        noise_ceilings.compute_subject_noise_ceiling(dataset_copy, 1)
+
+
+def test_cli_refuses_repeats_with_other_voxel_count(dataset_copy, tmp_path, caplog):
+    _repeats_with_fewer_voxels(dataset_copy)
+    out = tmp_path / "UTS01.npy"
+    assert noise_ceilings.main(["--data_dir", str(dataset_copy), "--subject", "1",
+                                "--out", str(out)]) == 1
+    assert "'individual_repeats' has 100 voxels" in caplog.text and not out.exists()
+
+
+def test_get_noise_ceiling_checks_the_runs_voxel_count(synthetic_dir, tmp_path):
+    """n_voxels is the run's voxel count: a ceiling of another size is refused, loaded or not."""
+    path = tmp_path / "UTS01.npy"
+    n_data = data_utils.hdf5_shape(data_utils.response_path(synthetic_dir, 1, "souls"))[1]
+    with pytest.raises(data_utils.DatasetError) as info:
+        noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path, n_voxels=n_data - 7)
+    assert f"{n_data} voxels" in str(info.value) and f"{n_data - 7}" in str(info.value)
+    assert str(path) in str(info.value) and not path.exists()
+    cc_max = noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path, n_voxels=n_data)
+    assert cc_max.shape == (n_data,) and path.exists()
+    with pytest.raises(data_utils.DatasetError, match=f"{path}: {n_data} voxels.*{n_data + 3}"):
+        noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path, n_voxels=n_data + 3)
+
+
+def test_nan_ceilings_are_counted_and_read_as_zero(tmp_path, caplog):
+    path = tmp_path / "UTS01.npy"
+    values = np.array([0.5, np.nan, 0.7, np.nan, np.inf, 0.1])
+    np.save(path, values)
+    with caplog.at_level(logging.WARNING):
+        cc_max = noise_ceilings.load_noise_ceiling(path, 6)
+    np.testing.assert_array_equal(cc_max, [0.5, 0.0, 0.7, 0.0, 0.0, 0.1])
+    assert cc_max.dtype == np.float64
+    assert f"{path}: 3 of 6 noise ceilings are NaN or infinite" in caplog.text
+    caplog.clear()
+    np.save(path, np.array([0.5, 0.2]))
+    with caplog.at_level(logging.WARNING):
+        noise_ceilings.load_noise_ceiling(path)
+    assert caplog.text == ""
+
+
+def test_ceiling_voxels_selects_above_threshold():
+    nc = np.array([0.1, 0.5, 0.35, 0.9, 0.35])
+    np.testing.assert_array_equal(noise_ceilings.ceiling_voxels(nc, 0.35, "nc.npy"),
+                                  [False, True, False, True, False])
+
+
+@pytest.mark.parametrize("nc,threshold,largest", [(np.zeros(20), 0.35, "0"),
+                                                  (np.full(5, 0.3), 0.4, "0.3")])
+def test_ceiling_voxels_refuses_an_empty_selection(tmp_path, nc, threshold, largest):
+    """An all-zero ceiling file (or a threshold above every ceiling) is one line, not NaNs."""
+    path = tmp_path / "UTS01.npy"
+    np.save(path, nc)
+    loaded = noise_ceilings.load_noise_ceiling(path)
+    with pytest.raises(data_utils.DatasetError) as info:
+        noise_ceilings.ceiling_voxels(loaded, threshold, path)
+    assert str(info.value).startswith(
+        f"{path}: no voxel has a noise ceiling above {threshold} (max {largest});")
