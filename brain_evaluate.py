@@ -19,22 +19,41 @@ with ``--semantic_preference --word_vectors FILE|synthetic``: how well each laye
 features predict the word vectors of the words heard (same ridge and splits, held-out story,
 mean r over dimensions) minus how well they predict ``--phonetic_features``.
 
+Every input is checked before anything expensive (``data_utils.check_run_inputs``: respdict
+entries, response rows and voxel counts, WAVs covering their stories, TextGrids; the noise
+ceiling's voxel count), and a run that would average over no voxel is refused.
+
+Summaries average over the voxels whose noise ceiling exceeds ``--nc_thr`` and whose
+test-story responses vary over the scored rows (a constant voxel, or an all-NaN one, which
+reads as 0, is left out of every summary and counted in results.json's ``excluded_voxels``).
+A region of ``--roi_file`` with no such voxel has no summary: null in results.json, blank in
+results.csv, and a warning.
+
 Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model, layer,
-low-level analysis ("none", or the set removed) and region: mean r and cc_norm over voxels
-above ``--nc_thr``, and ``drop_percent`` = 100 (before - after) / before, empty where before <= 0),
-``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r, cc_norm, alpha),
-``alignment.png`` (mean cc_norm per layer, one line per model), ``reliance.png`` (drop per
-layer), ``semantic_preference.csv``/``.png`` (semantic_r, phonetic_r, preference per model and
-layer; also in results.json) and ``run_config.json`` (the arguments and the run). The folder
-is written whole at the end (``run_utils.output_folder``): a failed run leaves the previous
-results as they were. Model features are cached in ``--cache_dir``, stimulus features in
-``<cache_dir>/stimulus``; nothing is computed twice.
+low-level analysis ("none", or the set removed) and region: mean r and cc_norm over the
+summary voxels, ``n_voxels`` averaged, and ``drop_percent`` = 100 (before - after) / before,
+empty where before <= 0), ``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r,
+cc_norm, alpha), ``summary_voxels.npy`` (indices of the summary voxels), ``alignment.png``
+(mean cc_norm per layer, one line per model), ``reliance.png`` (drop per layer; colour per model, line style per feature set removed),
+``semantic_preference.csv``/``.png`` (semantic_r, phonetic_r, preference per model and layer;
+also in results.json) and ``run_config.json`` (the arguments and the run). The folder is
+written whole at the end (``run_utils.output_folder``): a failed run leaves the previous
+results as they were.
+
+Each (model, layer, analysis) result is kept as soon as it is done in
+``<save_dir>/.<exp_name>.partial/`` (``FinishedResults``), removed once the results folder is
+in place: ``--resume`` continues a killed run without fitting its finished results again (the
+same numbers as an uninterrupted run); without it such a folder is refused, and
+``--overwrite`` discards it. Model features are cached in ``--cache_dir``, stimulus features
+in ``<cache_dir>/stimulus``; nothing is computed twice.
 """
 
 import argparse
 import json
 import logging
+import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,6 +73,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LAYERS = (2, 5, 7, 8, 10, 11, 12)
 TEST_RESPONSE_TRIM = 40  # the paper drops the first 40 test rows (features [50:-5])
+SEMANTIC_PREFERENCE = "semantic preference"  # the analysis name of --semantic_preference
+SETTINGS_FILE = "settings.json"  # in the partial folder: what its finished results depend on
+# Arguments that choose which results a run makes, change only its speed or where it writes,
+# or only its summaries (recomputed from the per-voxel results): --resume may change them.
+RESUME_MAY_CHANGE = {"resume", "overwrite", "device", "precision", "log_level", "save_dir",
+                     "exp_name", "cache_dir", "batch_size", "naive", "model_name", "model_path",
+                     "logs_dir", "epochs", "skip_pretrained", "layers", "low_level",
+                     "semantic_preference", "nc_thr", "roi_file"}
 
 
 def parse_args(argv=None):
@@ -75,10 +102,14 @@ def parse_args(argv=None):
                         help="noise-ceiling file (default subject_NCs/UTS0N.npy; computed from "
                              "the test-story repeats when missing)")
     parser.add_argument("--nc_thr", type=float, default=eval_utils.NC_THRESHOLD,
-                        help="summaries average over voxels whose noise ceiling exceeds this")
+                        help="summaries average over voxels whose noise ceiling exceeds this "
+                             "(and whose test-story responses vary); a run with no such voxel "
+                             "is refused")
     parser.add_argument("--roi_file", default=None,
                         help="JSON mapping region name -> list of voxel indices, for per-region "
-                             "summaries")
+                             "summaries; a region with none of the summary voxels (see "
+                             "--nc_thr) gets no summary: null in results.json, blank in "
+                             "results.csv, and a warning")
     parser.add_argument("--low_level", nargs="+", default=[],
                         help="reliance analysis: low-level feature sets ("
                              + ", ".join(low_level_features.FEATURE_SETS) + ") to regress out of "
@@ -115,6 +146,11 @@ def parse_args(argv=None):
     parser.add_argument("--tr_path", default=None, help="folder of .report files or .jbl file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cross-validation splits")
     run_utils.add_results_arguments(parser, "outputs/brain_alignment", "<model>_<subject>")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run: reuse the (model, layer, analysis) results "
+                             "it finished (kept in <save_dir>/.<exp_name>.partial/) if it had the "
+                             "same settings; without --resume that folder is refused, and "
+                             "--overwrite discards it")
     args = parser.parse_args(argv)
     run_utils.check_model_arguments(parser, args)
     for flag in ("n_boots", "chunk_len", "batch_size", "ngram_vocab_size"):
@@ -149,18 +185,10 @@ def run(args):
         device = speech_models.resolve_device(args.device)
         dtype = speech_models.autocast_dtype(args.precision, device)
         stories = training_stories(args.data_dir, subject, args.train_stories, args.test_story)
-        nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, args.nc_path, args.test_story)
-        responses = Responses(
-            np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories]),
-            data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:])
-        lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
-        try:
-            splits = eval_utils.bootstrap_chunk_splits(lengths, args.n_boots, args.chunk_len,
-                                                       seed=args.seed)
-        except ValueError as err:
-            raise UsageError(f"--chunk_len {args.chunk_len}: {err}") from None
-        task = EncodingTask(stories, args.test_story, responses, nc,
-                            load_rois(args.roi_file, nc.size), splits, args.alphas, args.nc_thr)
+        task, voxel_facts = encoding_task(args, subject, stories)
+        finished = FinishedResults.open(partial_folder(out_dir),
+                                        result_settings(args, subject, stories, dtype),
+                                        args.resume, args.overwrite)
         extraction = Extraction(args.data_dir, args.cache_dir, args.context_s, args.chunk_s,
                                 args.batch_size, args.naive, dtype, args.tr_source, args.tr_path)
         stimulus = stimulus_features(stories, args.test_story, extraction, args.low_level,
@@ -168,13 +196,16 @@ def run(args):
                                      args.word_vectors if args.semantic_preference else None,
                                      args.ngram_vocab_size)
         all_results = {label: evaluate_model(label, checkpoint, args.layers, extraction, task,
-                                             stimulus, args.low_level, args.low_level_alphas,
-                                             device)
+                                             stimulus, finished, args.low_level,
+                                             args.low_level_alphas, device)
                        for label, checkpoint in models}
-        facts = {"subject": subject, "train_stories": stories, "models": dict(models)}
+        facts = {"subject": subject, "train_stories": stories, "test_story": args.test_story,
+                 "models": dict(models), **voxel_facts}
         with run_utils.output_folder(out_dir, args.overwrite) as staging:
             run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
-            rows, preference_rows = write_results(staging, all_results, facts)
+            rows, preference_rows = write_results(staging, all_results, facts,
+                                                  task.cells["all"])
+        finished.remove()
         overall = [row for row in rows if row["region"] == "all"]
         print(run_utils.comparison_table([r for r in overall if r["low_level"] == "none"],
                                          "cc_norm"))
@@ -204,7 +235,7 @@ class EncodingTask(NamedTuple):
     test_story: str
     responses: Responses
     nc: np.ndarray  # noise ceiling per voxel
-    rois: dict  # region name -> voxel indices, for per-region summaries
+    cells: dict  # "all" and each --roi_file region -> indices of the voxels its summary averages
     splits: list  # (train rows, held-out rows) pairs over the stacked training rows
     alphas: list  # ridge penalties
     nc_thr: float  # summaries average over voxels whose noise ceiling exceeds it
@@ -247,13 +278,84 @@ def training_stories(data_dir, subject, requested, test_story):
     return stories
 
 
+def nc_file(nc_path, subject):
+    """The noise-ceiling file of a run: ``--nc_path`` or ``subject_NCs/UTS0N.npy``."""
+    return Path(nc_path) if nc_path is not None else noise_ceilings.default_nc_path(subject)
+
+
+def encoding_task(args, subject, stories):
+    """The run's encoding problem, every input checked before any model is loaded: the
+    stories' files (``data_utils.check_run_inputs``), the noise ceiling (computed if missing,
+    never saved with another voxel count than the responses'), the summary voxels
+    (``summary_voxels``), ``--roi_file`` and the cross-validation splits.
+
+    Returns the ``EncodingTask`` and the facts about its voxels (``summary_voxels``)."""
+    n_voxels = data_utils.check_run_inputs(args.data_dir, subject, [*stories, args.test_story],
+                                           args.tr_source, args.tr_path)
+    nc_path = nc_file(args.nc_path, subject)
+    nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, nc_path, args.test_story,
+                                          n_voxels=n_voxels)
+    test = data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:]
+    voxels, voxel_facts = summary_voxels(
+        nc, args.nc_thr, nc_path, test,
+        data_utils.response_path(args.data_dir, subject, args.test_story))
+    cells = summary_cells(voxels, load_rois(args.roi_file, n_voxels), args.roi_file,
+                          args.nc_thr)
+    responses = Responses(
+        np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories]), test)
+    lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
+    try:
+        splits = eval_utils.bootstrap_chunk_splits(lengths, args.n_boots, args.chunk_len,
+                                                   seed=args.seed)
+    except ValueError as err:
+        raise UsageError(f"--chunk_len {args.chunk_len}: {err}") from None
+    task = EncodingTask(stories, args.test_story, responses, nc, cells, splits, args.alphas,
+                        args.nc_thr)
+    return task, voxel_facts
+
+
+def summary_voxels(nc, nc_thr, nc_path, test_responses, test_path):
+    """The voxels every summary averages over: noise ceiling above ``nc_thr`` and responses
+    that vary over the scored test rows (``test_responses``, (rows, n_voxels); NaN read as 0,
+    so an all-NaN voxel is constant). A selection without voxels is a DatasetError.
+
+    Returns the (n_voxels,) bool mask and the facts for results.json: ``nc_thr``,
+    ``subject_voxels``, ``scored_voxels`` and ``excluded_voxels`` (above the threshold but
+    constant)."""
+    above = noise_ceilings.ceiling_voxels(nc, nc_thr, nc_path)
+    constant = above & data_utils.constant_voxels(test_responses)
+    voxels = above & ~constant
+    if constant.any():
+        logger.warning("%d of the %d voxels with NC > %s have constant (or NaN) responses in the "
+                       "scored rows of %s: left out of every summary", constant.sum(),
+                       above.sum(), nc_thr, test_path)
+    if not voxels.any():
+        raise DatasetError(f"{test_path}: every voxel with NC > {nc_thr} has constant (or NaN) "
+                           f"responses after the first {TEST_RESPONSE_TRIM} rows; nothing can "
+                           "be scored: check the file or --nc_path")
+    logger.info("summaries average over %d of %d voxels (NC > %s)", voxels.sum(), nc.size,
+                nc_thr)
+    return voxels, {"nc_thr": nc_thr, "subject_voxels": int(nc.size),
+                    "scored_voxels": int(voxels.sum()), "excluded_voxels": int(constant.sum())}
+
+
 def load_rois(path, n_voxels):
     """Regions of ``--roi_file`` (name -> voxel indices), checked; {} without a file."""
     if path is None:
         return {}
     if not Path(path).is_file():
         raise UsageError(f"--roi_file {path}: no such file")
-    rois = json.loads(Path(path).read_text())
+    try:
+        rois = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DatasetError(f"{path}: not valid JSON ({err}); --roi_file maps region names to "
+                           "lists of voxel indices") from None
+    if not isinstance(rois, dict) or not all(isinstance(v, list) for v in rois.values()):
+        raise DatasetError(f"{path}: expected a JSON object mapping region names to lists of "
+                           "voxel indices")
+    if "all" in rois:
+        raise DatasetError(f"{path}: the region name 'all' is taken by the summary over every "
+                           "voxel; rename that region")
     for name, voxels in rois.items():
         if not all(isinstance(v, int) for v in voxels):
             raise DatasetError(f"{path}: region {name!r} must list integer voxel indices")
@@ -261,6 +363,21 @@ def load_rois(path, n_voxels):
             raise DatasetError(f"{path}: region {name!r} has voxel indices outside "
                                f"0..{n_voxels - 1}")
     return rois
+
+
+def summary_cells(voxels, rois, roi_path, nc_thr):
+    """What each summary averages over: "all" and each region of ``rois`` -> indices of its
+    voxels within the ``voxels`` mask. A region left without voxels is logged: its summaries
+    are None."""
+    cells = {"all": np.flatnonzero(voxels)}
+    for name, indices in rois.items():
+        indices = np.asarray(indices, dtype=np.intp)
+        cells[name] = indices[voxels[indices]]
+        if not cells[name].size:
+            logger.warning("--roi_file %s: region %r has no voxel with NC > %s and varying test "
+                           "responses; its summaries are left empty (null in results.json)",
+                           roi_path, name, nc_thr)
+    return cells
 
 
 def stimulus_features(stories, test_story, extraction, low_level=(), phonetic_features=(),
@@ -291,53 +408,101 @@ def stimulus_features(stories, test_story, extraction, low_level=(), phonetic_fe
                   for story in all_stories})
 
 
-def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, low_level=(),
-                   low_level_alphas=eval_utils.CONFOUND_ALPHAS, device="cpu"):
+def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, finished,
+                   low_level=(), low_level_alphas=eval_utils.CONFOUND_ALPHAS, device="cpu"):
     """Per-layer scores of one model.
 
     ``layers``: the requested hidden-state indices, or None for ``DEFAULT_LAYERS``;
     ``low_level``: specs ("a" or "a+b") of low-level feature sets of ``stimulus`` to regress
     out, one analysis each. The semantic preference is scored when ``stimulus`` has
-    semantic features.
+    semantic features. Each (layer, analysis) result held by ``finished`` (a
+    ``FinishedResults``) is reused; the others are computed and kept there at once.
 
     Returns dict layer -> {"encoding": {analysis: scores}, "semantic_preference": ... or None},
     where analysis is "none" (the layer's features) or a ``low_level`` item (the features
     with those low-level features regressed out), and scores holds per-voxel ``r``,
-    ``cc_norm`` and ``alpha`` and their ``summary`` (``layer_scores``).
+    ``cc_norm`` and ``alpha`` and their ``summary``: r and cc_norm averaged over each of
+    ``task.cells`` (``summarise``) and the voxels counted (``n_voxels``).
     """
     encoder = speech_models.load_encoder(checkpoint, device)
     layers = run_utils.choose_layers(layers, encoder.depth, DEFAULT_LAYERS)
-    per_story = {}
-    for story in [*task.stories, task.test_story]:
-        window_features, times = cached_story_features(encoder, story, layers, extraction,
-                                                       device)
-        per_story[story] = tr_features(extraction.data_dir, story, window_features, times,
-                                       extraction.tr_source, extraction.tr_path)
+    analyses = ["none", *low_level] + ([SEMANTIC_PREFERENCE] if stimulus.semantic is not None
+                                       else [])
+    keys = {(layer, analysis): {"fingerprint": encoder.fingerprint,
+                                "preprocessor": encoder.preprocessor.digest(),
+                                "layer": layer, "analysis": analysis}
+            for layer in layers for analysis in analyses}
+    done = {cell: finished.load(key) for cell, key in keys.items()}
+    reused = [_what(label, *cell) for cell, result in done.items() if result is not None]
+    if reused:
+        logger.info("reusing %d finished results of %s: %s", len(reused), finished.path,
+                    "; ".join(reused))
+    missing = sorted({layer for (layer, _), result in done.items() if result is None})
+    features = model_tr_features(encoder, missing, [*task.stories, task.test_story],
+                                 extraction, device)
     results = {}
     for layer in layers:
-        features = {story: values[layer] for story, values in per_story.items()}
-        analyses = {"none": features}
-        for spec in low_level:
-            confounds = {story: np.hstack([stimulus.low_level[story][name]
-                                           for name in spec.split("+")]) for story in features}
-            analyses[spec] = eval_utils.regress_out(features, confounds, task.stories,
-                                                    low_level_alphas, task.splits, device)
-        results[layer] = {"encoding": {}, "semantic_preference": None}
-        for analysis, values in analyses.items():
-            scores = layer_scores(values, task, device, f"{label} layer {layer}")
-            results[layer]["encoding"][analysis] = scores
-            logger.info("%s layer %d%s: mean cc_norm %.3f, mean r %.3f (voxels with NC > %s)",
-                        label, layer, "" if analysis == "none" else f" without {analysis}",
-                        scores["summary"]["cc_norm"]["all"], scores["summary"]["r"]["all"],
-                        task.nc_thr)
-        if stimulus.semantic is not None:
-            preference = semantic_preference(features, stimulus.semantic, stimulus.phonetic,
-                                             task.stories, task.test_story, task.alphas,
-                                             task.splits, device)
-            results[layer]["semantic_preference"] = preference
+        for analysis in analyses:
+            if done[layer, analysis] is None:
+                done[layer, analysis] = analysis_result(analysis, features[layer], task,
+                                                        stimulus, low_level_alphas, device,
+                                                        _what(label, layer, analysis))
+                finished.save(keys[layer, analysis], done[layer, analysis])
+        results[layer] = {"encoding": {}, "semantic_preference": done.get(
+            (layer, SEMANTIC_PREFERENCE))}
+        for analysis in ["none", *low_level]:
+            scores = done[layer, analysis]
+            summary = {"r": summarise(scores["r"], task.cells),
+                       "cc_norm": summarise(scores["cc_norm"], task.cells),
+                       "n_voxels": {name: int(v.size) for name, v in task.cells.items()}}
+            results[layer]["encoding"][analysis] = {**scores, "summary": summary}
+            logger.info("%s: mean cc_norm %.3f, mean r %.3f (%d voxels with NC > %s)",
+                        _what(label, layer, analysis), summary["cc_norm"]["all"],
+                        summary["r"]["all"], task.cells["all"].size, task.nc_thr)
+        preference = results[layer]["semantic_preference"]
+        if preference is not None:
             logger.info("%s layer %d: semantic r %.3f, phonetic r %.3f", label, layer,
                         preference["semantic_r"], preference["phonetic_r"])
     return results
+
+
+def _what(label, layer, analysis):
+    """"<model> layer <k>[ without <set> | semantic preference]", for log lines."""
+    suffix = {"none": "", SEMANTIC_PREFERENCE: f" {SEMANTIC_PREFERENCE}"}.get(
+        analysis, f" without {analysis}")
+    return f"{label} layer {layer}{suffix}"
+
+
+def analysis_result(analysis, features, task, stimulus, low_level_alphas, device, what):
+    """One analysis of a layer's TR-grid features (story -> (grid TRs, hidden)): the
+    semantic preference (``semantic_preference``), or the encoding scores (``layer_scores``)
+    of the features ("none") or of their residuals after regressing out the low-level
+    feature sets of ``analysis`` ("a" or "a+b")."""
+    if analysis == SEMANTIC_PREFERENCE:
+        return semantic_preference(features, stimulus.semantic, stimulus.phonetic, task.stories,
+                                   task.test_story, task.alphas, task.splits, device)
+    if analysis != "none":
+        confounds = {story: np.hstack([stimulus.low_level[story][name]
+                                       for name in analysis.split("+")]) for story in features}
+        features = eval_utils.regress_out(features, confounds, task.stories, low_level_alphas,
+                                          task.splits, device)
+    return layer_scores(features, task, device, what)
+
+
+def model_tr_features(encoder, layers, stories, extraction, device="cpu"):
+    """TR-grid features of a model's ``layers``: layer -> story -> (grid TRs, hidden), from
+    the feature cache or extracted (nothing is read for no layers)."""
+    features = {layer: {} for layer in layers}
+    if not layers:
+        return features
+    for story in stories:
+        window_features, times = cached_story_features(encoder, story, layers, extraction,
+                                                       device)
+        resampled = tr_features(extraction.data_dir, story, window_features, times,
+                                extraction.tr_source, extraction.tr_path)
+        for layer, values in resampled.items():
+            features[layer][story] = values
+    return features
 
 
 def cached_story_features(encoder, story, layers, extraction, device="cpu"):
@@ -373,7 +538,7 @@ def tr_features(data_dir, story, window_features, times, tr_source="respdict", t
 
 def layer_scores(features, task, device=None, what="features"):
     """Encoding-model scores of TR-grid features (story -> (grid TRs, features)) on ``task``:
-    per-voxel ``r``, ``cc_norm`` and ``alpha``, and the ``summary`` of r and cc_norm."""
+    per-voxel ``r``, ``cc_norm`` and ``alpha``, each (n_voxels,)."""
     responses = task.responses
     x_train, x_test = design_matrices(features, task.stories, task.test_story)
     if len(x_train) != len(responses.train) or len(x_test) != len(responses.test):
@@ -382,9 +547,7 @@ def layer_scores(features, task, device=None, what="features"):
                            "the responses do not match respdict.json")
     r, cc_norm, alphas = encoding_scores(x_train, x_test, responses.train, responses.test,
                                          task.nc, task.alphas, task.splits, device)
-    return {"r": r, "cc_norm": cc_norm, "alpha": alphas,
-            "summary": {"r": summarise(r, task.nc, task.nc_thr, task.rois),
-                        "cc_norm": summarise(cc_norm, task.nc, task.nc_thr, task.rois)}}
+    return {"r": r, "cc_norm": cc_norm, "alpha": alphas}
 
 
 def design_matrices(tr_level, stories, test_story):
@@ -414,15 +577,11 @@ def encoding_scores(x_train, x_test, train_responses, test_responses, nc, alphas
     return r, cc_norm, best_alphas
 
 
-def summarise(values, nc, nc_thr, rois):
-    """Mean of per-voxel values over voxels above the noise-ceiling threshold and per region."""
-    good = nc > nc_thr
-    summary = {"all": float(values[good].mean()) if good.any() else float("nan")}
-    for name, voxels in rois.items():
-        voxels = np.asarray(voxels, dtype=np.intp)
-        selected = voxels[good[voxels]]
-        summary[name] = float(values[selected].mean()) if selected.size else float("nan")
-    return summary
+def summarise(values, cells):
+    """Mean of per-voxel values (n_voxels,) over each cell (name -> voxel indices); None for a
+    cell without voxels."""
+    return {name: float(values[voxels].mean()) if voxels.size else None
+            for name, voxels in cells.items()}
 
 
 def semantic_preference(features, semantic, phonetic, stories, test_story, alphas, splits,
@@ -453,10 +612,125 @@ def semantic_preference(features, semantic, phonetic, stories, test_story, alpha
     return scores
 
 
-def write_results(out_dir, all_results, facts):
+# ----------------------------------------------------------------------------- finished results
+
+def partial_folder(out_dir):
+    """``<save_dir>/.<exp_name>.partial``: the finished results of a run not yet complete."""
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def result_settings(args, subject, stories, dtype):
+    """What the numbers of a (model, layer, analysis) result depend on beyond its key: the
+    arguments but ``RESUME_MAY_CHANGE``, the stories, the autocast dtype and the identity of
+    the input files (noise ceiling, respdict, responses, WAVs, TextGrids, word vectors)."""
+    all_stories = [*stories, args.test_story]
+    files = [nc_file(args.nc_path, subject),
+             data_utils.derivative_dir(args.data_dir) / "respdict.json",
+             *(data_utils.response_path(args.data_dir, subject, s) for s in all_stories),
+             *(data_utils.stimulus_path(args.data_dir, s) for s in all_stories),
+             *(data_utils.textgrid_path(args.data_dir, s) for s in all_stories)]
+    if args.semantic_preference and Path(args.word_vectors).is_file():
+        files.append(args.word_vectors)
+    arguments = {f"--{name}": value for name, value in sorted(vars(args).items())
+                 if name not in RESUME_MAY_CHANGE}
+    return {**arguments, "subject": subject, "train_stories": stories, "autocast": str(dtype),
+            "input files": run_utils.file_identity(files)}
+
+
+class FinishedResults:
+    """The (model, layer, analysis) results a run has finished, kept in the folder ``path``.
+
+    One ``<digest of the key>.npz`` per result (its arrays and numbers), written atomically as
+    soon as it is done, beside ``settings.json`` (``result_settings``); the folder (with the
+    project's marker) is made with the first result."""
+
+    def __init__(self, path, settings):
+        self.path = Path(path)
+        self.settings = json.loads(run_utils.json_text(settings))  # as read back from the file
+
+    @classmethod
+    def open(cls, path, settings, resume, overwrite):
+        """The finished results at ``path``: an interrupted run's with ``resume`` (refused when
+        its settings differ); else none, an earlier run's folder being discarded with
+        ``overwrite`` and refused without."""
+        finished = cls(path, settings)
+        run_utils.recover(finished.path)
+        if not finished.path.exists():
+            if resume:
+                logger.info("%s: no finished results to resume; starting from the beginning",
+                            finished.path)
+            return finished
+        if resume:
+            finished.check_settings()
+            logger.info("resuming with the %d finished results in %s",
+                        len(list(finished.path.glob("[!.]*.npz"))), finished.path)
+            return finished
+        if not overwrite:
+            raise run_utils.OutputExistsError(
+                f"{finished.path} holds the finished results of an interrupted run; pass "
+                "--resume to continue it or --overwrite to discard them")
+        run_utils.check_replaceable(finished.path, overwrite=True)  # ours to delete
+        finished.remove()
+        logger.warning("discarded the finished results of an interrupted run in %s "
+                       "(--overwrite)", finished.path)
+        return finished
+
+    def check_settings(self):
+        """A UsageError unless the folder's results were made with ``self.settings``."""
+        try:
+            saved = json.loads((self.path / SETTINGS_FILE).read_text())
+        except (OSError, ValueError):
+            raise UsageError(f"{self.path / SETTINGS_FILE}: missing or unreadable; pass "
+                             f"--overwrite without --resume to discard {self.path}") from None
+        changed = [name for name in sorted(saved.keys() | self.settings.keys())
+                   if saved.get(name) != self.settings.get(name)]
+        if changed:
+            raise UsageError(f"{self.path}: its finished results were made with other settings "
+                             f"({', '.join(changed)}); resume with the same ones, or pass "
+                             "--overwrite without --resume to discard them")
+
+    def _file(self, key):
+        return self.path / f"{run_utils.digest(json.dumps(key, sort_keys=True))}.npz"
+
+    def load(self, key):
+        """The finished result of ``key`` (a dict): name -> array (numbers for 0-d ones), or
+        None when there is none (or it is unreadable: logged, to be computed again)."""
+        path = self._file(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            logger.warning("finished result %s is unreadable (%s); computing it again", path, err)
+            return None
+        return {name: values.item() if values.ndim == 0 else values
+                for name, values in arrays.items()}
+
+    def save(self, key, result):
+        """Keep the result (name -> array or number) of ``key``, atomically."""
+        if not self.path.exists():
+            with run_utils.atomic_output(self.path) as staging:
+                run_utils.mark_folder(staging, "finished results of an evaluation")
+                run_utils.write_json(staging / SETTINGS_FILE, self.settings)
+        with run_utils.atomic_output(self._file(key), overwrite=True) as tmp:
+            np.savez(tmp, **{name: np.asarray(values) for name, values in result.items()})
+
+    def remove(self):
+        """Delete the folder (the run is complete, or its results are discarded)."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def write_results(out_dir, all_results, facts, summary_voxels):
     """results.json (``facts``, the rows and the semantic preference), results.csv, the
-    per-voxel .npz files and the plots (alignment.png; reliance.png with low-level analyses;
-    semantic_preference.png/.csv with the semantic preference) in a fresh ``out_dir``.
+    per-voxel .npz files, ``summary_voxels.npy`` (``summary_voxels``: the (n,) int64 indices
+    of the voxels the "all" summaries average over, for the report) and the plots
+    (alignment.png; reliance.png with low-level analyses; semantic_preference.png/.csv with
+    the semantic preference) in a fresh ``out_dir``.
+    ``facts`` holds the subject, test story and the ``summary_voxels`` facts, for the titles.
 
     Returns the alignment rows and the semantic-preference rows."""
     rows, preference_rows = [], []
@@ -465,11 +739,13 @@ def write_results(out_dir, all_results, facts):
             before = result["encoding"]["none"]["summary"]["cc_norm"]
             for analysis, scores in result["encoding"].items():
                 for region, value in scores["summary"]["cc_norm"].items():
-                    drop = (eval_utils.percent_drop(before[region], value)
-                            if analysis != "none" else None)
-                    rows.append({"model": label, "layer": layer, "low_level": analysis,
-                                 "region": region, "cc_norm": value,
-                                 "r": scores["summary"]["r"][region], "drop_percent": drop})
+                    defined = analysis != "none" and None not in (before[region], value)
+                    rows.append({
+                        "model": label, "layer": layer, "low_level": analysis, "region": region,
+                        "cc_norm": value, "r": scores["summary"]["r"][region],
+                        "drop_percent": (eval_utils.percent_drop(before[region], value)
+                                         if defined else None),
+                        "n_voxels": scores["summary"]["n_voxels"][region]})
                 np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis),
                          r=scores["r"], cc_norm=scores["cc_norm"], alpha=scores["alpha"])
             if result["semantic_preference"] is not None:
@@ -477,31 +753,33 @@ def write_results(out_dir, all_results, facts):
                                         **result["semantic_preference"]})
     run_utils.write_json(out_dir / "results.json", {**facts, "results": rows,
                                                     "semantic_preference": preference_rows})
+    np.save(out_dir / run_utils.SUMMARY_VOXELS_NAME, np.asarray(summary_voxels, np.int64))
     run_utils.write_csv(out_dir / "results.csv", rows)
+    story = f"{facts['subject']}, {facts['test_story']}"
+    voxels = f"{story}, {facts['scored_voxels']} voxels with NC > {facts['nc_thr']}"
     baseline = [row for row in rows if row["region"] == "all" and row["low_level"] == "none"]
     plots.plot_per_layer(out_dir / "alignment.png", _series(baseline, "cc_norm"),
-                         "mean cc_norm", f"Brain alignment, {facts['subject']}")
+                         "mean cc_norm", f"Brain alignment, {voxels}")
     removed = [row for row in rows if row["region"] == "all" and row["low_level"] != "none"]
     if removed:
         plots.plot_per_layer(out_dir / "reliance.png",
                              _series(removed, "drop_percent", with_analysis=True),
                              "drop in mean cc_norm (%)",
-                             "Reliance on low-level features (higher: more reliant)")
+                             f"Reliance on low-level features (higher: more reliant), {voxels}")
     if preference_rows:
         run_utils.write_csv(out_dir / "semantic_preference.csv", preference_rows)
         plots.plot_per_layer(out_dir / "semantic_preference.png",
                              _series(preference_rows, "preference"),
-                             "semantic r - phonetic r", "Semantic preference")
+                             "semantic r - phonetic r", f"Semantic preference, {story}")
     return rows, preference_rows
 
 
 def _series(rows, key, with_analysis=False):
-    """Plot series: label -> {layer: row[key]}."""
+    """Plot series: model label (or (model label, "without <set>")) -> {layer: row[key]}."""
     series = {}
     for row in rows:
-        label = f"{row['model']} without {row['low_level']}" if with_analysis else row["model"]
-        series.setdefault(label, {})[row["layer"]] = (float("nan") if row[key] is None
-                                                      else row[key])
+        name = (row["model"], f"without {row['low_level']}") if with_analysis else row["model"]
+        series.setdefault(name, {})[row["layer"]] = row[key]
     return series
 
 

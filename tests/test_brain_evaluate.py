@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import soundfile as sf
 import torch
 
 import brain_evaluate
+import damage
 import data_utils
 import eval_utils
 import low_level_features
@@ -157,7 +159,13 @@ def test_a_failed_or_interrupted_rerun_leaves_the_previous_results(setup, monkey
     with pytest.raises(KeyboardInterrupt):
         _run_shared(setup, "--layers", "2", "--overwrite", save=out.name)
     assert _snapshot(out / "run") == before
-    assert sorted(p.name for p in out.iterdir()) == ["run"]  # no leftovers
+    # no leftovers but the finished results, which --resume completes without a ridge fit
+    assert sorted(p.name for p in out.iterdir()) == [".run.partial", "run"]
+    monkeypatch.undo()
+    fits = _count_calls(monkeypatch, brain_evaluate, "layer_scores")
+    assert _run_shared(setup, "--layers", "2", "--overwrite", "--resume", save=out.name) == 0
+    assert len(fits) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["run"]
 
 
 def test_a_rerun_with_fewer_layers_leaves_no_files_of_the_earlier_run(setup):
@@ -302,18 +310,128 @@ def test_logs_dir_epochs_select_checkpoints(setup, tmp_path):
         _models(args)
 
 
-def test_feature_and_response_rows_must_match(setup, tmp_path, caplog):
-    root, data = setup
+def _damaged_copy(setup, tmp_path):
     copy = tmp_path / "ds"
-    shutil.copytree(data, copy)
-    respdict_path = copy / "derivative" / "respdict.json"
-    respdict = json.loads(respdict_path.read_text())
-    respdict["souls"] += 2
-    respdict_path.write_text(json.dumps(respdict))
-    assert brain_evaluate.main([
-        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(copy),
-        "--nc_path", str(root / "UTS01.npy"), "--save_dir", str(tmp_path / "out"), *QUICK]) == 1
-    assert "do not match respdict.json" in caplog.text
+    shutil.copytree(setup[1], copy)
+    return copy
+
+
+def _run_on(setup, data, out, *extra):
+    """``_run`` on another dataset, results and cache in ``out``."""
+    root, _ = setup
+    return brain_evaluate.main([
+        "--model_name", str(root / "model0"), "--model_path", str(root / "model1"),
+        "--subject", "1", "--data_dir", str(data), "--save_dir", str(out), "--exp_name", "run",
+        "--nc_path", str(root / "UTS01.npy"), *QUICK, *extra])
+
+
+def _one_error_line(caplog):
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0].getMessage(), caplog.text
+    assert "Traceback" not in caplog.text
+    return errors[0].getMessage()
+
+
+def _assert_nothing_written(save_dir):
+    """No feature cache, results or partial folder (the lock file is gone with the run)."""
+    assert list(Path(save_dir).rglob("*")) == []
+
+
+def _drop_last_response_row(data):
+    damage.replace_hdf5(data, 1, "souls", "data", damage.read_hdf5(data, 1, "souls")[:-1])
+
+
+def _respdict_two_more(data):
+    damage.set_respdict(data, "souls", data_utils.load_respdict(data)["souls"] + 2)
+
+
+@pytest.mark.parametrize("defect", [_drop_last_response_row, _respdict_two_more])
+def test_response_rows_off_respdict_stop_the_run_before_any_model_is_loaded(
+        setup, tmp_path, caplog, monkeypatch, defect):
+    data = _damaged_copy(setup, tmp_path)
+    defect(data)
+    _no_model_loading(monkeypatch)
+    assert _run_on(setup, data, tmp_path / "out") == 1
+    assert "souls" in _one_error_line(caplog)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_repeats_with_fewer_voxels_than_the_responses_save_no_ceiling(setup, tmp_path, caplog,
+                                                                      monkeypatch):
+    data = _damaged_copy(setup, tmp_path)
+    test = data_utils.TEST_STORY
+    repeats = damage.read_hdf5(data, 1, test, "individual_repeats")
+    damage.replace_hdf5(data, 1, test, "individual_repeats", repeats[:, :, :25])
+    _no_model_loading(monkeypatch)
+    assert _run_on(setup, data, tmp_path / "out", "--nc_path", str(tmp_path / "nc.npy")) == 1
+    _one_error_line(caplog)
+    assert not (tmp_path / "nc.npy").exists()
+    _assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("zero_ceiling, flags", [(True, []), (False, ["--nc_thr", "40"])])
+def test_an_empty_voxel_selection_is_refused(setup, tmp_path, caplog, monkeypatch,
+                                             zero_ceiling, flags):
+    root, data = setup
+    nc_path = root / "UTS01.npy"
+    if zero_ceiling:
+        nc_path = tmp_path / "zeros.npy"
+        np.save(nc_path, np.zeros(30))
+    _no_model_loading(monkeypatch)
+    assert _run_on(setup, data, tmp_path / "out", "--nc_path", str(nc_path), *flags) == 1
+    _one_error_line(caplog)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def _refuse_constant(name):
+    raise AssertionError(f"{name} in results.json")
+
+
+def test_constant_test_voxels_and_empty_regions_are_left_out_of_summaries(setup, tmp_path,
+                                                                         caplog, monkeypatch):
+    root, _ = setup
+    data = _damaged_copy(setup, tmp_path)
+    nc = np.load(root / "UTS01.npy")
+    above = np.flatnonzero(nc > 0.2)
+    below = np.flatnonzero(nc <= 0.2)
+    all_nan, flat_when_scored = above[:2]
+    test = damage.read_hdf5(data, 1, data_utils.TEST_STORY)
+    test[:, all_nan] = np.nan  # reads as a constant 0
+    test[brain_evaluate.TEST_RESPONSE_TRIM:, flat_when_scored] = 5.0  # varies in unscored rows
+    damage.replace_hdf5(data, 1, data_utils.TEST_STORY, "data", test)
+    rois = {"low": below[:3].tolist(), "damaged": [int(all_nan), int(flat_when_scored)],
+            "mixed": above[:4].tolist()}
+    (tmp_path / "roi.json").write_text(json.dumps(rois))
+    titles = {}
+    monkeypatch.setattr(brain_evaluate.plots, "plot_per_layer",
+                        lambda path, series, ylabel, title: titles.update(
+                            {Path(path).name: (title, set(series))}))
+    assert _run_on(setup, data, tmp_path / "out", "--layers", "2", "--nc_thr", "0.2",
+                   "--roi_file", str(tmp_path / "roi.json"), "--low_level", "powspec") == 0
+    out = tmp_path / "out" / "run"
+    results = json.loads((out / "results.json").read_text(), parse_constant=_refuse_constant)
+    scored = np.setdiff1d(above, [all_nan, flat_when_scored])
+    assert results["excluded_voxels"] == 2 and results["scored_voxels"] == scored.size
+    np.testing.assert_array_equal(np.load(out / run_utils.SUMMARY_VOXELS_NAME), scored)
+    assert "2 of the" in caplog.text and "'low' has no voxel" in caplog.text
+    expected = {"all": scored, "low": [], "damaged": [], "mixed": above[2:4]}
+    csv_rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(csv_rows) == len(results["results"]) == 2 * 2 * 4
+    for row, csv_row in zip(results["results"], csv_rows):
+        voxels = expected[row["region"]]
+        assert row["n_voxels"] == len(voxels) == int(csv_row["n_voxels"])
+        if not len(voxels):
+            assert row["cc_norm"] is row["r"] is row["drop_percent"] is None
+            assert csv_row["cc_norm"] == csv_row["r"] == csv_row["drop_percent"] == ""
+            continue
+        npz = np.load(out / run_utils.voxel_results_name(row["model"], 2, row["low_level"]))
+        assert row["cc_norm"] == pytest.approx(float(npz["cc_norm"][voxels].mean()), rel=1e-6)
+        assert row["r"] == pytest.approx(float(npz["r"][voxels].mean()), rel=1e-6)
+    where = f"UTS01, {data_utils.TEST_STORY}, {scored.size} voxels with NC > 0.2"
+    assert titles["alignment.png"] == (f"Brain alignment, {where}", {"pretrained", "model1"})
+    title, keys = titles["reliance.png"]
+    assert where in title
+    assert keys == {("pretrained", "without powspec"), ("model1", "without powspec")}
 
 
 def test_models_with_the_same_folder_name_keep_separate_results(setup, tmp_path):
@@ -323,13 +441,122 @@ def test_models_with_the_same_folder_name_keep_separate_results(setup, tmp_path)
         "--model_path", str(tmp_path / "seed0" / "checkpoint-epoch5"),
         "--model_path", str(tmp_path / "seed1" / "checkpoint-epoch5")])
     labels = [label for label, _ in _models(args)]
-    assert labels == ["pretrained", "checkpoint-epoch5", "checkpoint-epoch5#2"]
+    assert labels == ["pretrained", "seed0/epoch 5", "seed1/epoch 5"]
 
 
-def test_empty_region_gives_nan_not_a_crash():
-    summary = brain_evaluate.summarise(np.ones(5), np.full(5, 0.5), 0.4,
-                                       {"empty": [], "two": [1, 3]})
-    assert np.isnan(summary["empty"]) and summary["two"] == 1.0 and summary["all"] == 1.0
+def test_summaries_average_each_cell_and_leave_empty_ones_undefined():
+    cells = brain_evaluate.summary_cells(np.array([True, True, False, True, False]),
+                                         {"empty": [2, 4], "two": [1, 2, 3]}, "roi.json", 0.4)
+    summary = brain_evaluate.summarise(np.array([1.0, 2.0, 9.0, 4.0, 9.0]), cells)
+    assert summary == {"all": pytest.approx(7 / 3), "empty": None, "two": 3.0}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"), ('["a"]', "JSON object"),
+    ('{"all": [1]}', "'all'"), ('{"a": [1.5]}', "integer"), ('{"a": [30]}', "0..29")])
+def test_bad_roi_files_are_refused(tmp_path, text, message):
+    (tmp_path / "roi.json").write_text(text)
+    with pytest.raises(data_utils.DatasetError, match=message):
+        brain_evaluate.load_rois(tmp_path / "roi.json", 30)
+
+
+# ----------------------------------------------------------------------------- resume
+
+def _count_calls(monkeypatch, module, name):
+    """Replace ``module.name`` by a wrapper recording its calls; returns the list of calls."""
+    calls, original = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _interrupt_after_saving(monkeypatch, n_results):
+    """Make the run stop (as a kill would) right after its ``n_results``-th finished result."""
+    original, saved = brain_evaluate.FinishedResults.save, []
+
+    def save(self, key, result):
+        original(self, key, result)
+        saved.append(key)
+        if len(saved) == n_results:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(brain_evaluate.FinishedResults, "save", save)
+
+
+RESUMED = ["--layers", "1", "2", "--semantic_preference", "--word_vectors", "synthetic"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    """results.json and per-voxel results of an uninterrupted run of ``RESUMED``."""
+    assert _run_shared(setup, *RESUMED, save="uninterrupted") == 0
+    out = setup[0] / "uninterrupted" / "run"
+    return (json.loads((out / "results.json").read_text()),
+            {path.name: dict(np.load(path)) for path in out.glob("*.npz")})
+
+
+def _interrupted(setup, monkeypatch, save, n_results=1):
+    with monkeypatch.context() as patch:
+        _interrupt_after_saving(patch, n_results)
+        with pytest.raises(KeyboardInterrupt):
+            _run_shared(setup, *RESUMED, save=save)
+    partial = setup[0] / save / ".run.partial"
+    assert len(list(partial.glob("*.npz"))) == n_results
+    assert not (setup[0] / save / "run").exists()
+    return partial
+
+
+def _assert_same_results(setup, save, uninterrupted):
+    out = setup[0] / save / "run"
+    results, voxels = uninterrupted
+    again = json.loads((out / "results.json").read_text())
+    assert again["results"] == results["results"]
+    assert again["semantic_preference"] == results["semantic_preference"]
+    assert sorted(p.name for p in out.glob("*.npz")) == sorted(voxels)
+    for name, arrays in voxels.items():
+        for key, values in np.load(out / name).items():
+            np.testing.assert_array_equal(values, arrays[key])
+    assert not (setup[0] / save / ".run.partial").exists()
+
+
+def test_an_interrupted_run_resumes_without_fitting_its_finished_results_again(
+        setup, uninterrupted, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    # killed after pretrained layer 1's encoding result and its semantic preference
+    partial = _interrupted(setup, monkeypatch, "resumed", n_results=2)
+    kept = _snapshot(partial)
+    assert _run_shared(setup, *RESUMED, save="resumed") == 1  # neither --resume nor --overwrite
+    assert "--resume" in _one_error_line(caplog) and _snapshot(partial) == kept
+    caplog.clear()
+    assert _run_shared(setup, *RESUMED, "--resume", "--alphas", "1", "10",
+                       save="resumed") == 1
+    assert "--alphas" in _one_error_line(caplog) and _snapshot(partial) == kept
+    fits = _count_calls(monkeypatch, brain_evaluate, "layer_scores")
+    preferences = _count_calls(monkeypatch, brain_evaluate, "semantic_preference")
+    assert _run_shared(setup, *RESUMED, "--resume", save="resumed") == 0
+    assert len(fits) == len(preferences) == 3  # of 4 each
+    assert "reusing 2 finished results" in caplog.text
+    _assert_same_results(setup, "resumed", uninterrupted)
+
+
+def test_overwrite_discards_finished_results_and_unreadable_ones_are_computed_again(
+        setup, uninterrupted, monkeypatch, caplog):
+    _interrupted(setup, monkeypatch, "discarded")
+    fits = _count_calls(monkeypatch, brain_evaluate, "layer_scores")
+    assert _run_shared(setup, *RESUMED, "--overwrite", save="discarded") == 0
+    assert len(fits) == 4 and "discarded the finished results" in caplog.text
+    _assert_same_results(setup, "discarded", uninterrupted)
+
+    (finished,) = _interrupted(setup, monkeypatch, "damaged").glob("*.npz")
+    finished.write_bytes(finished.read_bytes()[:100])  # damaged (a bad disk, a copy cut short)
+    fits.clear()
+    assert _run_shared(setup, *RESUMED, "--resume", save="damaged") == 0
+    assert len(fits) == 4 and "unreadable" in caplog.text
+    _assert_same_results(setup, "damaged", uninterrupted)
 
 
 def _extraction(data, cache_dir, dtype=None):
