@@ -6,6 +6,9 @@
 One sample per response row (fMRI TR): the 10 s of 16 kHz audio ending at the end of that TR,
 and the row's responses of the voxels whose noise ceiling exceeds ``--nc_thr``. The model is
 the encoder, the mean of its last hidden state over time and one linear layer (SPEC section 2).
+Every input the run needs (respdict entries, response shapes, WAV durations, TextGrids, the
+noise ceiling's voxel count) is checked before any model or audio is loaded; a run whose loss
+turns NaN or infinite stops with one line and saves nothing of that epoch.
 
 Outputs under ``<save_dir>/<exp_name>/``: ``checkpoint-epoch<k>/`` and ``final/`` (each loads
 with ``transformers.AutoModel.from_pretrained`` as the tuned encoder and holds the feature
@@ -140,21 +143,29 @@ def parse_args(argv=None):
     out.add_argument("--overwrite", action="store_true",
                      help="start an existing run folder again (the old run is deleted once "
                           "the new one has set itself up)")
-    out.add_argument("--log_level", default="INFO", help="logging level")
+    out.add_argument("--log_level", default="INFO", type=str.upper,
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
     args = parser.parse_args(argv)
     for flag in ("num_epochs", "batch_size", "micro_batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1, got {value}")
-    for flag in ("warmup_epochs", "patience", "save_every", "lora_rank", "num_workers",
-                 "base_lr", "linear_layer_lr", "head_lr_floor"):
+    for flag in ("warmup_epochs", "patience", "save_every", "lora_rank", "num_workers", "seed",
+                 "base_lr", "linear_layer_lr"):
         value = getattr(args, flag)
-        if value is not None and value < 0:
-            parser.error(f"--{flag} must not be negative, got {value}")
+        if value is not None and not 0 <= value < math.inf:  # also refuses nan and inf
+            parser.error(f"--{flag} must be a number >= 0, got {value}")
+    if not 0 <= args.nc_thr < 1:
+        parser.error(f"--nc_thr must be in [0, 1) (noise ceilings are correlations), got "
+                     f"{args.nc_thr}")
     if not 0 < args.head_lr_decay <= 1:
         parser.error(f"--head_lr_decay must be in (0, 1], got {args.head_lr_decay}")
+    if not 0 <= args.head_lr_floor <= 1:
+        parser.error(f"--head_lr_floor must be in [0, 1], got {args.head_lr_floor}")
     if not 0 <= args.lora_dropout < 1:
         parser.error(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    if not 0 < args.lora_alpha < math.inf:
+        parser.error(f"--lora_alpha must be positive, got {args.lora_alpha}")
     if args.micro_batch_size is None:
         args.micro_batch_size = args.batch_size
     elif args.micro_batch_size > args.batch_size:
@@ -330,22 +341,23 @@ def choose_stories(data_dir, subjects, train_stories=None, val_stories=None,
             {s: [t for t in val if t in available[s]] for s in subjects})
 
 
-def select_voxels(data_dir, subjects, nc_paths=None, nc_thr=eval_utils.NC_THRESHOLD):
+def select_voxels(data_dir, subjects, voxel_counts, nc_paths=None,
+                  nc_thr=eval_utils.NC_THRESHOLD):
     """Voxel indices per subject: noise ceiling above ``nc_thr``.
 
-    ``nc_paths``: one noise-ceiling file per subject, or None for the default files (computed
-    when missing)."""
+    ``voxel_counts``: dict subject -> voxels of its responses (``data_utils.check_run_inputs``);
+    a ceiling of another size is refused (and never computed and saved). ``nc_paths``: one
+    noise-ceiling file per subject, or None for the default files (computed when missing)."""
     nc_paths = nc_paths or [None] * len(subjects)
     if len(nc_paths) != len(subjects):
         raise UsageError(f"--nc_path needs one file per subject ({len(subjects)}), got "
                          f"{len(nc_paths)}")
     voxels = {}
     for subject, path in zip(subjects, nc_paths):
-        cc_max = noise_ceilings.get_noise_ceiling(data_dir, subject, path)
-        voxels[subject] = np.flatnonzero(cc_max > nc_thr)
-        if voxels[subject].size == 0:
-            raise DatasetError(f"no voxel of {subject} has a noise ceiling above --nc_thr "
-                               f"{nc_thr} (highest: {cc_max.max():.3f}); lower --nc_thr")
+        cc_max = noise_ceilings.get_noise_ceiling(data_dir, subject, path,
+                                                  n_voxels=voxel_counts[subject])
+        voxels[subject] = np.flatnonzero(noise_ceilings.ceiling_voxels(
+            cc_max, nc_thr, path or noise_ceilings.default_nc_path(subject)))
         logger.info("%s: %d of %d voxels have a noise ceiling above %s", subject,
                     voxels[subject].size, cc_max.size, nc_thr)
     return voxels
@@ -525,14 +537,13 @@ def save_tuned_model(directory, model, preprocessor, voxels, run_config, overwri
     extractor, the head (``brain_head.safetensors``), the voxels predicted (``voxels.json``)
     and the run configuration (``brain_tuning.json``). Written atomically.
     """
-    with run_utils.atomic_output(directory, overwrite) as tmp:
+    with run_utils.atomic_output(directory, overwrite) as tmp, speech_models.quiet_transformers():
         speech_models.plain_backbone(model).save_pretrained(tmp)
         preprocessor.feature_extractor.save_pretrained(tmp)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
                   str(tmp / "brain_head.safetensors"))
-        (tmp / "voxels.json").write_text(json.dumps(
-            {s: v.tolist() for s, v in voxels.items()} if voxels else {}))
-        (tmp / "brain_tuning.json").write_text(json.dumps(run_config, indent=2, default=str))
+        run_utils.write_json(tmp / "voxels.json", voxels or {})
+        run_utils.write_json(tmp / "brain_tuning.json", run_config)
 
 
 def save_training_state(run_dir, state):
@@ -543,8 +554,21 @@ def save_training_state(run_dir, state):
 
 
 def write_metrics(run_dir, metrics):
+    """``metrics.jsonl``: one JSON object per epoch (NaN and Infinity as null)."""
     run_utils.write_text(run_dir / "metrics.jsonl",
-                         "".join(json.dumps(line) + "\n" for line in metrics), overwrite=True)
+                         "".join(run_utils.json_text(line, indent=None) + "\n"
+                                 for line in metrics), overwrite=True)
+
+
+def check_finite(line):
+    """Stop, before the epoch is saved, when its losses are not finite (training diverged):
+    nothing of a diverged epoch becomes a checkpoint or ``final/``."""
+    bad = [key for key in ("train_loss", "val_loss") if not math.isfinite(line[key])]
+    if bad:
+        raise run_utils.UserError(
+            f"epoch {line['epoch']}: {', '.join(f'{k} {line[k]}' for k in bad)}: training "
+            "diverged; lower --base_lr/--linear_layer_lr, use --precision fp32 or check the "
+            "targets for NaN (the checkpoints of earlier epochs are kept)")
 
 
 def make_optimizer(model, base_lr, head_lr, num_epochs, warmup_epochs, head_lr_decay,
@@ -657,16 +681,19 @@ def train(args):
     with run_folder(run_dir, args.resume, args.overwrite, vars(args), processes) as folder:
         speech_models.load_config(args.model_name)  # a bad --model_name stops before any loading
 
-        # data: stories, voxels, targets, audio
+        # data: stories (every input checked before anything slow), voxels, targets, audio
         train_stories, val_stories = choose_stories(args.data_dir, subjects, args.train_stories,
                                                     args.val_stories, args.multi_subject)
+        stories = {s: train_stories[s] + val_stories[s] for s in subjects}
+        voxel_counts = {s: data_utils.check_run_inputs(args.data_dir, s, stories[s],
+                                                       args.tr_source, args.tr_path)
+                        for s in subjects}
         if processes.distributed and not is_main:
             dist.barrier()  # rank 0 computes and saves missing noise ceilings first
-        voxels = None if args.target_features else select_voxels(args.data_dir, subjects,
-                                                                 args.nc_path, args.nc_thr)
+        voxels = None if args.target_features else select_voxels(
+            args.data_dir, subjects, voxel_counts, args.nc_path, args.nc_thr)
         if processes.distributed and is_main:
             dist.barrier()
-        stories = {s: train_stories[s] + val_stories[s] for s in subjects}
         targets = load_targets(args.data_dir, stories, voxels, train_stories, args.target,
                                args.target_features, args.seed)
         groups, n_outputs = target_groups(targets, train_stories, val_stories, shared_head)
@@ -708,7 +735,7 @@ def train(args):
             logger.info("resuming %s after epoch %d", run_dir, start_epoch)
         else:
             start_epoch, metrics, stale = 0, [], 0
-            best = {"val_loss": math.inf, "epoch": -1, "state": None}
+            best = {"val_loss": None, "epoch": None, "state": None}  # no epoch yet
             if is_main:  # set up without error: only now is an old run replaced
                 folder.start()
                 run_utils.write_json(run_dir / "run_config.json", config)
@@ -721,10 +748,11 @@ def train(args):
                 args.micro_batch_size, collate, num_workers, processes.rank, processes.world_size)
             line = train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler,
                                    scaler, dtype, processes, epoch, args.num_epochs)
-            metrics.append(line)
             logger.info("epoch %d: train loss %.4f, val loss %.4f, val corr %.4f", epoch + 1,
                         line["train_loss"], line["val_loss"], line["val_corr"])
-            if line["val_loss"] < best["val_loss"]:
+            check_finite(line)
+            metrics.append(line)
+            if best["val_loss"] is None or line["val_loss"] < best["val_loss"]:
                 best = {"val_loss": line["val_loss"], "epoch": epoch + 1, "state": {
                     k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
                 stale = 0
@@ -744,8 +772,7 @@ def train(args):
             barrier(processes)
 
         if is_main:
-            if best["state"] is not None:
-                model.load_state_dict(best["state"])
+            model.load_state_dict(best["state"])
             save_tuned_model(run_dir / "final", model, preprocessor, voxels,
                              {**config, "epoch": best["epoch"], "best_val_loss": best["val_loss"]},
                              overwrite=True)

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import re
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -332,3 +333,10 @@ def task_classes(task, train, test):
             raise DatasetError(f"{example['audio']}: label {unknown[0]!r} is not one of the "
                                f"{len(classes)} {dataset} {task} classes")
     return classes
+
+
+if __name__ == "__main__":
+    sys.exit("downstream_data.py is a library module with no command line (the probes' dataset "
+             "readers); run one of eval_phonemes.py, eval_sentence_type.py, eval_words.py, "
+             "eval_emotion.py, eval_intent.py (--help lists their flags), or "
+             "synthetic_downstream.py to write small datasets in these layouts")

@@ -37,6 +37,7 @@ import collections
 import hashlib
 import logging
 import re
+import sys
 from pathlib import Path
 
 import librosa
@@ -483,3 +484,8 @@ def word_vector_features(data_dir, story, vectors, tr_source="respdict", tr_path
     values = np.stack([vector for _, _, vector in found])
     times = np.array([(start + end) / 2 for start, end, _ in found])
     return to_tr_grid(values, times, data_utils.tr_times(data_dir, story, tr_source, tr_path))
+
+
+if __name__ == "__main__":
+    sys.exit("low_level_features.py is a library module with no command line; "
+             "brain_evaluate.py --low_level computes these features (see its --help)")

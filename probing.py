@@ -17,11 +17,22 @@ the hidden states of each utterance averaged over time, cached per model and dat
 then one linear layer trained full-batch with Adam (lr 1e-3) on the training split (binary
 cross-entropy per class for the multi-label phonemes, softmax cross-entropy otherwise), its
 inputs standardised with the training mean and std; scored on the test split by micro and
-macro F1 and accuracy (multi-label: exact match of the whole label set).
+macro F1 and, for single-label tasks, accuracy. For the multi-label phonemes the accuracy would
+be the exact match of the whole set of 39 classes (subset accuracy), near 0 for every layer and
+model: it is stored as ``exact_match`` (not ``accuracy``) and left out of the log lines and
+printed tables, which show micro and macro F1 only.
 
-Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model and layer:
-f1_micro, f1_macro, accuracy, n_train, n_test), ``<task>.png`` (macro F1 per layer, one line per
-model) and ``run_config.json`` (the arguments and the run). They are written together once
+Chance (``chance_f1_macro``): the macro F1 of guessing without the audio, each test label drawn
+from the training labels' frequencies (multi-label: each class said yes with its training
+prevalence). It is the F1 of the expected counts, per class 2 p q / (p + q) with p the class's
+test frequency and q its training frequency, averaged over the classes present in the test set
+as the macro F1 is; about 1/classes for balanced classes. Predicting the most frequent class
+instead would give a macro F1 near 0, far below what guessing gets.
+
+Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` (the task, classes, models, the chance
+level and the rows) and ``results.csv`` (per model and layer: f1_micro, f1_macro, accuracy or
+exact_match, n_train, n_test), ``<task>.png`` (macro F1 per layer, one line per model, chance
+dashed) and ``run_config.json`` (the arguments and the run). They are written together once
 every model is probed; an existing folder is refused before any work unless ``--overwrite``,
 and a failed run leaves it as it was (see ``run_utils.output_folder``).
 """
@@ -29,6 +40,8 @@ and a failed run leaves it as it was (see ``run_utils.output_folder``).
 import argparse
 import functools
 import logging
+import math
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -85,10 +98,18 @@ def parse_args(task, argv=None):
     args.task = task
     run_utils.check_model_arguments(parser, args)
     run_utils.finish_results_arguments(parser, args, task)
-    if args.num_epochs < 1 or args.lr <= 0:
-        parser.error("--num_epochs must be >= 1 and --lr > 0")
-    if args.max_examples is not None and args.max_examples < 1:
-        parser.error("--max_examples must be >= 1")
+    for flag in ("num_epochs", "batch_size", "max_examples"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be >= 1, got {value}")
+    if not 0 < args.lr < math.inf:
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:
+        parser.error(f"--test_fraction must be in (0, 1), got {args.test_fraction}")
+    if args.layers is not None and min(args.layers) < 0:
+        parser.error(f"--layers must be hidden-state indices >= 0, got {min(args.layers)}")
     return args
 
 
@@ -120,6 +141,8 @@ def run(args):
     with run_utils.FolderLock(out_dir):  # held for the run's life
         models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
                                               args.epochs, args.skip_pretrained)
+        for _, checkpoint in models:  # a broken checkpoint stops the run before any extraction
+            speech_models.load_encoder(checkpoint)
         device = speech_models.resolve_device(args.device)
         dtype = speech_models.autocast_dtype(args.precision, device)
         task = downstream_data.TASKS[args.task]
@@ -132,6 +155,9 @@ def run(args):
         data = ProbeData(task.dataset, Split(train, targets(train, classes, task.multi_label)),
                          Split(test, targets(test, classes, task.multi_label)), classes,
                          task.multi_label)
+        chance = chance_f1_macro(data.train.targets, data.test.targets, len(classes),
+                                 task.multi_label)
+        logger.info("chance: macro F1 %.3f (guessing by the training label frequencies)", chance)
         rows = []
         for label, checkpoint in models:
             rows += evaluate_model(label, checkpoint, data, args.layers, args.cache_dir,
@@ -142,7 +168,7 @@ def run(args):
         what = f"{args.task} probes"
         with run_utils.output_folder(out_dir, args.overwrite, what=what) as staging:
             run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
-            write_results(staging, rows, facts, args.task)
+            write_results(staging, rows, facts, chance)
         for key in ("f1_micro", "f1_macro"):
             print(run_utils.comparison_table(rows, key))
         logger.info("results in %s", out_dir)
@@ -186,8 +212,9 @@ def evaluate_model(label, checkpoint, data, layers, cache_dir, batch_size, num_e
         scores = probe_scores(data.test.targets, predictions, data.multi_label)
         rows.append({"model": label, "layer": layer, **scores,
                      "n_train": len(data.train.targets), "n_test": len(data.test.targets)})
-        logger.info("%s layer %d: F1 micro %.3f, macro %.3f, accuracy %.3f", label, layer,
-                    scores["f1_micro"], scores["f1_macro"], scores["accuracy"])
+        logger.info("%s layer %d: F1 micro %.3f, macro %.3f%s", label, layer, scores["f1_micro"],
+                    scores["f1_macro"],
+                    "" if data.multi_label else f", accuracy {scores['accuracy']:.3f}")
     return rows
 
 
@@ -258,7 +285,8 @@ def probe_predictions(x_train, y_train, x_test, n_classes, multi_label, num_epoc
 
 
 def probe_scores(y_true, y_pred, multi_label):
-    """Micro and macro F1 and accuracy (multi-label: exact match of the label set).
+    """Micro and macro F1, and ``accuracy`` (single-label) or ``exact_match`` (multi-label: the
+    fraction of examples whose whole label set is right).
 
     Macro F1 averages over the classes present in ``y_true``; micro F1 counts every prediction
     (a predicted class absent from the test set is a false positive)."""
@@ -270,15 +298,40 @@ def probe_scores(y_true, y_pred, multi_label):
         macro = f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro",
                          zero_division=0)
     return {"f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-            "f1_macro": float(macro), "accuracy": float(accuracy_score(y_true, y_pred))}
+            "f1_macro": float(macro),
+            "exact_match" if multi_label else "accuracy": float(accuracy_score(y_true, y_pred))}
 
 
-def write_results(out_dir, rows, facts, task):
-    """results.json (``facts`` and the rows), results.csv and <task>.png."""
-    run_utils.write_json(out_dir / "results.json", {**facts, "results": rows})
+def chance_f1_macro(y_train, y_test, n_classes, multi_label):
+    """Macro F1 of guessing each test label from the training label frequencies (see the
+    module docstring): per class 2 p q / (p + q), over the classes present in ``y_test``.
+
+    y_train, y_test : (n,) class indices, or (n, n_classes) 0/1 when ``multi_label``.
+    """
+    if multi_label:
+        p, q = np.asarray(y_test).mean(axis=0), np.asarray(y_train).mean(axis=0)
+    else:
+        p = np.bincount(y_test, minlength=n_classes) / len(y_test)
+        q = np.bincount(y_train, minlength=n_classes) / len(y_train)
+    present = p > 0
+    return float(np.mean(2 * p[present] * q[present] / (p[present] + q[present])))
+
+
+def write_results(out_dir, rows, facts, chance):
+    """results.json (``facts``, ``chance_f1_macro`` and the rows), results.csv and
+    <task>.png with the chance level dashed."""
+    run_utils.write_json(out_dir / "results.json",
+                         {**facts, "chance_f1_macro": chance, "results": rows})
     run_utils.write_csv(out_dir / "results.csv", rows)
     series = {}
     for row in rows:
         series.setdefault(row["model"], {})[row["layer"]] = row["f1_macro"]
-    plots.plot_per_layer(out_dir / f"{task}.png", series, "macro F1 (test)",
-                         f"Linear probes: {task}")
+    plots.plot_per_layer(out_dir / f"{facts['task']}.png", series, "macro F1 (test)",
+                         f"Linear probes: {facts['task']} ({facts['dataset']}, "
+                         f"{rows[0]['n_test']} test utterances)", chance=chance)
+
+
+if __name__ == "__main__":
+    sys.exit("probing.py is a library module with no command line; run one of eval_phonemes.py, "
+             "eval_sentence_type.py, eval_words.py, eval_emotion.py, eval_intent.py "
+             "(--help lists their flags)")

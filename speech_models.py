@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
                           WhisperFeatureExtractor)
+from transformers.utils import logging as transformers_logging
 
 import data_utils
 import run_utils
@@ -69,10 +71,42 @@ def load_config(name_or_path):
     return config
 
 
+def _silent_bar(factory, args, kwargs):
+    return factory(*args, **{**kwargs, "disable": True})
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Inside the block transformers draws none of its own progress bars ("Loading weights",
+    "Writing model shards"), which would break up ours; the hub's download bars stay."""
+    previous = transformers_logging.set_tqdm_hook(_silent_bar)
+    try:
+        yield
+    finally:
+        transformers_logging.set_tqdm_hook(previous)
+
+
 def load_backbone(name_or_path):
-    """Pretrained encoder (``AutoModel``; the whole ``WhisperModel`` for Whisper) and its family."""
+    """Pretrained encoder (``AutoModel``; the whole ``WhisperModel`` for Whisper) and its family.
+
+    A folder without weights, or with a truncated or damaged weights file, is a ``ModelError``.
+    """
     config = load_config(name_or_path)
-    backbone = AutoModel.from_pretrained(name_or_path, config=config)
+    try:
+        with quiet_transformers():
+            backbone = AutoModel.from_pretrained(name_or_path, config=config)
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, SafetensorError, RuntimeError, EOFError) as err:
+        # OSError: no weights file; SafetensorError / RuntimeError (torch's zip reader) /
+        # EOFError: a truncated or damaged one
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        fix = ("the folder needs the weights saved beside config.json (model.safetensors or "
+               "pytorch_model.bin, whole): copy or save the checkpoint again"
+               if Path(name_or_path).expanduser().is_dir() else
+               "give a checkpoint folder or a hub id whose weights are available offline")
+        raise ModelError(f"{name_or_path}: cannot load the model weights ({reason}); "
+                         f"{fix}") from None
     return backbone, model_family(config)
 
 
@@ -110,9 +144,15 @@ def default_feature_extractor(family):
 
 def load_feature_extractor(name_or_path, family):
     """The checkpoint's feature extractor, or the family's default when none was saved."""
+    saved = Path(name_or_path).expanduser() / "preprocessor_config.json"
     try:
         return AutoFeatureExtractor.from_pretrained(name_or_path)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        if saved.is_file():
+            raise ModelError(f"{saved}: unreadable feature-extractor settings "
+                             f"({str(err).splitlines()[0]}); save the checkpoint's feature "
+                             "extractor again, or delete the file to use the family's "
+                             "default") from None
         logger.warning("%s has no preprocessor_config.json: using the default %s feature extractor",
                        name_or_path, family)
         return default_feature_extractor(family)
@@ -555,7 +595,8 @@ def save_tiny_model(out, family, seed=0, size="tiny"):
     torch.manual_seed(seed)
     kind = "whisper" if family == "whisper" else "wav2vec2"
     overrides = {} if size == "tiny" else DEMO_SIZE[kind]
-    AutoModel.from_config(tiny_config(family, **overrides)).save_pretrained(out)
+    with quiet_transformers():
+        AutoModel.from_config(tiny_config(family, **overrides)).save_pretrained(out)
     default_feature_extractor(kind).save_pretrained(out)
 
 
@@ -577,7 +618,10 @@ def parse_args(argv=None):
                            "filters tell the synthetic phones apart (what make demo uses)")
     tiny.add_argument("--overwrite", action="store_true",
                       help="replace a model folder written earlier by make-tiny")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        tiny.error(f"--seed must be >= 0, got {args.seed}")
+    return args
 
 
 def run(args):

@@ -5,11 +5,15 @@ import csv
 import importlib
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from sklearn.dummy import DummyClassifier
 
 import downstream_data
 import plots
@@ -57,7 +61,33 @@ def test_scores_match_hand_counts():
     scores = probing.probe_scores(y_true, y_pred, multi_label=True)
     assert scores["f1_macro"] == pytest.approx(np.mean([1.0, 2 * 1 / (2 + 0 + 1)]))
     assert scores["f1_micro"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
-    assert scores["accuracy"] == pytest.approx(1 / 3)
+    assert scores["exact_match"] == pytest.approx(1 / 3) and "accuracy" not in scores
+
+
+def test_chance_is_the_macro_f1_of_guessing_by_training_frequencies():
+    # hand count: train frequencies q = (1/2, 1/4, 1/4), test p = (1/4, 3/4, 0); class 2 is
+    # absent from the test set and left out, as in the macro F1
+    y_train, y_test = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1])
+    expected = np.mean([2 * 0.25 * 0.5 / 0.75, 2 * 0.75 * 0.25 / 1.0])
+    assert probing.chance_f1_macro(y_train, y_test, 3, False) == pytest.approx(expected)
+    # against guessing done by sklearn's stratified dummy classifier, scored as the probes are
+    rng = np.random.default_rng(0)
+    frequencies = np.array([0.5, 0.3, 0.15, 0.05])
+    y_train, y_test = (rng.choice(4, size=n, p=frequencies) for n in (4000, 4000))
+    guessed = [probing.probe_scores(y_test, DummyClassifier(strategy="stratified",
+                                                            random_state=seed)
+                                    .fit(np.zeros((len(y_train), 1)), y_train)
+                                    .predict(np.zeros((len(y_test), 1))), False)["f1_macro"]
+               for seed in range(20)]
+    assert probing.chance_f1_macro(y_train, y_test, 4, False) == pytest.approx(
+        np.mean(guessed), abs=0.01)
+    # multi-label: each class said yes with its training prevalence
+    prevalence = np.array([0.9, 0.5, 0.2, 0.0])
+    y_train, y_test = ((rng.random((n, 4)) < prevalence).astype(np.float32) for n in (4000, 4000))
+    guessed = [probing.probe_scores(y_test, rng.random(y_test.shape) < y_train.mean(axis=0),
+                                    True)["f1_macro"] for _ in range(20)]
+    assert probing.chance_f1_macro(y_train, y_test, 4, True) == pytest.approx(
+        np.mean(guessed), abs=0.01)
 
 
 def test_probe_separates_clusters_and_keeps_the_global_rng():
@@ -143,17 +173,29 @@ def test_readers_follow_the_layouts(setup):
 # ----------------------------------------------------------------------------- scripts
 
 @pytest.mark.parametrize("task", list(DATASETS))
-def test_each_task_beats_chance_on_the_planted_signal(setup, task, capsys):
+def test_each_task_beats_chance_on_the_planted_signal(setup, task, capsys, caplog,
+                                                      monkeypatch):
+    plotted = {}
+    original_plot = plots.plot_per_layer
+
+    def plot(path, series, ylabel, title, chance=None):
+        plotted.update(series=series, chance=chance)
+        original_plot(path, series, ylabel, title, chance=chance)
+
+    monkeypatch.setattr(plots, "plot_per_layer", plot)
     assert _run(setup, task, "--model_path", str(setup / "run")) == 0
     out = setup / "out" / f"model0_{task}"
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved) == {"task", "dataset", "classes", "models", "results"}  # no arguments
+    # no arguments
+    assert set(saved) == {"task", "dataset", "classes", "models", "chance_f1_macro", "results"}
     results = saved["results"]
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["model"] for r in rows] == [r["model"] for r in results] == ["pretrained"] * 3 + [
-        "run/final"] * 3
-    assert set(rows[0]) == {"model", "layer", "f1_micro", "f1_macro", "accuracy", "n_train",
+        "final"] * 3
+    # multi-label: the exact match of the whole label set, named so and never printed
+    third = "exact_match" if task == "phonemes" else "accuracy"
+    assert set(rows[0]) == {"model", "layer", "f1_micro", "f1_macro", third, "n_train",
                             "n_test"}
     assert (out / f"{task}.png").stat().st_size > 1000
     config = json.loads((out / "run_config.json").read_text())
@@ -175,7 +217,17 @@ def test_each_task_beats_chance_on_the_planted_signal(setup, task, capsys):
         chance = max(labels.count(label) for label in set(labels)) / len(labels)
     assert best > chance + 0.1, (best, chance)
     printed = capsys.readouterr().out
-    assert "f1_macro:" in printed and "run/final" in printed
+    assert "f1_macro:" in printed and "final" in printed
+    if task == "phonemes":
+        assert "accuracy" not in printed + caplog.text and "exact" not in printed + caplog.text
+    # the chance line: guessing by the training label frequencies, recorded and drawn
+    classes = saved["classes"]
+    multi = downstream_data.TASKS[task].multi_label
+    expected = probing.chance_f1_macro(probing.targets(train, classes, multi),
+                                       probing.targets(test, classes, multi), len(classes), multi)
+    assert saved["chance_f1_macro"] == pytest.approx(expected) == plotted["chance"]
+    assert 0 < expected < max(float(r["f1_macro"]) for r in rows)
+    assert set(plotted["series"]) == {"pretrained", "final"}
 
 
 def test_features_are_cached_per_model_and_split(setup, monkeypatch):
@@ -206,7 +258,7 @@ def test_existing_results_are_kept_and_run_folders_resolve(setup, caplog):
                                           "--model_path", str(setup / "run")])
     models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
                                           args.epochs, args.skip_pretrained)
-    assert models[1] == ("run/final", str(setup / "run" / "final"))
+    assert models[1] == ("final", str(setup / "run" / "final"))
 
 
 def _snapshot(folder):
@@ -373,6 +425,27 @@ def test_max_examples_must_be_positive(capsys):
         probing.parse_args("words", ["--data_path", "x", "--model_name", "m",
                                      "--max_examples", "0"])
     assert "--max_examples must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [
+    ["--batch_size", "0"], ["--num_epochs", "0"], ["--lr", "0"], ["--lr", "nan"],
+    ["--seed", "-1"], ["--layers", "0", "-1"], ["--test_fraction", "0"],
+    ["--test_fraction", "1.5"]])
+def test_bad_counts_and_fractions_are_parser_errors(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as stop:
+        probing.main("emotion", ["--data_path", str(tmp_path), "--model_name", "m",
+                                 "--save_dir", str(tmp_path / "out"), *flags])
+    assert stop.value.code == 2 and flags[0] in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module", ["probing", "downstream_data", "low_level_features"])
+def test_library_modules_say_they_have_no_command_line(module):
+    done = subprocess.run([sys.executable, f"{module}.py", "--help"], capture_output=True,
+                          text=True, cwd=Path(probing.__file__).parent)
+    assert done.returncode != 0 and not done.stdout
+    assert f"{module}.py is a library module with no command line" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_crema_d_single_letter_levels_and_empty_recordings(setup, tmp_path, caplog):

@@ -1,11 +1,18 @@
-"""speech_models.py make-tiny: the demo-size checkpoint and why the demo needs it."""
+"""speech_models.py: the demo-size checkpoint and why the demo needs it; checkpoints without
+usable weights; transformers' progress bars."""
 
 import json
+import logging
+import shutil
 
 import numpy as np
+import pytest
 import torch
+from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
+from transformers.utils import logging as transformers_logging
 
+import probing
 import speech_models
 import synthetic_speech
 
@@ -58,3 +65,88 @@ def test_demo_size_whisper_is_wider(tmp_path):
     widths = [json.loads((tmp_path / s / "config.json").read_text())["d_model"]
               for s in ("tiny", "demo")]
     assert widths == [32, 64]
+
+
+# ----------------------------------------------------------------------------- bad checkpoints
+
+def _weights(folder):
+    return folder / "model.safetensors"
+
+
+def _as_truncated_bin(folder):
+    """Weights as a PyTorch .bin file cut in half (an interrupted copy)."""
+    state = load_file(str(_weights(folder)))
+    _weights(folder).unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    raw = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(raw[:len(raw) // 2])
+
+
+DAMAGES = {
+    "no_weights": lambda folder: _weights(folder).unlink(),
+    "zero_bytes": lambda folder: _weights(folder).write_bytes(b""),
+    "truncated": lambda folder: _weights(folder).write_bytes(_weights(folder).read_bytes()[:-64]),
+    "garbage": lambda folder: _weights(folder).write_bytes(b"not a tensor file " * 50),
+    "truncated_bin": _as_truncated_bin,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoint") / "tiny"
+    speech_models.save_tiny_model(folder, "wav2vec2")
+    return folder
+
+
+@pytest.mark.parametrize("case", list(DAMAGES))
+def test_missing_or_damaged_weights_are_a_model_error(tiny_checkpoint, tmp_path, case):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, folder)
+    DAMAGES[case](folder)
+    with pytest.raises(speech_models.ModelError) as error:
+        speech_models.load_encoder(folder)
+    message = str(error.value)
+    assert message.startswith(f"{folder}: cannot load the model weights") and "\n" not in message
+    assert "copy or save the checkpoint again" in message
+
+
+def test_damaged_weights_stop_a_script_before_any_extraction(tiny_checkpoint, tmp_path,
+                                                             monkeypatch, caplog):
+    """The second model of a probe run has no weights: one line before any feature of the
+    first model is extracted."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, folder)
+    _weights(folder).unlink()
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted before every model was checked")
+
+    monkeypatch.setattr(speech_models, "pooled_layer_features", no_extraction)
+    code = probing.main("words", ["--data_path", str(tmp_path / "absent"), "--model_name",
+                                  str(tiny_checkpoint), "--model_path", str(folder),
+                                  "--save_dir", str(tmp_path / "out")])
+    assert code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and str(folder) in errors[0] and "Traceback" not in caplog.text
+
+
+def test_unreadable_feature_extractor_settings_are_a_model_error(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(speech_models.ModelError, match="preprocessor_config.json: unreadable"):
+        speech_models.load_encoder(folder)
+    (folder / "preprocessor_config.json").unlink()  # none saved: the family's default
+    assert speech_models.load_encoder(folder).preprocessor.feature_extractor.do_normalize
+
+
+def test_transformers_progress_bars_are_silenced_only_while_loading_and_saving(tmp_path,
+                                                                               capfd):
+    speech_models.save_tiny_model(tmp_path / "model", "wav2vec2")
+    speech_models.load_encoder(tmp_path / "model")
+    captured = capfd.readouterr()
+    for bar in ("Writing model shards", "Loading weights"):
+        assert bar not in captured.err + captured.out
+    assert transformers_logging.set_tqdm_hook(None) is None  # nothing left installed
+    list(transformers_logging.tqdm(range(3), desc="after the block"))
+    assert "after the block" in capfd.readouterr().err

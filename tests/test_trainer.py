@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, BertConfig, BertModel, Wav2Vec2FeatureExtractor
 
 import brain_trainer_story as trainer
+import damage
 import data_utils
 import eval_utils
 import noise_ceilings
@@ -182,10 +184,22 @@ def test_tuned_model_predicts_held_out_planted_voxels(tmp_path):
     assert tuned[acoustic].mean() > untuned[acoustic].mean() + 0.05
 
 
+def _strict_json(text):
+    """JSON as the standard has it: NaN and Infinity are errors."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_final_is_the_best_validation_epoch(train_data, tiny_models, tmp_path):
     code, run_dir = run(train_data, tiny_models["hubert"], tmp_path, "--num_epochs", "3",
                         "--patience", "0")
     assert code == 0
+    for name in ("run_config.json", "final/brain_tuning.json", "final/voxels.json",
+                 "checkpoint-epoch1/brain_tuning.json"):
+        _strict_json((run_dir / name).read_text())
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        _strict_json(line)
     metrics = _metrics(run_dir)
     best = min(metrics, key=lambda m: m["val_loss"])["epoch"]
     final = AutoModel.from_pretrained(run_dir / "final").state_dict()
@@ -330,7 +344,10 @@ def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(train_data, 
     ["--base_lr", "-1e-3"], ["--head_lr_decay", "0"], ["--lora_dropout", "1"],
     ["--target", "random_fmri_all", "--target_features", "features.hf5"],
     ["--resume", "--overwrite"], ["--subject", "x"], ["--subject", "1", "UTS01"],
-    ["--subject", "1", "2", "--nc_path", "UTS01.npy"]])
+    ["--subject", "1", "2", "--nc_path", "UTS01.npy"], ["--warmup_epochs", "-1"],
+    ["--save_every", "-1"], ["--num_workers", "-2"], ["--seed", "-1"], ["--lora_rank", "-4"],
+    ["--base_lr", "nan"], ["--linear_layer_lr", "inf"], ["--nc_thr", "40"], ["--nc_thr", "-0.1"],
+    ["--head_lr_floor", "2"], ["--lora_alpha", "0"], ["--log_level", "loud"]])
 def test_bad_flags_are_parser_errors_before_any_loading(tmp_path, capsys, flags):
     with pytest.raises(SystemExit) as stop:
         trainer.main(["--model_name", str(tmp_path / "absent"), "--subject", "1", "--data_dir",
@@ -488,6 +505,76 @@ def test_bad_input_is_one_clear_line(train_data, tiny_models, tmp_path, caplog, 
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and expected in errors[0].getMessage()
     assert "Traceback" not in caplog.text
+
+
+def _no_model_loading(monkeypatch):
+    """Make loading a model or decoding a stimulus fail the test."""
+    def fail(*args, **kwargs):
+        raise AssertionError("a model or stimulus was loaded before the inputs were checked")
+    monkeypatch.setattr(speech_models, "load_backbone", fail)
+    monkeypatch.setattr(data_utils, "load_stimulus", fail)
+
+
+def _one_error(caplog):
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "Traceback" not in caplog.text, errors
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", ["rows_off_by_one", "short_wav", "respdict_negative"])
+def test_damaged_dataset_stops_before_any_model_is_loaded(train_data, tiny_models, tmp_path,
+                                                          monkeypatch, caplog, case):
+    data = tmp_path / "ds"
+    shutil.copytree(train_data, data)
+    story = "souls"
+    if case == "rows_off_by_one":
+        rows = damage.read_hdf5(data, 1, story)
+        damage.replace_hdf5(data, 1, story, "data", rows[:-1])
+        named = data_utils.response_path(data, 1, story).name
+    elif case == "short_wav":
+        damage.shorten_wav(data, story, 5.0)
+        named = data_utils.stimulus_path(data, story).name
+    else:
+        damage.set_respdict(data, story, -3)
+        named = story
+    _no_model_loading(monkeypatch)
+    code = trainer.main(["--model_name", str(tiny_models["wav2vec2"]), "--subject", "1",
+                         "--data_dir", str(data), "--save_dir", str(tmp_path / "runs"),
+                         "--nc_path", str(tmp_path / "UTS01.npy"), "--train_stories", story,
+                         "--val_stories", "life", *FAST])
+    assert code == 1
+    assert named in _one_error(caplog)
+    assert not (tmp_path / "UTS01.npy").exists() and not (tmp_path / "runs" / "run").exists()
+
+
+def test_repeats_with_other_voxels_write_no_ceiling(train_data, tiny_models, tmp_path,
+                                                    monkeypatch, caplog):
+    """individual_repeats of 30 voxels against 40 in data: refused, no ceiling file saved."""
+    data = tmp_path / "ds"
+    shutil.copytree(train_data, data)
+    repeats = damage.read_hdf5(data, 1, data_utils.TEST_STORY, "individual_repeats")
+    damage.replace_hdf5(data, 1, data_utils.TEST_STORY, "individual_repeats", repeats[..., :30])
+    _no_model_loading(monkeypatch)
+    nc_path = tmp_path / "UTS01.npy"
+    code = trainer.main(["--model_name", str(tiny_models["wav2vec2"]), "--subject", "1",
+                         "--data_dir", str(data), "--save_dir", str(tmp_path / "runs"),
+                         "--nc_path", str(nc_path), *FAST])
+    assert code == 1
+    message = _one_error(caplog)
+    assert "30" in message and "40" in message
+    assert not nc_path.exists()
+
+
+def test_diverged_training_stops_and_saves_nothing_of_it(train_data, tiny_models, tmp_path,
+                                                         caplog):
+    """A head learning rate of 1e20 overflows the loss in the first epoch: one line, no final/,
+    no checkpoint and no metrics with Infinity."""
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "2",
+                        "--linear_layer_lr", "1e20")
+    assert code == 1
+    assert "training diverged" in _one_error(caplog)
+    assert not (run_dir / "final").exists() and not (run_dir / "checkpoint-epoch1").exists()
+    assert not (run_dir / "metrics.jsonl").exists()
 
 
 def test_distributed_data_parallel_on_two_cpu_processes(train_data, tiny_models, tmp_path):
