@@ -1,17 +1,26 @@
 """Collect a pipeline run's results into one Markdown report and a summary JSON.
 
     python report.py --out outputs/demo --alignment outputs/demo/alignment/tiny-wav2vec2_UTS01 \\
-        --downstream outputs/demo/downstream/tiny-wav2vec2_phonemes --data_dir outputs/demo/data
+        --downstream outputs/demo/downstream/tiny-wav2vec2_phonemes --data_dir outputs/demo/data \\
+        [--tuned final]
 
 Reads the outputs of ``brain_evaluate.py`` (``--alignment``, with its reliance and semantic-
 preference results when it ran them) and of the ``eval_*.py`` probes (``--downstream``, any
 number) and writes ``<out>/report.md`` (tables per model and layer, the plots) and
-``<out>/summary.json``. The pretrained model is compared with the first tuned model of the
-alignment run, whose arguments (test story, noise ceiling and threshold) come from its
-``run_config.json``. On a synthetic dataset (``--data_dir`` holding ``synthetic_truth.json``) the
-summary gives, per model, the mean cc_norm over the planted semantic, acoustic and noise
-voxels (those whose noise ceiling exceeds the evaluation's ``--nc_thr``) at the deepest layer
-evaluated, and the report explains what the planted signal predicts.
+``<out>/summary.json``. Models keep the labels of the alignment run in every table (a probe
+that labelled the same checkpoint otherwise is shown under the alignment run's label).
+
+The pretrained model is compared with the tuned model ``--tuned`` names (needed when the
+alignment run holds several), at the deepest layer evaluated; the report says plainly where
+the comparison goes against the paper's expected direction (brain-tuning raises alignment and
+the semantic preference, and lowers the drop when low-level features are removed), and
+explains drops above 100% (cc_norm turned negative) and undefined ones (cc_norm before <= 0).
+``summary.json`` records the compared labels and checkpoints, their headline numbers and
+``expected_direction``. Every mean is over the voxels whose noise ceiling exceeds the run's
+``--nc_thr`` (from its ``run_config.json``) and whose test responses vary; each cell shows how
+many (n), where the alignment results record it. On a synthetic dataset (``--data_dir`` holding
+``synthetic_truth.json``) the same rule picks the planted semantic, acoustic and noise voxels,
+and the report explains what the planted signal predicts.
 """
 
 import argparse
@@ -26,27 +35,43 @@ import numpy as np
 
 import data_utils
 import eval_utils
-import noise_ceilings
 import run_utils
+from data_utils import DatasetError
 from run_utils import UsageError
 
 logger = logging.getLogger(__name__)
 
 VOXEL_TYPES = ("semantic", "acoustic", "noise")
+# summary entry -> (what it measures, the direction brain-tuning should move it in the paper)
+EXPECTED_DIRECTION = {"cc_norm": ("brain alignment (mean cc_norm)", "higher"),
+                      "semantic_cc_norm": ("planted semantic voxels (mean cc_norm)", "higher"),
+                      "semantic_preference": ("semantic preference", "higher")}
+DROP_ABOVE_100 = ("A drop above 100% means cc_norm became negative once the features were "
+                  "removed: what is left of the layer's features predicts the test story worse "
+                  "than chance.")
+DROP_UNDEFINED = ("A drop is relative to the cc_norm before removal and is undefined where that "
+                  "is <= 0 (or missing).")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Write report.md and summary.json from brain_evaluate.py and eval_*.py "
-                    "results.", formatter_class=run_utils.HelpFormatter)
+                    "results: the pretrained model against the --tuned one, and where they go "
+                    "against the paper's expected direction.",
+        formatter_class=run_utils.HelpFormatter)
     parser.add_argument("--out", required=True, help="folder of report.md and summary.json")
     parser.add_argument("--alignment", required=True,
                         help="a brain_evaluate.py results folder (results.json, run_config.json, "
                              "the per-voxel files)")
+    parser.add_argument("--tuned", default=None, metavar="LABEL",
+                        help="label of the tuned model to compare with the pretrained one, as in "
+                             "the alignment results (e.g. 'final', 'epoch 4'); needed when the "
+                             "alignment run holds several tuned models")
     parser.add_argument("--downstream", nargs="*", default=[],
                         help="eval_*.py results folders (holding results.json)")
     parser.add_argument("--data_dir", default=None,
-                        help="the dataset; when it is synthetic, planted-voxel summaries are added")
+                        help="the dataset; when it is synthetic, planted-voxel summaries are added "
+                             "(over the voxels above the run's --nc_thr whose test responses vary)")
     parser.add_argument("--title", default="Brain-tuning report", help="report title")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     return parser.parse_args(argv)
@@ -56,14 +81,18 @@ def run(args):
     out = Path(args.out)
     if (out / "report.md").exists() and not args.overwrite:
         raise run_utils.OutputExistsError(f"{out / 'report.md'} exists; pass --overwrite")
-    alignment = Alignment(Path(args.alignment), read_results(args.alignment),
-                          read_results(args.alignment, "run_config.json")["arguments"])
-    downstream = {folder: read_results(folder) for folder in args.downstream}
-    truth = None
-    if args.data_dir and (Path(args.data_dir) / "synthetic_truth.json").exists():
+    alignment = read_alignment(Path(args.alignment))
+    roles = compared_models(alignment, args.tuned)
+    downstream = {folder: with_alignment_labels(read_results(folder), folder,
+                                                alignment.results["models"])
+                  for folder in args.downstream}
+    truth = planted = None
+    truth_path = Path(args.data_dir or "") / "synthetic_truth.json"
+    if args.data_dir and truth_path.exists():
         truth = data_utils.load_truth(args.data_dir)
-    planted = planted_scores(alignment, truth) if truth else None
-    summary = summarise(alignment.results, planted, list(downstream.values()))
+        planted = planted_scores(alignment, truth, truth_path,
+                                 scored_voxels(alignment, alignment.results["subject_voxels"]))
+    summary = summarise(alignment, roles, planted, list(downstream.values()))
     text = render(out, alignment, planted, downstream, summary, args.title, truth)
     run_utils.write_json(out / "summary.json", {**summary, **run_utils.run_config(args)},
                          overwrite=True)
@@ -82,74 +111,173 @@ class Alignment(NamedTuple):
     arguments: dict  # the run's arguments (run_config.json)
 
 
+class Planted(NamedTuple):
+    """Mean cc_norm over the planted voxel types that pass the voxel rule."""
+    counts: dict  # type -> number of voxels averaged
+    means: dict  # model -> analysis -> layer -> {type: mean cc_norm}
+
+
 def read_results(folder, name="results.json"):
     """A JSON file of a results folder of brain_evaluate.py or an eval_*.py script."""
     path = Path(folder) / name
     if not path.is_file():
         raise UsageError(f"{path}: missing; is {folder} a results folder of brain_evaluate.py "
                          "or an eval_*.py script?")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: not valid JSON ({err}); run the script again") from None
 
 
-def planted_scores(alignment, truth):
-    """Mean cc_norm over the planted voxel types, per model, analysis and layer.
+def read_alignment(folder):
+    """The results and arguments of a brain_evaluate.py results folder."""
+    results = read_results(folder)
+    config = read_results(folder, "run_config.json")
+    missing = [key for key in ("subject", "models", "results") if key not in results]
+    if missing or "arguments" not in config:
+        raise UsageError(f"{folder}: results.json or run_config.json lacks "
+                         f"{', '.join(missing) or 'arguments'}; is it a brain_evaluate.py "
+                         "results folder?")
+    return Alignment(folder, results, config["arguments"])
 
-    Returns dict model -> analysis -> layer -> {type: mean cc_norm}, over the voxels of each
-    type whose noise ceiling exceeds the evaluation's threshold.
-    """
-    arguments, subject = alignment.arguments, alignment.results["subject"]
-    nc = noise_ceilings.load_noise_ceiling(arguments["nc_path"]
-                                           or noise_ceilings.default_nc_path(subject))
-    planted = truth["subjects"][subject]
-    scores = {}
+
+def compared_models(alignment, tuned=None):
+    """Labels of the compared models: {"pretrained": "pretrained", "tuned": label}, the
+    tuned one named by ``tuned`` or the only tuned model of the run."""
+    labels = list(dict.fromkeys(row["model"] for row in alignment.results["results"]))
+    candidates = [label for label in labels if label != "pretrained"]
+    where = alignment.folder / "results.json"
+    listed = ", ".join(repr(label) for label in candidates)
+    if "pretrained" not in labels or not candidates:
+        raise UsageError(f"{where}: holds {', '.join(map(repr, labels)) or 'no model'}; the "
+                         "report compares 'pretrained' with a tuned model, so evaluate both")
+    if tuned is None and len(candidates) > 1:
+        raise UsageError(f"{where}: several tuned models ({listed}); pass --tuned with the one "
+                         "to compare with 'pretrained'")
+    if tuned is not None and tuned not in candidates:
+        raise UsageError(f"--tuned {tuned!r}: not a tuned model of {where}; its tuned models "
+                         f"are {listed}")
+    return {"pretrained": "pretrained", "tuned": tuned or candidates[0]}
+
+
+def _resolved(checkpoint):
+    return run_utils.resolve_checkpoint(checkpoint).resolve()
+
+
+def with_alignment_labels(probe, folder, alignment_models):
+    """A probe's results.json with each model under the alignment run's label for the same
+    checkpoint (``alignment_models``: label -> checkpoint); ``probe["relabelled"]`` maps the
+    probe's own labels that changed. A probe label that means another checkpoint in the
+    alignment run is a UsageError (one label, one model)."""
+    by_checkpoint = {_resolved(path): label for label, path in alignment_models.items()}
+    renamed = {}
+    for label, path in probe.get("models", {}).items():
+        same = by_checkpoint.get(_resolved(path))
+        if same is None and label in alignment_models:
+            raise UsageError(f"{Path(folder) / 'results.json'}: {label!r} is {path} there but "
+                             f"{alignment_models[label]} in the alignment run; pass probe "
+                             "results of the alignment run's models")
+        if same is not None and same != label:
+            renamed[label] = same
+    rows = [{**row, "model": renamed.get(row["model"], row["model"])} for row in probe["results"]]
+    return {**probe, "results": rows, "relabelled": renamed}
+
+
+def scored_voxels(alignment, n_voxels):
+    """Mask (n_voxels,) of the voxels every summary averages over, as the alignment run saved
+    them (``summary_voxels.npy``: noise ceiling above its --nc_thr and test responses that
+    vary over the scored rows), so that every column here uses the evaluator's own rule."""
+    path = alignment.folder / run_utils.SUMMARY_VOXELS_NAME
+    if not path.is_file():
+        raise UsageError(f"{path}: missing; the alignment results were written by an older "
+                         "version: run brain_evaluate.py again")
+    indices = np.load(path)
+    if indices.size and (indices.min() < 0 or indices.max() >= n_voxels):
+        raise UsageError(f"{path}: voxel indices beyond the {n_voxels} voxels of the per-voxel "
+                         "results; the folder is damaged: run brain_evaluate.py again")
+    voxels = np.zeros(n_voxels, bool)
+    voxels[indices] = True
+    return voxels
+
+
+def planted_scores(alignment, truth, truth_path, voxels):
+    """Mean cc_norm over the planted voxel types (``truth``, read from ``truth_path``) within
+    the ``voxels`` mask, per model, analysis and layer."""
+    subject = alignment.results["subject"]
+    if subject not in truth["subjects"]:
+        raise DatasetError(f"{truth_path}: no subject {subject}; pass the --data_dir the "
+                           "alignment run evaluated")
+    planted = {}
+    for kind in VOXEL_TYPES:
+        indices = np.asarray(truth["subjects"][subject][f"{kind}_voxels"], dtype=np.intp)
+        if indices.size and indices.max() >= voxels.size:
+            raise DatasetError(f"{truth_path}: {kind} voxel {indices.max()} is beyond the "
+                               f"{voxels.size} voxels of {subject}'s responses; pass the "
+                               "--data_dir the alignment run evaluated")
+        planted[kind] = indices[voxels[indices]]
+    means = {}
     for row in alignment.results["results"]:
         if row["region"] != "all":
             continue
-        name = run_utils.voxel_results_name(row["model"], row["layer"], row["low_level"])
-        cc_norm = np.load(alignment.folder / name)["cc_norm"]
-        means = {}
-        for kind in VOXEL_TYPES:
-            voxels = np.asarray(planted[f"{kind}_voxels"], dtype=np.intp)
-            voxels = voxels[nc[voxels] > arguments["nc_thr"]] if kind != "noise" else voxels
-            means[kind] = float(cc_norm[voxels].mean()) if voxels.size else float("nan")
-        scores.setdefault(row["model"], {}).setdefault(row["low_level"], {})[row["layer"]] = means
-    return scores
+        path = alignment.folder / run_utils.voxel_results_name(row["model"], row["layer"],
+                                                                row["low_level"])
+        cc_norm = np.load(path)["cc_norm"]
+        if cc_norm.shape != voxels.shape:
+            raise UsageError(f"{path}: {cc_norm.size} voxels but the responses have "
+                             f"{voxels.size}; pass the --data_dir the alignment run evaluated")
+        means.setdefault(row["model"], {}).setdefault(row["low_level"], {})[row["layer"]] = {
+            kind: float(cc_norm[indices].mean()) if indices.size else float("nan")
+            for kind, indices in planted.items()}
+    return Planted({kind: int(indices.size) for kind, indices in planted.items()}, means)
 
 
-def summarise(alignment, planted, downstream):
-    """summary.json: per model (pretrained, tuned) the headline numbers."""
-    models = list(dict.fromkeys(row["model"] for row in alignment["results"]))
-    if "pretrained" not in models or len(models) < 2:
-        raise UsageError("the alignment run must hold the pretrained and a tuned model")
-    roles = {"pretrained": "pretrained", "tuned": next(m for m in models if m != "pretrained")}
-    layers = sorted({row["layer"] for row in alignment["results"]})
-    layer = layers[-1]
-    summary = {"layer": layer, "models": roles}
+def _row(rows, **match):
+    """The first row matching every ``match`` item, or None."""
+    return next((row for row in rows if all(row[k] == v for k, v in match.items())), None)
+
+
+def summarise(alignment, roles, planted, downstream):
+    """summary.json: the headline numbers of the compared models at the deepest layer both
+    have, and how each compares with the paper's expected direction."""
+    results = alignment.results
+    layers = [{row["layer"] for row in results["results"] if row["model"] == model}
+              for model in roles.values()]
+    layer = max(set.intersection(*layers))
+    summary = {"layer": layer, "models": roles,
+               "checkpoints": {role: results["models"].get(model) for role, model in roles.items()},
+               "test_story": alignment.arguments["test_story"],
+               "nc_thr": alignment.arguments["nc_thr"]}
+    if "excluded_voxels" in results:
+        summary["excluded_voxels"] = results["excluded_voxels"]
+    if planted:
+        summary["planted_voxels"] = planted.counts
     for role, model in roles.items():
-        rows = [r for r in alignment["results"] if r["model"] == model and r["layer"] == layer
+        rows = [r for r in results["results"] if r["model"] == model and r["layer"] == layer
                 and r["region"] == "all"]
-        entry = {"cc_norm": next(r["cc_norm"] for r in rows if r["low_level"] == "none")}
+        baseline = _row(rows, low_level="none")
+        entry = {"cc_norm": baseline["cc_norm"]}
+        if baseline.get("n_voxels") is not None:
+            entry["n_voxels"] = baseline["n_voxels"]
         for row in rows:
             if row["low_level"] != "none":
                 entry[f"drop_percent_without_{row['low_level']}"] = row["drop_percent"]
         if planted:
-            for kind, value in planted[model]["none"][layer].items():
+            scores = planted.means[model]
+            for kind, value in scores["none"][layer].items():
                 entry[f"{kind}_cc_norm"] = value
-            for analysis, by_layer in planted[model].items():
+            for analysis, by_layer in scores.items():
                 if analysis != "none":
                     for kind in ("semantic", "acoustic"):
-                        before, after = planted[model]["none"][layer][kind], by_layer[layer][kind]
-                        entry[f"{kind}_drop_percent_without_{analysis}"] = (
-                            eval_utils.percent_drop(before, after))
-        for row in alignment.get("semantic_preference", []):
-            if row["model"] == model and row["layer"] == layer:
-                entry["semantic_preference"] = row["preference"]
-        for results in downstream:
-            label = _same_checkpoint(alignment["models"][model], results.get("models", {}))
-            best = max((r for r in results["results"] if r["model"] == label),
+                        entry[f"{kind}_drop_percent_without_{analysis}"] = eval_utils.percent_drop(
+                            scores["none"][layer][kind], by_layer[layer][kind])
+        preference = _row(results.get("semantic_preference", []), model=model, layer=layer)
+        if preference is not None:
+            entry["semantic_preference"] = preference["preference"]
+        for probe in downstream:
+            best = max((r for r in probe["results"] if r["model"] == model),
                        key=lambda r: r["f1_macro"], default=None)
             if best is not None:
-                entry[f"{results['task']}_f1_macro_best_layer"] = best["f1_macro"]
+                entry[f"{probe['task']}_f1_macro_best_layer"] = best["f1_macro"]
         summary[role] = entry
     if planted:
         before = summary["pretrained"]["semantic_cc_norm"]
@@ -157,29 +285,76 @@ def summarise(alignment, planted, downstream):
         summary["semantic_cc_norm_gain"] = after - before
         summary["semantic_cc_norm_gain_percent"] = (100.0 * (after - before) / abs(before)
                                                     if before else None)
+    summary["expected_direction"] = expected_direction(summary["pretrained"], summary["tuned"])
     return summary
 
 
-def _same_checkpoint(path, models):
-    """The label under which ``models`` (label -> checkpoint) holds the checkpoint ``path``
-    (a run folder standing for its final/ model), or None."""
-    def resolved(folder):
-        return run_utils.resolve_checkpoint(folder).resolve()
+def _expectation(key):
+    """(what ``key`` of a summary entry measures, "higher" or "lower"), or None when the paper
+    states no direction for it."""
+    if key in EXPECTED_DIRECTION:
+        return EXPECTED_DIRECTION[key]
+    if key.startswith("drop_percent_without_"):
+        return f"drop without {key[len('drop_percent_without_'):]} (%)", "lower"
+    return None
 
-    return next((label for label, other in models.items()
-                 if resolved(other) == resolved(path)), None)
+
+def _finite(value):
+    return value is not None and bool(np.isfinite(value))
 
 
-def _value(rows, key, **match):
-    """``row[key]`` of the first row matching every ``match`` item (nan when none does)."""
-    value = next((row[key] for row in rows if all(row[k] == v for k, v in match.items())), None)
-    return float("nan") if value is None else value
+def expected_direction(pretrained, tuned):
+    """Per summary entry the paper states a direction for: the expected direction, both
+    values and ``as_expected`` (None where a value is missing or undefined)."""
+    checks = {}
+    for key in pretrained:
+        expectation = _expectation(key)
+        if expectation is None or key not in tuned:
+            continue
+        before, after = pretrained[key], tuned[key]
+        holds = None
+        if _finite(before) and _finite(after):
+            holds = after > before if expectation[1] == "higher" else after < before
+        checks[key] = {"expected": expectation[1], "pretrained": before, "tuned": after,
+                       "as_expected": holds}
+    return checks
+
+
+def _number(value):
+    """Three decimals; "n/a" for a missing or non-finite value."""
+    return f"{value:.3f}" if _finite(value) else "n/a"
+
+
+def _drop(value):
+    """A drop in percent; "undefined" where there is none (see DROP_UNDEFINED)."""
+    return f"{value:.1f}%" if _finite(value) else "undefined"
+
+
+def _counted(text, n):
+    """A table cell with the number of voxels averaged, when known: "0.194 (n=41)"."""
+    return text if n is None else f"{text} (n={n})"
+
+
+def _cell(row, key, format_value=_number):
+    if row is None:
+        return "n/a"
+    return _counted(format_value(row[key]), row.get("n_voxels"))
+
+
+def _drop_notes(drops):
+    """The explanations the drops shown need: above 100%, undefined."""
+    notes = []
+    if any(_finite(d) and d > 100 for d in drops):
+        notes.append(DROP_ABOVE_100)
+    if any(not _finite(d) for d in drops):
+        notes.append(DROP_UNDEFINED)
+    return [" ".join(notes), ""] if notes else []
 
 
 def _table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
+        lines.append("| " + " | ".join(_number(v) if isinstance(v, float) else str(v)
                                        for v in row) + " |")
     return "\n".join(lines)
 
@@ -191,49 +366,39 @@ def _image(out, path, caption):
 def render(out, alignment, planted, downstream, summary, title, truth):
     """The report's Markdown text (``downstream``: folder -> its results.json)."""
     config, results = alignment.arguments, alignment.results
+    excluded = (f" ({results['excluded_voxels']} voxels left out because their test responses "
+                "are constant or NaN)" if "excluded_voxels" in results else "")
     lines = [f"# {title}", "",
              f"Subject {results['subject']}; encoding models fitted on "
              f"{len(results['train_stories'])} stories, tested on {config['test_story']}; "
-             f"summaries over voxels with a noise ceiling above {config['nc_thr']}. Models: "
+             f"means over voxels with a noise ceiling above {config['nc_thr']} and test "
+             f"responses that vary{excluded}; n is the number of voxels averaged. Models: "
              + ", ".join(f"**{label}** (`{path}`)" for label, path in results["models"].items())
-             + ".", "", "## Brain alignment", ""]
+             + ".", "", *_direction_section(summary)]
+    models = list(dict.fromkeys(r["model"] for r in results["results"]))
     rows = [r for r in results["results"] if r["low_level"] == "none"]
     regions = list(dict.fromkeys(r["region"] for r in rows))
     layers = sorted({r["layer"] for r in rows})
+    lines += ["## Brain alignment", ""]
     for region in regions:
         lines += [f"Mean cc_norm, region `{region}`:", "",
                   _table(["model", *[f"layer {k}" for k in layers]],
-                         [[m, *[_value(rows, "cc_norm", model=m, layer=k, region=region)
-                                for k in layers]]
-                          for m in dict.fromkeys(r["model"] for r in rows)]), ""]
+                         [[m, *[_cell(_row(rows, model=m, layer=k, region=region), "cc_norm")
+                                for k in layers]] for m in models]), ""]
     lines += [_image(out, alignment.folder / "alignment.png", "alignment per layer"), ""]
     if planted:
         lines += ["### Planted voxels (synthetic data)", "",
-                  "Mean cc_norm over each planted voxel type:", "",
+                  "Mean cc_norm over the planted voxels of each type that pass the same rule "
+                  "(noise voxels respond to nothing, so few or none clear the noise-ceiling "
+                  "threshold):", "",
                   _table(["model", "layer", *VOXEL_TYPES],
-                         [[m, k, *[analyses["none"][k][t] for t in VOXEL_TYPES]]
-                          for m, analyses in planted.items() for k in layers]), ""]
+                         [[m, k, *[_counted(_number(planted.means[m]["none"][k][t]),
+                                            planted.counts[t]) for t in VOXEL_TYPES]]
+                          for m in planted.means for k in layers]), ""]
     analyses = [a for a in dict.fromkeys(r["low_level"] for r in results["results"])
                 if a != "none"]
     if analyses:
-        lines += ["## Reliance on low-level features", "",
-                  "Drop of mean cc_norm (percent) when each low-level feature set is regressed "
-                  "out of the layer's features before fitting the encoding model:", ""]
-        drops = [r for r in results["results"] if r["low_level"] != "none"
-                 and r["region"] == "all"]
-        lines += [_table(["model", "removed", *[f"layer {k}" for k in layers]],
-                         [[m, a, *[_value(drops, "drop_percent", model=m, low_level=a, layer=k)
-                                   for k in layers]]
-                          for m in dict.fromkeys(r["model"] for r in drops) for a in analyses]),
-                  ""]
-        if planted:
-            lines += ["By planted voxel type (cc_norm before -> after):", "",
-                      _table(["model", "removed", "layer", "semantic", "acoustic"],
-                             [[m, a, k, *[f"{planted[m]['none'][k][t]:.3f} -> "
-                                          f"{planted[m][a][k][t]:.3f}"
-                                          for t in ("semantic", "acoustic")]]
-                              for m in planted for a in analyses for k in layers]), ""]
-        lines += [_image(out, alignment.folder / "reliance.png", "reliance per layer"), ""]
+        lines += _reliance_section(out, alignment, planted, models, layers, analyses)
     if results.get("semantic_preference"):
         lines += ["## Semantic preference", "",
                   "How well each layer predicts the semantic features of the words heard, and "
@@ -244,33 +409,107 @@ def render(out, alignment, planted, downstream, summary, title, truth):
                   _image(out, alignment.folder / "semantic_preference.png",
                          "semantic preference"), ""]
     for folder, probe in downstream.items():
-        task = probe["task"]
-        task_layers = sorted({r["layer"] for r in probe["results"]})
-        lines += [f"## Downstream probe: {task} ({probe['dataset']})", "",
-                  "Macro F1 on the test split per layer (micro F1, accuracy and sizes in "
-                  f"`{os.path.relpath(Path(folder) / 'results.csv', out)}`):", "",
-                  _table(["model", *[f"layer {k}" for k in task_layers]],
-                         [[m, *[_value(probe["results"], "f1_macro", model=m, layer=k)
-                                for k in task_layers]]
-                          for m in dict.fromkeys(r["model"] for r in probe["results"])]), "",
-                  _image(out, Path(folder) / f"{task}.png", task), ""]
-    lines += ["## Summary", "", "```json", json.dumps(summary, indent=1), "```", ""]
+        lines += _probe_section(out, folder, probe)
+    lines += ["## Summary", "", "```json", run_utils.json_text(summary, indent=1), "```", ""]
     if truth is not None:
         lines += [_synthetic_explanation(summary, truth)]
     return "\n".join(lines)
 
 
+def _direction_section(summary):
+    """The compared models, whether each headline number moves the paper's way, plainly."""
+    roles, layer, checks = summary["models"], summary["layer"], summary["expected_direction"]
+    tuned = roles["tuned"]
+    against = [key for key, check in checks.items() if check["as_expected"] is False]
+    if against:
+        verdict = ("**Against the paper's expected direction:** " + "; ".join(
+            f"{_expectation(key)[0]} is {checks[key]['tuned']:.3f} for {tuned} and "
+            f"{checks[key]['pretrained']:.3f} for pretrained, where brain-tuning should "
+            f"make it {checks[key]['expected']}" for key in against) + ".")
+    else:
+        verdict = "Every comparison with a defined value goes the paper's expected way."
+    table = [[_expectation(key)[0],
+              *[(_drop if key.startswith("drop") else _number)(check[role])
+                for role in ("pretrained", "tuned")], check["expected"],
+              {True: "as expected", False: "**against the expected direction**",
+               None: "undefined" if key.startswith("drop") else "n/a"}[check["as_expected"]]]
+             for key, check in checks.items()]
+    drops = [value for key, check in checks.items() if key.startswith("drop")
+             for value in (check["pretrained"], check["tuned"])]
+    return [f"## {tuned} against pretrained", "",
+            f"The tuned model compared is **{tuned}** (`{summary['checkpoints']['tuned']}`), at "
+            f"layer {layer}, the deepest evaluated. {verdict}", "",
+            _table(["measure", "pretrained", tuned, "paper expects tuned", "here"], table), "",
+            *_drop_notes(drops)]
+
+
+def _reliance_section(out, alignment, planted, models, layers, analyses):
+    drops = [r for r in alignment.results["results"] if r["low_level"] != "none"
+             and r["region"] == "all"]
+    lines = ["## Reliance on low-level features", "",
+             "Drop of mean cc_norm (percent) when each low-level feature set is regressed out "
+             "of the layer's features before fitting the encoding model:", "",
+             _table(["model", "removed", *[f"layer {k}" for k in layers]],
+                    [[m, a, *[_cell(_row(drops, model=m, low_level=a, layer=k), "drop_percent",
+                                    _drop) for k in layers]]
+                     for m in models for a in analyses]), "",
+             *_drop_notes([r["drop_percent"] for r in drops])]
+    if planted:
+        cells, shown = [], []
+        for m in planted.means:
+            for a in analyses:
+                for k in layers:
+                    row = [m, a, k]
+                    for t in ("semantic", "acoustic"):
+                        before, after = planted.means[m]["none"][k][t], planted.means[m][a][k][t]
+                        drop = eval_utils.percent_drop(before, after)
+                        shown.append(drop)
+                        row.append(_counted(f"{_number(before)} -> {_number(after)}, drop "
+                                            f"{_drop(drop)}", planted.counts[t]))
+                    cells.append(row)
+        lines += ["By planted voxel type (cc_norm before -> after, and the drop):", "",
+                  _table(["model", "removed", "layer", "semantic", "acoustic"], cells), "",
+                  *_drop_notes(shown)]
+    return lines + [_image(out, alignment.folder / "reliance.png", "reliance per layer"), ""]
+
+
+def _probe_section(out, folder, probe):
+    task = probe["task"]
+    task_layers = sorted({r["layer"] for r in probe["results"]})
+    rows = probe["results"]
+    renamed = "".join(f" This probe's results label {new} as `{old}`."
+                      for old, new in probe["relabelled"].items())
+    chance = probe.get("chance_f1_macro")
+    chance_text = (f" Chance (guessing labels at their training frequencies): {chance:.3f}."
+                   if _finite(chance) else "")
+    return [f"## Downstream probe: {task} ({probe['dataset']})", "",
+            "Macro F1 on the test split per layer (micro F1, the other scores and sizes in "
+            f"`{os.path.relpath(Path(folder) / 'results.csv', out)}`).{chance_text}{renamed}",
+            "",
+            _table(["model", *[f"layer {k}" for k in task_layers]],
+                   [[m, *[_cell(_row(rows, model=m, layer=k), "f1_macro") for k in task_layers]]
+                    for m in dict.fromkeys(r["model"] for r in rows)]), "",
+            _image(out, Path(folder) / f"{task}.png", task), ""]
+
+
 def _synthetic_explanation(summary, truth):
     pretrained, tuned = summary["pretrained"], summary["tuned"]
+    label = summary["models"]["tuned"]
+    n = summary["planted_voxels"]["semantic"]
     gain = summary["semantic_cc_norm_gain"]
     percent = summary["semantic_cc_norm_gain_percent"]
-    relative = f" ({percent:+.0f}%)" if percent is not None else ""
-    outcome = (f"The tuned model is better{relative}, as expected." if gain > 0 else
-               "The tuned model is NOT better here: the tuning run did not learn word identity "
-               "(see val_corr in the run's metrics.jsonl). A small random-weight model tuned for "
-               "a few CPU minutes on a few hundred noisy samples often does not; the method "
-               "assumes a pretrained model whose features already tell sounds apart, and more "
-               "data and epochs (a GPU).")
+    relative = f" ({percent:+.0f}%)" if _finite(percent) else ""
+    if not _finite(gain):
+        outcome = ("No comparison is possible: no planted semantic voxel passes the voxel rule "
+                   f"(noise ceiling above {summary['nc_thr']}).")
+    elif gain > 0:
+        outcome = f"The tuned model is better{relative}, as expected."
+    else:
+        outcome = ("The tuned model is NOT better here: the tuning run did not learn word "
+                   "identity (see val_corr in the run's metrics.jsonl). A small random-weight "
+                   "model tuned for a few CPU minutes on a few hundred noisy samples often does "
+                   "not; the method assumes a pretrained model whose features already tell "
+                   "sounds apart, and more data and epochs (a GPU).")
     return (
         "## What the planted signal predicts\n\n"
         "The synthetic subject's semantic voxels respond to a fixed embedding of each word "
@@ -289,9 +528,10 @@ def _synthetic_explanation(summary, truth):
         "these very voxels from the audio of the training stories, so a tuned model's features "
         "should carry word identity and predict the semantic voxels of the held-out story "
         "better.\n\n"
-        f"At layer {summary['layer']}, the tuned model's mean cc_norm over the planted semantic "
-        f"voxels is {tuned['semantic_cc_norm']:.3f} against {pretrained['semantic_cc_norm']:.3f} "
-        f"for the pretrained model ({gain:+.3f}). {outcome}\n")
+        f"At layer {summary['layer']}, the tuned model's ({label}) mean cc_norm over the {n} "
+        f"planted semantic voxels that pass the voxel rule is {_number(tuned['semantic_cc_norm'])}"
+        f" against {_number(pretrained['semantic_cc_norm'])} for the pretrained model"
+        f"{f' ({gain:+.3f})' if _finite(gain) else ''}. {outcome}\n")
 
 
 if __name__ == "__main__":

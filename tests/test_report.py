@@ -9,55 +9,84 @@ import noise_ceilings
 import report
 import run_utils
 
+N_VOXELS = 12
+TRUTH = {"semantic_voxels": [0, 1, 2, 3, 4], "acoustic_voxels": [5, 6, 7],
+         "noise_voxels": [8, 9, 10, 11]}
 
-def _alignment(folder, nc_path, rng):
-    """A brain_evaluate.py-like results folder with per-voxel cc_norm drawn at random."""
+
+def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), preference=None,
+               drop=12.5, n_voxels=None):
+    """A brain_evaluate.py-like results folder with per-voxel cc_norm drawn at random.
+
+    ``scored``: (N_VOXELS,) bool, the voxels the run's summaries average over;
+    ``preference``: model -> semantic preference (0.25 for all by default); ``n_voxels``: the
+    count written into each row (none by default, as in older results)."""
     folder.mkdir(parents=True)
+    np.save(folder / run_utils.SUMMARY_VOXELS_NAME, np.flatnonzero(scored))
     rows, values = [], {}
-    for model in ("pretrained", "epoch 3"):
+    for model in models:
         for layer in (1, 2):
             for analysis in ("none", "powspec"):
-                cc_norm = rng.uniform(-0.2, 0.8, 12)
+                cc_norm = rng.uniform(-0.2, 0.8, N_VOXELS)
                 values[(model, layer, analysis)] = cc_norm
                 np.savez(folder / run_utils.voxel_results_name(model, layer, analysis),
-                         r=cc_norm, cc_norm=cc_norm, alpha=np.ones(12))
-                rows.append({"model": model, "layer": layer, "low_level": analysis,
-                             "region": "all", "cc_norm": float(cc_norm.mean()), "r": 0.0,
-                             "drop_percent": None if analysis == "none" else 12.5})
-    preference = [{"model": m, "layer": k, "semantic_r": 0.5, "phonetic_r": 0.25,
-                   "preference": 0.25} for m in ("pretrained", "epoch 3") for k in (1, 2)]
-    facts = {"subject": "UTS01", "train_stories": ["a", "b"],
-             "models": {"pretrained": "m0", "epoch 3": "run/checkpoint-epoch3"}}
+                         r=cc_norm, cc_norm=cc_norm, alpha=np.ones(N_VOXELS))
+                row = {"model": model, "layer": layer, "low_level": analysis, "region": "all",
+                       "cc_norm": float(cc_norm.mean()), "r": 0.0,
+                       "drop_percent": None if analysis == "none" else drop}
+                rows.append(row if n_voxels is None else {**row, "n_voxels": n_voxels})
+    preference = preference or {}
+    preference_rows = [{"model": m, "layer": k, "semantic_r": 0.5, "phonetic_r": 0.25,
+                        "preference": preference.get(m, 0.25)} for m in models for k in (1, 2)]
+    facts = {"subject": "UTS01", "train_stories": ["a", "b"], "subject_voxels": N_VOXELS,
+             "models": {m: "m0" if m == "pretrained" else f"run/{m.replace(' ', '-')}"
+                        for m in models}}
     (folder / "run_config.json").write_text(json.dumps({
         "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
         **facts, "run": {}}))
     (folder / "results.json").write_text(json.dumps({**facts, "results": rows,
-                                                     "semantic_preference": preference}))
+                                                     "semantic_preference": preference_rows}))
     return values
 
 
 def _write_truth(data):
-    """A synthetic_truth.json with the planted voxel types of 12 voxels."""
-    truth = {"subjects": {"UTS01": {"semantic_voxels": [0, 1, 2, 3, 4],
-                                    "acoustic_voxels": [5, 6, 7],
-                                    "noise_voxels": [8, 9, 10, 11]}}}
+    """The synthetic_truth.json of a synthetic dataset of 12 voxels (planted voxel types)."""
     data.mkdir()
-    (data / "synthetic_truth.json").write_text(json.dumps(truth))
+    (data / "synthetic_truth.json").write_text(json.dumps({"subjects": {"UTS01": TRUTH}}))
+
+
+def _setup(tmp_path, nc=None, constant=(), seed=0, **alignment):
+    """Noise ceiling, synthetic truth and alignment folder whose summaries averaged over the
+    voxels with NC > 0.4 but ``constant`` (those the evaluator excluded: constant test
+    responses); returns (nc, per-voxel values)."""
+    rng = np.random.default_rng(seed)
+    nc = rng.uniform(0, 1, N_VOXELS) if nc is None else np.asarray(nc, dtype=float)
+    noise_ceilings.save_noise_ceiling(tmp_path / "UTS01.npy", nc, {})
+    scored = (nc > 0.4) & ~np.isin(np.arange(N_VOXELS), constant)
+    values = _alignment(tmp_path / "alignment", tmp_path / "UTS01.npy", rng, scored, **alignment)
+    _write_truth(tmp_path / "data")
+    return nc, values
+
+
+def _report(tmp_path, *extra, data=True):
+    argv = ["--out", str(tmp_path / "report"), "--alignment", str(tmp_path / "alignment"),
+            "--overwrite", *extra]
+    return report.main(argv + (["--data_dir", str(tmp_path / "data")] if data else []))
+
+
+def _outputs(tmp_path):
+    return (json.loads((tmp_path / "report" / "summary.json").read_text()),
+            (tmp_path / "report" / "report.md").read_text())
 
 
 def test_summary_and_report_from_result_folders(tmp_path):
-    rng = np.random.default_rng(0)
-    nc = rng.uniform(0, 1, 12)
-    noise_ceilings.save_noise_ceiling(tmp_path / "UTS01.npy", nc, {})
-    data = tmp_path / "data"
-    _write_truth(data)
-    values = _alignment(tmp_path / "alignment", tmp_path / "UTS01.npy", rng)
+    nc, values = _setup(tmp_path)
     probe = tmp_path / "probe"
     probe.mkdir()
     # the probe labels the tuned model differently: it is matched by its checkpoint folder
     (probe / "results.json").write_text(json.dumps({
-        "task": "phonemes", "dataset": "TIMIT",
-        "models": {"pretrained": "m0", "checkpoint-epoch3": "run/checkpoint-epoch3"},
+        "task": "phonemes", "dataset": "TIMIT", "chance_f1_macro": 0.125,
+        "models": {"pretrained": "m0", "checkpoint-epoch3": "run/epoch-3"},
         "results": [
             {"model": "pretrained", "layer": 0, "f1_micro": 0.5, "f1_macro": 0.4, "accuracy": 0.1},
             {"model": "pretrained", "layer": 1, "f1_micro": 0.6, "f1_macro": 0.45,
@@ -66,32 +95,190 @@ def test_summary_and_report_from_result_folders(tmp_path):
              "accuracy": 0.2}]}))
     out = tmp_path / "report"
     assert report.main(["--out", str(out), "--alignment", str(tmp_path / "alignment"),
-                        "--downstream", str(probe), "--data_dir", str(data)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    semantic = np.array([0, 1, 2, 3, 4])
-    semantic = semantic[nc[semantic] > 0.4]
+                        "--downstream", str(probe), "--data_dir", str(tmp_path / "data")]) == 0
+    summary, text = _outputs(tmp_path)
+    selected = {kind: np.array(voxels)[nc[voxels] > 0.4] for kind, voxels in
+                (("semantic", TRUTH["semantic_voxels"]), ("noise", TRUTH["noise_voxels"]))}
     for role, model in (("pretrained", "pretrained"), ("tuned", "epoch 3")):
-        expected = values[(model, 2, "none")][semantic].mean()
+        expected = values[(model, 2, "none")][selected["semantic"]].mean()
         assert summary[role]["semantic_cc_norm"] == pytest.approx(expected)
         assert summary[role]["noise_cc_norm"] == pytest.approx(
-            values[(model, 2, "none")][8:].mean())
-        after = values[(model, 2, "powspec")][semantic].mean()
+            values[(model, 2, "none")][selected["noise"]].mean())
+        after = values[(model, 2, "powspec")][selected["semantic"]].mean()
         assert summary[role]["semantic_drop_percent_without_powspec"] == pytest.approx(
             100 * (expected - after) / expected)
         assert summary[role]["semantic_preference"] == 0.25
     assert summary["layer"] == 2
+    assert summary["models"] == {"pretrained": "pretrained", "tuned": "epoch 3"}
+    assert summary["checkpoints"] == {"pretrained": "m0", "tuned": "run/epoch-3"}
+    assert summary["planted_voxels"]["semantic"] == selected["semantic"].size
     assert summary["pretrained"]["phonemes_f1_macro_best_layer"] == 0.45
     assert summary["tuned"]["phonemes_f1_macro_best_layer"] == 0.55
     assert summary["semantic_cc_norm_gain"] == pytest.approx(
         summary["tuned"]["semantic_cc_norm"] - summary["pretrained"]["semantic_cc_norm"])
-    text = (out / "report.md").read_text()
-    for heading in ("## Brain alignment", "### Planted voxels", "## Reliance on low-level",
-                    "## Semantic preference", "## Downstream probe: phonemes",
-                    "## What the planted signal predicts"):
+    for heading in ("## epoch 3 against pretrained", "## Brain alignment", "### Planted voxels",
+                    "## Reliance on low-level", "## Semantic preference",
+                    "## Downstream probe: phonemes", "## What the planted signal predicts"):
         assert heading in text
     assert "| epoch 3 | 2 |" in text
+    # one label per model: the probe's table shows the alignment run's label, and says so
+    assert "checkpoint-epoch3 |" not in text and "| epoch 3 | n/a | 0.550 |" in text
+    assert "This probe's results label epoch 3 as `checkpoint-epoch3`." in text
+    assert "Chance (guessing labels at their training frequencies): 0.125." in text
     # existing reports are kept
     assert report.main(["--out", str(out), "--alignment", str(tmp_path / "alignment")]) == 1
+
+
+def test_every_planted_column_uses_the_voxel_rule_and_shows_its_count(tmp_path):
+    """Noise voxels with a ceiling near 0 (cc_norm blown up) and a semantic voxel whose test
+    responses are constant are left out of every column, and each cell says how many remain."""
+    nc = np.full(N_VOXELS, 0.9)
+    nc[[8, 9, 10]] = 0.01  # noise voxels below the threshold
+    _, values = _setup(tmp_path, nc=nc, constant=[4])
+    blown_up = dict(np.load(tmp_path / "alignment" /
+                            run_utils.voxel_results_name("pretrained", 2)))
+    blown_up["cc_norm"][[8, 9, 10]] = 6.9
+    np.savez(tmp_path / "alignment" / run_utils.voxel_results_name("pretrained", 2), **blown_up)
+    assert _report(tmp_path) == 0
+    summary, text = _outputs(tmp_path)
+    assert summary["planted_voxels"] == {"semantic": 4, "acoustic": 3, "noise": 1}
+    assert summary["pretrained"]["noise_cc_norm"] == pytest.approx(blown_up["cc_norm"][11])
+    assert summary["pretrained"]["semantic_cc_norm"] == pytest.approx(
+        blown_up["cc_norm"][[0, 1, 2, 3]].mean())
+    assert summary["tuned"]["acoustic_cc_norm"] == pytest.approx(
+        values[("epoch 3", 2, "none")][[5, 6, 7]].mean())
+    semantic, acoustic, noise = (values[("epoch 3", 1, "none")][v].mean()
+                                 for v in ([0, 1, 2, 3], [5, 6, 7], [11]))
+    assert (f"| epoch 3 | 1 | {semantic:.3f} (n=4) | {acoustic:.3f} (n=3) | {noise:.3f} (n=1) |"
+            in text)
+    assert "(n=4) |" in text.split("By planted voxel type")[1]
+
+
+def test_no_planted_voxel_of_a_type_passing_the_rule_reads_n_a(tmp_path):
+    nc = np.full(N_VOXELS, 0.9)
+    nc[TRUTH["noise_voxels"]] = 0.0
+    _setup(tmp_path, nc=nc)
+    assert _report(tmp_path) == 0
+    summary, text = _outputs(tmp_path)
+    assert summary["pretrained"]["noise_cc_norm"] is None  # NaN is written as null
+    assert "| n/a (n=0) |" in text
+
+
+def test_alignment_tables_show_the_rows_voxel_counts(tmp_path):
+    nc = np.full(N_VOXELS, 0.9)
+    nc[:3] = 0.1
+    _, values = _setup(tmp_path, nc=nc, constant=[11], n_voxels=8)
+    assert _report(tmp_path) == 0
+    summary, text = _outputs(tmp_path)
+    mean = float(values[("epoch 3", 2, "none")].mean())
+    assert f"| {mean:.3f} (n=8) |" in text
+    assert "| 12.5% (n=8) |" in text
+    assert summary["tuned"]["n_voxels"] == 8
+
+
+@pytest.mark.parametrize("damage", ["missing", "out of range"])
+def test_a_missing_or_damaged_voxel_selection_is_refused(tmp_path, caplog, damage):
+    _setup(tmp_path, nc=np.full(N_VOXELS, 0.9))
+    path = tmp_path / "alignment" / run_utils.SUMMARY_VOXELS_NAME
+    if damage == "missing":
+        path.unlink()
+    else:
+        np.save(path, np.array([0, N_VOXELS]))
+    assert _report(tmp_path) == 1
+    assert str(path) in caplog.text and "run brain_evaluate.py again" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert not (tmp_path / "report" / "report.md").exists()
+
+
+def test_results_against_the_expected_direction_are_stated(tmp_path):
+    """The demo's case: the tuned model's semantic preference is lower than the pretrained's."""
+    _setup(tmp_path, preference={"pretrained": -0.172, "epoch 3": -0.192})
+    assert _report(tmp_path, data=False) == 0
+    summary, text = _outputs(tmp_path)
+    check = summary["expected_direction"]["semantic_preference"]
+    assert check == {"expected": "higher", "pretrained": -0.172, "tuned": -0.192,
+                     "as_expected": False}
+    assert summary["expected_direction"]["drop_percent_without_powspec"]["as_expected"] is False
+    assert ("**Against the paper's expected direction:** " in text
+            and "semantic preference is -0.192 for epoch 3 and -0.172 for pretrained, where "
+                "brain-tuning should make it higher" in text)
+    assert "| semantic preference | -0.172 | -0.192 | higher | **against" in text
+
+
+def test_results_in_the_expected_direction_are_stated(tmp_path):
+    _setup(tmp_path, preference={"pretrained": 0.1, "epoch 3": 0.2}, drop=None)
+    results = json.loads((tmp_path / "alignment" / "results.json").read_text())
+    for row in results["results"]:  # tuned better everywhere
+        row["cc_norm"] = 0.3 if row["model"] == "epoch 3" else 0.1
+    (tmp_path / "alignment" / "results.json").write_text(json.dumps(results))
+    assert _report(tmp_path, data=False) == 0
+    summary, text = _outputs(tmp_path)
+    directions = summary["expected_direction"]
+    assert directions["cc_norm"]["as_expected"] and directions["semantic_preference"]["as_expected"]
+    assert directions["drop_percent_without_powspec"]["as_expected"] is None
+    assert "Every comparison with a defined value goes the paper's expected way." in text
+    assert "Against the paper's" not in text
+    assert "| undefined | undefined | lower | undefined |" in text
+
+
+def test_drops_above_100_percent_and_undefined_drops_are_explained(tmp_path):
+    _setup(tmp_path, drop=203.9)
+    assert _report(tmp_path, data=False) == 0
+    _, text = _outputs(tmp_path)
+    assert "203.9%" in text and report.DROP_ABOVE_100 in text
+    assert report.DROP_UNDEFINED not in text
+    (tmp_path / "second").mkdir()
+    _setup(tmp_path / "second", drop=None)
+    assert report.main(["--out", str(tmp_path / "none"), "--alignment",
+                        str(tmp_path / "second" / "alignment")]) == 0
+    text = (tmp_path / "none" / "report.md").read_text()
+    assert report.DROP_UNDEFINED in text and report.DROP_ABOVE_100 not in text
+
+
+@pytest.mark.parametrize("tuned", ["final", "random control"])
+def test_the_tuned_model_is_the_one_named(tmp_path, tuned):
+    """A random-weight control listed first is never taken for the tuned model."""
+    _, values = _setup(tmp_path, models=("pretrained", "random control", "final"))
+    assert _report(tmp_path, "--tuned", tuned) == 0
+    summary, text = _outputs(tmp_path)
+    assert summary["models"] == {"pretrained": "pretrained", "tuned": tuned}
+    assert summary["checkpoints"]["tuned"] == f"run/{tuned.replace(' ', '-')}"
+    assert summary["tuned"]["cc_norm"] == pytest.approx(values[(tuned, 2, "none")].mean())
+    assert f"## {tuned} against pretrained" in text
+
+
+def test_several_tuned_models_need_tuned(tmp_path, caplog):
+    _setup(tmp_path, models=("pretrained", "random control", "final"))
+    assert _report(tmp_path) == 1
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 1
+    assert "several tuned models ('random control', 'final'); pass --tuned" in lines[0]
+    assert not (tmp_path / "report" / "summary.json").exists()
+    caplog.clear()
+    assert _report(tmp_path, "--tuned", "epoch 9") == 1
+    assert ("--tuned 'epoch 9': not a tuned model of" in caplog.text
+            and "its tuned models are 'random control', 'final'" in caplog.text)
+    caplog.clear()
+    assert _report(tmp_path, "--tuned", "pretrained") == 1
+    assert "--tuned 'pretrained': not a tuned model" in caplog.text
+
+
+def test_only_the_pretrained_model_is_refused(tmp_path, caplog):
+    _setup(tmp_path, models=("pretrained",))
+    assert _report(tmp_path) == 1
+    assert "holds 'pretrained'; the report compares 'pretrained' with a tuned model" in caplog.text
+
+
+def test_a_probe_label_meaning_another_model_is_refused(tmp_path, caplog):
+    _setup(tmp_path)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "results.json").write_text(json.dumps({
+        "task": "phonemes", "dataset": "TIMIT", "chance_f1_macro": 0.125, "models": {"epoch 3": "other_run/epoch-3"},
+        "results": [{"model": "epoch 3", "layer": 1, "f1_macro": 0.5}]}))
+    assert _report(tmp_path, "--downstream", str(probe), data=False) == 1
+    assert "'epoch 3' is other_run/epoch-3 there but run/epoch-3 in the alignment run" in (
+        caplog.text)
 
 
 def test_missing_results_are_named(tmp_path, caplog):
@@ -101,6 +288,20 @@ def test_missing_results_are_named(tmp_path, caplog):
     (tmp_path / "old" / "results.json").write_text("{}")
     assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "old")]) == 1
     assert "run_config.json: missing" in caplog.text
+    (tmp_path / "old" / "run_config.json").write_text("{")
+    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "old")]) == 1
+    assert "run_config.json: not valid JSON" in caplog.text
+    (tmp_path / "old" / "run_config.json").write_text('{"arguments": {}}')
+    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "old")]) == 1
+    assert "lacks subject, models, results" in caplog.text
+
+
+def test_planted_voxels_outside_the_responses_are_refused(tmp_path, caplog):
+    _setup(tmp_path)
+    truth = {"subjects": {"UTS01": {**TRUTH, "noise_voxels": [8, 9, 10, 40]}}}
+    (tmp_path / "data" / "synthetic_truth.json").write_text(json.dumps(truth))
+    assert _report(tmp_path) == 1
+    assert "synthetic_truth.json: noise voxel 40 is beyond the 12 voxels" in caplog.text
 
 
 def test_voxel_files_are_found_by_their_shared_name(tmp_path, monkeypatch):
@@ -108,27 +309,27 @@ def test_voxel_files_are_found_by_their_shared_name(tmp_path, monkeypatch):
     brain_evaluate.py writes them under."""
     monkeypatch.setattr(run_utils, "voxel_results_name",
                         lambda model, layer, analysis="none": f"{model}-{layer}-{analysis}.npz")
-    rng = np.random.default_rng(1)
-    noise_ceilings.save_noise_ceiling(tmp_path / "UTS01.npy", np.ones(12), {})
-    data = tmp_path / "data"
-    _write_truth(data)
-    values = _alignment(tmp_path / "alignment", tmp_path / "UTS01.npy", rng)
+    _, values = _setup(tmp_path, nc=np.ones(N_VOXELS), seed=1)
     assert (tmp_path / "alignment" / "epoch 3-2-powspec.npz").is_file()
-    assert report.main(["--out", str(tmp_path / "report"), "--alignment",
-                        str(tmp_path / "alignment"), "--data_dir", str(data)]) == 0
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert _report(tmp_path) == 0
+    summary, _ = _outputs(tmp_path)
     assert summary["tuned"]["semantic_cc_norm"] == pytest.approx(
         values[("epoch 3", 2, "none")][:5].mean())
 
 
 @pytest.mark.parametrize("tuned, expected", [
-    (0.3, "The tuned model is better (+50%), as expected."),
-    (0.1, "The tuned model is NOT better here")])
+    (0.3, "is 0.300 against 0.200 for the pretrained model (+0.100). The tuned model is better "
+          "(+50%), as expected."),
+    (0.1, "is 0.100 against 0.200 for the pretrained model (-0.100). The tuned model is NOT "
+          "better here"),
+    (float("nan"), "is n/a against 0.200 for the pretrained model. No comparison is possible: "
+                   "no planted semantic voxel passes the voxel rule (noise ceiling above 0.4)")])
 def test_synthetic_explanation_states_the_gain(tuned, expected):
-    summary = {"layer": 2, "pretrained": {"semantic_cc_norm": 0.2},
-               "tuned": {"semantic_cc_norm": tuned},
+    summary = {"layer": 2, "nc_thr": 0.4, "models": {"tuned": "final"},
+               "planted_voxels": {"semantic": 5},
+               "pretrained": {"semantic_cc_norm": 0.2}, "tuned": {"semantic_cc_norm": tuned},
                "semantic_cc_norm_gain": tuned - 0.2,
                "semantic_cc_norm_gain_percent": 100 * (tuned - 0.2) / 0.2}
     text = report._synthetic_explanation(summary, {"family_size": 1})
-    assert expected in text
-    assert f"is {tuned:.3f} against 0.200" in text
+    assert ("At layer 2, the tuned model's (final) mean cc_norm over the 5 planted semantic "
+            "voxels that pass the voxel rule " + expected) in text
