@@ -983,6 +983,25 @@ def _voxel_count(data_dir, subject, shapes):
                       for story, shape in shapes.items() if shape[1] != n_voxels]
 
 
+def _subject_story_problems(data_dir, subject, stories, respdict, tr_source, tr_path, checked):
+    """Problems of a subject's stories, one line each: those of the story files (respdict
+    entry, TextGrid, WAV; skipped for stories in ``checked``, which gains these) and those of
+    the response files (shape, rows, voxel counts).
+
+    Returns (file problems, response problems, story -> response shape, voxel count)."""
+    file_problems, response_problems, shapes = [], [], {}
+    for story in dict.fromkeys(stories):
+        if story not in checked:
+            checked.add(story)
+            file_problems += _story_problems(data_dir, story, respdict, tr_source, tr_path)
+        shape, problem = _response_shape(data_dir, subject, story, respdict)
+        response_problems += [problem] if problem else []
+        if shape is not None:
+            shapes[story] = shape
+    n_voxels, voxel_problems = _voxel_count(data_dir, subject, shapes)
+    return file_problems, response_problems + voxel_problems, shapes, n_voxels
+
+
 def check_run_inputs(data_dir, subject, stories, tr_source="respdict", tr_path=None):
     """Check every input a run on ``stories`` needs, from metadata and headers only.
 
@@ -994,16 +1013,9 @@ def check_run_inputs(data_dir, subject, stories, tr_source="respdict", tr_path=N
     Returns the subject's voxel count (int). Raises one DatasetError with the first problem,
     and how many more there are.
     """
-    respdict = load_respdict(data_dir)
-    problems, shapes = [], {}
-    for story in dict.fromkeys(stories):
-        problems += _story_problems(data_dir, story, respdict, tr_source, tr_path)
-        shape, problem = _response_shape(data_dir, subject, story, respdict)
-        problems += [problem] if problem else []
-        if shape is not None:
-            shapes[story] = shape
-    n_voxels, voxel_problems = _voxel_count(data_dir, subject, shapes)
-    problems += voxel_problems
+    file_problems, response_problems, _, n_voxels = _subject_story_problems(
+        data_dir, subject, stories, load_respdict(data_dir), tr_source, tr_path, set())
+    problems = file_problems + response_problems
     if problems:
         more = (f" (and {len(problems) - 1} more problems; run python data_utils.py check "
                 f"--data_dir {data_dir})" if len(problems) > 1 else "")
@@ -1068,17 +1080,9 @@ def check_dataset(data_dir, subjects=None, tr_source="respdict", tr_path=None):
         if not stories:
             problems.append(f"{subject_dir(root, name)}: no .hf5 response files")
             continue
-        shapes, subject_problems = {}, []
-        for story in stories:
-            if story not in checked_stories:
-                checked_stories.add(story)
-                problems += _story_problems(root, story, respdict, tr_source, tr_path)
-            shape, problem = _response_shape(root, name, story, respdict)
-            subject_problems += [problem] if problem else []
-            if shape is not None:
-                shapes[story] = shape
-        n_voxels, voxel_problems = _voxel_count(root, name, shapes)
-        subject_problems += voxel_problems
+        file_problems, subject_problems, shapes, n_voxels = _subject_story_problems(
+            root, name, stories, respdict, tr_source, tr_path, checked_stories)
+        problems += file_problems
         repeats = "none"
         if TEST_STORY in shapes:
             path = subject_dir(root, name) / f"{TEST_STORY}.hf5"
