@@ -153,9 +153,8 @@ def parse_args(argv=None):
                              "--overwrite discards it")
     args = parser.parse_args(argv)
     run_utils.check_model_arguments(parser, args)
-    for flag in ("n_boots", "chunk_len", "batch_size", "ngram_vocab_size"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1")
+    run_utils.check_at_least(parser, args, 1, "n_boots", "chunk_len", "batch_size",
+                             "ngram_vocab_size")
     for flag in ("context_s", "chunk_s"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag} must be positive")

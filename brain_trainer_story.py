@@ -146,15 +146,9 @@ def parse_args(argv=None):
     out.add_argument("--log_level", default="INFO", type=str.upper,
                      choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
     args = parser.parse_args(argv)
-    for flag in ("num_epochs", "batch_size", "micro_batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag} must be at least 1, got {value}")
-    for flag in ("warmup_epochs", "patience", "save_every", "lora_rank", "num_workers", "seed",
-                 "base_lr", "linear_layer_lr"):
-        value = getattr(args, flag)
-        if value is not None and not 0 <= value < math.inf:  # also refuses nan and inf
-            parser.error(f"--{flag} must be a number >= 0, got {value}")
+    run_utils.check_at_least(parser, args, 1, "num_epochs", "batch_size", "micro_batch_size")
+    run_utils.check_at_least(parser, args, 0, "warmup_epochs", "patience", "save_every",
+                             "lora_rank", "num_workers", "seed", "base_lr", "linear_layer_lr")
     if not 0 <= args.nc_thr < 1:
         parser.error(f"--nc_thr must be in [0, 1) (noise ceilings are correlations), got "
                      f"{args.nc_thr}")

@@ -188,8 +188,7 @@ def parse_args(argv=None):
                         help="voxels read and processed at a time; lower it to save memory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
-    if args.voxel_batch < 1:
-        parser.error("--voxel_batch must be >= 1")
+    run_utils.check_at_least(parser, args, 1, "voxel_batch")
     return args
 
 

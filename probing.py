@@ -98,14 +98,10 @@ def parse_args(task, argv=None):
     args.task = task
     run_utils.check_model_arguments(parser, args)
     run_utils.finish_results_arguments(parser, args, task)
-    for flag in ("num_epochs", "batch_size", "max_examples"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag} must be >= 1, got {value}")
+    run_utils.check_at_least(parser, args, 1, "num_epochs", "batch_size", "max_examples")
     if not 0 < args.lr < math.inf:
         parser.error(f"--lr must be a positive number, got {args.lr}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
+    run_utils.check_at_least(parser, args, 0, "seed")
     if args.test_fraction is not None and not 0 < args.test_fraction < 1:
         parser.error(f"--test_fraction must be in (0, 1), got {args.test_fraction}")
     if args.layers is not None and min(args.layers) < 0:

@@ -164,6 +164,15 @@ def finish_results_arguments(parser, args, *name_parts):
         args.cache_dir = str(Path(args.save_dir) / "feature_cache")
 
 
+def check_at_least(parser, args, minimum, *flags):
+    """``parser.error`` unless each of ``flags`` (attribute names; None skipped) is a finite
+    number >= ``minimum`` (NaN and infinity are refused too)."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and not minimum <= value < math.inf:
+            parser.error(f"--{flag} must be >= {minimum}, got {value}")
+
+
 def unique_names(named):
     """dict from (name, value) pairs; a repeated name gets a suffix: "word", "word#2", ..."""
     result = {}

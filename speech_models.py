@@ -619,8 +619,7 @@ def parse_args(argv=None):
     tiny.add_argument("--overwrite", action="store_true",
                       help="replace a model folder written earlier by make-tiny")
     args = parser.parse_args(argv)
-    if args.seed < 0:
-        tiny.error(f"--seed must be >= 0, got {args.seed}")
+    run_utils.check_at_least(tiny, args, 0, "seed")
     return args
 
 

@@ -58,8 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset written earlier at --out")
     args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
+    run_utils.check_at_least(parser, args, 0, "seed")
     return args
 
 

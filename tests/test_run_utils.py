@@ -425,6 +425,24 @@ def test_cached_arrays_rebuild_an_unreadable_cache_file(tmp_path, caplog, damage
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("value, ok", [("1", True), ("7.5", True), ("0", False), ("-2", False),
+                                       ("nan", False), ("inf", False)])
+def test_check_at_least_refuses_small_and_non_finite_values(capsys, value, ok):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=float)
+    parser.add_argument("--unset", type=float, default=None)
+    args = parser.parse_args(["--count", value])
+    if ok:
+        run_utils.check_at_least(parser, args, 1, "count", "unset")
+        return
+    with pytest.raises(SystemExit) as stop:
+        run_utils.check_at_least(parser, args, 1, "count", "unset")
+    assert stop.value.code == 2
+    assert f"--count must be >= 1, got {float(value)}" in capsys.readouterr().err
+
+
 def test_help_shows_defaults_only_where_there_is_one():
     import argparse
 
