@@ -34,11 +34,11 @@ low-level analysis ("none", or the set removed) and region: mean r and cc_norm o
 summary voxels, ``n_voxels`` averaged, and ``drop_percent`` = 100 (before - after) / before,
 empty where before <= 0), ``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r,
 cc_norm, alpha), ``summary_voxels.npy`` (indices of the summary voxels), ``alignment.png``
-(mean cc_norm per layer, one line per model), ``reliance.png`` (drop per layer; colour per model, line style per feature set removed),
-``semantic_preference.csv``/``.png`` (semantic_r, phonetic_r, preference per model and layer;
-also in results.json) and ``run_config.json`` (the arguments and the run). The folder is
-written whole at the end (``run_utils.output_folder``): a failed run leaves the previous
-results as they were.
+(mean cc_norm per layer, one line per model), ``reliance.png`` (drop per layer; colour per
+model, line style per feature set removed), ``semantic_preference.csv``/``.png``
+(semantic_r, phonetic_r, preference per model and layer; also in results.json) and
+``run_config.json`` (the arguments and the run). The folder is written whole at the end
+(``run_utils.output_folder``): a failed run leaves the previous results as they were.
 
 Each (model, layer, analysis) result is kept as soon as it is done in
 ``<save_dir>/.<exp_name>.partial/`` (``FinishedResults``), removed once the results folder is
@@ -277,11 +277,6 @@ def training_stories(data_dir, subject, requested, test_story):
     return stories
 
 
-def nc_file(nc_path, subject):
-    """The noise-ceiling file of a run: ``--nc_path`` or ``subject_NCs/UTS0N.npy``."""
-    return Path(nc_path) if nc_path is not None else noise_ceilings.default_nc_path(subject)
-
-
 def encoding_task(args, subject, stories):
     """The run's encoding problem, every input checked before any model is loaded: the
     stories' files (``data_utils.check_run_inputs``), the noise ceiling (computed if missing,
@@ -291,7 +286,7 @@ def encoding_task(args, subject, stories):
     Returns the ``EncodingTask`` and the facts about its voxels (``summary_voxels``)."""
     n_voxels = data_utils.check_run_inputs(args.data_dir, subject, [*stories, args.test_story],
                                            args.tr_source, args.tr_path)
-    nc_path = nc_file(args.nc_path, subject)
+    nc_path = noise_ceilings.ceiling_file(subject, args.nc_path)
     nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, nc_path, args.test_story,
                                           n_voxels=n_voxels)
     test = data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:]
@@ -623,7 +618,7 @@ def result_settings(args, subject, stories, dtype):
     arguments but ``RESUME_MAY_CHANGE``, the stories, the autocast dtype and the identity of
     the input files (noise ceiling, respdict, responses, WAVs, TextGrids, word vectors)."""
     all_stories = [*stories, args.test_story]
-    files = [nc_file(args.nc_path, subject),
+    files = [noise_ceilings.ceiling_file(subject, args.nc_path),
              data_utils.derivative_dir(args.data_dir) / "respdict.json",
              *(data_utils.response_path(args.data_dir, subject, s) for s in all_stories),
              *(data_utils.stimulus_path(args.data_dir, s) for s in all_stories),

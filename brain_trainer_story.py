@@ -351,7 +351,7 @@ def select_voxels(data_dir, subjects, voxel_counts, nc_paths=None,
         cc_max = noise_ceilings.get_noise_ceiling(data_dir, subject, path,
                                                   n_voxels=voxel_counts[subject])
         voxels[subject] = np.flatnonzero(noise_ceilings.ceiling_voxels(
-            cc_max, nc_thr, path or noise_ceilings.default_nc_path(subject)))
+            cc_max, nc_thr, noise_ceilings.ceiling_file(subject, path)))
         logger.info("%s: %d of %d voxels have a noise ceiling above %s", subject,
                     voxels[subject].size, cc_max.size, nc_thr)
     return voxels

@@ -31,6 +31,11 @@ def default_nc_path(subject):
     return NC_DIR / f"{data_utils.subject_id(subject)}.npy"
 
 
+def ceiling_file(subject, nc_path=None):
+    """The noise-ceiling file of a run: ``nc_path`` when given, else ``default_nc_path``."""
+    return Path(nc_path) if nc_path is not None else default_nc_path(subject)
+
+
 def compute_subject_noise_ceiling(data_dir, subject, story=data_utils.TEST_STORY,
                                   data_norm=True, voxel_batch=20000):
     """Noise ceiling of every voxel of a subject from the test story's repeats.
@@ -130,7 +135,7 @@ def get_noise_ceiling(data_dir, subject, nc_path=None, story=data_utils.TEST_STO
     from the test story's repeats and saved there, with a log line saying so; the voxel
     counts are checked before anything is computed or saved. Returns (n_voxels,) float64.
     """
-    path = Path(nc_path) if nc_path is not None else default_nc_path(subject)
+    path = ceiling_file(subject, nc_path)
     response_file = data_utils.response_path(data_dir, subject, story)
     if n_voxels is None:
         n_voxels = data_utils.hdf5_shape(response_file)[1]
@@ -193,7 +198,7 @@ def parse_args(argv=None):
 
 
 def run(args):
-    out = Path(args.out) if args.out else default_nc_path(args.subject)
+    out = ceiling_file(args.subject, args.out)
     if out.exists() and not args.overwrite:
         raise run_utils.OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     data_norm = not args.no_data_norm
