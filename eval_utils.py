@@ -26,6 +26,7 @@ import logging
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 import data_utils
@@ -38,6 +39,8 @@ NC_THRESHOLD = 0.4  # default: summaries and training use voxels whose noise cei
 # limited by shrinkage).
 ENCODING_ALPHAS = np.logspace(1, 4, 15) ** 2
 CONFOUND_ALPHAS = np.logspace(0, 4, 17) ** 2
+TIE_TOLERANCE = 1e-6  # permuted correlations this close to the observed one count as ties
+RIDGE_SCORES = ("r2", "corr")  # how fit_ridge_cv scores held-out predictions (r2: the authors')
 
 
 def _float_dtype(*arrays):
@@ -288,17 +291,31 @@ def _centred_correlation(prediction, y_centred, y_norm):
                        torch.zeros_like(numerator))
 
 
+def _signed_root_r2(residual, assumed_variance):
+    """sign(R2) sqrt(|R2|), R2 = 1 - var(residual) / assumed_variance, NaN -> 0."""
+    r2 = 1 - residual.var(0, correction=0) / assumed_variance
+    return torch.nan_to_num(r2.sign() * r2.abs().sqrt(), nan=0.0)
+
+
 def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budget=2 * 2**30,
-                 progress=False):
-    """Ridge regression with one alpha per voxel chosen by cross-validated correlation.
+                 progress=False, score="corr"):
+    """Ridge regression with one alpha per voxel chosen by cross-validation.
 
     Minimises ``||X W - Y||^2 + alpha ||W||^2`` (ordinary ridge; see the module docstring for
     the singular-value convention of the Huth-lab grid). For each split, the Gram matrix of
     the training rows is eigendecomposed once and the targets are projected once; every alpha
     then costs one (held-out rows x features x voxels) product. Each voxel gets the alpha with
-    the best mean held-out Pearson correlation over the splits (the first one on ties), and
-    the weights are refitted on all rows, voxels grouped by their alpha. No intercept: X and Y
-    should be centred (z-scored), as the encoding pipeline makes them.
+    the best mean held-out ``score`` over the splits (the first one on ties), and the weights
+    are refitted on all rows, voxels grouped by their alpha. No intercept: X and Y should be
+    centred (z-scored), as the encoding pipeline makes them.
+
+    ``score`` (both cost the same, one pass over each held-out prediction):
+
+    - ``"corr"``: the Pearson correlation of prediction and held-out responses;
+    - ``"r2"``: the Huth-lab ``bootstrap_ridge(use_corr=False)`` score of the authors,
+      ``sign(R2) sqrt(|R2|)`` with ``R2 = 1 - var(y - pred) / ((1 + var(y)) / 2)``, variances
+      over the held-out rows (ddof 0): the "assumed variance" of z-scored responses, the
+      held-out responses taken as they are. NaN reads as 0.
 
     Parameters
     ----------
@@ -319,6 +336,8 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
         raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
     if not len(splits):
         raise ValueError("fit_ridge_cv needs at least one (train_idx, val_idx) split")
+    if score not in RIDGE_SCORES:
+        raise ValueError(f"score must be one of {', '.join(RIDGE_SCORES)}, got {score!r}")
     if device is None:
         device = X.device if torch.is_tensor(X) else torch.device("cpu")
     X, Y = _as_tensor(X, device), _as_tensor(Y, device)
@@ -354,9 +373,14 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
             projected = vectors.T @ (xty - x_val.T @ y_val)
             y_centred = y_val - y_val.mean(0, keepdim=True)
             y_norm = y_centred.norm(dim=0)
+            assumed_variance = (1 + y_centred.square().mean(0)) / 2
             for index, alpha in enumerate(alphas_t):
                 prediction = (x_val_rotated / (values + alpha)) @ projected
-                cv_scores[index, columns] += _centred_correlation(prediction, y_centred, y_norm)
+                if score == "corr":
+                    fold_score = _centred_correlation(prediction, y_centred, y_norm)
+                else:
+                    fold_score = _signed_root_r2(y_val - prediction, assumed_variance)
+                cv_scores[index, columns] += fold_score
         scores = cv_scores[:, columns]
         scores /= len(folds)
         best[columns] = scores.argmax(0)
@@ -379,7 +403,7 @@ def _trimmed(story_features, stories, trim):
 
 
 def regress_out(features, confounds, train_stories, alphas, splits, device=None,
-                trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
+                trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS), score="corr"):
     """Remove from each story's features what a ridge model predicts from the confounds.
 
     Each story's features and confounds are z-scored on their own with the statistics of its
@@ -391,6 +415,7 @@ def regress_out(features, confounds, train_stories, alphas, splits, device=None,
     ----------
     features, confounds : dict story -> (n_grid_trs, n_features), (n_grid_trs, n_confounds)
     splits : (train_idx, val_idx) pairs over the stacked trimmed training rows
+    score : how alphas are chosen (``fit_ridge_cv``)
 
     Returns
     -------
@@ -398,7 +423,7 @@ def regress_out(features, confounds, train_stories, alphas, splits, device=None,
     """
     weights, _, _ = fit_ridge_cv(_trimmed(confounds, train_stories, trim),
                                  _trimmed(features, train_stories, trim), alphas, splits,
-                                 device=device)
+                                 device=device, score=score)
     def standardised(x):
         return zscore(x, reference=trim_rows(x, trim))
 
@@ -408,7 +433,7 @@ def regress_out(features, confounds, train_stories, alphas, splits, device=None,
 
 
 def prediction_score(features, targets, train_stories, test_story, alphas, splits, device=None,
-                     trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
+                     trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS), score="corr"):
     """How well one feature space predicts another on a held-out story.
 
     A ridge model (alphas chosen per target column on ``splits``) maps the z-scored, trimmed
@@ -418,6 +443,7 @@ def prediction_score(features, targets, train_stories, test_story, alphas, split
     Parameters
     ----------
     features, targets : dict story -> (n_grid_trs, n_features), (n_grid_trs, n_targets)
+    score : how alphas are chosen (``fit_ridge_cv``)
 
     Returns
     -------
@@ -426,12 +452,224 @@ def prediction_score(features, targets, train_stories, test_story, alphas, split
     """
     train_targets = _trimmed(targets, train_stories, trim)
     weights, _, _ = fit_ridge_cv(_trimmed(features, train_stories, trim), train_targets, alphas,
-                                 splits, device=device)
+                                 splits, device=device, score=score)
     x_test = _trimmed(features, [test_story], trim)
     test_targets = trim_rows(targets[test_story], trim)
     varies = (np.ptp(train_targets, axis=0) > 0) & (np.ptp(test_targets, axis=0) > 0)
     scores = column_correlation(x_test @ weights.astype(x_test.dtype), test_targets)
     return np.where(varies, scores, np.nan).astype(scores.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- training data
+
+def leading_rows(story_lengths, fraction):
+    """Rows of each story in a ``fraction`` of the stacked training rows: whole stories first,
+    in order, then the leading rows of the next story (the data-efficiency subsets).
+
+    Returns
+    -------
+    list of ints, one per story: its first that many rows are used (0: not used). They sum to
+    ``round(fraction * sum(story_lengths))``, at least 1.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a training fraction must be in (0, 1], got {fraction}")
+    left = max(1, int(round(fraction * sum(story_lengths))))
+    used = []
+    for length in story_lengths:
+        used.append(min(length, left))
+        left -= used[-1]
+    return used
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+def _standardised_columns(x):
+    """Columns centred and divided by their population std (constant columns: all 0), float64."""
+    centred = x.astype(np.float64)  # one cast, then in place: no float32 -> float64 buffering
+    centred -= centred.mean(axis=0)
+    std = np.sqrt(np.square(centred).mean(axis=0))
+    varies = std > 0
+    if varies.all():
+        centred /= std
+    else:
+        np.divide(centred, std, out=centred, where=varies)
+        centred[:, ~varies] = 0.0
+    return centred
+
+
+def block_permutation_pvalues(prediction, target, n_permutations=1000, block_len=10, seed=0,
+                              voxel_batch=4096):
+    """One-sided p-values of the correlation of each column of ``prediction`` with ``target``,
+    against the null of no relation, by permuting blocks of rows of ``target``.
+
+    The rows are cut into consecutive blocks of ``block_len`` (so the autocorrelation within a
+    block is kept); each permutation reorders the whole blocks, the ``n_rows % block_len``
+    rows after the last whole block staying in place. With the block cross-products
+    ``C[k, l] = sum_j zp[k block_len + j] zt[l block_len + j]`` of the standardised columns,
+    the permuted correlations of a batch of voxels are one product of the (permutations,
+    blocks^2) indicator matrix with C. The same permutations (from ``seed``) serve every
+    column and every call. p = (1 + #{permuted r >= r}) / (1 + n_permutations), a permuted r
+    within ``TIE_TOLERANCE`` of r counting as equal; a constant column has r = 0 and p = 1.
+
+    Parameters
+    ----------
+    prediction, target : (n_rows, n_voxels) arrays
+    n_permutations : int >= 1
+
+    Returns
+    -------
+    (n_voxels,) p-values in the inputs' float dtype.
+    """
+    prediction, target = np.asarray(prediction), np.asarray(target)
+    if prediction.shape != target.shape or prediction.ndim != 2:
+        raise ValueError(f"prediction and target must be (rows, voxels) arrays of one shape, "
+                         f"got {prediction.shape} and {target.shape}")
+    n_rows, n_voxels = prediction.shape
+    n_blocks = n_rows // block_len
+    if n_blocks < 2:
+        raise ValueError(f"{n_rows} rows make {n_blocks} blocks of {block_len}: too few to "
+                         "permute")
+    permutations = permuted_blocks(n_blocks, n_permutations, seed)
+    indicator = np.zeros((n_permutations, n_blocks * n_blocks), np.float32)
+    indicator[np.arange(n_permutations)[:, None],
+              np.arange(n_blocks) * n_blocks + permutations] = 1.0
+    whole = n_blocks * block_len
+    exceed = np.zeros(n_voxels, np.int64)
+    for first in range(0, n_voxels, voxel_batch):
+        columns = slice(first, min(first + voxel_batch, n_voxels))
+        zp = _standardised_columns(prediction[:, columns]).astype(np.float32)
+        zt = _standardised_columns(target[:, columns]).astype(np.float32)
+        in_place = (zp[whole:] * zt[whole:]).sum(axis=0)
+        blocks_p = zp[:whole].reshape(n_blocks, block_len, -1)
+        blocks_t = zt[:whole].reshape(n_blocks, block_len, -1)
+        cross = np.einsum("kjv,ljv->klv", blocks_p, blocks_t, optimize=True)
+        observed = np.einsum("kkv->v", cross) + in_place
+        null = indicator @ cross.reshape(n_blocks * n_blocks, -1)
+        null += in_place
+        # a permuted r within TIE_TOLERANCE of r is a tie (float32 rounds the identity order
+        # differently in the two products)
+        exceed[columns] = (null >= observed - TIE_TOLERANCE * n_rows).sum(axis=0)
+    p_values = (1.0 + exceed) / (1.0 + n_permutations)
+    return p_values.astype(_float_dtype(prediction, target))
+
+
+def permuted_blocks(n_blocks, n_permutations, seed=0):
+    """(n_permutations, n_blocks) int64: row ``i`` is the ``i``-th random order of the blocks
+    (from ``seed``), the one ``block_permutation_pvalues`` pairs prediction block ``k`` with
+    target block ``permutations[i, k]`` by."""
+    rng = np.random.default_rng(seed)
+    return rng.permuted(np.tile(np.arange(n_blocks), (n_permutations, 1)), axis=1)
+
+
+def bootstrap_block_counts(n_rows, block_len=10, n_bootstrap=1000, seed=0):
+    """Block bootstrap over time: how often each block is drawn in each resample.
+
+    The rows are cut into consecutive blocks of ``block_len`` (the last one shorter when
+    ``block_len`` does not divide ``n_rows``); each resample draws as many blocks as there
+    are, with replacement, from ``seed``.
+
+    Returns
+    -------
+    counts : (n_bootstrap, n_blocks) int64, and block_starts : (n_blocks + 1,) row offsets.
+    """
+    starts = np.append(np.arange(0, n_rows, block_len), n_rows)
+    n_blocks = len(starts) - 1
+    if n_blocks < 2:
+        raise ValueError(f"{n_rows} rows make {n_blocks} block of {block_len}: too few to "
+                         "resample")
+    draws = np.random.default_rng(seed).integers(0, n_blocks, (n_bootstrap, n_blocks))
+    counts = np.zeros((n_bootstrap, n_blocks), np.int64)
+    np.add.at(counts, (np.arange(n_bootstrap)[:, None], draws), 1)
+    return counts, starts
+
+
+def bootstrap_correlations(prediction, target, counts, block_starts, weights=None,
+                           voxel_batch=8192):
+    """Pearson correlation of each column of ``prediction`` with ``target`` on each block-
+    bootstrap resample (``bootstrap_block_counts``), from per-block sums: five (resamples,
+    blocks) x (blocks, voxels) products, no copy of the resampled rows.
+
+    Parameters
+    ----------
+    prediction, target : (n_rows, n_voxels) arrays
+    counts, block_starts : from ``bootstrap_block_counts(n_rows, ...)``
+    weights : None, or (n_voxels, n_summaries): then the result is ``r @ weights`` (e.g. means
+        over regions), accumulated over voxel batches without holding every resample's r
+
+    Returns
+    -------
+    (n_bootstrap, n_voxels) float64 (r, 0 where a column is constant in a resample), or
+    (n_bootstrap, n_summaries) float64 with ``weights``.
+    """
+    prediction, target = np.asarray(prediction), np.asarray(target)
+    if prediction.shape != target.shape or prediction.ndim != 2:
+        raise ValueError(f"prediction and target must be (rows, voxels) arrays of one shape, "
+                         f"got {prediction.shape} and {target.shape}")
+    if block_starts[-1] != len(prediction):
+        raise ValueError(f"the blocks cover {block_starts[-1]} rows, the arrays have "
+                         f"{len(prediction)}")
+    n_voxels = prediction.shape[1]
+    if weights is not None and np.shape(weights)[0] != n_voxels:
+        raise ValueError(f"weights have {np.shape(weights)[0]} rows for {n_voxels} voxels")
+    n_rows = len(prediction)
+    counts = np.asarray(counts, np.float64)
+    n = counts @ np.diff(block_starts).astype(np.float64)
+    shares = counts / n[:, None]  # (resamples, blocks) @ per-block sums = the resample's means
+    n_resamples = len(counts)
+    out = np.zeros((n_resamples, n_voxels if weights is None else np.shape(weights)[1]))
+    chunk = 128  # voxels per resample-stage step: its (resamples, chunk) arrays stay in cache
+    # allocated once, not per batch (fresh pages cost a fault each)
+    batch = min(voxel_batch, n_voxels)
+    batch_values = np.empty((n_rows, 5, batch))
+    batch_sums = np.empty((len(block_starts) - 1, 5, batch))
+    buffers = np.empty((6, n_resamples, chunk))
+    # The products have only n_blocks terms: BLAS threads gain little on them and, on a machine
+    # busy with other work, take several times the single-threaded time (2 cores: ~10x).
+    with threadpool_limits(1, user_api="blas"):
+        for first in range(0, n_voxels, voxel_batch):
+            width = min(voxel_batch, n_voxels - first)
+            columns = slice(first, first + width)
+            # per-row p, t, p p, t t, p t, centred on the full-data means (so that the sums of
+            # squares do not cancel), then their sums over each block
+            values = batch_values[:, :, :width]
+            p, t = values[:, 0], values[:, 1]
+            p[:] = prediction[:, columns]
+            t[:] = target[:, columns]
+            p -= p.mean(axis=0)
+            t -= t.mean(axis=0)
+            np.multiply(p, p, out=values[:, 2])
+            np.multiply(t, t, out=values[:, 3])
+            np.multiply(p, t, out=values[:, 4])
+            sums = batch_sums[:, :, :width]
+            for block, (begin, end) in enumerate(zip(block_starts[:-1], block_starts[1:])):
+                values[begin:end].sum(axis=0, out=sums[block])
+            sums = sums.transpose(1, 0, 2)
+            for sub in range(0, width, chunk):
+                step = min(chunk, width - sub)
+                means = buffers if step == chunk else np.empty((6, n_resamples, step))
+                np.matmul(shares, sums[:, :, sub:sub + step], out=means[:5])
+                mp, mt, mpp, mtt, mpt, scratch = means
+                mpt -= np.multiply(mp, mt, out=scratch)  # covariance
+                mpp -= np.multiply(mp, mp, out=scratch)  # variances
+                mtt -= np.multiply(mt, mt, out=scratch)
+                mpp *= mtt
+                degenerate = ~(mpp > 0)  # a column constant in the resample (or NaN): r = 0
+                mpp[degenerate] = 1.0
+                r = np.divide(mpt, np.sqrt(mpp, out=mpp), out=mpt)
+                r[degenerate] = 0.0
+                voxels = slice(first + sub, first + sub + step)
+                if weights is None:
+                    out[:, voxels] = r
+                else:
+                    out += r @ np.asarray(weights[voxels], np.float64)
+    return out
+
+
+def percentile_interval(samples, confidence=0.95):
+    """The central ``confidence`` interval of ``samples`` along axis 0: (low, high) arrays."""
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
+    return low, high
 
 
 # ----------------------------------------------------------------------------- summaries

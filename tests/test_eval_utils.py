@@ -297,3 +297,205 @@ def test_percent_drop_is_left_out_for_baselines_that_are_not_positive():
     assert eval_utils.percent_drop(0.2, 0.3) == pytest.approx(-50.0)
     for before, after in [(-0.1, -0.2), (0.0, 0.1), (np.nan, 0.1), (0.2, np.nan)]:
         assert eval_utils.percent_drop(before, after) is None
+
+
+# ----------------------------------------------------------------------------- ridge: R2 score
+
+def _random_chunk_splits(n_rows, chunk_len, n_held, n_splits, seed):
+    """Held-out chunks drawn directly (no eval_utils helper): n_splits (train, val) pairs."""
+    rng = np.random.default_rng(seed)
+    chunks = np.array_split(np.arange(n_rows), n_rows // chunk_len)
+    splits = []
+    for _ in range(n_splits):
+        held = np.sort(np.concatenate([chunks[i] for i in rng.choice(len(chunks), n_held,
+                                                                      replace=False)]))
+        splits.append((np.setdiff1d(np.arange(n_rows), held), held))
+    return splits
+
+
+def _brute_force_ridge_cv(X, Y, alphas, splits, score):
+    """fit_ridge_cv written out from the formulas, in float64: for every split and alpha an
+    explicit ridge solve, the held-out score voxel by voxel, the mean over splits, the first
+    argmax per voxel, a refit on all rows."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    n_features, n_voxels = X.shape[1], Y.shape[1]
+    scores = np.zeros((len(alphas), n_voxels))
+    for train, val in splits:
+        for a, alpha in enumerate(alphas):
+            w = np.linalg.solve(X[train].T @ X[train] + alpha * np.eye(n_features),
+                                X[train].T @ Y[train])
+            prediction = X[val] @ w
+            for v in range(n_voxels):
+                y_val, p_val = Y[val, v], prediction[:, v]
+                if score == "r2":
+                    # Huth-lab bootstrap_ridge(use_corr=False): variances over the held-out
+                    # rows with ddof 0, assumed variance (1 + var(y)) / 2
+                    r2 = 1 - np.var(y_val - p_val) / ((1 + np.var(y_val)) / 2)
+                    value = np.sign(r2) * np.sqrt(np.abs(r2))
+                else:
+                    value = np.corrcoef(p_val, y_val)[0, 1] if np.std(p_val) > 0 else 0.0
+                scores[a, v] += (0.0 if np.isnan(value) else value) / len(splits)
+    best = scores.argmax(axis=0)
+    weights = np.column_stack([
+        np.linalg.solve(X.T @ X + alphas[best[v]] * np.eye(n_features), X.T @ Y[:, v])
+        for v in range(n_voxels)])
+    return weights, np.asarray(alphas)[best], scores
+
+
+def _r2_problem(dtype=np.float64, seed=11):
+    """120 rows, 15 features, 30 voxels from well predicted to pure noise; responses roughly
+    z-scored (the R2 score's assumed variance presumes unit-variance responses)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((120, 15))
+    weights = rng.standard_normal((15, 30)) * np.linspace(0.5, 0.0, 30) / np.sqrt(15)
+    Y = X @ weights + rng.standard_normal((120, 30)) * np.linspace(0.3, 1.0, 30)
+    Y = (Y - Y.mean(0)) / Y.std(0)
+    X = (X - X.mean(0)) / X.std(0)
+    return X.astype(dtype), Y.astype(dtype)
+
+
+R2_ALPHAS = np.logspace(0, 4, 9)
+R2_SPLITS = _random_chunk_splits(120, 10, 3, 3, seed=4)
+
+
+def test_r2_alpha_choice_matches_a_brute_force_loop_float64():
+    X, Y = _r2_problem()
+    weights, best, scores = eval_utils.fit_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, score="r2")
+    ref_weights, ref_best, ref_scores = _brute_force_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, "r2")
+    assert weights.dtype == best.dtype == scores.dtype == np.float64
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(best, ref_best)
+    np.testing.assert_allclose(weights, ref_weights, rtol=1e-8, atol=1e-10)
+    # the problem is meaningful: negative R2 (sign kept) occurs, and the two scores choose
+    # differently for some voxels
+    assert (ref_scores < 0).any() and (ref_scores > 0).any()
+    _, corr_best, _ = _brute_force_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, "corr")
+    assert (corr_best != ref_best).sum() >= 3
+    assert len(np.unique(ref_best)) > 2
+
+
+def test_r2_alpha_choice_matches_a_brute_force_loop_float32():
+    X, Y = _r2_problem(dtype=np.float32)
+    weights, best, scores = eval_utils.fit_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, score="r2")
+    assert weights.dtype == best.dtype == scores.dtype == np.float32
+    _, ref_best, ref_scores = _brute_force_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, "r2")
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=2e-5)
+    # the same alpha wherever float32 rounding cannot swap the order of the best two
+    ordered = np.sort(ref_scores, axis=0)
+    clear = ordered[-1] - ordered[-2] > 1e-4
+    assert clear.sum() >= 25
+    np.testing.assert_allclose(best[clear], ref_best[clear], rtol=1e-6)
+    # elsewhere, an alpha whose brute-force score is within rounding of the best
+    chosen = np.searchsorted(R2_ALPHAS.astype(np.float32), best)
+    assert (ref_scores[chosen, np.arange(30)] >= ref_scores.max(0) - 1e-4).all()
+    # weights: the float64 ridge refit with each voxel's chosen alpha
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    refit = np.column_stack([np.linalg.solve(X64.T @ X64 + float(best[v]) * np.eye(15),
+                                             X64.T @ Y64[:, v]) for v in range(30)])
+    np.testing.assert_allclose(weights, refit, rtol=1e-4, atol=1e-5)
+
+
+def test_r2_score_batches_and_torch_backend_agree():
+    X, Y = _r2_problem()
+    whole = eval_utils.fit_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, score="r2")
+    batched = eval_utils.fit_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, score="r2",
+                                      memory_budget=30_000)
+    on_torch = eval_utils.fit_ridge_cv(torch.from_numpy(X), torch.from_numpy(Y), R2_ALPHAS,
+                                       R2_SPLITS, score="r2", backend="torch")
+    for a, b, c in zip(whole, batched, on_torch):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a, c.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_corr_alpha_choice_still_matches_a_brute_force_pearson_loop():
+    X, Y = _r2_problem(seed=12)
+    ref_weights, ref_best, ref_scores = _brute_force_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, "corr")
+    for kwargs in ({}, {"score": "corr"}):  # the function's default is the correlation
+        weights, best, scores = eval_utils.fit_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, **kwargs)
+        np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-10)
+        np.testing.assert_array_equal(best, ref_best)
+        np.testing.assert_allclose(weights, ref_weights, rtol=1e-8, atol=1e-10)
+
+
+def test_ridge_rejects_an_unknown_score():
+    X, Y = _r2_problem()
+    for bad in ("R2", "pearson", "", None):
+        with pytest.raises(ValueError, match="score"):
+            eval_utils.fit_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, score=bad)
+
+
+def test_r2_score_of_a_constant_voxel_follows_the_formula():
+    """Y = 0 gives zero weights, residual 0 and R2 = 1 - 0 / ((1 + 0) / 2) = 1 at every alpha
+    (what the Huth-lab formula says; such voxels are dropped by the ceiling selection)."""
+    X, Y = _r2_problem()
+    Y[:, 4] = 0.0
+    weights, _, scores = eval_utils.fit_ridge_cv(X, Y, R2_ALPHAS, R2_SPLITS, score="r2")
+    np.testing.assert_array_equal(weights[:, 4], 0)
+    np.testing.assert_allclose(scores[:, 4], 1.0)
+
+
+def _stacked(story_values, stories, rows=slice(10, 85)):
+    """Trimmed rows of each story z-scored on their own (population std), stacked, float64."""
+    out = []
+    for s in stories:
+        x = np.asarray(story_values[s], np.float64)[rows]
+        out.append((x - x.mean(0)) / x.std(0))
+    return np.vstack(out)
+
+
+def test_prediction_score_and_regress_out_choose_alphas_by_the_given_score():
+    rng = np.random.default_rng(8)
+    stories = ["a", "b", "c", "d"]
+    features = {s: rng.standard_normal((90, 6)) for s in stories}
+    mixing = rng.standard_normal((6, 12)) * np.linspace(0.6, 0.02, 12)
+    targets = {s: features[s] @ mixing + rng.standard_normal((90, 12)) for s in stories}
+    splits = _random_chunk_splits(225, 15, 4, 3, seed=2)
+    alphas = np.logspace(0, 4, 9)
+    x, y = _stacked(features, stories[:3]), _stacked(targets, stories[:3])
+    x_test = _stacked(features, ["d"])
+    y_test = np.asarray(targets["d"], np.float64)[10:85]
+    chosen = {}
+    for score in ("r2", "corr"):
+        weights, chosen[score], _ = _brute_force_ridge_cv(x, y, alphas, splits, score)
+        prediction = x_test @ weights
+        expected = [np.corrcoef(prediction[:, v], y_test[:, v])[0, 1] for v in range(12)]
+        got = eval_utils.prediction_score(features, targets, stories[:3], "d", alphas, splits,
+                                          score=score)
+        np.testing.assert_allclose(got, expected, atol=1e-8)
+        residuals = eval_utils.regress_out(targets, features, stories[:3], alphas, splits,
+                                           score=score)
+        x_all = (features["d"] - features["d"][10:85].mean(0)) / features["d"][10:85].std(0)
+        y_all = (targets["d"] - targets["d"][10:85].mean(0)) / targets["d"][10:85].std(0)
+        np.testing.assert_allclose(residuals["d"], y_all - x_all @ weights, atol=1e-8)
+    assert (chosen["r2"] != chosen["corr"]).any()  # the score reaches the alpha choice
+
+
+# ----------------------------------------------------------------------------- training subsets
+
+def _leading_rows_reference(story_lengths, fraction):
+    """Stack the stories' rows, keep the first round(fraction * total) (at least 1), count per
+    story."""
+    story_of_row = np.repeat(np.arange(len(story_lengths)), story_lengths)
+    kept = story_of_row[:max(1, int(round(fraction * sum(story_lengths))))]
+    return np.bincount(kept, minlength=len(story_lengths)).tolist()
+
+
+def test_leading_rows_takes_whole_stories_then_leading_rows():
+    lengths = [30, 50, 20, 41]
+    assert eval_utils.leading_rows(lengths, 0.5) == [30, 40, 0, 0]
+    assert eval_utils.leading_rows(lengths, 1.0) == lengths
+    assert eval_utils.leading_rows(lengths, 80 / 141) == [30, 50, 0, 0]
+    assert eval_utils.leading_rows(lengths, 1e-6) == [1, 0, 0, 0]  # at least one row
+    for fraction in (0.01, 0.1, 0.25, 0.333, 0.5, 0.6, 0.75, 0.9, 0.99, 1.0):
+        used = eval_utils.leading_rows(lengths, fraction)
+        assert used == _leading_rows_reference(lengths, fraction)
+        assert sum(used) == round(fraction * sum(lengths))
+        # whole stories first: every story before the last used one is complete
+        last = max(i for i, u in enumerate(used) if u)
+        assert used[:last] == lengths[:last] and all(u == 0 for u in used[last + 1:])
+
+
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.0001, 2, np.nan])
+def test_leading_rows_rejects_fractions_outside_zero_one(fraction):
+    with pytest.raises(ValueError):
+        eval_utils.leading_rows([30, 50], fraction)
