@@ -1052,7 +1052,9 @@ def check_dataset(data_dir, subjects=None, tr_source="respdict", tr_path=None):
 
     Each problem and note is a one-line string naming the file and what is wrong. The
     per-story checks are those of ``check_run_inputs``; audio lengths are checked against
-    the TR timing ``tr_source``.
+    the TR timing ``tr_source``. The summary ends with one line per TR timing source the
+    dataset offers (``tr_sources``) and, when TR files are there but the simulated grid is
+    used, a note on how to switch.
     """
     lines, problems, notes = [], [], []
     root = Path(data_dir)
@@ -1112,7 +1114,117 @@ def check_dataset(data_dir, subjects=None, tr_source="respdict", tr_path=None):
                      f"({min(rows, default=0)}-{max(rows, default=0)} per story), "
                      f"{n_voxels} voxels, {repeats} repeats of {TEST_STORY}")
         problems += subject_problems
-    return lines, problems, notes
+    source_lines, source_notes = _tr_source_report(
+        tr_sources(root, sorted(checked_stories) if checked_stories else None, tr_path, tr_source),
+        tr_source)
+    return lines + source_lines, problems, notes + source_notes
+
+
+def _file_source_kind(path):
+    """The TR file source a ``tr_path`` is for: a folder or a ``.report`` file is "report",
+    another file "trfiles" (a pickle)."""
+    path = Path(path)
+    return "report" if path.is_dir() or path.suffix == ".report" else "trfiles"
+
+
+def tr_sources(data_dir, stories=None, tr_path=None, tr_source=None):
+    """The TR timing sources a ds003020 copy offers and how many stories each covers.
+
+    "respdict" (the simulated grid from ``respdict.json``, the toolkit's default) is always
+    listed; "report" when a folder of ``.report`` files (or one ``.report`` file) is where
+    ``load_trfile`` looks (``tr_path``, else ``_default_tr_path``); "trfiles" likewise for
+    a ``trfiles_huge.jbl`` pickle. ``tr_path`` belongs to ``tr_source`` when that is "report"
+    or "trfiles", else its kind is told by the path (a folder or ``.report`` file: report;
+    another file: trfiles); the other file source is looked up where ``_default_tr_path``
+    looks. Cheap: one folder listing, and the pickle loaded once (``load_research_pickle``,
+    cached, so a check that also reads it per story unpickles it once).
+
+    Returns source -> {"path": str or None, "stories": int or None, "of": int or None,
+    "error": str or None}: ``stories`` of the ``of`` stories (``stories``, default those of
+    respdict.json) have timing from this source (for respdict: a usable entry; one report
+    file serves every story). Without stories to count (respdict.json unreadable and
+    ``stories`` None), ``stories`` is how many the source holds and ``of`` None. ``error``
+    (one line naming the file; ``stories`` None) when the source is there but unusable.
+    """
+    root = Path(data_dir)
+    found, respdict, respdict_path, respdict_error = {}, None, None, None
+    try:
+        respdict_path = derivative_dir(root) / "respdict.json"
+        respdict = load_respdict(root)
+    except DatasetError as err:
+        respdict_error = str(err)
+    names = list(dict.fromkeys((respdict or ()) if stories is None else stories))
+    counted = stories is not None or respdict is not None
+    of = len(names) if counted else None
+
+    def entry(path, present=None, error=None):
+        return {"path": None if path is None else str(path),
+                "stories": None if error else (sum(s in present for s in names) if counted
+                                               else len(present)),
+                "of": of, "error": error}
+
+    found["respdict"] = entry(respdict_path, error=respdict_error, present=[
+        s for s in names if respdict_problem(root, respdict, s) is None] if respdict else [])
+    explicit = None
+    if tr_path is not None:
+        kind = tr_source if tr_source in ("report", "trfiles") else _file_source_kind(tr_path)
+        explicit = kind, Path(tr_path)
+    for source in TR_SOURCES[1:]:
+        if explicit is not None and explicit[0] == source:
+            path = explicit[1]
+        else:
+            try:
+                path = _default_tr_path(root, source)
+            except DatasetError:
+                continue
+        if not path.exists():
+            found[source] = entry(path, error=f"{path}: no such file or folder")
+        elif source == "report" and path.is_dir():
+            found[source] = entry(path, {p.name[:-len(".report")] for p in path.iterdir()
+                                         if p.name.endswith(".report") and p.is_file()})
+        elif source == "report":  # one report file: load_trfile uses it for every story
+            found[source] = entry(path, names if counted else [path.stem])
+        else:
+            try:
+                trfiles = load_research_pickle(path)
+            except DatasetError as err:
+                found[source] = entry(path, error=str(err))
+                continue
+            if isinstance(trfiles, dict):
+                found[source] = entry(path, trfiles)
+            else:
+                found[source] = entry(path, error=f"{path}: holds a {type(trfiles).__name__}, "
+                                                  "not a dict of story -> TRFile")
+    return found
+
+
+def _tr_source_report(sources, tr_source):
+    """Check's lines (one per TR timing source) and notes about ``tr_sources``' result."""
+    lines, usable = [], {}
+    for source, found in sources.items():
+        where = f" ({found['path']})" if found["path"] else ""
+        if found["error"]:
+            prefix = f"{found['path']}: "
+            detail = f"not usable: {found['error'].removeprefix(prefix)}"
+        else:
+            detail = f"{found['stories']} of {found['of']} stories" if found["of"] is not None \
+                else f"{found['stories']} stories"
+            if source != "respdict" and found["stories"]:
+                usable[source] = found["path"]
+        if source == "respdict":
+            detail = (f"simulated {TR_SECONDS:g} s grid of respdict - {RESPDICT_PAD_TRS} TRs, "
+                      f"{detail}; the toolkit's default")
+        lines.append(f"TR timing {source}{where}: {detail}"
+                     f"{' (used by this check)' if source == tr_source else ''}")
+    notes = []
+    if usable and tr_source == "respdict":
+        switch = " or ".join(f"--tr_source {source} --tr_path {usable[source]}"
+                             for source in sorted(usable, key=("trfiles", "report").index))
+        notes.append("the authors (Antonello et al.) used the measured TR files; the toolkit's "
+                     "default, used here, is the simulated respdict grid, and the two drift "
+                     f"~1.3 s apart over a story. To use the TR files pass {switch} to check, "
+                     "the trainer and the evaluator alike")
+    return lines, notes
 
 
 def parse_args(argv=None):
@@ -1125,8 +1237,10 @@ def parse_args(argv=None):
                     "every inconsistency found (missing or bad WAV/TextGrid/respdict entry, "
                     "audio shorter or longer than the story, TextGrid tiers that look swapped, "
                     "wrong row count, unreadable HDF5, voxel counts that differ between "
-                    "stories). Notes (not problems) name test-story voxels with constant "
-                    "responses. Exit status 0 when the dataset is usable, 1 otherwise.")
+                    "stories), and the TR timing sources found (simulated respdict grid, "
+                    ".report files, trfiles_huge.jbl) with the stories each covers. Notes (not "
+                    "problems) name test-story voxels with constant responses and how to use "
+                    "the TR files. Exit status 0 when the dataset is usable, 1 otherwise.")
     check.add_argument("--data_dir", required=True,
                        help="ds003020 root: the folder holding stimuli/ and derivative/")
     check.add_argument("--subjects", nargs="+", default=None,

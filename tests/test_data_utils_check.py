@@ -723,3 +723,139 @@ def test_constant_and_nan_test_story_voxels_are_noted(dataset_copy, capsys):
     np.testing.assert_array_equal(
         np.flatnonzero(data_utils.constant_voxels(data_utils.load_fmri(dataset_copy, 1,
                                                                        TEST_STORY))), [3, 5])
+
+
+# ----------------------------------------------------------------------------- TR timing sources
+
+def tr_lines(output):
+    """Source -> the ``TR timing <source> ...`` line of the output."""
+    return {line.split()[2]: line for line in output.splitlines()
+            if line.startswith("TR timing ")}
+
+
+def write_reports(folder, data_dir, stories):
+    """``<story>.report`` files of 2.0045 s triggers, the sound starting at 10 s."""
+    folder.mkdir(exist_ok=True)
+    for story in stories:
+        n_trs = respdict_entry(data_dir, story) - data_utils.RESPDICT_PAD_TRS
+        lines = [f"{2.0045 * k:.4f} trigger" for k in range(n_trs)] + ["10.0 sound-start"]
+        (folder / f"{story}.report").write_text("\n".join(lines) + "\n")
+
+
+def write_trfiles(path, data_dir, stories):
+    """A ``trfiles_huge.jbl``-like joblib pickle: story -> [TRFile]."""
+    import joblib
+    joblib.dump({story: [data_utils.TRFile(
+        [2.0045 * k for k in range(respdict_entry(data_dir, story) - 5)], 10.0)]
+        for story in stories}, path, compress=3)
+
+
+def story_names(data_dir):
+    return sorted(json.loads(respdict_file(data_dir).read_text()))
+
+
+def test_tr_sources_without_tr_files(synthetic_dir, capsys):
+    """No TR files: only the simulated respdict grid, covering every story; no note about it."""
+    n = len(story_names(synthetic_dir))
+    assert data_utils.tr_sources(synthetic_dir) == {"respdict": {
+        "path": str(respdict_file(synthetic_dir)), "stories": n, "of": n, "error": None}}
+    code, output = run_check(capsys, synthetic_dir)
+    assert code == 0, output
+    assert tr_lines(output) == {"respdict": (
+        f"TR timing respdict ({respdict_file(synthetic_dir)}): simulated 2 s grid of respdict - "
+        f"5 TRs, {n} of {n} stories; the toolkit's default (used by this check)")}
+    assert not [line for line in notes(output) if "TR files" in line]
+
+
+def test_tr_sources_report_files_for_some_stories(dataset_copy, capsys):
+    """.report files for 2 stories in derivative/TRfiles: "report" with 2 of the stories, and a
+    note that the authors used TR files, the default differs and how to switch."""
+    stories = story_names(dataset_copy)
+    folder = dataset_copy / "derivative" / "TRfiles"
+    write_reports(folder, dataset_copy, stories[:2])
+    (folder / "README.txt").write_text("not a report")
+    found = data_utils.tr_sources(dataset_copy)
+    assert sorted(found) == ["report", "respdict"]
+    assert found["report"] == {"path": str(folder), "stories": 2, "of": len(stories),
+                               "error": None}
+    # Counted against the stories asked for; unknown ones have no report.
+    assert data_utils.tr_sources(dataset_copy, [stories[0], stories[-1], "nosuchstory"])[
+        "report"]["stories"] == 1
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 0, output
+    lines = tr_lines(output)
+    assert sorted(lines) == ["report", "respdict"]
+    assert lines["report"] == f"TR timing report ({folder}): 2 of {len(stories)} stories"
+    found_notes = [line for line in notes(output) if "TR files" in line]
+    assert len(found_notes) == 1
+    assert "authors" in found_notes[0] and "1.3 s" in found_notes[0]
+    assert f"--tr_source report --tr_path {folder}" in found_notes[0]
+
+
+def test_tr_sources_trfiles_pickle(dataset_copy, capsys, monkeypatch):
+    """derivative/trfiles_huge.jbl for all stories but one: "trfiles" with its count; checking
+    against it unpickles it once, and the story it lacks is a problem."""
+    stories = story_names(dataset_copy)
+    path = dataset_copy / "derivative" / "trfiles_huge.jbl"
+    write_trfiles(path, dataset_copy, stories[1:])
+    data_utils._load_research_pickle_cached.cache_clear()
+    loads = []
+    original = data_utils._ResearchUnpickler.load
+    monkeypatch.setattr(data_utils._ResearchUnpickler, "load",
+                        lambda self: loads.append(1) or original(self))
+    found = data_utils.tr_sources(dataset_copy)
+    assert sorted(found) == ["respdict", "trfiles"]
+    assert found["trfiles"] == {"path": str(path), "stories": len(stories) - 1,
+                                "of": len(stories), "error": None}
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 0, output
+    line = f"TR timing trfiles ({path}): {len(stories) - 1} of {len(stories)} stories"
+    assert tr_lines(output)["trfiles"] == line
+    assert any(f"--tr_source trfiles --tr_path {path}" in note for note in notes(output))
+
+    data_utils._load_research_pickle_cached.cache_clear()
+    loads.clear()
+    code, output = run_check(capsys, dataset_copy, "--tr_source", "trfiles")
+    assert code == 1
+    assert loads == [1]
+    assert tr_lines(output)["trfiles"] == line + " (used by this check)"
+    assert tr_lines(output)["respdict"].endswith("the toolkit's default")
+    assert [p for p in problems(output) if "no TR file" in p] == [
+        f"problem: {path}: no TR file for story {stories[0]!r}"]
+    assert not [note for note in notes(output) if "TR files" in note]  # already switched
+    data_utils._load_research_pickle_cached.cache_clear()
+
+
+def test_tr_sources_tr_path_and_checked_stories(dataset_copy, tmp_path, capsys):
+    """--tr_path names the file source wherever it lies; counts are of the checked subjects'
+    stories; an unreadable pickle is listed as not usable, not a problem of a respdict check."""
+    stories = story_names(dataset_copy)
+    uts02 = data_utils.list_stories(dataset_copy, 2)
+    assert len(uts02) == len(stories) - 1
+    pickle_path = tmp_path / "elsewhere.jbl"
+    write_trfiles(pickle_path, dataset_copy, stories)
+    reports = tmp_path / "reports"
+    write_reports(reports, dataset_copy, stories)
+    found = data_utils.tr_sources(dataset_copy, uts02, pickle_path)
+    assert sorted(found) == ["respdict", "trfiles"]
+    assert found["trfiles"]["stories"] == found["trfiles"]["of"] == len(uts02)
+    assert data_utils.tr_sources(dataset_copy, tr_path=reports)["report"]["path"] == str(reports)
+    assert data_utils.tr_sources(dataset_copy, tr_path=reports / f"{stories[0]}.report")[
+        "report"]["stories"] == len(stories)  # one report file serves every story
+    code, output = run_check(capsys, dataset_copy, "--subjects", "2", "--tr_path",
+                             str(pickle_path))
+    assert code == 0, output
+    assert tr_lines(output)["trfiles"] == (
+        f"TR timing trfiles ({pickle_path}): {len(uts02)} of {len(uts02)} stories")
+    assert f"{len(uts02)} of {len(uts02)} stories" in tr_lines(output)["respdict"]
+
+    pickle_path.write_bytes(b"not a pickle at all")
+    data_utils._load_research_pickle_cached.cache_clear()
+    found = data_utils.tr_sources(dataset_copy, tr_path=pickle_path)["trfiles"]
+    assert found["stories"] is None and str(pickle_path) in found["error"]
+    code, output = run_check(capsys, dataset_copy, "--tr_path", str(pickle_path))
+    assert code == 0, output
+    assert tr_lines(output)["trfiles"].startswith(
+        f"TR timing trfiles ({pickle_path}): not usable: not a readable research pickle")
+    assert not [note for note in notes(output) if "TR files" in note]
+    assert_no_traceback(output)
