@@ -8,7 +8,20 @@ context + 0.1 s chunks, last frame's hidden state), Lanczos-downsampled to the T
 trimmed, z-scored and delayed by 1-4 TRs per story; a ridge encoding model per voxel with
 alphas chosen on chunks held out inside the training stories; predictions of the test story
 (``wheretheressmoke``, its first 40 response rows dropped as in the paper) scored by raw
-Pearson r and cc_norm = r / noise ceiling.
+Pearson r and cc_norm = r / cc_max.
+
+The scoring protocol is the authors' by default (SPEC section 4), each choice a flag recorded
+in results.json (``protocol``) and run_config.json: the prediction is correlated with the mean
+of the test story's repeats over the scored rows (``--test_target``), cc_max comes from those
+rows of the repeats (``--normalise_by``), and each voxel's alpha maximises the held-out
+sign(R2) sqrt(|R2|) of the Huth-lab ``bootstrap_ridge(use_corr=False)`` (``--alpha_score``).
+The TR timing defaults to the simulated grid (``--tr_source``; the authors used TR files).
+
+Uncertainty: per-voxel p-values of the test correlation by a block permutation of the test
+story (``--n_permutations``, ``--block_len``) with Benjamini-Hochberg FDR (``--fdr_q``); a
+block-bootstrap interval (``--n_bootstrap``) of every mean cc_norm and of every tuned-minus-
+pretrained difference, from the same resamples for every model. Data efficiency, with
+``--train_fraction``: the encoding model fitted again on fractions of the training rows.
 
 Reliance on low-level features (SPEC section 5), with ``--low_level powspec phonemes ...``:
 each named set of ``low_level_features`` (``a+b`` for several together) is regressed out of
@@ -23,19 +36,26 @@ Every input is checked before anything expensive (``data_utils.check_run_inputs`
 entries, response rows and voxel counts, WAVs covering their stories, TextGrids; the noise
 ceiling's voxel count), and a run that would average over no voxel is refused.
 
-Summaries average over the voxels whose noise ceiling exceeds ``--nc_thr`` and whose
-test-story responses vary over the scored rows (a constant voxel, or an all-NaN one, which
-reads as 0, is left out of every summary and counted in results.json's ``excluded_voxels``).
-A region of ``--roi_file`` with no such voxel has no summary: null in results.json, blank in
-results.csv, and a warning.
+Summaries come in two aggregations (``aggregation`` in results.csv): "voxel_mean", the mean
+over the voxels whose noise ceiling exceeds ``--nc_thr`` and whose test target varies over the
+scored rows (a constant voxel, or an all-NaN one, which reads as 0, is left out and counted
+in results.json's ``excluded_voxels``), and "parcel_mean", the follow-up paper's: cc_norm
+counted as 0 where the test-row ceiling is at most ``FOLLOWUP_CEILING``, averaged over all of
+a region's voxels, and for a group of regions the mean of its regions' means. ``--roi_file``
+maps region names to voxel indices and group names to region names. A summary without
+voxels is null in results.json, blank in results.csv, with a warning.
 
-Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model, layer,
-low-level analysis ("none", or the set removed) and region: mean r and cc_norm over the
-summary voxels, ``n_voxels`` averaged, and ``drop_percent`` = 100 (before - after) / before,
-empty where before <= 0), ``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r,
-cc_norm, alpha), ``summary_voxels.npy`` (indices of the summary voxels), ``alignment.png``
-(mean cc_norm per layer, one line per model), ``reliance.png`` (drop per layer; colour per
-model, line style per feature set removed), ``semantic_preference.csv``/``.png``
+Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model,
+layer, low-level analysis ("none", or the set removed), region, aggregation and training
+fraction: mean r and cc_norm, ``n_voxels`` averaged, the bootstrap interval of the mean
+cc_norm, the fraction of significant voxels, and ``drop_percent`` = 100 (before - after) /
+before, empty where before <= 0), ``comparisons.csv`` (tuned minus pretrained, with
+intervals), ``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r, cc_norm, alpha,
+p_value, q_value), ``predictions_<model>_layer<k>.npz`` (the float32 test prediction and the
+test-story rows it belongs to), ``summary_voxels.npy`` (indices of the voxel-mean voxels),
+``alignment.png`` (mean cc_norm per layer, one line per model, with intervals),
+``comparison.png``, ``reliance.png`` (drop per layer; colour per model, line style per
+feature set removed), ``data_efficiency.png``, ``semantic_preference.csv``/``.png``
 (semantic_r, phonetic_r, preference per model and layer; also in results.json) and
 ``run_config.json`` (the arguments and the run). The folder is written whole at the end
 (``run_utils.output_folder``): a failed run leaves the previous results as they were.
@@ -58,6 +78,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import scipy.stats
 
 import data_utils
 import eval_utils
@@ -80,7 +101,13 @@ SETTINGS_FILE = "settings.json"  # in the partial folder: what its finished resu
 RESUME_MAY_CHANGE = {"resume", "overwrite", "device", "precision", "log_level", "save_dir",
                      "exp_name", "cache_dir", "batch_size", "naive", "model_name", "model_path",
                      "logs_dir", "epochs", "skip_pretrained", "layers", "low_level",
-                     "semantic_preference", "nc_thr", "roi_file"}
+                     "semantic_preference", "train_fraction", "fdr_q"}
+FOLLOWUP_CEILING = 0.05  # the follow-up paper's summaries count voxels of a lower test-row
+#                          ceiling as 0
+CONFIDENCE = 0.95  # of the bootstrap intervals
+AGGREGATIONS = ("voxel_mean", "parcel_mean")  # ours, and the follow-up paper's
+TEST_TARGETS = ("repeats_mean", "data")  # --test_target; the first is the authors'
+NORMALISERS = ("test_repeats", "nc_file")  # --normalise_by; the first is the authors'
 
 
 def parse_args(argv=None):
@@ -134,6 +161,44 @@ def parse_args(argv=None):
                              "model's features; default: logspace(0, 4, 17) in singular-value "
                              "units, squared (reaching lower than --alphas, so that the removal "
                              "is not limited by shrinkage)")
+    protocol = parser.add_argument_group(
+        "scoring protocol (the defaults are the authors'; see SPEC section 4 and the README)")
+    protocol.add_argument("--test_target", choices=TEST_TARGETS, default="repeats_mean",
+                          help="what the test prediction is correlated with: the mean of the "
+                               "test story's individual_repeats over the scored rows (the "
+                               "authors'), or its 'data' rows")
+    protocol.add_argument("--normalise_by", choices=NORMALISERS, default="test_repeats",
+                          help="cc_norm = r / cc_max, cc_max from the scored rows of the test "
+                               "story's repeats (the authors'), or the noise-ceiling file "
+                               "(--nc_path, computed on all its rows; the follow-up paper's "
+                               "normaliser)")
+    protocol.add_argument("--alpha_score", choices=eval_utils.RIDGE_SCORES, default="r2",
+                          help="how each voxel's ridge alpha is chosen on the held-out chunks "
+                               "(and the alphas of --low_level and --semantic_preference): r2 "
+                               "= sign(R2) sqrt(|R2|) with the Huth-lab assumed variance "
+                               "(bootstrap_ridge use_corr=False, the authors'), or corr "
+                               "(Pearson r)")
+    uncertainty = parser.add_argument_group("uncertainty and data efficiency")
+    uncertainty.add_argument("--n_permutations", type=int, default=1000,
+                             help="per-voxel p-values of the test correlation by a block "
+                                  "permutation of the test story (0: none); Benjamini-"
+                                  "Hochberg FDR over the subject's voxels")
+    uncertainty.add_argument("--fdr_q", type=float, default=0.05,
+                             help="FDR level: a voxel is significant when its BH-adjusted "
+                                  "p-value is below it (significant_fraction in results.csv)")
+    uncertainty.add_argument("--n_bootstrap", type=int, default=1000,
+                             help="block-bootstrap resamples of the test story's time for the "
+                                  f"{100 * CONFIDENCE:.0f}%% intervals of each mean cc_norm and of each "
+                                  "tuned-minus-pretrained difference (the same resamples for "
+                                  "every model; 0: none)")
+    uncertainty.add_argument("--block_len", type=int, default=10,
+                             help="TRs per block of the permutations and of the bootstrap "
+                                  "(keeps the autocorrelation of fMRI within a block)")
+    uncertainty.add_argument("--train_fraction", nargs="+", type=float, default=[1.0],
+                             help="data efficiency: also fit each layer's encoding model on "
+                                  "these fractions of the training rows (whole stories first, "
+                                  "then leading rows; the same for every model) and report "
+                                  "cc_norm per fraction; 1.0 is always included")
     parser.add_argument("--n_boots", type=int, default=3, help="cross-validation splits")
     parser.add_argument("--chunk_len", type=int, default=20, help="rows per held-out chunk")
     parser.add_argument("--context_s", type=float, default=16.0, help="window context, seconds")
@@ -154,7 +219,14 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     run_utils.check_model_arguments(parser, args)
     run_utils.check_at_least(parser, args, 1, "n_boots", "chunk_len", "batch_size",
-                             "ngram_vocab_size")
+                             "ngram_vocab_size", "block_len")
+    run_utils.check_at_least(parser, args, 0, "n_permutations", "n_bootstrap")
+    if not 0 < args.fdr_q < 1:
+        parser.error(f"--fdr_q must be in (0, 1), got {args.fdr_q}")
+    if not all(0 < fraction <= 1 for fraction in args.train_fraction):
+        parser.error(f"--train_fraction values must be in (0, 1], got "
+                     f"{' '.join(map(str, args.train_fraction))}")
+    args.train_fraction = sorted({*args.train_fraction, 1.0})
     for flag in ("context_s", "chunk_s"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag} must be positive")
@@ -199,19 +271,24 @@ def run(args):
                                              args.low_level_alphas, device)
                        for label, checkpoint in models}
         facts = {"subject": subject, "train_stories": stories, "test_story": args.test_story,
-                 "models": dict(models), **voxel_facts}
+                 "models": dict(models), **voxel_facts, "protocol": protocol(args)}
         with run_utils.output_folder(out_dir, args.overwrite) as staging:
             run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
-            rows, preference_rows = write_results(staging, all_results, facts,
-                                                  task.cells["all"])
+            rows, comparisons, preference_rows = write_results(staging, all_results, facts, task)
         finished.remove()
-        overall = [row for row in rows if row["region"] == "all"]
+        overall = [row for row in rows if row["region"] == "all" and row["train_fraction"] == 1
+                   and row["aggregation"] == "voxel_mean"]
         print(run_utils.comparison_table([r for r in overall if r["low_level"] == "none"],
                                          "cc_norm"))
         for spec in args.low_level:
             print(f"without {spec}:")
             print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
                                               "drop_percent"))
+        gains = [{**row, "model": f"{row['model']} - {row['baseline']}"} for row in comparisons
+                 if row["region"] == "all" and row["aggregation"] == "voxel_mean"
+                 and row["low_level"] == "none"]
+        if gains:
+            print(run_utils.comparison_table(gains, "difference"))
         if preference_rows:
             print(run_utils.comparison_table(preference_rows, "preference"))
         logger.info("results in %s", out_dir)
@@ -222,10 +299,47 @@ def main(argv=None):
     return run_utils.main(parse_args, run, argv)
 
 
+def protocol(args):
+    """The scoring choices of a run, for results.json (and the report)."""
+    return {"test_target": args.test_target, "normalise_by": args.normalise_by,
+            "alpha_score": args.alpha_score, "tr_source": args.tr_source,
+            "tr_path": args.tr_path, "followup_ceiling": FOLLOWUP_CEILING,
+            "n_permutations": args.n_permutations, "n_bootstrap": args.n_bootstrap,
+            "block_len": args.block_len, "fdr_q": args.fdr_q, "confidence": CONFIDENCE,
+            "train_fractions": args.train_fraction}
+
+
 class Responses(NamedTuple):
     """The fMRI rows encoding models are fitted and scored on."""
-    train: np.ndarray  # the training stories' rows, stacked in story order
-    test: np.ndarray  # the test story's rows without the first TEST_RESPONSE_TRIM
+    train: np.ndarray  # (rows, voxels) the training stories' rows, stacked in story order
+    test: np.ndarray  # (rows, voxels) the test target (--test_target) over the scored rows
+    test_ceiling: np.ndarray  # (voxels,) cc_max of the test story's repeats over those rows
+    normaliser: np.ndarray  # (voxels,) what cc_norm divides r by (--normalise_by)
+
+
+class TrainingSubset(NamedTuple):
+    """The training rows of a --train_fraction."""
+    rows: np.ndarray  # indices into the stacked training rows
+    splits: list  # (train rows, held-out rows) pairs over ``rows``
+
+
+class Summaries(NamedTuple):
+    """Every summary of per-voxel values is a weighted sum over the voxels: ``values @
+    weights`` for means (of cc_norm or r), ``indicator @ members`` for fractions of voxels."""
+    keys: list  # (region, aggregation) per column
+    weights: np.ndarray  # (voxels, summaries) float64
+    members: np.ndarray  # (voxels, summaries) float64
+    n_voxels: list  # voxels each summary averages over; 0: no summary (None)
+
+
+class Uncertainty(NamedTuple):
+    """How p-values and intervals are computed (the same resamples for every model)."""
+    n_permutations: int
+    block_len: int
+    seed: int
+    bootstrap_counts: np.ndarray  # (resamples, blocks), or None for no intervals
+    block_starts: np.ndarray
+    fdr_q: float
 
 
 class EncodingTask(NamedTuple):
@@ -233,11 +347,14 @@ class EncodingTask(NamedTuple):
     stories: list  # training stories, in order
     test_story: str
     responses: Responses
-    nc: np.ndarray  # noise ceiling per voxel
-    cells: dict  # "all" and each --roi_file region -> indices of the voxels its summary averages
+    voxels: np.ndarray  # (voxels,) bool: NC > nc_thr and varying test target (voxel means)
+    summaries: Summaries
     splits: list  # (train rows, held-out rows) pairs over the stacked training rows
+    subsets: dict  # --train_fraction below 1 -> TrainingSubset
     alphas: list  # ridge penalties
-    nc_thr: float  # summaries average over voxels whose noise ceiling exceeds it
+    alpha_score: str  # how alphas are chosen (eval_utils.fit_ridge_cv)
+    nc_thr: float  # voxel means average over voxels whose noise ceiling exceeds it
+    uncertainty: Uncertainty
 
 
 class Extraction(NamedTuple):
@@ -280,8 +397,9 @@ def training_stories(data_dir, subject, requested, test_story):
 def encoding_task(args, subject, stories):
     """The run's encoding problem, every input checked before any model is loaded: the
     stories' files (``data_utils.check_run_inputs``), the noise ceiling (computed if missing,
-    never saved with another voxel count than the responses'), the summary voxels
-    (``summary_voxels``), ``--roi_file`` and the cross-validation splits.
+    never saved with another voxel count than the responses'), the test target and its
+    ceiling (``test_scoring``), the summary voxels (``summary_voxels``), ``--roi_file``, the
+    cross-validation splits and the --train_fraction subsets.
 
     Returns the ``EncodingTask`` and the facts about its voxels (``summary_voxels``)."""
     n_voxels = data_utils.check_run_inputs(args.data_dir, subject, [*stories, args.test_story],
@@ -289,54 +407,113 @@ def encoding_task(args, subject, stories):
     nc_path = noise_ceilings.ceiling_file(subject, args.nc_path)
     nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, nc_path, args.test_story,
                                           n_voxels=n_voxels)
-    test = data_utils.load_fmri(args.data_dir, subject, args.test_story)[TEST_RESPONSE_TRIM:]
+    target, test_ceiling = test_scoring(args.data_dir, subject, args.test_story,
+                                        args.test_target)
     voxels, voxel_facts = summary_voxels(
-        nc, args.nc_thr, nc_path, test,
+        nc, args.nc_thr, nc_path, target,
         data_utils.response_path(args.data_dir, subject, args.test_story))
-    cells = summary_cells(voxels, load_rois(args.roi_file, n_voxels), args.roi_file,
-                          args.nc_thr)
+    regions, groups = load_rois(args.roi_file, n_voxels)
+    summaries = summary_weights(voxels, test_ceiling, regions, groups, args.roi_file,
+                                args.nc_thr)
+    normaliser = test_ceiling if args.normalise_by == "test_repeats" else nc
     responses = Responses(
-        np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories]), test)
+        np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories]), target,
+        test_ceiling, normaliser)
     lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
-    try:
-        splits = eval_utils.bootstrap_chunk_splits(lengths, args.n_boots, args.chunk_len,
-                                                   seed=args.seed)
-    except ValueError as err:
-        raise UsageError(f"--chunk_len {args.chunk_len}: {err}") from None
-    task = EncodingTask(stories, args.test_story, responses, nc, cells, splits, args.alphas,
-                        args.nc_thr)
+    splits = cv_splits(lengths, args.n_boots, args.chunk_len, args.seed)
+    subsets = {fraction: training_subset(lengths, fraction, args.n_boots, args.chunk_len,
+                                         args.seed)
+               for fraction in args.train_fraction if fraction < 1}
+    if len(target) // args.block_len < 2:
+        raise UsageError(f"--block_len {args.block_len}: the {len(target)} scored test rows "
+                         "make fewer than 2 blocks to permute and resample")
+    counts, starts = (eval_utils.bootstrap_block_counts(len(target), args.block_len,
+                                                        args.n_bootstrap, args.seed)
+                      if args.n_bootstrap else (None, None))
+    uncertainty = Uncertainty(args.n_permutations, args.block_len, args.seed, counts, starts,
+                              args.fdr_q)
+    task = EncodingTask(stories, args.test_story, responses, voxels, summaries, splits,
+                        subsets, args.alphas, args.alpha_score, args.nc_thr, uncertainty)
     return task, voxel_facts
 
 
-def summary_voxels(nc, nc_thr, nc_path, test_responses, test_path):
-    """The voxels every summary averages over: noise ceiling above ``nc_thr`` and responses
-    that vary over the scored test rows (``test_responses``, (rows, n_voxels); NaN read as 0,
-    so an all-NaN voxel is constant). A selection without voxels is a DatasetError.
+def cv_splits(lengths, n_boots=3, chunk_len=20, seed=0, what=""):
+    """The cross-validation splits over stories of ``lengths`` rows
+    (``eval_utils.bootstrap_chunk_splits``); too few rows for them is a UsageError."""
+    try:
+        return eval_utils.bootstrap_chunk_splits(lengths, n_boots, chunk_len, seed=seed)
+    except ValueError as err:
+        raise UsageError(f"--chunk_len {chunk_len}{what}: {err}") from None
+
+
+def training_subset(lengths, fraction, n_boots=3, chunk_len=20, seed=0):
+    """The ``TrainingSubset`` of a ``fraction`` of the rows of stories of ``lengths`` rows
+    (``eval_utils.leading_rows``), with its own cross-validation splits."""
+    used = eval_utils.leading_rows(lengths, fraction)
+    offsets = np.cumsum([0, *lengths[:-1]])
+    rows = np.concatenate([offset + np.arange(n) for offset, n in zip(offsets, used)])
+    splits = cv_splits([n for n in used if n], n_boots, chunk_len, seed,
+                       f" (--train_fraction {fraction})")
+    return TrainingSubset(rows, splits)
+
+
+def test_scoring(data_dir, subject, test_story, test_target, voxel_batch=8192):
+    """What test predictions are scored against, over the scored rows (the first
+    ``TEST_RESPONSE_TRIM`` dropped): the target (``test_target`` "repeats_mean": the mean over
+    the story's ``individual_repeats``; "data": its ``data`` rows) and the noise ceiling
+    cc_max of the repeats over those rows (``eval_utils.noise_ceiling``). The repeats are read
+    ``voxel_batch`` voxels at a time.
+
+    Returns (rows, voxels) float32 and (voxels,) float64."""
+    path = data_utils.response_path(data_dir, subject, test_story)
+    _, n_rows, n_voxels = noise_ceilings.repeats_shape(path)
+    target = np.empty((n_rows - TEST_RESPONSE_TRIM, n_voxels), np.float32)
+    ceiling = np.empty(n_voxels)
+    for first in range(0, n_voxels, voxel_batch):
+        voxels = np.arange(first, min(first + voxel_batch, n_voxels))
+        repeats = data_utils.load_repeats(data_dir, subject, test_story,
+                                          voxels)[:, TEST_RESPONSE_TRIM:]
+        ceiling[voxels] = eval_utils.noise_ceiling(repeats.astype(np.float64))
+        if test_target == "repeats_mean":
+            target[:, voxels] = repeats.mean(axis=0, dtype=np.float64)
+    if test_target == "data":
+        target[:] = data_utils.load_fmri(data_dir, subject, test_story)[TEST_RESPONSE_TRIM:]
+    return target, ceiling
+
+
+def summary_voxels(nc, nc_thr, nc_path, test_target, test_path):
+    """The voxels the voxel means average over: noise ceiling above ``nc_thr`` and a test
+    target (``test_target``, (rows, n_voxels); NaN read as 0, so an all-NaN voxel is constant)
+    that varies over the scored rows. A selection without voxels is a DatasetError.
 
     Returns the (n_voxels,) bool mask and the facts for results.json: ``nc_thr``,
     ``subject_voxels``, ``scored_voxels`` and ``excluded_voxels`` (above the threshold but
     constant)."""
     above = noise_ceilings.ceiling_voxels(nc, nc_thr, nc_path)
-    constant = above & data_utils.constant_voxels(test_responses)
+    constant = above & data_utils.constant_voxels(test_target)
     voxels = above & ~constant
     if constant.any():
         logger.warning("%d of the %d voxels with NC > %s have constant (or NaN) responses in the "
-                       "scored rows of %s: left out of every summary", constant.sum(),
+                       "scored rows of %s: left out of every voxel mean", constant.sum(),
                        above.sum(), nc_thr, test_path)
     if not voxels.any():
         raise DatasetError(f"{test_path}: every voxel with NC > {nc_thr} has constant (or NaN) "
                            f"responses after the first {TEST_RESPONSE_TRIM} rows; nothing can "
                            "be scored: check the file or --nc_path")
-    logger.info("summaries average over %d of %d voxels (NC > %s)", voxels.sum(), nc.size,
+    logger.info("voxel means average over %d of %d voxels (NC > %s)", voxels.sum(), nc.size,
                 nc_thr)
     return voxels, {"nc_thr": nc_thr, "subject_voxels": int(nc.size),
                     "scored_voxels": int(voxels.sum()), "excluded_voxels": int(constant.sum())}
 
 
 def load_rois(path, n_voxels):
-    """Regions of ``--roi_file`` (name -> voxel indices), checked; {} without a file."""
+    """Regions and region groups of ``--roi_file``, checked: a JSON object mapping a region
+    name to its voxel indices, or a group name to the names of its regions (in the file).
+
+    Returns (regions: name -> list of ints, groups: name -> list of region names); both {}
+    without a file."""
     if path is None:
-        return {}
+        return {}, {}
     if not Path(path).is_file():
         raise UsageError(f"--roi_file {path}: no such file")
     try:
@@ -346,32 +523,77 @@ def load_rois(path, n_voxels):
                            "lists of voxel indices") from None
     if not isinstance(rois, dict) or not all(isinstance(v, list) for v in rois.values()):
         raise DatasetError(f"{path}: expected a JSON object mapping region names to lists of "
-                           "voxel indices")
+                           "voxel indices (or group names to lists of region names)")
     if "all" in rois:
         raise DatasetError(f"{path}: the region name 'all' is taken by the summary over every "
                            "voxel; rename that region")
-    for name, voxels in rois.items():
-        if not all(isinstance(v, int) for v in voxels):
-            raise DatasetError(f"{path}: region {name!r} must list integer voxel indices")
+    groups = {name: members for name, members in rois.items()
+              if members and all(isinstance(m, str) for m in members)}
+    regions = {name: voxels for name, voxels in rois.items() if name not in groups}
+    for name, voxels in regions.items():
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in voxels):
+            raise DatasetError(f"{path}: region {name!r} must list integer voxel indices (or, "
+                               "for a group, region names)")
         if len(voxels) and (min(voxels) < 0 or max(voxels) >= n_voxels):
             raise DatasetError(f"{path}: region {name!r} has voxel indices outside "
                                f"0..{n_voxels - 1}")
-    return rois
+    for name, members in groups.items():
+        unknown = [m for m in members if m not in regions]
+        if unknown:
+            raise DatasetError(f"{path}: group {name!r} names {', '.join(map(repr, unknown))}, "
+                               "which are not regions of the file")
+    return regions, groups
 
 
-def summary_cells(voxels, rois, roi_path, nc_thr):
-    """What each summary averages over: "all" and each region of ``rois`` -> indices of its
-    voxels within the ``voxels`` mask. A region left without voxels is logged: its summaries
-    are None."""
-    cells = {"all": np.flatnonzero(voxels)}
-    for name, indices in rois.items():
-        indices = np.asarray(indices, dtype=np.intp)
-        cells[name] = indices[voxels[indices]]
-        if not cells[name].size:
-            logger.warning("--roi_file %s: region %r has no voxel with NC > %s and varying test "
-                           "responses; its summaries are left empty (null in results.json)",
-                           roi_path, name, nc_thr)
-    return cells
+def summary_weights(voxels, test_ceiling, regions, groups, roi_path=None, nc_thr=None):
+    """The ``Summaries`` of "all" and each region and group, in both aggregations:
+
+    - "voxel_mean" (ours): the mean over the region's ``voxels`` (NC > --nc_thr, varying test
+      target); a group's over the union of its regions' voxels.
+    - "parcel_mean" (the follow-up paper's): per-voxel values counted as 0 where the test-row
+      ceiling ``test_ceiling`` <= ``FOLLOWUP_CEILING``, averaged over all of the region's
+      voxels; a group's is the mean of its regions' means (regions without voxels left out).
+
+    A summary without voxels is logged and undefined (n_voxels 0)."""
+    n = voxels.size
+    kept = (test_ceiling > FOLLOWUP_CEILING).astype(np.float64)
+    everything = {"all": np.arange(n), **{name: np.unique(np.asarray(indices, np.intp))
+                                          for name, indices in regions.items()}}
+
+    def uniform(indices):
+        column = np.zeros(n)
+        column[indices] = 1.0 / max(len(indices), 1)
+        return column
+
+    keys, weights, members, counts = [], [], [], []
+
+    def add(key, value_weights, member_weights, count):
+        keys.append(key)
+        weights.append(value_weights)
+        members.append(member_weights)
+        counts.append(int(count))
+
+    parcels = {}
+    for name in [*everything, *groups]:
+        indices = (np.unique(np.concatenate([everything[m] for m in groups[name]]))
+                   if name in groups else everything[name])
+        cell = indices[voxels[indices]]
+        add((name, "voxel_mean"), uniform(cell), uniform(cell), cell.size)
+        if name in groups:
+            defined = [parcels[m] for m in groups[name] if parcels[m][2]]
+            if defined:
+                add((name, "parcel_mean"), np.mean([d[0] for d in defined], axis=0),
+                    np.mean([d[1] for d in defined], axis=0), sum(d[2] for d in defined))
+            else:
+                add((name, "parcel_mean"), np.zeros(n), np.zeros(n), 0)
+        else:
+            parcels[name] = (uniform(indices) * kept, uniform(indices), indices.size)
+            add((name, "parcel_mean"), *parcels[name])
+        if name != "all" and not cell.size:
+            logger.warning("--roi_file %s: %s %r has no voxel with NC > %s and varying test "
+                           "responses; its voxel means are left empty (null in results.json)",
+                           roi_path, "group" if name in groups else "region", name, nc_thr)
+    return Summaries(keys, np.stack(weights, axis=1), np.stack(members, axis=1), counts)
 
 
 def stimulus_features(stories, test_story, extraction, low_level=(), phonetic_features=(),
@@ -409,50 +631,55 @@ def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, finish
     ``layers``: the requested hidden-state indices, or None for ``DEFAULT_LAYERS``;
     ``low_level``: specs ("a" or "a+b") of low-level feature sets of ``stimulus`` to regress
     out, one analysis each. The semantic preference is scored when ``stimulus`` has
-    semantic features. Each (layer, analysis) result held by ``finished`` (a
-    ``FinishedResults``) is reused; the others are computed and kept there at once.
+    semantic features, and the encoding model fitted again on each of ``task.subsets``. Each
+    (layer, analysis, fraction) result held by ``finished`` (a ``FinishedResults``) is reused;
+    the others are computed and kept there at once.
 
-    Returns dict layer -> {"encoding": {analysis: scores}, "semantic_preference": ... or None},
-    where analysis is "none" (the layer's features) or a ``low_level`` item (the features
-    with those low-level features regressed out), and scores holds per-voxel ``r``,
-    ``cc_norm`` and ``alpha`` and their ``summary``: r and cc_norm averaged over each of
-    ``task.cells`` (``summarise``) and the voxels counted (``n_voxels``).
+    Returns dict layer -> {"encoding": {analysis: scores}, "efficiency": {fraction: scores},
+    "semantic_preference": ... or None}, where analysis is "none" (the layer's features) or a
+    ``low_level`` item (the features with those low-level features regressed out), and scores
+    holds the per-voxel results (``layer_scores``) and their ``summary`` (``summarise``).
     """
     encoder = speech_models.load_encoder(checkpoint, device)
     layers = run_utils.choose_layers(layers, encoder.depth, DEFAULT_LAYERS)
     analyses = ["none", *low_level] + ([SEMANTIC_PREFERENCE] if stimulus.semantic is not None
                                        else [])
-    keys = {(layer, analysis): {"fingerprint": encoder.fingerprint,
-                                "preprocessor": encoder.preprocessor.digest(),
-                                "layer": layer, "analysis": analysis}
-            for layer in layers for analysis in analyses}
+    cells = [(analysis, 1.0) for analysis in analyses] + [("none", f) for f in task.subsets]
+    keys = {(layer, analysis, fraction): {
+        "fingerprint": encoder.fingerprint, "preprocessor": encoder.preprocessor.digest(),
+        "layer": layer, "analysis": analysis, "train_fraction": fraction}
+        for layer in layers for analysis, fraction in cells}
     done = {cell: finished.load(key) for cell, key in keys.items()}
     reused = [_what(label, *cell) for cell, result in done.items() if result is not None]
     if reused:
         logger.info("reusing %d finished results of %s: %s", len(reused), finished.path,
                     "; ".join(reused))
-    missing = sorted({layer for (layer, _), result in done.items() if result is None})
+    missing = sorted({layer for (layer, _, _), result in done.items() if result is None})
     features = model_tr_features(encoder, missing, [*task.stories, task.test_story],
                                  extraction, device)
     results = {}
     for layer in layers:
-        for analysis in analyses:
-            if done[layer, analysis] is None:
-                done[layer, analysis] = analysis_result(analysis, features[layer], task,
-                                                        stimulus, low_level_alphas, device,
-                                                        _what(label, layer, analysis))
-                finished.save(keys[layer, analysis], done[layer, analysis])
-        results[layer] = {"encoding": {}, "semantic_preference": done.get(
-            (layer, SEMANTIC_PREFERENCE))}
-        for analysis in ["none", *low_level]:
-            scores = done[layer, analysis]
-            summary = {"r": summarise(scores["r"], task.cells),
-                       "cc_norm": summarise(scores["cc_norm"], task.cells),
-                       "n_voxels": {name: int(v.size) for name, v in task.cells.items()}}
-            results[layer]["encoding"][analysis] = {**scores, "summary": summary}
+        for analysis, fraction in cells:
+            if done[layer, analysis, fraction] is None:
+                done[layer, analysis, fraction] = analysis_result(
+                    analysis, features[layer], task, stimulus, low_level_alphas, device,
+                    _what(label, layer, analysis, fraction), fraction)
+                finished.save(keys[layer, analysis, fraction], done[layer, analysis, fraction])
+        results[layer] = {"encoding": {}, "efficiency": {}, "semantic_preference": done.get(
+            (layer, SEMANTIC_PREFERENCE, 1.0))}
+        for analysis, fraction in cells:
+            if analysis == SEMANTIC_PREFERENCE:
+                continue
+            scores = with_summary(done[layer, analysis, fraction], task)
+            if fraction == 1:
+                results[layer]["encoding"][analysis] = scores
+            else:
+                results[layer]["efficiency"][fraction] = scores
+            mean = scores["summary"]["cc_norm"][("all", "voxel_mean")]
             logger.info("%s: mean cc_norm %.3f, mean r %.3f (%d voxels with NC > %s)",
-                        _what(label, layer, analysis), summary["cc_norm"]["all"],
-                        summary["r"]["all"], task.cells["all"].size, task.nc_thr)
+                        _what(label, layer, analysis, fraction), mean,
+                        scores["summary"]["r"][("all", "voxel_mean")], task.voxels.sum(),
+                        task.nc_thr)
         preference = results[layer]["semantic_preference"]
         if preference is not None:
             logger.info("%s layer %d: semantic r %.3f, phonetic r %.3f", label, layer,
@@ -460,27 +687,35 @@ def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, finish
     return results
 
 
-def _what(label, layer, analysis):
-    """"<model> layer <k>[ without <set> | semantic preference]", for log lines."""
+def _what(label, layer, analysis, fraction=1.0):
+    """"<model> layer <k>[ without <set> | semantic preference][, <f> of the training rows]",
+    for log lines."""
     suffix = {"none": "", SEMANTIC_PREFERENCE: f" {SEMANTIC_PREFERENCE}"}.get(
         analysis, f" without {analysis}")
-    return f"{label} layer {layer}{suffix}"
+    share = "" if fraction == 1 else f", {fraction:g} of the training rows"
+    return f"{label} layer {layer}{suffix}{share}"
 
 
-def analysis_result(analysis, features, task, stimulus, low_level_alphas, device, what):
+def analysis_result(analysis, features, task, stimulus, low_level_alphas, device, what,
+                    fraction=1.0):
     """One analysis of a layer's TR-grid features (story -> (grid TRs, hidden)): the
     semantic preference (``semantic_preference``), or the encoding scores (``layer_scores``)
-    of the features ("none") or of their residuals after regressing out the low-level
-    feature sets of ``analysis`` ("a" or "a+b")."""
+    of the features ("none", fitted on ``fraction`` of the training rows) or of their
+    residuals after regressing out the low-level feature sets of ``analysis`` ("a" or
+    "a+b"). Only the features' own scores keep their test predictions."""
     if analysis == SEMANTIC_PREFERENCE:
         return semantic_preference(features, stimulus.semantic, stimulus.phonetic, task.stories,
-                                   task.test_story, task.alphas, task.splits, device)
-    if analysis != "none":
-        confounds = {story: np.hstack([stimulus.low_level[story][name]
-                                       for name in analysis.split("+")]) for story in features}
-        features = eval_utils.regress_out(features, confounds, task.stories, low_level_alphas,
-                                          task.splits, device)
-    return layer_scores(features, task, device, what)
+                                   task.test_story, task.alphas, task.splits, device,
+                                   task.alpha_score)
+    if analysis == "none":
+        return layer_scores(features, task, device, what, fraction)
+    confounds = {story: np.hstack([stimulus.low_level[story][name]
+                                   for name in analysis.split("+")]) for story in features}
+    residuals = eval_utils.regress_out(features, confounds, task.stories, low_level_alphas,
+                                       task.splits, device, score=task.alpha_score)
+    scores = layer_scores(residuals, task, device, what)
+    del scores["prediction"]
+    return scores
 
 
 def model_tr_features(encoder, layers, stories, extraction, device="cpu"):
@@ -530,18 +765,46 @@ def tr_features(data_dir, story, window_features, times, tr_source="respdict", t
             for layer, values in window_features.items()}
 
 
-def layer_scores(features, task, device=None, what="features"):
-    """Encoding-model scores of TR-grid features (story -> (grid TRs, features)) on ``task``:
-    per-voxel ``r``, ``cc_norm`` and ``alpha``, each (n_voxels,)."""
+def layer_scores(features, task, device=None, what="features", fraction=1.0):
+    """Encoding-model scores of TR-grid features (story -> (grid TRs, features)) on ``task``,
+    the model fitted on ``fraction`` of the training rows (``task.subsets``): per-voxel ``r``,
+    ``cc_norm`` and ``alpha``, each (n_voxels,). On all the rows also the test
+    ``prediction`` ((scored rows, n_voxels) float32), the permutation ``p_value``
+    (``eval_utils.block_permutation_pvalues``, with --n_permutations) and the block-bootstrap
+    means of cc_norm (``bootstrap``: (resamples, summaries), with --n_bootstrap)."""
     responses = task.responses
     x_train, x_test = design_matrices(features, task.stories, task.test_story)
     if len(x_train) != len(responses.train) or len(x_test) != len(responses.test):
         raise DatasetError(f"{what}: {len(x_train)}/{len(x_test)} feature rows "
                            f"but {len(responses.train)}/{len(responses.test)} response rows; "
                            "the responses do not match respdict.json")
-    r, cc_norm, alphas = encoding_scores(x_train, x_test, responses.train, responses.test,
-                                         task.nc, task.alphas, task.splits, device)
-    return {"r": r, "cc_norm": cc_norm, "alpha": alphas}
+    y_train, splits = responses.train, task.splits
+    if fraction < 1:
+        subset = task.subsets[fraction]
+        x_train, y_train, splits = x_train[subset.rows], y_train[subset.rows], subset.splits
+    weights, alphas, _ = eval_utils.fit_ridge_cv(x_train, y_train, task.alphas, splits,
+                                                 device=device, progress=True,
+                                                 score=task.alpha_score)
+    prediction = (x_test @ weights).astype(np.float32, copy=False)
+    r = eval_utils.column_correlation(prediction, responses.test)
+    normaliser = responses.normaliser
+    cc_norm = np.divide(r, normaliser, out=np.zeros_like(r), where=normaliser > 0)
+    scores = {"r": r, "cc_norm": cc_norm.astype(r.dtype, copy=False), "alpha": alphas}
+    if fraction < 1:
+        return scores
+    scores["prediction"] = prediction
+    uncertainty = task.uncertainty
+    if uncertainty.n_permutations:
+        scores["p_value"] = eval_utils.block_permutation_pvalues(
+            prediction, responses.test, uncertainty.n_permutations, uncertainty.block_len,
+            uncertainty.seed)
+    if uncertainty.bootstrap_counts is not None:
+        per_r = np.divide(task.summaries.weights, normaliser[:, None],
+                          out=np.zeros_like(task.summaries.weights), where=normaliser[:, None] > 0)
+        scores["bootstrap"] = eval_utils.bootstrap_correlations(
+            prediction, responses.test, uncertainty.bootstrap_counts, uncertainty.block_starts,
+            per_r)
+    return scores
 
 
 def design_matrices(tr_level, stories, test_story):
@@ -557,29 +820,45 @@ def design_matrices(tr_level, stories, test_story):
     return x_train, x_test
 
 
-def encoding_scores(x_train, x_test, train_responses, test_responses, nc, alphas, splits,
-                    device="cpu"):
-    """Fit the ridge encoding model and score the test story.
+def with_summary(scores, task):
+    """``scores`` with the per-voxel BH-adjusted ``q_value`` (when there are p-values) and
+    their ``summary``: per (region, aggregation) key of ``task.summaries``, mean ``r`` and
+    ``cc_norm``, ``n_voxels``, the ``ci`` of the mean cc_norm ((low, high), from the
+    bootstrap) and the ``significant_fraction`` of voxels (q < --fdr_q); None where not
+    defined or not computed."""
+    summaries = task.summaries
+    scores = dict(scores)
+    summary = {"r": summarise(scores["r"], summaries),
+               "cc_norm": summarise(scores["cc_norm"], summaries),
+               "n_voxels": dict(zip(summaries.keys, summaries.n_voxels))}
+    none = dict.fromkeys(summaries.keys)
+    summary["ci"], summary["significant_fraction"] = none, none
+    if "p_value" in scores:
+        scores["q_value"] = scipy.stats.false_discovery_control(
+            scores["p_value"].astype(np.float64)).astype(scores["p_value"].dtype)
+        significant = (scores["q_value"] < task.uncertainty.fdr_q).astype(np.float64)
+        summary["significant_fraction"] = _defined(significant @ summaries.members, summaries)
+    if "bootstrap" in scores:
+        low, high = eval_utils.percentile_interval(scores["bootstrap"], CONFIDENCE)
+        summary["ci"] = {key: None if n == 0 else (float(lo), float(hi))
+                         for key, n, lo, hi in zip(summaries.keys, summaries.n_voxels, low, high)}
+    scores["summary"] = summary
+    return scores
 
-    Returns per-voxel raw Pearson r, cc_norm (r / noise ceiling, 0 where the ceiling is 0)
-    and the chosen alphas, each (n_voxels,).
-    """
-    weights, best_alphas, _ = eval_utils.fit_ridge_cv(x_train, train_responses, alphas, splits,
-                                                      device=device, progress=True)
-    r = eval_utils.column_correlation(x_test @ weights, test_responses)
-    cc_norm = np.divide(r, nc, out=np.zeros_like(r), where=nc > 0)
-    return r, cc_norm, best_alphas
+
+def summarise(values, summaries):
+    """Summaries (``Summaries``) of per-voxel values (n_voxels,): (region, aggregation) ->
+    float, or None for a summary without voxels."""
+    return _defined(np.asarray(values, np.float64) @ summaries.weights, summaries)
 
 
-def summarise(values, cells):
-    """Mean of per-voxel values (n_voxels,) over each cell (name -> voxel indices); None for a
-    cell without voxels."""
-    return {name: float(values[voxels].mean()) if voxels.size else None
-            for name, voxels in cells.items()}
+def _defined(numbers, summaries):
+    return {key: float(value) if n else None
+            for key, n, value in zip(summaries.keys, summaries.n_voxels, numbers)}
 
 
 def semantic_preference(features, semantic, phonetic, stories, test_story, alphas, splits,
-                        device=None):
+                        device=None, score="corr"):
     """How much better a layer predicts semantic than phonetic stimulus features (SPEC 7).
 
     Each score is the mean, over the target's columns that vary in both the training stories
@@ -594,7 +873,7 @@ def semantic_preference(features, semantic, phonetic, stories, test_story, alpha
     scores = {}
     for name, targets in (("semantic", semantic), ("phonetic", phonetic)):
         per_column = eval_utils.prediction_score(features, targets, stories, test_story, alphas,
-                                                 splits, device)
+                                                 splits, device, score=score)
         used = np.isfinite(per_column)
         if not used.any():
             raise DatasetError(f"no {name} feature column varies in both the training stories "
@@ -718,54 +997,151 @@ class FinishedResults:
 
 # ----------------------------------------------------------------------------- outputs
 
-def write_results(out_dir, all_results, facts, summary_voxels):
-    """results.json (``facts``, the rows and the semantic preference), results.csv, the
-    per-voxel .npz files, ``summary_voxels.npy`` (``summary_voxels``: the (n,) int64 indices
-    of the voxels the "all" summaries average over, for the report) and the plots
-    (alignment.png; reliance.png with low-level analyses; semantic_preference.png/.csv with
-    the semantic preference) in a fresh ``out_dir``.
+def write_results(out_dir, all_results, facts, task):
+    """results.json (``facts``, the rows, the comparisons and the semantic preference),
+    results.csv, comparisons.csv, the per-voxel .npz files (r, cc_norm, alpha and, with
+    permutations, p_value and q_value), the test predictions (``predictions_*.npz``: float32
+    (scored rows, voxels) and the test-story response rows they belong to),
+    ``summary_voxels.npy`` (the (n,) int64 indices of the voxels the "all" voxel means average
+    over, for the report) and the plots (``write_plots``) in a fresh ``out_dir``.
     ``facts`` holds the subject, test story and the ``summary_voxels`` facts, for the titles.
 
-    Returns the alignment rows and the semantic-preference rows."""
+    Returns the alignment rows, the comparisons and the semantic-preference rows."""
     rows, preference_rows = [], []
+    n_train = len(task.responses.train)
+    test_rows = np.arange(TEST_RESPONSE_TRIM, TEST_RESPONSE_TRIM + len(task.responses.test))
     for label, layers in all_results.items():
         for layer, result in layers.items():
             before = result["encoding"]["none"]["summary"]["cc_norm"]
-            for analysis, scores in result["encoding"].items():
-                for region, value in scores["summary"]["cc_norm"].items():
-                    defined = analysis != "none" and None not in (before[region], value)
-                    rows.append({
-                        "model": label, "layer": layer, "low_level": analysis, "region": region,
-                        "cc_norm": value, "r": scores["summary"]["r"][region],
-                        "drop_percent": (eval_utils.percent_drop(before[region], value)
-                                         if defined else None),
-                        "n_voxels": scores["summary"]["n_voxels"][region]})
+            fitted = [(analysis, 1.0, n_train, scores)
+                      for analysis, scores in result["encoding"].items()]
+            fitted += [("none", fraction, len(task.subsets[fraction].rows), scores)
+                       for fraction, scores in result["efficiency"].items()]
+            for analysis, fraction, train_rows, scores in fitted:
+                rows += summary_rows(label, layer, analysis, fraction, train_rows, scores,
+                                     before, task.summaries.keys)
+                if fraction < 1:
+                    continue
                 np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis),
-                         r=scores["r"], cc_norm=scores["cc_norm"], alpha=scores["alpha"])
+                         **{name: scores[name] for name in VOXEL_ARRAYS if name in scores})
+                if analysis == "none":
+                    np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis,
+                                                                    "predictions"),
+                             prediction=scores["prediction"], rows=test_rows)
             if result["semantic_preference"] is not None:
                 preference_rows.append({"model": label, "layer": layer,
                                         **result["semantic_preference"]})
-    run_utils.write_json(out_dir / "results.json", {**facts, "results": rows,
-                                                    "semantic_preference": preference_rows})
-    np.save(out_dir / run_utils.SUMMARY_VOXELS_NAME, np.asarray(summary_voxels, np.int64))
+    comparisons = compare_to_pretrained(all_results, task.summaries)
+    run_utils.write_json(out_dir / "results.json", {
+        **facts, "results": rows, "comparisons": comparisons,
+        "semantic_preference": preference_rows})
+    np.save(out_dir / run_utils.SUMMARY_VOXELS_NAME, np.flatnonzero(task.voxels).astype(np.int64))
     run_utils.write_csv(out_dir / "results.csv", rows)
+    if comparisons:
+        run_utils.write_csv(out_dir / "comparisons.csv", comparisons)
+    if preference_rows:
+        run_utils.write_csv(out_dir / "semantic_preference.csv", preference_rows)
+    write_plots(out_dir, rows, comparisons, preference_rows, facts)
+    return rows, comparisons, preference_rows
+
+
+VOXEL_ARRAYS = ("r", "cc_norm", "alpha", "p_value", "q_value")  # in voxels_*.npz
+
+
+def summary_rows(label, layer, analysis, fraction, train_rows, scores, before, keys):
+    """results.csv rows of one fitted encoding model: one per (region, aggregation) key;
+    ``drop_percent`` against ``before`` (the cc_norm summaries of the layer's own features)."""
+    summary = scores["summary"]
+    rows = []
+    for key in keys:
+        region, aggregation = key
+        value, ci = summary["cc_norm"][key], summary["ci"][key]
+        defined = analysis != "none" and None not in (before[key], value)
+        rows.append({
+            "model": label, "layer": layer, "low_level": analysis, "region": region,
+            "aggregation": aggregation, "train_fraction": fraction, "train_rows": train_rows,
+            "cc_norm": value, "r": summary["r"][key],
+            "drop_percent": eval_utils.percent_drop(before[key], value) if defined else None,
+            "n_voxels": summary["n_voxels"][key],
+            "cc_norm_ci_low": None if ci is None else ci[0],
+            "cc_norm_ci_high": None if ci is None else ci[1],
+            "significant_fraction": summary["significant_fraction"][key]})
+    return rows
+
+
+def compare_to_pretrained(all_results, summaries):
+    """Each tuned model minus the pretrained one, per layer both have, analysis and (region,
+    aggregation): the difference of mean cc_norm and, with the bootstrap, its interval from
+    the same resamples of both models. [] without a pretrained model."""
+    baseline = all_results.get("pretrained")
+    if baseline is None:
+        return []
+    comparisons = []
+    for label, layers in all_results.items():
+        if label == "pretrained":
+            continue
+        for layer in sorted(set(layers) & set(baseline)):
+            for analysis, scores in layers[layer]["encoding"].items():
+                reference = baseline[layer]["encoding"][analysis]
+                differences = (scores["bootstrap"] - reference["bootstrap"]
+                               if "bootstrap" in scores else None)
+                low, high = (eval_utils.percentile_interval(differences, CONFIDENCE)
+                             if differences is not None else (None, None))
+                for index, key in enumerate(summaries.keys):
+                    ours, theirs = scores["summary"]["cc_norm"][key], reference["summary"][
+                        "cc_norm"][key]
+                    defined = None not in (ours, theirs)
+                    comparisons.append({
+                        "model": label, "baseline": "pretrained", "layer": layer,
+                        "low_level": analysis, "region": key[0], "aggregation": key[1],
+                        "model_cc_norm": ours, "baseline_cc_norm": theirs,
+                        "difference": ours - theirs if defined else None,
+                        "ci_low": float(low[index]) if defined and low is not None else None,
+                        "ci_high": float(high[index]) if defined and low is not None else None})
+    return comparisons
+
+
+def write_plots(out_dir, rows, comparisons, preference_rows, facts):
+    """alignment.png (mean cc_norm per layer, one line per model, with the bootstrap
+    intervals), comparison.png (tuned minus pretrained with intervals), reliance.png (drop
+    per layer; colour per model, line style per feature set removed), data_efficiency.png
+    (cc_norm against the training rows, a panel per layer) and semantic_preference.png, each
+    when the run has its results; over "all" voxel means."""
     story = f"{facts['subject']}, {facts['test_story']}"
     voxels = f"{story}, {facts['scored_voxels']} voxels with NC > {facts['nc_thr']}"
-    baseline = [row for row in rows if row["region"] == "all" and row["low_level"] == "none"]
+    overall = [row for row in rows if row["region"] == "all"
+               and row["aggregation"] == "voxel_mean"]
+    baseline = [row for row in overall if row["low_level"] == "none"
+                and row["train_fraction"] == 1]
     plots.plot_per_layer(out_dir / "alignment.png", _series(baseline, "cc_norm"),
-                         "mean cc_norm", f"Brain alignment, {voxels}")
-    removed = [row for row in rows if row["region"] == "all" and row["low_level"] != "none"]
+                         "mean cc_norm", f"Brain alignment, {voxels}",
+                         intervals=_intervals(baseline, "cc_norm_ci_low", "cc_norm_ci_high"))
+    gains = [row for row in comparisons if row["region"] == "all"
+             and row["aggregation"] == "voxel_mean" and row["low_level"] == "none"]
+    if gains:
+        plots.plot_per_layer(out_dir / "comparison.png", _series(gains, "difference"),
+                             "tuned - pretrained mean cc_norm",
+                             f"Gain over the pretrained model ({CONFIDENCE:.0%} block-bootstrap "
+                             f"intervals), {voxels}",
+                             intervals=_intervals(gains, "ci_low", "ci_high"))
+    removed = [row for row in overall if row["low_level"] != "none"]
     if removed:
         plots.plot_per_layer(out_dir / "reliance.png",
                              _series(removed, "drop_percent", with_analysis=True),
                              "drop in mean cc_norm (%)",
                              f"Reliance on low-level features (higher: more reliant), {voxels}")
+    fractions = [row for row in overall if row["low_level"] == "none"]
+    if len({row["train_fraction"] for row in fractions}) > 1:
+        curves = {}
+        for row in fractions:
+            curves.setdefault(row["model"], {}).setdefault(row["layer"], {})[
+                row["train_rows"]] = row["cc_norm"]
+        plots.plot_data_efficiency(out_dir / "data_efficiency.png", curves, "mean cc_norm",
+                                   f"Data efficiency, {voxels}")
     if preference_rows:
-        run_utils.write_csv(out_dir / "semantic_preference.csv", preference_rows)
         plots.plot_per_layer(out_dir / "semantic_preference.png",
                              _series(preference_rows, "preference"),
                              "semantic r - phonetic r", f"Semantic preference, {story}")
-    return rows, preference_rows
 
 
 def _series(rows, key, with_analysis=False):
@@ -775,6 +1151,15 @@ def _series(rows, key, with_analysis=False):
         name = (row["model"], f"without {row['low_level']}") if with_analysis else row["model"]
         series.setdefault(name, {})[row["layer"]] = row[key]
     return series
+
+
+def _intervals(rows, low, high):
+    """Plot intervals: model label -> {layer: (row[low], row[high])}, None when not computed."""
+    intervals = {}
+    for row in rows:
+        if row[low] is not None:
+            intervals.setdefault(row["model"], {})[row["layer"]] = (row[low], row[high])
+    return intervals or None
 
 
 if __name__ == "__main__":

@@ -337,12 +337,13 @@ def comparison_table(rows, value_key):
 SUMMARY_VOXELS_NAME = "summary_voxels.npy"  # indices of the voxels every summary averages over
 
 
-def voxel_results_name(model, layer, analysis="none"):
-    """File name of the per-voxel results of a model, layer and low-level analysis
-    (``brain_evaluate.py`` writes it, ``report.py`` reads it)."""
+def voxel_results_name(model, layer, analysis="none", kind="voxels"):
+    """File name of the per-voxel results (``kind`` "voxels") or test predictions
+    ("predictions") of a model, layer and low-level analysis (``brain_evaluate.py`` writes
+    them, ``report.py`` reads them)."""
     safe = model.replace("/", "_").replace(" ", "_")
     suffix = "" if analysis == "none" else f"_without_{analysis}"
-    return f"voxels_{safe}_layer{layer}{suffix}.npz"
+    return f"{kind}_{safe}_layer{layer}{suffix}.npz"
 
 
 # ----------------------------------------------------------------------------- run configs

@@ -47,10 +47,23 @@ def _run(setup, *extra, save="out"):
         "--save_dir", str(root / save), "--exp_name", "run", *QUICK, *extra])
 
 
+def _authors_scores(repeats, prediction):
+    """The authors' ``spe_and_cc_norm`` written from the formula (SPEC section 4): r with the
+    mean over repeats, cc_max from those rows (unit-variance repeats), cc_norm = r / cc_max."""
+    n = len(repeats)
+    mean = repeats.astype(np.float64).mean(axis=0)
+    signal_power = (n * mean.var(axis=0, ddof=1) - 1) / (n - 1)
+    cc_max = np.zeros(mean.shape[1])
+    positive = signal_power > 0
+    cc_max[positive] = 1 / np.sqrt(1 + (1 / n) * (1 / signal_power[positive] - 1))
+    r = np.array([np.corrcoef(mean[:, v], prediction[:, v])[0, 1] for v in range(mean.shape[1])])
+    return r, np.where(cc_max > 0, r / np.where(cc_max > 0, cc_max, 1), 0), cc_max
+
+
 def test_cli_end_to_end(setup, capsys):
     root, data = setup
     nc = np.load(root / "UTS01.npy")
-    roi = {"first": list(range(10)), "rest": list(range(10, 30))}
+    roi = {"first": list(range(10)), "rest": list(range(10, 30)), "both": ["first", "rest"]}
     (root / "roi.json").write_text(json.dumps(roi))
     assert _run(setup, "--layers", "1", "2", "--roi_file", str(root / "roi.json"),
                 "--nc_thr", "0.2") == 0
@@ -58,24 +71,47 @@ def test_cli_end_to_end(setup, capsys):
     printed = capsys.readouterr().out
     assert "pretrained" in printed and "model1" in printed and "L2" in printed
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert {(r["model"], r["layer"], r["region"]) for r in rows} == {
-        (m, l, g) for m in ("pretrained", "model1") for l in ("1", "2")
-        for g in ("all", "first", "rest")}
+    assert {(r["model"], r["layer"], r["region"], r["aggregation"]) for r in rows} == {
+        (m, l, g, a) for m in ("pretrained", "model1") for l in ("1", "2")
+        for g in ("all", "first", "rest", "both") for a in ("voxel_mean", "parcel_mean")}
     results = json.loads((out / "results.json").read_text())
     assert len(results["results"]) == len(rows) and results["subject"] == "UTS01"
+    assert results["protocol"]["test_target"] == "repeats_mean"
+    assert results["protocol"]["normalise_by"] == "test_repeats"
+    assert results["protocol"]["alpha_score"] == "r2"
+    assert results["protocol"]["tr_source"] == "respdict"
+    repeats = damage.read_hdf5(data, 1, data_utils.TEST_STORY, "individual_repeats")
+    regions = {"all": np.arange(30), "first": np.arange(10), "rest": np.arange(10, 30)}
     for row in rows:
         voxels = np.load(out / f"voxels_{row['model']}_layer{row['layer']}.npz")
-        r, cc_norm = voxels["r"], voxels["cc_norm"]
-        assert r.shape == cc_norm.shape == voxels["alpha"].shape == (30,)
-        np.testing.assert_allclose(cc_norm, np.where(nc > 0, r / np.where(nc > 0, nc, 1), 0),
-                                   rtol=1e-5)
-        region = np.arange(30) if row["region"] == "all" else np.array(roi[row["region"]])
-        region = region[nc[region] > 0.2]
-        assert float(row["cc_norm"]) == pytest.approx(float(cc_norm[region].mean()), rel=1e-5)
-    assert (out / "alignment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        predictions = np.load(out / f"predictions_{row['model']}_layer{row['layer']}.npz")
+        assert predictions["prediction"].dtype == np.float32
+        np.testing.assert_array_equal(predictions["rows"], np.arange(40, 80))
+        r, cc_norm, cc_max = _authors_scores(repeats[:, predictions["rows"]],
+                                             predictions["prediction"])
+        assert voxels["alpha"].shape == voxels["p_value"].shape == (30,)
+        np.testing.assert_allclose(voxels["cc_norm"], cc_norm, atol=1e-5)
+        np.testing.assert_allclose(voxels["r"], r, atol=1e-5)
+        if row["aggregation"] == "voxel_mean":
+            region = (np.arange(30) if row["region"] in ("all", "both")
+                      else regions[row["region"]])
+            expected = cc_norm[region[nc[region] > 0.2]].mean()
+        else:
+            followup = np.where(cc_max > 0.05, cc_norm, 0)
+            means = [followup[regions[name]].mean() for name in
+                     (["first", "rest"] if row["region"] == "both" else [row["region"]])]
+            expected = np.mean(means)
+        assert float(row["cc_norm"]) == pytest.approx(expected, abs=1e-5)
+        assert float(row["cc_norm_ci_low"]) <= float(row["cc_norm"]) <= float(
+            row["cc_norm_ci_high"])
+    for name in ("alignment.png", "comparison.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {(c["model"], c["layer"]) for c in results["comparisons"]} == {
+        ("model1", 1), ("model1", 2)}
     # the arguments are stored once, in run_config.json; results.json holds the run's facts
     config = json.loads((out / "run_config.json").read_text())
     assert config["arguments"]["layers"] == [1, 2] and config["arguments"]["nc_thr"] == 0.2
+    assert config["arguments"]["test_target"] == "repeats_mean"
     assert "arguments" not in config["run"] and config["models"] == results["models"]
     assert "arguments" not in results and "run" not in results
     assert results["train_stories"] == config["train_stories"]
@@ -175,6 +211,7 @@ def test_a_rerun_with_fewer_layers_leaves_no_files_of_the_earlier_run(setup):
     assert len(list(out.glob("voxels_*_layer1.npz"))) == 2
     assert _run_shared(setup, "--layers", "2", "--overwrite", save="fewer") == 0
     assert sorted(p.name for p in out.glob("*.npz")) == [
+        "predictions_model1_layer2.npz", "predictions_pretrained_layer2.npz",
         "voxels_model1_layer2.npz", "voxels_pretrained_layer2.npz"]
     assert {row["layer"] for row in json.loads((out / "results.json").read_text())["results"]} \
         == {2}
@@ -256,6 +293,17 @@ def _planted_window_features(data_dir, story, truth, rng=None):
     return features, times
 
 
+def _task(stories, test_story, train, test, nc, splits, alphas, alpha_score="corr",
+          subsets=None):
+    """An EncodingTask of given responses: cc_norm = r / nc, every voxel summarised, no
+    permutations or bootstrap."""
+    voxels = np.ones(len(nc), bool)
+    return brain_evaluate.EncodingTask(
+        stories, test_story, brain_evaluate.Responses(train, test, nc, nc), voxels,
+        brain_evaluate.summary_weights(voxels, nc, {}, {}), splits, subsets or {}, alphas,
+        alpha_score, 0.0, brain_evaluate.Uncertainty(0, 10, 0, None, None, 0.05))
+
+
 def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_path):
     synthetic_dir = tmp_path / "ds"
     synthetic_data.generate(synthetic_dir, seed=5, subjects=(1,), n_train_stories=6,
@@ -280,13 +328,29 @@ def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_pa
             features, times = _planted_window_features(synthetic_dir, story, truth, rng)
             tr_level[story] = eval_utils.lanczos_interp(
                 features, times, data_utils.tr_times(synthetic_dir, story))
-        x_train, x_test = brain_evaluate.design_matrices(tr_level, stories, test)
-        _, cc_norm, _ = brain_evaluate.encoding_scores(
-            x_train, x_test, train_responses, test_responses, nc, np.logspace(0, 5, 11), splits)
-        scores[name] = cc_norm
+        task = _task(stories, test, train_responses, test_responses, nc, splits,
+                     np.logspace(0, 5, 11))
+        scores[name] = brain_evaluate.layer_scores(tr_level, task, what=name)["cc_norm"]
     assert scores["planted"][semantic].mean() > 0.4  # ridge on 480 noisy rows: not 1
     assert abs(scores["random"][semantic].mean()) < 0.15
     assert abs(scores["planted"][noise].mean()) < 0.15
+
+    # data efficiency: the planted features predict better the more training rows they have
+    tr_level = {}
+    for story in [*stories, test]:
+        features, times = _planted_window_features(synthetic_dir, story, truth)
+        tr_level[story] = eval_utils.lanczos_interp(features, times,
+                                                    data_utils.tr_times(synthetic_dir, story))
+    lengths = [data_utils.response_rows(synthetic_dir, s) for s in stories]
+    fractions = (0.1, 0.25, 0.5)
+    subsets = {f: brain_evaluate.training_subset(lengths, f, 3, 10) for f in fractions}
+    task = _task(stories, test, train_responses, test_responses, nc, splits,
+                 np.logspace(0, 5, 11), subsets=subsets)
+    curve = [brain_evaluate.layer_scores(tr_level, task, what="planted", fraction=f)[
+        "cc_norm"][semantic].mean() for f in fractions]
+    curve.append(scores["planted"][semantic].mean())
+    assert all(a < b for a, b in zip(curve, curve[1:])), curve
+    assert curve[-1] - curve[0] > 0.2, curve
 
 
 def _models(args):
@@ -404,10 +468,11 @@ def test_constant_test_voxels_and_empty_regions_are_left_out_of_summaries(setup,
     (tmp_path / "roi.json").write_text(json.dumps(rois))
     titles = {}
     monkeypatch.setattr(brain_evaluate.plots, "plot_per_layer",
-                        lambda path, series, ylabel, title: titles.update(
+                        lambda path, series, ylabel, title, **_: titles.update(
                             {Path(path).name: (title, set(series))}))
     assert _run_on(setup, data, tmp_path / "out", "--layers", "2", "--nc_thr", "0.2",
-                   "--roi_file", str(tmp_path / "roi.json"), "--low_level", "powspec") == 0
+                   "--roi_file", str(tmp_path / "roi.json"), "--low_level", "powspec",
+                   "--test_target", "data") == 0
     out = tmp_path / "out" / "run"
     results = json.loads((out / "results.json").read_text(), parse_constant=_refuse_constant)
     scored = np.setdiff1d(above, [all_nan, flat_when_scored])
@@ -416,8 +481,10 @@ def test_constant_test_voxels_and_empty_regions_are_left_out_of_summaries(setup,
     assert "2 of the" in caplog.text and "'low' has no voxel" in caplog.text
     expected = {"all": scored, "low": [], "damaged": [], "mixed": above[2:4]}
     csv_rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(csv_rows) == len(results["results"]) == 2 * 2 * 4
+    assert len(csv_rows) == len(results["results"]) == 2 * 2 * 4 * 2
     for row, csv_row in zip(results["results"], csv_rows):
+        if row["aggregation"] != "voxel_mean":
+            continue
         voxels = expected[row["region"]]
         assert row["n_voxels"] == len(voxels) == int(csv_row["n_voxels"])
         if not len(voxels):
@@ -445,15 +512,33 @@ def test_models_with_the_same_folder_name_keep_separate_results(setup, tmp_path)
 
 
 def test_summaries_average_each_cell_and_leave_empty_ones_undefined():
-    cells = brain_evaluate.summary_cells(np.array([True, True, False, True, False]),
-                                         {"empty": [2, 4], "two": [1, 2, 3]}, "roi.json", 0.4)
-    summary = brain_evaluate.summarise(np.array([1.0, 2.0, 9.0, 4.0, 9.0]), cells)
-    assert summary == {"all": pytest.approx(7 / 3), "empty": None, "two": 3.0}
+    voxels = np.array([True, True, False, True, False, True])
+    ceiling = np.array([0.9, 0.04, 0.5, 0.3, 0.06, 0.05])
+    summaries = brain_evaluate.summary_weights(
+        voxels, ceiling, {"empty": [2, 4], "two": [1, 2, 3], "none": []},
+        {"group": ["empty", "two", "none"]}, "roi.json", 0.4)
+    values = np.array([1.0, 2.0, 9.0, 4.0, 7.0, 3.0])
+    summary = brain_evaluate.summarise(values, summaries)
+    followup = np.where(ceiling > 0.05, values, 0)  # [1, 0, 9, 4, 7, 0]
+    assert summary == {
+        ("all", "voxel_mean"): pytest.approx(10 / 4),
+        ("all", "parcel_mean"): pytest.approx(followup.mean()),
+        ("empty", "voxel_mean"): None, ("empty", "parcel_mean"): pytest.approx(16 / 2),
+        ("two", "voxel_mean"): 3.0, ("two", "parcel_mean"): pytest.approx(13 / 3),
+        ("none", "voxel_mean"): None, ("none", "parcel_mean"): None,
+        # a group: voxel mean over the union of its regions' voxels, parcel mean = the mean of
+        # its regions' means (a region without voxels left out)
+        ("group", "voxel_mean"): 3.0, ("group", "parcel_mean"): pytest.approx((8 + 13 / 3) / 2)}
+    members = dict(zip(summaries.keys, (np.array([0, 1, 1, 0, 1, 1.0]) @ summaries.members)))
+    assert members[("two", "parcel_mean")] == pytest.approx(2 / 3)
+    assert members[("group", "parcel_mean")] == pytest.approx((1 + 2 / 3) / 2)
+    assert members[("all", "voxel_mean")] == pytest.approx(2 / 4)
 
 
 @pytest.mark.parametrize("text, message", [
     ("{not json", "not valid JSON"), ('["a"]', "JSON object"),
-    ('{"all": [1]}', "'all'"), ('{"a": [1.5]}', "integer"), ('{"a": [30]}', "0..29")])
+    ('{"all": [1]}', "'all'"), ('{"a": [1.5]}', "integer"), ('{"a": [30]}', "0..29"),
+    ('{"a": [1], "g": ["a", "b"]}', "'b'"), ('{"a": [1], "g": ["a", 2]}', "integer")])
 def test_bad_roi_files_are_refused(tmp_path, text, message):
     (tmp_path / "roi.json").write_text(text)
     with pytest.raises(data_utils.DatasetError, match=message):
@@ -624,7 +709,8 @@ def test_low_level_reliance_and_semantic_preference_cli(setup, capsys):
                 "--semantic_preference", "--word_vectors", "synthetic", "--nc_thr", "0.2",
                 save="reliance") == 0
     out = root / "reliance" / "run"
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    rows = [r for r in csv.DictReader(open(out / "results.csv"))
+            if r["aggregation"] == "voxel_mean"]
     assert {(r["model"], r["low_level"]) for r in rows} == {
         (m, a) for m in ("pretrained", "model1")
         for a in ("none", "powspec", "phonemes+articulation")}
@@ -695,14 +781,12 @@ def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp
     stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
     test = data_utils.TEST_STORY
     nc = eval_utils.noise_ceiling(data_utils.load_repeats(data, 1)).astype(np.float64)
-    responses = brain_evaluate.Responses(
-        np.vstack([data_utils.load_fmri(data, 1, s) for s in stories]),
-        data_utils.load_fmri(data, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:])
     splits = eval_utils.bootstrap_chunk_splits(
         [data_utils.response_rows(data, s) for s in stories], n_boots=3, chunk_len=10)
     alphas = np.logspace(0, 5, 11)
-    task = brain_evaluate.EncodingTask(stories, test, responses, nc, {}, splits, alphas,
-                                       eval_utils.NC_THRESHOLD)
+    task = _task(stories, test, np.vstack([data_utils.load_fmri(data, 1, s) for s in stories]),
+                 data_utils.load_fmri(data, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:], nc,
+                 splits, alphas)
     features = _planted_tr_features(data, [*stories, test], truth)
     powspec = {s: low_level_features.story_features(data, s, "powspec")["powspec"]
                for s in features}
@@ -732,3 +816,150 @@ def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp
                                       ("powspec", powspec, slice(None)))}
     assert scores["embedding"] > 0.5 and scores["embedding"] > scores["energy"] + 0.5
     assert scores["embedding"] > scores["powspec"] + 0.5
+
+
+# ------------------------------------------------------------------------ protocol, uncertainty
+
+def _column_r(a, b):
+    """Pearson r of matching columns, from the formula."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
+
+
+def _bh_adjusted(p):
+    """Benjamini-Hochberg adjusted p-values, from their definition."""
+    order = np.argsort(p)
+    ranked = p[order] * len(p) / np.arange(1, len(p) + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1)
+    out = np.empty_like(adjusted)
+    out[order] = adjusted
+    return out
+
+
+def test_test_target_and_normaliser_flags_when_data_is_not_the_mean_of_the_repeats(
+        setup, tmp_path):
+    root, _ = setup
+    data = _damaged_copy(setup, tmp_path)
+    repeats = damage.read_hdf5(data, 1, data_utils.TEST_STORY, "individual_repeats")
+    # 'data' is one repeat only, not the mean of the repeats
+    damage.replace_hdf5(data, 1, data_utils.TEST_STORY, "data", repeats[3])
+    nc = np.load(root / "UTS01.npy")
+    outcomes = {}
+    for target, normaliser in (("repeats_mean", "test_repeats"), ("data", "nc_file")):
+        out = tmp_path / f"{target}_{normaliser}"
+        assert _run_on(setup, data, out, "--layers", "2", "--test_target", target,
+                       "--normalise_by", normaliser, "--n_permutations", "0",
+                       "--n_bootstrap", "0", "--cache_dir", str(tmp_path / "cache")) == 0
+        folder = out / "run"
+        voxels = np.load(folder / "voxels_model1_layer2.npz")
+        prediction = np.load(folder / "predictions_model1_layer2.npz")["prediction"]
+        scored = repeats[:, 40:].mean(0) if target == "repeats_mean" else repeats[3, 40:]
+        np.testing.assert_allclose(voxels["r"], _column_r(prediction, scored), atol=1e-5)
+        if normaliser == "nc_file":
+            np.testing.assert_allclose(
+                voxels["cc_norm"], np.where(nc > 0, voxels["r"] / np.where(nc > 0, nc, 1), 0),
+                rtol=1e-5)
+        else:
+            _, cc_norm, _ = _authors_scores(repeats[:, 40:], prediction)
+            np.testing.assert_allclose(voxels["cc_norm"], cc_norm, atol=1e-5)
+        assert "p_value" not in voxels
+        results = json.loads((folder / "results.json").read_text())
+        assert results["protocol"]["test_target"] == target
+        assert results["protocol"]["normalise_by"] == normaliser
+        assert all(row["cc_norm_ci_low"] is None and row["significant_fraction"] is None
+                   for row in results["results"])
+        assert all(c["ci_low"] is None and c["difference"] is not None
+                   for c in results["comparisons"])
+        outcomes[target] = voxels["r"]
+    # the same fitted model, scored against two different targets
+    assert np.abs(outcomes["repeats_mean"] - outcomes["data"]).max() > 0.05
+
+
+def test_alpha_score_flag_chooses_alphas_by_r2_or_correlation(setup):
+    root, _ = setup
+    alphas = {}
+    for score in ("r2", "corr"):
+        assert _run_shared(setup, "--layers", "2", "--alpha_score", score, "--n_permutations",
+                           "0", "--n_bootstrap", "0", save=f"alpha_{score}") == 0
+        folder = root / f"alpha_{score}" / "run"
+        alphas[score] = np.load(folder / "voxels_pretrained_layer2.npz")["alpha"]
+        config = json.loads((folder / "run_config.json").read_text())
+        assert config["arguments"]["alpha_score"] == score
+    assert (alphas["r2"] != alphas["corr"]).any()
+
+
+def test_p_values_intervals_and_data_efficiency_of_a_run(setup):
+    root, data = setup
+    (root / "regions.json").write_text(json.dumps({"first": list(range(15))}))
+    assert _run_shared(setup, "--layers", "2", "--n_permutations", "99", "--n_bootstrap", "200",
+                       "--block_len", "8", "--train_fraction", "0.5", "--roi_file",
+                       str(root / "regions.json"), "--nc_thr", "0.2", "--seed", "3",
+                       save="uncertainty") == 0
+    folder = root / "uncertainty" / "run"
+    results = json.loads((folder / "results.json").read_text())
+    nc = np.load(root / "UTS01.npy")
+    repeats = damage.read_hdf5(data, 1, data_utils.TEST_STORY, "individual_repeats")[:, 40:]
+    target = repeats.mean(0)
+    _, _, cc_max = _authors_scores(repeats, target)
+    cells = {"all": np.flatnonzero(nc > 0.2), "first": np.flatnonzero(nc[:15] > 0.2)}
+    # the bootstrap, recomputed from the saved predictions: the same block resamples (seed 3)
+    # of both models' rows
+    counts, starts = eval_utils.bootstrap_block_counts(len(target), 8, 200, 3)
+    resampled = [np.concatenate([np.arange(starts[k], starts[k + 1])
+                                 for k in range(len(starts) - 1) for _ in range(c[k])])
+                 for c in counts]
+    means = {}
+    for model in ("pretrained", "model1"):
+        prediction = np.load(folder / f"predictions_{model}_layer2.npz")["prediction"]
+        r = np.array([_column_r(prediction[rows], target[rows]) for rows in resampled])
+        cc_norm = np.where(cc_max > 0, r / np.where(cc_max > 0, cc_max, 1), 0)
+        means[model] = {name: cc_norm[:, voxels].mean(1) for name, voxels in cells.items()}
+        voxels = np.load(folder / f"voxels_{model}_layer2.npz")
+        np.testing.assert_allclose(voxels["q_value"], _bh_adjusted(voxels["p_value"]),
+                                   rtol=1e-6)
+        for row in results["results"]:
+            if (row["model"], row["aggregation"], row["train_fraction"]) != (
+                    model, "voxel_mean", 1.0):
+                continue
+            low, high = np.percentile(means[model][row["region"]], [2.5, 97.5])
+            assert (row["cc_norm_ci_low"], row["cc_norm_ci_high"]) == (
+                pytest.approx(low, abs=1e-5), pytest.approx(high, abs=1e-5))
+            significant = voxels["q_value"][cells[row["region"]]] < 0.05
+            assert row["significant_fraction"] == pytest.approx(significant.mean())
+    for comparison in results["comparisons"]:
+        if comparison["aggregation"] != "voxel_mean":
+            continue
+        difference = (means["model1"][comparison["region"]]
+                      - means["pretrained"][comparison["region"]])
+        low, high = np.percentile(difference, [2.5, 97.5])
+        assert (comparison["ci_low"], comparison["ci_high"]) == (
+            pytest.approx(low, abs=1e-5), pytest.approx(high, abs=1e-5))
+        assert comparison["difference"] == pytest.approx(
+            comparison["model_cc_norm"] - comparison["baseline_cc_norm"])
+    # data efficiency: half of the training rows, whole stories first, the same for both models
+    total = sum(data_utils.response_rows(data, s) for s in results["train_stories"])
+    half = [row for row in results["results"] if row["train_fraction"] == 0.5]
+    assert {row["model"] for row in half} == {"pretrained", "model1"}
+    assert {row["train_rows"] for row in half} == {round(total / 2)}
+    assert all(row["cc_norm_ci_low"] is None for row in half)
+    for name in ("comparison.png", "data_efficiency.png", "comparisons.csv"):
+        assert (folder / name).is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fdr_q", "1"], "--fdr_q"), (["--train_fraction", "0"], "--train_fraction"),
+    (["--n_permutations", "-1"], "--n_permutations"), (["--block_len", "0"], "--block_len"),
+    (["--n_bootstrap", "nan"], "--n_bootstrap")])
+def test_bad_uncertainty_flags_are_parser_errors(setup, flags, message, capsys):
+    root, data = setup
+    with pytest.raises(SystemExit):
+        brain_evaluate.parse_args(["--model_name", str(root / "model0"), "--subject", "1",
+                                   "--data_dir", str(data), *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_blocks_longer_than_the_test_story_are_refused_before_any_model_is_loaded(
+        setup, caplog, monkeypatch):
+    _no_model_loading(monkeypatch)
+    assert _run(setup, "--block_len", "30", save="long_blocks") == 1
+    assert "--block_len 30" in _one_error_line(caplog)

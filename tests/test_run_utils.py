@@ -3,6 +3,7 @@ caches and the scripts' entry point."""
 
 import csv
 import errno
+import importlib
 import json
 import logging
 import os
@@ -454,3 +455,16 @@ def test_help_shows_defaults_only_where_there_is_one():
     text = parser.format_help()
     assert "how many (default: 3)" in text
     assert text.count("(default:") == 1
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("brain_evaluate", ["--help"]), ("brain_trainer_story", ["--help"]),
+    ("data_utils", ["check", "--help"]), ("noise_ceilings", ["--help"]), ("report", ["--help"]),
+    ("speech_models", ["make-tiny", "--help"]), ("synthetic_data", ["--help"]),
+    ("synthetic_downstream", ["--help"]), ("eval_phonemes", ["--help"])])
+def test_every_command_line_prints_its_help(script, argv, capsys):
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as stop:
+        module.parse_args(argv) if hasattr(module, "parse_args") else module.main(argv)
+    assert stop.value.code == 0
+    assert "--" in capsys.readouterr().out
