@@ -18,9 +18,20 @@ explains drops above 100% (cc_norm turned negative) and undefined ones (cc_norm 
 ``summary.json`` records the compared labels and checkpoints, their headline numbers and
 ``expected_direction``. Every mean is over the voxels whose noise ceiling exceeds the run's
 ``--nc_thr`` (from its ``run_config.json``) and whose test responses vary; each cell shows how
-many (n), where the alignment results record it. On a synthetic dataset (``--data_dir`` holding
-``synthetic_truth.json``) the same rule picks the planted semantic, acoustic and noise voxels,
-and the report explains what the planted signal predicts.
+many (n), where the alignment results record it, and the mean's block-bootstrap interval where
+they record one. Only these voxel means of encoding models fitted on all training rows make
+the headline numbers and tables (``headline_rows``); the follow-up paper's parcel means appear
+in the section on the tuned-minus-pretrained intervals, the fits on fewer training rows in the
+data-efficiency table. The report states the run's protocol (test target, normaliser, alpha
+score, TR source) and whether each choice is the authors'.
+
+With several ``--alignment`` folders (one per subject) the first is the one reported in detail;
+a section across subjects adds each subject's mean cc_norm of both models per layer and the
+Wilcoxon signed-rank test of the gains (with the smallest p that many subjects allow).
+
+On a synthetic dataset (``--data_dir`` holding ``synthetic_truth.json``) the same rule picks
+the planted semantic, acoustic and noise voxels, and the report explains what the planted
+signal predicts.
 """
 
 import argparse
@@ -32,6 +43,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import scipy.stats
 
 import data_utils
 import eval_utils
@@ -51,22 +63,45 @@ DROP_ABOVE_100 = ("A drop above 100% means cc_norm became negative once the feat
                   "than chance.")
 DROP_UNDEFINED = ("A drop is relative to the cc_norm before removal and is undefined where that "
                   "is <= 0 (or missing).")
+# results.json "protocol" choice -> (what it is, {value: the value in words})
+PROTOCOL_CHOICES = {
+    "test_target": ("test target", {
+        "repeats_mean": "the mean over the test story's repeats",
+        "data": "the `data` rows of the test story's response file"}),
+    "normalise_by": ("normaliser", {
+        "test_repeats": "cc_max from the scored rows of the test story's repeats",
+        "nc_file": "cc_max from the noise-ceiling file (the follow-up paper's normaliser)"}),
+    "alpha_score": ("alpha score", {
+        "r2": "the signed square root of held-out R2, as the Huth lab's bootstrap_ridge",
+        "corr": "held-out correlation"}),
+    "tr_source": ("TR source", {
+        "respdict": "a simulated 2 s grid from respdict.json",
+        "report": "measured trigger times from the .report files",
+        "trfiles": "measured trigger times from the TR files of Antonello et al."})}
+# the authors' values of each choice (SPEC section 4)
+AUTHORS_PROTOCOL = {"test_target": ("repeats_mean",), "normalise_by": ("test_repeats",),
+                    "alpha_score": ("r2",), "tr_source": ("trfiles", "report")}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Write report.md and summary.json from brain_evaluate.py and eval_*.py "
-                    "results: the pretrained model against the --tuned one, and where they go "
-                    "against the paper's expected direction.",
+                    "results: the pretrained model against the --tuned one (with intervals "
+                    "where the run has them), where they go against the paper's expected "
+                    "direction, whether the run followed the authors' protocol, and, given "
+                    "one alignment run per subject, the gains across subjects.",
         formatter_class=run_utils.HelpFormatter)
     parser.add_argument("--out", required=True, help="folder of report.md and summary.json")
-    parser.add_argument("--alignment", required=True,
-                        help="a brain_evaluate.py results folder (results.json, run_config.json, "
-                             "the per-voxel files)")
+    parser.add_argument("--alignment", required=True, nargs="+", metavar="FOLDER",
+                        help="brain_evaluate.py results folders (results.json, run_config.json, "
+                             "the per-voxel files); the first is reported in detail, and with "
+                             "several (one per subject) a section compares the models across "
+                             "subjects (Wilcoxon signed-rank test of the gains)")
     parser.add_argument("--tuned", default=None, metavar="LABEL",
                         help="label of the tuned model to compare with the pretrained one, as in "
-                             "the alignment results (e.g. 'final', 'epoch 4'); needed when the "
-                             "alignment run holds several tuned models")
+                             "the alignment results (e.g. 'final', 'epoch 4'); needed when an "
+                             "alignment run holds several tuned models; the same in every "
+                             "--alignment folder")
     parser.add_argument("--downstream", nargs="*", default=[],
                         help="eval_*.py results folders (holding results.json)")
     parser.add_argument("--data_dir", default=None,
@@ -81,7 +116,8 @@ def run(args):
     out = Path(args.out)
     if (out / "report.md").exists() and not args.overwrite:
         raise run_utils.OutputExistsError(f"{out / 'report.md'} exists; pass --overwrite")
-    alignment = read_alignment(Path(args.alignment))
+    alignments = [read_alignment(Path(folder)) for folder in args.alignment]
+    alignment = alignments[0]
     roles = compared_models(alignment, args.tuned)
     downstream = {folder: with_alignment_labels(read_results(folder), folder,
                                                 alignment.results["models"])
@@ -93,6 +129,9 @@ def run(args):
         planted = planted_scores(alignment, truth, truth_path,
                                  scored_voxels(alignment, alignment.results["subject_voxels"]))
     summary = summarise(alignment, roles, planted, list(downstream.values()))
+    if len(alignments) > 1:
+        summary["across_subjects"] = across_subjects(alignments, roles, summary["layer"],
+                                                     args.tuned)
     text = render(out, alignment, planted, downstream, summary, args.title, truth)
     run_utils.write_json(out / "summary.json", {**summary, **run_utils.run_config(args)},
                          overwrite=True)
@@ -107,7 +146,7 @@ def main(argv=None):
 class Alignment(NamedTuple):
     """A brain_evaluate.py results folder."""
     folder: Path
-    results: dict  # results.json: subject, train_stories, models, results, semantic_preference
+    results: dict  # results.json: subject, train_stories, models, results, ... (see headline_rows)
     arguments: dict  # the run's arguments (run_config.json)
 
 
@@ -141,10 +180,27 @@ def read_alignment(folder):
     return Alignment(folder, results, config["arguments"])
 
 
+def _aggregation(row):
+    """"voxel_mean" or "parcel_mean"; results of older runs hold only voxel means."""
+    return row.get("aggregation", "voxel_mean")
+
+
+def _train_fraction(row):
+    """The fraction of the training rows the encoding model was fitted on (older runs: all)."""
+    return row.get("train_fraction", 1.0)
+
+
+def headline_rows(rows):
+    """The rows every summary and table of the models uses: means over the voxels above the
+    noise-ceiling threshold ("voxel_mean") of encoding models fitted on all training rows."""
+    return [row for row in rows if _aggregation(row) == "voxel_mean" and _train_fraction(row) == 1]
+
+
 def compared_models(alignment, tuned=None):
     """Labels of the compared models: {"pretrained": "pretrained", "tuned": label}, the
     tuned one named by ``tuned`` or the only tuned model of the run."""
-    labels = list(dict.fromkeys(row["model"] for row in alignment.results["results"]))
+    rows = headline_rows(alignment.results["results"])
+    labels = list(dict.fromkeys(row["model"] for row in rows))
     candidates = [label for label in labels if label != "pretrained"]
     where = alignment.folder / "results.json"
     listed = ", ".join(repr(label) for label in candidates)
@@ -216,7 +272,7 @@ def planted_scores(alignment, truth, truth_path, voxels):
                                "--data_dir the alignment run evaluated")
         planted[kind] = indices[voxels[indices]]
     means = {}
-    for row in alignment.results["results"]:
+    for row in headline_rows(alignment.results["results"]):
         if row["region"] != "all":
             continue
         path = alignment.folder / run_utils.voxel_results_name(row["model"], row["layer"],
@@ -240,7 +296,8 @@ def summarise(alignment, roles, planted, downstream):
     """summary.json: the headline numbers of the compared models at the deepest layer both
     have, and how each compares with the paper's expected direction."""
     results = alignment.results
-    layers = [{row["layer"] for row in results["results"] if row["model"] == model}
+    headline = headline_rows(results["results"])
+    layers = [{row["layer"] for row in headline if row["model"] == model}
               for model in roles.values()]
     layer = max(set.intersection(*layers))
     summary = {"layer": layer, "models": roles,
@@ -252,12 +309,16 @@ def summarise(alignment, roles, planted, downstream):
     if planted:
         summary["planted_voxels"] = planted.counts
     for role, model in roles.items():
-        rows = [r for r in results["results"] if r["model"] == model and r["layer"] == layer
+        rows = [r for r in headline if r["model"] == model and r["layer"] == layer
                 and r["region"] == "all"]
         baseline = _row(rows, low_level="none")
         entry = {"cc_norm": baseline["cc_norm"]}
         if baseline.get("n_voxels") is not None:
             entry["n_voxels"] = baseline["n_voxels"]
+        if baseline.get("cc_norm_ci_low") is not None:
+            entry["cc_norm_ci"] = [baseline["cc_norm_ci_low"], baseline["cc_norm_ci_high"]]
+        if baseline.get("significant_fraction") is not None:
+            entry["significant_fraction"] = baseline["significant_fraction"]
         for row in rows:
             if row["low_level"] != "none":
                 entry[f"drop_percent_without_{row['low_level']}"] = row["drop_percent"]
@@ -286,7 +347,98 @@ def summarise(alignment, roles, planted, downstream):
         summary["semantic_cc_norm_gain_percent"] = (100.0 * (after - before) / abs(before)
                                                     if before else None)
     summary["expected_direction"] = expected_direction(summary["pretrained"], summary["tuned"])
+    comparison = _row(headline_rows(tuned_comparisons(results, roles)), layer=layer,
+                      region="all")
+    if comparison is not None:
+        summary["comparison"] = {
+            "difference": comparison["difference"],
+            "ci": [comparison["ci_low"], comparison["ci_high"]],
+            "excludes_zero": _excludes_zero(comparison["ci_low"], comparison["ci_high"])}
+    if "protocol" in results:
+        summary["protocol"] = {**results["protocol"],
+                               "follows_authors": follows_authors(results["protocol"])}
     return summary
+
+
+def tuned_comparisons(results, roles):
+    """The "comparisons" of results.json of the tuned model against the pretrained one, without
+    low-level features removed (none in older results)."""
+    return [row for row in results.get("comparisons", []) if row["model"] == roles["tuned"]
+            and row["baseline"] == roles["pretrained"] and row["low_level"] == "none"]
+
+
+def _confidence(results):
+    """The confidence level of the run's intervals (older runs: the evaluator's 95%)."""
+    return results.get("protocol", {}).get("confidence", 0.95)
+
+
+def _excludes_zero(low, high):
+    """Whether the interval [low, high] leaves out 0 (None where it is missing)."""
+    if not (_finite(low) and _finite(high)):
+        return None
+    return bool(low > 0 or high < 0)
+
+
+def follows_authors(protocol):
+    """Per protocol choice the run records: whether it is the authors' (AUTHORS_PROTOCOL)."""
+    return {key: protocol[key] in values for key, values in AUTHORS_PROTOCOL.items()
+            if key in protocol}
+
+
+def across_subjects(alignments, roles, layer, tuned):
+    """Per layer every run has for both compared models: each subject's mean cc_norm (region
+    all, no feature removed), the gains and the Wilcoxon signed-rank test over subjects.
+
+    ``roles`` and ``layer`` are those of the first run; a run of a subject already given, or
+    one without the same compared models or without ``layer``, is a UsageError."""
+    folders, scores = {}, []
+    for alignment in alignments:
+        where = alignment.folder / "results.json"
+        subject = alignment.results["subject"]
+        if subject in folders:
+            raise UsageError(f"{alignment.folder}: subject {subject} again (also in "
+                             f"{folders[subject]}); pass one alignment run per subject")
+        folders[subject] = alignment.folder
+        own = compared_models(alignment, tuned)
+        if own != roles:
+            raise UsageError(f"{where}: its tuned model is {own['tuned']!r} but "
+                             f"{alignments[0].folder} compares {roles['tuned']!r}; pass runs of "
+                             "the same tuned model (or name it with --tuned)")
+        means = {(row["model"], row["layer"]): row["cc_norm"]
+                 for row in headline_rows(alignment.results["results"])
+                 if row["region"] == "all" and row["low_level"] == "none"}
+        if any((model, layer) not in means for model in roles.values()):
+            raise UsageError(f"{where}: no layer {layer} results of both {roles['pretrained']!r} "
+                             f"and {roles['tuned']!r}; pass runs that evaluated the layers of "
+                             f"{alignments[0].folder}")
+        scores.append(means)
+    layers = sorted(set.intersection(*[{k for m, k in means if m == model}
+                                       for means in scores for model in roles.values()]))
+    summary = {}
+    for k in layers:
+        pretrained = [means[(roles["pretrained"], k)] for means in scores]
+        tuned_scores = [means[(roles["tuned"], k)] for means in scores]
+        statistic, p_value = wilcoxon_test(tuned_scores, pretrained)
+        summary[k] = {"subjects": list(folders), "pretrained": pretrained,
+                      "tuned": tuned_scores, "gain": _gains(tuned_scores, pretrained).tolist(),
+                      "wilcoxon_statistic": statistic, "p_value": p_value,
+                      "min_possible_p": 2.0 / 2 ** len(scores)}
+    return summary
+
+
+def _gains(tuned, pretrained):
+    """tuned - pretrained per subject (NaN where a mean is missing)."""
+    return np.asarray(tuned, dtype=float) - np.asarray(pretrained, dtype=float)
+
+
+def wilcoxon_test(tuned, pretrained):
+    """(statistic, p) of ``scipy.stats.wilcoxon(tuned, pretrained)`` (two-sided); (None, None)
+    where it cannot run: every gain zero, or one undefined."""
+    gains = _gains(tuned, pretrained)
+    if not np.all(np.isfinite(gains)) or not np.any(gains):
+        return None, None
+    result = scipy.stats.wilcoxon(tuned, pretrained)
+    return float(result.statistic), float(result.pvalue)
 
 
 def _expectation(key):
@@ -335,10 +487,23 @@ def _counted(text, n):
     return text if n is None else f"{text} (n={n})"
 
 
+def _interval(low, high):
+    """" [0.120, 0.180]"; nothing where the interval is missing."""
+    return "" if low is None or high is None else f" [{_number(low)}, {_number(high)}]"
+
+
 def _cell(row, key, format_value=_number):
+    """A row's value with its interval and voxel count, where recorded:
+    "0.150 [0.120, 0.180] (n=41)"."""
     if row is None:
         return "n/a"
-    return _counted(format_value(row[key]), row.get("n_voxels"))
+    interval = _interval(row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high"))
+    return _counted(format_value(row[key]) + interval, row.get("n_voxels"))
+
+
+def _p(value):
+    """A p-value to four significant digits; "n/a" where there is none."""
+    return f"{value:.4g}" if _finite(value) else "n/a"
 
 
 def _drop_notes(drops):
@@ -374,16 +539,31 @@ def render(out, alignment, planted, downstream, summary, title, truth):
              f"means over voxels with a noise ceiling above {config['nc_thr']} and test "
              f"responses that vary{excluded}; n is the number of voxels averaged. Models: "
              + ", ".join(f"**{label}** (`{path}`)" for label, path in results["models"].items())
-             + ".", "", *_direction_section(summary)]
-    models = list(dict.fromkeys(r["model"] for r in results["results"]))
-    rows = [r for r in results["results"] if r["low_level"] == "none"]
+             + ".", "", *_protocol_section(results.get("protocol")),
+             *_direction_section(summary), *_comparison_section(out, alignment, summary)]
+    headline = headline_rows(results["results"])
+    models = list(dict.fromkeys(r["model"] for r in headline))
+    rows = [r for r in headline if r["low_level"] == "none"]
     regions = list(dict.fromkeys(r["region"] for r in rows))
     layers = sorted({r["layer"] for r in rows})
     lines += ["## Brain alignment", ""]
+    if any(r.get("cc_norm_ci_low") is not None for r in rows):
+        lines += [f"In brackets: the {_confidence(results):.0%} block-bootstrap interval of the "
+                  "mean over the test story's time.", ""]
     for region in regions:
         lines += [f"Mean cc_norm, region `{region}`:", "",
                   _table(["model", *[f"layer {k}" for k in layers]],
                          [[m, *[_cell(_row(rows, model=m, layer=k, region=region), "cc_norm")
+                                for k in layers]] for m in models]), ""]
+    significant = [r for r in rows if r["region"] == "all"
+                   and r.get("significant_fraction") is not None]
+    if significant:
+        q = results.get("protocol", {}).get("fdr_q", 0.05)
+        lines += ["Fraction of those voxels whose permutation p-value survives "
+                  f"Benjamini-Hochberg FDR at q = {q}, region `all`:", "",
+                  _table(["model", *[f"layer {k}" for k in layers]],
+                         [[m, *[_cell(_row(significant, model=m, layer=k),
+                                      "significant_fraction", lambda v: f"{v:.0%}")
                                 for k in layers]] for m in models]), ""]
     lines += [_image(out, alignment.folder / "alignment.png", "alignment per layer"), ""]
     if planted:
@@ -395,10 +575,12 @@ def render(out, alignment, planted, downstream, summary, title, truth):
                          [[m, k, *[_counted(_number(planted.means[m]["none"][k][t]),
                                             planted.counts[t]) for t in VOXEL_TYPES]]
                           for m in planted.means for k in layers]), ""]
-    analyses = [a for a in dict.fromkeys(r["low_level"] for r in results["results"])
-                if a != "none"]
+    lines += _efficiency_section(out, alignment, summary)
+    if "across_subjects" in summary:
+        lines += _across_subjects_section(summary)
+    analyses = [a for a in dict.fromkeys(r["low_level"] for r in headline) if a != "none"]
     if analyses:
-        lines += _reliance_section(out, alignment, planted, models, layers, analyses)
+        lines += _reliance_section(out, alignment, headline, planted, models, layers, analyses)
     if results.get("semantic_preference"):
         lines += ["## Semantic preference", "",
                   "How well each layer predicts the semantic features of the words heard, and "
@@ -443,9 +625,130 @@ def _direction_section(summary):
             *_drop_notes(drops)]
 
 
-def _reliance_section(out, alignment, planted, models, layers, analyses):
-    drops = [r for r in alignment.results["results"] if r["low_level"] != "none"
-             and r["region"] == "all"]
+def _protocol_section(protocol):
+    """The run's protocol choices in words, each said to be the authors' or not."""
+    if protocol is None:
+        return []
+    follows = follows_authors(protocol)
+    items = []
+    for key, (what, words) in PROTOCOL_CHOICES.items():
+        if key not in protocol:
+            continue
+        value = protocol[key]
+        text = words.get(value, repr(value))
+        if key == "tr_source" and value != "respdict" and protocol.get("tr_path"):
+            text += f" (`{protocol['tr_path']}`)"
+        authors = "authors'" if follows[key] else (
+            f"not the authors', which is {words[AUTHORS_PROTOCOL[key][0]]}")
+        items.append(f"- {what}: {text} ({authors})")
+    if protocol.get("n_bootstrap"):
+        items.append(f"- intervals: {protocol['confidence']:.0%}, from {protocol['n_bootstrap']} "
+                     f"block-bootstrap resamples of the test story's time (blocks of "
+                     f"{protocol['block_len']} TRs)")
+    if protocol.get("n_permutations"):
+        items.append(f"- significance: {protocol['n_permutations']} permutations per voxel, "
+                     f"Benjamini-Hochberg FDR at q = {protocol['fdr_q']}")
+    if "followup_ceiling" in protocol:
+        items.append("- parcel means (follow-up paper): cc_norm set to 0 where the test-row "
+                     f"ceiling is <= {protocol['followup_ceiling']}, averaged over all of a "
+                     "region's voxels")
+    departs = [PROTOCOL_CHOICES[key][0] for key, same in follows.items() if not same]
+    verdict = (f"departs from the authors' in: {', '.join(departs)}." if departs else
+               "the authors' in every choice recorded.")
+    return [f"**Protocol:** {verdict}", "", *items, ""]
+
+
+def _comparison_section(out, alignment, summary):
+    """The tuned model minus the pretrained one, with intervals, per layer, region and
+    aggregation (results.json "comparisons", none in older results)."""
+    rows = tuned_comparisons(alignment.results, summary["models"])
+    if not rows:
+        return []
+    tuned = summary["models"]["tuned"]
+    confidence = _confidence(alignment.results)
+    regions = list(dict.fromkeys(r["region"] for r in rows))
+    rows = sorted(rows, key=lambda r: (regions.index(r["region"]), _aggregation(r), r["layer"]))
+    cells = []
+    for r in rows:
+        excludes = _excludes_zero(r["ci_low"], r["ci_high"])
+        side = "higher" if excludes and r["ci_low"] > 0 else "lower"
+        cells.append([r["region"], _aggregation(r), r["layer"], r["baseline_cc_norm"],
+                      r["model_cc_norm"], _number(r["difference"]) + _interval(r["ci_low"],
+                                                                               r["ci_high"]),
+                      {True: f"yes, {side}", False: "no", None: "n/a"}[excludes]])
+    return [f"## {tuned} minus pretrained, with {confidence:.0%} intervals", "",
+            f"Mean cc_norm of {tuned} minus that of pretrained, with the {confidence:.0%} "
+            "block-bootstrap interval over the test story's time (the same resamples for both "
+            "models). `voxel_mean`: the mean over the voxels above the noise-ceiling threshold; "
+            "`parcel_mean`: the follow-up paper's, per-voxel cc_norm set to 0 where the test-row "
+            "ceiling is low and averaged over all of a region's voxels (a group of regions: the "
+            "mean of its regions' means).", "",
+            _table(["region", "aggregation", "layer", "pretrained", tuned, "difference",
+                    "interval excludes 0"], cells), "",
+            _image(out, alignment.folder / "comparison.png", "difference per layer"), ""]
+
+
+def _efficiency_section(out, alignment, summary):
+    """Mean cc_norm at the compared layer (region all) of encoding models fitted on fractions
+    of the training rows, where the run fitted some on fewer than all."""
+    layer = summary["layer"]
+    rows = [r for r in alignment.results["results"] if _aggregation(r) == "voxel_mean"
+            and r["region"] == "all" and r["low_level"] == "none" and r["layer"] == layer]
+    if all(_train_fraction(r) == 1 for r in rows):
+        return []
+    fractions = sorted({_train_fraction(r) for r in rows})
+    cells = []
+    for m in dict.fromkeys(r["model"] for r in rows):
+        cell = []
+        for fraction in fractions:
+            row = next((r for r in rows if r["model"] == m and _train_fraction(r) == fraction),
+                       None)
+            cell.append("n/a" if row is None else _number(row["cc_norm"]) + (
+                f" ({row['train_rows']} rows)" if row.get("train_rows") is not None else ""))
+        cells.append([m, *cell])
+    return ["## Data efficiency", "",
+            f"Mean cc_norm at layer {layer} (region `all`) of encoding models fitted on a "
+            "fraction of the training rows (in brackets: how many rows):", "",
+            _table(["model", *[f"{fraction:.0%} of training rows" for fraction in fractions]],
+                   cells), "",
+            _image(out, alignment.folder / "data_efficiency.png", "data efficiency"), ""]
+
+
+def _across_subjects_section(summary):
+    """Each subject's mean cc_norm of both compared models per layer, and the Wilcoxon
+    signed-rank test of the gains over subjects."""
+    tuned = summary["models"]["tuned"]
+    by_layer = summary["across_subjects"]
+    cells, tests, notes = [], [], []
+    for layer, scores in by_layer.items():
+        for subject, before, after, gain in zip(scores["subjects"], scores["pretrained"],
+                                                scores["tuned"], scores["gain"]):
+            cells.append([layer, subject, _number(before), _number(after), f"{gain:+.3f}"
+                          if _finite(gain) else "n/a"])
+        statistic = scores["wilcoxon_statistic"]
+        tests.append([layer, len(scores["subjects"]),
+                      "n/a" if statistic is None else f"{statistic:g}", _p(scores["p_value"])])
+        if scores["p_value"] is None:
+            reason = ("every gain is zero" if all(g == 0 for g in scores["gain"])
+                      else "a subject's mean is undefined")
+            notes.append(f"At layer {layer} the test cannot run: {reason}.")
+    n = len(next(iter(by_layer.values()))["subjects"])
+    smallest = (f"With {n} subjects the exact two-sided p cannot go below "
+                f"{_p(2.0 / 2 ** n)} (2/2^{n}, reached when every gain has the same sign)"
+                + ("; with fewer than 6 subjects it cannot go below 0.05." if n < 6 else "."))
+    return ["## Across subjects", "",
+            f"Mean cc_norm (region `all`, the voxels above each run's noise-ceiling threshold, "
+            f"encoding models fitted on all training rows) of pretrained and {tuned} per "
+            f"subject, and the gain ({tuned} minus pretrained):", "",
+            _table(["layer", "subject", "pretrained", tuned, "gain"], cells), "",
+            "Wilcoxon signed-rank test of the gains over subjects (`scipy.stats.wilcoxon`, "
+            f"two-sided). {smallest}", "",
+            _table(["layer", "subjects", "statistic", "p"], tests), "", *notes,
+            *([""] if notes else [])]
+
+
+def _reliance_section(out, alignment, headline, planted, models, layers, analyses):
+    drops = [r for r in headline if r["low_level"] != "none" and r["region"] == "all"]
     lines = ["## Reliance on low-level features", "",
              "Drop of mean cc_norm (percent) when each low-level feature set is regressed out "
              "of the layer's features before fitting the encoding model:", "",

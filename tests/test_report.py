@@ -1,9 +1,11 @@
 """report.py: summary numbers from hand-made result folders, the Markdown, refusals."""
 
 import json
+import re
 
 import numpy as np
 import pytest
+import scipy.stats
 
 import noise_ceilings
 import report
@@ -12,40 +14,76 @@ import run_utils
 N_VOXELS = 12
 TRUTH = {"semantic_voxels": [0, 1, 2, 3, 4], "acoustic_voxels": [5, 6, 7],
          "noise_voxels": [8, 9, 10, 11]}
+AUTHORS_PROTOCOL = {"test_target": "repeats_mean", "normalise_by": "test_repeats",
+                    "alpha_score": "r2", "tr_source": "trfiles", "tr_path": "trfiles_huge.jbl",
+                    "followup_ceiling": 0.05, "n_permutations": 1000, "n_bootstrap": 1000,
+                    "block_len": 10, "fdr_q": 0.05, "confidence": 0.95,
+                    "train_fractions": [0.1, 0.4, 1.0]}
+OUR_PROTOCOL = {**AUTHORS_PROTOCOL, "test_target": "data", "normalise_by": "nc_file",
+                "alpha_score": "corr", "tr_source": "respdict", "tr_path": None}
+PARCEL_CC_NORM, PARCEL_DROP = 9.0, 777.0  # values of the rows no headline number may use
 
 
 def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), preference=None,
-               drop=12.5, n_voxels=None):
+               drop=12.5, n_voxels=None, subject="UTS01", new_style=False, fractions=(),
+               cc_norm=None, comparisons=None, protocol=None):
     """A brain_evaluate.py-like results folder with per-voxel cc_norm drawn at random.
 
     ``scored``: (N_VOXELS,) bool, the voxels the run's summaries average over;
     ``preference``: model -> semantic preference (0.25 for all by default); ``n_voxels``: the
-    count written into each row (none by default, as in older results)."""
+    count written into each row (none by default, as in older results); ``cc_norm``:
+    (model, layer) -> the mean written for it in place of the voxels' mean.
+
+    ``new_style``: each row also has aggregation, train_fraction, train_rows (1000), an
+    interval (cc_norm -+ 0.03) and significant_fraction (0.5), and "parcel_mean" rows with
+    PARCEL_CC_NORM and PARCEL_DROP come first; ``fractions``: train fractions below 1 with a
+    voxel-mean row each (cc_norm -fraction, no interval), also first; ``comparisons`` and
+    ``protocol`` are written as given."""
     folder.mkdir(parents=True)
     np.save(folder / run_utils.SUMMARY_VOXELS_NAME, np.flatnonzero(scored))
-    rows, values = [], {}
+    rows, first, values = [], [], {}
     for model in models:
         for layer in (1, 2):
             for analysis in ("none", "powspec"):
-                cc_norm = rng.uniform(-0.2, 0.8, N_VOXELS)
-                values[(model, layer, analysis)] = cc_norm
+                voxels = rng.uniform(-0.2, 0.8, N_VOXELS)
+                values[(model, layer, analysis)] = voxels
                 np.savez(folder / run_utils.voxel_results_name(model, layer, analysis),
-                         r=cc_norm, cc_norm=cc_norm, alpha=np.ones(N_VOXELS))
+                         r=voxels, cc_norm=voxels, alpha=np.ones(N_VOXELS))
+                mean = float(voxels.mean())
+                if analysis == "none" and cc_norm:
+                    mean = cc_norm[(model, layer)]
                 row = {"model": model, "layer": layer, "low_level": analysis, "region": "all",
-                       "cc_norm": float(cc_norm.mean()), "r": 0.0,
+                       "cc_norm": mean, "r": 0.0,
                        "drop_percent": None if analysis == "none" else drop}
-                rows.append(row if n_voxels is None else {**row, "n_voxels": n_voxels})
+                row = row if n_voxels is None else {**row, "n_voxels": n_voxels}
+                if new_style:
+                    new = {"aggregation": "voxel_mean", "train_fraction": 1.0, "train_rows": 1000,
+                           "cc_norm_ci_low": mean - 0.03, "cc_norm_ci_high": mean + 0.03,
+                           "significant_fraction": 0.5}
+                    first.append({**row, **new, "aggregation": "parcel_mean",
+                                  "cc_norm": PARCEL_CC_NORM, "drop_percent": PARCEL_DROP})
+                    row = {**row, **new}
+                if analysis == "none":
+                    first += [{**row, "train_fraction": fraction, "cc_norm": -fraction,
+                               "train_rows": int(1000 * fraction), "cc_norm_ci_low": None,
+                               "cc_norm_ci_high": None, "significant_fraction": None}
+                              for fraction in fractions]
+                rows.append(row)
+    rows = first + rows
     preference = preference or {}
     preference_rows = [{"model": m, "layer": k, "semantic_r": 0.5, "phonetic_r": 0.25,
                         "preference": preference.get(m, 0.25)} for m in models for k in (1, 2)]
-    facts = {"subject": "UTS01", "train_stories": ["a", "b"], "subject_voxels": N_VOXELS,
+    facts = {"subject": subject, "train_stories": ["a", "b"], "subject_voxels": N_VOXELS,
              "models": {m: "m0" if m == "pretrained" else f"run/{m.replace(' ', '-')}"
                         for m in models}}
     (folder / "run_config.json").write_text(json.dumps({
         "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
         **facts, "run": {}}))
+    extra = {key: value for key, value in (("comparisons", comparisons), ("protocol", protocol))
+             if value is not None}
     (folder / "results.json").write_text(json.dumps({**facts, "results": rows,
-                                                     "semantic_preference": preference_rows}))
+                                                     "semantic_preference": preference_rows,
+                                                     **extra}))
     return values
 
 
@@ -174,6 +212,12 @@ def test_alignment_tables_show_the_rows_voxel_counts(tmp_path):
     assert f"| {mean:.3f} (n=8) |" in text
     assert "| 12.5% (n=8) |" in text
     assert summary["tuned"]["n_voxels"] == 8
+    # older results: no intervals, comparisons, protocol nor data-efficiency rows
+    assert "cc_norm_ci" not in summary["tuned"] and "significant_fraction" not in summary["tuned"]
+    assert not {"comparison", "protocol", "across_subjects"} & summary.keys()
+    for absent in ("**Protocol:**", "minus pretrained, with", "## Data efficiency",
+                   "## Across subjects", "In brackets"):
+        assert absent not in text
 
 
 @pytest.mark.parametrize("damage", ["missing", "out of range"])
@@ -274,7 +318,8 @@ def test_a_probe_label_meaning_another_model_is_refused(tmp_path, caplog):
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "results.json").write_text(json.dumps({
-        "task": "phonemes", "dataset": "TIMIT", "chance_f1_macro": 0.125, "models": {"epoch 3": "other_run/epoch-3"},
+        "task": "phonemes", "dataset": "TIMIT", "chance_f1_macro": 0.125,
+        "models": {"epoch 3": "other_run/epoch-3"},
         "results": [{"model": "epoch 3", "layer": 1, "f1_macro": 0.5}]}))
     assert _report(tmp_path, "--downstream", str(probe), data=False) == 1
     assert "'epoch 3' is other_run/epoch-3 there but run/epoch-3 in the alignment run" in (
@@ -333,3 +378,209 @@ def test_synthetic_explanation_states_the_gain(tuned, expected):
     text = report._synthetic_explanation(summary, {"family_size": 1})
     assert ("At layer 2, the tuned model's (final) mean cc_norm over the 5 planted semantic "
             "voxels that pass the voxel rule " + expected) in text
+
+
+def _section(text, heading):
+    """The text of a report section, from its heading to the next heading."""
+    return text.split(heading, 1)[1].split("\n#")[0]
+
+
+def _table_lines(text):
+    return [line for line in text.splitlines() if line.startswith("| ")]
+
+
+def _comparison(layer, difference, low, high, aggregation="voxel_mean", model="epoch 3",
+                low_level="none"):
+    return {"model": model, "baseline": "pretrained", "layer": layer, "low_level": low_level,
+            "region": "all", "aggregation": aggregation, "model_cc_norm": 0.3,
+            "baseline_cc_norm": 0.2, "difference": difference, "ci_low": low, "ci_high": high}
+
+
+def test_parcel_means_and_smaller_fits_change_no_headline_number_nor_table(tmp_path):
+    """The same run written the old way and the new way (parcel-mean rows and fits on 10% and
+    40% of the training rows listed before the voxel means) gives the same headline numbers
+    and the same alignment and reliance tables."""
+    outputs = {}
+    for style, extra in (("old", {}), ("new", {"new_style": True, "fractions": (0.1, 0.4)})):
+        (tmp_path / style).mkdir()
+        _setup(tmp_path / style, n_voxels=8, **extra)
+        assert _report(tmp_path / style) == 0
+        outputs[style] = _outputs(tmp_path / style)
+    (old, old_text), (new, new_text) = outputs["old"], outputs["new"]
+    for role in ("pretrained", "tuned"):
+        assert {k: v for k, v in new[role].items()
+                if k not in ("cc_norm_ci", "significant_fraction")} == old[role]
+    for key in ("layer", "models", "planted_voxels", "expected_direction"):
+        assert new[key] == old[key]
+    for heading in ("## Brain alignment", "## Reliance on low-level features"):
+        # the new cells also hold intervals, and a table of significant fractions follows
+        new_section = re.sub(r" \[[^]]*\]", "", _section(new_text, heading).split(
+            "Fraction of those voxels")[0])
+        assert _table_lines(new_section) == _table_lines(_section(old_text, heading))
+    assert f"{PARCEL_CC_NORM:.3f}" not in new_text and f"{PARCEL_DROP:.1f}" not in new_text
+    outside = new_text.replace(_section(new_text, "## Data efficiency"), "")
+    assert "-0.100" not in outside and "-0.400" not in outside
+
+
+def test_intervals_and_significance_are_shown_in_cells_and_summary(tmp_path):
+    _setup(tmp_path, n_voxels=8, new_style=True)
+    assert _report(tmp_path) == 0
+    summary, text = _outputs(tmp_path)
+    rows = json.loads((tmp_path / "alignment" / "results.json").read_text())["results"]
+    row = next(r for r in rows if (r["model"], r["layer"], r["low_level"], r["aggregation"])
+               == ("epoch 3", 2, "none", "voxel_mean"))
+    mean, low, high = row["cc_norm"], row["cc_norm_ci_low"], row["cc_norm_ci_high"]
+    assert f"| {mean:.3f} [{low:.3f}, {high:.3f}] (n=8) |" in _section(text, "## Brain alignment")
+    assert "In brackets: the 95% block-bootstrap interval" in text
+    assert summary["tuned"]["cc_norm_ci"] == [low, high]
+    assert summary["tuned"]["significant_fraction"] == 0.5
+    assert "| epoch 3 | 50% (n=8) | 50% (n=8) |" in text
+
+
+@pytest.mark.parametrize("low, high, words, excludes", [(-0.15, -0.02, "yes, lower", True),
+                                                        (-0.15, 0.02, "no", False)])
+def test_the_tuned_minus_pretrained_intervals_are_tabled(tmp_path, low, high, words, excludes):
+    comparisons = [_comparison(1, 0.1, 0.05, 0.15), _comparison(2, -0.1, low, high),
+                   _comparison(2, 0.01, -0.02, 0.04, "parcel_mean"),
+                   _comparison(2, 0.5, 0.4, 0.6, model="other"),
+                   _comparison(2, 0.7, 0.6, 0.8, low_level="powspec")]
+    _setup(tmp_path, new_style=True, comparisons=comparisons, protocol=AUTHORS_PROTOCOL)
+    (tmp_path / "alignment" / "comparison.png").write_bytes(b"png")
+    assert _report(tmp_path, data=False) == 0
+    summary, text = _outputs(tmp_path)
+    section = _section(text, "## epoch 3 minus pretrained, with 95% intervals")
+    assert ("| all | voxel_mean | 1 | 0.200 | 0.300 | 0.100 [0.050, 0.150] | yes, higher |"
+            in section)
+    assert (f"| all | voxel_mean | 2 | 0.200 | 0.300 | -0.100 [{low:.3f}, {high:.3f}] | {words} |"
+            in section)
+    assert "| all | parcel_mean | 2 | 0.200 | 0.300 | 0.010 [-0.020, 0.040] | no |" in section
+    assert "0.500" not in section and "0.700" not in section
+    assert "![difference per layer](../alignment/comparison.png)" in section
+    assert summary["comparison"] == {"difference": -0.1, "ci": [low, high],
+                                     "excludes_zero": excludes}
+
+
+@pytest.mark.parametrize("protocol, departs", [
+    (AUTHORS_PROTOCOL, []), ({**AUTHORS_PROTOCOL, "tr_source": "report"}, []),
+    ({**AUTHORS_PROTOCOL, "tr_source": "respdict"}, ["tr_source"]),
+    (OUR_PROTOCOL, ["test_target", "normalise_by", "alpha_score", "tr_source"])])
+def test_the_protocol_says_which_choices_are_the_authors(tmp_path, protocol, departs):
+    _setup(tmp_path, protocol=protocol)
+    assert _report(tmp_path, data=False) == 0
+    summary, text = _outputs(tmp_path)
+    names = {"test_target": "test target", "normalise_by": "normaliser",
+             "alpha_score": "alpha score", "tr_source": "TR source"}
+    lines = {key: next(line for line in text.splitlines() if line.startswith(f"- {name}: "))
+             for key, name in names.items()}
+    for key, line in lines.items():
+        if key in departs:
+            assert "(not the authors', which is " in line and "(authors')" not in line
+        else:
+            assert line.endswith("(authors')")
+    assert ("**Protocol:** the authors' in every choice recorded." in text) == (not departs)
+    if departs:
+        assert (f"**Protocol:** departs from the authors' in: "
+                f"{', '.join(names[key] for key in departs)}." in text)
+    assert ("`trfiles_huge.jbl`" in lines["tr_source"]) == (protocol["tr_source"] != "respdict")
+    assert summary["protocol"]["test_target"] == protocol["test_target"]
+    assert summary["protocol"]["follows_authors"] == {key: key not in departs for key in names}
+
+
+def test_the_data_efficiency_table(tmp_path):
+    _setup(tmp_path, new_style=True, fractions=(0.1, 0.4))
+    (tmp_path / "alignment" / "data_efficiency.png").write_bytes(b"png")
+    assert _report(tmp_path, data=False) == 0
+    summary, text = _outputs(tmp_path)
+    section = _section(text, "## Data efficiency")
+    assert "| model | 10% of training rows | 40% of training rows | 100% of training rows |" in (
+        section)
+    assert (f"| epoch 3 | -0.100 (100 rows) | -0.400 (400 rows) | "
+            f"{summary['tuned']['cc_norm']:.3f} (1000 rows) |" in section)
+    assert "![data efficiency](../alignment/data_efficiency.png)" in section
+
+
+def _subjects(tmp_path, pretrained, gains, models=("pretrained", "epoch 3"), subjects=None):
+    """One alignment folder per subject (UTS01, UTS02, ...): pretrained mean cc_norm
+    ``pretrained[i]``, the tuned one plus ``gains[layer][i]``; returns the folders."""
+    rng = np.random.default_rng(0)
+    subjects = subjects or [f"UTS0{i + 1}" for i in range(len(pretrained))]
+    folders = []
+    for i, subject in enumerate(subjects):
+        scores = {("pretrained", k): pretrained[i] for k in (1, 2)}
+        scores.update({(models[1], k): pretrained[i] + gains[k][i] for k in (1, 2)})
+        folder = tmp_path / f"run{i}"
+        _alignment(folder, tmp_path / "UTS01.npy", rng, np.ones(N_VOXELS, bool), models=models,
+                   subject=subject, cc_norm=scores)
+        folders.append(str(folder))
+    return folders
+
+
+def _across(tmp_path, folders):
+    return report.main(["--out", str(tmp_path / "report"), "--alignment", *folders,
+                        "--overwrite"])
+
+
+@pytest.mark.parametrize("n", [3, 6])
+def test_across_subjects_the_gains_are_tested_with_wilcoxon(tmp_path, n):
+    pretrained = [0.2 + 0.01 * i for i in range(n)]
+    gains = {1: [0.03, -0.01, 0.02, -0.04, 0.05, 0.06][:n], 2: [0.01 * (i + 1) for i in range(n)]}
+    folders = _subjects(tmp_path, pretrained, gains)
+    assert _across(tmp_path, folders) == 0
+    summary, text = _outputs(tmp_path)
+    assert text.count("Subject UTS01;") == 1
+    section = _section(text, "## Across subjects")
+    for layer in (1, 2):
+        read = {}  # the means as the results files hold them
+        for folder in folders:
+            for row in json.loads((tmp_path / folder / "results.json").read_text())["results"]:
+                if row["layer"] == layer and row["low_level"] == "none":
+                    read.setdefault(row["model"], []).append(row["cc_norm"])
+        expected = scipy.stats.wilcoxon(read["epoch 3"], read["pretrained"])
+        scores = summary["across_subjects"][str(layer)]
+        assert scores["subjects"] == [f"UTS0{i + 1}" for i in range(n)]
+        assert scores["pretrained"] == read["pretrained"] and scores["tuned"] == read["epoch 3"]
+        assert scores["gain"] == pytest.approx(gains[layer])
+        assert scores["wilcoxon_statistic"] == pytest.approx(expected.statistic)
+        assert scores["p_value"] == pytest.approx(expected.pvalue)
+        assert scores["min_possible_p"] == pytest.approx(2 / 2 ** n)
+        assert f"| {layer} | {n} | {expected.statistic:g} | {expected.pvalue:.4g} |" in section
+        assert (f"| {layer} | UTS02 | {read['pretrained'][1]:.3f} | {read['epoch 3'][1]:.3f} | "
+                f"{gains[layer][1]:+.3f} |" in section)
+    assert summary["across_subjects"]["2"]["p_value"] == pytest.approx(2 / 2 ** n)
+    assert (f"With {n} subjects the exact two-sided p cannot go below {2 / 2 ** n:.4g} "
+            f"(2/2^{n}" in section)
+    assert ("with fewer than 6 subjects it cannot go below 0.05" in section) == (n < 6)
+
+
+def test_across_subjects_all_zero_gains_give_no_p(tmp_path):
+    folders = _subjects(tmp_path, [0.2, 0.3, 0.25], {1: [0.0] * 3, 2: [0.0] * 3})
+    assert _across(tmp_path, folders) == 0
+    summary, text = _outputs(tmp_path)
+    scores = summary["across_subjects"]["2"]
+    assert scores["wilcoxon_statistic"] is None and scores["p_value"] is None
+    assert scores["min_possible_p"] == 0.25
+    assert "| 2 | 3 | n/a | n/a |" in text
+    assert "At layer 2 the test cannot run: every gain is zero." in text
+
+
+@pytest.mark.parametrize("fault", ["same subject", "other tuned model", "no layer 2"])
+def test_across_subjects_mismatched_runs_are_refused(tmp_path, caplog, fault):
+    gains = {1: [0.1, 0.2, 0.3], 2: [0.1, 0.2, 0.3]}
+    folders = _subjects(tmp_path, [0.2, 0.3, 0.25], gains,
+                        subjects=["UTS01", "UTS02", "UTS01"] if fault == "same subject" else None)
+    if fault == "other tuned model":
+        folders[2] = _subjects(tmp_path / "other", [0.2], gains, models=("pretrained", "final"),
+                               subjects=["UTS03"])[0]
+    if fault == "no layer 2":
+        path = tmp_path / folders[2] / "results.json"
+        results = json.loads(path.read_text())
+        results["results"] = [row for row in results["results"] if row["layer"] == 1]
+        path.write_text(json.dumps(results))
+    assert _across(tmp_path, folders) == 1
+    message = {"same subject": f"{folders[2]}: subject UTS01 again (also in {folders[0]})",
+               "other tuned model": f"{folders[2]}/results.json: its tuned model is 'final' but "
+                                    f"{folders[0]} compares 'epoch 3'",
+               "no layer 2": f"{folders[2]}/results.json: no layer 2 results of both "
+                             "'pretrained' and 'epoch 3'"}[fault]
+    assert message in caplog.text and "Traceback" not in caplog.text
+    assert not (tmp_path / "report" / "report.md").exists()
