@@ -3,8 +3,10 @@
 #             ceilings, brain-tuning of a small random-weight wav2vec2 (make-tiny --size demo)
 #             for 4 epochs, brain alignment of the pretrained model and of final/ (the epoch
 #             of lowest validation loss, as the paper keeps; 4 s context instead of 16 s, for
-#             speed) with the low-level reliance and semantic preference, a phoneme probe on
-#             a synthetic TIMIT, and outputs/demo/report.md + summary.json
+#             speed; scored as the authors score, with permutation p-values, bootstrap
+#             intervals and the data-efficiency curve) with the low-level reliance and semantic
+#             preference, a phoneme probe on a synthetic TIMIT, and outputs/demo/report.md +
+#             summary.json
 # make test   set up .venv if needed, then run the test suite
 # make test-fast  the same without the tests marked slow (the whole demo)
 PYTHON ?= python3
@@ -75,7 +77,7 @@ demo: setup
 		--data_dir $(DEMO_DIR)/data --nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy \
 		--logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 --epochs final \
 		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_UTS01 --overwrite \
-		--context_s 4 --chunk_s 0.1 \
+		--context_s 4 --chunk_s 0.1 --train_fraction 0.25 0.5 \
 		--layers 0 1 2 --low_level powspec phonemes --semantic_preference --word_vectors synthetic
 	$(BIN)/python synthetic_downstream.py --layout timit --out $(DEMO_DIR)/timit --overwrite
 	$(BIN)/python eval_phonemes.py --data_path $(DEMO_DIR)/timit \

@@ -34,8 +34,15 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
         assert "semantic_drop_percent_without_powspec" in role
     report = (out / "report.md").read_text()
     assert "The tuned model is better" in report
+    # scored as the authors score, with intervals and p-values
+    assert summary["follows_authors"] is not None and summary["protocol"]["alpha_score"] == "r2"
+    low, high = summary["comparison"]["ci"]
+    assert low <= summary["comparison"]["difference"] <= high
+    assert 0 <= tuned["significant_fraction"] <= 1 and len(tuned["cc_norm_ci"]) == 2
     plots = sorted(out.rglob("*.png"))
-    assert len(plots) == 4
+    assert {plot.name for plot in plots} == {
+        "alignment.png", "comparison.png", "reliance.png", "semantic_preference.png",
+        "data_efficiency.png", "phonemes.png"}
     for plot in plots:
         assert f"]({plot.relative_to(out)})" in report
     assert (out / "runs" / "tiny-wav2vec2_UTS01" / "run_config.json").exists()
