@@ -35,7 +35,8 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
     report = (out / "report.md").read_text()
     assert "The tuned model is better" in report
     # scored as the authors score, with intervals and p-values
-    assert summary["follows_authors"] is not None and summary["protocol"]["alpha_score"] == "r2"
+    assert summary["protocol"]["follows_authors"] == {
+        "test_target": True, "normalise_by": True, "alpha_score": True, "tr_source": False}
     low, high = summary["comparison"]["ci"]
     assert low <= summary["comparison"]["difference"] <= high
     assert 0 <= tuned["significant_fraction"] <= 1 and len(tuned["cc_norm_ci"]) == 2
