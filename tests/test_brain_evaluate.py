@@ -221,7 +221,10 @@ def test_a_rerun_with_fewer_layers_leaves_no_files_of_the_earlier_run(setup):
     (["--exp_name", "."], "--exp_name"), (["--exp_name", "a/b"], "--exp_name"),
     (["--n_boots", "0"], "--n_boots"), (["--chunk_len", "0"], "--chunk_len"),
     (["--batch_size", "0"], "--batch_size"), (["--context_s", "0"], "--context_s"),
-    (["--chunk_s", "-1"], "--chunk_s"), (["--skip_pretrained"], "nothing to evaluate")])
+    (["--chunk_s", "-1"], "--chunk_s"), (["--skip_pretrained"], "nothing to evaluate"),
+    (["--fdr_q", "1"], "--fdr_q"), (["--train_fraction", "0"], "--train_fraction"),
+    (["--n_permutations", "-1"], "--n_permutations"), (["--block_len", "0"], "--block_len"),
+    (["--n_bootstrap", "nan"], "--n_bootstrap")])
 def test_bad_flags_are_parser_errors(setup, flags, message, capsys):
     root, data = setup
     with pytest.raises(SystemExit):
@@ -944,18 +947,6 @@ def test_p_values_intervals_and_data_efficiency_of_a_run(setup):
     assert all(row["cc_norm_ci_low"] is None for row in half)
     for name in ("comparison.png", "data_efficiency.png", "comparisons.csv"):
         assert (folder / name).is_file()
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--fdr_q", "1"], "--fdr_q"), (["--train_fraction", "0"], "--train_fraction"),
-    (["--n_permutations", "-1"], "--n_permutations"), (["--block_len", "0"], "--block_len"),
-    (["--n_bootstrap", "nan"], "--n_bootstrap")])
-def test_bad_uncertainty_flags_are_parser_errors(setup, flags, message, capsys):
-    root, data = setup
-    with pytest.raises(SystemExit):
-        brain_evaluate.parse_args(["--model_name", str(root / "model0"), "--subject", "1",
-                                   "--data_dir", str(data), *flags])
-    assert message in capsys.readouterr().err
 
 
 def test_blocks_longer_than_the_test_story_are_refused_before_any_model_is_loaded(
