@@ -409,6 +409,9 @@ def encoding_task(args, subject, stories):
                                           n_voxels=n_voxels)
     target, test_ceiling = test_scoring(args.data_dir, subject, args.test_story,
                                         args.test_target)
+    if len(target) // args.block_len < 2:
+        raise UsageError(f"--block_len {args.block_len}: the {len(target)} scored test rows "
+                         "make fewer than 2 blocks to permute and resample")
     voxels, voxel_facts = summary_voxels(
         nc, args.nc_thr, nc_path, target,
         data_utils.response_path(args.data_dir, subject, args.test_story))
@@ -424,9 +427,6 @@ def encoding_task(args, subject, stories):
     subsets = {fraction: training_subset(lengths, fraction, args.n_boots, args.chunk_len,
                                          args.seed)
                for fraction in args.train_fraction if fraction < 1}
-    if len(target) // args.block_len < 2:
-        raise UsageError(f"--block_len {args.block_len}: the {len(target)} scored test rows "
-                         "make fewer than 2 blocks to permute and resample")
     counts, starts = (eval_utils.bootstrap_block_counts(len(target), args.block_len,
                                                         args.n_bootstrap, args.seed)
                       if args.n_bootstrap else (None, None))
