@@ -97,7 +97,9 @@ TEST_RESPONSE_TRIM = 40  # the paper drops the first 40 test rows (features [50:
 SEMANTIC_PREFERENCE = "semantic preference"  # the analysis name of --semantic_preference
 SETTINGS_FILE = "settings.json"  # in the partial folder: what its finished results depend on
 # Arguments that choose which results a run makes, change only its speed or where it writes,
-# or only its summaries (recomputed from the per-voxel results): --resume may change them.
+# or only what is computed from the finished results (the FDR level): --resume may change
+# them. --nc_thr and --roi_file may not: each finished result holds bootstrap means over the
+# run's summaries.
 RESUME_MAY_CHANGE = {"resume", "overwrite", "device", "precision", "log_level", "save_dir",
                      "exp_name", "cache_dir", "batch_size", "naive", "model_name", "model_path",
                      "logs_dir", "epochs", "skip_pretrained", "layers", "low_level",
@@ -105,7 +107,6 @@ RESUME_MAY_CHANGE = {"resume", "overwrite", "device", "precision", "log_level", 
 FOLLOWUP_CEILING = 0.05  # the follow-up paper's summaries count voxels of a lower test-row
 #                          ceiling as 0
 CONFIDENCE = 0.95  # of the bootstrap intervals
-AGGREGATIONS = ("voxel_mean", "parcel_mean")  # ours, and the follow-up paper's
 TEST_TARGETS = ("repeats_mean", "data")  # --test_target; the first is the authors'
 NORMALISERS = ("test_repeats", "nc_file")  # --normalise_by; the first is the authors'
 

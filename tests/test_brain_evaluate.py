@@ -623,6 +623,10 @@ def test_an_interrupted_run_resumes_without_fitting_its_finished_results_again(
     assert _run_shared(setup, *RESUMED, "--resume", "--alphas", "1", "10",
                        save="resumed") == 1
     assert "--alphas" in _one_error_line(caplog) and _snapshot(partial) == kept
+    caplog.clear()
+    # the finished results hold bootstrap means over the summary voxels: no other --nc_thr
+    assert _run_shared(setup, *RESUMED, "--resume", "--nc_thr", "0.3", save="resumed") == 1
+    assert "--nc_thr" in _one_error_line(caplog) and _snapshot(partial) == kept
     fits = _count_calls(monkeypatch, brain_evaluate, "layer_scores")
     preferences = _count_calls(monkeypatch, brain_evaluate, "semantic_preference")
     assert _run_shared(setup, *RESUMED, "--resume", save="resumed") == 0
