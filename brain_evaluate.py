@@ -340,6 +340,7 @@ class Uncertainty(NamedTuple):
     seed: int
     bootstrap_counts: np.ndarray  # (resamples, blocks), or None for no intervals
     block_starts: np.ndarray
+    bootstrap_weights: np.ndarray  # (voxels, summaries): per-voxel r -> mean cc_norm summaries
     fdr_q: float
 
 
@@ -431,8 +432,10 @@ def encoding_task(args, subject, stories):
     counts, starts = (eval_utils.bootstrap_block_counts(len(target), args.block_len,
                                                         args.n_bootstrap, args.seed)
                       if args.n_bootstrap else (None, None))
+    per_r = np.divide(summaries.weights, normaliser[:, None],
+                      out=np.zeros_like(summaries.weights), where=normaliser[:, None] > 0)
     uncertainty = Uncertainty(args.n_permutations, args.block_len, args.seed, counts, starts,
-                              args.fdr_q)
+                              per_r, args.fdr_q)
     task = EncodingTask(stories, args.test_story, responses, voxels, summaries, splits,
                         subsets, args.alphas, args.alpha_score, args.nc_thr, uncertainty)
     return task, voxel_facts
@@ -800,11 +803,9 @@ def layer_scores(features, task, device=None, what="features", fraction=1.0):
             prediction, responses.test, uncertainty.n_permutations, uncertainty.block_len,
             uncertainty.seed)
     if uncertainty.bootstrap_counts is not None:
-        per_r = np.divide(task.summaries.weights, normaliser[:, None],
-                          out=np.zeros_like(task.summaries.weights), where=normaliser[:, None] > 0)
         scores["bootstrap"] = eval_utils.bootstrap_correlations(
             prediction, responses.test, uncertainty.bootstrap_counts, uncertainty.block_starts,
-            per_r)
+            uncertainty.bootstrap_weights)
     return scores
 
 

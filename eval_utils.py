@@ -483,20 +483,6 @@ def leading_rows(story_lengths, fraction):
 
 # ----------------------------------------------------------------------------- uncertainty
 
-def _standardised_columns(x):
-    """Columns centred and divided by their population std (constant columns: all 0), float64."""
-    centred = x.astype(np.float64)  # one cast, then in place: no float32 -> float64 buffering
-    centred -= centred.mean(axis=0)
-    std = np.sqrt(np.square(centred).mean(axis=0))
-    varies = std > 0
-    if varies.all():
-        centred /= std
-    else:
-        np.divide(centred, std, out=centred, where=varies)
-        centred[:, ~varies] = 0.0
-    return centred
-
-
 def block_permutation_pvalues(prediction, target, n_permutations=1000, block_len=10, seed=0,
                               voxel_batch=4096):
     """One-sided p-values of the correlation of each column of ``prediction`` with ``target``,
@@ -537,8 +523,8 @@ def block_permutation_pvalues(prediction, target, n_permutations=1000, block_len
     exceed = np.zeros(n_voxels, np.int64)
     for first in range(0, n_voxels, voxel_batch):
         columns = slice(first, min(first + voxel_batch, n_voxels))
-        zp = _standardised_columns(prediction[:, columns]).astype(np.float32)
-        zt = _standardised_columns(target[:, columns]).astype(np.float32)
+        zp = zscore(prediction[:, columns].astype(np.float64)).astype(np.float32)
+        zt = zscore(target[:, columns].astype(np.float64)).astype(np.float32)
         in_place = (zp[whole:] * zt[whole:]).sum(axis=0)
         blocks_p = zp[:whole].reshape(n_blocks, block_len, -1)
         blocks_t = zt[:whole].reshape(n_blocks, block_len, -1)

@@ -304,7 +304,7 @@ def _task(stories, test_story, train, test, nc, splits, alphas, alpha_score="cor
     return brain_evaluate.EncodingTask(
         stories, test_story, brain_evaluate.Responses(train, test, nc, nc), voxels,
         brain_evaluate.summary_weights(voxels, nc, {}, {}), splits, subsets or {}, alphas,
-        alpha_score, 0.0, brain_evaluate.Uncertainty(0, 10, 0, None, None, 0.05))
+        alpha_score, 0.0, brain_evaluate.Uncertainty(0, 10, 0, None, None, None, 0.05))
 
 
 def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_path):
