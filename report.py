@@ -701,8 +701,7 @@ def _efficiency_section(out, alignment, summary):
     for m in dict.fromkeys(r["model"] for r in rows):
         cell = []
         for fraction in fractions:
-            row = next((r for r in rows if r["model"] == m and _train_fraction(r) == fraction),
-                       None)
+            row = _row(rows, model=m, train_fraction=fraction)  # new-style rows: all have it
             cell.append("n/a" if row is None else _number(row["cc_norm"]) + (
                 f" ({row['train_rows']} rows)" if row.get("train_rows") is not None else ""))
         cells.append([m, *cell])
