@@ -20,6 +20,9 @@ BIN := $(VENV)/bin
 #             the paper's protocol on the real data: check, noise ceiling, brain-tuning with the
 #             paper's settings (resumed if interrupted), alignment of the pretrained and tuned
 #             model with the low-level reliance (and the semantic preference with WORD_VECTORS=),
+#             per region (the subject's pycortex ROIs, or HCP-MMP1 with its late-language and A1
+#             groups given FSAVERAGE=/path/to/fsaverage holding label/?h.HCPMMP1.annot) with
+#             cortical maps of the best layer,
 #             downstream probes for the datasets given (TIMIT= SPEECH_COMMANDS= CREMA_D= SLURP=),
 #             and $(OUT)/report.md + summary.json
 SUBJECT ?= 1
@@ -29,6 +32,9 @@ EPOCHS ?= 30
 OUT ?= outputs/reproduce
 RUN_NAME = $(notdir $(patsubst %/,%,$(MODEL)))_UTS0$(SUBJECT)
 LOW_LEVEL ?= powspec phonemes articulation
+REGIONS ?= overlays
+FSAVERAGE ?=
+REGION_FLAGS = $(if $(FSAVERAGE),--regions annot --fsaverage $(FSAVERAGE),--regions $(REGIONS))
 WORD_VECTORS ?=
 TIMIT ?=
 SPEECH_COMMANDS ?=
@@ -100,6 +106,7 @@ reproduce: setup
 	$(BIN)/python brain_evaluate.py --model_name $(MODEL) --subject $(SUBJECT) --data_dir $(DATA) \
 		--logs_dir $(OUT)/runs/$(RUN_NAME) --epochs final --save_dir $(OUT)/alignment \
 		--exp_name $(RUN_NAME) --overwrite $(if $(LOW_LEVEL),--low_level $(LOW_LEVEL),) \
+		$(REGION_FLAGS) --flatmap_layers best \
 		$(if $(WORD_VECTORS),--semantic_preference --word_vectors $(WORD_VECTORS),)
 	$(foreach task,$(PROBES),$(BIN)/python eval_$(task).py --data_path $(PROBE_DATA_$(task)) \
 		--model_name $(MODEL) --model_path $(OUT)/runs/$(RUN_NAME) --save_dir $(OUT)/downstream \

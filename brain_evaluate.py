@@ -41,9 +41,13 @@ over the voxels whose noise ceiling exceeds ``--nc_thr`` and whose test target v
 scored rows (a constant voxel, or an all-NaN one, which reads as 0, is left out and counted
 in results.json's ``excluded_voxels``), and "parcel_mean", the follow-up paper's: cc_norm
 counted as 0 where the test-row ceiling is at most ``FOLLOWUP_CEILING``, averaged over all of
-a region's voxels, and for a group of regions the mean of its regions' means. ``--roi_file``
-maps region names to voxel indices and group names to region names. A summary without
-voxels is null in results.json, blank in results.csv, with a warning.
+a region's voxels, and for a group of regions the mean of its regions' means. ``--regions``
+is a file mapping region names to voxel indices and group names to region names, or a source
+of ``brain_regions.py`` (the subject's pycortex ROIs, an fsaverage annotation such as
+HCP-MMP1 with the follow-up paper's groups, or its FreeSurfer aparc), made once from the
+dataset's anatomy and cached. A summary without voxels is null in results.json, blank in
+results.csv, with a warning. ``--flatmap_layers`` draws per-voxel cc_norm, and each tuned
+model minus the pretrained one, on the subject's flat map (pycortex).
 
 Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model,
 layer, low-level analysis ("none", or the set removed), region, aggregation and training
@@ -54,6 +58,9 @@ intervals), ``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r, cc_nor
 p_value, q_value), ``predictions_<model>_layer<k>.npz`` (the float32 test prediction and the
 test-story rows it belongs to), ``summary_voxels.npy`` (indices of the voxel-mean voxels),
 ``alignment.png`` (mean cc_norm per layer, one line per model, with intervals),
+``regions.png`` (with --regions: per layer, each group's (else region's) parcel-mean cc_norm
+per model with intervals, the paper's figure), ``regions.json`` (the region file used),
+``flatmap_*.png`` (with --flatmap_layers),
 ``comparison.png``, ``reliance.png`` (drop per layer; colour per model, line style per
 feature set removed), ``data_efficiency.png``, ``semantic_preference.csv``/``.png``
 (semantic_r, phonetic_r, preference per model and layer; also in results.json) and
@@ -78,8 +85,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse
 import scipy.stats
 
+import brain_regions
 import data_utils
 import eval_utils
 import low_level_features
@@ -98,7 +107,7 @@ SEMANTIC_PREFERENCE = "semantic preference"  # the analysis name of --semantic_p
 SETTINGS_FILE = "settings.json"  # in the partial folder: what its finished results depend on
 # Arguments that choose which results a run makes, change only its speed or where it writes,
 # or only what is computed from the finished results (the FDR level): --resume may change
-# them. --nc_thr and --roi_file may not: each finished result holds bootstrap means over the
+# them. --nc_thr and --regions may not: each finished result holds bootstrap means over the
 # run's summaries.
 RESUME_MAY_CHANGE = {"resume", "overwrite", "device", "precision", "log_level", "save_dir",
                      "exp_name", "cache_dir", "batch_size", "naive", "model_name", "model_path",
@@ -133,11 +142,24 @@ def parse_args(argv=None):
                         help="summaries average over voxels whose noise ceiling exceeds this "
                              "(and whose test-story responses vary); a run with no such voxel "
                              "is refused")
-    parser.add_argument("--roi_file", default=None,
-                        help="JSON mapping region name -> list of voxel indices, for per-region "
-                             "summaries; a region with none of the summary voxels (see "
-                             "--nc_thr) gets no summary: null in results.json, blank in "
-                             "results.csv, and a warning")
+    regions = parser.add_argument_group("brain regions and cortical maps (brain_regions.py)")
+    regions.add_argument("--regions", "--roi_file", dest="regions", default=None,
+                         help="per-region summaries: a JSON file mapping region name -> list of "
+                              "voxel indices and group name -> region names (brain_regions.py "
+                              "regions writes one), or a source computed from the subject's "
+                              "anatomy and cached in --cache_dir: "
+                              + ", ".join(brain_regions.SOURCES) + " (see brain_regions.py); "
+                              "copied into the results as regions.json. A region with none "
+                              "of the summary voxels (see --nc_thr) gets no voxel mean: null "
+                              "in results.json, blank in results.csv, and a warning")
+    brain_regions.add_source_arguments(regions)
+    regions.add_argument("--flatmap_layers", nargs="+", default=[],
+                         help="cortical maps (pycortex quickflat on the subject's flat map) of "
+                              "per-voxel cc_norm of these layers ('best': the layer of the "
+                              "highest mean cc_norm of the last model), per model and tuned "
+                              "minus pretrained: flatmap_<model>_layer<k>.png")
+    regions.add_argument("--flatmap_height", type=int, default=brain_regions.MAP_HEIGHT,
+                         help="cortical map height in pixels")
     parser.add_argument("--low_level", nargs="+", default=[],
                         help="reliance analysis: low-level feature sets ("
                              + ", ".join(low_level_features.FEATURE_SETS) + ") to regress out of "
@@ -233,6 +255,12 @@ def parse_args(argv=None):
             parser.error(f"--{flag} must be positive")
     if args.semantic_preference and args.word_vectors is None:
         parser.error("--semantic_preference needs --word_vectors FILE (or 'synthetic')")
+    brain_regions.check_source_arguments(parser, args, args.regions)
+    for layer in args.flatmap_layers:
+        if layer != "best" and not layer.isdigit():
+            parser.error(f"--flatmap_layers takes layer numbers or 'best', got {layer!r}")
+    if args.flatmap_height < 64:
+        parser.error(f"--flatmap_height must be at least 64 pixels, got {args.flatmap_height}")
     run_utils.finish_results_arguments(parser, args, args.subject)
     try:
         for spec in args.low_level:
@@ -276,6 +304,8 @@ def run(args):
         with run_utils.output_folder(out_dir, args.overwrite) as staging:
             run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
             rows, comparisons, preference_rows = write_results(staging, all_results, facts, task)
+            if args.flatmap_layers:
+                write_run_flatmaps(staging, all_results, rows, args, subject, task)
         finished.remove()
         overall = [row for row in rows if row["region"] == "all" and row["train_fraction"] == 1
                    and row["aggregation"] == "voxel_mean"]
@@ -328,8 +358,8 @@ class Summaries(NamedTuple):
     """Every summary of per-voxel values is a weighted sum over the voxels: ``values @
     weights`` for means (of cc_norm or r), ``indicator @ members`` for fractions of voxels."""
     keys: list  # (region, aggregation) per column
-    weights: np.ndarray  # (voxels, summaries) float64
-    members: np.ndarray  # (voxels, summaries) float64
+    weights: scipy.sparse.csr_array  # (voxels, summaries) float64
+    members: scipy.sparse.csr_array  # (voxels, summaries) float64
     n_voxels: list  # voxels each summary averages over; 0: no summary (None)
 
 
@@ -340,7 +370,8 @@ class Uncertainty(NamedTuple):
     seed: int
     bootstrap_counts: np.ndarray  # (resamples, blocks), or None for no intervals
     block_starts: np.ndarray
-    bootstrap_weights: np.ndarray  # (voxels, summaries): per-voxel r -> mean cc_norm summaries
+    bootstrap_weights: scipy.sparse.csr_array  # (voxels, summaries): per-voxel r -> mean
+    # cc_norm summaries (or a dense array)
     fdr_q: float
 
 
@@ -400,7 +431,8 @@ def encoding_task(args, subject, stories):
     """The run's encoding problem, every input checked before any model is loaded: the
     stories' files (``data_utils.check_run_inputs``), the noise ceiling (computed if missing,
     never saved with another voxel count than the responses'), the test target and its
-    ceiling (``test_scoring``), the summary voxels (``summary_voxels``), ``--roi_file``, the
+    ceiling (``test_scoring``), the summary voxels (``summary_voxels``), the ``--regions``
+    (made from the anatomy when a source is named), the anatomy of ``--flatmap_layers``, the
     cross-validation splits and the --train_fraction subsets.
 
     Returns the ``EncodingTask`` and the facts about its voxels (``summary_voxels``)."""
@@ -417,8 +449,17 @@ def encoding_task(args, subject, stories):
     voxels, voxel_facts = summary_voxels(
         nc, args.nc_thr, nc_path, target,
         data_utils.response_path(args.data_dir, subject, args.test_story))
-    regions, groups = load_rois(args.roi_file, n_voxels)
-    summaries = summary_weights(voxels, test_ceiling, regions, groups, args.roi_file,
+    region_file = (brain_regions.subject_regions(args.data_dir, subject, args.regions,
+                                                 args.cache_dir, args.annot, args.fsaverage)
+                   if args.regions in brain_regions.SOURCES else args.regions)
+    regions, groups = load_rois(region_file, n_voxels)
+    voxel_facts["regions"] = {"given": args.regions, "file": region_file and str(region_file),
+                              "groups": list(groups), "shown": figure_regions(regions, groups)}
+    if args.flatmap_layers:  # pycortex, the anatomy and its voxel count, before any model
+        anatomy = brain_regions.subject_anatomy(args.data_dir, subject)
+        brain_regions.thick_mask(brain_regions.import_cortex(anatomy, args.cache_dir), anatomy,
+                                 n_voxels)
+    summaries = summary_weights(voxels, test_ceiling, regions, groups, region_file,
                                 args.nc_thr)
     normaliser = test_ceiling if args.normalise_by == "test_repeats" else nc
     responses = Responses(
@@ -432,8 +473,7 @@ def encoding_task(args, subject, stories):
     counts, starts = (eval_utils.bootstrap_block_counts(len(target), args.block_len,
                                                         args.n_bootstrap, args.seed)
                       if args.n_bootstrap else (None, None))
-    per_r = np.divide(summaries.weights, normaliser[:, None],
-                      out=np.zeros_like(summaries.weights), where=normaliser[:, None] > 0)
+    per_r = divide_rows(summaries.weights, normaliser)
     uncertainty = Uncertainty(args.n_permutations, args.block_len, args.seed, counts, starts,
                               per_r, args.fdr_q)
     task = EncodingTask(stories, args.test_story, responses, voxels, summaries, splits,
@@ -511,7 +551,7 @@ def summary_voxels(nc, nc_thr, nc_path, test_target, test_path):
 
 
 def load_rois(path, n_voxels):
-    """Regions and region groups of ``--roi_file``, checked: a JSON object mapping a region
+    """Regions and region groups of a ``--regions`` file, checked: a JSON object mapping a region
     name to its voxel indices, or a group name to the names of its regions (in the file).
 
     Returns (regions: name -> list of ints, groups: name -> list of region names); both {}
@@ -519,11 +559,12 @@ def load_rois(path, n_voxels):
     if path is None:
         return {}, {}
     if not Path(path).is_file():
-        raise UsageError(f"--roi_file {path}: no such file")
+        raise UsageError(f"--regions {path}: no such file (or name a source: "
+                         f"{', '.join(brain_regions.SOURCES)})")
     try:
         rois = json.loads(Path(path).read_text())
     except (UnicodeDecodeError, ValueError) as err:
-        raise DatasetError(f"{path}: not valid JSON ({err}); --roi_file maps region names to "
+        raise DatasetError(f"{path}: not valid JSON ({err}); a --regions file maps region names to "
                            "lists of voxel indices") from None
     if not isinstance(rois, dict) or not all(isinstance(v, list) for v in rois.values()):
         raise DatasetError(f"{path}: expected a JSON object mapping region names to lists of "
@@ -558,16 +599,21 @@ def summary_weights(voxels, test_ceiling, regions, groups, roi_path=None, nc_thr
       ceiling ``test_ceiling`` <= ``FOLLOWUP_CEILING``, averaged over all of the region's
       voxels; a group's is the mean of its regions' means (regions without voxels left out).
 
-    A summary without voxels is logged and undefined (n_voxels 0)."""
+    A summary without voxels is logged and undefined (n_voxels 0). ``weights`` and
+    ``members`` are sparse: each column is built from its (rows, values), never densely."""
     n = voxels.size
     kept = (test_ceiling > FOLLOWUP_CEILING).astype(np.float64)
     everything = {"all": np.arange(n), **{name: np.unique(np.asarray(indices, np.intp))
                                           for name, indices in regions.items()}}
+    nothing = (np.zeros(0, np.intp), np.zeros(0))
 
-    def uniform(indices):
-        column = np.zeros(n)
-        column[indices] = 1.0 / max(len(indices), 1)
-        return column
+    def uniform(indices):  # a sparse column: (sorted rows, values)
+        return indices, np.full(len(indices), 1.0 / max(len(indices), 1))
+
+    def mean_of(columns):  # summed in order, then divided: as np.mean of the dense columns
+        rows, position = np.unique(np.concatenate([c[0] for c in columns]), return_inverse=True)
+        sums = np.bincount(position, np.concatenate([c[1] for c in columns]), rows.size)
+        return rows, sums / len(columns)
 
     keys, weights, members, counts = [], [], [], []
 
@@ -577,7 +623,7 @@ def summary_weights(voxels, test_ceiling, regions, groups, roi_path=None, nc_thr
         members.append(member_weights)
         counts.append(int(count))
 
-    parcels = {}
+    parcels, empty = {}, []
     for name in [*everything, *groups]:
         indices = (np.unique(np.concatenate([everything[m] for m in groups[name]]))
                    if name in groups else everything[name])
@@ -586,18 +632,44 @@ def summary_weights(voxels, test_ceiling, regions, groups, roi_path=None, nc_thr
         if name in groups:
             defined = [parcels[m] for m in groups[name] if parcels[m][2]]
             if defined:
-                add((name, "parcel_mean"), np.mean([d[0] for d in defined], axis=0),
-                    np.mean([d[1] for d in defined], axis=0), sum(d[2] for d in defined))
+                add((name, "parcel_mean"), mean_of([d[0] for d in defined]),
+                    mean_of([d[1] for d in defined]), sum(d[2] for d in defined))
             else:
-                add((name, "parcel_mean"), np.zeros(n), np.zeros(n), 0)
+                add((name, "parcel_mean"), nothing, nothing, 0)
         else:
-            parcels[name] = (uniform(indices) * kept, uniform(indices), indices.size)
+            rows, values = uniform(indices)
+            parcels[name] = ((rows, values * kept[rows]), (rows, values), indices.size)
             add((name, "parcel_mean"), *parcels[name])
         if name != "all" and not cell.size:
-            logger.warning("--roi_file %s: %s %r has no voxel with NC > %s and varying test "
-                           "responses; its voxel means are left empty (null in results.json)",
-                           roi_path, "group" if name in groups else "region", name, nc_thr)
-    return Summaries(keys, np.stack(weights, axis=1), np.stack(members, axis=1), counts)
+            empty.append(name)
+    if empty:
+        logger.warning("--regions %s: %d regions or groups have no voxel with NC > %s and "
+                       "varying test responses; their voxel means are left empty (null in "
+                       "results.json): %s", roi_path, len(empty), nc_thr, ", ".join(empty))
+
+    def matrix(columns):  # (n, len(columns)) csr_array of sparse columns, zeros dropped
+        data = np.concatenate([values for _, values in columns])
+        rows = np.concatenate([rows for rows, _ in columns])
+        numbers = np.repeat(np.arange(len(columns)), [len(rows) for rows, _ in columns])
+        nonzero = data != 0
+        return scipy.sparse.csr_array((data[nonzero], (rows[nonzero], numbers[nonzero])),
+                                      shape=(n, len(columns)), dtype=np.float64)
+
+    return Summaries(keys, matrix(weights), matrix(members), counts)
+
+
+def divide_rows(matrix, denominator):
+    """The csr_array ``matrix`` (rows, columns) with each row divided by ``denominator`` (rows,),
+    rows where it is not positive (or NaN) zeroed: the sparse ``np.divide(matrix, denominator[:,
+    None], where=denominator[:, None] > 0)`` with zeros elsewhere."""
+    matrix = scipy.sparse.csr_array(matrix, dtype=np.float64)
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    per_entry = np.asarray(denominator, np.float64)[rows]
+    data = np.divide(matrix.data, per_entry, out=np.zeros_like(matrix.data),
+                     where=per_entry > 0)
+    nonzero = data != 0
+    return scipy.sparse.csr_array((data[nonzero], (rows[nonzero], matrix.indices[nonzero])),
+                                  shape=matrix.shape)
 
 
 def stimulus_features(stories, test_story, extraction, low_level=(), phonetic_features=(),
@@ -1044,6 +1116,8 @@ def write_results(out_dir, all_results, facts, task):
     if preference_rows:
         run_utils.write_csv(out_dir / "semantic_preference.csv", preference_rows)
     write_plots(out_dir, rows, comparisons, preference_rows, facts)
+    if facts["regions"]["file"] is not None:
+        shutil.copyfile(facts["regions"]["file"], out_dir / "regions.json")
     return rows, comparisons, preference_rows
 
 
@@ -1103,12 +1177,37 @@ def compare_to_pretrained(all_results, summaries):
     return comparisons
 
 
+def write_run_flatmaps(out_dir, all_results, rows, args, subject, task):
+    """The cortical maps of --flatmap_layers ('best': the layer of the highest mean cc_norm of
+    the last model) in ``out_dir`` (``brain_regions.write_flatmaps``)."""
+    last = list(all_results)[-1]
+    overall = {row["layer"]: row["cc_norm"] for row in rows
+               if row["model"] == last and row["region"] == "all" and row["low_level"] == "none"
+               and row["aggregation"] == "voxel_mean" and row["train_fraction"] == 1}
+    layers = set()
+    for layer in args.flatmap_layers:
+        if layer == "best":
+            layers.add(max(overall, key=lambda k: -np.inf if overall[k] is None else overall[k]))
+        elif int(layer) in overall:
+            layers.add(int(layer))
+        else:
+            logger.warning("--flatmap_layers %s: not a layer of this run (%s); no map", layer,
+                           " ".join(map(str, sorted(overall))))
+    cc_norm = {(label, layer): results[layer]["encoding"]["none"]["cc_norm"]
+               for label, results in all_results.items() for layer in sorted(layers)}
+    if cc_norm:
+        brain_regions.write_flatmaps(out_dir, cc_norm, np.flatnonzero(task.voxels),
+                                     args.data_dir, subject, args.cache_dir,
+                                     args.flatmap_height)
+
+
 def write_plots(out_dir, rows, comparisons, preference_rows, facts):
     """alignment.png (mean cc_norm per layer, one line per model, with the bootstrap
     intervals), comparison.png (tuned minus pretrained with intervals), reliance.png (drop
     per layer; colour per model, line style per feature set removed), data_efficiency.png
     (cc_norm against the training rows, a panel per layer) and semantic_preference.png, each
-    when the run has its results; over "all" voxel means."""
+    when the run has its results, over "all" voxel means; regions.png (per layer, the
+    parcel-mean cc_norm of the groups, else regions, per model) with regions."""
     story = f"{facts['subject']}, {facts['test_story']}"
     voxels = f"{story}, {facts['scored_voxels']} voxels with NC > {facts['nc_thr']}"
     overall = [row for row in rows if row["region"] == "all"
@@ -1144,6 +1243,35 @@ def write_plots(out_dir, rows, comparisons, preference_rows, facts):
         plots.plot_per_layer(out_dir / "semantic_preference.png",
                              _series(preference_rows, "preference"),
                              "semantic r - phonetic r", f"Semantic preference, {story}")
+    shown = facts["regions"]["shown"]
+    if shown:
+        cells = [row for row in rows if row["region"] in shown and row["low_level"] == "none"
+                 and row["train_fraction"] == 1 and row["aggregation"] == "parcel_mean"]
+        values, intervals = {}, {}
+        for row in sorted(cells, key=lambda row: shown.index(row["region"])):
+            values.setdefault(row["model"], {}).setdefault(row["layer"], {})[
+                row["region"]] = row["cc_norm"]
+            intervals.setdefault(row["model"], {}).setdefault(row["layer"], {})[
+                row["region"]] = (None if row["cc_norm_ci_low"] is None
+                                  else (row["cc_norm_ci_low"], row["cc_norm_ci_high"]))
+        plots.plot_regions(out_dir / "regions.png", values, "mean cc_norm (parcel mean)",
+                           f"Brain alignment per region, {story} (follow-up paper's parcel "
+                           f"means, {CONFIDENCE:.0%} block-bootstrap intervals)", intervals)
+
+
+REGION_FIGURE_MAX = 12  # regions.png and the report show at most this many groups (or regions)
+
+
+def figure_regions(regions, groups):
+    """The regions of regions.png and of the report's region tables: the whole-brain (not
+    per-hemisphere) groups, else the whole-brain regions, in file order, at most
+    ``REGION_FIGURE_MAX``; [] without regions."""
+    hemispheres = tuple(f"_{hemi}" for hemi in brain_regions.HEMISPHERES)
+    whole = [name for name in (groups or regions) if not name.endswith(hemispheres)]
+    if len(whole) > REGION_FIGURE_MAX:
+        logger.info("regions.png and the report show the first %d of %d %s",
+                    REGION_FIGURE_MAX, len(whole), "groups" if groups else "regions")
+    return whole[:REGION_FIGURE_MAX]
 
 
 def _series(rows, key, with_analysis=False):

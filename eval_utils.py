@@ -25,6 +25,7 @@ units (weights ``V diag(s / (s^2 + a^2)) U^T Y``), i.e. ``alpha = a^2``: pass
 import logging
 
 import numpy as np
+import scipy.sparse
 import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
@@ -579,8 +580,9 @@ def bootstrap_correlations(prediction, target, counts, block_starts, weights=Non
     ----------
     prediction, target : (n_rows, n_voxels) arrays
     counts, block_starts : from ``bootstrap_block_counts(n_rows, ...)``
-    weights : None, or (n_voxels, n_summaries): then the result is ``r @ weights`` (e.g. means
-        over regions), accumulated over voxel batches without holding every resample's r
+    weights : None, or (n_voxels, n_summaries) array or scipy sparse array: then the result
+        is ``r @ weights`` (e.g. means over regions), accumulated over voxel batches without
+        holding every resample's r
 
     Returns
     -------
@@ -595,6 +597,8 @@ def bootstrap_correlations(prediction, target, counts, block_starts, weights=Non
         raise ValueError(f"the blocks cover {block_starts[-1]} rows, the arrays have "
                          f"{len(prediction)}")
     n_voxels = prediction.shape[1]
+    if scipy.sparse.issparse(weights):  # rows sliced below: csr, float64
+        weights = scipy.sparse.csr_array(weights, dtype=np.float64)
     if weights is not None and np.shape(weights)[0] != n_voxels:
         raise ValueError(f"weights have {np.shape(weights)[0]} rows for {n_voxels} voxels")
     n_rows = len(prediction)
@@ -646,6 +650,8 @@ def bootstrap_correlations(prediction, target, counts, block_starts, weights=Non
                 voxels = slice(first + sub, first + sub + step)
                 if weights is None:
                     out[:, voxels] = r
+                elif scipy.sparse.issparse(weights):  # sparse @ dense: a dense ndarray
+                    out += np.asarray(weights[voxels].T @ r.T, np.float64).T
                 else:
                     out += r @ np.asarray(weights[voxels], np.float64)
     return out

@@ -7,6 +7,7 @@ style.
 """
 
 import itertools
+import math
 import textwrap
 
 import run_utils
@@ -17,6 +18,9 @@ OTHER_COLOURS = ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", 
 LINE_STYLES = ("-", "--", ":", "-.")
 TITLE_CHARS = 64  # longer titles are wrapped to fit the figure
 DODGE = 0.06  # layers between the error bars of neighbouring series
+REGION_COLUMNS = 4  # panels (layers) a row of a region bar chart
+REGION_GROUP = 0.8  # of a unit: the width of a group of bars (the models at a region)
+REGION_PANEL_MAX = 6.0  # inches: the widest panel of a region bar chart
 
 
 def model_colour(label):
@@ -117,6 +121,91 @@ def data_efficiency_figure(curves, ylabel, title):
     figure.suptitle(_wrapped(title), fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def plot_regions(path, values, ylabel, title, intervals=None):
+    """Write ``regions_figure(values, ylabel, title, intervals)`` as a PNG at ``path``."""
+    _save(path, regions_figure(values, ylabel, title, intervals))
+
+
+def regions_figure(values, ylabel, title, intervals=None):
+    """A panel per layer, a group of bars per brain region, a bar per model in each group.
+
+    Parameters
+    ----------
+    values : dict model label -> {layer: {region: value}}; the order of first appearance of
+        the models, layers and regions (the union over models) is the display order. A None
+        (or NaN, or absent) value leaves its bar's slot empty.
+    ylabel : str; on the first panel of each row.
+    title : str; wrapped to ``TITLE_CHARS`` and shown above all panels.
+    intervals : None, or the same nesting as ``values`` with (low, high) or None: black error
+        bars from the value down to low and up to high (each clipped at 0), drawn where both
+        the value and its interval are defined.
+
+    Returns
+    -------
+    matplotlib.figure.Figure; at most ``REGION_COLUMNS`` panels a row (sharing the y axis),
+    more layers wrap to further rows; the colour of a model is ``model_colour``, shown in one
+    figure legend below the panels.
+    """
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    models = list(values)
+    layers = list(dict.fromkeys(layer for by_layer in values.values() for layer in by_layer))
+    regions = list(dict.fromkeys(region for by_layer in values.values()
+                                 for by_region in by_layer.values() for region in by_region))
+    if not layers or not regions:
+        raise ValueError("regions_figure: no layers or no regions to plot")
+    columns = min(len(layers), REGION_COLUMNS)
+    rows = -(-len(layers) // columns)
+    panel = min(REGION_PANEL_MAX, max(3.0, 0.6 * len(regions) * max(1.0, len(models) / 2)))
+    size = (max(6.4, panel * columns + 0.6), 3.2 * rows + 1.0)  # 6.4: a wrapped title fits
+    legend_columns = min(len(models), max(1, int(size[0] // 1.8)))
+    legend_rows = -(-len(models) // legend_columns)
+    size = (size[0], size[1] + 0.3 * legend_rows)
+    figure, axes = plt.subplots(rows, columns, squeeze=False, sharey=True, figsize=size)
+    width = REGION_GROUP / len(models)
+    rotated = len(regions) > 3
+    for axis, layer in zip(axes.flat, layers):
+        for index, model in enumerate(models):
+            offset = (index - (len(models) - 1) / 2) * width
+            by_region = values[model].get(layer) or {}
+            shown = [(position, region, by_region[region])
+                     for position, region in enumerate(regions)
+                     if _defined(by_region.get(region))]
+            if not shown:
+                continue
+            axis.bar([position + offset for position, _, _ in shown],
+                     [value for _, _, value in shown], width=width, color=model_colour(model),
+                     label=model)
+            limits = ((intervals or {}).get(model) or {}).get(layer) or {}
+            bars = [(position + offset, value, limits[region])
+                    for position, region, value in shown if limits.get(region) is not None]
+            if bars:
+                axis.errorbar([x for x, _, _ in bars], [value for _, value, _ in bars],
+                              yerr=[[max(0.0, value - low) for _, value, (low, _) in bars],
+                                    [max(0.0, high - value) for _, value, (_, high) in bars]],
+                              fmt="none", ecolor="black", capsize=3, linewidth=1)
+        axis.axhline(0.0, color="grey", linewidth=0.5)
+        axis.set_xticks(range(len(regions)), regions, rotation=35 if rotated else 0,
+                        ha="right" if rotated else "center", fontsize=8)
+        axis.set_xlim(-0.5, len(regions) - 0.5)
+        axis.set_title(f"layer {layer}", fontsize=9)
+    for axis in axes.flat[len(layers):]:
+        axis.remove()
+    for axis in axes[:, 0]:
+        axis.set_ylabel(ylabel)
+    # one legend for all panels, in a band below them, where it hides no bar
+    figure.legend(handles=[Patch(color=model_colour(model), label=model) for model in models],
+                  loc="lower center", ncol=legend_columns, fontsize=8, frameon=False)
+    figure.suptitle(_wrapped(title), fontsize=10)
+    figure.tight_layout(rect=(0.0, (0.3 * legend_rows + 0.05) / size[1], 1.0, 1.0))
+    return figure
+
+
+def _defined(value):
+    return value is not None and not math.isnan(value)
 
 
 def _pyplot():

@@ -544,7 +544,7 @@ def render(out, alignment, planted, downstream, summary, title, truth):
     headline = headline_rows(results["results"])
     models = list(dict.fromkeys(r["model"] for r in headline))
     rows = [r for r in headline if r["low_level"] == "none"]
-    regions = list(dict.fromkeys(r["region"] for r in rows))
+    regions = reported_regions(results, rows)
     layers = sorted({r["layer"] for r in rows})
     lines += ["## Brain alignment", ""]
     if any(r.get("cc_norm_ci_low") is not None for r in rows):
@@ -575,6 +575,7 @@ def render(out, alignment, planted, downstream, summary, title, truth):
                          [[m, k, *[_counted(_number(planted.means[m]["none"][k][t]),
                                             planted.counts[t]) for t in VOXEL_TYPES]]
                           for m in planted.means for k in layers]), ""]
+    lines += _regions_section(out, alignment, summary)
     lines += _efficiency_section(out, alignment, summary)
     if "across_subjects" in summary:
         lines += _across_subjects_section(summary)
@@ -666,7 +667,8 @@ def _comparison_section(out, alignment, summary):
         return []
     tuned = summary["models"]["tuned"]
     confidence = _confidence(alignment.results)
-    regions = list(dict.fromkeys(r["region"] for r in rows))
+    regions = reported_regions(alignment.results, rows)
+    rows = [r for r in rows if r["region"] in regions]
     rows = sorted(rows, key=lambda r: (regions.index(r["region"]), _aggregation(r), r["layer"]))
     cells = []
     for r in rows:
@@ -686,6 +688,54 @@ def _comparison_section(out, alignment, summary):
             _table(["region", "aggregation", "layer", "pretrained", tuned, "difference",
                     "interval excludes 0"], cells), "",
             _image(out, alignment.folder / "comparison.png", "difference per layer"), ""]
+
+
+def reported_regions(results, rows):
+    """The regions the report's tables show: "all" and those of regions.png (results.json
+    "regions" "shown"; every region of ``rows`` in older results)."""
+    if "regions" not in results:
+        return list(dict.fromkeys(r["region"] for r in rows))
+    return ["all", *results["regions"]["shown"]]
+
+
+def _regions_section(out, alignment, summary):
+    """Per region (or group) of regions.png at the compared layer: each model's parcel-mean
+    cc_norm and the tuned-minus-pretrained difference, with intervals; regions.png and the
+    cortical maps (flatmap_*.png) of the run."""
+    results = alignment.results
+    shown = results.get("regions", {}).get("shown", [])
+    maps = sorted(alignment.folder.glob("flatmap_*.png"))
+    if not shown and not maps:
+        return []
+    lines = ["## Brain regions", ""]
+    layer, tuned = summary["layer"], summary["models"]["tuned"]
+    if shown:
+        rows = [r for r in results["results"] if _aggregation(r) == "parcel_mean"
+                and _train_fraction(r) == 1 and r["low_level"] == "none" and r["layer"] == layer]
+        gains = [r for r in tuned_comparisons(results, summary["models"])
+                 if _aggregation(r) == "parcel_mean" and r["layer"] == layer]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        cells = []
+        for region in shown:
+            gain = _row(gains, region=region)
+            cells.append([region, *[_cell(_row(rows, model=m, region=region), "cc_norm")
+                                    for m in models],
+                          "n/a" if gain is None or gain["difference"] is None else
+                          _number(gain["difference"]) + _interval(gain["ci_low"],
+                                                                  gain["ci_high"])])
+        source = results["regions"]["given"]
+        lines += [f"Mean cc_norm per region at layer {layer} (regions: `{source}`), the follow-up "
+                  "paper's way: per-voxel cc_norm set to 0 where the test-row ceiling is low, "
+                  "averaged over all of a region's voxels, a group's the mean of its regions' "
+                  f"means; in brackets the {_confidence(results):.0%} block-bootstrap interval.",
+                  "", _table(["region", *models, f"{tuned} - pretrained"], cells), "",
+                  _image(out, alignment.folder / "regions.png", "alignment per region"), ""]
+    if maps:
+        lines += ["Per-voxel cc_norm on the subject's flat map (voxels above the noise-ceiling "
+                  "threshold), and the tuned model minus the pretrained one:", ""]
+        lines += [_image(out, path, path.stem.removeprefix("flatmap_").replace("_", " "))
+                  for path in maps] + [""]
+    return lines
 
 
 def _efficiency_section(out, alignment, summary):

@@ -1,9 +1,14 @@
-"""Shared fixtures: a small synthetic ds003020 copy, generated once per test session."""
+"""Shared fixtures: a small synthetic ds003020 copy, generated once per test session, and one
+whose anatomy is pycortex's sample subject S1."""
 
+import contextlib
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +26,28 @@ def synthetic_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "ds003020"
     synthetic_data.generate(out, **SMALL_DATASET)
     return out
+
+
+@pytest.fixture(scope="session")
+def s1_dataset(tmp_path_factory):
+    """(dataset root, cache folder): a synthetic UTS01 with as many voxels as the thick mask of
+    pycortex's sample subject S1 (80,615), whose ``derivative/pycortex-db/UTS01`` is S1 laid out
+    as ds003020's (its transform ``fullhead`` named ``UTS01_auto``). The cache keeps pycortex's
+    slow steps (mask, nearest vertices, flat-map pixels) across the tests. Read-only."""
+    with contextlib.redirect_stdout(io.StringIO()):  # pycortex prints "Inkscape not found"
+        import cortex  # make setup installs pycortex
+    sample = Path(cortex.options.config.get("basic", "filestore")) / "S1"
+    root = tmp_path_factory.mktemp("s1") / "ds003020"
+    synthetic_data.generate(root, seed=5, subjects=(1,), n_train_stories=2, train_trs=40,
+                            test_trs=90, n_voxels=S1_THICK_VOXELS, n_words=10)
+    subject = root / "derivative" / "pycortex-db" / "UTS01"
+    shutil.copytree(sample, subject, ignore=shutil.ignore_patterns("cache", "views"))
+    (subject / "transforms" / "fullhead").rename(subject / "transforms" / "UTS01_auto")
+    (root / "derivative" / "subject_xfms.json").write_text(json.dumps({"UTS01": "UTS01_auto"}))
+    return root, root.parent / "cache"
+
+
+S1_THICK_VOXELS = 80615  # voxels of S1's fullhead mask_thick
 
 
 @pytest.fixture()

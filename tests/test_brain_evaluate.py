@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import scipy.sparse
 import soundfile as sf
 import torch
 
@@ -481,7 +482,8 @@ def test_constant_test_voxels_and_empty_regions_are_left_out_of_summaries(setup,
     scored = np.setdiff1d(above, [all_nan, flat_when_scored])
     assert results["excluded_voxels"] == 2 and results["scored_voxels"] == scored.size
     np.testing.assert_array_equal(np.load(out / run_utils.SUMMARY_VOXELS_NAME), scored)
-    assert "2 of the" in caplog.text and "'low' has no voxel" in caplog.text
+    assert "2 of the" in caplog.text
+    assert "2 regions or groups have no voxel" in caplog.text and ": low, damaged" in caplog.text
     expected = {"all": scored, "low": [], "damaged": [], "mixed": above[2:4]}
     csv_rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(csv_rows) == len(results["results"]) == 2 * 2 * 4 * 2
@@ -536,6 +538,37 @@ def test_summaries_average_each_cell_and_leave_empty_ones_undefined():
     assert members[("two", "parcel_mean")] == pytest.approx(2 / 3)
     assert members[("group", "parcel_mean")] == pytest.approx((1 + 2 / 3) / 2)
     assert members[("all", "voxel_mean")] == pytest.approx(2 / 4)
+
+
+def test_summary_weights_are_sparse_and_match_a_brute_force_computation():
+    rng = np.random.default_rng(3)
+    n = 40
+    voxels = rng.uniform(size=n) > 0.3
+    ceiling = rng.choice([0.0, 0.02, brain_evaluate.FOLLOWUP_CEILING, 0.2, 0.8], n)
+    regions = {"a": [0, 1, 2, 3, 5, 5, 8], "b": list(range(6, 20)), "c": [30, 31, 39],
+               "d": []}
+    groups = {"g": ["a", "b", "d"]}
+    summaries = brain_evaluate.summary_weights(voxels, ceiling, regions, groups)
+    assert scipy.sparse.issparse(summaries.weights) and scipy.sparse.issparse(summaries.members)
+    assert summaries.weights.shape == summaries.members.shape == (n, len(summaries.keys))
+    values = rng.standard_normal(n)
+    zeroed = np.where(ceiling > brain_evaluate.FOLLOWUP_CEILING, values, 0.0)
+    everything = {"all": np.arange(n),
+                  **{k: np.unique(np.asarray(v, int)) for k, v in regions.items()}}
+    expected = {}
+    for name, indices in everything.items():
+        scored = indices[voxels[indices]]
+        expected[name, "voxel_mean"] = values[scored].mean() if scored.size else None
+        expected[name, "parcel_mean"] = zeroed[indices].mean() if indices.size else None
+    union = np.unique(np.concatenate([everything[m] for m in groups["g"]]))
+    expected["g", "voxel_mean"] = values[union[voxels[union]]].mean()
+    expected["g", "parcel_mean"] = np.mean([expected[m, "parcel_mean"] for m in ("a", "b")])
+    got = brain_evaluate.summarise(values, summaries)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == (None if value is None else pytest.approx(value, rel=1e-12)), key
+    dense = summaries.weights.toarray()
+    np.testing.assert_allclose(values @ dense, values @ summaries.weights, rtol=1e-12)
 
 
 @pytest.mark.parametrize("text, message", [

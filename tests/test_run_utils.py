@@ -461,7 +461,8 @@ def test_help_shows_defaults_only_where_there_is_one():
     ("brain_evaluate", ["--help"]), ("brain_trainer_story", ["--help"]),
     ("data_utils", ["check", "--help"]), ("noise_ceilings", ["--help"]), ("report", ["--help"]),
     ("speech_models", ["make-tiny", "--help"]), ("synthetic_data", ["--help"]),
-    ("synthetic_downstream", ["--help"]), ("eval_phonemes", ["--help"])])
+    ("synthetic_downstream", ["--help"]), ("eval_phonemes", ["--help"]),
+    ("brain_regions", ["regions", "--help"]), ("brain_regions", ["map", "--help"])])
 def test_every_command_line_prints_its_help(script, argv, capsys):
     module = importlib.import_module(script)
     with pytest.raises(SystemExit) as stop:

@@ -3,7 +3,7 @@ and percentile intervals, each checked against a direct computation from its def
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import sparse, stats
 from scipy.signal import lfilter
 from threadpoolctl import threadpool_limits
 
@@ -223,6 +223,24 @@ def test_bootstrap_correlations_with_weights_are_the_weighted_sums():
     with pytest.raises(ValueError):
         eval_utils.bootstrap_correlations(prediction, target, counts, starts,
                                           weights=weights[:-1])
+
+
+def test_bootstrap_correlations_with_sparse_weights_equal_the_dense_ones():
+    rng = np.random.default_rng(8)
+    n_voxels = 300
+    prediction = rng.standard_normal((80, n_voxels))
+    target = prediction * rng.uniform(0, 1, n_voxels) + rng.standard_normal((80, n_voxels))
+    counts, starts = eval_utils.bootstrap_block_counts(80, 8, 60, seed=2)
+    weights = rng.uniform(size=(n_voxels, 7)) * (rng.uniform(size=(n_voxels, 7)) < 0.1)
+    weights[:, 3] = 0.0  # a summary without voxels
+    dense = eval_utils.bootstrap_correlations(prediction, target, counts, starts,
+                                              weights=weights, voxel_batch=100)
+    for matrix in (sparse.csr_array(weights), sparse.coo_array(weights.astype(np.float32))):
+        got = eval_utils.bootstrap_correlations(prediction, target, counts, starts,
+                                                weights=matrix, voxel_batch=100)
+        assert type(got) is np.ndarray and got.dtype == np.float64 and got.shape == (60, 7)
+        np.testing.assert_allclose(got, dense, rtol=1e-12 if matrix.dtype == np.float64
+                                   else 1e-6, atol=1e-15)
 
 
 def test_bootstrap_correlations_of_columns_constant_in_a_resample_are_zero():

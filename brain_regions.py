@@ -1,0 +1,587 @@
+"""Brain regions and cortical maps from a ds003020 subject's own anatomy.
+
+    python brain_regions.py regions --data_dir /path/to/ds003020 --subject 3 --source overlays
+    python brain_regions.py regions --data_dir D --subject 3 --source annot --fsaverage fs/fsaverage
+    python brain_regions.py regions --data_dir D --subject 3 --source aparc
+    python brain_regions.py map outputs/alignment/wav2vec2-base_UTS03 --layers 8
+
+``regions`` writes the region file that ``brain_evaluate.py --regions`` takes: a JSON object
+mapping each region name to its voxel indices (columns of the subject's hf5 responses) and
+each group name to its regions' names. Sources (SPEC section 3 says where the files are):
+
+- ``overlays``: the ROIs drawn in the subject's pycortex ``overlays.svg`` (AC, Broca, sPMv, ...).
+- ``annot``: the parcels of an fsaverage annotation (default the HCP-MMP1 ``?h.HCPMMP1.annot``
+  in ``<fsaverage>/label``), carried to the subject by nearest vertex on its FreeSurfer
+  ``surf/?h.sphere.reg``.
+- ``aparc``: the subject's own FreeSurfer parcellation ``label/?h.aparc.annot``.
+
+Vertices become voxels as pycortex's ``get_roi_masks(gm_sampler="thick")`` does it: each voxel
+of the transform's ``mask_thick`` (whose order is the responses' column order) takes the
+regions of its nearest vertex on the fiducial surface; a voxel whose vertex lies in two
+overlay ROIs is left out of both. Every region comes whole (both hemispheres) and per
+hemisphere (``<name>_lh``, ``<name>_rh``). For an annotation, the follow-up paper's groups of
+HCP-MMP1 parcels (``GROUPS``: late language, primary and early auditory, ...) are added, also
+per hemisphere, from the parcels it has.
+
+``map`` draws per-voxel cc_norm of a ``brain_evaluate.py`` results folder on the subject's flat
+map (pycortex quickflat): ``flatmap_<model>_layer<k>.png`` per model and
+``flatmap_<tuned>-minus-pretrained_layer<k>.png`` (a diverging map centred on 0). ROI outlines
+and labels need Inkscape; without it the maps are plain.
+
+pycortex and nibabel are optional dependencies (``pip install pycortex nibabel``; ``make setup``
+installs them); only this module imports them. pycortex reads the dataset's
+``derivative/pycortex-db`` in place and keeps what it computes (masks excepted, which pycortex
+stores beside the transform) in ``<cache_dir>/pycortex``.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+import data_utils
+import run_utils
+from data_utils import DatasetError
+from run_utils import UsageError
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("overlays", "annot", "aparc")
+HEMISPHERES = ("lh", "rh")
+# The follow-up paper's region groups of HCP-MMP1 parcels (SPEC section 4)
+GROUPS = {
+    "late_language": ["A5", "44", "45", "IFJa", "IFSp", "PGi", "PGp", "PGs", "TPOJ1", "TPOJ2",
+                      "TPOJ3", "STGa", "STSda", "STSdp", "TA2", "STSva"],
+    "primary_auditory": ["A1"],
+    "early_auditory": ["A1", "LBelt", "MBelt", "PBelt", "RI", "A4"],
+    "angular_gyrus": ["PGi", "PGp", "PGs", "TPOJ2", "TPOJ3"],
+    "lateral_temporal": ["TPOJ1", "STGa", "STSda", "STSdp", "A5", "STSva"],
+    "ifg_mfg": ["44", "45", "IFJa", "IFSp"],
+    "early_visual": ["V1", "V2"],
+}
+UNLABELLED = {"???", "unknown", "medial_wall"}  # annotation names that are no region
+ANNOT_NAME = "HCPMMP1"  # --annot default: <fsaverage>/label/?h.HCPMMP1.annot
+MAP_HEIGHT = 1024  # flat-map height in pixels
+INSTALL = "pip install pycortex nibabel (make setup installs them)"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Brain regions (voxel indices per region) and cortical flat maps of a "
+                    "ds003020 subject, from its pycortex database and FreeSurfer folders.",
+        formatter_class=run_utils.HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    regions = commands.add_parser(
+        "regions", formatter_class=run_utils.HelpFormatter,
+        help="write the region file that brain_evaluate.py --regions takes",
+        description="Write a region file: region name -> voxel indices (hf5 column order), "
+                    "group name -> region names.")
+    regions.add_argument("--data_dir", required=True, help="ds003020 root")
+    regions.add_argument("--subject", required=True, help="subject: 1, '1' or UTS01")
+    regions.add_argument("--source", choices=SOURCES, required=True,
+                         help="overlays: the ROIs of the subject's pycortex overlays.svg; "
+                              "annot: an fsaverage annotation (HCP-MMP1 by default) carried to "
+                              "the subject; aparc: the subject's FreeSurfer aparc")
+    add_source_arguments(regions)
+    regions.add_argument("--out", default=None,
+                         help="region file to write (default: <cache_dir>/regions/...json, "
+                              "the file brain_evaluate.py reuses)")
+    regions.add_argument("--cache_dir", default="outputs/region_cache",
+                         help="where pycortex's computations and the region files are kept")
+    regions.add_argument("--overwrite", action="store_true", help="replace --out")
+    maps = commands.add_parser(
+        "map", formatter_class=run_utils.HelpFormatter,
+        help="draw per-voxel cc_norm of a brain_evaluate.py results folder on the flat map",
+        description="Flat maps of a brain_evaluate.py results folder: per model cc_norm, and "
+                    "each tuned model minus the pretrained one.")
+    maps.add_argument("results_dir", help="a brain_evaluate.py results folder")
+    maps.add_argument("--layers", nargs="+", type=int, required=True, help="layers to map")
+    maps.add_argument("--models", nargs="+", default=None,
+                      help="model labels to map (default: every model of the folder)")
+    maps.add_argument("--height", type=int, default=MAP_HEIGHT, help="map height in pixels")
+    maps.add_argument("--out", default=None, help="folder of the maps (default: results_dir)")
+    maps.add_argument("--cache_dir", default=None,
+                      help="pycortex cache (default: the run's --cache_dir)")
+    maps.add_argument("--overwrite", action="store_true", help="replace existing maps")
+    for command in (regions, maps):
+        command.add_argument("--log_level", default="INFO", help="logging level")
+    args = parser.parse_args(argv)
+    if args.command == "regions":
+        check_source_arguments(parser, args, args.source)
+    elif args.height < 64:
+        parser.error(f"--height must be at least 64 pixels, got {args.height}")
+    return args
+
+
+def add_source_arguments(parser):
+    """The flags of the annot source (this script's ``regions`` and ``brain_evaluate.py
+    --regions annot``)."""
+    parser.add_argument("--fsaverage", default=None,
+                        help="FreeSurfer fsaverage folder (surf/?h.sphere.reg or ?h.sphere), "
+                             "for the annot source; README says how to get it with HCP-MMP1")
+    parser.add_argument("--annot", nargs=2, default=None, metavar=("LH", "RH"),
+                        help="fsaverage annotations of the annot source (default "
+                             f"<fsaverage>/label/lh.{ANNOT_NAME}.annot and rh.)")
+
+
+def check_source_arguments(parser, args, source):
+    """``parser.error`` where the annot flags do not fit ``source``; fills --annot's default."""
+    if source == "annot":
+        if args.fsaverage is None:
+            parser.error("the annot source needs --fsaverage (the fsaverage folder its "
+                         "annotation is drawn on)")
+        if args.annot is None:
+            args.annot = [str(Path(args.fsaverage) / "label" / f"{hemi}.{ANNOT_NAME}.annot")
+                          for hemi in HEMISPHERES]
+    elif args.annot is not None or args.fsaverage is not None:
+        parser.error("--annot and --fsaverage belong to the annot source (brain_regions.py "
+                     "--source annot, brain_evaluate.py --regions annot)")
+
+
+def main(argv=None):
+    return run_utils.main(parse_args, run, argv)
+
+
+def run(args):
+    if args.command == "regions":
+        path = subject_regions(args.data_dir, args.subject, args.source, args.cache_dir,
+                               args.annot, args.fsaverage)
+        if args.out is not None:
+            with run_utils.atomic_output(args.out, args.overwrite) as tmp:
+                shutil.copyfile(path, tmp)
+            path = args.out
+        logger.info("regions written to %s", path)
+    else:
+        written = map_results(args.results_dir, args.layers, args.models, args.out,
+                              args.cache_dir, args.height, args.overwrite)
+        logger.info("%d flat maps written to %s", len(written),
+                    args.out or args.results_dir)
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+class Anatomy(NamedTuple):
+    """Where a ds003020 subject's anatomy is."""
+    subject: str  # UTS0N, also its pycortex subject name
+    pycortex_db: Path  # derivative/pycortex-db (the pycortex filestore)
+    transform: str  # the pycortex transform of the responses (UTS0N_auto)
+    freesurfer: Path  # derivative/freesurfer_subjdir/UTS0N
+
+
+def subject_anatomy(data_dir, subject, need=("pycortex",)):
+    """The ``Anatomy`` of a subject, checked: each of ``need`` ("pycortex", "freesurfer")
+    must be on disk, else a DatasetError with the ``datalad get`` that fetches it."""
+    subject = data_utils.subject_id(subject)
+    derivative = Path(data_dir) / "derivative"
+    transforms = derivative / "subject_xfms.json"
+    transform = f"{subject}_auto"
+    if transforms.is_file():
+        try:
+            transform = json.loads(transforms.read_text(encoding="utf-8-sig")).get(
+                subject, transform)
+        except ValueError as err:
+            raise DatasetError(f"{transforms}: not valid JSON ({err}); download it again "
+                               f"(datalad get -d {data_dir} derivative/subject_xfms.json)")
+    anatomy = Anatomy(subject, derivative / "pycortex-db", transform,
+                      derivative / "freesurfer_subjdir" / subject)
+    folders = {"pycortex": (anatomy.pycortex_db / subject / "transforms" / transform,
+                            f"derivative/pycortex-db/{subject}"),
+               "freesurfer": (anatomy.freesurfer / "surf", f"derivative/freesurfer_subjdir/"
+                                                          f"{subject}")}
+    for what in need:
+        folder, relative = folders[what]
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: not found; fetch the subject's {what} anatomy with "
+                               f"`datalad get -d {data_dir} {relative}`")
+    return anatomy
+
+
+def import_cortex(anatomy, cache_dir):
+    """pycortex, reading ``anatomy.pycortex_db`` and caching in ``<cache_dir>/pycortex/<key>``
+    (a key per database folder: two datasets may both have a UTS01). The database's own
+    ``cache/`` files (flat-map pixel caches) are linked there so that they are not made again.
+    A UsageError naming the install command when pycortex is missing."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:  # "Inkscape not found"
+            import cortex
+            import cortex.quickflat  # noqa: F401 (the flat maps)
+    except ImportError as err:
+        raise UsageError(f"brain regions and maps need pycortex and nibabel ({err}): "
+                         f"{INSTALL}") from None
+    if printed.getvalue().strip():
+        logger.debug("pycortex: %s", printed.getvalue().strip())
+    filestore = str(anatomy.pycortex_db.resolve())
+    cache = Path(cache_dir) / "pycortex" / run_utils.digest(filestore)
+    cortex.options.config.set("basic", "cache", str(cache))
+    if cortex.db.filestore != filestore:
+        cortex.db.filestore = filestore
+        cortex.db.reload_subjects()
+        vars(cortex.db).pop("_memocache", None)  # pycortex memoises per subject name
+    shipped = anatomy.pycortex_db / anatomy.subject / "cache"
+    ours = cache / anatomy.subject / "cache"
+    ours.mkdir(parents=True, exist_ok=True)
+    for path in shipped.glob("*.npz"):
+        if not (ours / path.name).exists():
+            (ours / path.name).symlink_to(path.resolve())
+    return cortex
+
+
+def thick_mask(cortex, anatomy, n_voxels=None):
+    """The transform's ``mask_thick`` (z, y, x) bool: its voxels in C order are the response
+    columns. Refused when ``n_voxels`` (the responses' columns) differs from its count."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # "Mask not found, generating..."
+            mask = cortex.db.get_mask(anatomy.subject, anatomy.transform, "thick")
+    except PermissionError as err:
+        raise DatasetError(f"{err.filename}: pycortex cannot write the thick mask it has to "
+                           "make there; make the transform folder writable or fetch "
+                           "mask_thick.nii.gz with datalad get") from None
+    if n_voxels is not None and int(mask.sum()) != n_voxels:
+        raise DatasetError(
+            f"{anatomy.pycortex_db / anatomy.subject / 'transforms' / anatomy.transform}: "
+            f"mask_thick has {int(mask.sum())} voxels but the responses of {anatomy.subject} "
+            f"have {n_voxels} columns; the anatomy is another subject's or another release's")
+    return mask
+
+
+def response_voxels(data_dir, subject):
+    """The number of voxels (hf5 columns) of a subject's responses, or None without any."""
+    stories = data_utils.list_stories(data_dir, subject)
+    if not stories:
+        return None
+    return data_utils.hdf5_shape(data_utils.response_path(data_dir, subject, stories[0]))[1]
+
+
+# ----------------------------------------------------------------------------- regions
+
+def subject_regions(data_dir, subject, source, cache_dir, annot=None, fsaverage=None):
+    """The region file of a subject and source, made once and kept in
+    ``<cache_dir>/regions/``: returns its path. ``annot`` (lh, rh paths) and ``fsaverage``
+    belong to the annot source."""
+    anatomy = subject_anatomy(data_dir, subject,
+                              ("pycortex",) if source == "overlays" else ("pycortex",
+                                                                            "freesurfer"))
+    inputs = source_files(anatomy, source, annot, fsaverage)
+    for path in inputs:
+        if not path.is_file():
+            raise DatasetError(f"{path}: not found; " + (
+                f"fetch it with `datalad get -d {data_dir} "
+                f"{path.relative_to(Path(data_dir))}`" if path.is_relative_to(Path(data_dir))
+                else "give the files of the annotation and its fsaverage"))
+    settings = {"source": source, "subject": anatomy.subject, "transform": anatomy.transform,
+                "inputs": run_utils.file_identity(inputs), "version": 1}
+    path = run_utils.cache_path(Path(cache_dir) / "regions", f"{anatomy.subject}_{source}",
+                                settings)[0].with_suffix(".json")
+    if path.is_file():
+        logger.info("regions of %s from %s: %s (cached)", anatomy.subject, source, path)
+        return path
+    cortex = import_cortex(anatomy, cache_dir)
+    mask = thick_mask(cortex, anatomy, response_voxels(data_dir, anatomy.subject))
+    logger.info("%s: mapping the %d thick-mask voxels to their nearest vertices (pycortex)",
+                anatomy.subject, int(mask.sum()))
+    voxel_vertex = cortex.utils.get_vox_dist(anatomy.subject, anatomy.transform)[1][mask]
+    counts = vertex_counts(cortex, anatomy)
+    if source == "overlays":
+        # pycortex warns of each empty ROI; those are logged together below
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            vertex_sets = cortex.get_roi_verts(anatomy.subject, mask=True)
+        overlap = "drop"
+    else:
+        vertex_sets = annotation_vertex_sets(anatomy, counts, source, annot, fsaverage)
+        overlap = "error"
+    regions = regions_from_vertices(vertex_sets, voxel_vertex, counts[0], overlap)
+    if source == "annot":
+        regions.update(named_groups(regions))
+    run_utils.write_json(path, regions, overwrite=True)
+    logger.info("regions of %s from %s: %d regions and groups in %s", anatomy.subject, source,
+                len(regions), path)
+    return path
+
+
+def source_files(anatomy, source, annot=None, fsaverage=None):
+    """The files a source's regions are made from (besides the pycortex surfaces)."""
+    if source == "overlays":
+        return [anatomy.pycortex_db / anatomy.subject / "overlays.svg"]
+    if source == "aparc":
+        return [anatomy.freesurfer / "label" / f"{hemi}.aparc.annot" for hemi in HEMISPHERES]
+    return [*(anatomy.freesurfer / "surf" / f"{hemi}.sphere.reg" for hemi in HEMISPHERES),
+            *map(Path, annot), *fsaverage_spheres(fsaverage)]
+
+
+def vertex_counts(cortex, anatomy):
+    """(left, right) vertex counts of the subject's pycortex surfaces."""
+    left, right = cortex.db.get_surf(anatomy.subject, "fiducial", merge=False)
+    return len(left[0]), len(right[0])
+
+
+def fsaverage_spheres(fsaverage):
+    """fsaverage's registration spheres: ``surf/?h.sphere.reg``, else ``surf/?h.sphere`` (the
+    same coordinates for the atlas itself)."""
+    surf = Path(fsaverage) / "surf"
+    return [surf / f"{hemi}.sphere.reg" if (surf / f"{hemi}.sphere.reg").is_file()
+            else surf / f"{hemi}.sphere" for hemi in HEMISPHERES]
+
+
+def annotation_vertex_sets(anatomy, counts, source, annot=None, fsaverage=None):
+    """Region name -> (n_vertices,) bool over the subject's merged (left then right) vertices,
+    from the subject's aparc or from an fsaverage annotation carried by nearest vertex on the
+    registration spheres. Hemisphere prefixes and suffixes of names (``L_A1_ROI``) are
+    dropped, so that a parcel has one name in both hemispheres."""
+    nibabel = import_nibabel()
+    labels_per_hemi = []
+    for index, hemi in enumerate(HEMISPHERES):
+        if source == "aparc":
+            path = anatomy.freesurfer / "label" / f"{hemi}.aparc.annot"
+            labels, names = read_annotation(nibabel, path)
+        else:
+            path = Path(annot[index])
+            atlas_labels, names = read_annotation(nibabel, path)
+            atlas_sphere = fsaverage_spheres(fsaverage)[index]
+            atlas_points = nibabel.freesurfer.read_geometry(str(atlas_sphere))[0]
+            if len(atlas_points) != len(atlas_labels):
+                raise DatasetError(f"{path}: {len(atlas_labels)} vertices but {atlas_sphere} "
+                                   f"has {len(atlas_points)}; the annotation is not on that "
+                                   "fsaverage (fsaverage5/6 are smaller)")
+            sphere_reg = anatomy.freesurfer / "surf" / f"{hemi}.sphere.reg"
+            subject_points = nibabel.freesurfer.read_geometry(str(sphere_reg))[0]
+            labels = transfer_labels(atlas_points, atlas_labels, subject_points)
+            path = sphere_reg
+        if len(labels) != counts[index]:
+            raise DatasetError(f"{path}: {len(labels)} vertices but the subject's pycortex "
+                               f"{hemi} surfaces have {counts[index]}; the FreeSurfer and "
+                               "pycortex folders are of different subjects or releases")
+        labels_per_hemi.append((labels, [parcel_name(name, hemi) for name in names]))
+    n_vertices = sum(counts)
+    vertex_sets = {}
+    offset = 0
+    for labels, names in labels_per_hemi:
+        for label in np.unique(labels[labels >= 0]):
+            if names[label] is None:
+                continue
+            indicator = vertex_sets.setdefault(names[label], np.zeros(n_vertices, bool))
+            indicator[offset + np.flatnonzero(labels == label)] = True
+        offset += len(labels)
+    return vertex_sets
+
+
+def import_nibabel():
+    try:
+        import nibabel
+        import nibabel.freesurfer  # noqa: F401
+    except ImportError as err:
+        raise UsageError(f"FreeSurfer regions need nibabel ({err}): {INSTALL}") from None
+    return nibabel
+
+
+def read_annotation(nibabel, path):
+    """(per-vertex label indices (-1: none), label names) of a FreeSurfer .annot file."""
+    try:
+        labels, _, names = nibabel.freesurfer.read_annot(str(path))
+    except (ValueError, OSError, EOFError) as err:
+        raise DatasetError(f"{path}: not a readable FreeSurfer annotation ({err}); download "
+                           "it again") from None
+    return np.asarray(labels), [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def transfer_labels(source_points, source_labels, target_points):
+    """The label of each target point's nearest source point (a KD-tree query).
+
+    Parameters
+    ----------
+    source_points : (n_source, 3) float, e.g. fsaverage's sphere
+    source_labels : (n_source,) int
+    target_points : (n_target, 3) float, e.g. a subject's ``sphere.reg`` (the same space)
+
+    Returns
+    -------
+    (n_target,) labels, of ``source_labels``' dtype
+    """
+    from scipy.spatial import cKDTree
+
+    nearest = cKDTree(np.asarray(source_points, np.float64)).query(
+        np.asarray(target_points, np.float64))[1]
+    return np.asarray(source_labels)[nearest]
+
+
+def parcel_name(name, hemi):
+    """The hemisphere-free name of an annotation label (``L_A1_ROI`` -> ``A1``, aparc names
+    as they are), or None for an unlabelled one (``???``, ``unknown``)."""
+    if name.lower() in UNLABELLED:
+        return None
+    prefix = {"lh": "L_", "rh": "R_"}[hemi]
+    if name.startswith(prefix):
+        name = name[len(prefix):]
+    return name[:-len("_ROI")] if name.endswith("_ROI") else name
+
+
+def regions_from_vertices(vertex_sets, voxel_vertex, n_left, overlap="drop"):
+    """Voxel indices of each region, whole and per hemisphere, from vertex sets.
+
+    Parameters
+    ----------
+    vertex_sets : dict name -> (n_vertices,) bool over the merged (left then right) vertices
+    voxel_vertex : (n_voxels,) int, the nearest vertex of each voxel (response column)
+    n_left : int, left-hemisphere vertices (the lower indices)
+    overlap : "drop": a voxel in two regions is left out of both (pycortex's
+        ``get_roi_masks``); "error": a ValueError (sets that should be a partition)
+
+    Returns
+    -------
+    dict name -> sorted list of int voxel indices, for each name, ``<name>_lh`` and
+    ``<name>_rh``; regions without a voxel are left out (logged).
+    """
+    voxel_vertex = np.asarray(voxel_vertex)
+    memberships = {name: np.asarray(indicator, bool)[voxel_vertex]
+                   for name, indicator in vertex_sets.items()}
+    taken = np.sum(list(memberships.values()), axis=0) if memberships else np.zeros(0)
+    if np.any(taken > 1):
+        if overlap == "error":
+            raise ValueError(f"{int(np.sum(taken > 1))} voxels fall in two regions")
+        logger.info("%d voxels whose nearest vertex lies in two regions are left out of both",
+                    int(np.sum(taken > 1)))
+    left = voxel_vertex < n_left
+    regions, empty = {}, []
+    for name, member in memberships.items():
+        member = member & (taken == 1)
+        if not member.any():
+            empty.append(name)
+            continue
+        regions[name] = np.flatnonzero(member).tolist()
+        for hemi, side in zip(HEMISPHERES, (left, ~left)):
+            if (member & side).any():
+                regions[f"{name}_{hemi}"] = np.flatnonzero(member & side).tolist()
+    if empty:
+        logger.info("regions without a voxel in the thick mask, left out: %s",
+                    ", ".join(sorted(empty)))
+    return regions
+
+
+def named_groups(regions):
+    """The ``GROUPS`` whose parcels ``regions`` has (with those parcels; missing ones are
+    logged), whole and per hemisphere (``late_language_lh`` of the ``*_lh`` parcels)."""
+    groups = {}
+    for group, parcels in GROUPS.items():
+        present = [parcel for parcel in parcels if parcel in regions]
+        if not present:
+            continue
+        if len(present) < len(parcels):
+            logger.info("group %s without %s (no such region or no voxel)", group,
+                        ", ".join(sorted(set(parcels) - set(present))))
+        groups[group] = present
+        for hemi in HEMISPHERES:
+            members = [f"{parcel}_{hemi}" for parcel in present if f"{parcel}_{hemi}" in regions]
+            if members:
+                groups[f"{group}_{hemi}"] = members
+    return groups
+
+
+# ----------------------------------------------------------------------------- flat maps
+
+def map_results(results_dir, layers, models=None, out_dir=None, cache_dir=None,
+                height=MAP_HEIGHT, overwrite=False):
+    """Flat maps of a ``brain_evaluate.py`` results folder (its run_config.json names the
+    dataset and subject); returns the paths written."""
+    results_dir = Path(results_dir)
+    config_path = results_dir / "run_config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{results_dir}: no run_config.json; give a brain_evaluate.py "
+                         "results folder")
+    config = json.loads(config_path.read_text())["arguments"]
+    voxels = np.load(results_dir / run_utils.SUMMARY_VOXELS_NAME)
+    labels = models or json.loads((results_dir / "results.json").read_text())["models"]
+    cc_norm = {}
+    for label in labels:
+        for layer in layers:
+            path = results_dir / run_utils.voxel_results_name(label, layer)
+            if not path.is_file():
+                raise UsageError(f"{path}: not found; {results_dir} has no layer {layer} of "
+                                 f"{label!r} (see its results.csv)")
+            with np.load(path) as arrays:
+                cc_norm[label, layer] = arrays["cc_norm"]
+    return write_flatmaps(out_dir or results_dir, cc_norm, voxels, config["data_dir"],
+                          config["subject"], cache_dir or config["cache_dir"], height,
+                          overwrite)
+
+
+def write_flatmaps(out_dir, cc_norm, voxels, data_dir, subject, cache_dir,
+                   height=MAP_HEIGHT, overwrite=False):
+    """``flatmap_<model>_layer<k>.png`` per (model, layer) of ``cc_norm`` (dict -> (n_voxels,)
+    per-voxel values; a layer's maps share one colour scale) and
+    ``flatmap_<tuned>-minus-pretrained_layer<k>.png`` per tuned model when "pretrained" is
+    one of them. Only ``voxels`` (indices: the voxels the summaries average over) are drawn.
+    Returns the paths written."""
+    anatomy = subject_anatomy(data_dir, subject)
+    cortex = import_cortex(anatomy, cache_dir)
+    n_voxels = len(next(iter(cc_norm.values())))
+    mask = thick_mask(cortex, anatomy, n_voxels)
+    with_rois = shutil.which("inkscape") is not None
+    if not with_rois:
+        logger.info("Inkscape is not installed: flat maps without ROI outlines and labels")
+    shown = np.zeros(n_voxels, bool)
+    shown[np.asarray(voxels, np.intp)] = True
+    written = []
+    for layer in sorted({layer for _, layer in cc_norm}):
+        maps = {label: values for (label, at), values in cc_norm.items() if at == layer}
+        top = max(_scale(values[shown]) for values in maps.values())
+        for label, values in maps.items():
+            written.append(flatmap(
+                Path(out_dir) / flatmap_name(label, layer), cortex, anatomy, mask, values, shown,
+                f"cc_norm, {label}, layer {layer} ({anatomy.subject})", "inferno", 0.0, top,
+                height, with_rois, overwrite))
+        if "pretrained" in maps:
+            for label, values in maps.items():
+                if label == "pretrained":
+                    continue
+                difference = values - maps["pretrained"]
+                limit = _scale(np.abs(difference[shown]))
+                written.append(flatmap(
+                    Path(out_dir) / flatmap_name(f"{label}-minus-pretrained", layer), cortex,
+                    anatomy, mask, difference, shown,
+                    f"cc_norm, {label} minus pretrained, layer {layer} ({anatomy.subject})",
+                    "RdBu_r", -limit, limit, height, with_rois, overwrite))
+    return written
+
+
+def flatmap_name(label, layer):
+    return f"flatmap_{label.replace('/', '_').replace(' ', '_')}_layer{layer}.png"
+
+
+def _scale(values):
+    """The top of a colour scale: the 99th percentile of the finite values (1 if none is
+    positive)."""
+    finite = values[np.isfinite(values)]
+    top = float(np.percentile(finite, 99)) if finite.size else 0.0
+    return top if top > 0 else 1.0
+
+
+def flatmap(path, cortex, anatomy, mask, values, shown, title, cmap, vmin, vmax,
+            height=MAP_HEIGHT, with_rois=False, overwrite=False):
+    """One flat map of per-voxel ``values`` (voxels not ``shown`` are transparent), written
+    atomically as a PNG ``height`` pixels high; returns ``path``."""
+    from matplotlib import pyplot as plt
+
+    volume = np.full(mask.shape, np.nan, np.float32)
+    volume[mask] = np.where(shown, values, np.nan)
+    data = cortex.Volume(volume, anatomy.subject, anatomy.transform, cmap=cmap, vmin=vmin,
+                         vmax=vmax)
+    with contextlib.redirect_stdout(io.StringIO()):  # "Generating a flatmap cache"
+        figure = cortex.quickflat.make_figure(
+            data, height=height, with_rois=with_rois, with_labels=with_rois,
+            with_curvature=False, with_colorbar=True, nanmean=True)
+    figure.suptitle(title)
+    with run_utils.atomic_output(path, overwrite) as tmp:
+        figure.savefig(tmp, dpi=figure.dpi)
+    plt.close(figure)
+    return Path(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
