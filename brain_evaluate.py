@@ -112,7 +112,8 @@ SETTINGS_FILE = "settings.json"  # in the partial folder: what its finished resu
 RESUME_MAY_CHANGE = {"resume", "overwrite", "device", "precision", "log_level", "save_dir",
                      "exp_name", "cache_dir", "batch_size", "naive", "model_name", "model_path",
                      "logs_dir", "epochs", "skip_pretrained", "layers", "low_level",
-                     "semantic_preference", "train_fraction", "fdr_q"}
+                     "semantic_preference", "train_fraction", "fdr_q", "flatmap_layers",
+                     "flatmap_height"}
 FOLLOWUP_CEILING = 0.05  # the follow-up paper's summaries count voxels of a lower test-row
 #                          ceiling as 0
 CONFIDENCE = 0.95  # of the bootstrap intervals

@@ -70,6 +70,7 @@ UNLABELLED = {"???", "unknown", "medial_wall"}  # annotation names that are no r
 ANNOT_NAME = "HCPMMP1"  # --annot default: <fsaverage>/label/?h.HCPMMP1.annot
 MAP_HEIGHT = 1024  # flat-map height in pixels
 INSTALL = "pip install pycortex nibabel (make setup installs them)"
+DEFAULT_CACHE = "outputs/brain_alignment/feature_cache"  # brain_evaluate.py's --cache_dir
 
 
 def parse_args(argv=None):
@@ -93,8 +94,9 @@ def parse_args(argv=None):
     regions.add_argument("--out", default=None,
                          help="region file to write (default: <cache_dir>/regions/...json, "
                               "the file brain_evaluate.py reuses)")
-    regions.add_argument("--cache_dir", default="outputs/region_cache",
-                         help="where pycortex's computations and the region files are kept")
+    regions.add_argument("--cache_dir", default=DEFAULT_CACHE,
+                         help="where pycortex's computations and the region files are kept "
+                              "(the default is brain_evaluate.py's, which then finds them)")
     regions.add_argument("--overwrite", action="store_true", help="replace --out")
     maps = commands.add_parser(
         "map", formatter_class=run_utils.HelpFormatter,
@@ -253,6 +255,8 @@ def thick_mask(cortex, anatomy, n_voxels=None):
 
 def response_voxels(data_dir, subject):
     """The number of voxels (hf5 columns) of a subject's responses, or None without any."""
+    if data_utils.subject_id(subject) not in data_utils.list_subjects(data_dir):
+        return None
     stories = data_utils.list_stories(data_dir, subject)
     if not stories:
         return None

@@ -208,15 +208,28 @@ def haemodynamic_lag(features):
 
 # ----------------------------------------------------------------------------- responses
 
+VOXEL_TYPES = ("semantic", "acoustic", "noise")
+
+
 def make_subject(seed, subject, n_voxels, n_repeats, semantic_dim, semantic_fraction,
-                 acoustic_fraction, cc_max_range=CC_MAX_RANGE):
-    """Voxel types, signal fractions, true ceilings and weights of one synthetic subject."""
+                 acoustic_fraction, cc_max_range=CC_MAX_RANGE, types=None):
+    """Voxel types, signal fractions, true ceilings and weights of one synthetic subject.
+
+    ``types``: None (the fractions, in a random order), or each voxel's type (one of
+    ``VOXEL_TYPES``), e.g. to plant effects in brain regions."""
     rng = synthetic_speech.named_rng(seed, f"subject/{subject}")
     n_semantic = int(round(semantic_fraction * n_voxels))
     n_acoustic = int(round(acoustic_fraction * n_voxels))
-    types = np.array(["semantic"] * n_semantic + ["acoustic"] * n_acoustic
-                     + ["noise"] * (n_voxels - n_semantic - n_acoustic))
-    types = types[rng.permutation(n_voxels)]
+    planted = np.array(["semantic"] * n_semantic + ["acoustic"] * n_acoustic
+                       + ["noise"] * (n_voxels - n_semantic - n_acoustic))
+    planted = planted[rng.permutation(n_voxels)]
+    if types is None:
+        types = planted
+    else:
+        types = np.asarray(types, dtype=str)
+        if types.shape != (n_voxels,) or not np.isin(types, VOXEL_TYPES).all():
+            raise ValueError(f"{subject}: voxel types must be {n_voxels} of "
+                             f"{', '.join(VOXEL_TYPES)}")
     target = rng.uniform(*cc_max_range, n_voxels)
     signal_fraction = np.where(types == "noise", 0.0,
                                1.0 / (1.0 + n_repeats * (1.0 / target ** 2 - 1.0)))
@@ -335,13 +348,16 @@ def story_plan(n_train_stories, train_trs, test_trs, seed):
 
 def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test_trs=120,
              n_voxels=200, n_words=48, semantic_dim=16, semantic_fraction=0.4,
-             acoustic_fraction=0.2, cc_max_range=CC_MAX_RANGE, family_size=1, overwrite=False):
+             acoustic_fraction=0.2, cc_max_range=CC_MAX_RANGE, family_size=1, overwrite=False,
+             voxel_types=None):
     """Write the dataset to ``out`` (built beside it, then moved into place; see
     ``run_utils.output_folder``: a dataset written earlier is replaced only with ``overwrite``,
     a folder the project did not write never).
 
     Subject ``s`` gets ``n_voxels + 16 * (s - 1)`` voxels and 10 repeats of the test story
     (5 from UTS04 on, as in ds003020); with several subjects the last lacks ``life``.
+    ``voxel_types``: subject name -> each voxel's type, for subjects whose voxels should not
+    be typed at random by the fractions (``make_subject``).
     Returns the ground truth that is also written to ``synthetic_truth.json``.
     """
     plan = story_plan(n_train_stories, train_trs, test_trs, seed)
@@ -384,7 +400,7 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
             n_repeats = 10 if subject_number <= 3 else 5
             subject = make_subject(seed, name, n_voxels + 16 * (subject_number - 1), n_repeats,
                                    semantic_dim, semantic_fraction, acoustic_fraction,
-                                   cc_max_range)
+                                   cc_max_range, (voxel_types or {}).get(name))
             stories = [s for s in plan if not (s == "life" and len(names) > 1
                                                and number == len(names) - 1)]
             rng = synthetic_speech.named_rng(seed, f"responses/{name}")

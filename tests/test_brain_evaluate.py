@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 import brain_evaluate
+import brain_regions
 import damage
 import data_utils
 import eval_utils
@@ -298,13 +299,14 @@ def _planted_window_features(data_dir, story, truth, rng=None):
 
 
 def _task(stories, test_story, train, test, nc, splits, alphas, alpha_score="corr",
-          subsets=None):
-    """An EncodingTask of given responses: cc_norm = r / nc, every voxel summarised, no
-    permutations or bootstrap."""
+          subsets=None, regions=None, groups=None):
+    """An EncodingTask of given responses: cc_norm = r / nc, every voxel summarised (also per
+    region and group), no permutations or bootstrap."""
     voxels = np.ones(len(nc), bool)
     return brain_evaluate.EncodingTask(
         stories, test_story, brain_evaluate.Responses(train, test, nc, nc), voxels,
-        brain_evaluate.summary_weights(voxels, nc, {}, {}), splits, subsets or {}, alphas,
+        brain_evaluate.summary_weights(voxels, nc, regions or {}, groups or {}), splits,
+        subsets or {}, alphas,
         alpha_score, 0.0, brain_evaluate.Uncertainty(0, 10, 0, None, None, None, 0.05))
 
 
@@ -810,6 +812,53 @@ def _planted_tr_features(data_dir, stories, truth):
         tr_level[story] = eval_utils.lanczos_interp(window, times,
                                                     data_utils.tr_times(data_dir, story))
     return tr_level
+
+
+def test_region_groups_recover_effects_planted_in_their_parcels(tmp_path):
+    # HCP-MMP1 parcels of 10 voxels each (halves in each hemisphere), effects planted by
+    # parcel: late-language parcels hear the words' meaning, A1 the sound's energy, V1 nothing
+    planted = {"PGi": "semantic", "STSda": "semantic", "44": "semantic", "A1": "acoustic",
+               "V1": "noise"}
+    regions, types = {}, []
+    for index, (parcel, kind) in enumerate(planted.items()):
+        voxels = list(range(10 * index, 10 * index + 10))
+        regions.update({parcel: voxels, f"{parcel}_lh": voxels[:5], f"{parcel}_rh": voxels[5:]})
+        types += [kind] * 10
+    groups = brain_regions.named_groups(regions)
+    assert groups["late_language"] == ["44", "PGi", "STSda"]
+    data = tmp_path / "ds"
+    synthetic_data.generate(data, seed=6, subjects=(1,), n_train_stories=6, train_trs=100,
+                            test_trs=311, n_voxels=50, n_words=24, cc_max_range=(0.7, 0.95),
+                            voxel_types={"UTS01": types})
+    truth = data_utils.load_truth(data)
+    stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
+    test = data_utils.TEST_STORY
+    nc = eval_utils.noise_ceiling(data_utils.load_repeats(data, 1)).astype(np.float64)
+    splits = eval_utils.bootstrap_chunk_splits(
+        [data_utils.response_rows(data, s) for s in stories], n_boots=3, chunk_len=10)
+    task = _task(stories, test, np.vstack([data_utils.load_fmri(data, 1, s) for s in stories]),
+                 data_utils.load_fmri(data, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:], nc,
+                 splits, np.logspace(0, 5, 11), regions=regions, groups=groups)
+    features = _planted_tr_features(data, [*stories, test], truth)
+    meaning = {story: values[:, :truth["semantic_dim"]] for story, values in features.items()}
+    summaries = {}
+    for name, tr_level in (("meaning and energy", features), ("meaning only", meaning)):
+        scores = brain_evaluate.with_summary(
+            brain_evaluate.layer_scores(tr_level, task, what=name), task)
+        summary = scores["summary"]["cc_norm"]
+        for group, members in groups.items():  # a group's parcel mean: its parcels' means
+            expected = np.mean([np.mean(np.where(nc[regions[m]] > 0.05,
+                                                 scores["cc_norm"][regions[m]], 0))
+                                for m in members])
+            assert summary[group, "parcel_mean"] == pytest.approx(expected, abs=1e-6)
+        summaries[name] = summary
+    both, meaning_only = summaries["meaning and energy"], summaries["meaning only"]
+    for hemi in ("", "_lh", "_rh"):
+        assert both[f"late_language{hemi}", "parcel_mean"] > 0.4
+        assert both[f"primary_auditory{hemi}", "parcel_mean"] > 0.4
+        assert abs(both[f"early_visual{hemi}", "parcel_mean"]) < 0.15
+        assert meaning_only[f"late_language{hemi}", "parcel_mean"] > 0.4
+        assert abs(meaning_only[f"primary_auditory{hemi}", "parcel_mean"]) < 0.15
 
 
 def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp_path):

@@ -234,3 +234,20 @@ def test_ceiling_range_is_honoured(tmp_path):
     signal = [c for c, kind in zip(subject["true_cc_max"], subject["voxel_type"])
               if kind != "noise"]
     assert min(signal) >= 0.8 and max(signal) <= 0.95
+
+
+def test_voxel_types_can_be_planted(tmp_path):
+    types = ["noise"] * 4 + ["acoustic"] * 3 + ["semantic"] * 5
+    truth = synthetic_data.generate(tmp_path / "ds", seed=1, subjects=(1,), n_train_stories=1,
+                                    train_trs=30, test_trs=60, n_voxels=12, n_words=6,
+                                    voxel_types={"UTS01": types})
+    subject = truth["subjects"]["UTS01"]
+    assert subject["voxel_type"] == types
+    assert subject["acoustic_voxels"] == [4, 5, 6]
+    assert np.all(np.array(subject["true_cc_max"])[:4] == 0)  # noise voxels: no signal
+    assert np.all(np.array(subject["true_cc_max"])[4:] > 0)
+    for bad in (types[:-1], types[:-1] + ["visual"]):
+        with pytest.raises(ValueError, match="voxel types must be 12 of semantic, acoustic"):
+            synthetic_data.generate(tmp_path / "bad", seed=1, subjects=(1,), n_train_stories=1,
+                                    train_trs=30, test_trs=60, n_voxels=12, n_words=6,
+                                    voxel_types={"UTS01": bad})
