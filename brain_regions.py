@@ -70,6 +70,7 @@ UNLABELLED = {"???", "unknown", "medial_wall"}  # annotation names that are no r
 ANNOT_NAME = "HCPMMP1"  # --annot default: <fsaverage>/label/?h.HCPMMP1.annot
 MAP_HEIGHT = 1024  # flat-map height in pixels
 INSTALL = "pip install pycortex nibabel (make setup installs them)"
+PYCORTEX_SURFACES = ("flat", "pia", "wm", "inflated")  # what regions and maps read
 DEFAULT_CACHE = "outputs/brain_alignment/feature_cache"  # brain_evaluate.py's --cache_dir
 
 
@@ -202,6 +203,17 @@ def subject_anatomy(data_dir, subject, need=("pycortex",)):
         if not folder.is_dir():
             raise DatasetError(f"{folder}: not found; fetch the subject's {what} anatomy with "
                                f"`datalad get -d {data_dir} {relative}`")
+    if "pycortex" in need:  # datalad leaves files it has not fetched as broken links
+        subject_db = anatomy.pycortex_db / subject
+        needed = [subject_db / "surfaces" / f"{kind}_{hemi}.gii" for kind in PYCORTEX_SURFACES
+                  for hemi in HEMISPHERES]
+        needed += [subject_db / "transforms" / transform / name
+                   for name in ("matrices.xfm", "reference.nii.gz")]
+        missing = [path for path in needed if not path.is_file()]
+        if missing:
+            raise DatasetError(f"{missing[0]}: not found ({len(missing)} of the pycortex files "
+                               f"are missing); fetch them with `datalad get -d {data_dir} "
+                               f"derivative/pycortex-db/{subject}`")
     return anatomy
 
 
@@ -230,7 +242,7 @@ def import_cortex(anatomy, cache_dir):
     ours = cache / anatomy.subject / "cache"
     ours.mkdir(parents=True, exist_ok=True)
     for path in shipped.glob("*.npz"):
-        if not (ours / path.name).exists():
+        if path.is_file() and not (ours / path.name).exists():
             (ours / path.name).symlink_to(path.resolve())
     return cortex
 

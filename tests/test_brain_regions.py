@@ -122,6 +122,12 @@ def test_missing_anatomy_names_the_datalad_get(synthetic_dir, tmp_path, caplog):
         assert brain_regions.main(["regions", "--data_dir", str(data), "--subject", "1",
                                    "--source", source, "--cache_dir", str(tmp_path)]) == 1
         assert f"datalad get -d {data} {folder}" in caplog.text
+    # the folders are there but datalad has not fetched the files
+    caplog.clear()
+    assert brain_regions.main(["regions", "--data_dir", str(data), "--subject", "1",
+                               "--source", "overlays", "--cache_dir", str(tmp_path)]) == 1
+    assert ("surfaces/flat_lh.gii: not found (10 of the pycortex files are missing); fetch them "
+            f"with `datalad get -d {data} derivative/pycortex-db/UTS01`") in caplog.text
 
 
 def test_without_pycortex_the_message_names_the_install(monkeypatch, tmp_path):
@@ -244,7 +250,8 @@ def test_annotation_parcels_reach_the_subject_exactly(s1, tmp_path):
     assert groups == {
         "primary_auditory": ["A1"], "primary_auditory_lh": ["A1_lh"],
         "primary_auditory_rh": ["A1_rh"],
-        "late_language": ["44", "PGi", "STSda"], "late_language_lh": ["44_lh", "PGi_lh", "STSda_lh"],
+        "late_language": ["44", "PGi", "STSda"],
+        "late_language_lh": ["44_lh", "PGi_lh", "STSda_lh"],
         "late_language_rh": ["44_rh", "PGi_rh", "STSda_rh"],
         "early_auditory": ["A1"], "early_auditory_lh": ["A1_lh"], "early_auditory_rh": ["A1_rh"],
         "angular_gyrus": ["PGi"], "angular_gyrus_lh": ["PGi_lh"], "angular_gyrus_rh": ["PGi_rh"],
@@ -270,8 +277,8 @@ def test_annotation_parcels_reach_the_subject_exactly(s1, tmp_path):
     # an annotation of another fsaverage, a subject of another vertex count: refused
     small, faces = _sphere(100)
     nibabel.freesurfer.write_geometry(str(fsaverage / "surf" / "lh.sphere.reg"), small, faces)
-    with pytest.raises(DatasetError,
-                       match=f"{re.escape(str(annots[0]))}: {ATLAS_POINTS} vertices but .* has 100"):
+    wrong_atlas = f"{re.escape(str(annots[0]))}: {ATLAS_POINTS} vertices but .* has 100"
+    with pytest.raises(DatasetError, match=wrong_atlas):
         brain_regions.subject_regions(work, 1, "annot", cache, [str(a) for a in annots],
                                       str(fsaverage))
     atlas, faces = _sphere(ATLAS_POINTS)
