@@ -78,8 +78,10 @@ in ``<cache_dir>/stimulus``; nothing is computed twice.
 import argparse
 import json
 import logging
+import math
 import shutil
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -565,8 +567,8 @@ def load_rois(path, n_voxels):
     try:
         rois = json.loads(Path(path).read_text())
     except (UnicodeDecodeError, ValueError) as err:
-        raise DatasetError(f"{path}: not valid JSON ({err}); a --regions file maps region names to "
-                           "lists of voxel indices") from None
+        raise DatasetError(f"{path}: not valid JSON ({err}); a --regions file maps region "
+                           "names to lists of voxel indices") from None
     if not isinstance(rois, dict) or not all(isinstance(v, list) for v in rois.values()):
         raise DatasetError(f"{path}: expected a JSON object mapping region names to lists of "
                            "voxel indices (or group names to lists of region names)")
@@ -797,13 +799,21 @@ def analysis_result(analysis, features, task, stimulus, low_level_alphas, device
 
 def model_tr_features(encoder, layers, stories, extraction, device="cpu"):
     """TR-grid features of a model's ``layers``: layer -> story -> (grid TRs, hidden), from
-    the feature cache or extracted (nothing is read for no layers)."""
+    the feature cache or extracted (nothing is read for no layers). The number of windows is
+    logged first, and an estimate of the extraction time once the first batches are done."""
     features = {layer: {} for layer in layers}
     if not layers:
         return features
+    counts = {story: story_windows(extraction.data_dir, story, extraction.chunk_s)
+              for story in stories}
+    clock = ExtractionClock(sum(counts.values()))
+    logger.info("%d sliding windows of up to %g s over %d stories per layer set (stories "
+                "already in the feature cache are read, not extracted)", clock.total,
+                extraction.context_s + extraction.chunk_s, len(stories))
     for story in stories:
         window_features, times = cached_story_features(encoder, story, layers, extraction,
-                                                       device)
+                                                       device, clock.batch_done)
+        clock.story_done(counts[story])
         resampled = tr_features(extraction.data_dir, story, window_features, times,
                                 extraction.tr_source, extraction.tr_path)
         for layer, values in resampled.items():
@@ -811,10 +821,52 @@ def model_tr_features(encoder, layers, stories, extraction, device="cpu"):
     return features
 
 
-def cached_story_features(encoder, story, layers, extraction, device="cpu"):
+def story_windows(data_dir, story, chunk_s):
+    """The number of sliding windows of a story (one per ``chunk_s`` of its WAV's audio)."""
+    return math.ceil(round(data_utils.audio_duration(data_utils.stimulus_path(data_dir, story))
+                           / chunk_s, 6))
+
+
+class ExtractionClock:
+    """Counts the windows extracted and, once ``ESTIMATE_AFTER_S`` of extraction have been
+    timed, logs the rate and the time left for the windows not yet done (counting those of
+    cached stories, which are not known in advance, as to be extracted)."""
+
+    ESTIMATE_AFTER_S = 30.0
+
+    def __init__(self, total):
+        self.total, self.done, self.in_story = total, 0, 0  # windows: all, finished stories
+        self.timed, self.seconds, self.last = 0, 0.0, None  # of the timed batches
+        self.estimated = False
+
+    def batch_done(self, n_windows):
+        now = time.perf_counter()
+        if self.last is not None:  # a story's first batch also holds its start-up: not timed
+            self.timed += n_windows
+            self.seconds += now - self.last
+        self.last = now
+        self.in_story += n_windows
+        if not self.estimated and self.seconds >= self.ESTIMATE_AFTER_S:
+            self.estimated = True
+            rate = self.timed / self.seconds
+            left = max(self.total - self.done - self.in_story, 0) / rate
+            logger.info("extracting %.1f windows/s: about %s left for this model's %d windows",
+                        rate, _duration(left), self.total)
+
+    def story_done(self, n_windows):
+        self.done += n_windows
+        self.in_story, self.last = 0, None
+
+
+def _duration(seconds):
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def cached_story_features(encoder, story, layers, extraction, device="cpu", on_batch=None):
     """Window features of a story (layer -> (windows, hidden)) and their end times, from the
     cache; missing layers are extracted and cached (keyed by the model's fingerprint, the
-    window settings, the autocast dtype, the preprocessor and the story's WAV)."""
+    window settings, the autocast dtype, the preprocessor and the story's WAV). ``on_batch``:
+    see ``speech_models.sliding_window_features``."""
     settings = {"context_s": extraction.context_s, "chunk_s": extraction.chunk_s,
                 "autocast": str(extraction.dtype), "preprocessor": encoder.preprocessor.digest(),
                 **run_utils.file_identity([data_utils.stimulus_path(extraction.data_dir,
@@ -828,7 +880,7 @@ def cached_story_features(encoder, story, layers, extraction, device="cpu"):
         features, times = speech_models.sliding_window_features(
             encoder.backbone, encoder.preprocessor, audio, missing, extraction.context_s,
             extraction.chunk_s, extraction.batch_size, device, extraction.dtype,
-            naive=extraction.naive, progress=True)
+            naive=extraction.naive, progress=True, on_batch=on_batch)
         return features, {"times": times}
 
     features, extras = run_utils.cached_arrays(path, layers, extract, text)

@@ -41,6 +41,7 @@ NC_THRESHOLD = 0.4  # default: summaries and training use voxels whose noise cei
 ENCODING_ALPHAS = np.logspace(1, 4, 15) ** 2
 CONFOUND_ALPHAS = np.logspace(0, 4, 17) ** 2
 TIE_TOLERANCE = 1e-6  # permuted correlations this close to the observed one count as ties
+RIDGE_SOLVERS = ("auto", "primal", "dual")  # fit_ridge_cv: auto = the smaller eigenproblem
 RIDGE_SCORES = ("r2", "corr")  # how fit_ridge_cv scores held-out predictions (r2: the authors')
 
 
@@ -299,13 +300,15 @@ def _signed_root_r2(residual, assumed_variance):
 
 
 def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budget=2 * 2**30,
-                 progress=False, score="corr"):
+                 progress=False, score="corr", solver="auto"):
     """Ridge regression with one alpha per voxel chosen by cross-validation.
 
     Minimises ``||X W - Y||^2 + alpha ||W||^2`` (ordinary ridge; see the module docstring for
     the singular-value convention of the Huth-lab grid). For each split, the Gram matrix of
     the training rows is eigendecomposed once and the targets are projected once; every alpha
-    then costs one (held-out rows x features x voxels) product. Each voxel gets the alpha with
+    then costs one (held-out rows x rank x voxels) product. ``solver``: "primal" decomposes
+    the features x features Gram matrix ``X^T X``, "dual" the rows x rows kernel ``X X^T``
+    (the same predictions: ``W = X^T (X X^T + alpha)^-1 Y``), "auto" whichever is smaller. Each voxel gets the alpha with
     the best mean held-out ``score`` over the splits (the first one on ties), and the weights
     are refitted on all rows, voxels grouped by their alpha. No intercept: X and Y should be
     centred (z-scored), as the encoding pipeline makes them.
@@ -339,6 +342,8 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
         raise ValueError("fit_ridge_cv needs at least one (train_idx, val_idx) split")
     if score not in RIDGE_SCORES:
         raise ValueError(f"score must be one of {', '.join(RIDGE_SCORES)}, got {score!r}")
+    if solver not in RIDGE_SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(RIDGE_SOLVERS)}, got {solver!r}")
     if device is None:
         device = X.device if torch.is_tensor(X) else torch.device("cpu")
     X, Y = _as_tensor(X, device), _as_tensor(Y, device)
@@ -351,12 +356,20 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
     n_samples, n_features = X.shape
     n_voxels = Y.shape[1]
 
+    dual = solver == "dual" or (solver == "auto" and n_samples < n_features)
+    # per split: the Gram (primal) or kernel (dual) eigenvalues and vectors, and the held-out
+    # rows' design rotated onto those vectors; predictions are rotated @ (projected / (values
+    # + alpha)), projected = V^T X_train^T y_train (primal) or U^T y_train (dual)
     folds = []
     for train_idx, val_idx in splits:
+        train = torch.as_tensor(np.asarray(train_idx), device=device)
         val = torch.as_tensor(np.asarray(val_idx), device=device)
-        values, vectors = _eig_gram(X[torch.as_tensor(np.asarray(train_idx), device=device)])
-        folds.append((val, values, vectors, X[val] @ vectors, X[val]))
-    all_values, all_vectors = _eig_gram(X)
+        values, vectors = _eig_gram(X[train].T if dual else X[train])
+        x_val = X[val]
+        rotated = (x_val @ X[train].T if dual else x_val) @ vectors
+        folds.append((train, val, values, vectors, rotated, x_val))
+    all_values, all_vectors = _eig_gram(X.T if dual else X)
+    back = X.T @ all_vectors if dual else all_vectors  # W = back @ (projected / (values + a))
 
     itemsize = X.element_size()
     per_voxel = itemsize * (3 * n_samples + 4 * n_features + 2 * len(alphas_t))
@@ -368,10 +381,10 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
                       disable=not progress):
         columns = slice(first, min(first + batch, n_voxels))
         y = Y[:, columns]
-        xty = X.T @ y
-        for val, values, vectors, x_val_rotated, x_val in folds:
+        xty = None if dual else X.T @ y
+        for train, val, values, vectors, x_val_rotated, x_val in folds:
             y_val = y[val]
-            projected = vectors.T @ (xty - x_val.T @ y_val)
+            projected = vectors.T @ (y[train] if dual else xty - x_val.T @ y_val)
             y_centred = y_val - y_val.mean(0, keepdim=True)
             y_norm = y_centred.norm(dim=0)
             assumed_variance = (1 + y_centred.square().mean(0)) / 2
@@ -385,11 +398,11 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
         scores = cv_scores[:, columns]
         scores /= len(folds)
         best[columns] = scores.argmax(0)
-        projected = all_vectors.T @ xty
+        projected = all_vectors.T @ (y if dual else xty)
         for index in torch.unique(best[columns]).tolist():
             chosen = torch.nonzero(best[columns] == index).flatten()
-            weights[:, first + chosen] = all_vectors @ (projected[:, chosen]
-                                                        / (all_values + alphas_t[index])[:, None])
+            weights[:, first + chosen] = back @ (projected[:, chosen]
+                                                 / (all_values + alphas_t[index])[:, None])
     best_alphas = alphas_t[best]
     if backend == "numpy":
         return weights.cpu().numpy(), best_alphas.cpu().numpy(), cv_scores.cpu().numpy()

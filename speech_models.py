@@ -189,11 +189,14 @@ class AudioPreprocessor:
         self.sampling_rate = getattr(feature_extractor, "sampling_rate", data_utils.SAMPLING_RATE)
 
     def __call__(self, windows):
-        """windows: (n, samples) float32 -> float32 (n, samples) or (n, mel bins, frames)."""
-        windows = np.asarray(windows, dtype=np.float32)
+        """windows: (n, samples) float32 -> float32 (n, samples) or (n, mel bins, frames).
+        Whisper pads every window to 30 s, so its windows may also be a list of 1-D arrays of
+        different lengths."""
         if self.family == "whisper":
-            return self.feature_extractor(list(windows), sampling_rate=self.sampling_rate,
+            windows = [np.asarray(window, dtype=np.float32) for window in windows]
+            return self.feature_extractor(windows, sampling_rate=self.sampling_rate,
                                           return_tensors="np").input_features.astype(np.float32)
+        windows = np.asarray(windows, dtype=np.float32)
         if getattr(self.feature_extractor, "do_normalize", False):
             mean = windows.mean(axis=-1, keepdims=True)
             var = windows.var(axis=-1, keepdims=True)
@@ -449,15 +452,19 @@ def first_layers(backbone, count):
 
 
 def hidden_states_at(backbone, family, inputs, layers, frame):
-    """Hidden states of ``layers`` at time frame ``frame``: dict layer -> (batch, hidden).
+    """Hidden states of ``layers`` at time frame ``frame`` (an int, or a (batch,) tensor: a
+    frame per row): dict layer -> (batch, hidden).
 
     Index 0 is the encoder input, ``i`` the output of layer ``i``. Only the layers up to one
     past the highest requested one run: the extra layer keeps the requested index free of
     the final layer norm that some encoders apply after their last layer, so the values are
     those of the full model.
     """
-    return {layer: hidden[:, frame] for layer, hidden in
-            layer_hidden_states(backbone, family, inputs, layers).items()}
+    states = layer_hidden_states(backbone, family, inputs, layers)
+    if torch.is_tensor(frame):  # a frame per batch row
+        rows = torch.arange(len(frame), device=inputs.device)
+        return {layer: hidden[rows, frame.to(inputs.device)] for layer, hidden in states.items()}
+    return {layer: hidden[:, frame] for layer, hidden in states.items()}
 
 
 def layer_hidden_states(backbone, family, inputs, layers):
@@ -529,7 +536,8 @@ def window_ends(n_samples, chunk):
 
 
 def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.0, chunk_s=0.1,
-                            batch_size=16, device="cpu", dtype=None, naive=False, progress=False):
+                            batch_size=16, device="cpu", dtype=None, naive=False, progress=False,
+                            on_batch=None):
     """Features of a story for brain alignment (SPEC section 4).
 
     A window of ``context_s`` s of context plus a ``chunk_s`` s chunk slides over the audio in
@@ -540,6 +548,8 @@ def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.
     ----------
     audio : (n_samples,) float32 at ``preprocessor.sampling_rate``
     naive : one window per forward pass, as the original code; same values, slower.
+    on_batch : None, or called with the number of windows of each batch once it is done
+        (e.g. to estimate the time left).
 
     Returns
     -------
@@ -551,26 +561,30 @@ def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.
     starts = np.maximum(0, ends - context - chunk)
     lengths = ends - starts
     out = {layer: None for layer in layers}
+    family = backbone_family(backbone)
     groups = {}
     for index, length in enumerate(lengths):
-        groups.setdefault(int(length), []).append(index)
-    jobs = []
-    for length, indices in groups.items():
-        step = 1 if naive else batch_size
-        jobs += [(length, indices[i:i + step]) for i in range(0, len(indices), step)]
-    family = backbone_family(backbone)
+        # windows of one length share a batch; Whisper's inputs are all 30 s long
+        groups.setdefault(0 if family == "whisper" else int(length), []).append(index)
+    step = 1 if naive else batch_size
+    jobs = [indices[i:i + step] for indices in groups.values()
+            for i in range(0, len(indices), step)]
     backbone.eval()
     with torch.inference_mode():
-        for length, indices in tqdm(jobs, desc="windows", unit="batch", disable=not progress):
-            windows = np.stack([audio[starts[i]:ends[i]] for i in indices])
+        for indices in tqdm(jobs, desc="windows", unit="batch", disable=not progress):
+            windows = [audio[starts[i]:ends[i]] for i in indices]
             inputs = torch.from_numpy(preprocessor(windows)).to(device)
-            frame = preprocessor.whisper_frames(length) - 1 if family == "whisper" else -1
+            # the last frame (Whisper: the last one from real audio) of each window
+            frame = (torch.as_tensor([preprocessor.whisper_frames(lengths[i]) - 1
+                                      for i in indices]) if family == "whisper" else -1)
             with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
                 states = hidden_states_at(backbone, family, inputs, layers, frame)
             for layer, values in states.items():
                 if out[layer] is None:
                     out[layer] = np.empty((len(ends), values.shape[-1]), np.float32)
                 out[layer][indices] = values.float().cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(indices))
     return out, ends / rate
 
 

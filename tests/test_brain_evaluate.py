@@ -259,15 +259,23 @@ def test_test_story_without_repeats(setup, tmp_path, caplog):
     assert "individual_repeats" in caplog.text
 
 
-@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
-def test_batched_features_equal_the_naive_path(tmp_path, family):
+@pytest.mark.parametrize("family, passes", [("wav2vec2", 9), ("whisper", 2)])
+def test_batched_features_equal_the_naive_path(tmp_path, family, passes, monkeypatch):
     speech_models.save_tiny_model(tmp_path, family)
     backbone, family = speech_models.load_backbone(tmp_path)
     preprocessor = speech_models.AudioPreprocessor(
         speech_models.load_feature_extractor(tmp_path, family), family)
     audio = np.random.default_rng(0).standard_normal(16000 * 5).astype(np.float32)
+    calls = []
+    forward = speech_models.layer_hidden_states
+    monkeypatch.setattr(speech_models, "layer_hidden_states",
+                        lambda *args: calls.append(len(args[2])) or forward(*args))
     fast, times = speech_models.sliding_window_features(backbone, preprocessor, audio, [0, 2],
                                                         context_s=2.0, chunk_s=0.25)
+    # 20 windows: 8 shorter ones at the start, then 12 of 2.25 s; wav2vec2 batches windows of
+    # one length, Whisper (every input padded to 30 s) all of them
+    assert len(calls) == passes and sum(calls) == 20
+    monkeypatch.setattr(speech_models, "layer_hidden_states", forward)
     slow, _ = speech_models.sliding_window_features(backbone, preprocessor, audio, [0, 2],
                                                     context_s=2.0, chunk_s=0.25, naive=True)
     np.testing.assert_allclose(times, np.arange(1, 21) * 0.25)
@@ -1040,3 +1048,26 @@ def test_blocks_longer_than_the_test_story_are_refused_before_any_model_is_loade
     _no_model_loading(monkeypatch)
     assert _run(setup, "--block_len", "30", save="long_blocks") == 1
     assert "--block_len 30" in _one_error_line(caplog)
+
+
+def test_extraction_logs_its_windows_and_an_estimate_of_the_time_left(setup, monkeypatch,
+                                                                       caplog):
+    root, data = setup
+    audio = data_utils.load_stimulus(data, data_utils.TEST_STORY)
+    assert brain_evaluate.story_windows(data, data_utils.TEST_STORY, 0.5) == len(
+        speech_models.window_ends(len(audio), 8000))
+    now = [0.0]
+    monkeypatch.setattr(brain_evaluate.time, "perf_counter", lambda: now[0])
+    clock = brain_evaluate.ExtractionClock(1000)
+    with caplog.at_level(logging.INFO):
+        clock.batch_done(16)  # start-up: not timed
+        for _ in range(3):
+            now[0] += 8.0  # 16 windows per 8 s: 2 windows/s
+            clock.batch_done(16)
+        assert "windows/s" not in caplog.text  # 24 s timed
+        clock.story_done(64)
+        clock.batch_done(16)
+        now[0] += 8.0
+        clock.batch_done(16)  # 32 s timed, 64 + 32 of 1000 windows done: 904 left at 2/s
+    assert "extracting 2.0 windows/s: about 8 min left for this model's 1000 windows" in \
+        caplog.text

@@ -499,3 +499,29 @@ def test_leading_rows_takes_whole_stories_then_leading_rows():
 def test_leading_rows_rejects_fractions_outside_zero_one(fraction):
     with pytest.raises(ValueError):
         eval_utils.leading_rows([30, 50], fraction)
+
+
+@pytest.mark.parametrize("score", eval_utils.RIDGE_SCORES)
+@pytest.mark.parametrize("n_rows, n_features", [(60, 150), (150, 60)])
+def test_ridge_primal_and_dual_solvers_agree(n_rows, n_features, score, monkeypatch):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n_rows, n_features))
+    y = x @ rng.standard_normal((n_features, 25)) * 0.1 + rng.standard_normal((n_rows, 25))
+    splits = eval_utils.bootstrap_chunk_splits([n_rows // 2, n_rows - n_rows // 2], n_boots=3,
+                                               chunk_len=10, seed=1)
+    alphas = np.logspace(-1, 4, 9)
+    fits = {solver: eval_utils.fit_ridge_cv(x, y, alphas, splits, score=score, solver=solver)
+            for solver in ("primal", "dual")}
+    for primal, dual in zip(fits["primal"], fits["dual"]):
+        np.testing.assert_allclose(dual, primal, rtol=1e-7, atol=1e-9)
+    # the closed form at each voxel's alpha
+    weights, best, _ = fits["dual"]
+    for voxel in (0, 7):
+        expected = np.linalg.solve(x.T @ x + best[voxel] * np.eye(n_features), x.T @ y[:, voxel])
+        np.testing.assert_allclose(weights[:, voxel], expected, rtol=1e-6, atol=1e-9)
+    # auto decomposes the smaller matrix: the kernel when there are fewer rows than features
+    sizes = []
+    eig_gram = eval_utils._eig_gram
+    monkeypatch.setattr(eval_utils, "_eig_gram", lambda m: sizes.append(m.shape[1]) or eig_gram(m))
+    eval_utils.fit_ridge_cv(x, y, alphas, splits, score=score)
+    assert max(sizes) == min(n_rows, n_features)
