@@ -49,14 +49,23 @@ dataset's anatomy and cached. A summary without voxels is null in results.json, 
 results.csv, with a warning. ``--flatmap_layers`` draws per-voxel cc_norm, and each tuned
 model minus the pretrained one, on the subject's flat map (pycortex).
 
+``--voxels`` chooses the voxels that are fitted and scored: ``all`` (default), ``nc>T`` (noise
+ceiling above T) or a region or group of ``--regions``. Only their columns are read and the
+whole problem is theirs (time and memory scale with the selection); each fitted voxel's
+results equal those of an ``all`` run, and every summary ("all", regions, groups, both
+aggregations; the FDR too) is over the fitted voxels only, recorded as ``fitted_voxels``
+(selection and count) in results.json and run_config.json.
+
 Outputs in ``<save_dir>/<exp_name>/``: ``results.json`` and ``results.csv`` (per model,
 layer, low-level analysis ("none", or the set removed), region, aggregation and training
 fraction: mean r and cc_norm, ``n_voxels`` averaged, the bootstrap interval of the mean
 cc_norm, the fraction of significant voxels, and ``drop_percent`` = 100 (before - after) /
 before, empty where before <= 0), ``comparisons.csv`` (tuned minus pretrained, with
 intervals), ``voxels_<model>_layer<k>[_without_<set>].npz`` (per-voxel r, cc_norm, alpha,
-p_value, q_value), ``predictions_<model>_layer<k>.npz`` (the float32 test prediction and the
-test-story rows it belongs to), ``summary_voxels.npy`` (indices of the voxel-mean voxels),
+p_value, q_value, one per voxel of the subject, NaN where not fitted),
+``predictions_<model>_layer<k>.npz`` (``prediction``, the float32 test prediction of the fitted
+voxels, ``rows``, the test-story rows it belongs to, and ``voxels``, the subject's voxel index
+of each column), ``summary_voxels.npy`` (indices of the voxel-mean voxels),
 ``alignment.png`` (mean cc_norm per layer, one line per model, with intervals),
 ``regions.png`` (with --regions: per layer, each group's (else region's) parcel-mean cc_norm
 per model with intervals, the paper's figure), ``regions.json`` (the region file used),
@@ -110,7 +119,7 @@ SETTINGS_FILE = "settings.json"  # in the partial folder: what its finished resu
 # Arguments that choose which results a run makes, change only its speed or where it writes,
 # or only what is computed from the finished results (the FDR level): --resume may change
 # them. --nc_thr and --regions may not: each finished result holds bootstrap means over the
-# run's summaries.
+# run's summaries; nor --voxels: its per-voxel arrays are over the fitted voxels alone.
 RESUME_MAY_CHANGE = {"resume", "overwrite", "device", "precision", "log_level", "save_dir",
                      "exp_name", "cache_dir", "batch_size", "naive", "model_name", "model_path",
                      "logs_dir", "epochs", "skip_pretrained", "layers", "low_level",
@@ -145,6 +154,14 @@ def parse_args(argv=None):
                         help="summaries average over voxels whose noise ceiling exceeds this "
                              "(and whose test-story responses vary); a run with no such voxel "
                              "is refused")
+    parser.add_argument("--voxels", default="all", metavar="SELECTION",
+                        help="the voxels encoding models are fitted and scored on: 'all', "
+                             "'nc>T' (noise ceiling of --nc_path above T, e.g. nc>0.4) or the "
+                             "name of a region or group of --regions; only their columns are "
+                             "read, so time and memory scale with the selection. Per-voxel "
+                             "results keep the subject's voxel space (NaN where not fitted) "
+                             "and equal those of an 'all' run; every summary (and the FDR) "
+                             "is over the fitted voxels only (results.json fitted_voxels)")
     regions = parser.add_argument_group("brain regions and cortical maps (brain_regions.py)")
     regions.add_argument("--regions", "--roi_file", dest="regions", default=None,
                          help="per-region summaries: a JSON file mapping region name -> list of "
@@ -208,7 +225,7 @@ def parse_args(argv=None):
     uncertainty.add_argument("--n_permutations", type=int, default=1000,
                              help="per-voxel p-values of the test correlation by a block "
                                   "permutation of the test story (0: none); Benjamini-"
-                                  "Hochberg FDR over the subject's voxels")
+                                  "Hochberg FDR over the fitted voxels (--voxels)")
     uncertainty.add_argument("--fdr_q", type=float, default=0.05,
                              help="FDR level: a voxel is significant when its BH-adjusted "
                                   "p-value is below it (significant_fraction in results.csv)")
@@ -259,6 +276,14 @@ def parse_args(argv=None):
     if args.semantic_preference and args.word_vectors is None:
         parser.error("--semantic_preference needs --word_vectors FILE (or 'synthetic')")
     brain_regions.check_source_arguments(parser, args, args.regions)
+    try:
+        kind, _ = voxel_selection(args.voxels)
+    except ValueError as err:
+        parser.error(str(err))
+    if kind == "region" and args.regions is None:
+        parser.error(f"--voxels {args.voxels}: a region or group name needs --regions (a file "
+                     f"or a source: {', '.join(brain_regions.SOURCES)}); else give 'all' or "
+                     "'nc>T'")
     for layer in args.flatmap_layers:
         if layer != "best" and not layer.isdigit():
             parser.error(f"--flatmap_layers takes layer numbers or 'best', got {layer!r}")
@@ -379,7 +404,9 @@ class Uncertainty(NamedTuple):
 
 
 class EncodingTask(NamedTuple):
-    """The encoding problem every layer of every model is scored on."""
+    """The encoding problem every layer of every model is scored on. Its voxels are the fitted
+    ones (``--voxels``): every array over voxels below has one entry per fitted voxel, in the
+    order of ``fitted``."""
     stories: list  # training stories, in order
     test_story: str
     responses: Responses
@@ -391,6 +418,27 @@ class EncodingTask(NamedTuple):
     alpha_score: str  # how alphas are chosen (eval_utils.fit_ridge_cv)
     nc_thr: float  # voxel means average over voxels whose noise ceiling exceeds it
     uncertainty: Uncertainty
+    fitted: np.ndarray = None  # (voxels,) int64: their indices among the subject's voxels
+    #                            (sorted); None: every voxel, in order
+    n_voxels: int = None  # the subject's voxels; None: as many as fitted
+
+    def fitted_indices(self):
+        """(voxels,) int64: the indices of the fitted voxels among the subject's voxels."""
+        if self.fitted is None:
+            return np.arange(self.voxels.size, dtype=np.int64)
+        return np.asarray(self.fitted, np.int64)
+
+    def full(self, values):
+        """Per-voxel ``values`` of the fitted voxels in the subject's voxel space: (n_voxels,)
+        float, NaN where not fitted (``values`` as they are when every voxel is fitted)."""
+        values = np.asarray(values)
+        n_voxels = self.voxels.size if self.n_voxels is None else self.n_voxels
+        if values.shape[0] == n_voxels:
+            return values
+        dtype = np.result_type(values.dtype, np.float32)
+        out = np.full((n_voxels, *values.shape[1:]), np.nan, dtype)
+        out[self.fitted_indices()] = values
+        return out
 
 
 class Extraction(NamedTuple):
@@ -433,29 +481,43 @@ def training_stories(data_dir, subject, requested, test_story):
 def encoding_task(args, subject, stories):
     """The run's encoding problem, every input checked before any model is loaded: the
     stories' files (``data_utils.check_run_inputs``), the noise ceiling (computed if missing,
-    never saved with another voxel count than the responses'), the test target and its
-    ceiling (``test_scoring``), the summary voxels (``summary_voxels``), the ``--regions``
-    (made from the anatomy when a source is named), the anatomy of ``--flatmap_layers``, the
-    cross-validation splits and the --train_fraction subsets.
+    never saved with another voxel count than the responses'), the ``--regions`` (made from
+    the anatomy when a source is named), the fitted voxels (``--voxels``, ``fitted_voxels``),
+    the test target and its ceiling (``test_scoring``), the summary voxels
+    (``summary_voxels``), the anatomy of ``--flatmap_layers``, the cross-validation splits and
+    the --train_fraction subsets.
 
-    Returns the ``EncodingTask`` and the facts about its voxels (``summary_voxels``)."""
+    Only the fitted voxels' columns are read, and the task is theirs alone: responses, test
+    target and ceilings, normaliser, summary voxels and summaries (regions cut to the fitted
+    voxels, at their positions among them); ``EncodingTask.full`` takes its per-voxel results
+    back to the subject's voxel space.
+
+    Returns the ``EncodingTask`` and the facts about its voxels (``summary_voxels``, and
+    ``fitted_voxels``: the selection and its voxel count)."""
     n_voxels = data_utils.check_run_inputs(args.data_dir, subject, [*stories, args.test_story],
                                            args.tr_source, args.tr_path)
     nc_path = noise_ceilings.ceiling_file(subject, args.nc_path)
     nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, nc_path, args.test_story,
                                           n_voxels=n_voxels)
-    target, test_ceiling = test_scoring(args.data_dir, subject, args.test_story,
-                                        args.test_target)
-    if len(target) // args.block_len < 2:
-        raise UsageError(f"--block_len {args.block_len}: the {len(target)} scored test rows "
-                         "make fewer than 2 blocks to permute and resample")
-    voxels, voxel_facts = summary_voxels(
-        nc, args.nc_thr, nc_path, target,
-        data_utils.response_path(args.data_dir, subject, args.test_story))
     region_file = (brain_regions.subject_regions(args.data_dir, subject, args.regions,
                                                  args.cache_dir, args.annot, args.fsaverage)
                    if args.regions in brain_regions.SOURCES else args.regions)
     regions, groups = load_rois(region_file, n_voxels)
+    fitted = fitted_voxels(args.voxels, nc, nc_path, regions, groups, region_file, args.nc_thr)
+    every = fitted.size == n_voxels
+    columns = None if every else fitted  # None: every column, read as it is
+    target, test_ceiling = test_scoring(args.data_dir, subject, args.test_story,
+                                        args.test_target, columns)
+    if len(target) // args.block_len < 2:
+        raise UsageError(f"--block_len {args.block_len}: the {len(target)} scored test rows "
+                         "make fewer than 2 blocks to permute and resample")
+    voxels, voxel_facts = summary_voxels(
+        nc[fitted], args.nc_thr, nc_path, target,
+        data_utils.response_path(args.data_dir, subject, args.test_story))
+    voxel_facts["subject_voxels"] = int(n_voxels)
+    voxel_facts["fitted_voxels"] = {"selection": args.voxels, "n": int(fitted.size)}
+    if not every:
+        regions = {name: _positions(indices, fitted) for name, indices in regions.items()}
     voxel_facts["regions"] = {"given": args.regions, "file": region_file and str(region_file),
                               "groups": list(groups), "shown": figure_regions(regions, groups)}
     if args.flatmap_layers:  # pycortex, the anatomy and its voxel count, before any model
@@ -463,11 +525,11 @@ def encoding_task(args, subject, stories):
         brain_regions.thick_mask(brain_regions.import_cortex(anatomy, args.cache_dir), anatomy,
                                  n_voxels)
     summaries = summary_weights(voxels, test_ceiling, regions, groups, region_file,
-                                args.nc_thr)
-    normaliser = test_ceiling if args.normalise_by == "test_repeats" else nc
+                                args.nc_thr, "" if every else f" (--voxels {args.voxels})")
+    normaliser = test_ceiling if args.normalise_by == "test_repeats" else nc[fitted]
     responses = Responses(
-        np.vstack([data_utils.load_fmri(args.data_dir, subject, s) for s in stories]), target,
-        test_ceiling, normaliser)
+        np.vstack([data_utils.load_fmri(args.data_dir, subject, s, columns) for s in stories]),
+        target, test_ceiling, normaliser)
     lengths = [data_utils.response_rows(args.data_dir, s) for s in stories]
     splits = cv_splits(lengths, args.n_boots, args.chunk_len, args.seed)
     subsets = {fraction: training_subset(lengths, fraction, args.n_boots, args.chunk_len,
@@ -480,8 +542,76 @@ def encoding_task(args, subject, stories):
     uncertainty = Uncertainty(args.n_permutations, args.block_len, args.seed, counts, starts,
                               per_r, args.fdr_q)
     task = EncodingTask(stories, args.test_story, responses, voxels, summaries, splits,
-                        subsets, args.alphas, args.alpha_score, args.nc_thr, uncertainty)
+                        subsets, args.alphas, args.alpha_score, args.nc_thr, uncertainty,
+                        fitted, int(n_voxels))
     return task, voxel_facts
+
+
+def voxel_selection(text):
+    """A ``--voxels`` value parsed: ("all", None), ("nc", threshold) for ``nc>T`` (T a finite
+    number) or ("region", name) for anything else. A malformed ``nc>T`` is a ValueError."""
+    text = text.strip()
+    if text == "all":
+        return "all", None
+    if text.startswith("nc>"):
+        try:
+            threshold = float(text[3:])
+        except ValueError:
+            threshold = math.nan
+        if not math.isfinite(threshold):
+            raise ValueError(f"--voxels {text}: expected nc>T with T a finite number, e.g. "
+                             "nc>0.4")
+        return "nc", threshold
+    if not text:
+        raise ValueError("--voxels: expected all, nc>T or a region name, got nothing")
+    return "region", text
+
+
+REGION_NAMES_SHOWN = 8  # an unknown --voxels region is answered with this many known names
+
+
+def fitted_voxels(selection, nc, nc_path, regions, groups, region_file, nc_thr):
+    """The (sorted, int64) indices of the voxels ``--voxels selection`` fits: every voxel; those
+    whose noise ceiling ``nc`` (from ``nc_path``) exceeds T (``nc>T``); or the voxels of a
+    region of ``regions``, or of a group of ``groups`` (the union of its regions'). An unknown
+    region name, a selection without voxels and one without any voxel above ``nc_thr`` (no
+    summary) are UsageErrors."""
+    kind, value = voxel_selection(selection)
+    n_voxels = np.size(nc)
+    if kind == "all":
+        return np.arange(n_voxels, dtype=np.int64)
+    if kind == "nc":
+        fitted = np.flatnonzero(np.asarray(nc) > value)
+        what = f"no voxel has a noise ceiling above {value} in {nc_path} (max {np.max(nc):.3g})"
+    else:
+        if value in groups:
+            members = [index for region in groups[value] for index in regions[region]]
+        elif value in regions:
+            members = regions[value]
+        else:
+            names = [*regions, *groups]
+            shown = ", ".join(names[:REGION_NAMES_SHOWN]) + (
+                f", ... ({len(names)} in all)" if len(names) > REGION_NAMES_SHOWN else "")
+            raise UsageError(f"--voxels {value}: no region or group of that name in --regions "
+                             f"{region_file}; its names: {shown or 'none'}")
+        fitted = np.unique(np.asarray(members, np.int64))
+        kind = "group" if value in groups else "region"
+        what = f"{kind} {value!r} of {region_file} has no voxel"
+    if not fitted.size:
+        raise UsageError(f"--voxels {selection}: {what}; nothing to fit")
+    if not (np.asarray(nc)[fitted] > nc_thr).any():
+        raise UsageError(f"--voxels {selection}: none of its {fitted.size} voxels has a noise "
+                         f"ceiling above --nc_thr {nc_thr} ({nc_path}); every summary would be "
+                         "empty: lower --nc_thr or choose other voxels")
+    logger.info("--voxels %s: fitting %d of the %d voxels", selection, fitted.size, n_voxels)
+    return fitted.astype(np.int64)
+
+
+def _positions(indices, fitted):
+    """The positions in ``fitted`` (sorted voxel indices) of those of ``indices`` it holds."""
+    indices = np.asarray(indices, np.int64)
+    at = np.minimum(np.searchsorted(fitted, indices), max(fitted.size - 1, 0))
+    return at[fitted[at] == indices].tolist()
 
 
 def cv_splits(lengths, n_boots=3, chunk_len=20, seed=0, what=""):
@@ -504,27 +634,33 @@ def training_subset(lengths, fraction, n_boots=3, chunk_len=20, seed=0):
     return TrainingSubset(rows, splits)
 
 
-def test_scoring(data_dir, subject, test_story, test_target, voxel_batch=8192):
+def test_scoring(data_dir, subject, test_story, test_target, voxels=None, voxel_batch=8192):
     """What test predictions are scored against, over the scored rows (the first
     ``TEST_RESPONSE_TRIM`` dropped): the target (``test_target`` "repeats_mean": the mean over
     the story's ``individual_repeats``; "data": its ``data`` rows) and the noise ceiling
-    cc_max of the repeats over those rows (``eval_utils.noise_ceiling``). The repeats are read
-    ``voxel_batch`` voxels at a time.
+    cc_max of the repeats over those rows (``eval_utils.noise_ceiling``), of the columns
+    ``voxels`` (sorted indices; None: all). The repeats are read a window of ``voxel_batch``
+    voxel indices at a time (only the selected columns of each).
 
     Returns (rows, voxels) float32 and (voxels,) float64."""
     path = data_utils.response_path(data_dir, subject, test_story)
     _, n_rows, n_voxels = noise_ceilings.repeats_shape(path)
-    target = np.empty((n_rows - TEST_RESPONSE_TRIM, n_voxels), np.float32)
-    ceiling = np.empty(n_voxels)
+    voxels = np.arange(n_voxels) if voxels is None else np.asarray(voxels, np.intp)
+    target = np.empty((n_rows - TEST_RESPONSE_TRIM, voxels.size), np.float32)
+    ceiling = np.empty(voxels.size)
     for first in range(0, n_voxels, voxel_batch):
-        voxels = np.arange(first, min(first + voxel_batch, n_voxels))
+        at = np.flatnonzero((voxels >= first) & (voxels < first + voxel_batch))
+        if not at.size:
+            continue
         repeats = data_utils.load_repeats(data_dir, subject, test_story,
-                                          voxels)[:, TEST_RESPONSE_TRIM:]
-        ceiling[voxels] = eval_utils.noise_ceiling(repeats.astype(np.float64))
+                                          voxels[at])[:, TEST_RESPONSE_TRIM:]
+        ceiling[at] = eval_utils.noise_ceiling(repeats.astype(np.float64))
         if test_target == "repeats_mean":
-            target[:, voxels] = repeats.mean(axis=0, dtype=np.float64)
+            target[:, at] = repeats.mean(axis=0, dtype=np.float64)
     if test_target == "data":
-        target[:] = data_utils.load_fmri(data_dir, subject, test_story)[TEST_RESPONSE_TRIM:]
+        columns = None if voxels.size == n_voxels else voxels
+        target[:] = data_utils.load_fmri(data_dir, subject, test_story,
+                                         columns)[TEST_RESPONSE_TRIM:]
     return target, ceiling
 
 
@@ -593,7 +729,8 @@ def load_rois(path, n_voxels):
     return regions, groups
 
 
-def summary_weights(voxels, test_ceiling, regions, groups, roi_path=None, nc_thr=None):
+def summary_weights(voxels, test_ceiling, regions, groups, roi_path=None, nc_thr=None,
+                    within=""):
     """The ``Summaries`` of "all" and each region and group, in both aggregations:
 
     - "voxel_mean" (ours): the mean over the region's ``voxels`` (NC > --nc_thr, varying test
@@ -602,8 +739,9 @@ def summary_weights(voxels, test_ceiling, regions, groups, roi_path=None, nc_thr
       ceiling ``test_ceiling`` <= ``FOLLOWUP_CEILING``, averaged over all of the region's
       voxels; a group's is the mean of its regions' means (regions without voxels left out).
 
-    A summary without voxels is logged and undefined (n_voxels 0). ``weights`` and
-    ``members`` are sparse: each column is built from its (rows, values), never densely."""
+    A summary without voxels is logged (``within``: what the voxels are, for the message)
+    and undefined (n_voxels 0). ``weights`` and ``members`` are sparse: each column is built
+    from its (rows, values), never densely."""
     n = voxels.size
     kept = (test_ceiling > FOLLOWUP_CEILING).astype(np.float64)
     everything = {"all": np.arange(n), **{name: np.unique(np.asarray(indices, np.intp))
@@ -647,8 +785,9 @@ def summary_weights(voxels, test_ceiling, regions, groups, roi_path=None, nc_thr
             empty.append(name)
     if empty:
         logger.warning("--regions %s: %d regions or groups have no voxel with NC > %s and "
-                       "varying test responses; their voxel means are left empty (null in "
-                       "results.json): %s", roi_path, len(empty), nc_thr, ", ".join(empty))
+                       "varying test responses%s; their voxel means are left empty (null in "
+                       "results.json): %s", roi_path, len(empty), nc_thr, within,
+                       ", ".join(empty))
 
     def matrix(columns):  # (n, len(columns)) csr_array of sparse columns, zeros dropped
         data = np.concatenate([values for _, values in columns])
@@ -1127,9 +1266,11 @@ class FinishedResults:
 def write_results(out_dir, all_results, facts, task):
     """results.json (``facts``, the rows, the comparisons and the semantic preference),
     results.csv, comparisons.csv, the per-voxel .npz files (r, cc_norm, alpha and, with
-    permutations, p_value and q_value), the test predictions (``predictions_*.npz``: float32
-    (scored rows, voxels) and the test-story response rows they belong to),
-    ``summary_voxels.npy`` (the (n,) int64 indices of the voxels the "all" voxel means average
+    permutations, p_value and q_value; one entry per voxel of the subject, NaN where not
+    fitted), the test predictions (``predictions_*.npz``: ``prediction`` float32 (scored rows,
+    fitted voxels), ``rows``, the test-story response rows they belong to, and ``voxels``, the
+    int64 indices of its columns among the subject's voxels), ``summary_voxels.npy`` (the (n,)
+    int64 indices, among the subject's voxels, of the voxels the "all" voxel means average
     over, for the report) and the plots (``write_plots``) in a fresh ``out_dir``.
     ``facts`` holds the subject, test story and the ``summary_voxels`` facts, for the titles.
 
@@ -1137,6 +1278,7 @@ def write_results(out_dir, all_results, facts, task):
     rows, preference_rows = [], []
     n_train = len(task.responses.train)
     test_rows = np.arange(TEST_RESPONSE_TRIM, TEST_RESPONSE_TRIM + len(task.responses.test))
+    columns = task.fitted_indices()  # the subject's voxel index of each fitted voxel
     for label, layers in all_results.items():
         for layer, result in layers.items():
             before = result["encoding"]["none"]["summary"]["cc_norm"]
@@ -1150,11 +1292,12 @@ def write_results(out_dir, all_results, facts, task):
                 if fraction < 1:
                     continue
                 np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis),
-                         **{name: scores[name] for name in VOXEL_ARRAYS if name in scores})
+                         **{name: task.full(scores[name]) for name in VOXEL_ARRAYS
+                            if name in scores})
                 if analysis == "none":
                     np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis,
                                                                     "predictions"),
-                             prediction=scores["prediction"], rows=test_rows)
+                             prediction=scores["prediction"], rows=test_rows, voxels=columns)
             if result["semantic_preference"] is not None:
                 preference_rows.append({"model": label, "layer": layer,
                                         **result["semantic_preference"]})
@@ -1162,7 +1305,7 @@ def write_results(out_dir, all_results, facts, task):
     run_utils.write_json(out_dir / "results.json", {
         **facts, "results": rows, "comparisons": comparisons,
         "semantic_preference": preference_rows})
-    np.save(out_dir / run_utils.SUMMARY_VOXELS_NAME, np.flatnonzero(task.voxels).astype(np.int64))
+    np.save(out_dir / run_utils.SUMMARY_VOXELS_NAME, columns[task.voxels])
     run_utils.write_csv(out_dir / "results.csv", rows)
     if comparisons:
         run_utils.write_csv(out_dir / "comparisons.csv", comparisons)
@@ -1232,7 +1375,8 @@ def compare_to_pretrained(all_results, summaries):
 
 def write_run_flatmaps(out_dir, all_results, rows, args, subject, task):
     """The cortical maps of --flatmap_layers ('best': the layer of the highest mean cc_norm of
-    the last model) in ``out_dir`` (``brain_regions.write_flatmaps``)."""
+    the last model) in ``out_dir`` (``brain_regions.write_flatmaps``), from per-voxel cc_norm
+    in the subject's voxel space (NaN where not fitted; only summary voxels are drawn)."""
     last = list(all_results)[-1]
     overall = {row["layer"]: row["cc_norm"] for row in rows
                if row["model"] == last and row["region"] == "all" and row["low_level"] == "none"
@@ -1246,10 +1390,10 @@ def write_run_flatmaps(out_dir, all_results, rows, args, subject, task):
         else:
             logger.warning("--flatmap_layers %s: not a layer of this run (%s); no map", layer,
                            " ".join(map(str, sorted(overall))))
-    cc_norm = {(label, layer): results[layer]["encoding"]["none"]["cc_norm"]
+    cc_norm = {(label, layer): task.full(results[layer]["encoding"]["none"]["cc_norm"])
                for label, results in all_results.items() for layer in sorted(layers)}
-    if cc_norm:
-        brain_regions.write_flatmaps(out_dir, cc_norm, np.flatnonzero(task.voxels),
+    if cc_norm:  # NaN where not fitted: only the summary voxels are drawn
+        brain_regions.write_flatmaps(out_dir, cc_norm, task.fitted_indices()[task.voxels],
                                      args.data_dir, subject, args.cache_dir,
                                      args.flatmap_height)
 
@@ -1263,6 +1407,9 @@ def write_plots(out_dir, rows, comparisons, preference_rows, facts):
     parcel-mean cc_norm of the groups, else regions, per model) with regions."""
     story = f"{facts['subject']}, {facts['test_story']}"
     voxels = f"{story}, {facts['scored_voxels']} voxels with NC > {facts['nc_thr']}"
+    selection = facts.get("fitted_voxels", {}).get("selection", "all")
+    if selection != "all":
+        voxels += f" (--voxels {selection})"
     overall = [row for row in rows if row["region"] == "all"
                and row["aggregation"] == "voxel_mean"]
     baseline = [row for row in overall if row["low_level"] == "none"

@@ -17,7 +17,8 @@ the semantic preference, and lowers the drop when low-level features are removed
 explains drops above 100% (cc_norm turned negative) and undefined ones (cc_norm before <= 0).
 ``summary.json`` records the compared labels and checkpoints, their headline numbers and
 ``expected_direction``. Every mean is over the voxels whose noise ceiling exceeds the run's
-``--nc_thr`` (from its ``run_config.json``) and whose test responses vary; each cell shows how
+``--nc_thr`` (from its ``run_config.json``) and whose test responses vary (of those it fitted:
+a run with ``--voxels`` fits a selection, which the report names); each cell shows how
 many (n), where the alignment results record it, and the mean's block-bootstrap interval where
 they record one. Only these voxel means of encoding models fitted on all training rows make
 the headline numbers and tables (``headline_rows``); the follow-up paper's parcel means appear
@@ -258,7 +259,8 @@ def scored_voxels(alignment, n_voxels):
 
 def planted_scores(alignment, truth, truth_path, voxels):
     """Mean cc_norm over the planted voxel types (``truth``, read from ``truth_path``) within
-    the ``voxels`` mask, per model, analysis and layer."""
+    the ``voxels`` mask, per model, analysis and layer; voxels the run did not fit (NaN, see
+    ``brain_evaluate.py --voxels``) are left out."""
     subject = alignment.results["subject"]
     if subject not in truth["subjects"]:
         raise DatasetError(f"{truth_path}: no subject {subject}; pass the --data_dir the "
@@ -282,9 +284,30 @@ def planted_scores(alignment, truth, truth_path, voxels):
             raise UsageError(f"{path}: {cc_norm.size} voxels but the responses have "
                              f"{voxels.size}; pass the --data_dir the alignment run evaluated")
         means.setdefault(row["model"], {}).setdefault(row["low_level"], {})[row["layer"]] = {
-            kind: float(cc_norm[indices].mean()) if indices.size else float("nan")
-            for kind, indices in planted.items()}
+            kind: _fitted_mean(cc_norm[indices]) for kind, indices in planted.items()}
     return Planted({kind: int(indices.size) for kind, indices in planted.items()}, means)
+
+
+def _fitted_mean(values):
+    """The mean of the fitted (not NaN) ``values``; NaN when there is none."""
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def fitted_voxels_note(results):
+    """The sentence saying which voxels a run fitted (results.json ``fitted_voxels``), or
+    None when it fitted every voxel (or is older than ``--voxels``)."""
+    fitted = results.get("fitted_voxels")
+    if not fitted or fitted.get("selection", "all") == "all":
+        return None
+    selection = fitted["selection"]
+    what = (f"the voxels whose noise ceiling is above {selection[3:]}"
+            if selection.startswith("nc>") else
+            f"the voxels of `{selection}` (a region or group of the run's --regions)")
+    total = results.get("subject_voxels")
+    return (f"Only {what} were fitted (`--voxels {selection}`: {fitted['n']}"
+            + (f" of {total}" if total is not None else "") + " voxels); every mean and "
+            "fraction below is over those voxels.")
 
 
 def _row(rows, **match):
@@ -547,6 +570,9 @@ def render(out, alignment, planted, downstream, summary, title, truth):
     regions = reported_regions(results, rows)
     layers = sorted({r["layer"] for r in rows})
     lines += ["## Brain alignment", ""]
+    note = fitted_voxels_note(results)
+    if note:
+        lines += [note, ""]
     if any(r.get("cc_norm_ci_low") is not None for r in rows):
         lines += [f"In brackets: the {_confidence(results):.0%} block-bootstrap interval of the "
                   "mean over the test story's time.", ""]

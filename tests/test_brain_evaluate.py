@@ -1071,3 +1071,182 @@ def test_extraction_logs_its_windows_and_an_estimate_of_the_time_left(setup, mon
         clock.batch_done(16)  # 32 s timed, 64 + 32 of 1000 windows done: 904 left at 2/s
     assert "extracting 2.0 windows/s: about 8 min left for this model's 1000 windows" in \
         caplog.text
+
+
+# ----------------------------------------------------------------------------- --voxels
+
+N_SETUP_VOXELS = 30  # of the module's synthetic subject
+
+
+@pytest.fixture(scope="module")
+def whole_brain(setup):
+    """The results folder of an ``--voxels all`` run (layer 2, summaries over NC > 0.2)."""
+    assert _run_shared(setup, "--layers", "2", "--nc_thr", "0.2", save="voxels_all") == 0
+    return setup[0] / "voxels_all" / "run"
+
+
+def _assert_fitted_as_in_the_whole_brain(out, whole, selected):
+    """The per-voxel results of ``selected`` equal the whole-brain run's, NaN elsewhere; the
+    predictions hold the selected columns; q-values are BH over the fitted voxels."""
+    unselected = np.setdiff1d(np.arange(N_SETUP_VOXELS), selected)
+    for model in ("pretrained", "model1"):
+        ours = dict(np.load(out / run_utils.voxel_results_name(model, 2)))
+        theirs = dict(np.load(whole / run_utils.voxel_results_name(model, 2)))
+        assert set(ours) == set(theirs) == set(brain_evaluate.VOXEL_ARRAYS)
+        for name, values in ours.items():
+            assert values.shape == (N_SETUP_VOXELS,), name
+            assert np.isnan(values[unselected]).all() and np.isfinite(values[selected]).all()
+        for name in ("r", "cc_norm", "alpha", "p_value"):
+            np.testing.assert_allclose(ours[name][selected], theirs[name][selected],
+                                       rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            ours["q_value"][selected],
+            scipy.stats.false_discovery_control(ours["p_value"][selected].astype(np.float64)),
+            rtol=1e-6)
+        predictions = np.load(out / run_utils.voxel_results_name(model, 2, kind="predictions"))
+        everything = np.load(whole / run_utils.voxel_results_name(model, 2, kind="predictions"))
+        assert predictions["voxels"].dtype == everything["voxels"].dtype == np.int64
+        np.testing.assert_array_equal(predictions["voxels"], selected)
+        np.testing.assert_array_equal(everything["voxels"], np.arange(N_SETUP_VOXELS))
+        np.testing.assert_array_equal(predictions["rows"], everything["rows"])
+        assert predictions["prediction"].dtype == np.float32
+        assert predictions["prediction"].shape == (len(everything["rows"]), selected.size)
+        np.testing.assert_allclose(predictions["prediction"],
+                                   everything["prediction"][:, selected], rtol=1e-5, atol=1e-6)
+
+
+def _fitted_facts(out):
+    results = json.loads((out / "results.json").read_text())
+    config = json.loads((out / "run_config.json").read_text())
+    assert results["fitted_voxels"] == config["fitted_voxels"]
+    return results
+
+
+def test_voxels_above_a_noise_ceiling_are_fitted_as_in_a_whole_brain_run(setup, whole_brain):
+    root, data = setup
+    nc = np.load(root / "UTS01.npy")
+    selected = np.flatnonzero(nc > 0.3)
+    assert 0 < selected.size < N_SETUP_VOXELS and (nc[selected] <= 0.4).any()
+    assert _run_shared(setup, "--layers", "2", "--voxels", "nc>0.3", save="voxels_nc") == 0
+    out = root / "voxels_nc" / "run"
+    _assert_fitted_as_in_the_whole_brain(out, whole_brain, selected)
+    results = _fitted_facts(out)
+    assert results["fitted_voxels"] == {"selection": "nc>0.3", "n": int(selected.size)}
+    assert results["subject_voxels"] == N_SETUP_VOXELS
+    # the summaries (default --nc_thr 0.4) are over the fitted voxels above it
+    summary = np.load(out / run_utils.SUMMARY_VOXELS_NAME)
+    np.testing.assert_array_equal(summary, selected[nc[selected] > 0.4])
+    assert results["scored_voxels"] == summary.size
+    for row in results["results"]:
+        cc_norm = np.load(out / run_utils.voxel_results_name(row["model"], 2))["cc_norm"]
+        if row["aggregation"] == "voxel_mean":
+            assert row["n_voxels"] == summary.size
+            assert row["cc_norm"] == pytest.approx(float(cc_norm[summary].mean()), abs=1e-6)
+        else:
+            assert row["n_voxels"] == selected.size
+    # report.py reads the NaN of the unfitted voxels and names the selection
+    assert report.main(["--out", str(root / "voxels_nc" / "report"), "--alignment", str(out),
+                        "--data_dir", str(data)]) == 0
+    text = (root / "voxels_nc" / "report" / "report.md").read_text()
+    after = text.split("## Brain alignment")[1]
+    assert after.lstrip().startswith(
+        f"Only the voxels whose noise ceiling is above 0.3 were fitted (`--voxels nc>0.3`: "
+        f"{selected.size} of {N_SETUP_VOXELS} voxels)")
+    planted = json.loads((root / "voxels_nc" / "report" / "summary.json").read_text())
+    truth = data_utils.load_truth(data)["subjects"]["UTS01"]
+    semantic = np.intersect1d(truth["semantic_voxels"], summary)
+    cc_norm = np.load(out / run_utils.voxel_results_name("model1", 2))["cc_norm"]
+    assert planted["tuned"]["semantic_cc_norm"] == pytest.approx(
+        float(cc_norm[semantic].mean()), abs=1e-6)
+
+
+@pytest.mark.parametrize("selection, selected", [("front", np.arange(20)),
+                                                  ("mid", np.arange(10, 20))])
+def test_voxels_of_a_region_or_group_are_fitted_and_summarised_alone(
+        setup, whole_brain, tmp_path, selection, selected):
+    root, data = setup
+    regions = {"first": np.arange(10), "mid": np.arange(10, 20), "rest": np.arange(20, 30)}
+    groups = {"front": ["first", "mid"], "back": ["mid", "rest"]}
+    (tmp_path / "roi.json").write_text(json.dumps(
+        {**{name: indices.tolist() for name, indices in regions.items()}, **groups}))
+    assert _run_shared(setup, "--layers", "2", "--nc_thr", "0.2", "--voxels", selection,
+                       "--regions", str(tmp_path / "roi.json"), save=f"voxels_{selection}") == 0
+    out = root / f"voxels_{selection}" / "run"
+    _assert_fitted_as_in_the_whole_brain(out, whole_brain, selected)
+    results = _fitted_facts(out)
+    assert results["fitted_voxels"] == {"selection": selection, "n": int(selected.size)}
+    summary = np.load(out / run_utils.SUMMARY_VOXELS_NAME)
+    np.testing.assert_array_equal(
+        summary, np.intersect1d(np.load(whole_brain / run_utils.SUMMARY_VOXELS_NAME), selected))
+    repeats = data_utils.load_repeats(data, 1)[:, brain_evaluate.TEST_RESPONSE_TRIM:]
+    ceiling = eval_utils.noise_ceiling(repeats.astype(np.float64))
+    regions["all"] = np.arange(N_SETUP_VOXELS)
+    for row in results["results"]:
+        cc_norm = np.load(out / run_utils.voxel_results_name(row["model"], 2))["cc_norm"]
+        members = groups.get(row["region"], [row["region"]])
+        if row["aggregation"] == "voxel_mean":
+            voxels = np.intersect1d(np.concatenate([regions[m] for m in members]), summary)
+            assert row["n_voxels"] == voxels.size
+            if not voxels.size:  # a region outside the selection
+                assert not np.intersect1d(regions[row["region"]], selected).size
+                assert row["cc_norm"] is None
+                continue
+            assert row["cc_norm"] == pytest.approx(float(cc_norm[voxels].mean()), abs=1e-6)
+            continue
+        # parcel means: each region's part of the selection, a group the mean of its regions'
+        parts = [np.intersect1d(regions[m], selected) for m in members]
+        parts = [part for part in parts if part.size]
+        assert row["n_voxels"] == sum(part.size for part in parts)
+        if not parts:
+            assert row["cc_norm"] is None
+            continue
+        followup = np.where(ceiling > brain_evaluate.FOLLOWUP_CEILING, cc_norm, 0)
+        assert row["cc_norm"] == pytest.approx(
+            float(np.mean([followup[part].mean() for part in parts])), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("nc>abc", "--voxels nc>abc: expected nc>T"), ("nc>", "expected nc>T"),
+    ("nc>nan", "expected nc>T"), ("A1", "--voxels A1: a region or group name needs --regions")])
+def test_malformed_voxel_selections_are_parser_errors(setup, value, message, capsys,
+                                                     monkeypatch):
+    _no_model_loading(monkeypatch)
+    with pytest.raises(SystemExit) as exit_status:
+        _run(setup, "--voxels", value, save="voxels_bad")
+    assert exit_status.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (setup[0] / "voxels_bad").exists()
+
+
+def test_unknown_regions_and_empty_voxel_selections_are_refused(setup, tmp_path, caplog,
+                                                                monkeypatch):
+    root, data = setup
+    nc = np.load(root / "UTS01.npy")
+    low = np.flatnonzero(nc <= 0.2)[:3].tolist()
+    (tmp_path / "roi.json").write_text(json.dumps(
+        {"first": list(range(10)), "low": low, "none": [], "both": ["first", "low"]}))
+    regions = ["--regions", str(tmp_path / "roi.json")]
+    _no_model_loading(monkeypatch)
+    for flags, messages in [
+            (["--voxels", "nosuch", *regions],
+             ["--voxels nosuch: no region or group of that name in --regions",
+              "its names: first, low, none, both"]),
+            (["--voxels", "nc>0.9999"],
+             ["--voxels nc>0.9999: no voxel has a noise ceiling above 0.9999"]),
+            (["--voxels", "none", *regions], ["--voxels none: region 'none' of",
+                                              "has no voxel"]),
+            (["--voxels", "low", *regions],
+             ["none of its 3 voxels has a noise ceiling above --nc_thr 0.2"])]:
+        caplog.clear()
+        assert _run_on(setup, data, tmp_path / "out", *flags, "--nc_thr", "0.2") == 1, flags
+        line = _one_error_line(caplog)
+        assert all(message in line for message in messages), line
+        _assert_nothing_written(tmp_path / "out")
+
+
+def test_a_resume_with_other_voxels_is_refused(setup, monkeypatch, caplog):
+    partial = _interrupted(setup, monkeypatch, "voxels_resumed")
+    kept = _snapshot(partial)
+    assert _run_shared(setup, *RESUMED, "--resume", "--voxels", "nc>0.3",
+                       save="voxels_resumed") == 1
+    assert "--voxels" in _one_error_line(caplog) and _snapshot(partial) == kept

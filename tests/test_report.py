@@ -584,3 +584,34 @@ def test_across_subjects_mismatched_runs_are_refused(tmp_path, caplog, fault):
                              "'pretrained' and 'epoch 3'"}[fault]
     assert message in caplog.text and "Traceback" not in caplog.text
     assert not (tmp_path / "report" / "report.md").exists()
+
+
+def test_a_run_on_a_voxel_selection_is_reported_over_its_fitted_voxels(tmp_path):
+    """brain_evaluate.py --voxels: per-voxel files with NaN where not fitted, summary voxels
+    among the fitted ones, results.json fitted_voxels; the report names the selection."""
+    _, values = _setup(tmp_path, nc=np.full(N_VOXELS, 0.9))
+    folder = tmp_path / "alignment"
+    fitted = np.arange(8)  # the semantic and acoustic voxels, no noise voxel
+    np.save(folder / run_utils.SUMMARY_VOXELS_NAME, fitted)
+    for path in folder.glob("voxels_*.npz"):
+        arrays = dict(np.load(path))
+        for name in arrays:
+            arrays[name][8:] = np.nan
+        np.savez(path, **arrays)
+    results = json.loads((folder / "results.json").read_text())
+    results["fitted_voxels"] = {"selection": "front", "n": 8}
+    (folder / "results.json").write_text(json.dumps(results))
+    assert _report(tmp_path) == 0
+    summary, text = _outputs(tmp_path)
+    assert ("Only the voxels of `front` (a region or group of the run's --regions) were fitted "
+            f"(`--voxels front`: 8 of {N_VOXELS} voxels); every mean" in
+            text.split("## Brain alignment")[1])
+    assert summary["planted_voxels"] == {"semantic": 5, "acoustic": 3, "noise": 0}
+    assert summary["tuned"]["semantic_cc_norm"] == pytest.approx(
+        values[("epoch 3", 2, "none")][:5].mean())
+    assert summary["tuned"]["noise_cc_norm"] is None and "nan" not in text.lower()
+    assert report.fitted_voxels_note({"fitted_voxels": {"selection": "nc>0.4", "n": 3}}) == (
+        "Only the voxels whose noise ceiling is above 0.4 were fitted (`--voxels nc>0.4`: 3 "
+        "voxels); every mean and fraction below is over those voxels.")
+    for older in ({}, {"fitted_voxels": {"selection": "all", "n": N_VOXELS}}):
+        assert report.fitted_voxels_note(older) is None
