@@ -34,7 +34,9 @@ RUN_NAME = $(notdir $(patsubst %/,%,$(MODEL)))_UTS0$(SUBJECT)
 LOW_LEVEL ?= powspec phonemes articulation
 REGIONS ?= overlays
 FSAVERAGE ?=
-REGION_FLAGS = $(if $(FSAVERAGE),--regions annot --fsaverage $(FSAVERAGE),--regions $(REGIONS))
+# regions and maps need the subject's pycortex database (datalad get derivative/pycortex-db/UTS0N)
+ANATOMY = $(wildcard $(DATA)/derivative/pycortex-db/UTS0$(SUBJECT)/transforms)
+REGION_FLAGS = $(if $(ANATOMY),$(if $(FSAVERAGE),--regions annot --fsaverage $(FSAVERAGE),--regions $(REGIONS)) --flatmap_layers best,)
 WORD_VECTORS ?=
 TIMIT ?=
 SPEECH_COMMANDS ?=
@@ -106,7 +108,7 @@ reproduce: setup
 	$(BIN)/python brain_evaluate.py --model_name $(MODEL) --subject $(SUBJECT) --data_dir $(DATA) \
 		--logs_dir $(OUT)/runs/$(RUN_NAME) --epochs final --save_dir $(OUT)/alignment \
 		--exp_name $(RUN_NAME) --overwrite $(if $(LOW_LEVEL),--low_level $(LOW_LEVEL),) \
-		$(REGION_FLAGS) --flatmap_layers best \
+		$(REGION_FLAGS) \
 		$(if $(WORD_VECTORS),--semantic_preference --word_vectors $(WORD_VECTORS),)
 	$(foreach task,$(PROBES),$(BIN)/python eval_$(task).py --data_path $(PROBE_DATA_$(task)) \
 		--model_name $(MODEL) --model_path $(OUT)/runs/$(RUN_NAME) --save_dir $(OUT)/downstream \

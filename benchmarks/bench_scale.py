@@ -310,7 +310,8 @@ def evaluator_stage(args, data, nc_path):
     details["scores_s"] = round(time.perf_counter() - start, 1)
     details.update({f"{name}_s": round(seconds, 1) for name, seconds in timings.items()})
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     results = {"pretrained": {1: {"encoding": {"none": scores}, "efficiency": {},
                                   "semantic_preference": None}}}
     brain_evaluate.write_results(out, results, {
