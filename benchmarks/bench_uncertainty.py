@@ -90,6 +90,14 @@ def best_seconds(run, repeats):
     return best, result
 
 
+def stage_report(seconds, flops, gemm, gemm_shape):
+    """A stage's entry of the results: its time and FLOPs, the ``gemm_rate`` result it is
+    compared with (GFLOP/s, best setting, rate per setting) and the peak RSS after it."""
+    gflops, setting, rates = gemm
+    return dict(seconds=seconds, flops=flops, gemm_gflops=gflops, gemm_setting=setting,
+                gemm_rates=rates, gemm_shape=gemm_shape, peak_rss_mib=peak_rss_mib())
+
+
 def gemm_rate(m, k, widths, dtype, seed, min_seconds=0.3):
     """The machine's best GFLOP/s for (m, k) @ (k, width) products in ``dtype``, over ``widths``
     and over one and the default number of BLAS threads; the setting that gave it; and the
@@ -204,31 +212,23 @@ def main(argv=None):
 
     perm_flops = 2.0 * args.n_permutations * perm_blocks ** 2 * args.voxels
     boot_flops = 2.0 * 5 * args.n_bootstrap * boot_blocks * args.voxels
-    perm_gemm, perm_gemm_setting, perm_gemm_rates = gemm_rate(args.n_permutations, perm_blocks ** 2,
-                                             [min(perm_batch, args.voxels)], np.float32,
-                                             args.seed)
-    boot_gemm, boot_gemm_setting, boot_gemm_rates = gemm_rate(args.n_bootstrap, boot_blocks,
-                                             sorted({min(128, args.voxels),
-                                                     min(boot_batch, args.voxels)}),
-                                             np.float64, args.seed)
+    perm_gemm = gemm_rate(args.n_permutations, perm_blocks ** 2,
+                          [min(perm_batch, args.voxels)], np.float32, args.seed)
+    boot_gemm = gemm_rate(args.n_bootstrap, boot_blocks,
+                          sorted({min(128, args.voxels), min(boot_batch, args.voxels)}),
+                          np.float64, args.seed)
 
     stages = {}
     seconds, p_values = best_seconds(lambda: eval_utils.block_permutation_pvalues(
         prediction, target, args.n_permutations, args.block_len, args.seed), args.repeats)
-    stages["permutation p-values"] = dict(seconds=seconds, flops=perm_flops,
-                                          gemm_gflops=perm_gemm, gemm_setting=perm_gemm_setting,
-                                          gemm_rates=perm_gemm_rates,
-                                          gemm_shape=f"({args.n_permutations}, {perm_blocks ** 2})"
-                                                     f" @ ({perm_blocks ** 2}, w) float32",
-                                          peak_rss_mib=peak_rss_mib())
+    stages["permutation p-values"] = stage_report(
+        seconds, perm_flops, perm_gemm,
+        f"({args.n_permutations}, {perm_blocks ** 2}) @ ({perm_blocks ** 2}, w) float32")
     seconds, summaries = best_seconds(lambda: eval_utils.bootstrap_correlations(
         prediction, target, counts, starts, weights=weights), args.repeats)
-    stages["bootstrap r (weighted)"] = dict(seconds=seconds, flops=boot_flops,
-                                            gemm_gflops=boot_gemm, gemm_setting=boot_gemm_setting,
-                                            gemm_rates=boot_gemm_rates,
-                                            gemm_shape=f"({args.n_bootstrap}, {boot_blocks}) @ "
-                                                       f"({boot_blocks}, w) float64",
-                                            peak_rss_mib=peak_rss_mib())
+    stages["bootstrap r (weighted)"] = stage_report(
+        seconds, boot_flops, boot_gemm,
+        f"({args.n_bootstrap}, {boot_blocks}) @ ({boot_blocks}, w) float64")
 
     draws = min(args.peer_draws, args.n_permutations)
     began = time.perf_counter()

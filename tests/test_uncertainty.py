@@ -201,11 +201,17 @@ def test_bootstrap_correlations_match_the_resampled_rows():
         rtol=0, atol=1e-13)
 
 
+def _related_columns(rng, n_rows, n_voxels):
+    """A random prediction (rows, voxels) and a target related to it by a random gain per
+    voxel (0-1) plus unit noise."""
+    prediction = rng.standard_normal((n_rows, n_voxels))
+    target = prediction * rng.uniform(0, 1, n_voxels) + rng.standard_normal((n_rows, n_voxels))
+    return prediction, target
+
+
 def test_bootstrap_correlations_with_weights_are_the_weighted_sums():
-    rng = np.random.default_rng(4)
     n_voxels = 30
-    prediction = rng.standard_normal((64, n_voxels))
-    target = prediction * rng.uniform(0, 1, n_voxels) + rng.standard_normal((64, n_voxels))
+    prediction, target = _related_columns(np.random.default_rng(4), 64, n_voxels)
     counts, starts = eval_utils.bootstrap_block_counts(64, 8, 150, seed=5)
     # region means: voxels 0-9, 5-19 (overlapping), 25-29; voxels 20-24 in no region
     regions = [np.arange(0, 10), np.arange(5, 20), np.arange(25, 30)]
@@ -228,8 +234,7 @@ def test_bootstrap_correlations_with_weights_are_the_weighted_sums():
 def test_bootstrap_correlations_with_sparse_weights_equal_the_dense_ones():
     rng = np.random.default_rng(8)
     n_voxels = 300
-    prediction = rng.standard_normal((80, n_voxels))
-    target = prediction * rng.uniform(0, 1, n_voxels) + rng.standard_normal((80, n_voxels))
+    prediction, target = _related_columns(rng, 80, n_voxels)
     counts, starts = eval_utils.bootstrap_block_counts(80, 8, 60, seed=2)
     weights = rng.uniform(size=(n_voxels, 7)) * (rng.uniform(size=(n_voxels, 7)) < 0.1)
     weights[:, 3] = 0.0  # a summary without voxels
