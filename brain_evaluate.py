@@ -82,9 +82,17 @@ in place: ``--resume`` continues a killed run without fitting its finished resul
 same numbers as an uninterrupted run); without it such a folder is refused, and
 ``--overwrite`` discards it. Model features are cached in ``--cache_dir``, stimulus features
 in ``<cache_dir>/stimulus``; nothing is computed twice.
+
+Several GPUs or machines: ``torchrun --nproc_per_node N brain_evaluate.py ...`` (several
+nodes through torchrun's rendezvous) deals the stories' feature extraction out to the
+processes and splits the fitted voxels into one contiguous share per process for the ridge;
+every process then holds the whole test prediction, and rank 0 alone writes the results,
+which equal a one-process run's. Every process must see the same ``--data_dir``,
+``--save_dir`` and ``--cache_dir`` (a cluster's shared file system).
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -304,33 +312,50 @@ def parse_args(argv=None):
 
 
 def run(args):
+    """Evaluate, in this process and the others of its torchrun process group (if any)."""
+    try:
+        return evaluate(args, speech_models.setup_processes(args.device))
+    finally:
+        speech_models.leave_processes()
+
+
+def evaluate(args, processes):
+    """The whole run; rank 0 locks, writes and prints the results (the others return None)."""
     out_dir = Path(args.save_dir) / args.exp_name
     run_utils.check_replaceable(out_dir, args.overwrite)  # before any expensive work
-    with run_utils.FolderLock(out_dir):  # held for the run's life
+    lock = run_utils.FolderLock(out_dir) if processes.is_main else contextlib.nullcontext()
+    with lock:  # held for the run's life
         subject = data_utils.subject_id(args.subject)
         models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
                                               args.epochs, args.skip_pretrained)
-        device = speech_models.resolve_device(args.device)
+        device = processes.device
         dtype = speech_models.autocast_dtype(args.precision, device)
         stories = training_stories(args.data_dir, subject, args.train_stories, args.test_story)
         task, voxel_facts = encoding_task(args, subject, stories)
-        finished = FinishedResults.open(partial_folder(out_dir),
-                                        result_settings(args, subject, stories, dtype),
-                                        args.resume, args.overwrite)
+        settings = result_settings(args, subject, stories, dtype)
+        with speech_models.main_process_first():  # the others read what rank 0 kept or left
+            finished = (FinishedResults.open(partial_folder(out_dir), settings, args.resume,
+                                             args.overwrite)
+                        if processes.is_main else FinishedResults(partial_folder(out_dir),
+                                                                  settings))
         extraction = Extraction(args.data_dir, args.cache_dir, args.context_s, args.chunk_s,
                                 args.batch_size, args.naive, dtype, args.tr_source, args.tr_path)
-        stimulus = stimulus_features(stories, args.test_story, extraction, args.low_level,
-                                     args.phonetic_features,
-                                     args.word_vectors if args.semantic_preference else None,
-                                     args.ngram_vocab_size)
+        with speech_models.main_process_first():  # rank 0 fills the stimulus cache
+            stimulus = stimulus_features(stories, args.test_story, extraction, args.low_level,
+                                         args.phonetic_features,
+                                         args.word_vectors if args.semantic_preference else None,
+                                         args.ngram_vocab_size)
         all_results = {label: evaluate_model(label, checkpoint, args.layers, extraction, task,
                                              stimulus, finished, args.low_level,
                                              args.low_level_alphas, device)
                        for label, checkpoint in models}
+        if not processes.is_main:
+            return None
         facts = {"subject": subject, "train_stories": stories, "test_story": args.test_story,
                  "models": dict(models), **voxel_facts, "protocol": protocol(args)}
         with run_utils.output_folder(out_dir, args.overwrite) as staging:
-            run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
+            run_utils.write_json(staging / "run_config.json", run_utils.run_config(
+                args, **facts, processes=processes.world_size))
             rows, comparisons, preference_rows = write_results(staging, all_results, facts, task)
             if args.flatmap_layers:
                 write_run_flatmaps(staging, all_results, rows, args, subject, task)
@@ -371,6 +396,7 @@ def protocol(args):
 class Responses(NamedTuple):
     """The fMRI rows encoding models are fitted and scored on."""
     train: np.ndarray  # (rows, voxels) the training stories' rows, stacked in story order
+    #                    (under torchrun: this process's share of the voxels, process_share)
     test: np.ndarray  # (rows, voxels) the test target (--test_target) over the scored rows
     test_ceiling: np.ndarray  # (voxels,) cc_max of the test story's repeats over those rows
     normaliser: np.ndarray  # (voxels,) what cc_norm divides r by (--normalise_by)
@@ -497,11 +523,16 @@ def encoding_task(args, subject, stories):
     n_voxels = data_utils.check_run_inputs(args.data_dir, subject, [*stories, args.test_story],
                                            args.tr_source, args.tr_path)
     nc_path = noise_ceilings.ceiling_file(subject, args.nc_path)
-    nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, nc_path, args.test_story,
-                                          n_voxels=n_voxels)
-    region_file = (brain_regions.subject_regions(args.data_dir, subject, args.regions,
-                                                 args.cache_dir, args.annot, args.fsaverage)
-                   if args.regions in brain_regions.SOURCES else args.regions)
+    with speech_models.main_process_first():  # rank 0 computes and saves what is missing
+        nc = noise_ceilings.get_noise_ceiling(args.data_dir, subject, nc_path, args.test_story,
+                                              n_voxels=n_voxels)
+        region_file = (brain_regions.subject_regions(args.data_dir, subject, args.regions,
+                                                     args.cache_dir, args.annot, args.fsaverage)
+                       if args.regions in brain_regions.SOURCES else args.regions)
+        if args.flatmap_layers:  # pycortex, the anatomy and its voxel count, before any model
+            anatomy = brain_regions.subject_anatomy(args.data_dir, subject)
+            brain_regions.thick_mask(brain_regions.import_cortex(anatomy, args.cache_dir),
+                                     anatomy, n_voxels)
     regions, groups = load_rois(region_file, n_voxels)
     fitted = fitted_voxels(args.voxels, nc, nc_path, regions, groups, region_file, args.nc_thr)
     every = fitted.size == n_voxels
@@ -520,13 +551,14 @@ def encoding_task(args, subject, stories):
         regions = {name: _positions(indices, fitted) for name, indices in regions.items()}
     voxel_facts["regions"] = {"given": args.regions, "file": region_file and str(region_file),
                               "groups": list(groups), "shown": figure_regions(regions, groups)}
-    if args.flatmap_layers:  # pycortex, the anatomy and its voxel count, before any model
-        anatomy = brain_regions.subject_anatomy(args.data_dir, subject)
-        brain_regions.thick_mask(brain_regions.import_cortex(anatomy, args.cache_dir), anatomy,
-                                 n_voxels)
     summaries = summary_weights(voxels, test_ceiling, regions, groups, region_file,
                                 args.nc_thr, "" if every else f" (--voxels {args.voxels})")
     normaliser = test_ceiling if args.normalise_by == "test_repeats" else nc[fitted]
+    share = speech_models.process_share(fitted.size)  # all of them without torchrun
+    if share != slice(0, fitted.size):
+        columns = fitted[share]
+        logger.info("the ridge of each layer is split over the processes: %d of the %d fitted "
+                    "voxels in this one", share.stop - share.start, fitted.size)
     responses = Responses(
         np.vstack([data_utils.load_fmri(args.data_dir, subject, s, columns) for s in stories]),
         target, test_ceiling, normaliser)
@@ -873,6 +905,10 @@ def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, finish
         logger.info("reusing %d finished results of %s: %s", len(reused), finished.path,
                     "; ".join(reused))
     missing = sorted({layer for (layer, _, _), result in done.items() if result is None})
+    todo = sorted(cell for cell, result in done.items() if result is None)
+    if len({json.dumps(part) for part in speech_models.gather_from_processes(todo)}) > 1:
+        raise UsageError(f"the torchrun processes see different finished results in "
+                         f"{finished.path}: --save_dir must be on a file system they all share")
     features = model_tr_features(encoder, missing, [*task.stories, task.test_story],
                                  extraction, device)
     results = {}
@@ -882,7 +918,9 @@ def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, finish
                 done[layer, analysis, fraction] = analysis_result(
                     analysis, features[layer], task, stimulus, low_level_alphas, device,
                     _what(label, layer, analysis, fraction), fraction)
-                finished.save(keys[layer, analysis, fraction], done[layer, analysis, fraction])
+                if speech_models.is_main_process():
+                    finished.save(keys[layer, analysis, fraction],
+                                  done[layer, analysis, fraction])
         results[layer] = {"encoding": {}, "efficiency": {}, "semantic_preference": done.get(
             (layer, SEMANTIC_PREFERENCE, 1.0))}
         for analysis, fraction in cells:
@@ -943,21 +981,25 @@ def model_tr_features(encoder, layers, stories, extraction, device="cpu"):
     features = {layer: {} for layer in layers}
     if not layers:
         return features
-    counts = {story: story_windows(extraction.data_dir, story, extraction.chunk_s)
-              for story in stories}
-    clock = ExtractionClock(sum(counts.values()))
+    counts = [story_windows(extraction.data_dir, story, extraction.chunk_s) for story in stories]
+    mine = [stories[i] for i in speech_models.process_items(counts)]  # all without torchrun
+    clock = ExtractionClock(sum(counts[stories.index(story)] for story in mine))
     logger.info("%d sliding windows of up to %g s over %d stories per layer set (stories "
                 "already in the feature cache are read, not extracted)", clock.total,
-                extraction.context_s + extraction.chunk_s, len(stories))
-    for story in stories:
+                extraction.context_s + extraction.chunk_s, len(mine))
+    resampled = {}
+    for story in mine:
         window_features, times = cached_story_features(encoder, story, layers, extraction,
                                                        device, clock.batch_done)
-        clock.story_done(counts[story])
-        resampled = tr_features(extraction.data_dir, story, window_features, times,
-                                extraction.tr_source, extraction.tr_path)
-        for layer, values in resampled.items():
-            features[layer][story] = values
-    return features
+        clock.story_done(counts[stories.index(story)])
+        resampled[story] = tr_features(extraction.data_dir, story, window_features, times,
+                                       extraction.tr_source, extraction.tr_path)
+    for part in speech_models.gather_from_processes(resampled):
+        for story, by_layer in part.items():
+            for layer, values in by_layer.items():
+                features[layer][story] = values
+    return {layer: {story: by_story[story] for story in stories}
+            for layer, by_story in features.items()}
 
 
 def story_windows(data_dir, story, chunk_s):
@@ -1019,7 +1061,7 @@ def cached_story_features(encoder, story, layers, extraction, device="cpu", on_b
         features, times = speech_models.sliding_window_features(
             encoder.backbone, encoder.preprocessor, audio, missing, extraction.context_s,
             extraction.chunk_s, extraction.batch_size, device, extraction.dtype,
-            naive=extraction.naive, progress=True, on_batch=on_batch)
+            naive=extraction.naive, progress=speech_models.is_main_process(), on_batch=on_batch)
         return features, {"times": times}
 
     features, extras = run_utils.cached_arrays(path, layers, extract, text)
@@ -1051,9 +1093,13 @@ def layer_scores(features, task, device=None, what="features", fraction=1.0):
         subset = task.subsets[fraction]
         x_train, y_train, splits = x_train[subset.rows], y_train[subset.rows], subset.splits
     weights, alphas, _ = eval_utils.fit_ridge_cv(x_train, y_train, task.alphas, splits,
-                                                 device=device, progress=True,
+                                                 device=device,
+                                                 progress=speech_models.is_main_process(),
                                                  score=task.alpha_score)
-    prediction = (x_test @ weights).astype(np.float32, copy=False)
+    parts = speech_models.gather_from_processes(
+        ((x_test @ weights).astype(np.float32, copy=False), alphas))  # under torchrun: shares
+    prediction = np.hstack([part[0] for part in parts])
+    alphas = np.concatenate([part[1] for part in parts])
     r = eval_utils.column_correlation(prediction, responses.test)
     normaliser = responses.normaliser
     cc_norm = np.divide(r, normaliser, out=np.zeros_like(r), where=normaliser > 0)

@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -197,41 +196,6 @@ def head_lr_factor(epoch, decay, floor):
     return max(decay ** epoch, floor)
 
 
-# ----------------------------------------------------------------------------- distributed
-
-class Processes(NamedTuple):
-    """This process's device and rank, and the number of processes (1 without torchrun)."""
-
-    device: torch.device
-    rank: int
-    world_size: int
-
-    @property
-    def distributed(self):
-        return self.world_size > 1
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-
-def setup_processes(device):
-    """Join the torchrun process group (if torchrun started this process) and pick the
-    device (``--device``; ``auto``: the local rank's GPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = speech_models.resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return Processes(device, dist.get_rank() if world_size > 1 else 0, world_size)
-
-
-def barrier(processes):
-    if processes.distributed:
-        dist.barrier()
-
-
 # ----------------------------------------------------------------------------- run folder
 
 def check_resumable(run_dir, arguments):
@@ -262,7 +226,7 @@ def run_folder(run_dir, resume, overwrite, arguments, processes):
             check_resumable(run_dir, arguments)
         elif folder is not None:
             folder.check(overwrite)
-        barrier(processes)  # the other ranks read last/ only once rank 0 has repaired it
+        speech_models.barrier()  # the other ranks read last/ only once rank 0 has repaired it
         yield folder
     finally:
         if folder is not None:
@@ -662,7 +626,7 @@ def train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler, 
 
 def train(args):
     """Run (or resume) a brain-tuning run; returns the run folder."""
-    processes = setup_processes(args.device)
+    processes = speech_models.setup_processes(args.device)
     device, is_main = processes.device, processes.is_main
     if args.batch_size < processes.world_size:
         raise UsageError(f"--batch_size {args.batch_size} is smaller than the number of "
@@ -682,12 +646,9 @@ def train(args):
         voxel_counts = {s: data_utils.check_run_inputs(args.data_dir, s, stories[s],
                                                        args.tr_source, args.tr_path)
                         for s in subjects}
-        if processes.distributed and not is_main:
-            dist.barrier()  # rank 0 computes and saves missing noise ceilings first
-        voxels = None if args.target_features else select_voxels(
-            args.data_dir, subjects, voxel_counts, args.nc_path, args.nc_thr)
-        if processes.distributed and is_main:
-            dist.barrier()
+        with speech_models.main_process_first():  # it computes and saves missing ceilings
+            voxels = None if args.target_features else select_voxels(
+                args.data_dir, subjects, voxel_counts, args.nc_path, args.nc_thr)
         targets = load_targets(args.data_dir, stories, voxels, train_stories, args.target,
                                args.target_features, args.seed)
         groups, n_outputs = target_groups(targets, train_stories, val_stories, shared_head)
@@ -763,7 +724,7 @@ def train(args):
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "rng": rng_state(), "epoch": epoch, "metrics": metrics, "best": best,
                     "stale": stale})
-            barrier(processes)
+            speech_models.barrier()
 
         if is_main:
             model.load_state_dict(best["state"])
@@ -772,7 +733,7 @@ def train(args):
                              overwrite=True)
             logger.info("best validation loss %.4f at epoch %d; tuned model in %s",
                         best["val_loss"], best["epoch"], run_dir / "final")
-        barrier(processes)
+        speech_models.barrier()
     return run_dir
 
 
@@ -781,8 +742,7 @@ def run(args):
     try:
         train(args)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        speech_models.leave_processes()
 
 
 def main(argv=None):

@@ -16,11 +16,14 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -173,6 +176,106 @@ def autocast_dtype(precision, device):
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+# ----------------------------------------------------------------------------- torchrun processes
+
+class Processes(NamedTuple):
+    """This process's device and rank, and the number of processes (1 without torchrun)."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def setup_processes(device):
+    """Join the torchrun process group (if torchrun started this process; one node or several
+    through its rendezvous) and pick the device (``--device``; ``auto``: the local rank's GPU).
+    Processes other than rank 0 log warnings and errors only."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    processes = Processes(device, dist.get_rank() if world_size > 1 else 0, world_size)
+    if not processes.is_main:
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
+    return processes
+
+
+def leave_processes():
+    """Leave the torchrun process group, if this process joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process():
+    """Whether this process is rank 0 of the torchrun process group (or runs alone); only it
+    writes results and shows progress bars."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier():
+    """Wait for every process of the torchrun process group (nothing without one)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block before the other processes do (they then read what it saved:
+    noise ceilings, caches, the run folder), as every process sees the same file system."""
+    if dist.is_initialized() and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if dist.is_initialized() and dist.get_rank() == 0:
+        dist.barrier()
+
+
+def process_share(n):
+    """This process's contiguous share of ``range(n)`` (a slice; as ``np.array_split`` cuts it
+    over the processes; all of it without torchrun)."""
+    if not dist.is_initialized():
+        return slice(0, n)
+    base, extra = divmod(n, dist.get_world_size())
+    rank = dist.get_rank()
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def process_items(costs):
+    """The indices of the items (``costs``: one number each) this process handles, the items
+    dealt out greedily, costliest first, to the process with the least work so far; every
+    item without torchrun. The same on every process, for the same ``costs``."""
+    if not dist.is_initialized():
+        return list(range(len(costs)))
+    loads = [0.0] * dist.get_world_size()
+    mine = []
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        process = loads.index(min(loads))
+        loads[process] += costs[index]
+        if process == dist.get_rank():
+            mine.append(index)
+    return sorted(mine)
+
+
+def gather_from_processes(part):
+    """Every process's ``part`` (any picklable object), in rank order: ``[part]`` without
+    torchrun."""
+    if not dist.is_initialized():
+        return [part]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return parts
 
 
 class AudioPreprocessor:

@@ -3,7 +3,11 @@
 import csv
 import json
 import logging
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -1071,6 +1075,76 @@ def test_extraction_logs_its_windows_and_an_estimate_of_the_time_left(setup, mon
         clock.batch_done(16)  # 32 s timed, 64 + 32 of 1000 windows done: 904 left at 2/s
     assert "extracting 2.0 windows/s: about 8 min left for this model's 1000 windows" in \
         caplog.text
+
+
+
+def test_torchrun_on_two_cpu_processes_equals_one_process(setup, uninterrupted, tmp_path):
+    """torchrun with two processes (gloo on CPU) deals out the stories' extraction (its own
+    empty feature cache) and splits the ridge's voxels; rank 0 writes the same numbers as one
+    process."""
+    root, data = setup
+    repo = Path(brain_evaluate.__file__).resolve().parent
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", str(repo / "brain_evaluate.py"), "--model_name", str(root / "model0"),
+               "--model_path", str(root / "model1"), "--subject", "1", "--data_dir", str(data),
+               "--nc_path", str(root / "UTS01.npy"), "--save_dir", str(tmp_path),
+               "--exp_name", "run", "--cache_dir", str(tmp_path / "cache"), *QUICK, *RESUMED]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    extracted = re.findall(r"sliding windows of up to \S+ s over (\d+) stories", result.stderr)
+    assert extracted and all(0 < int(n) < 3 for n in extracted)  # rank 0: a share of the 3
+    assert f"{N_SETUP_VOXELS // 2} of the {N_SETUP_VOXELS} fitted voxels in this one" in \
+        result.stderr
+    results, voxels = uninterrupted
+    again = json.loads((tmp_path / "run" / "results.json").read_text())
+    _assert_close(again["results"], results["results"])
+    _assert_close(again["semantic_preference"], results["semantic_preference"])
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.glob("*.npz")) == sorted(voxels)
+    for name, arrays in voxels.items():
+        for key, values in np.load(out / name).items():
+            np.testing.assert_allclose(values, arrays[key], rtol=1e-6, atol=1e-6,
+                                       err_msg=f"{name} {key}")
+    assert json.loads((out / "run_config.json").read_text())["processes"] == 2
+
+
+def _assert_close(ours, theirs):
+    """Equal JSON values, numbers to 1e-6."""
+    if isinstance(theirs, dict):
+        assert sorted(ours) == sorted(theirs)
+        for key in theirs:
+            _assert_close(ours[key], theirs[key])
+    elif isinstance(theirs, list):
+        assert len(ours) == len(theirs)
+        for mine, other in zip(ours, theirs):
+            _assert_close(mine, other)
+    elif isinstance(theirs, float):
+        assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6)
+    else:
+        assert ours == theirs
+
+
+def test_process_shares_cover_the_voxels_and_stories_once(monkeypatch):
+    """Under torchrun the voxels are cut as np.array_split does and the stories dealt out by
+    their cost, each to exactly one process, the most loaded one no worse than greedy allows."""
+    costs = [7, 3, 9, 1, 4, 4, 8]
+    for world_size in (1, 2, 3, 5):
+        shares, items = [], []
+        for rank in range(world_size):
+            monkeypatch.setattr(speech_models.dist, "is_initialized", lambda: True)
+            monkeypatch.setattr(speech_models.dist, "get_rank", lambda rank=rank: rank)
+            monkeypatch.setattr(speech_models.dist, "get_world_size", lambda w=world_size: w)
+            shares.append(np.arange(23)[speech_models.process_share(23)])
+            items.append(speech_models.process_items(costs))
+        for ours, expected in zip(shares, np.array_split(np.arange(23), world_size)):
+            np.testing.assert_array_equal(ours, expected)
+        assert sorted(i for mine in items for i in mine) == list(range(len(costs)))
+        loads = [sum(costs[i] for i in mine) for mine in items]
+        assert max(loads) <= sum(costs) / world_size + max(costs)
+        if world_size == 2:  # 9 | 8, 7 | 4 | 4 | 3 | 1 dealt out by hand
+            assert items == [[2, 3, 4, 5], [0, 1, 6]] and loads == [18, 18]
 
 
 # ----------------------------------------------------------------------------- --voxels
