@@ -35,9 +35,14 @@ exact_match, n_train, n_test), ``<task>.png`` (macro F1 per layer, one line per 
 dashed) and ``run_config.json`` (the arguments and the run). They are written together once
 every model is probed; an existing folder is refused before any work unless ``--overwrite``,
 and a failed run leaves it as it was (see ``run_utils.output_folder``).
+
+Under ``torchrun --nproc_per_node N eval_<task>.py ...`` the processes share out the
+utterances to encode (the same features as one process: utterances are never padded); every
+process trains the same probes and rank 0 alone writes the results.
 """
 
 import argparse
+import contextlib
 import functools
 import logging
 import math
@@ -132,14 +137,25 @@ class ProbeData(NamedTuple):
 
 
 def run(args):
+    """Probe, in this process and the others of its torchrun process group (if any)."""
+    try:
+        return probe(args, speech_models.setup_processes(args.device))
+    finally:
+        speech_models.leave_processes()
+
+
+def probe(args, processes):
+    """The whole run: under torchrun the processes share the feature extraction, and rank 0
+    alone locks and writes the results (the others return None)."""
     out_dir = Path(args.save_dir) / args.exp_name
     run_utils.check_replaceable(out_dir, args.overwrite)  # before the slow part
-    with run_utils.FolderLock(out_dir):  # held for the run's life
+    lock = run_utils.FolderLock(out_dir) if processes.is_main else contextlib.nullcontext()
+    with lock:  # held for the run's life
         models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
                                               args.epochs, args.skip_pretrained)
         for _, checkpoint in models:  # a broken checkpoint stops the run before any extraction
             speech_models.load_encoder(checkpoint)
-        device = speech_models.resolve_device(args.device)
+        device = processes.device
         dtype = speech_models.autocast_dtype(args.precision, device)
         task = downstream_data.TASKS[args.task]
         train, test = [split_examples(args.task, args.data_path, split, args.seed,
@@ -159,6 +175,8 @@ def run(args):
             rows += evaluate_model(label, checkpoint, data, args.layers, args.cache_dir,
                                    args.batch_size, args.num_epochs, args.lr, args.seed, device,
                                    dtype)
+        if not processes.is_main:
+            return None
         facts = {"task": args.task, "dataset": task.dataset, "classes": list(classes),
                  "models": dict(models)}
         what = f"{args.task} probes"
@@ -223,11 +241,14 @@ def utterance_features(cache_dir, encoder, dataset_name, examples, layers, batch
     path, text = run_utils.cache_path(cache_dir, dataset_name.replace(" ", "_").lower(),
                                       settings, model_key=encoder.fingerprint)
 
-    def extract(missing):
-        waveforms = _waveforms(examples, encoder.preprocessor.sampling_rate, encoder.family)
-        return speech_models.pooled_layer_features(
+    def extract(missing):  # under torchrun each process encodes a share of the examples
+        share = examples[speech_models.process_share(len(examples))]
+        waveforms = _waveforms(share, encoder.preprocessor.sampling_rate, encoder.family)
+        part = speech_models.pooled_layer_features(
             encoder.backbone, encoder.preprocessor, waveforms, missing, batch_size, device, dtype,
-            progress=True, total=len(examples)), {}
+            progress=speech_models.is_main_process(), total=len(share)) if share else None
+        parts = [part for part in speech_models.gather_from_processes(part) if part is not None]
+        return {layer: np.concatenate([part[layer] for part in parts]) for layer in missing}, {}
 
     return run_utils.cached_arrays(path, layers, extract, text)[0]
 

@@ -4,11 +4,13 @@ real layouts, the cache and the errors."""
 import csv
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import soundfile as sf
@@ -248,6 +250,38 @@ def test_features_are_cached_per_model_and_split(setup, monkeypatch):
     monkeypatch.setattr(speech_models, "pooled_layer_features", only_missing)
     assert _run(setup, "words", "--layers", "1", "2", "--overwrite", save="cached") == 0
     assert asked == [[2], [2]]  # train and test splits, the new layer only
+
+
+def test_torchrun_on_two_cpu_processes_equals_one_process(setup, tmp_path):
+    """torchrun with two processes (gloo on CPU) shares out the utterances to encode; rank 0
+    writes the same results as one process."""
+    flags = ["--layers", "1", "2", "--model_path", str(setup / "run")]
+    assert _run(setup, "words", *flags, save="single") == 0
+    repo = Path(probing.__file__).resolve().parent
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", str(repo / "eval_words.py"), "--data_path", str(setup / "speech_commands"),
+               "--model_name", str(setup / "model0"), "--save_dir", str(tmp_path),
+               "--num_epochs", "300", *flags]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    ours, single = (json.loads(next((folder).glob("*/results.json")).read_text())
+                    for folder in (tmp_path, setup / "single"))
+    assert [row["model"] for row in ours["results"]] == ["pretrained"] * 2 + ["final"] * 2
+    assert [row["model"] for row in single["results"]] == ["pretrained"] * 2 + ["final"] * 2
+    for mine, theirs in zip(ours["results"], single["results"]):
+        assert sorted(mine) == sorted(theirs)
+        for key, value in theirs.items():
+            assert mine[key] == (value if isinstance(value, str) else
+                                 pytest.approx(value, rel=1e-6, abs=1e-6)), key
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "feature_cache").rglob("*.hf5"))
+    assert len(files) == 4  # 2 models x 2 splits, the same files as one process writes
+    for name in files:
+        with h5py.File(tmp_path / name) as mine, h5py.File(setup / "single" / name) as theirs:
+            assert sorted(mine) == sorted(theirs) == ["layer_1", "layer_2"]
+            for key in theirs:
+                np.testing.assert_allclose(mine[key][()], theirs[key][()], rtol=1e-5, atol=1e-6)
 
 
 def test_existing_results_are_kept_and_run_folders_resolve(setup, caplog):
