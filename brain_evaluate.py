@@ -555,6 +555,9 @@ def encoding_task(args, subject, stories):
                                 args.nc_thr, "" if every else f" (--voxels {args.voxels})")
     normaliser = test_ceiling if args.normalise_by == "test_repeats" else nc[fitted]
     share = speech_models.process_share(fitted.size)  # all of them without torchrun
+    if share.start == share.stop:
+        raise UsageError(f"--voxels {args.voxels}: {fitted.size} voxels to fit, fewer than the "
+                         "torchrun processes; run fewer processes or select more voxels")
     if share != slice(0, fitted.size):
         columns = fitted[share]
         logger.info("the ridge of each layer is split over the processes: %d of the %d fitted "

@@ -1110,6 +1110,19 @@ def test_torchrun_on_two_cpu_processes_equals_one_process(setup, uninterrupted, 
     assert json.loads((out / "run_config.json").read_text())["processes"] == 2
 
 
+def test_more_processes_than_voxels_are_refused(setup, monkeypatch, caplog):
+    """Each torchrun process fits a share of the voxels: 40 processes for 30 voxels leave the
+    last ten without any, one line of error (the process group faked: rank 39 of 40)."""
+    for name, value in (("is_initialized", True), ("get_rank", 39), ("get_world_size", 40)):
+        monkeypatch.setattr(speech_models.dist, name, lambda value=value: value)
+    monkeypatch.setattr(speech_models.dist, "barrier", lambda: None)
+    monkeypatch.setattr(speech_models.dist, "destroy_process_group", lambda: None)
+    _no_model_loading(monkeypatch)
+    assert _run(setup, save="too_many") == 1
+    assert "--voxels all: 30 voxels to fit, fewer than the torchrun processes" in \
+        _one_error_line(caplog)
+
+
 def _assert_close(ours, theirs):
     """Equal JSON values, numbers to 1e-6."""
     if isinstance(theirs, dict):
