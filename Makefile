@@ -50,6 +50,32 @@ PROBE_DATA_intent = $(SLURP)
 PROBES = $(if $(TIMIT),phonemes sentence_type,) $(if $(SPEECH_COMMANDS),words,) \
 	$(if $(CREMA_D),emotion,) $(if $(SLURP),intent,)
 
+# Baselines of the paper (SPEC section 2), with BASELINES=bigslm,lm (either or both): the model
+# tuned like the brain-tuned one towards a big speech model's layer features
+# (BIGSLM_MODEL=/path/to/whisper-medium, BIGSLM_LAYER=, default its last layer) or a causal text
+# LM's word states (LM_MODEL=/path/to/gpt2, LM_LAYER=, LM_CONTEXT_WORDS=100), made once by
+# target_features.py into $(OUT)/targets/ (TARGET_STORIES= limits them to these stories; default
+# every story with responses), and evaluated beside it.
+BASELINES ?=
+BIGSLM_MODEL ?=
+BIGSLM_LAYER ?=
+LM_MODEL ?=
+LM_LAYER ?=
+LM_CONTEXT_WORDS ?= 100
+TARGET_STORIES ?=
+comma := ,
+BASELINE_LIST = $(subst $(comma), ,$(BASELINES))
+TARGET_KIND_bigslm = speech
+TARGET_KIND_lm = text
+TARGET_MODEL_bigslm = $(BIGSLM_MODEL)
+TARGET_MODEL_lm = $(LM_MODEL)
+TARGET_MODEL_VAR_bigslm = BIGSLM_MODEL
+TARGET_MODEL_VAR_lm = LM_MODEL
+TARGET_FLAGS_bigslm = $(if $(BIGSLM_LAYER),--layer $(BIGSLM_LAYER),)
+TARGET_FLAGS_lm = $(if $(LM_LAYER),--layer $(LM_LAYER),) --context_words $(LM_CONTEXT_WORDS)
+TARGET_FILE = $(OUT)/targets/$(1)_$(notdir $(patsubst %/,%,$(TARGET_MODEL_$(1)))).hf5
+BASELINE_RUNS = $(foreach b,$(BASELINE_LIST),--model_path $(OUT)/runs/$(RUN_NAME)_$(b))
+
 .PHONY: setup demo test test-fast reproduce
 
 $(BIN)/python:
@@ -99,15 +125,26 @@ demo: setup
 		--overwrite
 
 reproduce: setup
-	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020 [EPOCHS=30] [OUT=outputs/reproduce] [TIMIT=... SPEECH_COMMANDS=... CREMA_D=... SLURP=...] [WORD_VECTORS=glove.txt] [LOW_LEVEL='powspec phonemes']"; exit 2; }
+	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020 [EPOCHS=30] [OUT=outputs/reproduce] [TIMIT=... SPEECH_COMMANDS=... CREMA_D=... SLURP=...] [WORD_VECTORS=glove.txt] [LOW_LEVEL='powspec phonemes'] [BASELINES=bigslm,lm BIGSLM_MODEL=... LM_MODEL=...]"; exit 2; }
+	@test -z "$(filter-out bigslm lm,$(BASELINE_LIST))" || { echo "BASELINES takes bigslm and/or lm (comma-separated), got $(BASELINES)"; exit 2; }
+	@$(foreach b,$(BASELINE_LIST),test -n "$(TARGET_MODEL_$(b))" || { echo "BASELINES=$(b) needs $(TARGET_MODEL_VAR_$(b))=/path/to/model"; exit 2; } &&) true
 	$(BIN)/python data_utils.py check --data_dir $(DATA) --subjects $(SUBJECT)
 	$(if $(wildcard subject_NCs/UTS0$(SUBJECT).npy),,$(BIN)/python noise_ceilings.py --data_dir $(DATA) --subject $(SUBJECT))
 	$(BIN)/python brain_trainer_story.py --model_name $(MODEL) --subject $(SUBJECT) \
 		--data_dir $(DATA) --num_epochs $(EPOCHS) --save_dir $(OUT)/runs --exp_name $(RUN_NAME) \
 		$(if $(wildcard $(OUT)/runs/$(RUN_NAME)/last),--resume,)
+	$(foreach b,$(BASELINE_LIST),$(if $(wildcard $(call TARGET_FILE,$(b))),,$(BIN)/python \
+		target_features.py $(TARGET_KIND_$(b)) --model_name $(TARGET_MODEL_$(b)) --data_dir $(DATA) \
+		--out $(call TARGET_FILE,$(b)) $(TARGET_FLAGS_$(b)) \
+		$(if $(TARGET_STORIES),--stories $(TARGET_STORIES),) &&) \
+		$(BIN)/python brain_trainer_story.py --model_name $(MODEL) --subject $(SUBJECT) \
+		--data_dir $(DATA) --num_epochs $(EPOCHS) --save_dir $(OUT)/runs \
+		--exp_name $(RUN_NAME)_$(b) --target_features $(call TARGET_FILE,$(b)) \
+		$(if $(wildcard $(OUT)/runs/$(RUN_NAME)_$(b)/last),--resume,) &&) true
 	$(BIN)/python brain_evaluate.py --model_name $(MODEL) --subject $(SUBJECT) --data_dir $(DATA) \
 		--logs_dir $(OUT)/runs/$(RUN_NAME) --epochs final --save_dir $(OUT)/alignment \
 		--exp_name $(RUN_NAME) --overwrite $(if $(LOW_LEVEL),--low_level $(LOW_LEVEL),) \
+		$(BASELINE_RUNS) \
 		$(REGION_FLAGS) \
 		$(if $(WORD_VECTORS),--semantic_preference --word_vectors $(WORD_VECTORS),)
 	$(foreach task,$(PROBES),$(BIN)/python eval_$(task).py --data_path $(PROBE_DATA_$(task)) \

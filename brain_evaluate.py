@@ -30,7 +30,9 @@ and applied to every story; the encoding model is fitted again on the residuals,
 in cc_norm is the layer's reliance on those features. Semantic preference (SPEC section 7),
 with ``--semantic_preference --word_vectors FILE|synthetic``: how well each layer's TR-level
 features predict the word vectors of the words heard (same ridge and splits, held-out story,
-mean r over dimensions) minus how well they predict ``--phonetic_features``.
+mean r over dimensions) minus how well they predict ``--phonetic_features``; with
+``--semantic_features FILE.hf5`` instead, the semantic features are those of a
+``target_features.py`` file (e.g. a text LM's word states, ``target_features.py text``).
 
 Every input is checked before anything expensive (``data_utils.check_run_inputs``: respdict
 entries, response rows and voxel counts, WAVs covering their stories, TextGrids; the noise
@@ -98,7 +100,6 @@ import logging
 import math
 import shutil
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -197,11 +198,17 @@ def parse_args(argv=None):
                         help="diphone/triphone columns: the most frequent in the training stories")
     parser.add_argument("--semantic_preference", action="store_true",
                         help="also score how well each layer predicts semantic features "
-                             "(--word_vectors) versus phonetic ones (--phonetic_features)")
+                             "(--word_vectors or --semantic_features) versus phonetic ones "
+                             "(--phonetic_features)")
     parser.add_argument("--word_vectors", default=None,
                         help="word-vector text file (word2vec/GloVe text format: a word and its "
                              "values per line), or 'synthetic' for the embedding planted in a "
                              "synthetic dataset; needed by --semantic_preference")
+    parser.add_argument("--semantic_features", default=None,
+                        help="HDF5 file of target_features.py (e.g. a text LM's word states: "
+                             "target_features.py text) holding the training and test stories: "
+                             "the semantic features of --semantic_preference, in place of "
+                             "--word_vectors")
     parser.add_argument("--phonetic_features", nargs="+", default=["phonemes", "articulation"],
                         help="low-level feature sets that --semantic_preference compares against")
     parser.add_argument("--alphas", nargs="+", type=float, default=None,
@@ -281,8 +288,9 @@ def parse_args(argv=None):
     for flag in ("context_s", "chunk_s"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag} must be positive")
-    if args.semantic_preference and args.word_vectors is None:
-        parser.error("--semantic_preference needs --word_vectors FILE (or 'synthetic')")
+    if args.semantic_preference and (args.word_vectors is None) == (args.semantic_features is None):
+        parser.error("--semantic_preference needs one of --word_vectors FILE (or 'synthetic') "
+                     "and --semantic_features FILE.hf5")
     brain_regions.check_source_arguments(parser, args, args.regions)
     try:
         kind, _ = voxel_selection(args.voxels)
@@ -338,13 +346,15 @@ def evaluate(args, processes):
                                              args.overwrite)
                         if processes.is_main else FinishedResults(partial_folder(out_dir),
                                                                   settings))
-        extraction = Extraction(args.data_dir, args.cache_dir, args.context_s, args.chunk_s,
+        extraction = speech_models.Extraction(args.data_dir, args.cache_dir, args.context_s, args.chunk_s,
                                 args.batch_size, args.naive, dtype, args.tr_source, args.tr_path)
         with speech_models.main_process_first():  # rank 0 fills the stimulus cache
             stimulus = stimulus_features(stories, args.test_story, extraction, args.low_level,
                                          args.phonetic_features,
                                          args.word_vectors if args.semantic_preference else None,
-                                         args.ngram_vocab_size)
+                                         args.ngram_vocab_size,
+                                         args.semantic_features if args.semantic_preference
+                                         else None)
         all_results = {label: evaluate_model(label, checkpoint, args.layers, extraction, task,
                                              stimulus, finished, args.low_level,
                                              args.low_level_alphas, device)
@@ -465,19 +475,6 @@ class EncodingTask(NamedTuple):
         out = np.full((n_voxels, *values.shape[1:]), np.nan, dtype)
         out[self.fitted_indices()] = values
         return out
-
-
-class Extraction(NamedTuple):
-    """Where the stories' features come from and how window features are extracted."""
-    data_dir: str
-    cache_dir: str  # model features; stimulus features in <cache_dir>/stimulus
-    context_s: float
-    chunk_s: float
-    batch_size: int
-    naive: bool
-    dtype: object  # autocast dtype (None: fp32)
-    tr_source: str = "respdict"
-    tr_path: str = None
 
 
 class Stimulus(NamedTuple):
@@ -850,12 +847,14 @@ def divide_rows(matrix, denominator):
 
 
 def stimulus_features(stories, test_story, extraction, low_level=(), phonetic_features=(),
-                      word_vectors=None, ngram_vocab_size=None):
+                      word_vectors=None, ngram_vocab_size=None, semantic_features=None):
     """Low-level (the ``low_level`` specs' sets), phonetic and semantic features per story
     on the TR grid, as the analyses need them; semantic and phonetic ones only with
-    ``word_vectors`` (a file or "synthetic"). Cached in ``<cache_dir>/stimulus``."""
+    ``word_vectors`` (a file or "synthetic") or ``semantic_features`` (a file of
+    ``target_features.py``). Low-level features are cached in ``<cache_dir>/stimulus``."""
+    semantic_source = word_vectors or semantic_features
     names = sorted({name for spec in low_level for name in spec.split("+")}
-                   | (set(phonetic_features) if word_vectors else set()))
+                   | (set(phonetic_features) if semantic_source else set()))
     if not names:
         return Stimulus(low_level={})
     data_dir, tr_source, tr_path = extraction.data_dir, extraction.tr_source, extraction.tr_path
@@ -865,16 +864,33 @@ def stimulus_features(stories, test_story, extraction, low_level=(), phonetic_fe
     low = {story: low_level_features.story_features(
         data_dir, story, names, vocabularies, tr_source, tr_path,
         Path(extraction.cache_dir) / "stimulus") for story in all_stories}
-    if not word_vectors:
+    if not semantic_source:
         return Stimulus(low_level=low)
-    vectors = low_level_features.load_word_vectors(word_vectors, data_dir)
+    if semantic_features:  # the file's response rows, back on the whole TR grid
+        rows = data_utils.load_target_features(semantic_features, data_dir, all_stories,
+                                               tr_source)
+        semantic = {story: on_tr_grid(values, len(data_utils.tr_times(data_dir, story,
+                                                                      tr_source, tr_path)))
+                    for story, values in rows.items()}
+    else:
+        vectors = low_level_features.load_word_vectors(word_vectors, data_dir)
+        semantic = {story: low_level_features.word_vector_features(data_dir, story, vectors,
+                                                                   tr_source, tr_path)
+                    for story in all_stories}
     return Stimulus(
         low_level=low,
         phonetic={story: np.hstack([low[story][name] for name in phonetic_features])
                   for story in all_stories},
-        semantic={story: low_level_features.word_vector_features(data_dir, story, vectors,
-                                                                 tr_source, tr_path)
-                  for story in all_stories})
+        semantic=semantic)
+
+
+def on_tr_grid(rows, n_grid_trs):
+    """Response rows ((rows, features), as the responses are trimmed) put back on the story's
+    whole TR grid: (n_grid_trs, features) float32, NaN in the trimmed TRs (which every use of
+    TR-grid features trims again)."""
+    grid = np.full((n_grid_trs, rows.shape[1]), np.nan, np.float32)
+    grid[data_utils.TRIM_START_TRS:n_grid_trs - data_utils.TRIM_END_TRS] = rows
+    return grid
 
 
 def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, finished,
@@ -912,8 +928,9 @@ def evaluate_model(label, checkpoint, layers, extraction, task, stimulus, finish
     if len({json.dumps(part) for part in speech_models.gather_from_processes(todo)}) > 1:
         raise UsageError(f"the torchrun processes see different finished results in "
                          f"{finished.path}: --save_dir must be on a file system they all share")
-    features = model_tr_features(encoder, missing, [*task.stories, task.test_story],
-                                 extraction, device)
+    features = speech_models.model_tr_features(encoder, missing,
+                                               [*task.stories, task.test_story], extraction,
+                                               device)
     results = {}
     for layer in layers:
         for analysis, fraction in cells:
@@ -975,107 +992,6 @@ def analysis_result(analysis, features, task, stimulus, low_level_alphas, device
     scores = layer_scores(residuals, task, device, what)
     del scores["prediction"]
     return scores
-
-
-def model_tr_features(encoder, layers, stories, extraction, device="cpu"):
-    """TR-grid features of a model's ``layers``: layer -> story -> (grid TRs, hidden), from
-    the feature cache or extracted (nothing is read for no layers). The number of windows is
-    logged first, and an estimate of the extraction time once the first batches are done."""
-    features = {layer: {} for layer in layers}
-    if not layers:
-        return features
-    counts = [story_windows(extraction.data_dir, story, extraction.chunk_s) for story in stories]
-    mine = [stories[i] for i in speech_models.process_items(counts)]  # all without torchrun
-    clock = ExtractionClock(sum(counts[stories.index(story)] for story in mine))
-    logger.info("%d sliding windows of up to %g s over %d stories per layer set (stories "
-                "already in the feature cache are read, not extracted)", clock.total,
-                extraction.context_s + extraction.chunk_s, len(mine))
-    resampled = {}
-    for story in mine:
-        window_features, times = cached_story_features(encoder, story, layers, extraction,
-                                                       device, clock.batch_done)
-        clock.story_done(counts[stories.index(story)])
-        resampled[story] = tr_features(extraction.data_dir, story, window_features, times,
-                                       extraction.tr_source, extraction.tr_path)
-    for part in speech_models.gather_from_processes(resampled):
-        for story, by_layer in part.items():
-            for layer, values in by_layer.items():
-                features[layer][story] = values
-    return {layer: {story: by_story[story] for story in stories}
-            for layer, by_story in features.items()}
-
-
-def story_windows(data_dir, story, chunk_s):
-    """The number of sliding windows of a story (one per ``chunk_s`` of its WAV's audio)."""
-    return math.ceil(round(data_utils.audio_duration(data_utils.stimulus_path(data_dir, story))
-                           / chunk_s, 6))
-
-
-class ExtractionClock:
-    """Counts the windows extracted and, once ``ESTIMATE_AFTER_S`` of extraction have been
-    timed, logs the rate and the time left for the windows not yet done (counting those of
-    cached stories, which are not known in advance, as to be extracted)."""
-
-    ESTIMATE_AFTER_S = 30.0
-
-    def __init__(self, total):
-        self.total, self.done, self.in_story = total, 0, 0  # windows: all, finished stories
-        self.timed, self.seconds, self.last = 0, 0.0, None  # of the timed batches
-        self.estimated = False
-
-    def batch_done(self, n_windows):
-        now = time.perf_counter()
-        if self.last is not None:  # a story's first batch also holds its start-up: not timed
-            self.timed += n_windows
-            self.seconds += now - self.last
-        self.last = now
-        self.in_story += n_windows
-        if not self.estimated and self.seconds >= self.ESTIMATE_AFTER_S:
-            self.estimated = True
-            rate = self.timed / self.seconds
-            left = max(self.total - self.done - self.in_story, 0) / rate
-            logger.info("extracting %.1f windows/s: about %s left for this model's %d windows",
-                        rate, _duration(left), self.total)
-
-    def story_done(self, n_windows):
-        self.done += n_windows
-        self.in_story, self.last = 0, None
-
-
-def _duration(seconds):
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
-
-
-def cached_story_features(encoder, story, layers, extraction, device="cpu", on_batch=None):
-    """Window features of a story (layer -> (windows, hidden)) and their end times, from the
-    cache; missing layers are extracted and cached (keyed by the model's fingerprint, the
-    window settings, the autocast dtype, the preprocessor and the story's WAV). ``on_batch``:
-    see ``speech_models.sliding_window_features``."""
-    settings = {"context_s": extraction.context_s, "chunk_s": extraction.chunk_s,
-                "autocast": str(extraction.dtype), "preprocessor": encoder.preprocessor.digest(),
-                **run_utils.file_identity([data_utils.stimulus_path(extraction.data_dir,
-                                                                     story)])}
-    path, text = run_utils.cache_path(extraction.cache_dir, story, settings, encoder.fingerprint)
-
-    def extract(missing):
-        logger.info("%s: extracting layers %s", story, " ".join(map(str, missing)))
-        audio = data_utils.load_stimulus(extraction.data_dir, story,
-                                         encoder.preprocessor.sampling_rate)
-        features, times = speech_models.sliding_window_features(
-            encoder.backbone, encoder.preprocessor, audio, missing, extraction.context_s,
-            extraction.chunk_s, extraction.batch_size, device, extraction.dtype,
-            naive=extraction.naive, progress=speech_models.is_main_process(), on_batch=on_batch)
-        return features, {"times": times}
-
-    features, extras = run_utils.cached_arrays(path, layers, extract, text)
-    return features, extras["times"]
-
-
-def tr_features(data_dir, story, window_features, times, tr_source="respdict", tr_path=None):
-    """Window features resampled to the story's TR centres: layer -> (grid TRs, hidden)."""
-    centres = data_utils.tr_times(data_dir, story, tr_source, tr_path)
-    return {layer: eval_utils.lanczos_interp(values, times, centres)
-            for layer, values in window_features.items()}
 
 
 def layer_scores(features, task, device=None, what="features", fraction=1.0):
@@ -1193,7 +1109,8 @@ def semantic_preference(features, semantic, phonetic, stories, test_story, alpha
         if not used.any():
             raise DatasetError(f"no {name} feature column varies in both the training stories "
                                f"and {test_story}; the --semantic_preference comparison is "
-                               "undefined (check --word_vectors covers the stories' words)")
+                               "undefined (check that --word_vectors covers the stories' "
+                               "words, or that --semantic_features varies)")
         scores[f"{name}_r"] = float(per_column[used].mean())
         scores[f"{name}_columns"] = int(used.sum())
     scores["preference"] = scores["semantic_r"] - scores["phonetic_r"]
@@ -1210,15 +1127,17 @@ def partial_folder(out_dir):
 def result_settings(args, subject, stories, dtype):
     """What the numbers of a (model, layer, analysis) result depend on beyond its key: the
     arguments but ``RESUME_MAY_CHANGE``, the stories, the autocast dtype and the identity of
-    the input files (noise ceiling, respdict, responses, WAVs, TextGrids, word vectors)."""
+    the input files (noise ceiling, respdict, responses, WAVs, TextGrids, word vectors or
+    semantic features)."""
     all_stories = [*stories, args.test_story]
     files = [noise_ceilings.ceiling_file(subject, args.nc_path),
              data_utils.derivative_dir(args.data_dir) / "respdict.json",
              *(data_utils.response_path(args.data_dir, subject, s) for s in all_stories),
              *(data_utils.stimulus_path(args.data_dir, s) for s in all_stories),
              *(data_utils.textgrid_path(args.data_dir, s) for s in all_stories)]
-    if args.semantic_preference and Path(args.word_vectors).is_file():
-        files.append(args.word_vectors)
+    if args.semantic_preference:
+        files += [path for path in (args.word_vectors, args.semantic_features)
+                  if path is not None and Path(path).is_file()]
     arguments = {f"--{name}": value for name, value in sorted(vars(args).items())
                  if name not in RESUME_MAY_CHANGE}
     return {**arguments, "subject": subject, "train_stories": stories, "autocast": str(dtype),

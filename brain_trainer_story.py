@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -384,7 +383,7 @@ def load_targets(data_dir, stories_by_subject, voxels, train_stories, target="fm
     The responses of ``voxels`` (dict subject -> indices), scrambled for the random-fMRI
     ``target`` controls, or the rows of the ``target_features`` file."""
     if target_features:
-        return {s: load_target_features(target_features, data_dir, stories)
+        return {s: data_utils.load_target_features(target_features, data_dir, stories)
                 for s, stories in stories_by_subject.items()}
     rng = np.random.default_rng(seed)
     targets = {}
@@ -397,29 +396,6 @@ def load_targets(data_dir, stories_by_subject, voxels, train_stories, target="fm
             responses = {story: swap_chunks(r, rng) for story, r in responses.items()}
         targets[subject] = responses
     return targets
-
-
-def load_target_features(path, data_dir, stories):
-    """TR-aligned feature rows per story from an HDF5 file (one dataset per story)."""
-    features = {}
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise DatasetError(f"{path}: unreadable --target_features file ({err})") from None
-    with handle:
-        for story in stories:
-            if story not in handle:
-                raise DatasetError(f"{path}: no dataset for story {story!r}; it needs one "
-                                   "(rows, features) dataset per training/validation story")
-            rows = data_utils.response_rows(data_dir, story)
-            if handle[story].ndim != 2 or handle[story].shape[0] != rows:
-                raise DatasetError(f"{path}: dataset {story!r} has shape {handle[story].shape}, "
-                                   f"expected ({rows}, features) to match the response rows")
-            features[story] = data_utils.read_columns(handle[story])
-    widths = {f.shape[1] for f in features.values()}
-    if len(widths) > 1:
-        raise DatasetError(f"{path}: stories have different feature counts {sorted(widths)}")
-    return features
 
 
 def target_groups(targets, train_stories, val_stories, shared_head):

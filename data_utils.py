@@ -221,6 +221,38 @@ def response_rows(data_dir, story):
     return respdict_trs(data_dir, story) - RESPONSE_ROWS_OFFSET
 
 
+def load_target_features(path, data_dir, stories, tr_source=None):
+    """Feature targets of a ``target_features.py`` file (the trainer's ``--target_features``,
+    the evaluator's ``--semantic_features``): story -> (response rows, features) float32.
+
+    Each story must have one (response rows, features) dataset, all of the same width; a file
+    made on another TR timing than ``tr_source`` (when given) is read with a warning."""
+    features = {}
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise DatasetError(f"{path}: unreadable target-features file ({err}); make it with "
+                           "target_features.py") from None
+    with handle:
+        made_with = json.loads(handle.attrs.get("settings", "{}")).get("tr_source", tr_source)
+        if tr_source is not None and made_with != tr_source:
+            logger.warning("%s was made on the %s TR timing and is read for the %s one; make "
+                           "it with --tr_source %s", path, made_with, tr_source, tr_source)
+        for story in stories:
+            if story not in handle:
+                raise DatasetError(f"{path}: no dataset for story {story!r}; make the file "
+                                   "again with that story (target_features.py --stories)")
+            rows = response_rows(data_dir, story)
+            if handle[story].ndim != 2 or handle[story].shape[0] != rows:
+                raise DatasetError(f"{path}: dataset {story!r} has shape {handle[story].shape}, "
+                                   f"expected ({rows}, features): the story's response rows")
+            features[story] = read_columns(handle[story]).astype(np.float32, copy=False)
+    widths = {values.shape[1] for values in features.values()}
+    if len(widths) > 1:
+        raise DatasetError(f"{path}: stories have different feature counts {sorted(widths)}")
+    return features
+
+
 # ----------------------------------------------------------------------------- fMRI
 
 @contextlib.contextmanager

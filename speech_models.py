@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +34,7 @@ from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2F
 from transformers.utils import logging as transformers_logging
 
 import data_utils
+import eval_utils
 import run_utils
 
 logger = logging.getLogger(__name__)
@@ -689,6 +691,123 @@ def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.
             if on_batch is not None:
                 on_batch(len(indices))
     return out, ends / rate
+
+
+# ----------------------------------------------------------------------------- story features on the TR grid
+
+class Extraction(NamedTuple):
+    """Where the stories' features come from and how window features are extracted
+    (``model_tr_features``)."""
+    data_dir: str
+    cache_dir: str  # model features; stimulus features in <cache_dir>/stimulus
+    context_s: float
+    chunk_s: float
+    batch_size: int
+    naive: bool
+    dtype: object  # autocast dtype (None: fp32)
+    tr_source: str = "respdict"
+    tr_path: str = None
+
+
+def model_tr_features(encoder, layers, stories, extraction, device="cpu"):
+    """TR-grid features of a model's ``layers``: layer -> story -> (grid TRs, hidden), from
+    the feature cache or extracted (nothing is read for no layers). The number of windows is
+    logged first, and an estimate of the extraction time once the first batches are done."""
+    features = {layer: {} for layer in layers}
+    if not layers:
+        return features
+    counts = [story_windows(extraction.data_dir, story, extraction.chunk_s) for story in stories]
+    mine = [stories[i] for i in process_items(counts)]  # all without torchrun
+    clock = ExtractionClock(sum(counts[stories.index(story)] for story in mine))
+    logger.info("%d sliding windows of up to %g s over %d stories per layer set (stories "
+                "already in the feature cache are read, not extracted)", clock.total,
+                extraction.context_s + extraction.chunk_s, len(mine))
+    resampled = {}
+    for story in mine:
+        window_features, times = cached_story_features(encoder, story, layers, extraction,
+                                                       device, clock.batch_done)
+        clock.story_done(counts[stories.index(story)])
+        resampled[story] = tr_features(extraction.data_dir, story, window_features, times,
+                                       extraction.tr_source, extraction.tr_path)
+    for part in gather_from_processes(resampled):
+        for story, by_layer in part.items():
+            for layer, values in by_layer.items():
+                features[layer][story] = values
+    return {layer: {story: by_story[story] for story in stories}
+            for layer, by_story in features.items()}
+
+
+def story_windows(data_dir, story, chunk_s):
+    """The number of sliding windows of a story (one per ``chunk_s`` of its WAV's audio)."""
+    return math.ceil(round(data_utils.audio_duration(data_utils.stimulus_path(data_dir, story))
+                           / chunk_s, 6))
+
+
+class ExtractionClock:
+    """Counts the windows extracted and, once ``ESTIMATE_AFTER_S`` of extraction have been
+    timed, logs the rate and the time left for the windows not yet done (counting those of
+    cached stories, which are not known in advance, as to be extracted)."""
+
+    ESTIMATE_AFTER_S = 30.0
+
+    def __init__(self, total):
+        self.total, self.done, self.in_story = total, 0, 0  # windows: all, finished stories
+        self.timed, self.seconds, self.last = 0, 0.0, None  # of the timed batches
+        self.estimated = False
+
+    def batch_done(self, n_windows):
+        now = time.perf_counter()
+        if self.last is not None:  # a story's first batch also holds its start-up: not timed
+            self.timed += n_windows
+            self.seconds += now - self.last
+        self.last = now
+        self.in_story += n_windows
+        if not self.estimated and self.seconds >= self.ESTIMATE_AFTER_S:
+            self.estimated = True
+            rate = self.timed / self.seconds
+            left = max(self.total - self.done - self.in_story, 0) / rate
+            logger.info("extracting %.1f windows/s: about %s left for this model's %d windows",
+                        rate, _duration(left), self.total)
+
+    def story_done(self, n_windows):
+        self.done += n_windows
+        self.in_story, self.last = 0, None
+
+
+def _duration(seconds):
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def cached_story_features(encoder, story, layers, extraction, device="cpu", on_batch=None):
+    """Window features of a story (layer -> (windows, hidden)) and their end times, from the
+    cache; missing layers are extracted and cached (keyed by the model's fingerprint, the
+    window settings, the autocast dtype, the preprocessor and the story's WAV). ``on_batch``:
+    see ``sliding_window_features``."""
+    settings = {"context_s": extraction.context_s, "chunk_s": extraction.chunk_s,
+                "autocast": str(extraction.dtype), "preprocessor": encoder.preprocessor.digest(),
+                **run_utils.file_identity([data_utils.stimulus_path(extraction.data_dir,
+                                                                     story)])}
+    path, text = run_utils.cache_path(extraction.cache_dir, story, settings, encoder.fingerprint)
+
+    def extract(missing):
+        logger.info("%s: extracting layers %s", story, " ".join(map(str, missing)))
+        audio = data_utils.load_stimulus(extraction.data_dir, story,
+                                         encoder.preprocessor.sampling_rate)
+        features, times = sliding_window_features(
+            encoder.backbone, encoder.preprocessor, audio, missing, extraction.context_s,
+            extraction.chunk_s, extraction.batch_size, device, extraction.dtype,
+            naive=extraction.naive, progress=is_main_process(), on_batch=on_batch)
+        return features, {"times": times}
+
+    features, extras = run_utils.cached_arrays(path, layers, extract, text)
+    return features, extras["times"]
+
+
+def tr_features(data_dir, story, window_features, times, tr_source="respdict", tr_path=None):
+    """Window features resampled to the story's TR centres: layer -> (grid TRs, hidden)."""
+    centres = data_utils.tr_times(data_dir, story, tr_source, tr_path)
+    return {layer: eval_utils.lanczos_interp(values, times, centres)
+            for layer, values in window_features.items()}
 
 
 def backbone_family(backbone):

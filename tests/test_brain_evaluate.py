@@ -658,6 +658,33 @@ def _assert_same_results(setup, save, uninterrupted):
     assert not (setup[0] / save / ".run.partial").exists()
 
 
+def test_semantic_features_from_a_file_equal_the_word_vectors_they_hold(setup, uninterrupted,
+                                                                       tmp_path, capsys):
+    """--semantic_features FILE (a target_features.py file) holding the synthetic word vectors'
+    TR features, trimmed to the response rows, gives the semantic preference of
+    --word_vectors synthetic."""
+    root, data = setup
+    vectors = low_level_features.load_word_vectors("synthetic", data)
+    path = tmp_path / "semantic.hf5"
+    with h5py.File(path, "w") as handle:
+        for story in data_utils.list_stories(data, 1):
+            handle[story] = eval_utils.trim_rows(
+                low_level_features.word_vector_features(data, story, vectors))
+    flags = [flag for flag in RESUMED if flag not in ("--word_vectors", "synthetic")]
+    assert _run_shared(setup, *flags, "--semantic_features", str(path), save="semantic") == 0
+    ours = json.loads((root / "semantic" / "run" / "results.json").read_text())
+    theirs = uninterrupted[0]
+    assert ours["semantic_preference"] and len(ours["semantic_preference"]) == len(
+        theirs["semantic_preference"])
+    _assert_close(ours["semantic_preference"], theirs["semantic_preference"])
+    with pytest.raises(SystemExit):  # one source of semantic features, not both
+        brain_evaluate.parse_args(["--model_name", "m", "--subject", "1", "--data_dir",
+                                   str(data), "--semantic_preference", "--word_vectors",
+                                   "synthetic", "--semantic_features", str(path)])
+    assert "one of --word_vectors FILE (or 'synthetic') and --semantic_features" in \
+        capsys.readouterr().err
+
+
 def test_an_interrupted_run_resumes_without_fitting_its_finished_results_again(
         setup, uninterrupted, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
@@ -699,7 +726,7 @@ def test_overwrite_discards_finished_results_and_unreadable_ones_are_computed_ag
 
 
 def _extraction(data, cache_dir, dtype=None):
-    return brain_evaluate.Extraction(str(data), str(cache_dir), context_s=3.0, chunk_s=0.5,
+    return speech_models.Extraction(str(data), str(cache_dir), context_s=3.0, chunk_s=0.5,
                                      batch_size=16, naive=False, dtype=dtype)
 
 
@@ -707,7 +734,7 @@ def test_cache_key_depends_on_precision(setup, tmp_path):
     root, data = setup
     encoder = speech_models.load_encoder(root / "model0")
     for dtype in (None, torch.bfloat16, None):
-        brain_evaluate.cached_story_features(encoder, "souls", [1],
+        speech_models.cached_story_features(encoder, "souls", [1],
                                              _extraction(data, tmp_path, dtype))
     assert len(list(tmp_path.rglob("*.hf5"))) == 2
     (folder,) = {path.parent for path in tmp_path.rglob("*.hf5")}
@@ -722,7 +749,7 @@ def test_replaced_stimulus_is_extracted_again_and_other_layers_stay_cached(setup
     extraction = _extraction(copy, tmp_path / "cache")
 
     def features(layers):
-        return brain_evaluate.cached_story_features(encoder, "souls", layers, extraction)[0]
+        return speech_models.cached_story_features(encoder, "souls", layers, extraction)[0]
 
     before = features([1])
     features([2])
@@ -1058,11 +1085,11 @@ def test_extraction_logs_its_windows_and_an_estimate_of_the_time_left(setup, mon
                                                                        caplog):
     root, data = setup
     audio = data_utils.load_stimulus(data, data_utils.TEST_STORY)
-    assert brain_evaluate.story_windows(data, data_utils.TEST_STORY, 0.5) == len(
+    assert speech_models.story_windows(data, data_utils.TEST_STORY, 0.5) == len(
         speech_models.window_ends(len(audio), 8000))
     now = [0.0]
-    monkeypatch.setattr(brain_evaluate.time, "perf_counter", lambda: now[0])
-    clock = brain_evaluate.ExtractionClock(1000)
+    monkeypatch.setattr(speech_models.time, "perf_counter", lambda: now[0])
+    clock = speech_models.ExtractionClock(1000)
     with caplog.at_level(logging.INFO):
         clock.batch_done(16)  # start-up: not timed
         for _ in range(3):
