@@ -10,6 +10,8 @@ import itertools
 import math
 import textwrap
 
+import numpy as np
+
 import run_utils
 
 FIXED_COLOURS = {"pretrained": "tab:blue", "final": "tab:orange"}
@@ -70,13 +72,9 @@ def per_layer_figure(series, ylabel, title, chance=None, intervals=None):
         bars = {k: v for k, v in (intervals or {}).get(key, {}).items()
                 if values.get(k) is not None}
         if bars:  # side by side, so that the bars of several series at a layer stay apart
-            shown = sorted(bars)
-            middle = [values[k] for k in shown]
             dodge = DODGE * (index - (len(series) - 1) / 2)
-            below = [m - bars[k][0] for k, m in zip(shown, middle)]
-            above = [bars[k][1] - m for k, m in zip(shown, middle)]
-            axis.errorbar([k + dodge for k in shown], middle, yerr=[below, above], fmt="none",
-                          ecolor=model_colour(model), capsize=3, linewidth=1)
+            interval_bars(axis, [k + dodge for k in sorted(bars)],
+                          [bars[k] for k in sorted(bars)], model_colour(model))
     axis.set_xticks(sorted({layer for values in series.values() for layer in values}))
     axis.axhline(0.0, color="grey", linewidth=0.5)
     if chance is not None:
@@ -87,6 +85,15 @@ def per_layer_figure(series, ylabel, title, chance=None, intervals=None):
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def interval_bars(axis, positions, intervals, colour):
+    """Capped vertical bars from each interval's low to its high end, at ``positions``. A
+    bootstrap percentile interval need not contain the value it is drawn beside, so the bars
+    are not drawn relative to the value."""
+    low, high = np.array(intervals, dtype=float).T
+    axis.errorbar(positions, (low + high) / 2, yerr=(high - low) / 2, fmt="none",
+                  ecolor=colour, capsize=3, linewidth=1)
 
 
 def plot_data_efficiency(path, curves, ylabel, title):
@@ -139,8 +146,8 @@ def regions_figure(values, ylabel, title, intervals=None):
     ylabel : str; on the first panel of each row.
     title : str; wrapped to ``TITLE_CHARS`` and shown above all panels.
     intervals : None, or the same nesting as ``values`` with (low, high) or None: black error
-        bars from the value down to low and up to high (each clipped at 0), drawn where both
-        the value and its interval are defined.
+        bars from low to high (``interval_bars``), drawn where both the value and its
+        interval are defined.
 
     Returns
     -------
@@ -183,10 +190,8 @@ def regions_figure(values, ylabel, title, intervals=None):
             bars = [(position + offset, value, limits[region])
                     for position, region, value in shown if limits.get(region) is not None]
             if bars:
-                axis.errorbar([x for x, _, _ in bars], [value for _, value, _ in bars],
-                              yerr=[[max(0.0, value - low) for _, value, (low, _) in bars],
-                                    [max(0.0, high - value) for _, value, (_, high) in bars]],
-                              fmt="none", ecolor="black", capsize=3, linewidth=1)
+                interval_bars(axis, [x for x, _, _ in bars], [limits for _, _, limits in bars],
+                              "black")
         axis.axhline(0.0, color="grey", linewidth=0.5)
         axis.set_xticks(range(len(regions)), regions, rotation=35 if rotated else 0,
                         ha="right" if rotated else "center", fontsize=8)
