@@ -43,6 +43,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+import h5py
 import numpy as np
 import scipy.stats
 
@@ -199,7 +200,9 @@ def headline_rows(rows):
 
 def compared_models(alignment, tuned=None):
     """Labels of the compared models: {"pretrained": "pretrained", "tuned": label}, the
-    tuned one named by ``tuned`` or the only tuned model of the run."""
+    tuned one named by ``tuned``, else the only tuned model of the run, else its only model
+    brain-tuned on fMRI (the others being baselines tuned towards other targets,
+    ``tuning_target``)."""
     rows = headline_rows(alignment.results["results"])
     labels = list(dict.fromkeys(row["model"] for row in rows))
     candidates = [label for label in labels if label != "pretrained"]
@@ -209,12 +212,37 @@ def compared_models(alignment, tuned=None):
         raise UsageError(f"{where}: holds {', '.join(map(repr, labels)) or 'no model'}; the "
                          "report compares 'pretrained' with a tuned model, so evaluate both")
     if tuned is None and len(candidates) > 1:
+        on_fmri = [label for label in candidates
+                   if tuning_target(alignment.results["models"].get(label)) == "fMRI"]
+        if len(on_fmri) == 1:
+            return {"pretrained": "pretrained", "tuned": on_fmri[0]}
         raise UsageError(f"{where}: several tuned models ({listed}); pass --tuned with the one "
                          "to compare with 'pretrained'")
     if tuned is not None and tuned not in candidates:
         raise UsageError(f"--tuned {tuned!r}: not a tuned model of {where}; its tuned models "
                          f"are {listed}")
     return {"pretrained": "pretrained", "tuned": tuned or candidates[0]}
+
+
+def tuning_target(checkpoint):
+    """What a tuned checkpoint was brain-tuned towards, from its ``brain_tuning.json``:
+    "fMRI", the random-fMRI control ("random_fmri_all", ...), or for a ``--target_features``
+    file "<kind> features of <model>" (``target_features.py``: speech = BigSLM-tuned, text =
+    LM-tuned) or its file name; None when the folder is no brain-tuning checkpoint."""
+    try:
+        arguments = json.loads((Path(checkpoint) / "brain_tuning.json").read_text())["arguments"]
+    except (TypeError, OSError, ValueError, KeyError):
+        return None
+    features = arguments.get("target_features")
+    if not features:
+        return "fMRI" if arguments.get("target", "fmri") == "fmri" else arguments["target"]
+    try:
+        with h5py.File(features, "r") as handle:
+            kind, model = str(handle.attrs["kind"]), str(handle.attrs["model"])
+    except (OSError, KeyError):
+        return f"features of {Path(features).name}"
+    role = {"speech": "BigSLM-tuned", "text": "LM-tuned"}.get(kind, kind)
+    return f"{kind} features of {Path(model).name} ({role})"
 
 
 def _resolved(checkpoint):
@@ -563,7 +591,8 @@ def render(out, alignment, planted, downstream, summary, title, truth):
              f"responses that vary{excluded}; n is the number of voxels averaged. Models: "
              + ", ".join(f"**{label}** (`{path}`)" for label, path in results["models"].items())
              + ".", "", *_protocol_section(results.get("protocol")),
-             *_direction_section(summary), *_comparison_section(out, alignment, summary)]
+             *_direction_section(summary), *_comparison_section(out, alignment, summary),
+             *_baselines_section(alignment, summary)]
     headline = headline_rows(results["results"])
     models = list(dict.fromkeys(r["model"] for r in headline))
     rows = [r for r in headline if r["low_level"] == "none"]
@@ -714,6 +743,39 @@ def _comparison_section(out, alignment, summary):
             _table(["region", "aggregation", "layer", "pretrained", tuned, "difference",
                     "interval excludes 0"], cells), "",
             _image(out, alignment.folder / "comparison.png", "difference per layer"), ""]
+
+
+def _baselines_section(alignment, summary):
+    """Every tuned model's difference from the pretrained one side by side (region ``all``,
+    voxel means), with what each was tuned towards: the brain-tuned model and the baselines
+    tuned towards a big speech model's or a text LM's features (``tuning_target``); nothing
+    when the run has one tuned model."""
+    comparisons = [row for row in alignment.results.get("comparisons", [])
+                   if row["baseline"] == "pretrained" and row["low_level"] == "none"
+                   and row["region"] == "all" and row["aggregation"] == "voxel_mean"]
+    models = list(dict.fromkeys(row["model"] for row in comparisons))
+    if len(models) < 2:
+        return []
+    headline = summary["models"]["tuned"]
+    models = [headline] + [m for m in models if m != headline] if headline in models else models
+    layers = sorted({row["layer"] for row in comparisons})
+    paths = alignment.results["models"]
+    cells = [[model, tuning_target(paths.get(model)) or "n/a",
+              *[_comparison_cell(comparisons, model, layer) for layer in layers]]
+             for model in models]
+    return [f"## Brain-tuned and baseline models: minus pretrained, with "
+            f"{_confidence(alignment.results):.0%} intervals", "",
+            "Mean cc_norm (region `all`, voxel means) of each tuned model minus that of the "
+            "pretrained one. The baselines are tuned like the brain-tuned model, towards "
+            "another target: a bigger speech model's features (BigSLM-tuned) or a text LM's "
+            "(LM-tuned), `target_features.py`.", "",
+            _table(["model", "tuned towards", *[f"layer {k}" for k in layers]], cells), ""]
+
+
+def _comparison_cell(comparisons, model, layer):
+    row = next((r for r in comparisons if r["model"] == model and r["layer"] == layer), None)
+    return "n/a" if row is None else _number(row["difference"]) + _interval(row["ci_low"],
+                                                                           row["ci_high"])
 
 
 def reported_regions(results, rows):

@@ -3,6 +3,7 @@
 import json
 import re
 
+import h5py
 import numpy as np
 import pytest
 import scipy.stats
@@ -305,6 +306,53 @@ def test_several_tuned_models_need_tuned(tmp_path, caplog):
     caplog.clear()
     assert _report(tmp_path, "--tuned", "pretrained") == 1
     assert "--tuned 'pretrained': not a tuned model" in caplog.text
+
+
+
+def _tuned_checkpoint(folder, target_features=None, target="fmri"):
+    """A model folder with the brain_tuning.json the trainer writes (its arguments)."""
+    folder.mkdir(parents=True)
+    (folder / "brain_tuning.json").write_text(json.dumps({"arguments": {
+        "target": target, "target_features": target_features and str(target_features)}}))
+    return str(folder)
+
+
+def test_baselines_are_tabled_beside_the_brain_tuned_model_it_is_chosen_by_default(tmp_path):
+    """With fMRI-, BigSLM- and LM-tuned models (and a random-fMRI control) in one run and no
+    --tuned, the fMRI-tuned one is the compared model, and every tuned model's difference
+    from pretrained is tabled with what it was tuned towards (read from the checkpoint and the
+    target file's attributes)."""
+    models = ("pretrained", "final", "bigslm", "lm", "control")
+    differences = {"final": 0.05, "bigslm": 0.02, "lm": -0.01, "control": 0.0}
+    _setup(tmp_path, models=models, new_style=True, comparisons=[
+        _comparison(layer, differences[m] * layer, -0.1, 0.2, model=m)
+        for m in differences for layer in (1, 2)])
+    targets = {}
+    for kind, model in (("speech", "/models/whisper-medium"), ("text", "/models/gpt2")):
+        targets[kind] = tmp_path / f"{kind}.hf5"
+        with h5py.File(targets[kind], "w") as handle:
+            handle.attrs["kind"], handle.attrs["model"] = kind, model
+    path = tmp_path / "alignment" / "results.json"
+    results = json.loads(path.read_text())
+    results["models"].update(
+        final=_tuned_checkpoint(tmp_path / "runs" / "fmri"),
+        bigslm=_tuned_checkpoint(tmp_path / "runs" / "bigslm", targets["speech"]),
+        lm=_tuned_checkpoint(tmp_path / "runs" / "lm", targets["text"]),
+        control=_tuned_checkpoint(tmp_path / "runs" / "control", target="random_fmri_all"))
+    path.write_text(json.dumps(results))
+    assert _report(tmp_path) == 0
+    summary, text = _outputs(tmp_path)
+    assert summary["models"] == {"pretrained": "pretrained", "tuned": "final"}
+    table = _table_lines(_section(text, "## Brain-tuned and baseline models"))
+    assert table[0] == "| model | tuned towards | layer 1 | layer 2 |"
+    assert table[1:] == [
+        "| final | fMRI | 0.050 [-0.100, 0.200] | 0.100 [-0.100, 0.200] |",
+        "| bigslm | speech features of whisper-medium (BigSLM-tuned) | 0.020 [-0.100, 0.200] "
+        "| 0.040 [-0.100, 0.200] |",
+        "| lm | text features of gpt2 (LM-tuned) | -0.010 [-0.100, 0.200] | -0.020 [-0.100, 0.200] |",
+        "| control | random_fmri_all | 0.000 [-0.100, 0.200] | 0.000 [-0.100, 0.200] |"]
+    assert _report(tmp_path, "--tuned", "lm") == 0  # --tuned still chooses
+    assert _outputs(tmp_path)[0]["models"]["tuned"] == "lm"
 
 
 def test_only_the_pretrained_model_is_refused(tmp_path, caplog):
