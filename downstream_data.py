@@ -74,14 +74,29 @@ def read_timit_labels(path):
 
 def timit_phone_classes(entries, path="<phones>"):
     """The set of the 39 Lee & Hon classes present in a ``.PHN`` file's entries."""
-    classes = set()
+    return set(timit_phone_sequence(entries, path))
+
+
+def timit_phone_sequence(entries, path="<phones>"):
+    """The 39 Lee & Hon classes of a ``.PHN`` file's entries in order (list of str): ``q``
+    dropped, and a class that follows itself (e.g. ``pau h#`` -> ``sil``) said once."""
+    sequence = []
     for _, _, label in entries:
         if label.lower() not in TIMIT_61_TO_39:
             raise DatasetError(f"{path}: {label!r} is not one of the 61 TIMIT phones")
         mapped = TIMIT_61_TO_39[label.lower()]
-        if mapped is not None:
-            classes.add(mapped)
-    return classes
+        if mapped is not None and (not sequence or sequence[-1] != mapped):
+            sequence.append(mapped)
+    return sequence
+
+
+def timit_words(path):
+    """The words of a ``.WRD`` file in order, lowercased (list of str); an empty file is a
+    ``DatasetError``."""
+    words = [label.lower() for _, _, label in read_timit_labels(path)]
+    if not words:
+        raise DatasetError(f"{path}: no words; the transcript is empty, get the file again")
+    return words
 
 
 def _child(folder, name):
@@ -106,22 +121,29 @@ def timit_split_dir(root, split):
                        "--data_path must be the TIMIT root holding TRAIN/ and TEST/")
 
 
+def _beside(wav, suffix):
+    """The file named like ``wav`` with ``suffix`` (any case) in its folder, or None."""
+    return next((p for p in wav.parent.iterdir()
+                 if p.stem.lower() == wav.stem.lower() and p.suffix.lower() == suffix), None)
+
+
 def timit_utterances(root, split):
-    """Utterances of a TIMIT split, sorted: dicts with wav, phn, speaker, utterance,
-    dialect region and sentence type (SA, SI or SX)."""
+    """Utterances of a TIMIT split, sorted: dicts with wav, phn, wrd (None when the utterance
+    has no ``.WRD`` file), speaker, utterance, dialect region and sentence type (SA, SI or
+    SX)."""
     utterances = []
     for wav in sorted(timit_split_dir(root, split).glob("*/*/*")):
         # some copies hold RIFF conversions named <utt>.WAV.wav beside the SPHERE originals
         if wav.suffix.lower() != ".wav" or wav.name.lower().endswith(".wav.wav"):
             continue
-        phn = next((p for p in wav.parent.iterdir()
-                    if p.stem.lower() == wav.stem.lower() and p.suffix.lower() == ".phn"), None)
+        phn = _beside(wav, ".phn")
         if phn is None:
             raise DatasetError(f"{wav}: no .PHN file beside it")
         kind = wav.stem[:2].upper()
         if kind not in SENTENCE_TYPES:
             raise DatasetError(f"{wav}: utterance names start with SA, SI or SX")
-        utterances.append({"wav": wav, "phn": phn, "speaker": wav.parent.name.upper(),
+        utterances.append({"wav": wav, "phn": phn, "wrd": _beside(wav, ".wrd"),
+                           "speaker": wav.parent.name.upper(),
                            "utterance": wav.stem.upper(), "region": wav.parent.parent.name.upper(),
                            "sentence_type": kind})
     if not utterances:

@@ -71,19 +71,13 @@ def parse_args(task, argv=None):
     parser = argparse.ArgumentParser(
         description=f"Linear probes of every layer of pretrained and brain-tuned speech models "
                     f"on {dataset} ({task}).", formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--data_path", required=True, help=f"root of the local {dataset} copy")
-    run_utils.add_model_arguments(parser)
-    parser.add_argument("--layers", nargs="+", type=int, default=None,
-                        help="hidden-state indices to probe (default: all, 0 = encoder input)")
+    add_probe_arguments(parser, dataset)
     parser.add_argument("--num_epochs", type=int, default=50,
                         help="full-batch Adam steps of each probe")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the probe")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the probe initialisation, --max_examples subsets and the "
                              "CREMA-D actor split")
-    parser.add_argument("--max_examples", type=int, default=None,
-                        help="use a random subset of at most this many utterances per split "
-                             "(quick looks; the paper uses all)")
     # the dataset-specific flags exist for their task only; the others read None
     if task == "emotion":
         parser.add_argument("--test_fraction", type=float, default=0.2,
@@ -101,17 +95,37 @@ def parse_args(task, argv=None):
     run_utils.add_results_arguments(parser, "outputs/downstream", "<model>_<task>")
     args = parser.parse_args(argv)
     args.task = task
-    run_utils.check_model_arguments(parser, args)
+    check_probe_arguments(parser, args)
     run_utils.finish_results_arguments(parser, args, task)
-    run_utils.check_at_least(parser, args, 1, "num_epochs", "batch_size", "max_examples")
+    run_utils.check_at_least(parser, args, 1, "num_epochs", "batch_size")
     if not 0 < args.lr < math.inf:
         parser.error(f"--lr must be a positive number, got {args.lr}")
     run_utils.check_at_least(parser, args, 0, "seed")
     if args.test_fraction is not None and not 0 < args.test_fraction < 1:
         parser.error(f"--test_fraction must be in (0, 1), got {args.test_fraction}")
+    return args
+
+
+def add_probe_arguments(parser, dataset, default_layers="all"):
+    """The flags of every probe script (these and ``eval_asr.py``): the dataset, the models,
+    the layers and the ``--max_examples`` subsets; ``check_probe_arguments`` checks them."""
+    parser.add_argument("--data_path", required=True, help=f"root of the local {dataset} copy")
+    run_utils.add_model_arguments(parser)
+    parser.add_argument("--layers", nargs="+", type=int, default=None,
+                        help=f"hidden-state indices to probe (default: {default_layers}, "
+                             "0 = encoder input)")
+    parser.add_argument("--max_examples", type=int, default=None,
+                        help="use a random subset of at most this many utterances per split "
+                             "(quick looks; the paper uses all)")
+
+
+def check_probe_arguments(parser, args):
+    """``parser.error`` on the ``add_probe_arguments`` flags that choose nothing or are out of
+    range."""
+    run_utils.check_model_arguments(parser, args)
+    run_utils.check_at_least(parser, args, 1, "max_examples")
     if args.layers is not None and min(args.layers) < 0:
         parser.error(f"--layers must be hidden-state indices >= 0, got {min(args.layers)}")
-    return args
 
 
 def main(task, argv=None):
@@ -193,6 +207,12 @@ def split_examples(task, data_path, split, seed=0, max_examples=None, test_fract
     """Examples of a split, a random subset of ``max_examples`` of them when given."""
     examples = downstream_data.task_examples(task, data_path, split, seed=seed,
                                              test_fraction=test_fraction, audio_dir=audio_dir)
+    return subset_examples(examples, max_examples, seed)
+
+
+def subset_examples(examples, max_examples=None, seed=0):
+    """A random subset (``seed``) of at most ``max_examples`` examples, in their order; all of
+    them when None."""
     if max_examples is not None and len(examples) > max_examples:
         keep = np.random.default_rng(seed).choice(len(examples), max_examples, replace=False)
         examples = [examples[i] for i in sorted(keep)]

@@ -386,10 +386,11 @@ def summarise(alignment, roles, planted, downstream):
         if preference is not None:
             entry["semantic_preference"] = preference["preference"]
         for probe in downstream:
+            score = probe_score(probe)
             best = max((r for r in probe["results"] if r["model"] == model),
-                       key=lambda r: r["f1_macro"], default=None)
+                       key=lambda r: r[score], default=None)
             if best is not None:
-                entry[f"{probe['task']}_f1_macro_best_layer"] = best["f1_macro"]
+                entry[f"{probe['task']}_{score}_best_layer"] = best[score]
         summary[role] = entry
     if planted:
         before = summary["pretrained"]["semantic_cc_norm"]
@@ -913,21 +914,33 @@ def _reliance_section(out, alignment, headline, planted, models, layers, analyse
     return lines + [_image(out, alignment.folder / "reliance.png", "reliance per layer"), ""]
 
 
+def probe_score(probe):
+    """The key of a probe's headline score in its rows: the ``score`` its results.json names
+    (``eval_asr.py``: ``one_minus_wer`` or ``one_minus_per``), else the macro F1."""
+    return probe.get("score", "f1_macro")
+
+
 def _probe_section(out, folder, probe):
     task = probe["task"]
     task_layers = sorted({r["layer"] for r in probe["results"]})
     rows = probe["results"]
+    score = probe_score(probe)
     renamed = "".join(f" This probe's results label {new} as `{old}`."
                       for old, new in probe["relabelled"].items())
-    chance = probe.get("chance_f1_macro")
-    chance_text = (f" Chance (guessing labels at their training frequencies): {chance:.3f}."
-                   if _finite(chance) else "")
-    return [f"## Downstream probe: {task} ({probe['dataset']})", "",
-            "Macro F1 on the test split per layer (micro F1, the other scores and sizes in "
-            f"`{os.path.relpath(Path(folder) / 'results.csv', out)}`).{chance_text}{renamed}",
-            "",
+    csv_path = os.path.relpath(Path(folder) / "results.csv", out)
+    if score == "f1_macro":
+        chance = probe.get("chance_f1_macro")
+        chance_text = (f" Chance (guessing labels at their training frequencies): {chance:.3f}."
+                       if _finite(chance) else "")
+        intro = ("Macro F1 on the test split per layer (micro F1, the other scores and sizes in "
+                 f"`{csv_path}`).{chance_text}")
+    else:  # eval_asr.py
+        intro = (f"{probe['score_name']} on the test split per layer: {probe['description']} "
+                 f"(the other error rates and the sizes in `{csv_path}`). An empty transcript "
+                 "scores 0.")
+    return [f"## Downstream probe: {task} ({probe['dataset']})", "", intro + renamed, "",
             _table(["model", *[f"layer {k}" for k in task_layers]],
-                   [[m, *[_cell(_row(rows, model=m, layer=k), "f1_macro") for k in task_layers]]
+                   [[m, *[_cell(_row(rows, model=m, layer=k), score) for k in task_layers]]
                     for m in dict.fromkeys(r["model"] for r in rows)]), "",
             _image(out, Path(folder) / f"{task}.png", task), ""]
 

@@ -11,7 +11,10 @@ utterance are audible to a model. Each layout plants the signal its task needs:
   SPHERE, 16 kHz, 16 bit) with ``.PHN`` (TIMIT phones, ``h#`` at both ends), ``.WRD`` and
   ``.TXT``. SA1 and SA2 are the same two sentences for every speaker (as in TIMIT); SX
   sentences use words of a compact third of the vocabulary, SI sentences the rest, and are
-  longer. Phone sets differ between utterances, for the phoneme probe.
+  longer. Phone sets differ between utterances, for the phoneme probe. Words are spelled with
+  one letter per phone (``SPELLING``) and are apart by a short pause (``pau`` in ``.PHN``),
+  so that the characters of ``.WRD``/``.TXT`` and the phones can be heard one after the
+  other, for the CTC speech recognition of ``eval_asr.py``.
 - ``speech_commands``: a folder per command word (each spoken as one synthetic word at a random
   offset in 1 s of audio, RIFF 16 kHz), ``<speaker>_nohash_<k>.wav`` names,
   ``validation_list.txt`` and ``testing_list.txt`` chosen by speaker, and
@@ -45,6 +48,10 @@ EMOTION_PITCH = {"SAD": 0.7, "DIS": 0.82, "NEU": 0.95, "HAP": 1.1, "FEA": 1.27, 
 LEVEL_GAIN = {"LO": 0.5, "MD": 0.75, "HI": 1.0, "XX": 0.75}
 COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right")
 SLURP_ACTIONS = ("query", "set", "remove", "play", "hue_lightoff")
+# the synthetic TIMIT's orthography: one letter per phone of synthetic_speech's language
+SPELLING = {"AA": "a", "AE": "x", "AH": "u", "EH": "e", "IH": "i", "IY": "y", "OW": "o",
+            "UW": "w", "B": "b", "D": "d", "F": "f", "G": "g", "K": "k", "L": "l", "M": "m",
+            "N": "n", "P": "p", "R": "r", "S": "s", "SH": "h", "T": "t", "Z": "z"}
 
 
 def parse_args(argv=None):
@@ -105,6 +112,11 @@ def _speakers(rng, count):
     return [(float(rng.uniform(0.96, 1.04)), float(rng.uniform(0.3, 0.6))) for _ in range(count)]
 
 
+def spelling(word, lexicon):
+    """How the synthetic TIMIT writes a word of ``lexicon``: a letter per phone (``SPELLING``)."""
+    return "".join(SPELLING[phone.rstrip("012")] for phone in lexicon["words"][word]["phones"])
+
+
 def write_timit(out, seed=0, n_train_speakers=8, n_test_speakers=4):
     """TIMIT layout: per speaker SA1, SA2, two SX and two SI utterances."""
     rng = synthetic_speech.named_rng(seed, "timit")
@@ -125,14 +137,19 @@ def write_timit(out, seed=0, n_train_speakers=8, n_test_speakers=4):
         for name, sentence in sentences.items():
             audio, phones, spoken = speak(sentence, lexicon, rng, pitch, gain)
             sf.write(folder / f"{name}.WAV", audio, RATE, subtype="PCM_16", format="NIST")
-            lines = [f"0 {phones[0][0]} h#"]
-            lines += [f"{start} {end} {phone.rstrip('012').lower()}"
-                      for start, end, phone in phones]
+            lines, before = [f"0 {phones[0][0]} h#"], phones[0][0]
+            for start, end, phone in phones:
+                if start > before:  # the pause between two words
+                    lines.append(f"{before} {start} pau")
+                lines.append(f"{start} {end} {phone.rstrip('012').lower()}")
+                before = end
             lines.append(f"{phones[-1][1]} {len(audio)} h#")
             (folder / f"{name}.PHN").write_text("\n".join(lines) + "\n")
             (folder / f"{name}.WRD").write_text(
-                "".join(f"{start} {end} {word}\n" for start, end, word in spoken))
-            (folder / f"{name}.TXT").write_text(f"0 {len(audio)} {' '.join(sentence)}.\n")
+                "".join(f"{start} {end} {spelling(word, lexicon)}\n"
+                        for start, end, word in spoken))
+            text = " ".join(spelling(word, lexicon) for word in sentence)
+            (folder / f"{name}.TXT").write_text(f"0 {len(audio)} {text.capitalize()}.\n")
 
 
 def write_speech_commands(out, seed=0, n_speakers=24, takes=3):

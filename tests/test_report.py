@@ -663,3 +663,30 @@ def test_a_run_on_a_voxel_selection_is_reported_over_its_fitted_voxels(tmp_path)
         "voxels); every mean and fraction below is over those voxels.")
     for older in ({}, {"fitted_voxels": {"selection": "all", "n": N_VOXELS}}):
         assert report.fitted_voxels_note(older) is None
+
+
+def test_an_asr_run_is_reported_by_its_own_score(tmp_path):
+    """eval_asr.py results: the section and summary use the score its results.json names."""
+    _setup(tmp_path)
+    asr = tmp_path / "asr"
+    asr.mkdir()
+    sizes = {"n_train": 10, "n_test": 5}
+    (asr / "results.json").write_text(json.dumps({
+        "task": "asr", "dataset": "TIMIT", "target": "characters", "finetune": False,
+        "score": "one_minus_wer", "score_name": "1 - WER",
+        "description": "CTC speech recognition of the characters, a linear CTC head on each "
+                       "layer of the frozen encoder",
+        "models": {"pretrained": "m0", "epoch 3": "run/epoch-3"},
+        "results": [
+            {"model": "pretrained", "layer": 1, "one_minus_wer": 0.25, "wer": 0.75, **sizes},
+            {"model": "pretrained", "layer": 2, "one_minus_wer": 0.5, "wer": 0.5, **sizes},
+            {"model": "epoch 3", "layer": 2, "one_minus_wer": 0.625, "wer": 0.375, **sizes}]}))
+    assert _report(tmp_path, "--downstream", str(asr)) == 0
+    summary, text = _outputs(tmp_path)
+    assert summary["pretrained"]["asr_one_minus_wer_best_layer"] == 0.5
+    assert summary["tuned"]["asr_one_minus_wer_best_layer"] == 0.625
+    section = text.split("## Downstream probe: asr (TIMIT)")[1]
+    assert section.lstrip().startswith("1 - WER on the test split per layer: CTC speech "
+                                       "recognition of the characters")
+    assert "| pretrained | 0.250 | 0.500 |" in section and "| epoch 3 | n/a | 0.625 |" in section
+    assert "Chance" not in section
