@@ -78,3 +78,16 @@ def hold_lock():
     for process in processes:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``): tiny
+    models' operations are too small to share out, and on a busy 2-core machine two threads
+    wait on each other (10x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

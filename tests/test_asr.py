@@ -39,14 +39,7 @@ def _save_whisper(out):
     WhisperFeatureExtractor(chunk_length=5).save_pretrained(out)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the tiny models' and heads' operations are too small to share out, and
-    on a busy 2-core machine two threads wait on each other (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

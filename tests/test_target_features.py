@@ -26,14 +26,7 @@ QUICK = ["--context_s", "2", "--chunk_s", "1", "--log_level", "WARNING"]  # spee
 GPT_HIDDEN = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the tiny models' operations are too small to share out, and on a busy
-    2-core machine two threads wait on each other (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
