@@ -61,17 +61,24 @@ def model_family(config):
                      f"{', '.join(SUPPORTED)})")
 
 
-def load_config(name_or_path):
-    """The checkpoint's config, with one-line errors for missing or non-audio checkpoints."""
+def read_config(name_or_path, example="a checkpoint folder or a hub id such as "
+                                      "facebook/wav2vec2-base"):
+    """Any checkpoint's ``AutoConfig``, with one-line errors (ModelError) for a missing folder
+    or config; ``example``: what to give instead, for the message."""
     looks_local = str(name_or_path).startswith((".", "/", "~")) or Path(name_or_path).exists()
     if looks_local and not (Path(name_or_path).expanduser() / "config.json").is_file():
         raise ModelError(f"{name_or_path}: no such model directory (or no config.json in it); "
-                         "give a checkpoint folder or a hub id such as facebook/wav2vec2-base")
+                         f"give {example}")
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
         raise ModelError(f"{name_or_path}: cannot load a model config ({str(err).splitlines()[0]}); "
                          "give a checkpoint folder or a hub id that is available offline") from None
+
+
+def load_config(name_or_path):
+    """The checkpoint's config, with one-line errors for missing or non-audio checkpoints."""
+    config = read_config(name_or_path)
     model_family(config)
     return config
 

@@ -59,7 +59,7 @@ import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                     MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
@@ -298,16 +298,8 @@ def load_text_model(name_or_path, device, dtype=None):
     """A causal text LM's base model (``AutoModel``, weights in ``dtype`` or fp32, on
     ``device``, in eval mode) and its tokenizer; a missing checkpoint or one that is not a
     causal LM is a ModelError."""
-    looks_local = str(name_or_path).startswith((".", "/", "~")) or Path(name_or_path).exists()
-    if looks_local and not (Path(name_or_path).expanduser() / "config.json").is_file():
-        raise ModelError(f"{name_or_path}: no such model directory (or no config.json in it); "
-                         "give a text LM's checkpoint folder or a hub id such as gpt2")
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{name_or_path}: cannot load a model config "
-                         f"({str(err).splitlines()[0]}); give a checkpoint folder or a hub id "
-                         "that is available offline") from None
+    config = speech_models.read_config(
+        name_or_path, "a text LM's checkpoint folder or a hub id such as gpt2")
     check_causal_lm(config, name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
