@@ -23,8 +23,12 @@ BIN := $(VENV)/bin
 #             per region (the subject's pycortex ROIs, or HCP-MMP1 with its late-language and A1
 #             groups given FSAVERAGE=/path/to/fsaverage holding label/?h.HCPMMP1.annot) with
 #             cortical maps of the best layer,
-#             downstream probes for the datasets given (TIMIT= SPEECH_COMMANDS= CREMA_D= SLURP=),
-#             and $(OUT)/report.md + summary.json
+#             downstream probes for the datasets given (TIMIT= SPEECH_COMMANDS= CREMA_D= SLURP=:
+#             a folder in the distribution layout, or hf:NAME_OR_PATH for a HuggingFace dataset,
+#             e.g. SPEECH_COMMANDS=hf:google/speech_commands, with TIMIT_FLAGS= ... SLURP_FLAGS=
+#             for more probe flags such as --hf_split_test), CTC speech recognition on TIMIT
+#             (ASR=finetune, the paper's setting, by default; ASR=frozen for a head on the
+#             frozen encoder, ASR=none for none), and $(OUT)/report.md + summary.json
 SUBJECT ?= 1
 MODEL ?=
 DATA ?=
@@ -42,13 +46,28 @@ TIMIT ?=
 SPEECH_COMMANDS ?=
 CREMA_D ?=
 SLURP ?=
+TIMIT_FLAGS ?=
+SPEECH_COMMANDS_FLAGS ?=
+CREMA_D_FLAGS ?=
+SLURP_FLAGS ?=
+ASR ?= finetune
 PROBE_DATA_phonemes = $(TIMIT)
 PROBE_DATA_sentence_type = $(TIMIT)
 PROBE_DATA_words = $(SPEECH_COMMANDS)
 PROBE_DATA_emotion = $(CREMA_D)
 PROBE_DATA_intent = $(SLURP)
+PROBE_FLAGS_phonemes = $(TIMIT_FLAGS)
+PROBE_FLAGS_sentence_type = $(TIMIT_FLAGS)
+PROBE_FLAGS_words = $(SPEECH_COMMANDS_FLAGS)
+PROBE_FLAGS_emotion = $(CREMA_D_FLAGS)
+PROBE_FLAGS_intent = $(SLURP_FLAGS)
 PROBES = $(if $(TIMIT),phonemes sentence_type,) $(if $(SPEECH_COMMANDS),words,) \
 	$(if $(CREMA_D),emotion,) $(if $(SLURP),intent,)
+# hf:NAME_OR_PATH reads a HuggingFace dataset, anything else is a folder in the distribution layout
+PROBE_SOURCE = $(if $(filter hf:%,$(1)),--hf_dataset $(patsubst hf:%,%,$(1)),--data_path $(1))
+ASR_TASK = $(if $(filter finetune,$(ASR)),asr_finetune,asr)
+ASR_RUN = $(if $(TIMIT),$(if $(filter none,$(ASR)),,$(ASR_TASK)),)
+DOWNSTREAM = $(PROBES) $(ASR_RUN)
 
 # Baselines of the paper (SPEC section 2), with BASELINES=bigslm,lm (either or both): the model
 # tuned like the brain-tuned one towards a big speech model's layer features
@@ -125,7 +144,8 @@ demo: setup
 		--overwrite
 
 reproduce: setup
-	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020 [EPOCHS=30] [OUT=outputs/reproduce] [TIMIT=... SPEECH_COMMANDS=... CREMA_D=... SLURP=...] [WORD_VECTORS=glove.txt] [LOW_LEVEL='powspec phonemes'] [BASELINES=bigslm,lm BIGSLM_MODEL=... LM_MODEL=...]"; exit 2; }
+	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make reproduce SUBJECT=3 MODEL=/path/to/wav2vec2-base DATA=/path/to/ds003020 [EPOCHS=30] [OUT=outputs/reproduce] [TIMIT=... SPEECH_COMMANDS=... CREMA_D=... SLURP=... (folders, or hf:NAME_OR_PATH)] [ASR=finetune|frozen|none] [WORD_VECTORS=glove.txt] [LOW_LEVEL='powspec phonemes'] [BASELINES=bigslm,lm BIGSLM_MODEL=... LM_MODEL=...]"; exit 2; }
+	@test -z "$(filter-out finetune frozen none,$(ASR))" || { echo "ASR takes finetune, frozen or none, got $(ASR)"; exit 2; }
 	@test -z "$(filter-out bigslm lm,$(BASELINE_LIST))" || { echo "BASELINES takes bigslm and/or lm (comma-separated), got $(BASELINES)"; exit 2; }
 	@$(foreach b,$(BASELINE_LIST),test -n "$(TARGET_MODEL_$(b))" || { echo "BASELINES=$(b) needs $(TARGET_MODEL_VAR_$(b))=/path/to/model"; exit 2; } &&) true
 	$(BIN)/python data_utils.py check --data_dir $(DATA) --subjects $(SUBJECT)
@@ -147,9 +167,14 @@ reproduce: setup
 		$(BASELINE_RUNS) \
 		$(REGION_FLAGS) \
 		$(if $(WORD_VECTORS),--semantic_preference --word_vectors $(WORD_VECTORS),)
-	$(foreach task,$(PROBES),$(BIN)/python eval_$(task).py --data_path $(PROBE_DATA_$(task)) \
+	$(foreach task,$(PROBES),$(BIN)/python eval_$(task).py \
+		$(call PROBE_SOURCE,$(PROBE_DATA_$(task))) $(PROBE_FLAGS_$(task)) \
 		--model_name $(MODEL) --model_path $(OUT)/runs/$(RUN_NAME) --save_dir $(OUT)/downstream \
 		--exp_name $(RUN_NAME)_$(task) --overwrite &&) true
+	$(if $(ASR_RUN),$(BIN)/python eval_asr.py $(call PROBE_SOURCE,$(TIMIT)) $(TIMIT_FLAGS) \
+		$(if $(filter finetune,$(ASR)),--finetune,) --model_name $(MODEL) \
+		--model_path $(OUT)/runs/$(RUN_NAME) --save_dir $(OUT)/downstream \
+		--exp_name $(RUN_NAME)_$(ASR_RUN) --overwrite,)
 	$(BIN)/python report.py --out $(OUT) --title "brain-tuning of $(RUN_NAME)" \
 		--alignment $(OUT)/alignment/$(RUN_NAME) --overwrite \
-		$(if $(PROBES),--downstream $(foreach task,$(PROBES),$(OUT)/downstream/$(RUN_NAME)_$(task)),)
+		$(if $(DOWNSTREAM),--downstream $(foreach task,$(DOWNSTREAM),$(OUT)/downstream/$(RUN_NAME)_$(task)),)

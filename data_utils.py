@@ -36,6 +36,7 @@ import re
 import sys
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -806,11 +807,65 @@ def tr_times(data_dir, story, tr_source="respdict", tr_path=None):
 
 # ----------------------------------------------------------------------------- audio
 
+class DatasetAudio(NamedTuple):
+    """The audio of one row of a HuggingFace dataset split, read only when needed.
+
+    table : the split's audio column (a ``datasets.Dataset`` whose ``Audio`` feature does not
+        decode: each value is ``{"bytes", "path"}``, or a path string)
+    column : the column's name
+    row : the row's index in ``table``
+    split : what the split is called in messages, e.g. ``google/speech_commands [train]``
+    split_key : what the split's features are cached by (its fingerprint and files)
+    """
+
+    table: object
+    column: str
+    row: int
+    split: str
+    split_key: str
+
+    def __str__(self):
+        name = Path(self.stored_path()).name
+        return f"{self.split} row {self.row}" + (f" ({name})" if name else "")
+
+    def _value(self):
+        value = self.table[self.row][self.column]
+        return {"bytes": None, "path": value} if isinstance(value, str) else value
+
+    def stored_path(self):
+        """The file name the dataset keeps with the audio ("" when none)."""
+        return self._value().get("path") or ""
+
+    def sound_file(self):
+        """The audio as soundfile reads it: a file object over the stored bytes, or the path
+        they came from when the dataset holds none."""
+        value = self._value()
+        if value.get("bytes"):
+            return io.BytesIO(value["bytes"])
+        path = value.get("path")
+        if path and Path(path).is_file():
+            return path
+        raise DatasetError(f"{self}: no audio bytes in the dataset, and its path {path!r} is not a "
+                           "file here; save the dataset again with the audio embedded")
+
+
+def audio_identity(audios):
+    """What a cache of features of these audios (paths or ``DatasetAudio``) is keyed by: the
+    files' paths, sizes and modification times, or each row's split key and index."""
+    audios = list(audios)
+    if not any(isinstance(audio, DatasetAudio) for audio in audios):
+        return run_utils.file_identity(audios)
+    keys = sorted({audio.split_key for audio in audios})
+    return {"dataset_splits": keys,
+            "rows": [[keys.index(audio.split_key), audio.row] for audio in audios]}
+
+
 def read_audio(path, sampling_rate=SAMPLING_RATE):
-    """An audio file (RIFF WAV, NIST SPHERE, FLAC, ...) as float32 mono at ``sampling_rate``:
-    channels averaged, resampled from any rate."""
+    """An audio file (RIFF WAV, NIST SPHERE, FLAC, ...), or a ``DatasetAudio``, as float32 mono
+    at ``sampling_rate``: channels averaged, resampled from any rate."""
     try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        source = path.sound_file() if isinstance(path, DatasetAudio) else path
+        audio, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
         raise DatasetError(f"{path}: unreadable audio ({err}); the file is damaged, get it "
                            "again") from None

@@ -16,11 +16,17 @@ read from the dataset's own distribution layout:
   the root, ``audio/`` and ``scripts/audio/``, or given). Task ``intent``: the action, every
   recording an example.
 
+The same tasks from HuggingFace datasets (``HubDataset``, ``hub_examples``): a ``save_to_disk``
+folder, a folder of data files or a hub id in the local cache, read without the network, with
+the columns of the usual hub copies (``HUB_LAYOUTS``) or others named.
+
 Audio is read later, by ``data_utils.read_audio`` (every format libsndfile reads, NIST SPHERE
-included, resampled with librosa). The ``datasets`` library's ``Audio`` feature is not used:
-since datasets 4 it decodes through torchcodec/FFmpeg, which is not a dependency here.
+included, resampled with soxr). A dataset's ``Audio`` feature is read undecoded
+(``Audio(decode=False)``), its bytes decoded by that reader: since datasets 4 the feature
+decodes through torchcodec/FFmpeg, which is not a dependency here.
 """
 
+import collections
 import json
 import logging
 import random
@@ -31,6 +37,8 @@ from typing import NamedTuple
 
 import soundfile as sf
 
+import data_utils
+import run_utils
 from data_utils import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -243,13 +251,21 @@ def crema_d_examples(root, split, test_fraction=0.2, seed=0):
             logger.warning("%s: holds no audio; left out", wav)
             continue
         parsed.append({"audio": wav, "label": match.group(3), "speaker": match.group(1)})
-    actors = sorted({example["speaker"] for example in parsed})
-    if len(actors) < 2:
-        raise DatasetError(f"{audio_dir}: a speaker-disjoint split needs at least two actors")
-    random.Random(seed).shuffle(actors)
-    test_actors = set(actors[:min(len(actors) - 1, max(1, round(test_fraction * len(actors))))])
-    return [example for example in parsed
-            if (example["speaker"] in test_actors) == (split == "test")]
+    return speaker_split(parsed, split, test_fraction, seed, where=audio_dir)
+
+
+def speaker_split(examples, split, test_fraction=0.2, seed=0, where="<examples>"):
+    """The examples of ``split`` ("train" or "test") when the speakers are split at random
+    (``seed``): ``test_fraction`` of them (at least one, and never all) held out for testing,
+    so that no speaker is in both splits."""
+    speakers = sorted({example["speaker"] for example in examples})
+    if len(speakers) < 2:
+        raise DatasetError(f"{where}: a speaker-disjoint split needs at least two speakers")
+    random.Random(seed).shuffle(speakers)
+    held_out = set(speakers[:min(len(speakers) - 1,
+                                 max(1, round(test_fraction * len(speakers))))])
+    return [example for example in examples
+            if (example["speaker"] in held_out) == (split == "test")]
 
 
 def _slurp_file(root, name):
@@ -319,7 +335,10 @@ TASKS = {
 
 
 def task_examples(task, data_path, split, seed=0, test_fraction=0.2, audio_dir=None):
-    """Examples of a probing task's ``split`` ("train" or "test")."""
+    """Examples of a probing task's ``split`` ("train" or "test"), from the dataset's folder
+    (``data_path``) or a ``HubDataset``."""
+    if isinstance(data_path, HubDataset):
+        return hub_examples(task, data_path, split, seed, test_fraction)
     if task in ("phonemes", "sentence_type"):
         return timit_examples(data_path, split, task)
     if task == "words":
@@ -355,6 +374,225 @@ def task_classes(task, train, test):
             raise DatasetError(f"{example['audio']}: label {unknown[0]!r} is not one of the "
                                f"{len(classes)} {dataset} {task} classes")
     return classes
+
+
+# ----------------------------------------------------------------------------- HuggingFace datasets
+
+class HubLayout(NamedTuple):
+    """How the usual HuggingFace copies of a task's dataset are laid out: the hub id (None
+    where copies differ and none is the usual one), its config, the default train and test
+    split names (the same name: the speakers of that one split are split), the column of the
+    label and the column of the speaker (None: none needed)."""
+
+    name: str | None
+    config: str | None
+    splits: tuple
+    label_column: str
+    speaker_column: str | None
+
+
+# README "Datasets from the HuggingFace hub" documents these; the flags override every field.
+HUB_LAYOUTS = {
+    "phonemes": HubLayout("timit_asr", None, ("train", "test"), "phonetic_detail", None),
+    "sentence_type": HubLayout("timit_asr", None, ("train", "test"), "sentence_type", None),
+    "words": HubLayout("google/speech_commands", "v0.02", ("train", "test"), "label", None),
+    "emotion": HubLayout(None, None, ("train", "train"), "label", "speaker_id"),
+    "intent": HubLayout(None, None, ("train", "test"), "action", None),
+    "asr": HubLayout("timit_asr", None, ("train", "test"), "word_detail", None),
+    "asr_phones": HubLayout("timit_asr", None, ("train", "test"), "phonetic_detail", None),
+}
+
+
+class HubDataset(NamedTuple):
+    """A dataset read with the ``datasets`` library, from a ``save_to_disk`` folder, a folder
+    of data files (a clone of a hub repository) or the local cache of ``load_dataset(path,
+    config)``; never downloaded. None fields take the task's ``HUB_LAYOUTS`` entry."""
+
+    path: str
+    config: str | None = None
+    train_split: str | None = None
+    test_split: str | None = None
+    audio_column: str = "audio"
+    label_column: str | None = None
+    speaker_column: str | None = None
+
+    def layout(self, task):
+        """The task's layout with this dataset's choices in place of the defaults."""
+        usual = HUB_LAYOUTS[task]
+        return usual._replace(
+            name=self.path,
+            config=self.config or (usual.config if self.path == usual.name else None),
+            splits=(self.train_split or usual.splits[0], self.test_split or usual.splits[1]),
+            label_column=self.label_column or usual.label_column,
+            speaker_column=self.speaker_column or usual.speaker_column)
+
+
+def load_hub_splits(path, config=None):
+    """The splits of a dataset (dict name -> ``datasets.Dataset``), read without the network:
+    a ``save_to_disk`` folder (one split's folder is called ``train``), a folder of data files,
+    or a hub id whose ``load_dataset`` is in the local cache."""
+    import datasets  # here, not at the top: its import costs seconds that raw folders need not pay
+
+    folder = Path(path).expanduser()
+    saved = folder.is_dir() and any((folder / name).is_file()
+                                    for name in ("dataset_dict.json", "state.json"))
+    offline = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True  # the cache only, whatever HF_DATASETS_OFFLINE says
+    try:
+        if saved:
+            loaded = datasets.load_from_disk(str(folder))
+        else:
+            loaded = datasets.load_dataset(str(folder) if folder.is_dir() else path, config)
+    except (OSError, ValueError) as err:  # not found, not cached, damaged Arrow or parquet
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DatasetError(
+            f"{path}: cannot be read by the datasets library without the network ({reason}); "
+            "give a save_to_disk folder, or run load_dataset once with the network so that it "
+            f"is in the cache ({datasets.config.HF_DATASETS_CACHE})") from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = offline
+    if isinstance(loaded, datasets.Dataset):
+        return {"train": loaded}
+    return dict(loaded)
+
+
+def hub_split(layout, split, audio_column="audio"):
+    """One split of a hub dataset and the audio of each of its rows.
+
+    layout : a ``HubLayout`` whose ``name`` is the dataset's folder or hub id
+    Returns the split (``datasets.Dataset``), what messages call it (``<dataset> [<split>]``)
+    and its rows' audio (list of ``data_utils.DatasetAudio``).
+    """
+    import datasets
+
+    splits = load_hub_splits(layout.name, layout.config)
+    if split not in splits:
+        raise DatasetError(f"{layout.name}: no split {split!r}; it has {', '.join(splits)} "
+                           "(choose with --hf_split_train, --hf_split_test)")
+    table, where = splits[split], f"{layout.name} [{split}]"
+    feature = _feature(table, audio_column, where, "--audio_column")
+    audio = table.select_columns([audio_column])
+    if isinstance(feature, datasets.Audio):
+        audio = audio.cast_column(audio_column, datasets.Audio(decode=False))
+    elif not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise DatasetError(f"{where}: column {audio_column!r} holds {feature}, not audio or "
+                           "audio file paths (choose with --audio_column)")
+    files = [entry["filename"] for entry in table.cache_files]
+    key = run_utils.digest(json.dumps({"fingerprint": table._fingerprint, "column": audio_column,
+                                       **run_utils.file_identity(files)}, sort_keys=True))
+    return table, where, [data_utils.DatasetAudio(audio, audio_column, row, where, key)
+                          for row in range(len(table))]
+
+
+def _feature(table, column, where, flag):
+    if column not in table.features:
+        raise DatasetError(f"{where}: no column {column!r}; its columns are "
+                           f"{', '.join(table.features)} (choose with {flag})")
+    return table.features[column]
+
+
+def hub_column(table, column, where, flag="--label_column"):
+    """A column's values (list), a ``ClassLabel``'s as label names (None for -1, no label)."""
+    names = getattr(_feature(table, column, where, flag), "names", None)
+    values = table[column]
+    if names is not None:
+        values = [names[i] if 0 <= i < len(names) else None for i in values]
+    return list(values)
+
+
+def hub_examples(task, source, split, seed=0, test_fraction=0.2):
+    """Examples of a probing task's ``split`` ("train" or "test") from a ``HubDataset``, as
+    the raw-folder readers give them (``label`` in the task's classes, ``speaker``)."""
+    layout = source.layout(task)
+    train_name, test_name = layout.splits
+    if train_name == test_name and task != "emotion":
+        raise DatasetError(f"{source.path}: --hf_split_train and --hf_split_test are both "
+                           f"{train_name!r}; the {task} probe needs a held-out split")
+    name = train_name if split == "train" else test_name
+    table, where, audios = hub_split(layout, name, source.audio_column)
+    labels = hub_column(table, layout.label_column, where)
+    speakers = (_hub_speakers(table, layout.speaker_column, audios, where)
+                if task == "emotion" else [None] * len(audios))
+    examples, dropped = [], collections.Counter()
+    for audio, value, speaker in zip(audios, labels, speakers):
+        label = hub_label(task, value, audio)
+        if label is None:
+            dropped[value] += 1
+        elif task == "emotion" and sf.info(audio.sound_file()).frames == 0:
+            # as crema_d_examples: the distribution has an empty recording
+            logger.warning("%s: holds no audio; left out", audio)
+        else:
+            examples.append({"audio": audio, "label": label, "speaker": speaker})
+    if dropped:
+        logger.info("%s: left out %s", where, ", ".join(
+            f"{count} rows labelled {label}" for label, count in sorted(dropped.items())))
+    if not examples:
+        raise DatasetError(f"{where}: no examples")
+    if train_name == test_name:
+        return speaker_split(examples, split, test_fraction, seed, where=where)
+    return examples
+
+
+def _hub_speakers(table, column, audios, where):
+    """Each row's speaker: its ``column``, or else the actor of its CREMA-D file name."""
+    if column in table.features:
+        return [str(value) for value in hub_column(table, column, where, "--speaker_column")]
+    speakers = []
+    for audio in audios:
+        path = audio.stored_path()
+        match = CREMA_D_NAME.match(Path(path).stem)
+        if match is None:
+            raise DatasetError(f"{audio}: no column {column!r} (choose with --speaker_column), "
+                               f"and its file name {path!r} is not CREMA-D's <actor>_<sentence>_"
+                               "<EMOTION>_<level>.wav, so its speaker is unknown")
+        speakers.append(match.group(1))
+    return speakers
+
+
+def hub_label(task, value, where):
+    """A hub dataset's label value as the task's label, or None for a row the task leaves out
+    (Speech Commands ``_silence_`` and ``_unknown_``)."""
+    if value is None:
+        raise DatasetError(f"{where}: no label")
+    if task == "phonemes":
+        return tuple(sorted(set(hub_phones(value, where))))
+    if not isinstance(value, str):
+        raise DatasetError(f"{where}: label {value!r} is not text or a class label "
+                           "(choose the column with --label_column)")
+    if task == "words":
+        return None if value.startswith("_") else value.lower()
+    if task == "sentence_type":
+        return value.upper()
+    if task == "emotion":  # ANG, anger, angry; DIS, disgust; HAP, happy, happiness; ...
+        return value[:3].upper()
+    return value
+
+
+def hub_phones(value, where):
+    """The 39 folded phones, in order, of a TIMIT ``phonetic_detail`` value (a dict whose
+    ``utterance`` lists the 61 TIMIT phones, as in ``timit_asr``) or a string of phones."""
+    phones = value.get("utterance") if isinstance(value, dict) else value
+    if isinstance(phones, str):
+        phones = phones.split()
+    if not isinstance(phones, list):
+        raise DatasetError(f"{where}: label {value!r} is not TIMIT phonetic detail (a dict with "
+                           "'utterance', the phones) (choose the column with --label_column)")
+    return timit_phone_sequence([(0, 0, phone) for phone in phones], where)
+
+
+def hub_words(value, where):
+    """The words, lowercased, of a TIMIT ``word_detail`` value (a dict whose ``utterance``
+    lists them) or of a transcript string (punctuation other than apostrophes dropped)."""
+    words = value.get("utterance") if isinstance(value, dict) else value
+    if isinstance(words, str):
+        words = re.findall(r"[a-z0-9']+", words.lower())
+    if not isinstance(words, list):
+        raise DatasetError(f"{where}: transcript {value!r} is not TIMIT word detail (a dict with "
+                           "'utterance', the words) or text (choose with --label_column)")
+    words = [word.lower() for word in words]
+    if not words:
+        raise DatasetError(f"{where}: no words; the transcript is empty")
+    return words
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@
 --data_path: TIMIT as distributed by the LDC (``TRAIN/``, ``TEST/``, ``DR<n>/<speaker>/``
 ``<utterance>.WAV`` with ``.PHN`` and ``.WRD`` beside it; see ``eval_phonemes.py``). The SA
 sentences, which every speaker reads, are left out as in the standard TIMIT recognition
-setup (3,696 training and 1,344 test utterances); ``--include_sa`` keeps them.
+setup (3,696 training and 1,344 test utterances); ``--include_sa`` keeps them. Or
+``--hf_dataset``: TIMIT as a HuggingFace dataset laid out as ``timit_asr`` (transcripts from
+``word_detail``, or ``phonetic_detail`` for the phones; see ``downstream_data.HubDataset``).
 
 Targets: ``characters`` (default), the words of the ``.WRD`` file (TIMIT's lowercase spelling,
 apostrophes kept, no punctuation) with a space between two words and at both ends, scored by
@@ -65,6 +67,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import data_utils
 import downstream_data
 import plots
 import probing
@@ -89,7 +92,8 @@ def parse_args(argv=None):
                     "brain-tuned speech models: a linear CTC head on the frozen encoder, or the "
                     "encoder fine-tuned with it (--finetune).",
         formatter_class=run_utils.HelpFormatter)
-    probing.add_probe_arguments(parser, "TIMIT", default_layers="all; with --finetune the last")
+    probing.add_probe_arguments(parser, "TIMIT", default_layers="all; with --finetune the last",
+                                tasks=("asr", "asr_phones"))
     parser.add_argument("--target", choices=TARGETS, default="characters",
                         help="characters: the .WRD words spelled out, scored 1 - WER (and CER); "
                              "phones: the 39 folded phones of .PHN, scored 1 - PER")
@@ -158,8 +162,9 @@ def run(args):
             speech_models.load_encoder(checkpoint)
         device = speech_models.resolve_device(args.device)
         dtype = speech_models.autocast_dtype(args.precision, device)
-        train, test = [asr_examples(args.data_path, split, args.target, args.include_sa,
-                                    args.max_examples, args.seed) for split in ("train", "test")]
+        train, test = [asr_examples(probing.data_source(args), split, args.target,
+                                    args.include_sa, args.max_examples, args.seed)
+                       for split in ("train", "test")]
         vocabulary = token_vocabulary(train, test)
         logger.info("TIMIT %s: %d training and %d test utterances, %d tokens and the blank",
                     args.target, len(train), len(test), len(vocabulary) - 1)
@@ -186,18 +191,55 @@ def run(args):
 
 
 def asr_examples(data_path, split, target, include_sa=False, max_examples=None, seed=0):
-    """TIMIT utterances of ``split`` ("train" or "test") with their transcripts: dicts with
-    ``audio`` (the file), ``tokens`` (list of str, see ``transcript_tokens``) and ``speaker``;
-    the SA sentences left out unless ``include_sa``, a random subset of ``max_examples`` when
-    given (as the other probes draw it)."""
-    examples = [{"audio": utterance["wav"], "tokens": transcript_tokens(utterance, target),
-                 "speaker": utterance["speaker"]}
-                for utterance in downstream_data.timit_utterances(data_path, split.upper())
-                if include_sa or utterance["sentence_type"] != "SA"]
-    if not examples:
-        raise DatasetError(f"{downstream_data.timit_split_dir(data_path, split.upper())}: only SA "
-                           "sentences; pass --include_sa to use them")
+    """TIMIT utterances of ``split`` ("train" or "test") with their transcripts, from the TIMIT
+    root ``data_path`` or a ``downstream_data.HubDataset``: dicts with ``audio`` (the file or
+    dataset row), ``tokens`` (list of str, see ``transcript_tokens``) and ``speaker``; the SA
+    sentences left out unless ``include_sa``, a random subset of ``max_examples`` when given
+    (as the other probes draw it)."""
+    if isinstance(data_path, downstream_data.HubDataset):
+        examples = hub_asr_examples(data_path, split, target, include_sa)
+    else:
+        examples = [{"audio": utterance["wav"], "tokens": transcript_tokens(utterance, target),
+                     "speaker": utterance["speaker"]}
+                    for utterance in downstream_data.timit_utterances(data_path, split.upper())
+                    if include_sa or utterance["sentence_type"] != "SA"]
+        where = downstream_data.timit_split_dir(data_path, split.upper())
+        if not examples:
+            raise DatasetError(f"{where}: only SA sentences; pass --include_sa to use them")
     return probing.subset_examples(examples, max_examples, seed)
+
+
+def hub_asr_examples(source, split, target, include_sa=False):
+    """``asr_examples`` from a hub copy of TIMIT laid out as ``timit_asr``: the transcript
+    from ``word_detail`` (or ``phonetic_detail`` for phones; a text column also serves for
+    characters), the sentence type from ``sentence_type`` (or the file name)."""
+    layout = source.layout("asr_phones" if target == "phones" else "asr")
+    table, where, audios = downstream_data.hub_split(
+        layout, layout.splits[split == "test"], source.audio_column)
+    transcripts = downstream_data.hub_column(table, layout.label_column, where)
+    if include_sa:
+        kinds = [None] * len(audios)
+    elif "sentence_type" in table.features:
+        kinds = downstream_data.hub_column(table, "sentence_type", where)
+    else:
+        kinds = [Path(audio.stored_path()).stem[:2] for audio in audios]
+    speakers = (downstream_data.hub_column(table, "speaker_id", where)
+                if "speaker_id" in table.features else [None] * len(audios))
+    examples = []
+    for audio, transcript, kind, speaker in zip(audios, transcripts, kinds, speakers):
+        if kind is not None and kind.upper() == "SA":
+            continue
+        if target == "phones":
+            tokens = downstream_data.hub_phones(transcript, audio)
+            if not tokens:
+                raise DatasetError(f"{audio}: no phones; the transcript is empty")
+        else:
+            tokens = list(f" {' '.join(downstream_data.hub_words(transcript, audio))} ")
+        examples.append({"audio": audio, "tokens": tokens, "speaker": speaker})
+    if not examples:
+        raise DatasetError(f"{where}: no utterances" + ("" if include_sa else
+                                                       " but SA sentences; pass --include_sa"))
+    return examples
 
 
 def transcript_tokens(utterance, target):
@@ -273,7 +315,7 @@ def frame_features(cache_dir, encoder, examples, layer, device, dtype):
     (frames of all examples, hidden) float32, the examples' frames one after the other, and
     (n_examples,) int64, the frames of each.
     """
-    settings = {**run_utils.file_identity(e["audio"] for e in examples), "autocast": str(dtype),
+    settings = {**data_utils.audio_identity(e["audio"] for e in examples), "autocast": str(dtype),
                 "preprocessor": encoder.preprocessor.digest(), "layer": layer}
     path, text = run_utils.cache_path(cache_dir, f"timit_frames_layer{layer}", settings,
                                       model_key=encoder.fingerprint)

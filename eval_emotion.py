@@ -8,6 +8,9 @@ F1 per layer; the actors are split so that no speaker is in both training and te
 ``.wav`` files directly); ``--test_fraction`` of the actors (default 0.2) are held out,
 chosen with ``--seed``.
 
+Or --hf_dataset: a HuggingFace copy with ``audio`` and ``label`` (names or codes); one split's
+actors are split the same way (``speaker_id``, or the file name).
+
 Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
 """
 

@@ -8,6 +8,8 @@ F1 per layer.
 ``dataset/slurp/``) and the recordings in ``slurp_real/`` (there, in ``audio/`` or
 ``scripts/audio/``, or ``--audio_dir``).
 
+Or --hf_dataset: a HuggingFace copy with ``audio`` and ``action``, one row per recording.
+
 Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
 """
 

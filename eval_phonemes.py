@@ -8,6 +8,9 @@
 ``DR<n>/<speaker>/<utterance>.WAV`` and ``.PHN`` beside it (any case, optionally under
 ``data/``; WAV files in NIST SPHERE or RIFF).
 
+Or --hf_dataset: TIMIT laid out as ``timit_asr`` (``phonetic_detail``), from the local cache or
+a ``save_to_disk`` folder.
+
 Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
 """
 

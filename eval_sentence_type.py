@@ -6,6 +6,8 @@ compact), read from the utterance name; 3 classes, F1 per layer.
 
 --data_path: TIMIT as for ``eval_phonemes.py``.
 
+Or --hf_dataset: TIMIT laid out as ``timit_asr`` (``sentence_type``).
+
 Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
 """
 

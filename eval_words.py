@@ -9,6 +9,9 @@ layer.
 ``testing_list.txt``; training uses every file in neither list, testing the files of
 ``testing_list.txt``; ``_background_noise_`` is ignored.
 
+Or --hf_dataset: ``google/speech_commands`` (config ``v0.02``) from the local cache, or a
+``save_to_disk`` copy; its ``_silence_`` rows are left out.
+
 Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
 """
 

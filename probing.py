@@ -12,6 +12,9 @@ eval_emotion        CREMA-D               one of 6 emotions (speaker-disjoint sp
 eval_intent         SLURP                 one of the actions (46 in SLURP)
 ==================  ====================  ==========================================
 
+``--hf_dataset`` reads the dataset with the ``datasets`` library instead (a ``save_to_disk``
+folder, a folder of data files or a hub id in the local cache; ``downstream_data.HubDataset``).
+
 For each model (pretrained, and every ``--model_path``/``--logs_dir`` checkpoint) and layer:
 the hidden states of each utterance averaged over time, cached per model and dataset split;
 then one linear layer trained full-batch with Adam (lr 1e-3) on the training split (binary
@@ -71,7 +74,7 @@ def parse_args(task, argv=None):
     parser = argparse.ArgumentParser(
         description=f"Linear probes of every layer of pretrained and brain-tuned speech models "
                     f"on {dataset} ({task}).", formatter_class=run_utils.HelpFormatter)
-    add_probe_arguments(parser, dataset)
+    source = add_probe_arguments(parser, dataset, tasks=[task])
     parser.add_argument("--num_epochs", type=int, default=50,
                         help="full-batch Adam steps of each probe")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the probe")
@@ -80,12 +83,15 @@ def parse_args(task, argv=None):
                              "CREMA-D actor split")
     # the dataset-specific flags exist for their task only; the others read None
     if task == "emotion":
-        parser.add_argument("--test_fraction", type=float, default=0.2,
+        source.add_argument("--test_fraction", type=float, default=0.2,
                             help="fraction of the CREMA-D actors held out for testing")
+        source.add_argument("--speaker_column", default=None,
+                            help="with --hf_dataset: column of the actor (default: speaker_id, "
+                                 "or else the actor of the CREMA-D file name)")
     else:
         parser.set_defaults(test_fraction=None)
     if task == "intent":
-        parser.add_argument("--audio_dir", default=None,
+        source.add_argument("--audio_dir", default=None,
                             help="folder of the SLURP recordings (default: slurp_real/ found in "
                                  "--data_path, audio/ or scripts/audio/)")
     else:
@@ -96,6 +102,9 @@ def parse_args(task, argv=None):
     args = parser.parse_args(argv)
     args.task = task
     check_probe_arguments(parser, args)
+    if args.audio_dir is not None and args.hf_dataset is not None:
+        parser.error("--audio_dir finds SLURP's recordings beside --data_path; a --hf_dataset "
+                     "holds them")
     run_utils.finish_results_arguments(parser, args, task)
     run_utils.check_at_least(parser, args, 1, "num_epochs", "batch_size")
     if not 0 < args.lr < math.inf:
@@ -106,10 +115,39 @@ def parse_args(task, argv=None):
     return args
 
 
-def add_probe_arguments(parser, dataset, default_layers="all"):
-    """The flags of every probe script (these and ``eval_asr.py``): the dataset, the models,
-    the layers and the ``--max_examples`` subsets; ``check_probe_arguments`` checks them."""
-    parser.add_argument("--data_path", required=True, help=f"root of the local {dataset} copy")
+def add_probe_arguments(parser, dataset, default_layers="all", tasks=()):
+    """The flags of every probe script (these and ``eval_asr.py``): the dataset (a folder in
+    its distribution layout, or a HuggingFace dataset with the ``HUB_LAYOUTS`` of ``tasks``),
+    the models, the layers and the ``--max_examples`` subsets; ``check_probe_arguments``
+    checks them. Returns the dataset flags' argument group, for a task's own."""
+    source = parser.add_argument_group("dataset: --data_path, or --hf_dataset and its flags")
+    source.add_argument("--data_path", default=None,
+                        help=f"root of the local {dataset} copy, in its distribution layout")
+    usual = sorted({layout.name + (f" (config {layout.config})" if layout.config else "")
+                    for layout in map(downstream_data.HUB_LAYOUTS.get, tasks) if layout.name})
+    source.add_argument("--hf_dataset", default=None, metavar="NAME_OR_PATH",
+                        help="read the dataset with the datasets library instead: a save_to_disk "
+                             "folder, a folder of data files (a clone of a hub repository), or a "
+                             "hub id that load_dataset has put in the local cache" +
+                             (f" (usually {', '.join(usual)})" if usual else "") +
+                             "; never downloaded; audio decoded by soundfile, not torchcodec")
+    source.add_argument("--hf_config", default=None,
+                        help="the dataset's config (default: the usual one for the usual hub id, "
+                             "else the only or latest cached one)")
+
+    train_split = _hub_default(tasks, lambda layout: layout.splits[0])
+    test_split = _hub_default(tasks, lambda layout: layout.splits[1])
+    source.add_argument("--hf_split_train", default=None,
+                        help=f"split to train on (default: {train_split})")
+    source.add_argument("--hf_split_test", default=None,
+                        help=f"split to test on (default: {test_split}); for emotion, naming "
+                             "the training split splits its actors")
+    source.add_argument("--audio_column", default="audio",
+                        help="column of the audio (an Audio feature, or file paths)")
+    source.add_argument("--label_column", default=None,
+                        help="column of the label (default: "
+                             f"{_hub_default(tasks, lambda layout: layout.label_column)})")
+    parser.set_defaults(speaker_column=None)  # a flag of eval_emotion.py only
     run_utils.add_model_arguments(parser)
     parser.add_argument("--layers", nargs="+", type=int, default=None,
                         help=f"hidden-state indices to probe (default: {default_layers}, "
@@ -117,15 +155,47 @@ def add_probe_arguments(parser, dataset, default_layers="all"):
     parser.add_argument("--max_examples", type=int, default=None,
                         help="use a random subset of at most this many utterances per split "
                              "(quick looks; the paper uses all)")
+    return source
+
+
+def _hub_default(tasks, field):
+    """What a hub flag's help gives as its default: ``field`` of the tasks' ``HUB_LAYOUTS``,
+    per task where they differ."""
+    values = {task: field(downstream_data.HUB_LAYOUTS[task]) for task in tasks}
+    if len(set(values.values())) == 1:
+        return str(next(iter(values.values())))
+    return "; ".join(f"{task} {value}" for task, value in values.items())
+
+
+HUB_FLAGS = ("hf_config", "hf_split_train", "hf_split_test", "label_column", "speaker_column")
 
 
 def check_probe_arguments(parser, args):
-    """``parser.error`` on the ``add_probe_arguments`` flags that choose nothing or are out of
-    range."""
+    """``parser.error`` on the ``add_probe_arguments`` flags that choose nothing, choose two
+    datasets or are out of range."""
+    if (args.data_path is None) == (args.hf_dataset is None):
+        parser.error("give the dataset as one of --data_path (a folder in the distribution "
+                     "layout) and --hf_dataset (a HuggingFace dataset)")
+    if args.data_path is not None:
+        given = [flag for flag in HUB_FLAGS if getattr(args, flag, None) is not None]
+        if args.audio_column != "audio":
+            given.append("audio_column")
+        if given:
+            parser.error(f"--{given[0]} chooses from a HuggingFace dataset: give --hf_dataset "
+                         "instead of --data_path")
     run_utils.check_model_arguments(parser, args)
     run_utils.check_at_least(parser, args, 1, "max_examples")
     if args.layers is not None and min(args.layers) < 0:
         parser.error(f"--layers must be hidden-state indices >= 0, got {min(args.layers)}")
+
+
+def data_source(args):
+    """The dataset the probe flags name: ``--data_path``, or a ``downstream_data.HubDataset``."""
+    if args.hf_dataset is None:
+        return args.data_path
+    return downstream_data.HubDataset(args.hf_dataset, args.hf_config, args.hf_split_train,
+                                      args.hf_split_test, args.audio_column, args.label_column,
+                                      args.speaker_column)
 
 
 def main(task, argv=None):
@@ -172,7 +242,7 @@ def probe(args, processes):
         device = processes.device
         dtype = speech_models.autocast_dtype(args.precision, device)
         task = downstream_data.TASKS[args.task]
-        train, test = [split_examples(args.task, args.data_path, split, args.seed,
+        train, test = [split_examples(args.task, data_source(args), split, args.seed,
                                       args.max_examples, args.test_fraction, args.audio_dir)
                        for split in ("train", "test")]
         classes = downstream_data.task_classes(args.task, train, test)
@@ -204,7 +274,8 @@ def probe(args, processes):
 
 def split_examples(task, data_path, split, seed=0, max_examples=None, test_fraction=0.2,
                    audio_dir=None):
-    """Examples of a split, a random subset of ``max_examples`` of them when given."""
+    """Examples of a split of the dataset at ``data_path`` (a folder, or a
+    ``downstream_data.HubDataset``), a random subset of ``max_examples`` of them when given."""
     examples = downstream_data.task_examples(task, data_path, split, seed=seed,
                                              test_fraction=test_fraction, audio_dir=audio_dir)
     return subset_examples(examples, max_examples, seed)
@@ -255,8 +326,8 @@ def evaluate_model(label, checkpoint, data, layers, cache_dir, batch_size, num_e
 def utterance_features(cache_dir, encoder, dataset_name, examples, layers, batch_size, device,
                        dtype):
     """Mean-pooled layer features of the examples (dict layer -> (n, hidden) float32), cached
-    per model and list of audio files."""
-    settings = {**run_utils.file_identity(e["audio"] for e in examples), "autocast": str(dtype),
+    per model and list of audio files (or dataset rows)."""
+    settings = {**data_utils.audio_identity(e["audio"] for e in examples), "autocast": str(dtype),
                 "preprocessor": encoder.preprocessor.digest()}
     path, text = run_utils.cache_path(cache_dir, dataset_name.replace(" ", "_").lower(),
                                       settings, model_key=encoder.fingerprint)

@@ -25,12 +25,29 @@ utterance are audible to a model. Each layout plants the signal its task needs:
   (FLAC in ``slurp_real/``); each action has a keyword spoken among filler words.
 
 Speakers differ in pitch (+-4%) and loudness. Deterministic for a seed.
+
+``--hub`` writes the same utterances as the usual HuggingFace copy of the dataset is laid
+out (``downstream_data.HUB_LAYOUTS``), a ``save_to_disk`` folder for the probes'
+``--hf_dataset``, with the audio files' bytes embedded:
+
+- ``timit``: ``timit_asr``'s columns (``audio``, ``file``, ``text``, ``phonetic_detail`` and
+  ``word_detail`` with ``start``, ``stop``, ``utterance``, ``dialect_region``,
+  ``sentence_type``, ``speaker_id``, ``id``), splits ``train`` and ``test``.
+- ``speech_commands``: ``google/speech_commands`` v0.02's (``file``, ``audio``, ``label`` a
+  ``ClassLabel`` of the 35 words and ``_silence_``, ``is_unknown``, ``speaker_id``,
+  ``utterance_id``), splits ``train`` (with 1-s ``_silence_`` clips of the background noise),
+  ``validation`` and ``test``.
+- ``crema_d``: ``audio`` (named as the CREMA-D file), ``label`` a ``ClassLabel`` of the
+  emotions' names (``anger``, ``disgust``, ...), ``speaker_id``; one split, ``train``.
+- ``slurp``: ``audio`` (one row per recording), ``slurp_id``, ``sentence``, ``scenario``,
+  ``action``, ``intent``; splits ``train`` and ``test``.
 """
 
 import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +79,10 @@ def parse_args(argv=None):
     parser.add_argument("--layout", choices=LAYOUTS, required=True, help="dataset layout")
     parser.add_argument("--out", required=True, help="output folder (the dataset root)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--hub", action="store_true",
+                        help="write it as its usual HuggingFace hub copy is laid out (a "
+                             "save_to_disk folder, for the probes' --hf_dataset) instead of the "
+                             "distribution layout")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset written earlier at --out")
     args = parser.parse_args(argv)
@@ -74,7 +95,7 @@ def main(argv=None):
 
 
 def run(args):
-    generate(args.layout, args.out, args.seed, args.overwrite)
+    generate(args.layout, args.out, args.seed, args.overwrite, args.hub)
 
 
 def speak(words, lexicon, rng, pitch=1.0, gain=0.5, lead=0.1):
@@ -238,13 +259,124 @@ WRITERS = {"timit": write_timit, "speech_commands": write_speech_commands,
            "crema_d": write_crema_d, "slurp": write_slurp}
 
 
-def generate(layout, out, seed=0, overwrite=False):
+def generate(layout, out, seed=0, overwrite=False, hub=False):
     """Write a synthetic dataset in ``layout`` to ``out`` (built beside it, then moved into
-    place; see ``run_utils.output_folder``)."""
+    place; see ``run_utils.output_folder``); with ``hub``, as a ``save_to_disk`` folder in the
+    layout of the usual HuggingFace copy."""
     with run_utils.output_folder(out, overwrite, what="synthetic dataset") as tmp:
-        WRITERS[layout](tmp, seed)
-    logger.info("wrote a synthetic %s dataset to %s", layout, out)
+        if hub:
+            with tempfile.TemporaryDirectory() as raw:
+                WRITERS[layout](raw, seed)
+                hub_dataset(layout, raw).save_to_disk(str(tmp))
+        else:
+            WRITERS[layout](tmp, seed)
+    logger.info("wrote a synthetic %s dataset%s to %s", layout, " (hub layout)" if hub else "",
+                out)
     return Path(out)
+
+
+# google/speech_commands v0.02's ClassLabel names, in its order
+HUB_SPEECH_COMMANDS_LABELS = (
+    "yes no up down left right on off stop go zero one two three four five six seven eight nine "
+    "bed bird cat dog happy house marvin sheila tree wow backward forward follow learn visual "
+    "_silence_").split()
+HUB_EMOTION_NAMES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy",
+                     "NEU": "neutral", "SAD": "sad"}
+
+
+def hub_dataset(layout, root):
+    """The synthetic dataset written at ``root`` in ``layout``, as a ``datasets.DatasetDict``
+    laid out as the usual hub copy is (see the module docstring), rows in the order of the
+    raw-folder readers."""
+    import datasets
+
+    splits = HUB_WRITERS[layout](Path(root))
+    features = {"audio": datasets.Audio(sampling_rate=RATE)}
+    if layout == "speech_commands":
+        features["label"] = datasets.ClassLabel(names=HUB_SPEECH_COMMANDS_LABELS)
+    if layout == "crema_d":
+        features["label"] = datasets.ClassLabel(names=sorted(HUB_EMOTION_NAMES.values()))
+    tables = {}
+    for name, rows in splits.items():
+        table = datasets.Dataset.from_list(rows)
+        for column, feature in features.items():
+            table = table.cast_column(column, feature)
+        tables[name] = table
+    return datasets.DatasetDict(tables)
+
+
+def _audio(path, root):
+    return {"bytes": Path(path).read_bytes(), "path": str(Path(path).relative_to(root))}
+
+
+def _hub_timit(root):
+    def detail(path):
+        entries = downstream_data.read_timit_labels(path)
+        return {"start": [e[0] for e in entries], "stop": [e[1] for e in entries],
+                "utterance": [e[2] for e in entries]}
+
+    splits = {}
+    for split in ("train", "test"):
+        rows = []
+        for utterance in downstream_data.timit_utterances(root, split.upper()):
+            wav = utterance["wav"]
+            text = wav.with_suffix(".TXT").read_text().split(maxsplit=2)[2].strip()
+            rows.append({"file": str(wav.relative_to(root)), "audio": _audio(wav, root),
+                         "text": text, "phonetic_detail": detail(utterance["phn"]),
+                         "word_detail": detail(utterance["wrd"]),
+                         "dialect_region": utterance["region"],
+                         "sentence_type": utterance["sentence_type"],
+                         "speaker_id": utterance["speaker"], "id": utterance["utterance"]})
+        splits[split] = rows
+    return splits
+
+
+def _hub_speech_commands(root):
+    def row(path, label, speaker, take):
+        return {"file": str(path.relative_to(root)), "audio": _audio(path, root),
+                "label": HUB_SPEECH_COMMANDS_LABELS.index(label),
+                "is_unknown": label not in HUB_SPEECH_COMMANDS_LABELS[:10],
+                "speaker_id": speaker, "utterance_id": take}
+
+    splits = {}
+    for split in ("train", "validation", "test"):
+        splits[split] = [row(e["audio"], e["label"], e["speaker"],
+                             int(e["audio"].stem.rsplit("_", 1)[1]))
+                         for e in downstream_data.speech_commands_examples(root, split)]
+    noise, rate = sf.read(root / "_background_noise_" / "white_noise.wav", dtype="int16")
+    for second in range(len(noise) // rate):
+        clip = root / "_background_noise_" / f"white_noise_{second}.wav"
+        sf.write(clip, noise[second * rate:(second + 1) * rate], rate, subtype="PCM_16")
+        splits["train"].append(row(clip, "_silence_", None, 0))
+    return splits
+
+
+def _hub_crema_d(root):
+    rows = [{"audio": {"bytes": e["audio"].read_bytes(), "path": e["audio"].name},
+             "label": sorted(HUB_EMOTION_NAMES.values()).index(HUB_EMOTION_NAMES[e["label"]]),
+             "speaker_id": e["speaker"]}
+            for split in ("train", "test")
+            for e in downstream_data.crema_d_examples(root, split)]
+    return {"train": sorted(rows, key=lambda row: row["audio"]["path"])}
+
+
+def _hub_slurp(root):
+    splits = {}
+    for split in ("train", "test"):
+        rows = []
+        for line in (root / f"{split}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            for recording in record["recordings"]:
+                path = root / "slurp_real" / recording["file"]
+                rows.append({"audio": {"bytes": path.read_bytes(), "path": path.name},
+                             **{key: record[key] for key in
+                                ("slurp_id", "sentence", "scenario", "action", "intent")}})
+        splits[split] = rows
+    return splits
+
+
+HUB_WRITERS = {"timit": _hub_timit, "speech_commands": _hub_speech_commands,
+               "crema_d": _hub_crema_d, "slurp": _hub_slurp}
 
 
 if __name__ == "__main__":
