@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -444,26 +443,6 @@ def group_datasets(groups, audio, bounds):
 
 # ----------------------------------------------------------------------------- run
 
-def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def save_tuned_model(directory, model, preprocessor, voxels, run_config, overwrite=False):
     """Write a folder that ``AutoModel.from_pretrained`` loads as the tuned encoder.
 
@@ -535,7 +514,7 @@ def load_training_state(path, model, optimizer, scheduler, scaler):
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+    speech_models.set_rng_state(state["rng"])
     return Progress(state["epoch"] + 1, state["metrics"], state["best"], state["stale"])
 
 
@@ -607,7 +586,7 @@ def train(args):
     if args.batch_size < processes.world_size:
         raise UsageError(f"--batch_size {args.batch_size} is smaller than the number of "
                          f"processes ({processes.world_size}); each needs a sample per step")
-    seed_everything(args.seed)
+    speech_models.seed_everything(args.seed)
     subjects = [data_utils.subject_id(s) for s in args.subject]
     shared_head = args.multi_subject == "shared_head" or len(subjects) == 1
     run_dir = Path(args.save_dir) / args.exp_name
@@ -698,7 +677,7 @@ def train(args):
                 save_training_state(run_dir, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": rng_state(), "epoch": epoch, "metrics": metrics, "best": best,
+                    "rng": speech_models.rng_state(), "epoch": epoch, "metrics": metrics, "best": best,
                     "stale": stale})
             speech_models.barrier()
 

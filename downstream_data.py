@@ -456,6 +456,16 @@ def load_hub_splits(path, config=None):
     return dict(loaded)
 
 
+def source_facts(task, source):
+    """What results record of where a task's examples were read: the folder (``data_path``),
+    or the HuggingFace dataset with the config, splits and columns read from it."""
+    if not isinstance(source, HubDataset):
+        return {"data_path": str(Path(source).resolve())}
+    layout = source.layout(task)
+    return {"hf_dataset": source.path, "hf_config": layout.config, "splits": list(layout.splits),
+            "audio_column": source.audio_column, "label_column": layout.label_column}
+
+
 def hub_split(layout, split, audio_column="audio"):
     """One split of a hub dataset and the audio of each of its rows.
 

@@ -44,7 +44,9 @@ state at every frame to the tokens, trained with ``torch.nn.CTCLoss`` and decode
 
 Both run ``--num_epochs`` passes over the training utterances in a random order (``--seed``),
 ``--batch_size`` utterances per Adam step (with ``--finetune`` each utterance is encoded alone,
-without padding, as the frozen features are).
+without padding, as the frozen features are). Under ``torchrun --nproc_per_node N eval_asr.py
+...`` the processes share out the utterances to encode and each batch, their gradients summed
+before every step; rank 0 alone writes.
 
 Outputs in ``<save_dir>/<exp_name>/`` (default ``<model>_asr``, ``_phones`` and
 ``_finetune`` added for those settings): ``results.json`` (the task, target, tokens, models,
@@ -55,6 +57,7 @@ written together once every model is done, as the other probes' (``run_utils.out
 """
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -153,18 +156,29 @@ class Training(NamedTuple):
 
 
 def run(args):
+    """Recognise, in this process and the others of its torchrun process group (if any)."""
+    try:
+        return recognise(args, speech_models.setup_processes(args.device))
+    finally:
+        speech_models.leave_processes()
+
+
+def recognise(args, processes):
+    """The whole run: under torchrun the processes share the frame extraction and each
+    training batch, and rank 0 alone locks and writes the results (the others return None)."""
     out_dir = Path(args.save_dir) / args.exp_name
     run_utils.check_replaceable(out_dir, args.overwrite)  # before the slow part
-    with run_utils.FolderLock(out_dir):  # held for the run's life
+    lock = run_utils.FolderLock(out_dir) if processes.is_main else contextlib.nullcontext()
+    with lock:  # held for the run's life
         models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
                                               args.epochs, args.skip_pretrained)
         for _, checkpoint in models:  # a broken checkpoint stops the run before any extraction
             speech_models.load_encoder(checkpoint)
-        device = speech_models.resolve_device(args.device)
+        device = processes.device
         dtype = speech_models.autocast_dtype(args.precision, device)
-        train, test = [asr_examples(probing.data_source(args), split, args.target,
-                                    args.include_sa, args.max_examples, args.seed)
-                       for split in ("train", "test")]
+        source = probing.data_source(args)
+        train, test = [asr_examples(source, split, args.target, args.include_sa,
+                                    args.max_examples, args.seed) for split in ("train", "test")]
         vocabulary = token_vocabulary(train, test)
         logger.info("TIMIT %s: %d training and %d test utterances, %d tokens and the blank",
                     args.target, len(train), len(test), len(vocabulary) - 1)
@@ -175,10 +189,14 @@ def run(args):
             rows += evaluate_model(label, checkpoint, train, test, vocabulary, args.target,
                                    args.layers, args.finetune, args.cache_dir, training, device,
                                    dtype)
+        if not processes.is_main:
+            return None
         score, name, others = SCORES[args.target]
         setting = ("the encoder fine-tuned up to each layer with a linear CTC head"
                    if args.finetune else "a linear CTC head on each layer of the frozen encoder")
-        facts = {"task": args.task, "dataset": "TIMIT", "target": args.target,
+        layout = "asr_phones" if args.target == "phones" else "asr"
+        facts = {"task": args.task, "dataset": "TIMIT",
+                 "source": downstream_data.source_facts(layout, source), "target": args.target,
                  "finetune": args.finetune, "score": score, "score_name": name,
                  "description": f"CTC speech recognition of the {args.target}, {setting}",
                  "tokens": list(vocabulary), "models": dict(models)}
@@ -320,16 +338,17 @@ def frame_features(cache_dir, encoder, examples, layer, device, dtype):
     path, text = run_utils.cache_path(cache_dir, f"timit_frames_layer{layer}", settings,
                                       model_key=encoder.fingerprint)
 
-    def extract(missing):
-        waveforms = probing._waveforms(examples, encoder.preprocessor.sampling_rate,
-                                       encoder.family)
+    def extract(missing):  # under torchrun each process encodes a share of the utterances
+        share = examples[speech_models.process_share(len(examples))]
+        waveforms = probing._waveforms(share, encoder.preprocessor.sampling_rate, encoder.family)
         encoder.backbone.eval()
         hidden = []
         with torch.inference_mode():
             for waveform in tqdm(waveforms, desc=f"layer {layer} frames", unit="utt",
-                                 total=len(examples)):
+                                 total=len(share), disable=not speech_models.is_main_process()):
                 hidden.append(utterance_hidden(encoder, waveform, layer, device, dtype)
                               .float().cpu().numpy())
+        hidden = [h for part in speech_models.gather_from_processes(hidden) for h in part]
         return {layer: np.concatenate(hidden)}, {"frames": np.array([len(h) for h in hidden])}
 
     arrays, extras = run_utils.cached_arrays(path, [layer], extract, text)
@@ -419,8 +438,9 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
 
     The CNN feature encoder (Whisper: conv1, conv2, positions, decoder) stays frozen, as in
     brain-tuning (``speech_models.BrainTuningModel.freeze``); Adam with ``training.backbone_lr``
-    for the encoder and ``training.lr`` for the head. The RNG of initialisation, order and
-    dropout is seeded with ``training.seed`` (the global RNG is left untouched). ``encoder``
+    for the encoder and ``training.lr`` for the head. The RNGs of initialisation, order,
+    dropout, SpecAugment and layerdrop are seeded with ``training.seed`` (the global states are
+    put back afterwards). ``encoder``
     itself is not changed.
 
     train, test : examples (dicts with ``audio``); labels : per training example, its token
@@ -430,8 +450,7 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
     rate = encoder.preprocessor.sampling_rate
     waveforms = list(tqdm(probing._waveforms(train, rate, encoder.family), desc="reading audio",
                           unit="utt", total=len(train)))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(training.seed)
+    with speech_models.seeded(training.seed):
         model = speech_models.BrainTuningModel(copy.deepcopy(encoder.backbone), encoder.family,
                                                n_tokens).to(device)
         model.freeze()
@@ -459,38 +478,52 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
 
 def train_ctc(batch_log_probs, labels, optimizer, training):
     """``training.num_epochs`` passes over the training utterances in a random order (seeded
-    with ``training.seed``), an ``optimizer`` step of the mean CTC loss (blank 0) per
-    ``training.batch_size`` utterances.
+    with ``training.seed``), an ``optimizer`` step of the mean CTC loss (blank 0, each
+    utterance's loss over its transcript's length, as ``torch.nn.CTCLoss`` averages) per
+    ``training.batch_size`` utterances. Under torchrun each process computes the loss of a
+    share of each batch and the gradients are summed over the processes before the step, so
+    every process takes the step one process would.
 
     batch_log_probs(indices) -> ((frames, batch, tokens) log-probabilities, padded at the end,
     and (batch,) frames of each utterance). An utterance with fewer frames than its transcript
     needs (a frame per token, and a blank between repeated ones) adds no loss; a warning counts
     them. Returns the mean loss of each epoch (list of float).
     """
-    ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
+    ctc = torch.nn.CTCLoss(blank=0, reduction="none", zero_infinity=True)
     generator = torch.Generator().manual_seed(training.seed)
     targets = [torch.tensor(ids, dtype=torch.long) for ids in labels]
     needed = [len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) for ids in labels]
-    losses, too_short = [], set()
-    bar = tqdm(range(training.num_epochs), desc="CTC epochs", unit="epoch")
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    device = parameters[0].device
+    losses, too_short = [], torch.zeros(len(labels), device=device)
+    bar = tqdm(range(training.num_epochs), desc="CTC epochs", unit="epoch",
+               disable=not speech_models.is_main_process())
     for _ in bar:
         order = torch.randperm(len(labels), generator=generator).tolist()
-        total = 0.0
+        total = torch.zeros(1, dtype=torch.float64, device=device)
         for start in range(0, len(order), training.batch_size):
             batch = order[start:start + training.batch_size]
+            mine = batch[speech_models.process_share(len(batch))]
             optimizer.zero_grad()
-            log_probs, frames = batch_log_probs(batch)
-            too_short.update(i for i, n in zip(batch, frames.tolist()) if n < needed[i])
-            loss = ctc(log_probs, torch.cat([targets[i] for i in batch]).to(log_probs.device),
-                       frames, torch.tensor([len(targets[i]) for i in batch]))
-            loss.backward()
+            if mine:
+                log_probs, frames = batch_log_probs(mine)
+                too_short[[i for i, n in zip(mine, frames.tolist()) if n < needed[i]]] = 1
+                lengths = torch.tensor([len(targets[i]) for i in mine])
+                per_utterance = ctc(log_probs, torch.cat([targets[i] for i in mine])
+                                    .to(log_probs.device), frames, lengths)
+                loss = (per_utterance / lengths.to(per_utterance.device)).sum() / len(batch)
+                loss.backward()
+                total += loss.detach().double() * len(batch)
+            speech_models.sum_gradients(parameters)
             optimizer.step()
-            total += loss.item() * len(batch)
-        losses.append(total / len(order))
+        speech_models.sum_across_processes([total])
+        losses.append(total.item() / len(order))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if too_short:
+    speech_models.sum_across_processes([too_short])
+    if too_short.any():
         logger.warning("%d of %d training utterances have fewer frames than their transcript "
-                       "needs; CTC learns nothing from them", len(too_short), len(labels))
+                       "needs; CTC learns nothing from them", int((too_short > 0).sum()),
+                       len(labels))
     logger.info("CTC loss: %.3f after the first epoch, %.3f after the last", losses[0],
                 losses[-1])
     return losses

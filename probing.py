@@ -242,7 +242,8 @@ def probe(args, processes):
         device = processes.device
         dtype = speech_models.autocast_dtype(args.precision, device)
         task = downstream_data.TASKS[args.task]
-        train, test = [split_examples(args.task, data_source(args), split, args.seed,
+        source = data_source(args)
+        train, test = [split_examples(args.task, source, split, args.seed,
                                       args.max_examples, args.test_fraction, args.audio_dir)
                        for split in ("train", "test")]
         classes = downstream_data.task_classes(args.task, train, test)
@@ -261,8 +262,9 @@ def probe(args, processes):
                                    dtype)
         if not processes.is_main:
             return None
-        facts = {"task": args.task, "dataset": task.dataset, "classes": list(classes),
-                 "models": dict(models)}
+        facts = {"task": args.task, "dataset": task.dataset,
+                 "source": downstream_data.source_facts(args.task, source),
+                 "classes": list(classes), "models": dict(models)}
         what = f"{args.task} probes"
         with run_utils.output_folder(out_dir, args.overwrite, what=what) as staging:
             run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))

@@ -920,6 +920,20 @@ def probe_score(probe):
     return probe.get("score", "f1_macro")
 
 
+def _source_text(source):
+    """Where a probe run read its data (results of older runs do not say)."""
+    if not source:
+        return ""
+    if "hf_dataset" not in source:
+        return f" Data: `{source['data_path']}`, in the distribution layout."
+    config = f", config `{source['hf_config']}`" if source.get("hf_config") else ""
+    train, test = source["splits"]
+    splits = (f"its `{train}` split's speakers split for training and test" if train == test
+              else f"splits `{train}` and `{test}`")
+    return (f" Data: the HuggingFace dataset `{source['hf_dataset']}`{config}, {splits}, "
+            f"audio `{source['audio_column']}`, labels `{source['label_column']}`.")
+
+
 def _probe_section(out, folder, probe):
     task = probe["task"]
     task_layers = sorted({r["layer"] for r in probe["results"]})
@@ -938,7 +952,8 @@ def _probe_section(out, folder, probe):
         intro = (f"{probe['score_name']} on the test split per layer: {probe['description']} "
                  f"(the other error rates and the sizes in `{csv_path}`). An empty transcript "
                  "scores 0.")
-    return [f"## Downstream probe: {task} ({probe['dataset']})", "", intro + renamed, "",
+    return [f"## Downstream probe: {task} ({probe['dataset']})", "",
+            intro + renamed + _source_text(probe.get("source")), "",
             _table(["model", *[f"layer {k}" for k in task_layers]],
                    [[m, *[_cell(_row(rows, model=m, layer=k), score) for k in task_layers]]
                     for m in dict.fromkeys(r["model"] for r in rows)]), "",

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -285,6 +286,64 @@ def gather_from_processes(part):
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, part)
     return parts
+
+
+def rng_state():
+    """The global random states of Python, numpy, torch and CUDA (for checkpoints)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    """Put back the global random states ``rng_state`` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed):
+    """Seed the global random states of Python, numpy and torch (and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Every global random state seeded with ``seed`` for a block, then put back: transformers
+    draws SpecAugment masks and layerdrop from numpy's, dropout from torch's."""
+    state = rng_state()
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def sum_across_processes(tensors):
+    """Add up each tensor over the processes, in place (nothing without torchrun); one
+    all-reduce for all of them. ``tensors``: same device and dtype."""
+    if not dist.is_initialized() or not tensors:
+        return
+    flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+    dist.all_reduce(flat)
+    for tensor, summed in zip(tensors, flat.split([tensor.numel() for tensor in tensors])):
+        tensor.copy_(summed.view_as(tensor))
+
+
+def sum_gradients(parameters):
+    """Add up the gradients of ``parameters`` over the processes (nothing without torchrun),
+    a missing one counting as zero: with each process's loss its share of the whole, the sum
+    is the whole loss's gradient."""
+    if not dist.is_initialized():
+        return
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    sum_across_processes([parameter.grad for parameter in parameters])
 
 
 class AudioPreprocessor:

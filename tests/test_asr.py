@@ -5,10 +5,14 @@ import csv
 import functools
 import json
 import logging
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -232,6 +236,90 @@ def test_finetuning_trains_a_copy_of_the_encoder_but_its_cnn(setup, monkeypatch)
     assert changed and not any(name.startswith("feature_extractor.") for name in changed)
     assert any(name.startswith("encoder.layers.0.") for name in changed)
     assert not any(name.startswith("encoder.layers.1.") for name in changed)  # cut after 1
+
+
+def test_ctc_loss_is_the_mean_over_utterances_of_the_loss_per_transcript_token():
+    """One step per epoch over every utterance: the first epoch's loss is that of the initial
+    head, which torch's CTCLoss (reduction "mean") gives as well."""
+    torch.manual_seed(0)
+    frames = [9, 7, 12]
+    labels = [[1, 2, 2], [3], [1, 3, 2, 1]]
+    inputs = [torch.randn(n, 5) for n in frames]
+    head = torch.nn.Linear(5, 4)
+    with torch.no_grad():
+        padded = torch.nn.utils.rnn.pad_sequence(inputs)
+        expected = torch.nn.CTCLoss(blank=0, zero_infinity=True)(
+            head(padded).log_softmax(-1), torch.tensor(sum(labels, [])), torch.tensor(frames),
+            torch.tensor([len(ids) for ids in labels])).item()
+
+    def batch_log_probs(batch):
+        return (head(torch.nn.utils.rnn.pad_sequence([inputs[i] for i in batch]))
+                .log_softmax(-1), torch.tensor([frames[i] for i in batch]))
+
+    losses = eval_asr.train_ctc(batch_log_probs, labels,
+                                torch.optim.Adam(head.parameters(), lr=1e-2),
+                                eval_asr.Training(2, 3, 1e-2))
+    assert losses[0] == pytest.approx(expected, rel=1e-6)
+    assert losses[1] < losses[0]
+
+
+def test_finetuning_is_repeatable_for_a_seed(setup, monkeypatch):
+    """Dropout, SpecAugment masks and layerdrop (numpy's RNG in transformers) are seeded:
+    the same seed gives the same losses, and the global random states are put back."""
+    encoder = speech_models.load_encoder(setup / "wav2vec2")
+    assert encoder.backbone.config.layerdrop > 0 and encoder.backbone.config.mask_time_prob > 0
+    train_set = eval_asr.asr_examples(setup / "timit", "train", "phones", max_examples=4)
+    vocabulary = eval_asr.token_vocabulary(train_set)
+    losses, original = [], eval_asr.train_ctc
+
+    def recording(*args):
+        losses.append(original(*args))
+        return losses[-1]
+
+    monkeypatch.setattr(eval_asr, "train_ctc", recording)
+    np.random.seed(7)
+    numpy_next, torch_next = np.random.get_state()[1][:5].copy(), torch.get_rng_state()
+    for seed in (0, 0, 1):
+        eval_asr.finetuned_transcripts(encoder, 2, train_set, train_set[:1],
+                                       eval_asr.token_ids(train_set, vocabulary),
+                                       len(vocabulary), eval_asr.Training(2, 2, 1e-3, 1e-3, seed))
+    assert losses[0] == losses[1] != losses[2]
+    np.testing.assert_array_equal(np.random.get_state()[1][:5], numpy_next)
+    assert torch.equal(torch.get_rng_state(), torch_next)
+
+
+def test_torchrun_on_two_cpu_processes_equals_one_process(setup, tmp_path):
+    """torchrun with two processes (gloo on CPU) shares out the utterances to encode and each
+    training batch, summing the gradients: rank 0 writes one process's results; --finetune
+    runs too."""
+    flags = ["--target", "phones", "--layers", "1", "--num_epochs", "30", "--batch_size", "4",
+             "--lr", "1e-2", "--max_examples", "12"]
+    assert _run(setup, *flags, "--exp_name", "single", "--cache_dir", str(tmp_path / "c1"),
+                model="wav2vec2") == 0
+    repo = Path(eval_asr.__file__).resolve().parent
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "2", str(repo / "eval_asr.py"), "--data_path", str(setup / "timit"), "--model_name",
+            str(setup / "wav2vec2"), "--save_dir", str(tmp_path), "--cache_dir",
+            str(tmp_path / "c2")]
+    for extra in (["--exp_name", "two"], ["--exp_name", "tuned", "--finetune", "--num_epochs",
+                                          "1"]):
+        result = subprocess.run([*base, *flags, *extra], cwd=repo, capture_output=True,
+                                text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    ours, single = (json.loads((folder / "results.json").read_text())
+                    for folder in (tmp_path / "two", setup / "out" / "single"))
+    assert [(row["model"], row["layer"]) for row in ours["results"]] == [("pretrained", 1)]
+    for mine, theirs in zip(ours["results"], single["results"]):
+        assert sorted(mine) == sorted(theirs) and mine["model"] == theirs["model"]
+        assert {key: value for key, value in mine.items() if key != "model"} == pytest.approx(
+            {key: value for key, value in theirs.items() if key != "model"}, rel=1e-6, abs=1e-6)
+    with h5py.File(next((tmp_path / "c2").rglob("*.hf5"))) as mine, \
+            h5py.File(next((tmp_path / "c1").rglob("*.hf5"))) as theirs:
+        np.testing.assert_allclose(mine["layer_1"][()], theirs["layer_1"][()], rtol=1e-5,
+                                   atol=1e-6)
+    tuned = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert tuned["finetune"] and [row["layer"] for row in tuned["results"]] == [1]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -144,6 +144,13 @@ def test_probe_on_the_hub_copy_equals_the_raw_folder(setup, task):
     assert _results(setup / "out" / f"{task}_hub") == _results(setup / "out" / f"{task}_raw")
     config = json.loads((setup / "out" / f"{task}_hub" / "run_config.json").read_text())
     assert config["arguments"]["hf_dataset"] == str(setup / "hub" / layout)
+    source = json.loads((setup / "out" / f"{task}_hub" / "results.json").read_text())["source"]
+    assert source == {"hf_dataset": str(setup / "hub" / layout), "hf_config": None,
+                      "splits": ["train", "train" if task == "emotion" else "test"],
+                      "audio_column": "audio",
+                      "label_column": "label" if task == "emotion" else "action"}
+    raw = json.loads((setup / "out" / f"{task}_raw" / "results.json").read_text())["source"]
+    assert raw == {"data_path": str((setup / "raw" / layout).resolve())}
 
 
 def _hub_cache(table_dict, cache, hub_id, config):

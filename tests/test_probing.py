@@ -188,8 +188,10 @@ def test_each_task_beats_chance_on_the_planted_signal(setup, task, capsys, caplo
     assert _run(setup, task, "--model_path", str(setup / "run")) == 0
     out = setup / "out" / f"model0_{task}"
     saved = json.loads((out / "results.json").read_text())
-    # no arguments
-    assert set(saved) == {"task", "dataset", "classes", "models", "chance_f1_macro", "results"}
+    # no arguments; where the data was read
+    assert set(saved) == {"task", "dataset", "source", "classes", "models", "chance_f1_macro",
+                          "results"}
+    assert saved["source"] == {"data_path": str((setup / DATASETS[task]).resolve())}
     results = saved["results"]
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -690,3 +690,37 @@ def test_an_asr_run_is_reported_by_its_own_score(tmp_path):
                                        "recognition of the characters")
     assert "| pretrained | 0.250 | 0.500 |" in section and "| epoch 3 | n/a | 0.625 |" in section
     assert "Chance" not in section
+
+
+def test_probe_sections_say_where_the_data_was_read(tmp_path):
+    """A probe run's results.json names its folder or HuggingFace dataset; older ones do not."""
+    _setup(tmp_path)
+    sources = {"words": {"hf_dataset": "google/speech_commands", "hf_config": "v0.02",
+                         "splits": ["train", "test"], "audio_column": "audio",
+                         "label_column": "label"},
+               "emotion": {"hf_dataset": "/data/crema", "hf_config": None,
+                           "splits": ["train", "train"], "audio_column": "audio",
+                           "label_column": "label"},
+               "intent": {"data_path": "/data/slurp"}, "phonemes": None}
+    folders = []
+    for task, source in sources.items():
+        folder = tmp_path / task
+        folder.mkdir()
+        results = {"task": task, "dataset": "D", "chance_f1_macro": 0.1,
+                   "models": {"pretrained": "m0"},
+                   "results": [{"model": "pretrained", "layer": 1, "f1_micro": 0.5,
+                                "f1_macro": 0.4, "accuracy": 0.5}]}
+        if source is not None:
+            results["source"] = source
+        (folder / "results.json").write_text(json.dumps(results))
+        folders.append(str(folder))
+    assert _report(tmp_path, "--downstream", *folders) == 0
+    text = _outputs(tmp_path)[1]
+    sections = {task: text.split(f"## Downstream probe: {task} (D)")[1].split("## ")[0]
+                for task in sources}
+    assert ("Data: the HuggingFace dataset `google/speech_commands`, config `v0.02`, splits "
+            "`train` and `test`, audio `audio`, labels `label`.") in sections["words"]
+    assert ("Data: the HuggingFace dataset `/data/crema`, its `train` split's speakers split "
+            "for training and test, audio `audio`, labels `label`.") in sections["emotion"]
+    assert "Data: `/data/slurp`, in the distribution layout." in sections["intent"]
+    assert "Data:" not in sections["phonemes"]
