@@ -232,6 +232,9 @@ def hub_asr_examples(source, split, target, include_sa=False):
     from ``word_detail`` (or ``phonetic_detail`` for phones; a text column also serves for
     characters), the sentence type from ``sentence_type`` (or the file name)."""
     layout = source.layout("asr_phones" if target == "phones" else "asr")
+    if layout.splits[0] == layout.splits[1]:
+        raise DatasetError(f"{source.path}: --hf_split_train and --hf_split_test are both "
+                           f"{layout.splits[0]!r}; speech recognition needs a held-out split")
     table, where, audios = downstream_data.hub_split(
         layout, layout.splits[split == "test"], source.audio_column)
     transcripts = downstream_data.hub_column(table, layout.label_column, where)
@@ -300,7 +303,6 @@ def evaluate_model(label, checkpoint, train, test, vocabulary, target, layers, f
     """Result rows (one per layer: ``layers``, or by default all, the last with ``finetune``)
     of one model: the scores of ``asr_scores`` and the sizes."""
     encoder = speech_models.load_encoder(checkpoint, device)
-    record_every_layer(encoder, device)
     layers = run_utils.choose_layers(layers, encoder.depth,
                                      default=[encoder.depth] if finetune else None)
     labels = token_ids(train, vocabulary)
@@ -355,19 +357,6 @@ def frame_features(cache_dir, encoder, examples, layer, device, dtype):
     return arrays[layer], extras["frames"]
 
 
-def record_every_layer(encoder, device):
-    """Run the whole encoder once on 0.1 s of silence, asking for every hidden state.
-
-    transformers >= 5 records hidden states through hooks that it installs on the first call
-    that asks for them, on the layers the encoder holds then; ``speech_models.first_layers``
-    runs only the first layers, so a first call for a low layer would leave the higher ones
-    unrecorded for the model's life (``layer_hidden_states`` then fails for them)."""
-    silence = np.zeros((1, encoder.preprocessor.sampling_rate // 10), np.float32)
-    with torch.inference_mode():
-        speech_models.layer_hidden_states(encoder.backbone, encoder.family, torch.from_numpy(
-            encoder.preprocessor(silence)).to(device), [encoder.depth])
-
-
 def utterance_hidden(encoder, waveform, layer, device, dtype=None, cut=False):
     """The hidden state of ``layer`` at each frame of one utterance: (frames, hidden) tensor
     (Whisper: the frames of real audio, not of the padding to 30 s).
@@ -375,7 +364,7 @@ def utterance_hidden(encoder, waveform, layer, device, dtype=None, cut=False):
     waveform : (samples,) float32 at the encoder's sampling rate
     cut : the output of the encoder cut after ``layer`` (with its final layer norm, where it
         has one), which layers dropped in training (layerdrop) leave in place, instead of
-        the hidden state ``layer`` of ``layer_hidden_states`` (see ``record_every_layer``)
+        the hidden state ``layer`` of ``layer_hidden_states``
     """
     inputs = torch.from_numpy(encoder.preprocessor(waveform[None])).to(device)
     with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):

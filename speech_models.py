@@ -638,11 +638,27 @@ def hidden_states_at(backbone, family, inputs, layers, frame):
     return {layer: hidden[:, frame] for layer, hidden in states.items()}
 
 
+def record_hidden_states(model):
+    """Have ``model`` record the hidden states of all its layers from now on.
+
+    transformers >= 5 records them through hooks that it installs at a model's first call
+    asking for them, on the layers the model holds then: a first call inside ``first_layers``
+    would leave the other layers unrecorded for the model's life. Earlier versions return the
+    hidden states without hooks (nothing to do).
+    """
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return
+    maybe_install_capturing_hooks(model)
+
+
 def layer_hidden_states(backbone, family, inputs, layers):
     """Hidden states of ``layers``: dict layer -> (batch, frames, hidden), see
     ``hidden_states_at``."""
     total = num_layers(backbone)
     encoder = backbone.encoder if family == "whisper" else backbone
+    record_hidden_states(encoder)  # while every layer is in place
     with first_layers(backbone, min(max(layers) + 1, total)):
         hidden = encoder(inputs, output_hidden_states=True).hidden_states
     return {layer: hidden[layer] for layer in layers}

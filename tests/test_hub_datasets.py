@@ -110,6 +110,12 @@ def test_asr_transcripts_equal_the_raw_ones(setup, target):
             assert [e["speaker"] for e in hub] == [e["speaker"] for e in raw]
 
 
+def test_asr_needs_a_held_out_split(setup):
+    source = downstream_data.HubDataset(str(setup / "hub" / "timit"), test_split="train")
+    with pytest.raises(DatasetError, match="both 'train'; speech recognition needs a held-out"):
+        eval_asr.asr_examples(source, "test", "characters")
+
+
 def test_asr_words_from_a_text_column(setup):
     """``--label_column text``: the transcript's words, lowercased, punctuation dropped."""
     source = downstream_data.HubDataset(str(setup / "hub" / "timit"), label_column="text")

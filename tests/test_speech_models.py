@@ -150,3 +150,22 @@ def test_transformers_progress_bars_are_silenced_only_while_loading_and_saving(t
     assert transformers_logging.set_tqdm_hook(None) is None  # nothing left installed
     list(transformers_logging.tqdm(range(3), desc="after the block"))
     assert "after the block" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_a_first_call_for_a_low_layer_leaves_every_layer_recorded(tmp_path, family):
+    """transformers >= 5 hooks the layers a model holds at its first call for hidden states;
+    a first call that runs only the first layers must not leave the others unrecorded."""
+    speech_models.save_tiny_model(tmp_path / "m", family, seed=0)
+    encoder = speech_models.load_encoder(tmp_path / "m")
+    inputs = torch.from_numpy(encoder.preprocessor(
+        np.random.default_rng(0).normal(0, 0.1, (1, 8000)).astype(np.float32)))
+    with torch.no_grad():
+        low = speech_models.layer_hidden_states(encoder.backbone, family, inputs, [0])
+        high = speech_models.layer_hidden_states(encoder.backbone, family, inputs,
+                                                 [1, encoder.depth])
+        stack = encoder.backbone.encoder if family == "whisper" else encoder.backbone
+        full = stack(inputs, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(low[0], full[0])
+    for layer in (1, encoder.depth):
+        torch.testing.assert_close(high[layer], full[layer])
