@@ -880,14 +880,14 @@ def read_audio(path, sampling_rate=SAMPLING_RATE):
 
 
 def audio_duration(path):
-    """Seconds of audio in a file, from its header only.
+    """Seconds of audio in a file (or a ``DatasetAudio``), from its header only.
 
     libsndfile counts only the frames the file's bytes hold (a WAV cut short by an
     interrupted download reports its real length, not the length its header claims), so
     this equals ``len(sf.read(path)[0]) / samplerate``.
     """
     try:
-        info = sf.info(str(path))
+        info = sf.info(path.sound_file() if isinstance(path, DatasetAudio) else str(path))
     except (sf.LibsndfileError, RuntimeError) as err:
         raise DatasetError(f"{path}: unreadable audio ({err}); download it again") from None
     if info.frames == 0:

@@ -87,6 +87,7 @@ SCORES = {"characters": ("one_minus_wer", "1 - WER", ("wer", "cer")),
           "phones": ("one_minus_per", "1 - PER", ("per",))}
 PROBE_LR = 1e-3  # the linear probes' Adam rate (SPEC section 6)
 FINETUNE_HEAD_LR, FINETUNE_BACKBONE_LR = 1e-4, 5e-5  # brain-tuning's Adam rates (SPEC section 2)
+FRAME_MEMORY_GB = 8.0  # default --frame_memory_gb
 
 
 def parse_args(argv=None):
@@ -116,6 +117,10 @@ def parse_args(argv=None):
     parser.add_argument("--backbone_lr", type=float, default=FINETUNE_BACKBONE_LR,
                         help="with --finetune: Adam learning rate of the encoder (brain-tuning's "
                              "backbone rate)")
+    parser.add_argument("--frame_memory_gb", type=float, default=FRAME_MEMORY_GB,
+                        help="frozen: memory for frame features; the layers whose features fit "
+                             "in it are extracted in one forward pass per utterance (each "
+                             "layer's pass runs the encoder up to it again otherwise)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the head's initialisation, the training order, dropout "
                              "and the --max_examples subsets")
@@ -128,7 +133,7 @@ def parse_args(argv=None):
     if args.lr is None:
         args.lr = FINETUNE_HEAD_LR if args.finetune else PROBE_LR
     run_utils.check_at_least(parser, args, 1, "num_epochs", "batch_size")
-    for flag in ("lr", "backbone_lr"):
+    for flag in ("lr", "backbone_lr", "frame_memory_gb"):
         if not 0 < getattr(args, flag) < math.inf:
             parser.error(f"--{flag} must be a positive number, got {getattr(args, flag)}")
     run_utils.check_at_least(parser, args, 0, "seed")
@@ -188,7 +193,7 @@ def recognise(args, processes):
         for label, checkpoint in models:
             rows += evaluate_model(label, checkpoint, train, test, vocabulary, args.target,
                                    args.layers, args.finetune, args.cache_dir, training, device,
-                                   dtype)
+                                   dtype, args.frame_memory_gb * 2**30)
         if not processes.is_main:
             return None
         score, name, others = SCORES[args.target]
@@ -299,22 +304,27 @@ def token_ids(examples, vocabulary):
 
 
 def evaluate_model(label, checkpoint, train, test, vocabulary, target, layers, finetune,
-                   cache_dir, training, device, dtype):
+                   cache_dir, training, device, dtype, frame_memory=FRAME_MEMORY_GB * 2**30):
     """Result rows (one per layer: ``layers``, or by default all, the last with ``finetune``)
-    of one model: the scores of ``asr_scores`` and the sizes."""
+    of one model: the scores of ``asr_scores`` and the sizes. Frozen, the layers' frame
+    features are extracted ``layers_per_pass`` at a time (``frame_memory``: bytes)."""
     encoder = speech_models.load_encoder(checkpoint, device)
     layers = run_utils.choose_layers(layers, encoder.depth,
                                      default=[encoder.depth] if finetune else None)
     labels = token_ids(train, vocabulary)
+    per_pass = 1 if finetune else layers_per_pass(encoder, [*train, *test], frame_memory)
+    pending = {"train": {}, "test": {}}  # layers extracted in an earlier layer's pass
     rows = []
-    for layer in layers:
+    for index, layer in enumerate(layers):
         if finetune:
             decoded = finetuned_transcripts(encoder, layer, train, test, labels, len(vocabulary),
                                             training, device, dtype)
         else:
+            group = layers[index:index + per_pass]
             x_train, frames_train = frame_features(cache_dir, encoder, train, layer, device,
-                                                   dtype)
-            x_test, frames_test = frame_features(cache_dir, encoder, test, layer, device, dtype)
+                                                   dtype, group, pending["train"])
+            x_test, frames_test = frame_features(cache_dir, encoder, test, layer, device, dtype,
+                                                 group, pending["test"])
             decoded = head_transcripts(x_train, frames_train, labels, x_test, frames_test,
                                        len(vocabulary), training, device)
         hypotheses = [[vocabulary[i] for i in ids] for ids in decoded]
@@ -326,35 +336,76 @@ def evaluate_model(label, checkpoint, train, test, vocabulary, target, layers, f
     return rows
 
 
-def frame_features(cache_dir, encoder, examples, layer, device, dtype):
+def layers_per_pass(encoder, examples, memory):
+    """How many layers' frame features of ``examples`` fit in ``memory`` bytes (at least 1):
+    float32, 50 frames per second of audio (both families' 20 ms frames)."""
+    seconds = sum(data_utils.audio_duration(example["audio"]) for example in examples)
+    per_layer = 50 * seconds * speech_models.hidden_size(encoder.backbone) * 4
+    return max(1, int(memory // max(per_layer, 1)))
+
+
+def frame_features(cache_dir, encoder, examples, layer, device, dtype, group=None,
+                   pending=None):
     """Hidden states of ``layer`` at every frame of the examples, cached per model, layer and
     list of audio files.
+
+    group : the layers to extract in the same forward passes when ``layer`` must be extracted
+        (default: ``layer`` alone); the others wait in ``pending`` (dict layer -> (features,
+        frames)) for their own calls, which take them from there instead of extracting again.
 
     Returns
     -------
     (frames of all examples, hidden) float32, the examples' frames one after the other, and
     (n_examples,) int64, the frames of each.
     """
+    group = sorted(set(group or ()) | {layer})
+    pending = {} if pending is None else pending
     settings = {**data_utils.audio_identity(e["audio"] for e in examples), "autocast": str(dtype),
                 "preprocessor": encoder.preprocessor.digest(), "layer": layer}
     path, text = run_utils.cache_path(cache_dir, f"timit_frames_layer{layer}", settings,
                                       model_key=encoder.fingerprint)
 
     def extract(missing):  # under torchrun each process encodes a share of the utterances
-        share = examples[speech_models.process_share(len(examples))]
-        waveforms = probing._waveforms(share, encoder.preprocessor.sampling_rate, encoder.family)
-        encoder.backbone.eval()
-        hidden = []
-        with torch.inference_mode():
-            for waveform in tqdm(waveforms, desc=f"layer {layer} frames", unit="utt",
-                                 total=len(share), disable=not speech_models.is_main_process()):
-                hidden.append(utterance_hidden(encoder, waveform, layer, device, dtype)
-                              .float().cpu().numpy())
-        hidden = [h for part in speech_models.gather_from_processes(hidden) for h in part]
-        return {layer: np.concatenate(hidden)}, {"frames": np.array([len(h) for h in hidden])}
+        if layer not in pending:
+            pending.update(extract_layers(encoder, examples, group, device, dtype))
+        features, frames = pending.pop(layer)
+        return {layer: features}, {"frames": frames}
 
     arrays, extras = run_utils.cached_arrays(path, [layer], extract, text)
+    pending.pop(layer, None)  # cached before: the copy of a shared pass is not needed
     return arrays[layer], extras["frames"]
+
+
+def extract_layers(encoder, examples, layers, device, dtype):
+    """The frame features of ``layers`` for the examples, one forward pass per utterance up to
+    the highest: dict layer -> ((frames of all examples, hidden) float32, (n_examples,)
+    frames of each). Under torchrun each process encodes a share of the utterances."""
+    share = examples[speech_models.process_share(len(examples))]
+    waveforms = probing._waveforms(share, encoder.preprocessor.sampling_rate, encoder.family)
+    encoder.backbone.eval()
+    hidden = []
+    names = " ".join(map(str, layers))
+    with torch.inference_mode():
+        for waveform in tqdm(waveforms, desc=f"layer{'s' * (len(layers) > 1)} {names} frames",
+                             unit="utt", total=len(share),
+                             disable=not speech_models.is_main_process()):
+            states = utterance_states(encoder, waveform, layers, device, dtype)
+            hidden.append({k: state.float().cpu().numpy() for k, state in states.items()})
+    hidden = [h for part in speech_models.gather_from_processes(hidden) for h in part]
+    frames = np.array([len(h[layers[0]]) for h in hidden])
+    return {k: (np.concatenate([h[k] for h in hidden]), frames) for k in layers}
+
+
+def utterance_states(encoder, waveform, layers, device, dtype=None):
+    """The hidden states of ``layers`` at each frame of one utterance, one forward pass: dict
+    layer -> (frames, hidden) tensor (Whisper: the frames of real audio)."""
+    inputs = torch.from_numpy(encoder.preprocessor(waveform[None])).to(device)
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        states = speech_models.layer_hidden_states(encoder.backbone, encoder.family, inputs,
+                                                   layers)
+    frames = (encoder.preprocessor.whisper_frames(len(waveform))
+              if encoder.family == "whisper" else None)
+    return {layer: state[0, :frames] for layer, state in states.items()}
 
 
 def utterance_hidden(encoder, waveform, layer, device, dtype=None, cut=False):
@@ -366,19 +417,15 @@ def utterance_hidden(encoder, waveform, layer, device, dtype=None, cut=False):
         has one), which layers dropped in training (layerdrop) leave in place, instead of
         the hidden state ``layer`` of ``layer_hidden_states``
     """
+    if not cut:
+        return utterance_states(encoder, waveform, [layer], device, dtype)[layer]
     inputs = torch.from_numpy(encoder.preprocessor(waveform[None])).to(device)
+    whisper = encoder.family == "whisper"
     with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
-        if cut:
-            whisper = encoder.family == "whisper"
-            with speech_models.first_layers(encoder.backbone, layer):
-                stack = encoder.backbone.encoder if whisper else encoder.backbone
-                hidden = stack(inputs).last_hidden_state[0]
-        else:
-            hidden = speech_models.layer_hidden_states(encoder.backbone, encoder.family, inputs,
-                                                       [layer])[layer][0]
-    if encoder.family == "whisper":
-        return hidden[:encoder.preprocessor.whisper_frames(len(waveform))]
-    return hidden
+        with speech_models.first_layers(encoder.backbone, layer):
+            stack = encoder.backbone.encoder if whisper else encoder.backbone
+            hidden = stack(inputs).last_hidden_state[0]
+    return hidden[:encoder.preprocessor.whisper_frames(len(waveform)) if whisper else None]
 
 
 def head_transcripts(x_train, frames_train, labels, x_test, frames_test, n_tokens,

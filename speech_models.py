@@ -507,8 +507,7 @@ class BrainTuningModel(nn.Module):
         self.backbone = backbone
         self.family = family
         self.whisper_frames = whisper_frames
-        self.head = nn.Linear(backbone.config.hidden_size if family != "whisper"
-                              else backbone.config.d_model, n_outputs)
+        self.head = nn.Linear(hidden_size(backbone), n_outputs)
 
     def freeze(self):
         """Freeze what the paper keeps fixed: the CNN feature encoder (wav2vec2-like); the
@@ -609,6 +608,12 @@ def tiny_config(family, **overrides):
 def num_layers(backbone):
     """Transformer layers of the encoder (hidden-state indices run 0..num_layers)."""
     return len(backbone.encoder.layers)
+
+
+def hidden_size(backbone):
+    """Width of the encoder's hidden states."""
+    config = backbone.config
+    return config.d_model if config.model_type == "whisper" else config.hidden_size
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from transformers import AutoModel, WhisperFeatureExtractor
 
@@ -261,6 +262,43 @@ def test_ctc_loss_is_the_mean_over_utterances_of_the_loss_per_transcript_token()
                                 eval_asr.Training(2, 3, 1e-2))
     assert losses[0] == pytest.approx(expected, rel=1e-6)
     assert losses[1] < losses[0]
+
+
+def test_layers_that_fit_in_memory_share_one_pass_and_equal_one_at_a_time(setup, tmp_path,
+                                                                           monkeypatch):
+    """Frozen: with room for every layer, each utterance is encoded once for all of them; the
+    features (and the cache files) are those of one layer at a time."""
+    encoder = speech_models.load_encoder(setup / "wav2vec2")
+    train = eval_asr.asr_examples(setup / "timit", "train", "phones", max_examples=6)
+    seconds = sum(sf.info(str(e["audio"])).frames / 16000 for e in train)
+    per_layer = 50 * seconds * 32 * 4  # 50 frames per second, hidden 32, float32
+    assert eval_asr.layers_per_pass(encoder, train, 2.5 * per_layer) == 2
+    assert eval_asr.layers_per_pass(encoder, train, 1) == 1
+    calls, original = [], speech_models.layer_hidden_states
+
+    def counting(backbone, family, inputs, layers):
+        calls.append(list(layers))
+        return original(backbone, family, inputs, layers)
+
+    monkeypatch.setattr(speech_models, "layer_hidden_states", counting)
+    layers = [0, 1, 2]
+    pending = {}
+    together = [eval_asr.frame_features(tmp_path / "together", encoder, train, layer, "cpu",
+                                        None, layers[index:], pending)
+                for index, layer in enumerate(layers)]
+    assert calls == [layers] * len(train) and pending == {}
+    calls.clear()
+    alone = [eval_asr.frame_features(tmp_path / "alone", encoder, train, layer, "cpu", None)
+             for layer in layers]
+    assert calls == [[layer] for layer in layers for _ in train]
+    for (x, frames), (y, frames_alone) in zip(together, alone):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(frames, frames_alone)
+    calls.clear()
+    again = eval_asr.frame_features(tmp_path / "together", encoder, train, 1, "cpu", None,
+                                    layers, pending)
+    assert calls == [] and pending == {}  # read from the cache
+    np.testing.assert_array_equal(again[0], alone[1][0])
 
 
 def test_finetuning_is_repeatable_for_a_seed(setup, monkeypatch):
