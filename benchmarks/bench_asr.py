@@ -78,20 +78,31 @@ def timed(work, device):
 
 
 def frozen_costs(encoder, waveforms, device):
-    """Seconds per utterance to extract layers 1, 6 and 12 one at a time, and all of them in
-    one pass (the peer)."""
-    costs = {}
+    """Seconds per utterance: each layer's own pass (``eval_asr.utterance_hidden``), all layers
+    in one pass as ``eval_asr.extract_layers`` runs it, and the peer, one pass of the encoder
+    returning every hidden state."""
+    layers = list(range(encoder.depth + 1))
     with torch.inference_mode():
         eval_asr.utterance_hidden(encoder, waveforms[0], encoder.depth, device)  # warm-up
-        for layer in (1, encoder.depth // 2, encoder.depth):
+        per_layer = {}
+        for layer in layers:
             seconds, _ = timed(lambda: [eval_asr.utterance_hidden(encoder, w, layer, device)
                                         for w in waveforms], device)
-            costs[f"layer {layer}"] = seconds / len(waveforms)
+            per_layer[layer] = seconds / len(waveforms)
+        seconds, _ = timed(lambda: [eval_asr.utterance_states(encoder, w, layers, device)
+                                    for w in waveforms], device)
+        together = seconds / len(waveforms)
         inputs = [torch.from_numpy(encoder.preprocessor(w[None])).to(device) for w in waveforms]
         seconds, _ = timed(lambda: [encoder.backbone(x, output_hidden_states=True)
                                     for x in inputs], device)
-        costs["all layers, one pass (peer)"] = seconds / len(waveforms)
-    return costs
+    return per_layer, together, seconds / len(waveforms)
+
+
+def grouped_cost(per_layer, per_pass):
+    """Seconds per utterance for every layer, ``per_pass`` layers per forward pass (each pass
+    costs what the pass up to its highest layer does)."""
+    layers = sorted(per_layer)
+    return sum(per_layer[max(layers[i:i + per_pass])] for i in range(0, len(layers), per_pass))
 
 
 def finetune_cost(encoder, folder, waveforms, labels, batch_size, device):
@@ -170,7 +181,7 @@ def main(argv=None):
     print(f"{cpu_name()}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
           f"load {os.getloadavg()[0]:.2f}; device {device}; wav2vec2-base (random weights); "
           f"{args.utterances} utterances of {args.seconds} s")
-    frozen = frozen_costs(encoder, waveforms, device)
+    per_layer, together, peer_frozen = frozen_costs(encoder, waveforms, device)
     with tempfile.TemporaryDirectory() as folder:
         ours = finetune_cost(encoder, Path(folder), waveforms, labels, args.batch_size, device)
     peer = peer_finetune_cost(backbone.config, waveforms, labels, args.batch_size, device)
@@ -183,28 +194,39 @@ def main(argv=None):
     best_gemm = max(gemm.values())
     achieved = flops / ours / 1e9
 
-    print("\nfrozen, seconds per utterance")
-    for name, seconds in frozen.items():
-        print(f"  {name:30} {seconds:8.3f}")
-    per_layer = sum(frozen[f"layer {k}"] for k in (1, encoder.depth // 2, encoder.depth)) / 3
-    all_layers = per_layer * (encoder.depth + 1)  # layer 0 to 12, one pass each (mean cost)
-    ratio = all_layers / frozen["all layers, one pass (peer)"]
-    print(f"  13 layers one at a time / one pass (ours / peer): {ratio:.1f}")
+    one_at_a_time = sum(per_layer.values())
+    print("\nfrozen, seconds per utterance for all 13 layers")
+    print(f"  one pass per layer (layer 0 {per_layer[0]:.3f} ... layer {encoder.depth} "
+          f"{per_layer[encoder.depth]:.3f})  {one_at_a_time:8.3f}")
+    print(f"  eval_asr, all in one pass                  {together:8.3f}")
+    print(f"  peer: encoder(output_hidden_states=True)   {peer_frozen:8.3f}")
+    print(f"  ours / peer {together / peer_frozen:.2f}; one pass per layer / ours "
+          f"{one_at_a_time / together:.1f}")
     print(f"\n--finetune, seconds per training utterance: ours {ours:.3f}, Wav2Vec2ForCTC "
           f"{peer:.3f}, ours / peer {ours / peer:.2f}")
     print(f"  {flops / 1e9:.1f} GFLOP per utterance (forward and backward), {achieved:.1f} "
           f"GFLOP/s, {achieved / best_gemm:.2f} of the GEMM rate "
           f"({', '.join(f'{k} {v:.1f}' for k, v in gemm.items())} GFLOP/s)")
     utterances = TIMIT_TRAIN + TIMIT_TEST
-    projection = {"frozen_13_layers_hours": all_layers * utterances / 3600,
-                  "frozen_one_pass_hours": frozen["all layers, one pass (peer)"] * utterances
-                  / 3600,
+    layer_bytes = 50 * args.seconds * utterances * d * 4  # float32 frames of one layer
+    default_pass = max(1, int(eval_asr.FRAME_MEMORY_GB * 2**30 // layer_bytes))
+    projection = {"frozen_one_pass_per_layer_hours": one_at_a_time * utterances / 3600,
+                  "frozen_default_memory_hours": grouped_cost(per_layer, default_pass)
+                  * utterances / 3600, "frozen_default_layers_per_pass": default_pass,
+                  "frozen_all_in_one_pass_hours": together * utterances / 3600,
                   "finetune_20_epochs_hours": ours * TIMIT_TRAIN * 20 / 3600}
-    print(f"\nprojected to TIMIT ({TIMIT_TRAIN} + {TIMIT_TEST} utterances): frozen, 13 layers "
-          f"one pass each {projection['frozen_13_layers_hours']:.1f} h (one pass for all "
-          f"{projection['frozen_one_pass_hours']:.1f} h); --finetune 20 epochs "
-          f"{projection['finetune_20_epochs_hours']:.1f} h, plus the test decoding")
-    run_utils.write_json(args.out, {"device": str(device), "frozen_s": frozen,
+    print(f"\nprojected to TIMIT ({TIMIT_TRAIN} + {TIMIT_TEST} utterances, "
+          f"{layer_bytes / 2**30:.1f} GiB of frames per layer): frozen, all 13 layers, "
+          f"{projection['frozen_default_memory_hours']:.1f} h with the default "
+          f"--frame_memory_gb {eval_asr.FRAME_MEMORY_GB:g} ({default_pass} layers per pass), "
+          f"{projection['frozen_all_in_one_pass_hours']:.1f} h in one pass "
+          f"(--frame_memory_gb {np.ceil(13 * layer_bytes / 2**30):.0f}), "
+          f"{projection['frozen_one_pass_per_layer_hours']:.1f} h one pass per layer; "
+          f"--finetune 20 epochs {projection['finetune_20_epochs_hours']:.1f} h, plus the "
+          "test decoding")
+    run_utils.write_json(args.out, {"device": str(device), "frozen_per_layer_s": per_layer,
+                                    "frozen_together_s": together,
+                                    "frozen_peer_s": peer_frozen,
                                     "finetune_s": ours, "peer_finetune_s": peer,
                                     "finetune_gflop": flops / 1e9, "gemm_gflops": gemm,
                                     "projection": projection}, overwrite=True)
