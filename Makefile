@@ -25,8 +25,10 @@ BIN := $(VENV)/bin
 #             cortical maps of the best layer,
 #             downstream probes for the datasets given (TIMIT= SPEECH_COMMANDS= CREMA_D= SLURP=:
 #             a folder in the distribution layout, or hf:NAME_OR_PATH for a HuggingFace dataset,
-#             e.g. SPEECH_COMMANDS=hf:google/speech_commands, with TIMIT_FLAGS= ... SLURP_FLAGS=
-#             for more probe flags such as --hf_split_test), CTC speech recognition on TIMIT
+#             e.g. SPEECH_COMMANDS=hf:google/speech_commands; TIMIT_FLAGS= ... SLURP_FLAGS= add
+#             flags to every run on that dataset, such as --hf_split_test, and FLAGS_phonemes=,
+#             FLAGS_sentence_type=, FLAGS_words=, FLAGS_emotion=, FLAGS_intent=, FLAGS_asr= to
+#             one run, such as --label_column), CTC speech recognition on TIMIT
 #             (ASR=finetune, the paper's setting, by default; ASR=frozen for a head on the
 #             frozen encoder, ASR=none for none), and $(OUT)/report.md + summary.json
 SUBJECT ?= 1
@@ -56,11 +58,11 @@ PROBE_DATA_sentence_type = $(TIMIT)
 PROBE_DATA_words = $(SPEECH_COMMANDS)
 PROBE_DATA_emotion = $(CREMA_D)
 PROBE_DATA_intent = $(SLURP)
-PROBE_FLAGS_phonemes = $(TIMIT_FLAGS)
-PROBE_FLAGS_sentence_type = $(TIMIT_FLAGS)
-PROBE_FLAGS_words = $(SPEECH_COMMANDS_FLAGS)
-PROBE_FLAGS_emotion = $(CREMA_D_FLAGS)
-PROBE_FLAGS_intent = $(SLURP_FLAGS)
+PROBE_FLAGS_phonemes = $(TIMIT_FLAGS) $(FLAGS_phonemes)
+PROBE_FLAGS_sentence_type = $(TIMIT_FLAGS) $(FLAGS_sentence_type)
+PROBE_FLAGS_words = $(SPEECH_COMMANDS_FLAGS) $(FLAGS_words)
+PROBE_FLAGS_emotion = $(CREMA_D_FLAGS) $(FLAGS_emotion)
+PROBE_FLAGS_intent = $(SLURP_FLAGS) $(FLAGS_intent)
 PROBES = $(if $(TIMIT),phonemes sentence_type,) $(if $(SPEECH_COMMANDS),words,) \
 	$(if $(CREMA_D),emotion,) $(if $(SLURP),intent,)
 # hf:NAME_OR_PATH reads a HuggingFace dataset, anything else is a folder in the distribution layout
@@ -171,7 +173,7 @@ reproduce: setup
 		$(call PROBE_SOURCE,$(PROBE_DATA_$(task))) $(PROBE_FLAGS_$(task)) \
 		--model_name $(MODEL) --model_path $(OUT)/runs/$(RUN_NAME) --save_dir $(OUT)/downstream \
 		--exp_name $(RUN_NAME)_$(task) --overwrite &&) true
-	$(if $(ASR_RUN),$(BIN)/python eval_asr.py $(call PROBE_SOURCE,$(TIMIT)) $(TIMIT_FLAGS) \
+	$(if $(ASR_RUN),$(BIN)/python eval_asr.py $(call PROBE_SOURCE,$(TIMIT)) $(TIMIT_FLAGS) $(FLAGS_asr) \
 		$(if $(filter finetune,$(ASR)),--finetune,) --model_name $(MODEL) \
 		--model_path $(OUT)/runs/$(RUN_NAME) --save_dir $(OUT)/downstream \
 		--exp_name $(RUN_NAME)_$(ASR_RUN) --overwrite,)

@@ -677,8 +677,8 @@ def train(args):
                 save_training_state(run_dir, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": speech_models.rng_state(), "epoch": epoch, "metrics": metrics, "best": best,
-                    "stale": stale})
+                    "rng": speech_models.rng_state(), "epoch": epoch, "metrics": metrics,
+                    "best": best, "stale": stale})
             speech_models.barrier()
 
         if is_main:

@@ -381,25 +381,26 @@ def task_classes(task, train, test):
 class HubLayout(NamedTuple):
     """How the usual HuggingFace copies of a task's dataset are laid out: the hub id (None
     where copies differ and none is the usual one), its config, the default train and test
-    split names (the same name: the speakers of that one split are split), the column of the
-    label and the column of the speaker (None: none needed)."""
+    split names (the same name: the speakers of that one split are split) and the column of
+    the label."""
 
     name: str | None
     config: str | None
     splits: tuple
     label_column: str
-    speaker_column: str | None
 
 
 # README "Datasets from the HuggingFace hub" documents these; the flags override every field.
 HUB_LAYOUTS = {
-    "phonemes": HubLayout("timit_asr", None, ("train", "test"), "phonetic_detail", None),
-    "sentence_type": HubLayout("timit_asr", None, ("train", "test"), "sentence_type", None),
-    "words": HubLayout("google/speech_commands", "v0.02", ("train", "test"), "label", None),
-    "emotion": HubLayout(None, None, ("train", "train"), "label", "speaker_id"),
-    "intent": HubLayout(None, None, ("train", "test"), "action", None),
-    "asr": HubLayout("timit_asr", None, ("train", "test"), "word_detail", None),
-    "asr_phones": HubLayout("timit_asr", None, ("train", "test"), "phonetic_detail", None),
+    "phonemes": HubLayout("timit_asr", None, ("train", "test"), "phonetic_detail"),
+    "sentence_type": HubLayout("timit_asr", None, ("train", "test"), "sentence_type"),
+    # the hub copy has no split of testing_list.txt: its test split is the separate test set
+    # of the 10 core commands; validation (validation_list.txt) holds all 35 words
+    "words": HubLayout("google/speech_commands", "v0.02", ("train", "validation"), "label"),
+    "emotion": HubLayout(None, None, ("train", "train"), "label"),
+    "intent": HubLayout(None, None, ("train", "test"), "action"),
+    "asr": HubLayout("timit_asr", None, ("train", "test"), "word_detail"),
+    "asr_phones": HubLayout("timit_asr", None, ("train", "test"), "phonetic_detail"),
 }
 
 
@@ -417,14 +418,17 @@ class HubDataset(NamedTuple):
     speaker_column: str | None = None
 
     def layout(self, task):
-        """The task's layout with this dataset's choices in place of the defaults."""
+        """The task's layout with this dataset's choices in place of the defaults (where the
+        usual layout tests on its training split, a training split chosen alone is tested on
+        too)."""
         usual = HUB_LAYOUTS[task]
+        train = self.train_split or usual.splits[0]
+        one_split = usual.splits[0] == usual.splits[1]
         return usual._replace(
             name=self.path,
             config=self.config or (usual.config if self.path == usual.name else None),
-            splits=(self.train_split or usual.splits[0], self.test_split or usual.splits[1]),
-            label_column=self.label_column or usual.label_column,
-            speaker_column=self.speaker_column or usual.speaker_column)
+            splits=(train, self.test_split or (train if one_split else usual.splits[1])),
+            label_column=self.label_column or usual.label_column)
 
 
 def load_hub_splits(path, config=None):
@@ -436,6 +440,9 @@ def load_hub_splits(path, config=None):
     folder = Path(path).expanduser()
     saved = folder.is_dir() and any((folder / name).is_file()
                                     for name in ("dataset_dict.json", "state.json"))
+    if saved and config is not None:
+        raise DatasetError(f"{path}: a save_to_disk folder holds one config; --hf_config "
+                           f"{config} chooses among a hub dataset's")
     offline = datasets.config.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = True  # the cache only, whatever HF_DATASETS_OFFLINE says
     try:
@@ -443,12 +450,15 @@ def load_hub_splits(path, config=None):
             loaded = datasets.load_from_disk(str(folder))
         else:
             loaded = datasets.load_dataset(str(folder) if folder.is_dir() else path, config)
-    except (OSError, ValueError) as err:  # not found, not cached, damaged Arrow or parquet
+    # not found, not cached, several configs cached, damaged Arrow or parquet, a loading script
+    except (OSError, ValueError, RuntimeError, datasets.exceptions.DatasetsError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DatasetError(
             f"{path}: cannot be read by the datasets library without the network ({reason}); "
-            "give a save_to_disk folder, or run load_dataset once with the network so that it "
-            f"is in the cache ({datasets.config.HF_DATASETS_CACHE})") from None
+            "choose the config with --hf_config, or give a save_to_disk folder (load_dataset "
+            "it with the network, or with datasets < 4 for a loading script, and save_to_disk), "
+            f"or run load_dataset once so that it is in the cache "
+            f"({datasets.config.HF_DATASETS_CACHE})") from None
     finally:
         datasets.config.HF_HUB_OFFLINE = offline
     if isinstance(loaded, datasets.Dataset):
@@ -521,14 +531,14 @@ def hub_examples(task, source, split, seed=0, test_fraction=0.2):
     name = train_name if split == "train" else test_name
     table, where, audios = hub_split(layout, name, source.audio_column)
     labels = hub_column(table, layout.label_column, where)
-    speakers = (_hub_speakers(table, layout.speaker_column, audios, where)
-                if task == "emotion" else [None] * len(audios))
+    speakers = (_hub_speakers(table, source.speaker_column, audios, where)
+                if train_name == test_name else [None] * len(audios))
     examples, dropped = [], collections.Counter()
     for audio, value, speaker in zip(audios, labels, speakers):
         label = hub_label(task, value, audio)
         if label is None:
             dropped[value] += 1
-        elif task == "emotion" and sf.info(audio.sound_file()).frames == 0:
+        elif task == "emotion" and _audio_frames(audio) == 0:
             # as crema_d_examples: the distribution has an empty recording
             logger.warning("%s: holds no audio; left out", audio)
         else:
@@ -543,16 +553,27 @@ def hub_examples(task, source, split, seed=0, test_fraction=0.2):
     return examples
 
 
+def _audio_frames(audio):
+    """Samples in a ``data_utils.DatasetAudio``, from its header."""
+    try:
+        return sf.info(audio.sound_file()).frames
+    except RuntimeError as err:  # soundfile's LibsndfileError
+        raise DatasetError(f"{audio}: unreadable audio ({err}); the dataset is damaged, save it "
+                           "again") from None
+
+
 def _hub_speakers(table, column, audios, where):
-    """Each row's speaker: its ``column``, or else the actor of its CREMA-D file name."""
-    if column in table.features:
-        return [str(value) for value in hub_column(table, column, where, "--speaker_column")]
+    """Each row's speaker: its ``column`` (None: ``speaker_id`` if there is one), or else the
+    actor of its CREMA-D file name."""
+    if column is not None or "speaker_id" in table.features:
+        return [str(value) for value in hub_column(table, column or "speaker_id", where,
+                                                   "--speaker_column")]
     speakers = []
     for audio in audios:
         path = audio.stored_path()
         match = CREMA_D_NAME.match(Path(path).stem)
         if match is None:
-            raise DatasetError(f"{audio}: no column {column!r} (choose with --speaker_column), "
+            raise DatasetError(f"{audio}: no column speaker_id (choose with --speaker_column), "
                                f"and its file name {path!r} is not CREMA-D's <actor>_<sentence>_"
                                "<EMOTION>_<level>.wav, so its speaker is unknown")
         speakers.append(match.group(1))

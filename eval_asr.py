@@ -118,9 +118,11 @@ def parse_args(argv=None):
                         help="with --finetune: Adam learning rate of the encoder (brain-tuning's "
                              "backbone rate)")
     parser.add_argument("--frame_memory_gb", type=float, default=FRAME_MEMORY_GB,
-                        help="frozen: memory for frame features; the layers whose features fit "
-                             "in it are extracted in one forward pass per utterance (each "
-                             "layer's pass runs the encoder up to it again otherwise)")
+                        help="frozen: the size of the frame features extracted together: the "
+                             "layers whose float32 features fit in it share one forward pass "
+                             "per utterance (else each layer's pass runs the encoder up to it "
+                             "again); the peak memory is about twice it while they are joined, "
+                             "in every torchrun process")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the head's initialisation, the training order, dropout "
                              "and the --max_examples subsets")
@@ -350,30 +352,39 @@ def frame_features(cache_dir, encoder, examples, layer, device, dtype, group=Non
     list of audio files.
 
     group : the layers to extract in the same forward passes when ``layer`` must be extracted
-        (default: ``layer`` alone); the others wait in ``pending`` (dict layer -> (features,
-        frames)) for their own calls, which take them from there instead of extracting again.
+        (default: ``layer`` alone; those cached already are left out); the others wait in
+        ``pending`` (dict layer -> (features, frames)) for their own calls, which take them
+        from there instead of extracting again.
 
     Returns
     -------
     (frames of all examples, hidden) float32, the examples' frames one after the other, and
     (n_examples,) int64, the frames of each.
     """
-    group = sorted(set(group or ()) | {layer})
     pending = {} if pending is None else pending
-    settings = {**data_utils.audio_identity(e["audio"] for e in examples), "autocast": str(dtype),
-                "preprocessor": encoder.preprocessor.digest(), "layer": layer}
-    path, text = run_utils.cache_path(cache_dir, f"timit_frames_layer{layer}", settings,
-                                      model_key=encoder.fingerprint)
+    path, text = _frame_cache(cache_dir, encoder, examples, layer, dtype)
 
     def extract(missing):  # under torchrun each process encodes a share of the utterances
         if layer not in pending:
-            pending.update(extract_layers(encoder, examples, group, device, dtype))
+            others = [k for k in group or () if k != layer and k not in pending and not
+                      run_utils.cached_names(_frame_cache(cache_dir, encoder, examples, k,
+                                                          dtype)[0], [k])]
+            pending.update(extract_layers(encoder, examples, sorted({layer, *others}), device,
+                                          dtype))
         features, frames = pending.pop(layer)
         return {layer: features}, {"frames": frames}
 
     arrays, extras = run_utils.cached_arrays(path, [layer], extract, text)
     pending.pop(layer, None)  # cached before: the copy of a shared pass is not needed
     return arrays[layer], extras["frames"]
+
+
+def _frame_cache(cache_dir, encoder, examples, layer, dtype):
+    """The cache file of a layer's frame features and the settings it is keyed by."""
+    settings = {**data_utils.audio_identity(e["audio"] for e in examples), "autocast": str(dtype),
+                "preprocessor": encoder.preprocessor.digest(), "layer": layer}
+    return run_utils.cache_path(cache_dir, f"timit_frames_layer{layer}", settings,
+                                model_key=encoder.fingerprint)
 
 
 def extract_layers(encoder, examples, layers, device, dtype):
@@ -457,7 +468,7 @@ def head_transcripts(x_train, frames_train, labels, x_test, frames_test, n_token
         torch.manual_seed(training.seed)
         head = torch.nn.Linear(x_train.shape[1], n_tokens).to(device)
 
-    def batch_log_probs(batch):
+    def batch_log_probs(batch, step):
         padded = torch.nn.utils.rnn.pad_sequence([train[i] for i in batch])  # (T, batch, hidden)
         return head(padded).log_softmax(dim=-1), torch.tensor([len(train[i]) for i in batch])
 
@@ -475,8 +486,9 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
     The CNN feature encoder (Whisper: conv1, conv2, positions, decoder) stays frozen, as in
     brain-tuning (``speech_models.BrainTuningModel.freeze``); Adam with ``training.backbone_lr``
     for the encoder and ``training.lr`` for the head. The RNGs of initialisation, order,
-    dropout, SpecAugment and layerdrop are seeded with ``training.seed`` (the global states are
-    put back afterwards). ``encoder``
+    dropout, SpecAugment and layerdrop are seeded with ``training.seed`` (the draws of each
+    utterance's forward pass with the seed, the step and the utterance, so that any number of
+    torchrun processes draws the same; the global states are put back afterwards). ``encoder``
     itself is not changed.
 
     train, test : examples (dicts with ``audio``); labels : per training example, its token
@@ -484,8 +496,9 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
     """
     device = torch.device(device)
     rate = encoder.preprocessor.sampling_rate
+    main = speech_models.is_main_process()
     waveforms = list(tqdm(probing._waveforms(train, rate, encoder.family), desc="reading audio",
-                          unit="utt", total=len(train)))
+                          unit="utt", total=len(train), disable=not main))
     with speech_models.seeded(training.seed):
         model = speech_models.BrainTuningModel(copy.deepcopy(encoder.backbone), encoder.family,
                                                n_tokens).to(device)
@@ -496,9 +509,13 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
              "lr": training.backbone_lr},
             {"params": model.head.parameters(), "lr": training.lr}])
 
-        def batch_log_probs(batch):
-            logits = [model.head(utterance_hidden(tuned, waveforms[i], layer, device, dtype,
-                                                  cut=True).float()) for i in batch]
+        def batch_log_probs(batch, step):
+            logits = []
+            for i in batch:  # draws seeded per step and utterance: the same in any process
+                speech_models.seed_everything(int(np.random.SeedSequence(
+                    [training.seed, step, i]).generate_state(1)[0]))
+                logits.append(model.head(utterance_hidden(tuned, waveforms[i], layer, device,
+                                                          dtype, cut=True).float()))
             return (torch.nn.utils.rnn.pad_sequence(logits).log_softmax(dim=-1),
                     torch.tensor([len(x) for x in logits]))
 
@@ -509,7 +526,8 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
         return [greedy_decode(model.head(utterance_hidden(tuned, waveform, layer, device, dtype,
                                                           cut=True).float()))
                 for waveform in tqdm(probing._waveforms(test, rate, encoder.family),
-                                     desc="decoding", unit="utt", total=len(test))]
+                                     desc="decoding", unit="utt", total=len(test),
+                                     disable=not main)]
 
 
 def train_ctc(batch_log_probs, labels, optimizer, training):
@@ -520,10 +538,11 @@ def train_ctc(batch_log_probs, labels, optimizer, training):
     share of each batch and the gradients are summed over the processes before the step, so
     every process takes the step one process would.
 
-    batch_log_probs(indices) -> ((frames, batch, tokens) log-probabilities, padded at the end,
-    and (batch,) frames of each utterance). An utterance with fewer frames than its transcript
-    needs (a frame per token, and a blank between repeated ones) adds no loss; a warning counts
-    them. Returns the mean loss of each epoch (list of float).
+    batch_log_probs(indices, step) -> ((frames, batch, tokens) log-probabilities, padded at the
+    end, and (batch,) frames of each utterance); ``step`` counts the optimizer steps from 0.
+    An utterance with fewer frames than its transcript needs (a frame per token, and a blank
+    between repeated ones) adds no loss; a warning counts them. Returns the mean loss of each
+    epoch (list of float).
     """
     ctc = torch.nn.CTCLoss(blank=0, reduction="none", zero_infinity=True)
     generator = torch.Generator().manual_seed(training.seed)
@@ -534,6 +553,7 @@ def train_ctc(batch_log_probs, labels, optimizer, training):
     losses, too_short = [], torch.zeros(len(labels), device=device)
     bar = tqdm(range(training.num_epochs), desc="CTC epochs", unit="epoch",
                disable=not speech_models.is_main_process())
+    step = 0
     for _ in bar:
         order = torch.randperm(len(labels), generator=generator).tolist()
         total = torch.zeros(1, dtype=torch.float64, device=device)
@@ -542,7 +562,7 @@ def train_ctc(batch_log_probs, labels, optimizer, training):
             mine = batch[speech_models.process_share(len(batch))]
             optimizer.zero_grad()
             if mine:
-                log_probs, frames = batch_log_probs(mine)
+                log_probs, frames = batch_log_probs(mine, step)
                 too_short[[i for i, n in zip(mine, frames.tolist()) if n < needed[i]]] = 1
                 lengths = torch.tensor([len(targets[i]) for i in mine])
                 per_utterance = ctc(log_probs, torch.cat([targets[i] for i in mine])
@@ -552,6 +572,7 @@ def train_ctc(batch_log_probs, labels, optimizer, training):
                 total += loss.detach().double() * len(batch)
             speech_models.sum_gradients(parameters)
             optimizer.step()
+            step += 1
         speech_models.sum_across_processes([total])
         losses.append(total.item() / len(order))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")

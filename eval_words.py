@@ -10,7 +10,9 @@ layer.
 ``testing_list.txt``; ``_background_noise_`` is ignored.
 
 Or --hf_dataset: ``google/speech_commands`` (config ``v0.02``) from the local cache, or a
-``save_to_disk`` copy; its ``_silence_`` rows are left out.
+``save_to_disk`` copy; its ``_silence_`` rows are left out. It holds no split of
+``testing_list.txt`` (its ``test`` split is the separate test set of the 10 core commands), so
+the probe tests on ``validation`` by default.
 
 Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
 """

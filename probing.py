@@ -132,8 +132,8 @@ def add_probe_arguments(parser, dataset, default_layers="all", tasks=()):
                              (f" (usually {', '.join(usual)})" if usual else "") +
                              "; never downloaded; audio decoded by soundfile, not torchcodec")
     source.add_argument("--hf_config", default=None,
-                        help="the dataset's config (default: the usual one for the usual hub id, "
-                             "else the only or latest cached one)")
+                        help="the dataset's config, for a hub id or a folder of data files "
+                             "(default: the usual one for the usual hub id, else the only one)")
 
     train_split = _hub_default(tasks, lambda layout: layout.splits[0])
     test_split = _hub_default(tasks, lambda layout: layout.splits[1])

@@ -649,6 +649,20 @@ def cache_path(cache_dir, name, settings, model_key=None):
     return folder / f"{name}_{digest(text)}.hf5", text
 
 
+def _cache_key(name):
+    return f"layer_{name}" if isinstance(name, int) else str(name)
+
+
+def cached_names(path, names):
+    """Those of ``names`` whose arrays ``cached_arrays`` keeps in ``path`` (none when the file
+    is missing or unreadable)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return [name for name in names if _cache_key(name) in handle]
+    except (OSError, ValueError):
+        return []
+
+
 def cached_arrays(path, names, compute, settings):
     """Named arrays kept in an HDF5 file, each computed once.
 
@@ -663,7 +677,7 @@ def cached_arrays(path, names, compute, settings):
     dict name -> array, dict name -> extra array.
     """
     path = Path(path)
-    keys = {name: f"layer_{name}" if isinstance(name, int) else str(name) for name in names}
+    keys = {name: _cache_key(name) for name in names}
     found, extras, readable = {}, {}, False
     if path.exists():
         try:

@@ -335,15 +335,21 @@ def sum_across_processes(tensors):
 
 
 def sum_gradients(parameters):
-    """Add up the gradients of ``parameters`` over the processes (nothing without torchrun),
-    a missing one counting as zero: with each process's loss its share of the whole, the sum
-    is the whole loss's gradient."""
+    """Add up the gradients of ``parameters`` over the processes (nothing without torchrun):
+    with each process's loss its share of the whole, the sum is the whole loss's gradient. A
+    parameter without a gradient in some processes counts as zero there; one without a
+    gradient in any keeps none, so that the optimiser skips it as one process's would."""
     if not dist.is_initialized():
         return
-    for parameter in parameters:
+    parameters = list(parameters)
+    present = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32,
+                           device=parameters[0].device)
+    dist.all_reduce(present)
+    used = [p for p, count in zip(parameters, present.tolist()) if count > 0]
+    for parameter in used:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
-    sum_across_processes([parameter.grad for parameter in parameters])
+    sum_across_processes([parameter.grad for parameter in used])
 
 
 class AudioPreprocessor:

@@ -18,7 +18,6 @@ written as JSON (``--out``).
 """
 
 import argparse
-import json
 import logging
 import os
 import sys

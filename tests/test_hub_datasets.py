@@ -60,6 +60,8 @@ def test_hub_copy_gives_the_raw_readers_examples(setup, task):
     layout = LAYOUTS[task]
     for split in ("train", "test"):
         raw = downstream_data.task_examples(task, setup / "raw" / layout, split, seed=3)
+        if task == "words" and split == "test":  # the hub copy tests on validation_list.txt
+            raw = downstream_data.speech_commands_examples(setup / "raw" / layout, "validation")
         hub = downstream_data.task_examples(
             task, downstream_data.HubDataset(str(setup / "hub" / layout)), split, seed=3)
         assert [e["label"] for e in hub] == [e["label"] for e in raw]
@@ -185,13 +187,23 @@ def test_hub_id_read_offline_from_the_local_cache(setup, tmp_path, monkeypatch):
     splits = datasets.load_from_disk(str(setup / "hub" / "speech_commands"))
     _hub_cache(splits, cache, "google/speech_commands", "v0.02")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
-    offline = datasets.config.HF_HUB_OFFLINE
-    source = downstream_data.HubDataset("google/speech_commands")
+    offline, switches = datasets.config.HF_HUB_OFFLINE, []
+    original = datasets.load_dataset
+
+    def load_dataset(*args, **kwargs):
+        switches.append(datasets.config.HF_HUB_OFFLINE)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    source = downstream_data.HubDataset("google/speech_commands", test_split="test")
     raw = downstream_data.task_examples("words", setup / "raw" / "speech_commands", "test")
     assert [e["label"] for e in downstream_data.task_examples("words", source, "test")] == \
         [e["label"] for e in raw]
-    assert datasets.config.HF_HUB_OFFLINE == offline
-    assert _probe(setup, "words", ["--hf_dataset", "google/speech_commands"], "words_id") == 0
+    assert switches == [True] and datasets.config.HF_HUB_OFFLINE == offline
+    assert downstream_data.HubDataset("google/speech_commands").layout("words").splits == \
+        ("train", "validation")  # the hub copy has no split of testing_list.txt
+    assert _probe(setup, "words", ["--hf_dataset", "google/speech_commands",
+                                   "--hf_split_test", "test"], "words_id") == 0
     assert _probe(setup, "words", ["--data_path", str(setup / "raw" / "speech_commands")],
                   "words_raw") == 0
     assert _results(setup / "out" / "words_id") == _results(setup / "out" / "words_raw")
@@ -262,8 +274,18 @@ def test_help_gives_the_usual_hub_layout(capsys):
     assert "asr word_detail; asr_phones phonetic_detail" in text
 
 
+def test_a_training_split_chosen_alone_is_split_by_speaker_for_emotion():
+    assert downstream_data.HubDataset("x", train_split="all").layout("emotion").splits == \
+        ("all", "all")
+    assert downstream_data.HubDataset("x", train_split="all").layout("intent").splits == \
+        ("all", "test")
+
+
 def test_bad_datasets_stop_with_one_line_naming_them(setup, tmp_path):
     hub = str(setup / "hub" / "slurp")
+    script = tmp_path / "slurp_script" / "slurp_script.py"  # a clone of a script-era hub repo
+    script.parent.mkdir()
+    script.write_text("import datasets\n")
     cases = [
         (downstream_data.HubDataset(hub, label_column="intent_name"),
          r"\[test\]: no column 'intent_name'; its columns are audio, slurp_id, .*"
@@ -275,6 +297,9 @@ def test_bad_datasets_stop_with_one_line_naming_them(setup, tmp_path):
          "no split 'validation'; it has train, test"),
         (downstream_data.HubDataset(hub, test_split="train"), "needs a held-out split"),
         (downstream_data.HubDataset(str(tmp_path / "absent")), "cannot be read by the datasets"),
+        (downstream_data.HubDataset(hub, config="clean"), "save_to_disk folder holds one config"),
+        (downstream_data.HubDataset(str(script.parent)),
+         r"cannot be read .* \(Dataset scripts are no longer supported"),
     ]
     for source, message in cases:
         with pytest.raises(DatasetError, match=message):
@@ -310,6 +335,24 @@ def test_rows_without_audio_or_label_are_named(setup, tmp_path, monkeypatch):
                                       "train")
 
 
+def test_emotion_speaker_column_and_damaged_audio_are_named(setup, tmp_path):
+    hub = str(setup / "hub" / "crema_d")
+    with pytest.raises(DatasetError, match=r"no column 'actor'; .*\(choose with "
+                                           r"--speaker_column\)"):
+        downstream_data.task_examples("emotion", downstream_data.HubDataset(
+            hub, speaker_column="actor"), "train")
+    crema = datasets.load_from_disk(hub)["train"].cast_column("audio",
+                                                              datasets.Audio(decode=False))
+    broken = crema.map(lambda row, i: {"audio": {"bytes": b"RIFF0000garbage" if i == 4
+                                                 else row["audio"]["bytes"],
+                                                 "path": row["audio"]["path"]}},
+                       with_indices=True)
+    broken.save_to_disk(str(tmp_path / "broken"))
+    with pytest.raises(DatasetError, match=r"\[train\] row 4 .*: unreadable audio"):
+        downstream_data.task_examples("emotion", downstream_data.HubDataset(
+            str(tmp_path / "broken")), "train")
+
+
 def test_unknown_labels_name_the_row(setup, tmp_path, caplog):
     crema = datasets.load_from_disk(str(setup / "hub" / "crema_d"))["train"]
     names = [crema.features["label"].names[i] for i in crema["label"]]
@@ -329,11 +372,15 @@ def _reproduce_commands(*variables):
 
 def test_make_reproduce_takes_hub_datasets_and_runs_asr():
     text = _reproduce_commands("TIMIT=/t", "SPEECH_COMMANDS=hf:google/speech_commands",
-                               "SLURP=hf:/s", "SLURP_FLAGS=--label_column intent")
+                               "SLURP=hf:/s", "SLURP_FLAGS=--hf_split_test devel",
+                               "FLAGS_intent=--label_column intent", "TIMIT_FLAGS=--include_x",
+                               "FLAGS_asr=--label_column text")
     assert "eval_words.py --hf_dataset google/speech_commands --model_name /m" in text
-    assert "eval_intent.py --hf_dataset /s --label_column intent --model_name /m" in text
-    assert "eval_phonemes.py --data_path /t --model_name /m" in text
-    assert "eval_asr.py --data_path /t --finetune --model_name /m" in text
+    assert ("eval_intent.py --hf_dataset /s --hf_split_test devel --label_column intent "
+            "--model_name /m") in text
+    assert "eval_phonemes.py --data_path /t --include_x --model_name /m" in text
+    assert "eval_sentence_type.py --data_path /t --include_x --model_name /m" in text
+    assert "eval_asr.py --data_path /t --include_x --label_column text --finetune" in text
     assert "--exp_name m_UTS01_asr_finetune" in text and "downstream/m_UTS01_asr_finetune" in text
     frozen = _reproduce_commands("TIMIT=hf:timit_asr", "ASR=frozen")
     assert "eval_asr.py --hf_dataset timit_asr --model_name /m" in frozen
