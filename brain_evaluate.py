@@ -94,7 +94,6 @@ which equal a one-process run's. Every process must see the same ``--data_dir``,
 """
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -321,18 +320,15 @@ def parse_args(argv=None):
 
 def run(args):
     """Evaluate, in this process and the others of its torchrun process group (if any)."""
-    try:
-        return evaluate(args, speech_models.setup_processes(args.device))
-    finally:
-        speech_models.leave_processes()
+    with speech_models.process_group(args.device) as processes:
+        return evaluate(args, processes)
 
 
 def evaluate(args, processes):
     """The whole run; rank 0 locks, writes and prints the results (the others return None)."""
     out_dir = Path(args.save_dir) / args.exp_name
     run_utils.check_replaceable(out_dir, args.overwrite)  # before any expensive work
-    lock = run_utils.FolderLock(out_dir) if processes.is_main else contextlib.nullcontext()
-    with lock:  # held for the run's life
+    with processes.folder_lock(out_dir):  # held for the run's life
         subject = data_utils.subject_id(args.subject)
         models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
                                               args.epochs, args.skip_pretrained)

@@ -579,9 +579,9 @@ def train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler, 
             "lr_backbone": lrs[0], "lr_head": lrs[1], "seconds": time.time() - began}
 
 
-def train(args):
-    """Run (or resume) a brain-tuning run; returns the run folder."""
-    processes = speech_models.setup_processes(args.device)
+def train(args, processes):
+    """Run (or resume) a brain-tuning run in this process of ``processes``; returns the run
+    folder."""
     device, is_main = processes.device, processes.is_main
     if args.batch_size < processes.world_size:
         raise UsageError(f"--batch_size {args.batch_size} is smaller than the number of "
@@ -693,11 +693,9 @@ def train(args):
 
 
 def run(args):
-    """``train``, leaving the torchrun process group also after an error."""
-    try:
-        train(args)
-    finally:
-        speech_models.leave_processes()
+    """``train``, in this process and the others of its torchrun process group (if any)."""
+    with speech_models.process_group(args.device) as processes:
+        train(args, processes)
 
 
 def main(argv=None):

@@ -57,7 +57,6 @@ written together once every model is done, as the other probes' (``run_utils.out
 """
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -164,10 +163,8 @@ class Training(NamedTuple):
 
 def run(args):
     """Recognise, in this process and the others of its torchrun process group (if any)."""
-    try:
-        return recognise(args, speech_models.setup_processes(args.device))
-    finally:
-        speech_models.leave_processes()
+    with speech_models.process_group(args.device) as processes:
+        return recognise(args, processes)
 
 
 def recognise(args, processes):
@@ -175,12 +172,8 @@ def recognise(args, processes):
     training batch, and rank 0 alone locks and writes the results (the others return None)."""
     out_dir = Path(args.save_dir) / args.exp_name
     run_utils.check_replaceable(out_dir, args.overwrite)  # before the slow part
-    lock = run_utils.FolderLock(out_dir) if processes.is_main else contextlib.nullcontext()
-    with lock:  # held for the run's life
-        models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
-                                              args.epochs, args.skip_pretrained)
-        for _, checkpoint in models:  # a broken checkpoint stops the run before any extraction
-            speech_models.load_encoder(checkpoint)
+    with processes.folder_lock(out_dir):  # held for the run's life
+        models = probing.checked_models(args)
         device = processes.device
         dtype = speech_models.autocast_dtype(args.precision, device)
         source = probing.data_source(args)

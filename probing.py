@@ -45,7 +45,6 @@ process trains the same probes and rank 0 alone writes the results.
 """
 
 import argparse
-import contextlib
 import functools
 import logging
 import math
@@ -222,10 +221,8 @@ class ProbeData(NamedTuple):
 
 def run(args):
     """Probe, in this process and the others of its torchrun process group (if any)."""
-    try:
-        return probe(args, speech_models.setup_processes(args.device))
-    finally:
-        speech_models.leave_processes()
+    with speech_models.process_group(args.device) as processes:
+        return probe(args, processes)
 
 
 def probe(args, processes):
@@ -233,12 +230,8 @@ def probe(args, processes):
     alone locks and writes the results (the others return None)."""
     out_dir = Path(args.save_dir) / args.exp_name
     run_utils.check_replaceable(out_dir, args.overwrite)  # before the slow part
-    lock = run_utils.FolderLock(out_dir) if processes.is_main else contextlib.nullcontext()
-    with lock:  # held for the run's life
-        models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
-                                              args.epochs, args.skip_pretrained)
-        for _, checkpoint in models:  # a broken checkpoint stops the run before any extraction
-            speech_models.load_encoder(checkpoint)
+    with processes.folder_lock(out_dir):  # held for the run's life
+        models = checked_models(args)
         device = processes.device
         dtype = speech_models.autocast_dtype(args.precision, device)
         task = downstream_data.TASKS[args.task]
@@ -272,6 +265,16 @@ def probe(args, processes):
         for key in ("f1_micro", "f1_macro"):
             print(run_utils.comparison_table(rows, key))
         logger.info("results in %s", out_dir)
+
+
+def checked_models(args):
+    """The (label, checkpoint) pairs the model flags name (``run_utils.models_to_evaluate``),
+    each loaded once here so that a broken checkpoint stops the run before any extraction."""
+    models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
+                                          args.epochs, args.skip_pretrained)
+    for _, checkpoint in models:
+        speech_models.load_encoder(checkpoint)
+    return models
 
 
 def split_examples(task, data_path, split, seed=0, max_examples=None, test_fraction=0.2,

@@ -205,6 +205,11 @@ class Processes(NamedTuple):
     def is_main(self):
         return self.rank == 0
 
+    def folder_lock(self, folder):
+        """``run_utils.FolderLock(folder)`` in rank 0, which alone writes results; nothing in
+        the other processes."""
+        return run_utils.FolderLock(folder) if self.is_main else contextlib.nullcontext()
+
 
 def setup_processes(device):
     """Join the torchrun process group (if torchrun started this process; one node or several
@@ -226,6 +231,17 @@ def leave_processes():
     """Leave the torchrun process group, if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device):
+    """The block runs in this process and the others of its torchrun process group (if any):
+    ``setup_processes(device)`` gives the block its ``Processes``, and the group is left after
+    the block, also after an error."""
+    try:
+        yield setup_processes(device)
+    finally:
+        leave_processes()
 
 
 def is_main_process():

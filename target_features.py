@@ -153,10 +153,8 @@ def parse_args(argv=None):
 
 def run(args):
     """Write the file, in this process and the others of its torchrun process group (if any)."""
-    try:
-        return make_target_features(args, speech_models.setup_processes(args.device))
-    finally:
-        speech_models.leave_processes()
+    with speech_models.process_group(args.device) as processes:
+        return make_target_features(args, processes)
 
 
 def main(argv=None):
