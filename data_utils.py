@@ -863,8 +863,9 @@ def audio_identity(audios):
 def read_audio(path, sampling_rate=SAMPLING_RATE):
     """An audio file (RIFF WAV, NIST SPHERE, FLAC, ...), or a ``DatasetAudio``, as float32 mono
     at ``sampling_rate``: channels averaged, resampled from any rate."""
+    # a DatasetAudio's own DatasetError (no bytes, no file) is not a damaged file's
+    source = path.sound_file() if isinstance(path, DatasetAudio) else path
     try:
-        source = path.sound_file() if isinstance(path, DatasetAudio) else path
         audio, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
         raise DatasetError(f"{path}: unreadable audio ({err}); the file is damaged, get it "
