@@ -7,7 +7,7 @@
 
 ``regions`` writes the region file that ``brain_evaluate.py --regions`` takes: a JSON object
 mapping each region name to its voxel indices (columns of the subject's hf5 responses) and
-each group name to its regions' names. Sources (SPEC section 3 says where the files are):
+each group name to its regions' names (docs/method.md#regions). Sources:
 
 - ``overlays``: the ROIs drawn in the subject's pycortex ``overlays.svg`` (AC, Broca, sPMv, ...).
 - ``annot``: the parcels of an fsaverage annotation (default the HCP-MMP1 ``?h.HCPMMP1.annot``
@@ -34,8 +34,8 @@ installs them); only this module imports them. pycortex reads the dataset's
 stores beside the transform) in ``<cache_dir>/pycortex``.
 """
 
-import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -46,16 +46,19 @@ from typing import NamedTuple
 
 import numpy as np
 
+import arguments
 import data_utils
+import hdf5_io
+import results_schema
 import run_utils
-from data_utils import DatasetError
-from run_utils import UsageError
+from arguments import flag
+from run_utils import DatasetError, UsageError
 
 logger = logging.getLogger(__name__)
 
 SOURCES = ("overlays", "annot", "aparc")
 HEMISPHERES = ("lh", "rh")
-# The follow-up paper's region groups of HCP-MMP1 parcels (SPEC section 4)
+# The follow-up paper's region groups of HCP-MMP1 parcels (docs/method.md#regions)
 GROUPS = {
     "late_language": ["A5", "44", "45", "IFJa", "IFSp", "PGi", "PGp", "PGs", "TPOJ1", "TPOJ2",
                       "TPOJ3", "STGa", "STSda", "STSdp", "TA2", "STSva"],
@@ -74,98 +77,149 @@ PYCORTEX_SURFACES = ("flat", "pia", "wm", "inflated")  # what regions and maps r
 DEFAULT_CACHE = "outputs/brain_alignment/feature_cache"  # brain_evaluate.py's --cache_dir
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Brain regions (voxel indices per region) and cortical flat maps of a "
-                    "ds003020 subject, from its pycortex database and FreeSurfer folders.",
-        formatter_class=run_utils.HelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    regions = commands.add_parser(
-        "regions", formatter_class=run_utils.HelpFormatter,
-        help="write the region file that brain_evaluate.py --regions takes",
-        description="Write a region file: region name -> voxel indices (hf5 column order), "
-                    "group name -> region names.")
-    regions.add_argument("--data_dir", required=True, help="ds003020 root")
-    regions.add_argument("--subject", required=True, help="subject: 1, '1' or UTS01")
-    regions.add_argument("--source", choices=SOURCES, required=True,
-                         help="overlays: the ROIs of the subject's pycortex overlays.svg; "
-                              "annot: an fsaverage annotation (HCP-MMP1 by default) carried to "
-                              "the subject; aparc: the subject's FreeSurfer aparc")
-    add_source_arguments(regions)
-    regions.add_argument("--out", default=None,
-                         help="region file to write (default: <cache_dir>/regions/...json, "
-                              "the file brain_evaluate.py reuses)")
-    regions.add_argument("--cache_dir", default=DEFAULT_CACHE,
-                         help="where pycortex's computations and the region files are kept "
-                              "(the default is brain_evaluate.py's, which then finds them)")
-    regions.add_argument("--overwrite", action="store_true", help="replace --out")
-    maps = commands.add_parser(
-        "map", formatter_class=run_utils.HelpFormatter,
-        help="draw per-voxel cc_norm of a brain_evaluate.py results folder on the flat map",
-        description="Flat maps of a brain_evaluate.py results folder: per model cc_norm, and "
-                    "each tuned model minus the pretrained one.")
-    maps.add_argument("results_dir", help="a brain_evaluate.py results folder")
-    maps.add_argument("--layers", nargs="+", type=int, required=True, help="layers to map")
-    maps.add_argument("--models", nargs="+", default=None,
-                      help="model labels to map (default: every model of the folder)")
-    maps.add_argument("--height", type=int, default=MAP_HEIGHT, help="map height in pixels")
-    maps.add_argument("--out", default=None, help="folder of the maps (default: results_dir)")
-    maps.add_argument("--cache_dir", default=None,
-                      help="pycortex cache (default: the run's --cache_dir)")
-    maps.add_argument("--overwrite", action="store_true", help="replace existing maps")
-    for command in (regions, maps):
-        command.add_argument("--log_level", default="INFO", help="logging level")
-    args = parser.parse_args(argv)
-    if args.command == "regions":
-        check_source_arguments(parser, args, args.source)
-    elif args.height < 64:
-        parser.error(f"--height must be at least 64 pixels, got {args.height}")
-    return args
+REGIONS_GROUP = "brain regions and cortical maps (brain_regions.py)"
 
 
-def add_source_arguments(parser):
-    """The flags of the annot source (this script's ``regions`` and ``brain_evaluate.py
+@dataclasses.dataclass(kw_only=True)
+class AnnotFlags(arguments.Flags):
+    """The flags of the annot source (``regions --source annot``, ``brain_evaluate.py
     --regions annot``)."""
-    parser.add_argument("--fsaverage", default=None,
-                        help="FreeSurfer fsaverage folder (surf/?h.sphere.reg or ?h.sphere), "
-                             "for the annot source; README says how to get it with HCP-MMP1")
-    parser.add_argument("--annot", nargs=2, default=None, metavar=("LH", "RH"),
-                        help="fsaverage annotations of the annot source (default "
-                             f"<fsaverage>/label/lh.{ANNOT_NAME}.annot and rh.)")
+
+    fsaverage: str | None = flag(None, group=REGIONS_GROUP,
+                                 help="FreeSurfer fsaverage folder (surf/?h.sphere.reg or "
+                                      "?h.sphere), for the annot source; docs/method.md#regions "
+                                      "says how to get it with HCP-MMP1")
+    annot: list[str] | None = flag(None, nargs=2, metavar=("LH", "RH"), group=REGIONS_GROUP,
+                                   help="fsaverage annotations of the annot source (default "
+                                        f"<fsaverage>/label/lh.{ANNOT_NAME}.annot and rh.)")
+
+    def check_source(self, source):
+        """A UsageError where the annot flags do not fit ``source``; fills --annot's default."""
+        if source == "annot":
+            if self.fsaverage is None:
+                raise UsageError("the annot source needs --fsaverage (the fsaverage folder its "
+                                 "annotation is drawn on)")
+            if self.annot is None:
+                self.annot = [str(Path(self.fsaverage) / "label" / f"{hemi}.{ANNOT_NAME}.annot")
+                              for hemi in HEMISPHERES]
+        elif self.annot is not None or self.fsaverage is not None:
+            raise UsageError("--annot and --fsaverage belong to the annot source "
+                             "(brain_regions.py --source annot, brain_evaluate.py --regions "
+                             "annot)")
 
 
-def check_source_arguments(parser, args, source):
-    """``parser.error`` where the annot flags do not fit ``source``; fills --annot's default."""
-    if source == "annot":
-        if args.fsaverage is None:
-            parser.error("the annot source needs --fsaverage (the fsaverage folder its "
-                         "annotation is drawn on)")
-        if args.annot is None:
-            args.annot = [str(Path(args.fsaverage) / "label" / f"{hemi}.{ANNOT_NAME}.annot")
-                          for hemi in HEMISPHERES]
-    elif args.annot is not None or args.fsaverage is not None:
-        parser.error("--annot and --fsaverage belong to the annot source (brain_regions.py "
-                     "--source annot, brain_evaluate.py --regions annot)")
+@dataclasses.dataclass(kw_only=True)
+class RegionFlags(AnnotFlags):
+    """The evaluator's regions and cortical maps."""
+
+    regions: str | None = flag(None, aliases=("--roi_file",), group=REGIONS_GROUP,
+                               help="per-region summaries: a JSON file mapping region name -> "
+                                    "list of voxel indices and group name -> region names "
+                                    "(brain_regions.py regions writes one), or a source "
+                                    "computed from the subject's anatomy and cached in "
+                                    f"--cache_dir: {', '.join(SOURCES)} (see brain_regions.py);"
+                                    " copied into the results as regions.json. A region with "
+                                    "none of the summary voxels (see --nc_thr) gets no voxel "
+                                    "mean: null in results.json, blank in results.csv, and a "
+                                    "warning")
+    flatmap_layers: list[str] = flag([], group=REGIONS_GROUP, resumable=True,
+                                     help="cortical maps (pycortex quickflat on the subject's "
+                                          "flat map) of per-voxel cc_norm of these layers "
+                                          "('best': the layer of the highest mean cc_norm of "
+                                          "the last model), per model and tuned minus "
+                                          "pretrained: flatmap_<model>_layer<k>.png")
+    flatmap_height: int = flag(MAP_HEIGHT, group=REGIONS_GROUP, resumable=True,
+                               help="cortical map height in pixels")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_source(self.regions)
+        for layer in self.flatmap_layers:
+            if layer != "best" and not layer.isdigit():
+                raise UsageError(f"--flatmap_layers takes layer numbers or 'best', got {layer!r}")
+        if self.flatmap_height < 64:
+            raise UsageError(f"--flatmap_height must be at least 64 pixels, got "
+                             f"{self.flatmap_height}")
+
+
+@dataclasses.dataclass(kw_only=True)
+class RegionsCommand(AnnotFlags):
+    """Write a region file: region name -> voxel indices (hf5 column order), group name ->
+    region names."""
+
+    data_dir: str = flag(help="ds003020 root")
+    subject: str = flag(help="subject: 1, '1' or UTS01")
+    source: str = flag(choices=SOURCES,
+                       help="overlays: the ROIs of the subject's pycortex overlays.svg; annot: "
+                            "an fsaverage annotation (HCP-MMP1 by default) carried to the "
+                            "subject; aparc: the subject's FreeSurfer aparc")
+    out: str | None = flag(None, help="region file to write (default: <cache_dir>/regions/"
+                                      "...json, the file brain_evaluate.py reuses)")
+    cache_dir: str = flag(DEFAULT_CACHE,
+                          help="where pycortex's computations and the region files are kept "
+                               "(the default is brain_evaluate.py's, which then finds them)")
+    overwrite: bool = flag(False, help="replace --out")
+    log_level: str = flag("INFO", help="logging level")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_source(self.source)
+
+
+@dataclasses.dataclass(kw_only=True)
+class MapCommand(arguments.Flags):
+    """Flat maps of a brain_evaluate.py results folder: per model cc_norm, and each tuned model
+    minus the pretrained one."""
+
+    results_dir: str = flag(positional=True, help="a brain_evaluate.py results folder")
+    layers: list[int] = flag(help="layers to map")
+    models: list[str] | None = flag(None, help="model labels to map (default: every model of "
+                                               "the folder)")
+    height: int = flag(MAP_HEIGHT, help="map height in pixels")
+    out: str | None = flag(None, help="folder of the maps (default: results_dir)")
+    cache_dir: str | None = flag(None, help="pycortex cache (default: the run's --cache_dir)")
+    overwrite: bool = flag(False, help="replace existing maps")
+    log_level: str = flag("INFO", help="logging level")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.height < 64:
+            raise UsageError(f"--height must be at least 64 pixels, got {self.height}")
+
+
+COMMANDS = {"regions": (RegionsCommand, "write the region file that brain_evaluate.py "
+                                        "--regions takes"),
+            "map": (MapCommand, "draw per-voxel cc_norm of a brain_evaluate.py results folder "
+                                "on the flat map")}
+
+
+def parse_args(argv=None):
+    return arguments.parse_command(
+        COMMANDS, argv, description="Brain regions (voxel indices per region) and cortical "
+                                    "flat maps of a ds003020 subject, from its pycortex "
+                                    "database and FreeSurfer folders.")
 
 
 def main(argv=None):
     return run_utils.main(parse_args, run, argv)
 
 
-def run(args):
-    if args.command == "regions":
-        path = subject_regions(args.data_dir, args.subject, args.source, args.cache_dir,
-                               args.annot, args.fsaverage)
-        if args.out is not None:
-            with run_utils.atomic_output(args.out, args.overwrite) as tmp:
+def run(settings):
+    if isinstance(settings, RegionsCommand):
+        path = subject_regions(data_utils.Dataset(settings.data_dir), settings.subject,
+                               settings.source, settings.cache_dir, settings.annot,
+                               settings.fsaverage)
+        if settings.out is not None:
+            with run_utils.atomic_output(settings.out, settings.overwrite) as tmp:
                 shutil.copyfile(path, tmp)
-            path = args.out
+            path = settings.out
         logger.info("regions written to %s", path)
     else:
-        written = map_results(args.results_dir, args.layers, args.models, args.out,
-                              args.cache_dir, args.height, args.overwrite)
+        written = map_results(settings.results_dir, settings.layers, settings.models,
+                              settings.out, settings.cache_dir, settings.height,
+                              settings.overwrite)
         logger.info("%d flat maps written to %s", len(written),
-                    args.out or args.results_dir)
+                    settings.out or settings.results_dir)
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -178,11 +232,12 @@ class Anatomy(NamedTuple):
     freesurfer: Path  # derivative/freesurfer_subjdir/UTS0N
 
 
-def subject_anatomy(data_dir, subject, need=("pycortex",)):
-    """The ``Anatomy`` of a subject, checked: each of ``need`` ("pycortex", "freesurfer")
-    must be on disk, else a DatasetError with the ``datalad get`` that fetches it."""
+def subject_anatomy(dataset, subject, need=("pycortex",)):
+    """The ``Anatomy`` of a subject of ``dataset``, checked: each of ``need`` ("pycortex",
+    "freesurfer") must be on disk, else a DatasetError with the ``datalad get`` that fetches
+    it."""
     subject = data_utils.subject_id(subject)
-    derivative = Path(data_dir) / "derivative"
+    data_dir, derivative = dataset.root, dataset.derivative
     transforms = derivative / "subject_xfms.json"
     transform = f"{subject}_auto"
     if transforms.is_file():
@@ -265,23 +320,24 @@ def thick_mask(cortex, anatomy, n_voxels=None):
     return mask
 
 
-def response_voxels(data_dir, subject):
+def response_voxels(dataset, subject):
     """The number of voxels (hf5 columns) of a subject's responses, or None without any."""
-    if data_utils.subject_id(subject) not in data_utils.list_subjects(data_dir):
+    if data_utils.subject_id(subject) not in dataset.subjects():
         return None
-    stories = data_utils.list_stories(data_dir, subject)
+    stories = dataset.stories(subject)
     if not stories:
         return None
-    return data_utils.hdf5_shape(data_utils.response_path(data_dir, subject, stories[0]))[1]
+    return hdf5_io.hdf5_shape(dataset.response_path(subject, stories[0]))[1]
 
 
 # ----------------------------------------------------------------------------- regions
 
-def subject_regions(data_dir, subject, source, cache_dir, annot=None, fsaverage=None):
-    """The region file of a subject and source, made once and kept in
+def subject_regions(dataset, subject, source, cache_dir, annot=None, fsaverage=None):
+    """The region file of a subject of ``dataset`` and a source, made once and kept in
     ``<cache_dir>/regions/``: returns its path. ``annot`` (lh, rh paths) and ``fsaverage``
     belong to the annot source."""
-    anatomy = subject_anatomy(data_dir, subject,
+    data_dir = dataset.root
+    anatomy = subject_anatomy(dataset, subject,
                               ("pycortex",) if source == "overlays" else ("pycortex",
                                                                             "freesurfer"))
     inputs = source_files(anatomy, source, annot, fsaverage)
@@ -299,7 +355,7 @@ def subject_regions(data_dir, subject, source, cache_dir, annot=None, fsaverage=
         logger.info("regions of %s from %s: %s (cached)", anatomy.subject, source, path)
         return path
     cortex = import_cortex(anatomy, cache_dir)
-    mask = thick_mask(cortex, anatomy, response_voxels(data_dir, anatomy.subject))
+    mask = thick_mask(cortex, anatomy, response_voxels(dataset, anatomy.subject))
     logger.info("%s: mapping the %d thick-mask voxels to their nearest vertices (pycortex)",
                 anatomy.subject, int(mask.sum()))
     voxel_vertex = cortex.utils.get_vox_dist(anatomy.subject, anatomy.transform)[1][mask]
@@ -504,15 +560,11 @@ def named_groups(regions):
 def map_results(results_dir, layers, models=None, out_dir=None, cache_dir=None,
                 height=MAP_HEIGHT, overwrite=False):
     """Flat maps of a ``brain_evaluate.py`` results folder (its run_config.json names the
-    dataset and subject); returns the paths written."""
-    results_dir = Path(results_dir)
-    config_path = results_dir / "run_config.json"
-    if not config_path.is_file():
-        raise UsageError(f"{results_dir}: no run_config.json; give a brain_evaluate.py "
-                         "results folder")
-    config = json.loads(config_path.read_text())["arguments"]
+    dataset); returns the paths written."""
+    folder = results_schema.read_results_folder(results_dir)
+    results_dir, config = folder.folder, folder.arguments
     voxels = np.load(results_dir / run_utils.SUMMARY_VOXELS_NAME)
-    labels = models or json.loads((results_dir / "results.json").read_text())["models"]
+    labels = models or list(folder.results.models)
     cc_norm = {}
     for label in labels:
         for layer in layers:
@@ -522,19 +574,19 @@ def map_results(results_dir, layers, models=None, out_dir=None, cache_dir=None,
                                  f"{label!r} (see its results.csv)")
             with np.load(path) as arrays:
                 cc_norm[label, layer] = arrays["cc_norm"]
-    return write_flatmaps(out_dir or results_dir, cc_norm, voxels, config["data_dir"],
-                          config["subject"], cache_dir or config["cache_dir"], height,
-                          overwrite)
+    return write_flatmaps(out_dir or results_dir, cc_norm, voxels,
+                          data_utils.Dataset(config["data_dir"]), folder.results.subject,
+                          cache_dir or config["cache_dir"], height, overwrite)
 
 
-def write_flatmaps(out_dir, cc_norm, voxels, data_dir, subject, cache_dir,
+def write_flatmaps(out_dir, cc_norm, voxels, dataset, subject, cache_dir,
                    height=MAP_HEIGHT, overwrite=False):
     """``flatmap_<model>_layer<k>.png`` per (model, layer) of ``cc_norm`` (dict -> (n_voxels,)
     per-voxel values; a layer's maps share one colour scale) and
     ``flatmap_<tuned>-minus-pretrained_layer<k>.png`` per tuned model when "pretrained" is
     one of them. Only ``voxels`` (indices: the voxels the summaries average over) are drawn.
     Returns the paths written."""
-    anatomy = subject_anatomy(data_dir, subject)
+    anatomy = subject_anatomy(dataset, subject)
     cortex = import_cortex(anatomy, cache_dir)
     n_voxels = len(next(iter(cc_norm.values())))
     mask = thick_mask(cortex, anatomy, n_voxels)

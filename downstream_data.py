@@ -1,4 +1,4 @@
-"""Readers for the downstream datasets of the probing tasks (SPEC section 6).
+"""Readers for the downstream datasets of the probing tasks (docs/method.md#downstream-tasks).
 
 Each task reader returns examples (dicts with ``audio``, the file, and ``label``) of a split,
 read from the dataset's own distribution layout:
@@ -20,7 +20,7 @@ The same tasks from HuggingFace datasets (``HubDataset``, ``hub_examples``): a `
 folder, a folder of data files or a hub id in the local cache, read without the network, with
 the columns of the usual hub copies (``HUB_LAYOUTS``) or others named.
 
-Audio is read later, by ``data_utils.read_audio`` (every format libsndfile reads, NIST SPHERE
+Audio is read later, by ``audio_io.read_audio`` (every format libsndfile reads, NIST SPHERE
 included, resampled with soxr). A dataset's ``Audio`` feature is read undecoded
 (``Audio(decode=False)``), its bytes decoded by that reader: since datasets 4 the feature
 decodes through torchcodec/FFmpeg, which is not a dependency here.
@@ -37,9 +37,9 @@ from typing import NamedTuple
 
 import soundfile as sf
 
-import data_utils
+import audio_io
 import run_utils
-from data_utils import DatasetError
+from run_utils import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -481,7 +481,7 @@ def hub_split(layout, split, audio_column="audio"):
 
     layout : a ``HubLayout`` whose ``name`` is the dataset's folder or hub id
     Returns the split (``datasets.Dataset``), what messages call it (``<dataset> [<split>]``)
-    and its rows' audio (list of ``data_utils.DatasetAudio``).
+    and its rows' audio (list of ``audio_io.DatasetAudio``).
     """
     import datasets
 
@@ -500,7 +500,7 @@ def hub_split(layout, split, audio_column="audio"):
     files = [entry["filename"] for entry in table.cache_files]
     key = run_utils.digest(json.dumps({"fingerprint": table._fingerprint, "column": audio_column,
                                        **run_utils.file_identity(files)}, sort_keys=True))
-    return table, where, [data_utils.DatasetAudio(audio, audio_column, row, where, key)
+    return table, where, [audio_io.DatasetAudio(audio, audio_column, row, where, key)
                           for row in range(len(table))]
 
 
@@ -554,7 +554,7 @@ def hub_examples(task, source, split, seed=0, test_fraction=0.2):
 
 
 def _audio_frames(audio):
-    """Samples in a ``data_utils.DatasetAudio``, from its header."""
+    """Samples in a ``audio_io.DatasetAudio``, from its header."""
     try:
         return sf.info(audio.sound_file()).frames
     except RuntimeError as err:  # soundfile's LibsndfileError

@@ -11,16 +11,22 @@ chosen with ``--seed``.
 Or --hf_dataset: a HuggingFace copy with ``audio`` and ``label`` (names or codes); one split's
 actors are split the same way (``speaker_id``, or the file name).
 
-Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
+Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag,
+``--config FILE`` gives them from its section "probe".
 """
 
 import sys
 
 import probing
+import run_utils
+
+
+def parse_args(argv=None):
+    return probing.parse_args("emotion", argv)
 
 
 def main(argv=None):
-    return probing.main("emotion", argv)
+    return run_utils.main(parse_args, probing.run, argv)
 
 
 if __name__ == "__main__":

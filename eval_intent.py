@@ -10,16 +10,22 @@ F1 per layer.
 
 Or --hf_dataset: a HuggingFace copy with ``audio`` and ``action``, one row per recording.
 
-Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
+Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag,
+``--config FILE`` gives them from its section "probe".
 """
 
 import sys
 
 import probing
+import run_utils
+
+
+def parse_args(argv=None):
+    return probing.parse_args("intent", argv)
 
 
 def main(argv=None):
-    return probing.main("intent", argv)
+    return run_utils.main(parse_args, probing.run, argv)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,22 @@
 Or --hf_dataset: TIMIT laid out as ``timit_asr`` (``phonetic_detail``), from the local cache or
 a ``save_to_disk`` folder.
 
-Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
+Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag,
+``--config FILE`` gives them from its section "probe".
 """
 
 import sys
 
 import probing
+import run_utils
+
+
+def parse_args(argv=None):
+    return probing.parse_args("phonemes", argv)
 
 
 def main(argv=None):
-    return probing.main("phonemes", argv)
+    return run_utils.main(parse_args, probing.run, argv)
 
 
 if __name__ == "__main__":

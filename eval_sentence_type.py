@@ -8,16 +8,22 @@ compact), read from the utterance name; 3 classes, F1 per layer.
 
 Or --hf_dataset: TIMIT laid out as ``timit_asr`` (``sentence_type``).
 
-Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
+Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag,
+``--config FILE`` gives them from its section "probe".
 """
 
 import sys
 
 import probing
+import run_utils
+
+
+def parse_args(argv=None):
+    return probing.parse_args("sentence_type", argv)
 
 
 def main(argv=None):
-    return probing.main("sentence_type", argv)
+    return run_utils.main(parse_args, probing.run, argv)
 
 
 if __name__ == "__main__":

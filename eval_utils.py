@@ -1,7 +1,7 @@
 """Evaluation maths: noise ceilings, normalised correlations and voxelwise encoding models.
 
 With N repeats ``y_r`` of a response (each of unit variance), ``y`` their mean and variances
-over time with ddof=1 (SPEC section 4)::
+over time with ddof=1 (docs/method.md#scoring)::
 
     SP = (N var(y) - 1) / (N - 1)                   signal power
     cc_max = 1 / sqrt(1 + (1/N) (1/SP - 1))         noise ceiling, 0 where SP <= 0
@@ -10,7 +10,7 @@ over time with ddof=1 (SPEC section 4)::
 ``noise_ceilings.py`` computes, saves and loads a subject's ceiling file
 (``subject_NCs/UTS0S.npy``).
 
-Encoding models (SPEC section 4): features are Lanczos-downsampled to the TR centres
+Encoding models (docs/method.md#encoding-model): features are Lanczos-downsampled to the TR centres
 (``lanczos_interp``), trimmed per story to the response rows, z-scored and given FIR delays of
 1..4 TRs per story (``delayed_story_features``), then fitted by ridge regression with one
 alpha per voxel chosen by cross-validation on chunks held out inside stories
@@ -23,6 +23,7 @@ units (weights ``V diag(s / (s^2 + a^2)) U^T Y``), i.e. ``alpha = a^2``: pass
 """
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse
@@ -308,10 +309,10 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
     the training rows is eigendecomposed once and the targets are projected once; every alpha
     then costs one (held-out rows x rank x voxels) product. ``solver``: "primal" decomposes
     the features x features Gram matrix ``X^T X``, "dual" the rows x rows kernel ``X X^T``
-    (the same predictions: ``W = X^T (X X^T + alpha)^-1 Y``), "auto" whichever is smaller. Each voxel gets the alpha with
-    the best mean held-out ``score`` over the splits (the first one on ties), and the weights
-    are refitted on all rows, voxels grouped by their alpha. No intercept: X and Y should be
-    centred (z-scored), as the encoding pipeline makes them.
+    (the same predictions: ``W = X^T (X X^T + alpha)^-1 Y``), "auto" whichever is smaller.
+    Each voxel gets the alpha with the best mean held-out ``score`` over the splits (the first
+    one on ties), and the weights are refitted on all rows, voxels grouped by their alpha. No
+    intercept: X and Y should be centred (z-scored), as the encoding pipeline makes them.
 
     ``score`` (both cost the same, one pass over each held-out prediction):
 
@@ -336,6 +337,39 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
     weights : (n_features, n_voxels), best_alphas : (n_voxels,), cv_scores : (n_alphas, n_voxels)
         in the input float dtype (float32 stays float32).
     """
+    _check_ridge_options(backend, splits, score, solver)
+    if device is None:
+        device = X.device if torch.is_tensor(X) else torch.device("cpu")
+    X, Y, alphas_t = _ridge_tensors(X, Y, alphas, device)
+    n_samples, n_features = X.shape
+    n_voxels = Y.shape[1]
+    dual = solver == "dual" or (solver == "auto" and n_samples < n_features)
+    folds = _ridge_folds(X, splits, dual, device)
+    all_values, all_vectors = _eig_gram(X.T if dual else X)
+    back = X.T @ all_vectors if dual else all_vectors  # W = back @ (projected / (values + a))
+    batch = _voxel_batch(X, n_voxels, len(alphas_t), memory_budget)
+    weights = torch.empty((n_features, n_voxels), dtype=X.dtype, device=device)
+    cv_scores = torch.zeros((len(alphas_t), n_voxels), dtype=X.dtype, device=device)
+    best = torch.empty(n_voxels, dtype=torch.long, device=device)
+    for first in tqdm(range(0, n_voxels, batch), desc="ridge", unit="voxel batch",
+                      disable=not progress):
+        columns = slice(first, min(first + batch, n_voxels))
+        y = Y[:, columns]
+        xty = None if dual else X.T @ y
+        scores = cv_scores[:, columns]  # a view: the batch's scores are written in place
+        _add_fold_scores(scores, y, xty, folds, alphas_t, dual, score)
+        scores /= len(folds)
+        best[columns] = scores.argmax(0)
+        projected = all_vectors.T @ (y if dual else xty)
+        _refit(weights, first, best[columns], back, projected, all_values, alphas_t)
+    best_alphas = alphas_t[best]
+    if backend == "numpy":
+        return weights.cpu().numpy(), best_alphas.cpu().numpy(), cv_scores.cpu().numpy()
+    return weights, best_alphas, cv_scores
+
+
+def _check_ridge_options(backend, splits, score, solver):
+    """A ValueError for an unknown backend, score or solver, or no split."""
     if backend not in ("numpy", "torch"):
         raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
     if not len(splits):
@@ -344,22 +378,35 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
         raise ValueError(f"score must be one of {', '.join(RIDGE_SCORES)}, got {score!r}")
     if solver not in RIDGE_SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(RIDGE_SOLVERS)}, got {solver!r}")
-    if device is None:
-        device = X.device if torch.is_tensor(X) else torch.device("cpu")
+
+
+def _ridge_tensors(X, Y, alphas, device):
+    """X, Y and the alphas as tensors on ``device`` in X's float dtype (float32 for any
+    other); a ValueError unless X and Y are 2-D with the same rows."""
     X, Y = _as_tensor(X, device), _as_tensor(Y, device)
     if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
         raise ValueError(f"X and Y must be (samples, features) and (samples, voxels) with the "
                          f"same samples, got {tuple(X.shape)} and {tuple(Y.shape)}")
     dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
-    X, Y = X.to(dtype), Y.to(dtype)
     alphas_t = torch.as_tensor(np.asarray(alphas, dtype=np.float64), device=device).to(dtype)
-    n_samples, n_features = X.shape
-    n_voxels = Y.shape[1]
+    return X.to(dtype), Y.to(dtype), alphas_t
 
-    dual = solver == "dual" or (solver == "auto" and n_samples < n_features)
-    # per split: the Gram (primal) or kernel (dual) eigenvalues and vectors, and the held-out
-    # rows' design rotated onto those vectors; predictions are rotated @ (projected / (values
-    # + alpha)), projected = V^T X_train^T y_train (primal) or U^T y_train (dual)
+
+class _RidgeFold(NamedTuple):
+    """A split's training and held-out rows, the eigenvalues and vectors of its Gram (primal)
+    or kernel (dual) matrix, and the held-out design rotated onto those vectors: predictions
+    are rotated @ (projected / (values + alpha)), projected = V^T X_train^T y_train (primal)
+    or U^T y_train (dual)."""
+    train: torch.Tensor
+    val: torch.Tensor
+    values: torch.Tensor
+    vectors: torch.Tensor
+    rotated: torch.Tensor
+    x_val: torch.Tensor
+
+
+def _ridge_folds(X, splits, dual, device):
+    """The ``_RidgeFold`` of each split."""
     folds = []
     for train_idx, val_idx in splits:
         train = torch.as_tensor(np.asarray(train_idx), device=device)
@@ -367,46 +414,42 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
         values, vectors = _eig_gram(X[train].T if dual else X[train])
         x_val = X[val]
         rotated = (x_val @ X[train].T if dual else x_val) @ vectors
-        folds.append((train, val, values, vectors, rotated, x_val))
-    all_values, all_vectors = _eig_gram(X.T if dual else X)
-    back = X.T @ all_vectors if dual else all_vectors  # W = back @ (projected / (values + a))
+        folds.append(_RidgeFold(train, val, values, vectors, rotated, x_val))
+    return folds
 
-    itemsize = X.element_size()
-    per_voxel = itemsize * (3 * n_samples + 4 * n_features + 2 * len(alphas_t))
-    batch = int(max(1, min(n_voxels, memory_budget // per_voxel)))
-    weights = torch.empty((n_features, n_voxels), dtype=dtype, device=device)
-    cv_scores = torch.zeros((len(alphas_t), n_voxels), dtype=dtype, device=device)
-    best = torch.empty(n_voxels, dtype=torch.long, device=device)
-    for first in tqdm(range(0, n_voxels, batch), desc="ridge", unit="voxel batch",
-                      disable=not progress):
-        columns = slice(first, min(first + batch, n_voxels))
-        y = Y[:, columns]
-        xty = None if dual else X.T @ y
-        for train, val, values, vectors, x_val_rotated, x_val in folds:
-            y_val = y[val]
-            projected = vectors.T @ (y[train] if dual else xty - x_val.T @ y_val)
-            y_centred = y_val - y_val.mean(0, keepdim=True)
-            y_norm = y_centred.norm(dim=0)
-            assumed_variance = (1 + y_centred.square().mean(0)) / 2
-            for index, alpha in enumerate(alphas_t):
-                prediction = (x_val_rotated / (values + alpha)) @ projected
-                if score == "corr":
-                    fold_score = _centred_correlation(prediction, y_centred, y_norm)
-                else:
-                    fold_score = _signed_root_r2(y_val - prediction, assumed_variance)
-                cv_scores[index, columns] += fold_score
-        scores = cv_scores[:, columns]
-        scores /= len(folds)
-        best[columns] = scores.argmax(0)
-        projected = all_vectors.T @ (y if dual else xty)
-        for index in torch.unique(best[columns]).tolist():
-            chosen = torch.nonzero(best[columns] == index).flatten()
-            weights[:, first + chosen] = back @ (projected[:, chosen]
-                                                 / (all_values + alphas_t[index])[:, None])
-    best_alphas = alphas_t[best]
-    if backend == "numpy":
-        return weights.cpu().numpy(), best_alphas.cpu().numpy(), cv_scores.cpu().numpy()
-    return weights, best_alphas, cv_scores
+
+def _voxel_batch(X, n_voxels, n_alphas, memory_budget):
+    """Voxels per batch that fit in ``memory_budget`` bytes (at least one)."""
+    n_samples, n_features = X.shape
+    per_voxel = X.element_size() * (3 * n_samples + 4 * n_features + 2 * n_alphas)
+    return int(max(1, min(n_voxels, memory_budget // per_voxel)))
+
+
+def _add_fold_scores(scores, y, xty, folds, alphas_t, dual, score):
+    """Add each fold's held-out ``score`` of every alpha to ``scores`` ((alphas, voxels) of
+    the batch ``y``; ``xty`` = X^T y, primal only)."""
+    for fold in folds:
+        y_val = y[fold.val]
+        projected = fold.vectors.T @ (y[fold.train] if dual else xty - fold.x_val.T @ y_val)
+        y_centred = y_val - y_val.mean(0, keepdim=True)
+        y_norm = y_centred.norm(dim=0)
+        assumed_variance = (1 + y_centred.square().mean(0)) / 2
+        for index, alpha in enumerate(alphas_t):
+            prediction = (fold.rotated / (fold.values + alpha)) @ projected
+            if score == "corr":
+                fold_score = _centred_correlation(prediction, y_centred, y_norm)
+            else:
+                fold_score = _signed_root_r2(y_val - prediction, assumed_variance)
+            scores[index] += fold_score
+
+
+def _refit(weights, first, best, back, projected, values, alphas_t):
+    """The weights of the batch of voxels from ``first`` on, refitted on all rows with their
+    ``best`` alpha indices, a product per alpha chosen."""
+    for index in torch.unique(best).tolist():
+        chosen = torch.nonzero(best == index).flatten()
+        weights[:, first + chosen] = back @ (projected[:, chosen]
+                                             / (values + alphas_t[index])[:, None])
 
 
 # ----------------------------------------------------------------------------- feature spaces

@@ -14,16 +14,22 @@ Or --hf_dataset: ``google/speech_commands`` (config ``v0.02``) from the local ca
 ``testing_list.txt`` (its ``test`` split is the separate test set of the 10 core commands), so
 the probe tests on ``validation`` by default.
 
-Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag.
+Probing, outputs and caching are described in ``probing.py``; ``--help`` lists every flag,
+``--config FILE`` gives them from its section "probe".
 """
 
 import sys
 
 import probing
+import run_utils
+
+
+def parse_args(argv=None):
+    return probing.parse_args("words", argv)
 
 
 def main(argv=None):
-    return probing.main("words", argv)
+    return run_utils.main(parse_args, probing.run, argv)
 
 
 if __name__ == "__main__":

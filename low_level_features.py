@@ -1,7 +1,7 @@
-"""Low-level stimulus features of each story on its TR grid (SPEC section 5).
+"""Low-level stimulus features of each story on its TR grid (docs/method.md#low-level-reliance).
 
 Five feature sets, each per story an array (n_grid_TRs, dims) float32 on the story's whole
-TR grid (``data_utils.tr_times``; the caller trims ``[10:-5]`` as for the model features):
+TR grid (``Dataset.tr_times``; the caller trims ``[10:-5]`` as for the model features):
 
 ============  ==========================================================================
 powspec       log-mel power spectrum of the audio: 32 mel bands from 0 to 8 kHz, dB
@@ -19,8 +19,8 @@ TRs, the Huth-lab way). The sums are not normalised: a powspec value is about 20
 frames per 2 s TR) times the TR's mean dB, and 0 where the TR's kernel holds no audio (before
 story onset). Like the model features, they are z-scored per story downstream.
 
-Phones come from the TextGrid phone tier (``data_utils.load_phones``, silences and noise
-dropped). A phone belongs to the word (``data_utils.load_words``) whose interval holds its
+Phones come from the TextGrid phone tier (``Dataset.phones``, silences and noise
+dropped). A phone belongs to the word (``Dataset.words``) whose interval holds its
 midpoint; n-grams are runs of consecutive phones of one word, never across words or through
 a phone outside any word (silences and noise inside a word are skipped). The
 n-gram vocabularies come from the training stories (``build_vocabularies``); n-grams outside
@@ -43,10 +43,11 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-import data_utils
 import eval_utils
 import run_utils
-from data_utils import DatasetError
+from audio_io import SAMPLING_RATE
+from run_utils import DatasetError
+from textgrids import ARPABET_PHONES
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,6 @@ POWER_FLOOR = 1e-10
 
 LANCZOS_WINDOW = 3
 TR_BLOCK = 64  # TR centres resampled at a time, to bound the memory of the Lanczos kernel
-
-# The 39 phones of the CMU pronouncing dictionary (ARPAbet without stress digits).
-ARPABET_PHONES = ("AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY",
-                  "F", "G", "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P",
-                  "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z", "ZH")
 
 # Articulatory features of General American English phones. Consonants: place (W is
 # labial-velar: bilabial and velar, and rounded), manner (L is a lateral approximant, R and ER
@@ -154,21 +150,21 @@ def normalise_phone(label, path):
     return phone
 
 
-def story_phones(data_dir, story):
+def story_phones(dataset, story):
     """Phones of a story in time order.
 
     Returns
     -------
     list of (start s, end s, phone, word): ``phone`` without stress digit; ``word`` the index
-    into the story's words (``data_utils.load_words``, sorted by start) of the word whose
+    into the story's words (``dataset.words``, sorted by start) of the word whose
     interval [start, end) holds the phone's midpoint, -1 for none.
     """
-    path = data_utils.textgrid_path(data_dir, story)
-    words = sorted(data_utils.load_words(data_dir, story))
+    path = dataset.textgrid_path(story)
+    words = sorted(dataset.words(story))
     word_starts = np.array([start for start, _, _ in words], dtype=np.float64)
     # index -1 (before the first word) reads the appended -inf: never inside a word
     word_ends = np.array([end for _, end, _ in words] + [-np.inf], dtype=np.float64)
-    phones = sorted(data_utils.load_phones(data_dir, story))
+    phones = sorted(dataset.phones(story))
     mids = np.array([(start + end) / 2 for start, end, _ in phones], dtype=np.float64)
     index = np.searchsorted(word_starts, mids, side="right") - 1
     inside = mids < word_ends[index]
@@ -191,7 +187,7 @@ def phone_ngrams(phones, n):
     return grams
 
 
-def build_vocabularies(data_dir, stories, names=("diphones", "triphones"), max_size=None):
+def build_vocabularies(dataset, stories, names=("diphones", "triphones"), max_size=None):
     """N-gram vocabularies from a list of (training) stories.
 
     Parameters
@@ -209,7 +205,7 @@ def build_vocabularies(data_dir, stories, names=("diphones", "triphones"), max_s
         raise ValueError(f"max_size must be at least 1, got {max_size}")
     counts = {name: collections.Counter() for name in names}
     for story in stories:
-        phones = story_phones(data_dir, story)
+        phones = story_phones(dataset, story)
         for name in names:
             counts[name].update(gram for _, _, gram in phone_ngrams(phones, NGRAM_ORDER[name]))
     vocabularies = {}
@@ -248,7 +244,7 @@ def event_matrix(events, columns):
 
 # ----------------------------------------------------------------------------- audio
 
-def power_spectrum(audio, sampling_rate=data_utils.SAMPLING_RATE):
+def power_spectrum(audio, sampling_rate=SAMPLING_RATE):
     """Log-mel power spectrum (see the module constants for windows and bands).
 
     Parameters
@@ -273,7 +269,7 @@ def power_spectrum(audio, sampling_rate=data_utils.SAMPLING_RATE):
     return spectrum.astype(np.float32), times.astype(np.float64)
 
 
-def band_edges(sampling_rate=data_utils.SAMPLING_RATE):
+def band_edges(sampling_rate=SAMPLING_RATE):
     """Mel band edges in Hz, (N_MELS + 2,): band ``k`` rises from ``edges[k]`` to its peak at
     ``edges[k + 1]`` and falls to ``edges[k + 2]``."""
     return librosa.mel_frequencies(N_MELS + 2, fmin=0.0, fmax=min(FMAX, sampling_rate / 2))
@@ -321,19 +317,19 @@ def feature_names(name, vocabularies=None):
         return list(ARTICULATORY_FEATURES)
     if not vocabularies or name not in vocabularies:
         raise ValueError(f"{name} needs a vocabulary: pass vocabularies="
-                         "build_vocabularies(data_dir, training_stories)")
+                         "build_vocabularies(dataset, training_stories)")
     return list(vocabularies[name])
 
 
-def compute_features(data_dir, story, name, centres, vocabulary=None):
+def compute_features(dataset, story, name, centres, vocabulary=None):
     """One feature set of a story resampled to the TR ``centres``: (n_trs, dims) float32.
 
     ``vocabulary`` (list of n-gram strings) is needed for diphones and triphones.
     """
     if name == "powspec":
-        audio = data_utils.load_stimulus(data_dir, story, data_utils.SAMPLING_RATE)
-        return to_tr_grid(*power_spectrum(audio, data_utils.SAMPLING_RATE), centres)
-    phones = story_phones(data_dir, story)
+        audio = dataset.stimulus(story, SAMPLING_RATE)
+        return to_tr_grid(*power_spectrum(audio, SAMPLING_RATE), centres)
+    phones = story_phones(dataset, story)
     if name == "phonemes":
         events = [(start, end, (phone,)) for start, end, phone, _ in phones]
         columns = ARPABET_PHONES
@@ -350,7 +346,7 @@ def compute_features(data_dir, story, name, centres, vocabulary=None):
 def feature_settings(name, vocabulary=None):
     """What fixes the columns and values of a feature set (part of the cache key)."""
     if name == "powspec":
-        return {"feature": name, "sampling_rate": data_utils.SAMPLING_RATE, "window_s": WINDOW_S,
+        return {"feature": name, "sampling_rate": SAMPLING_RATE, "window_s": WINDOW_S,
                 "hop_s": HOP_S, "n_mels": N_MELS, "fmax": FMAX, "power_floor": POWER_FLOOR}
     if name == "phonemes":
         return {"feature": name, "columns": list(ARPABET_PHONES)}
@@ -360,45 +356,42 @@ def feature_settings(name, vocabulary=None):
     return {"feature": name, "order": NGRAM_ORDER[name], "columns": list(vocabulary)}
 
 
-def cache_settings(data_dir, story, name, centres, vocabulary=None, tr_source="respdict"):
+def cache_settings(dataset, story, name, centres, vocabulary=None):
     """What the cached values of a feature set of a story depend on (``run_utils.cache_path``
     settings), the identity of the story's WAV or TextGrid included so that a replaced file is
     read again."""
-    source = (data_utils.stimulus_path(data_dir, story) if name == "powspec"
-              else data_utils.textgrid_path(data_dir, story))
+    source = (dataset.stimulus_path(story) if name == "powspec"
+              else dataset.textgrid_path(story))
     return {**feature_settings(name, vocabulary), **run_utils.file_identity([source]),
-            "tr_source": tr_source, "lanczos_window": LANCZOS_WINDOW,
+            "tr_source": dataset.tr_source, "lanczos_window": LANCZOS_WINDOW,
             "tr_centres": hashlib.sha256(np.ascontiguousarray(centres, np.float64)).hexdigest()}
 
 
-def cached_features(cache_dir, data_dir, story, name, centres, vocabulary=None,
-                    tr_source="respdict"):
+def cached_features(cache_dir, dataset, story, name, centres, vocabulary=None):
     """``compute_features`` kept in an HDF5 file in ``cache_dir`` and read back next time."""
     def compute(_):
         logger.info("%s: computing %s features", story, name)
-        return {"features": compute_features(data_dir, story, name, centres, vocabulary)}, {}
+        return {"features": compute_features(dataset, story, name, centres, vocabulary)}, {}
 
     path, settings = run_utils.cache_path(
-        cache_dir, f"{story}_{name}",
-        cache_settings(data_dir, story, name, centres, vocabulary, tr_source))
+        cache_dir, f"{story}_{name}", cache_settings(dataset, story, name, centres, vocabulary))
     return run_utils.cached_arrays(path, ["features"], compute, settings)[0]["features"]
 
 
-def story_features(data_dir, story, names=FEATURE_SETS, vocabularies=None, tr_source="respdict",
-                   tr_path=None, cache_dir=None):
-    """Low-level features of a story on its whole TR grid.
+def story_features(dataset, story, names=FEATURE_SETS, vocabularies=None, cache_dir=None):
+    """Low-level features of a story of ``dataset`` (a ``data_utils.Dataset``) on its whole TR
+    grid (under the dataset's TR timing: use the model features' one).
 
     Parameters
     ----------
     names : feature sets (``FEATURE_SETS``), or one name.
     vocabularies : dict "diphones"/"triphones" -> list of n-grams (``build_vocabularies`` of
         the training stories); needed for those sets.
-    tr_source, tr_path : TR timing (``data_utils.tr_times``); use the model features' one.
     cache_dir : keep each feature set in an HDF5 file there and read it back next time.
 
     Returns
     -------
-    dict name -> (n_grid_TRs, dims) float32, n_grid_TRs = len(data_utils.tr_times(...)); the
+    dict name -> (n_grid_TRs, dims) float32, n_grid_TRs = len(dataset.tr_times(story)); the
     columns are ``feature_names(name, vocabularies)``.
     """
     names = check_feature_sets(names)
@@ -406,31 +399,31 @@ def story_features(data_dir, story, names=FEATURE_SETS, vocabularies=None, tr_so
     for name in names:
         if name in NGRAM_ORDER and name not in vocabularies:
             raise ValueError(f"{name} needs a vocabulary: pass vocabularies="
-                             "build_vocabularies(data_dir, training_stories)")
-    centres = data_utils.tr_times(data_dir, story, tr_source, tr_path)
+                             "build_vocabularies(dataset, training_stories)")
+    centres = dataset.tr_times(story)
     features = {}
     for name in names:
         vocabulary = vocabularies.get(name) if name in NGRAM_ORDER else None
         if cache_dir is None:
-            features[name] = compute_features(data_dir, story, name, centres, vocabulary)
+            features[name] = compute_features(dataset, story, name, centres, vocabulary)
         else:
-            features[name] = cached_features(cache_dir, data_dir, story, name, centres,
-                                             vocabulary, tr_source)
+            features[name] = cached_features(cache_dir, dataset, story, name, centres,
+                                             vocabulary)
     return features
 
 
 # ----------------------------------------------------------------------------- semantic features
 
-def load_word_vectors(source, data_dir=None):
+def load_word_vectors(source, dataset=None):
     """Word vectors: dict lower-case word -> (dim,) float32.
 
     ``source`` is a text file in the word2vec/GloVe text format (a word and its values per
     line, the values being the last <dim> fields; a first line "<count> <dim>" gives dim,
     otherwise the first entry does; the first entry of a word wins), or
-    "synthetic" for the embedding planted in a synthetic dataset at ``data_dir``.
+    "synthetic" for the embedding planted in a synthetic ``dataset``.
     """
     if source == "synthetic":
-        words = data_utils.load_truth(data_dir)["words"]
+        words = dataset.truth()["words"]
         return {word.lower(): np.asarray(info["embedding"], np.float32)
                 for word, info in words.items()}
     path = Path(source)
@@ -461,7 +454,7 @@ def load_word_vectors(source, data_dir=None):
     return vectors
 
 
-def word_vector_features(data_dir, story, vectors, tr_source="respdict", tr_path=None):
+def word_vector_features(dataset, story, vectors):
     """Semantic features of a story on its TR grid: each word's vector at its midpoint,
     resampled to the TR centres like the other features.
 
@@ -472,7 +465,7 @@ def word_vector_features(data_dir, story, vectors, tr_source="respdict", tr_path
     -------
     (n_grid_TRs, dim) float32.
     """
-    words = data_utils.load_words(data_dir, story)
+    words = dataset.words(story)
     found = [(start, end, vectors[word.lower()]) for start, end, word in words
              if word.lower() in vectors]
     if not found:
@@ -483,7 +476,7 @@ def word_vector_features(data_dir, story, vectors, tr_source="respdict", tr_path
                     len(words))
     values = np.stack([vector for _, _, vector in found])
     times = np.array([(start + end) / 2 for start, end, _ in found])
-    return to_tr_grid(values, times, data_utils.tr_times(data_dir, story, tr_source, tr_path))
+    return to_tr_grid(values, times, dataset.tr_times(story))
 
 
 if __name__ == "__main__":

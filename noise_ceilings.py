@@ -8,7 +8,7 @@ from the individual repeats of the test story as a float64 ``.npy`` file (one va
 was made. The trainer and the evaluator read these files, and compute a missing one.
 """
 
-import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -16,10 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+import arguments
 import data_utils
 import eval_utils
+import hdf5_io
 import run_utils
-from data_utils import DatasetError
+from arguments import flag
+from run_utils import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -36,40 +39,25 @@ def ceiling_file(subject, nc_path=None):
     return Path(nc_path) if nc_path is not None else default_nc_path(subject)
 
 
-def compute_subject_noise_ceiling(data_dir, subject, story=data_utils.TEST_STORY,
+def compute_subject_noise_ceiling(dataset, subject, story=data_utils.TEST_STORY,
                                   data_norm=True, voxel_batch=20000):
-    """Noise ceiling of every voxel of a subject from the test story's repeats.
+    """Noise ceiling of every voxel of a subject of ``dataset`` (a ``data_utils.Dataset``)
+    from the test story's repeats.
 
     Reads the repeats ``voxel_batch`` voxels at a time. Returns ((n_voxels,) float64, n_repeats).
     Repeats with another voxel count than the story's ``data`` are a DatasetError, raised
     before anything is computed.
     """
-    path = data_utils.response_path(data_dir, subject, story)
-    shape = repeats_shape(path)
+    shape = dataset.repeats_shape(subject, story)
     n_voxels = shape[2]
     cc_max = np.empty(n_voxels, np.float64)
     batches = range(0, n_voxels, voxel_batch)
     for first in tqdm(batches, desc=f"noise ceiling {data_utils.subject_id(subject)}",
                       unit="batch", disable=len(batches) < 2):
         voxels = np.arange(first, min(first + voxel_batch, n_voxels))
-        repeats = data_utils.load_repeats(data_dir, subject, story, voxels)
+        repeats = dataset.repeats(subject, story, voxels)
         cc_max[voxels] = eval_utils.noise_ceiling(repeats, data_norm)
     return cc_max, shape[0]
-
-
-def repeats_shape(path):
-    """Shape (repeats, rows, voxels) of a response file's ``individual_repeats``, from metadata;
-    a DatasetError naming the file unless it has 3 axes and the voxel count of ``data``."""
-    shape = data_utils.hdf5_shape(path, "individual_repeats")
-    if len(shape) != 3:
-        raise DatasetError(f"{path}: 'individual_repeats' has shape {shape}, expected "
-                           "(repeats, rows, voxels)")
-    n_voxels = data_utils.hdf5_shape(path)[-1]
-    if shape[2] != n_voxels:
-        raise DatasetError(f"{path}: 'individual_repeats' has {shape[2]} voxels but 'data' has "
-                           f"{n_voxels}; no noise ceiling can be computed for these responses: "
-                           "download the file again")
-    return shape
 
 
 def save_noise_ceiling(path, cc_max, metadata, overwrite=False):
@@ -125,7 +113,7 @@ def ceiling_voxels(nc, nc_thr, path):
     return selected
 
 
-def get_noise_ceiling(data_dir, subject, nc_path=None, story=data_utils.TEST_STORY,
+def get_noise_ceiling(dataset, subject, nc_path=None, story=data_utils.TEST_STORY,
                       n_voxels=None):
     """A subject's noise ceiling from ``nc_path`` (default ``subject_NCs/UTS0N.npy``).
 
@@ -136,12 +124,12 @@ def get_noise_ceiling(data_dir, subject, nc_path=None, story=data_utils.TEST_STO
     counts are checked before anything is computed or saved. Returns (n_voxels,) float64.
     """
     path = ceiling_file(subject, nc_path)
-    response_file = data_utils.response_path(data_dir, subject, story)
+    response_file = dataset.response_path(subject, story)
     if n_voxels is None:
-        n_voxels = data_utils.hdf5_shape(response_file)[1]
+        n_voxels = hdf5_io.hdf5_shape(response_file)[1]
     if path.exists():
         return load_noise_ceiling(path, n_voxels)
-    n_repeat_voxels = repeats_shape(response_file)[2]
+    n_repeat_voxels = dataset.repeats_shape(subject, story)[2]
     if n_repeat_voxels != n_voxels:
         raise DatasetError(
             f"{response_file}: the repeats give a noise ceiling of {n_repeat_voxels} voxels but "
@@ -149,17 +137,17 @@ def get_noise_ceiling(data_dir, subject, nc_path=None, story=data_utils.TEST_STO
             "responses of the same subject and release")
     logger.info("%s not found: computing the noise ceiling of %s from the repeats of %s and "
                 "saving it there", path, data_utils.subject_id(subject), story)
-    cc_max, n_repeats = compute_subject_noise_ceiling(data_dir, subject, story)
+    cc_max, n_repeats = compute_subject_noise_ceiling(dataset, subject, story)
     save_noise_ceiling(path, cc_max,
-                       _nc_metadata(data_dir, subject, story, n_repeats, True, cc_max))
+                       _nc_metadata(dataset, subject, story, n_repeats, True, cc_max))
     return cc_max
 
 
-def _nc_metadata(data_dir, subject, story, n_repeats, data_norm, cc_max, arguments=None):
+def _nc_metadata(dataset, subject, story, n_repeats, data_norm, cc_max, arguments=None):
     return {
         "what": "per-voxel noise ceiling cc_max (Schoppe et al. 2016), 0 where SP <= 0",
         "subject": data_utils.subject_id(subject),
-        "data_dir": str(Path(data_dir).resolve()),
+        "data_dir": str(dataset.root.resolve()),
         "story": story,
         "n_repeats": int(n_repeats),
         "n_voxels": int(cc_max.shape[0]),
@@ -172,29 +160,32 @@ def _nc_metadata(data_dir, subject, story, n_repeats, data_norm, cc_max, argumen
     }
 
 
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """Compute a subject's per-voxel noise ceiling cc_max (Schoppe et al. 2016) from the
+    individual repeats of the test story and save it as a float64 .npy file (one value per
+    voxel, 0 where the signal power is not positive), with a .json file beside it that records
+    how it was made (docs/method.md#scoring)."""
+
+    data_dir: str = flag(help="ds003020 root: the folder holding stimuli/ and derivative/")
+    subject: str = flag(help="subject: 1, '1' or UTS01")
+    story: str = flag(data_utils.TEST_STORY, help="story with an 'individual_repeats' dataset")
+    out: str | None = flag(None, help="output .npy path (default: subject_NCs/UTS0N.npy in "
+                                      "this repository)")
+    no_data_norm: bool = flag(False, help="use each repeat's measured variance instead of "
+                                          "assuming unit variance (the published files assume "
+                                          "unit variance)")
+    voxel_batch: int = flag(20000, help="voxels read and processed at a time; lower it to save "
+                                        "memory")
+    overwrite: bool = flag(False, help="replace an existing output file")
+
+    def __post_init__(self):
+        super().__post_init__()
+        arguments.check_at_least(self, 1, "voxel_batch")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Compute a subject's per-voxel noise ceiling cc_max (Schoppe et al. 2016) "
-                    "from the individual repeats of the test story and save it as a float64 .npy "
-                    "file (one value per voxel, 0 where the signal power is not positive), with "
-                    "a .json file beside it that records how it was made.",
-        formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--data_dir", required=True,
-                        help="ds003020 root: the folder holding stimuli/ and derivative/")
-    parser.add_argument("--subject", required=True, help="subject: 1, '1' or UTS01")
-    parser.add_argument("--story", default=data_utils.TEST_STORY,
-                        help="story with an 'individual_repeats' dataset")
-    parser.add_argument("--out", default=None,
-                        help="output .npy path (default: subject_NCs/UTS0N.npy in this repository)")
-    parser.add_argument("--no_data_norm", action="store_true",
-                        help="use each repeat's measured variance instead of assuming unit "
-                             "variance (the published files assume unit variance)")
-    parser.add_argument("--voxel_batch", type=int, default=20000,
-                        help="voxels read and processed at a time; lower it to save memory")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = parser.parse_args(argv)
-    run_utils.check_at_least(parser, args, 1, "voxel_batch")
-    return args
+    return arguments.parse(Settings, argv, description=Settings.__doc__)
 
 
 def run(args):
@@ -202,10 +193,12 @@ def run(args):
     if out.exists() and not args.overwrite:
         raise run_utils.OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     data_norm = not args.no_data_norm
-    cc_max, n_repeats = compute_subject_noise_ceiling(args.data_dir, args.subject, args.story,
+    dataset = data_utils.Dataset(args.data_dir)
+    cc_max, n_repeats = compute_subject_noise_ceiling(dataset, args.subject, args.story,
                                                       data_norm, args.voxel_batch)
-    save_noise_ceiling(out, cc_max, _nc_metadata(args.data_dir, args.subject, args.story,
-                                                 n_repeats, data_norm, cc_max, vars(args)),
+    save_noise_ceiling(out, cc_max, _nc_metadata(dataset, args.subject, args.story,
+                                                 n_repeats, data_norm, cc_max,
+                                                 arguments.as_dict(args)),
                        overwrite=args.overwrite)
     logger.info("%s: %d repeats, %d voxels, %d with cc_max > %s (mean cc_max %.3f); wrote %s",
                 data_utils.subject_id(args.subject), n_repeats, cc_max.size,

@@ -1,4 +1,5 @@
-"""Linear probes on mean-pooled layer features: the downstream tasks (SPEC section 6).
+"""Linear probes on mean-pooled layer features: the downstream tasks
+(docs/method.md#downstream-tasks).
 
 The shared core of the ``eval_*.py`` scripts, one per task:
 
@@ -14,6 +15,8 @@ eval_intent         SLURP                 one of the actions (46 in SLURP)
 
 ``--hf_dataset`` reads the dataset with the ``datasets`` library instead (a ``save_to_disk``
 folder, a folder of data files or a hub id in the local cache; ``downstream_data.HubDataset``).
+Each task's settings are its class of ``SETTINGS`` (``ProbeFlags``, the models, the outputs and
+the probe's training); ``--config FILE`` gives them from its section "probe".
 
 For each model (pretrained, and every ``--model_path``/``--logs_dir`` checkpoint) and layer:
 the hidden states of each utterance averaged over time, cached per model and dataset split;
@@ -44,117 +47,123 @@ utterances to encode (the same features as one process: utterances are never pad
 process trains the same probes and rank 0 alone writes the results.
 """
 
-import argparse
+import dataclasses
 import functools
 import logging
-import math
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-import data_utils
+import arguments
+import audio_io
 import downstream_data
+import layer_features
 import plots
+import processes
 import run_utils
 import speech_models
-from data_utils import DatasetError
+from arguments import ModelFlags, OutputFlags, flag
+from run_utils import DatasetError, UsageError
+from speech_models import WHISPER_MAX_SECONDS
 
 logger = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.025  # the wav2vec2 CNN's receptive field: shorter audio gives no frame
+SOURCE = "dataset: --data_path, or --hf_dataset and its flags"  # the --help heading
+HUB_FLAGS = ("hf_config", "hf_split_train", "hf_split_test", "label_column", "speaker_column")
 
 
-def parse_args(task, argv=None):
-    dataset = downstream_data.TASKS[task].dataset
-    parser = argparse.ArgumentParser(
-        description=f"Linear probes of every layer of pretrained and brain-tuned speech models "
-                    f"on {dataset} ({task}).", formatter_class=run_utils.HelpFormatter)
-    source = add_probe_arguments(parser, dataset, tasks=[task])
-    parser.add_argument("--num_epochs", type=int, default=50,
-                        help="full-batch Adam steps of each probe")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the probe")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the probe initialisation, --max_examples subsets and the "
-                             "CREMA-D actor split")
-    # the dataset-specific flags exist for their task only; the others read None
-    if task == "emotion":
-        source.add_argument("--test_fraction", type=float, default=0.2,
-                            help="fraction of the CREMA-D actors held out for testing")
-        source.add_argument("--speaker_column", default=None,
-                            help="with --hf_dataset: column of the actor (default: speaker_id, "
-                                 "or else the actor of the CREMA-D file name)")
-    else:
-        parser.set_defaults(test_fraction=None)
-    if task == "intent":
-        source.add_argument("--audio_dir", default=None,
-                            help="folder of the SLURP recordings (default: slurp_real/ found in "
-                                 "--data_path, audio/ or scripts/audio/)")
-    else:
-        parser.set_defaults(audio_dir=None)
-    parser.add_argument("--batch_size", type=int, default=16,
-                        help="utterances of equal length per forward pass")
-    run_utils.add_results_arguments(parser, "outputs/downstream", "<model>_<task>")
-    args = parser.parse_args(argv)
-    args.task = task
-    check_probe_arguments(parser, args)
-    if args.audio_dir is not None and args.hf_dataset is not None:
-        parser.error("--audio_dir finds SLURP's recordings beside --data_path; a --hf_dataset "
-                     "holds them")
-    run_utils.finish_results_arguments(parser, args, task)
-    run_utils.check_at_least(parser, args, 1, "num_epochs", "batch_size")
-    if not 0 < args.lr < math.inf:
-        parser.error(f"--lr must be a positive number, got {args.lr}")
-    run_utils.check_at_least(parser, args, 0, "seed")
-    if args.test_fraction is not None and not 0 < args.test_fraction < 1:
-        parser.error(f"--test_fraction must be in (0, 1), got {args.test_fraction}")
-    return args
+# ----------------------------------------------------------------------------- flags
+
+@dataclasses.dataclass(kw_only=True)
+class ProbeFlags(arguments.Flags):
+    """What the probes (and ``eval_asr.py``) read: the dataset, a folder in its distribution
+    layout or a HuggingFace dataset, the layers and the ``--max_examples`` subsets.
+
+    A subclass states its dataset for ``--help``: ``class Settings(ProbeFlags, dataset="TIMIT",
+    hub_tasks=("asr",), default_layers="all")`` fills the help of these flags with the dataset's
+    name, the usual hub layouts of ``hub_tasks`` (``downstream_data.HUB_LAYOUTS``) and the
+    layers probed by default (``HELP_VALUES``)."""
+
+    HELP_VALUES: ClassVar[dict] = {
+        "dataset": "dataset", "usual": "", "train_split": "the task's usual one",
+        "test_split": "the task's usual one", "label_column": "the task's usual one",
+        "default_layers": "all"}
+
+    data_path: str | None = flag(None, group=SOURCE, help="root of the local {dataset} copy, "
+                                                          "in its distribution layout")
+    hf_dataset: str | None = flag(
+        None, group=SOURCE, metavar="NAME_OR_PATH",
+        help="read the dataset with the datasets library instead: a save_to_disk folder, a folder "
+             "of data files (a clone of a hub repository), or a hub id that load_dataset has put "
+             "in the local cache{usual}; never downloaded; audio decoded by soundfile, not "
+             "torchcodec")
+    hf_config: str | None = flag(None, group=SOURCE,
+                                 help="the dataset's config, for a hub id or a folder of data "
+                                      "files (default: the usual one for the usual hub id, else "
+                                      "the only one)")
+    hf_split_train: str | None = flag(None, group=SOURCE,
+                                      help="split to train on (default: {train_split})")
+    hf_split_test: str | None = flag(None, group=SOURCE,
+                                     help="split to test on (default: {test_split}); for "
+                                          "emotion, naming the training split splits its actors")
+    audio_column: str = flag("audio", group=SOURCE,
+                             help="column of the audio (an Audio feature, or file paths)")
+    label_column: str | None = flag(None, group=SOURCE,
+                                    help="column of the label (default: {label_column})")
+    layers: list[int] | None = flag(None, help="hidden-state indices to probe (default: "
+                                               "{default_layers}, 0 = encoder input)")
+    max_examples: int | None = flag(None, help="use a random subset of at most this many "
+                                               "utterances per split (quick looks; the paper "
+                                               "uses all)")
+
+    speaker_column = None  # a flag of the emotion probe only
+
+    def __init_subclass__(cls, *, dataset=None, hub_tasks=(), default_layers="all", **kwargs):
+        super().__init_subclass__(**kwargs)
+        if dataset is not None:
+            cls.HELP_VALUES = _help_values(dataset, hub_tasks, default_layers)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.data_path is None) == (self.hf_dataset is None):
+            raise UsageError("give the dataset as one of --data_path (a folder in the "
+                             "distribution layout) and --hf_dataset (a HuggingFace dataset)")
+        if self.data_path is not None:
+            given = [name for name in HUB_FLAGS if getattr(self, name) is not None]
+            if self.audio_column != "audio":
+                given.append("audio_column")
+            if given:
+                raise UsageError(f"--{given[0]} chooses from a HuggingFace dataset: give "
+                                 "--hf_dataset instead of --data_path")
+        arguments.check_at_least(self, 1, "max_examples")
+        if self.layers is not None and min(self.layers) < 0:
+            raise UsageError(f"--layers must be hidden-state indices >= 0, got "
+                             f"{min(self.layers)}")
+
+    def data_source(self):
+        """The dataset these flags name: ``--data_path``, or a ``downstream_data.HubDataset``."""
+        if self.hf_dataset is None:
+            return self.data_path
+        return downstream_data.HubDataset(self.hf_dataset, self.hf_config, self.hf_split_train,
+                                          self.hf_split_test, self.audio_column,
+                                          self.label_column, self.speaker_column)
 
 
-def add_probe_arguments(parser, dataset, default_layers="all", tasks=()):
-    """The flags of every probe script (these and ``eval_asr.py``): the dataset (a folder in
-    its distribution layout, or a HuggingFace dataset with the ``HUB_LAYOUTS`` of ``tasks``),
-    the models, the layers and the ``--max_examples`` subsets; ``check_probe_arguments``
-    checks them. Returns the dataset flags' argument group, for a task's own."""
-    source = parser.add_argument_group("dataset: --data_path, or --hf_dataset and its flags")
-    source.add_argument("--data_path", default=None,
-                        help=f"root of the local {dataset} copy, in its distribution layout")
+def _help_values(dataset, tasks, default_layers):
+    """What the help of ``ProbeFlags`` says of ``dataset`` and the ``HUB_LAYOUTS`` of
+    ``tasks``."""
     usual = sorted({layout.name + (f" (config {layout.config})" if layout.config else "")
                     for layout in map(downstream_data.HUB_LAYOUTS.get, tasks) if layout.name})
-    source.add_argument("--hf_dataset", default=None, metavar="NAME_OR_PATH",
-                        help="read the dataset with the datasets library instead: a save_to_disk "
-                             "folder, a folder of data files (a clone of a hub repository), or a "
-                             "hub id that load_dataset has put in the local cache" +
-                             (f" (usually {', '.join(usual)})" if usual else "") +
-                             "; never downloaded; audio decoded by soundfile, not torchcodec")
-    source.add_argument("--hf_config", default=None,
-                        help="the dataset's config, for a hub id or a folder of data files "
-                             "(default: the usual one for the usual hub id, else the only one)")
-
-    train_split = _hub_default(tasks, lambda layout: layout.splits[0])
-    test_split = _hub_default(tasks, lambda layout: layout.splits[1])
-    source.add_argument("--hf_split_train", default=None,
-                        help=f"split to train on (default: {train_split})")
-    source.add_argument("--hf_split_test", default=None,
-                        help=f"split to test on (default: {test_split}); for emotion, naming "
-                             "the training split splits its actors")
-    source.add_argument("--audio_column", default="audio",
-                        help="column of the audio (an Audio feature, or file paths)")
-    source.add_argument("--label_column", default=None,
-                        help="column of the label (default: "
-                             f"{_hub_default(tasks, lambda layout: layout.label_column)})")
-    parser.set_defaults(speaker_column=None)  # a flag of eval_emotion.py only
-    run_utils.add_model_arguments(parser)
-    parser.add_argument("--layers", nargs="+", type=int, default=None,
-                        help=f"hidden-state indices to probe (default: {default_layers}, "
-                             "0 = encoder input)")
-    parser.add_argument("--max_examples", type=int, default=None,
-                        help="use a random subset of at most this many utterances per split "
-                             "(quick looks; the paper uses all)")
-    return source
+    return {"dataset": dataset, "usual": f" (usually {', '.join(usual)})" if usual else "",
+            "train_split": _hub_default(tasks, lambda layout: layout.splits[0]),
+            "test_split": _hub_default(tasks, lambda layout: layout.splits[1]),
+            "label_column": _hub_default(tasks, lambda layout: layout.label_column),
+            "default_layers": default_layers}
 
 
 def _hub_default(tasks, field):
@@ -166,41 +175,109 @@ def _hub_default(tasks, field):
     return "; ".join(f"{task} {value}" for task, value in values.items())
 
 
-HUB_FLAGS = ("hf_config", "hf_split_train", "hf_split_test", "label_column", "speaker_column")
+@dataclasses.dataclass(kw_only=True)
+class ProbeSettings(OutputFlags, ModelFlags, ProbeFlags):
+    """A linear probe's settings; each task has its subclass (``SETTINGS``), which names the
+    task: ``class WordsSettings(ProbeSettings, task="words")``."""
+
+    task: ClassVar[str | None] = None
+    test_fraction = None  # a flag of the emotion probe only
+    audio_dir = None  # a flag of the intent probe only
+
+    num_epochs: int = flag(50, help="full-batch Adam steps of each probe")
+    lr: float = flag(1e-3, help="Adam learning rate of the probe")
+    seed: int = flag(0, help="seed of the probe initialisation, --max_examples subsets and the "
+                             "CREMA-D actor split")
+    batch_size: int = flag(16, help="utterances of equal length per forward pass")
+    save_dir: str = flag("outputs/downstream", group="output", resumable=True,
+                         help="parent of the results folder")
+    exp_name: str | None = flag(None, group="output", resumable=True,
+                                help="results folder name (default: <model>_<task>)")
+
+    def __init_subclass__(cls, *, task=None, **kwargs):
+        if task is not None:
+            cls.task = task
+            kwargs = {"dataset": downstream_data.TASKS[task].dataset, "hub_tasks": (task,),
+                      **kwargs}
+        super().__init_subclass__(**kwargs)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.task is None:
+            raise TypeError("ProbeSettings names no task: use a task's class of "
+                            "probing.SETTINGS")
+        self.finish_outputs(self.model_name, self.task)
+        arguments.check_at_least(self, 1, "num_epochs", "batch_size")
+        arguments.check_positive(self, "lr")
+        arguments.check_at_least(self, 0, "seed")
 
 
-def check_probe_arguments(parser, args):
-    """``parser.error`` on the ``add_probe_arguments`` flags that choose nothing, choose two
-    datasets or are out of range."""
-    if (args.data_path is None) == (args.hf_dataset is None):
-        parser.error("give the dataset as one of --data_path (a folder in the distribution "
-                     "layout) and --hf_dataset (a HuggingFace dataset)")
-    if args.data_path is not None:
-        given = [flag for flag in HUB_FLAGS if getattr(args, flag, None) is not None]
-        if args.audio_column != "audio":
-            given.append("audio_column")
-        if given:
-            parser.error(f"--{given[0]} chooses from a HuggingFace dataset: give --hf_dataset "
-                         "instead of --data_path")
-    run_utils.check_model_arguments(parser, args)
-    run_utils.check_at_least(parser, args, 1, "max_examples")
-    if args.layers is not None and min(args.layers) < 0:
-        parser.error(f"--layers must be hidden-state indices >= 0, got {min(args.layers)}")
+@dataclasses.dataclass(kw_only=True)
+class PhonemesSettings(ProbeSettings, task="phonemes"):
+    """The phoneme probe's settings (TIMIT)."""
 
 
-def data_source(args):
-    """The dataset the probe flags name: ``--data_path``, or a ``downstream_data.HubDataset``."""
-    if args.hf_dataset is None:
-        return args.data_path
-    return downstream_data.HubDataset(args.hf_dataset, args.hf_config, args.hf_split_train,
-                                      args.hf_split_test, args.audio_column, args.label_column,
-                                      args.speaker_column)
+@dataclasses.dataclass(kw_only=True)
+class SentenceTypeSettings(ProbeSettings, task="sentence_type"):
+    """The sentence-type probe's settings (TIMIT)."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class WordsSettings(ProbeSettings, task="words"):
+    """The word probe's settings (Speech Commands v2)."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class EmotionSettings(ProbeSettings, task="emotion"):
+    """The emotion probe's settings (CREMA-D): its actors are split for the test set."""
+
+    test_fraction: float = flag(0.2, group=SOURCE,
+                                help="fraction of the CREMA-D actors held out for testing")
+    speaker_column: str | None = flag(None, group=SOURCE,
+                                      help="with --hf_dataset: column of the actor (default: "
+                                           "speaker_id, or else the actor of the CREMA-D file "
+                                           "name)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.test_fraction < 1:
+            raise UsageError(f"--test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclasses.dataclass(kw_only=True)
+class IntentSettings(ProbeSettings, task="intent"):
+    """The intent probe's settings (SLURP): where its recordings are."""
+
+    audio_dir: str | None = flag(None, group=SOURCE,
+                                 help="folder of the SLURP recordings (default: slurp_real/ "
+                                      "found in --data_path, audio/ or scripts/audio/)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.audio_dir is not None and self.hf_dataset is not None:
+            raise UsageError("--audio_dir finds SLURP's recordings beside --data_path; a "
+                             "--hf_dataset holds them")
+
+
+SETTINGS = {settings.task: settings for settings in (
+    PhonemesSettings, SentenceTypeSettings, WordsSettings, EmotionSettings, IntentSettings)}
+
+
+def parse_args(task, argv=None):
+    """The settings of ``task``'s probe from the command line (and its ``--config``)."""
+    description = (f"Linear probes of every layer of pretrained and brain-tuned speech models "
+                   f"on {downstream_data.TASKS[task].dataset} ({task}).")
+    # the probes share the config section "probe": one probe's own flags are others' to skip
+    return arguments.parse(SETTINGS[task], argv, section="probe", shared=SETTINGS.values(),
+                           description=description)
 
 
 def main(task, argv=None):
     """Command-line entry of the ``eval_<task>.py`` scripts; returns the exit status."""
     return run_utils.main(functools.partial(parse_args, task), run, argv)
 
+
+# ----------------------------------------------------------------------------- the run
 
 class Split(NamedTuple):
     """The examples of a dataset split and their ``targets``."""
@@ -219,29 +296,30 @@ class ProbeData(NamedTuple):
     multi_label: bool
 
 
-def run(args):
+def run(settings):
     """Probe, in this process and the others of its torchrun process group (if any)."""
-    with speech_models.process_group(args.device) as processes:
-        return probe(args, processes)
+    with processes.process_group(settings.device) as group:
+        return probe(settings, group)
 
 
-def probe(args, processes):
+def probe(settings, group):
     """The whole run: under torchrun the processes share the feature extraction, and rank 0
     alone locks and writes the results (the others return None)."""
-    out_dir = Path(args.save_dir) / args.exp_name
-    run_utils.check_replaceable(out_dir, args.overwrite)  # before the slow part
-    with processes.folder_lock(out_dir):  # held for the run's life
-        models = checked_models(args)
-        device = processes.device
-        dtype = speech_models.autocast_dtype(args.precision, device)
-        task = downstream_data.TASKS[args.task]
-        source = data_source(args)
-        train, test = [split_examples(args.task, source, split, args.seed,
-                                      args.max_examples, args.test_fraction, args.audio_dir)
+    out_dir = Path(settings.save_dir) / settings.exp_name
+    run_utils.check_replaceable(out_dir, settings.overwrite)  # before the slow part
+    with group.folder_lock(out_dir):  # held for the run's life
+        models = checked_models(settings)
+        device = group.device
+        dtype = processes.autocast_dtype(settings.precision, device)
+        task = downstream_data.TASKS[settings.task]
+        source = settings.data_source()
+        train, test = [split_examples(settings.task, source, split, settings.seed,
+                                      settings.max_examples, settings.test_fraction,
+                                      settings.audio_dir)
                        for split in ("train", "test")]
-        classes = downstream_data.task_classes(args.task, train, test)
+        classes = downstream_data.task_classes(settings.task, train, test)
         logger.info("%s %s: %d training and %d test utterances, %d classes", task.dataset,
-                    args.task, len(train), len(test), len(classes))
+                    settings.task, len(train), len(test), len(classes))
         data = ProbeData(task.dataset, Split(train, targets(train, classes, task.multi_label)),
                          Split(test, targets(test, classes, task.multi_label)), classes,
                          task.multi_label)
@@ -250,28 +328,31 @@ def probe(args, processes):
         logger.info("chance: macro F1 %.3f (guessing by the training label frequencies)", chance)
         rows = []
         for label, checkpoint in models:
-            rows += evaluate_model(label, checkpoint, data, args.layers, args.cache_dir,
-                                   args.batch_size, args.num_epochs, args.lr, args.seed, device,
-                                   dtype)
-        if not processes.is_main:
+            rows += evaluate_model(label, checkpoint, data, settings.layers, settings.cache_dir,
+                                   settings.batch_size, settings.num_epochs, settings.lr,
+                                   settings.seed, device, dtype)
+        if not group.is_main:
             return None
-        facts = {"task": args.task, "dataset": task.dataset,
-                 "source": downstream_data.source_facts(args.task, source),
+        facts = {"task": settings.task, "dataset": task.dataset,
+                 "source": downstream_data.source_facts(settings.task, source),
                  "classes": list(classes), "models": dict(models)}
-        what = f"{args.task} probes"
-        with run_utils.output_folder(out_dir, args.overwrite, what=what) as staging:
-            run_utils.write_json(staging / "run_config.json", run_utils.run_config(args, **facts))
+        what = f"{settings.task} probes"
+        with run_utils.output_folder(out_dir, settings.overwrite, what=what) as staging:
+            run_utils.write_json(staging / "run_config.json", run_utils.run_config(
+                arguments.as_dict(settings), **facts))
             write_results(staging, rows, facts, chance)
         for key in ("f1_micro", "f1_macro"):
             print(run_utils.comparison_table(rows, key))
         logger.info("results in %s", out_dir)
 
 
-def checked_models(args):
-    """The (label, checkpoint) pairs the model flags name (``run_utils.models_to_evaluate``),
-    each loaded once here so that a broken checkpoint stops the run before any extraction."""
-    models = run_utils.models_to_evaluate(args.model_name, args.model_path, args.logs_dir,
-                                          args.epochs, args.skip_pretrained)
+def checked_models(settings):
+    """The (label, checkpoint) pairs the ``arguments.ModelFlags`` name
+    (``run_utils.models_to_evaluate``), each loaded once here so that a broken checkpoint
+    stops the run before any extraction."""
+    models = run_utils.models_to_evaluate(settings.model_name, settings.model_path,
+                                          settings.logs_dir, settings.epochs,
+                                          settings.skip_pretrained)
     for _, checkpoint in models:
         speech_models.load_encoder(checkpoint)
     return models
@@ -332,33 +413,34 @@ def utterance_features(cache_dir, encoder, dataset_name, examples, layers, batch
                        dtype):
     """Mean-pooled layer features of the examples (dict layer -> (n, hidden) float32), cached
     per model and list of audio files (or dataset rows)."""
-    settings = {**data_utils.audio_identity(e["audio"] for e in examples), "autocast": str(dtype),
+    settings = {**audio_io.audio_identity(e["audio"] for e in examples), "autocast": str(dtype),
                 "preprocessor": encoder.preprocessor.digest()}
     path, text = run_utils.cache_path(cache_dir, dataset_name.replace(" ", "_").lower(),
                                       settings, model_key=encoder.fingerprint)
 
     def extract(missing):  # under torchrun each process encodes a share of the examples
-        share = examples[speech_models.process_share(len(examples))]
-        waveforms = _waveforms(share, encoder.preprocessor.sampling_rate, encoder.family)
-        part = speech_models.pooled_layer_features(
+        share = examples[processes.process_share(len(examples))]
+        waveforms = utterance_waveforms(share, encoder.preprocessor.sampling_rate,
+                                        encoder.family)
+        part = layer_features.pooled_layer_features(
             encoder.backbone, encoder.preprocessor, waveforms, missing, batch_size, device, dtype,
-            progress=speech_models.is_main_process(), total=len(share)) if share else None
-        parts = [part for part in speech_models.gather_from_processes(part) if part is not None]
+            progress=processes.is_main_process(), total=len(share)) if share else None
+        parts = [part for part in processes.gather_from_processes(part) if part is not None]
         return {layer: np.concatenate([part[layer] for part in parts]) for layer in missing}, {}
 
     return run_utils.cached_arrays(path, layers, extract, text)[0]
 
 
-def _waveforms(examples, sampling_rate, family):
+def utterance_waveforms(examples, sampling_rate, family):
     """The examples' audio, read one at a time, with the file named on bad lengths."""
     for example in examples:
-        audio = data_utils.read_audio(example["audio"], sampling_rate)
+        audio = audio_io.read_audio(example["audio"], sampling_rate)
         if len(audio) < MIN_SECONDS * sampling_rate:
             raise DatasetError(f"{example['audio']}: {len(audio)} samples, shorter than "
                                f"{MIN_SECONDS * 1000:.0f} ms; remove it from the dataset")
-        if family == "whisper" and len(audio) > speech_models.WHISPER_MAX_SECONDS * sampling_rate:
-            raise DatasetError(f"{example['audio']}: longer than the "
-                               f"{speech_models.WHISPER_MAX_SECONDS} s the Whisper encoder takes")
+        if family == "whisper" and len(audio) > WHISPER_MAX_SECONDS * sampling_rate:
+            raise DatasetError(f"{example['audio']}: longer than the {WHISPER_MAX_SECONDS} s "
+                               "the Whisper encoder takes")
         yield audio
 
 

@@ -1,14 +1,16 @@
-"""Run plumbing shared by every script: errors, help text, logging, atomic writes, output
-folders, run configs, model choice and caches.
+"""Run plumbing shared by every script: errors, logging, atomic writes, output folders, run
+configs, model choice and caches.
 
-Scripts are built the same way::
+Scripts are built the same way (their flags declared once, ``arguments``)::
+
+    @dataclasses.dataclass(kw_only=True)
+    class Settings(...groups...):
+        ...
 
     def parse_args(argv=None):
-        parser = argparse.ArgumentParser(..., formatter_class=run_utils.HelpFormatter)
-        ...
-        return parser.parse_args(argv)
+        return arguments.parse(Settings, argv, description="...")
 
-    def run(args):
+    def run(settings):
         ...
 
     def main(argv=None):
@@ -23,7 +25,6 @@ that carry the project's marker file are ever replaced; a lock file beside the f
 two runs of the same name apart.
 """
 
-import argparse
 import contextlib
 import csv
 import errno
@@ -65,21 +66,15 @@ class UsageError(UserError, ValueError):
     """Flags or arguments that do not fit together, found after parsing."""
 
 
+class DatasetError(UserError, ValueError):
+    """A problem with the dataset on disk; the message names the file and says the fix."""
+
+
 class OutputExistsError(UserError, FileExistsError):
     """An output that would be replaced without ``--overwrite``, or that is not ours to replace."""
 
 
 # ----------------------------------------------------------------------------- scripts
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except where there is none to show (None, off or empty)."""
-
-    def _get_help_string(self, action):
-        if any(action.default is value for value in (None, False, argparse.SUPPRESS)) or (
-                isinstance(action.default, (list, tuple)) and not action.default):
-            return action.help
-        return super()._get_help_string(action)
-
 
 def setup_logging(level="INFO"):
     """Log lines with time and level to stderr."""
@@ -114,63 +109,6 @@ def write_failure_message(err):
     else:
         fix = "check its permissions or choose another --save_dir/--cache_dir"
     return f"{where}: {err.strerror}; {fix} (files written earlier are intact)"
-
-
-def check_exp_name(name):
-    """An output-folder name that stays inside its parent folder, or a UsageError."""
-    if not name or name in (".", "..") or os.sep in name or "/" in name or (
-            os.altsep and os.altsep in name) or Path(name).is_absolute():
-        raise UsageError(f"--exp_name {name!r}: give a plain folder name (not empty, '.', '..', "
-                         "an absolute path or a path with a separator)")
-    return name
-
-
-def default_exp_name(model_name, *parts):
-    """``<checkpoint folder or hub name>_<part>_<part>...``, the default ``--exp_name``."""
-    return "_".join([Path(str(model_name).rstrip("/")).name, *map(str, parts)])
-
-
-def set_exp_name(parser, args, *parts):
-    """Fill ``args.exp_name`` with ``default_exp_name(args.model_name, *parts)`` when it was not
-    given, and ``parser.error`` on a name that would leave ``--save_dir``."""
-    if args.exp_name is None:
-        args.exp_name = default_exp_name(args.model_name, *parts)
-    try:
-        check_exp_name(args.exp_name)
-    except UsageError as err:
-        parser.error(str(err))
-
-
-def add_results_arguments(parser, save_dir, default_name):
-    """The device and output flags of the scripts that extract features and write a results
-    folder (``brain_evaluate.py``, the probes); ``finish_results_arguments`` completes them."""
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 on a GPU that supports it, else fp32")
-    parser.add_argument("--save_dir", default=save_dir, help="parent of the results folder")
-    parser.add_argument("--exp_name", default=None,
-                        help=f"results folder name (default: {default_name})")
-    parser.add_argument("--cache_dir", default=None,
-                        help="feature cache (default: <save_dir>/feature_cache)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the results folder of an earlier run (once the new "
-                             "results are complete)")
-
-
-def finish_results_arguments(parser, args, *name_parts):
-    """Defaults of the ``add_results_arguments`` flags that depend on others."""
-    set_exp_name(parser, args, *name_parts)
-    if args.cache_dir is None:
-        args.cache_dir = str(Path(args.save_dir) / "feature_cache")
-
-
-def check_at_least(parser, args, minimum, *flags):
-    """``parser.error`` unless each of ``flags`` (attribute names; None skipped) is a finite
-    number >= ``minimum`` (NaN and infinity are refused too)."""
-    for flag in flags:
-        value = getattr(args, flag)
-        if value is not None and not minimum <= value < math.inf:
-            parser.error(f"--{flag} must be >= {minimum}, got {value}")
 
 
 def unique_names(named):
@@ -364,11 +302,11 @@ def run_metadata():
     }
 
 
-def run_config(args, **facts):
-    """What a run's ``run_config.json`` holds: the arguments (once), the facts the run found
-    (stories, models, ...) and ``run_metadata()`` under "run"."""
-    arguments = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    return {"arguments": arguments, **facts, "run": run_metadata()}
+def run_config(arguments, **facts):
+    """What a run's ``run_config.json`` holds: the arguments (a dict, once:
+    ``arguments.as_dict``), the facts the run found (stories, models, ...) and
+    ``run_metadata()`` under "run"."""
+    return {"arguments": dict(arguments or {}), **facts, "run": run_metadata()}
 
 
 # ----------------------------------------------------------------------------- output folders
@@ -551,28 +489,6 @@ def resolve_checkpoint(path):
     if not (path / "config.json").exists() and (path / "final" / "config.json").exists():
         return path / "final"
     return path
-
-
-def add_model_arguments(parser):
-    """The flags that choose the models to evaluate (see ``models_to_evaluate``)."""
-    parser.add_argument("--model_name", required=True,
-                        help="pretrained checkpoint folder or hub id (evaluated as 'pretrained')")
-    parser.add_argument("--model_path", action="append", default=[],
-                        help="a brain-tuned model folder (a run folder means its final/); repeat "
-                             "for several")
-    parser.add_argument("--logs_dir", default=None,
-                        help="a brain_trainer_story.py run folder: evaluates its --epochs")
-    parser.add_argument("--epochs", nargs="+", default=["final"],
-                        help="with --logs_dir: epoch numbers (checkpoint-epoch<k>) or 'final'")
-    parser.add_argument("--skip_pretrained", action="store_true",
-                        help="evaluate only the tuned models")
-
-
-def check_model_arguments(parser, args):
-    """``parser.error`` when the model flags choose nothing."""
-    if args.skip_pretrained and not args.model_path and not args.logs_dir:
-        parser.error("nothing to evaluate: give --model_path or --logs_dir, or drop "
-                     "--skip_pretrained")
 
 
 def models_to_evaluate(model_name, model_paths=(), logs_dir=None, epochs=("final",),

@@ -45,7 +45,7 @@ fractions, true noise ceilings, the words (phones, embedding), the phone frequen
 HRF and each story's split and file formats.
 """
 
-import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -55,10 +55,13 @@ import h5py
 import numpy as np
 import soundfile as sf
 
+import arguments
 import data_utils
 import eval_utils
 import run_utils
 import synthetic_speech
+import tr_files
+from arguments import flag
 
 logger = logging.getLogger(__name__)
 
@@ -75,41 +78,36 @@ AUDIO_FORMATS = ((44100, 2, "PCM_16"), (16000, 1, "PCM_16"), (44100, 2, "PCM_16"
                  (22050, 1, "PCM_24"))
 
 
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """Write a small synthetic dataset in the exact ds003020 layout, with a planted signal
+    (semantic, acoustic and noise voxels) recorded in synthetic_truth.json. Deterministic for
+    a seed."""
+
+    out: str = flag(help="output folder (the dataset root)")
+    seed: int = flag(0, help="random seed")
+    subjects: list[str] = flag(["1", "2"], help="subjects to write, 1..9")
+    n_train_stories: int = flag(8, help="training stories, taken from the paper's list")
+    train_trs: int = flag(64, help="TRs acquired per training/validation story, +-8 for "
+                                   "training (responses have 20 rows fewer)")
+    test_trs: int = flag(120, help="TRs acquired for the test story wheretheressmoke")
+    n_voxels: int = flag(200, help="voxels of UTS01; UTSn gets 16 * (n - 1) more")
+    n_words: int = flag(48, help="vocabulary size")
+    semantic_dim: int = flag(16, help="dimension of the planted word embeddings")
+    semantic_fraction: float = flag(0.4, help="fraction of semantic voxels")
+    acoustic_fraction: float = flag(0.2, help="fraction of acoustic-energy voxels; the rest are "
+                                              "noise")
+    cc_max_range: list[float] = flag(list(CC_MAX_RANGE), nargs=2, metavar=("LOW", "HIGH"),
+                                     help="true noise ceilings of the signal voxels are spread "
+                                          "uniformly over this range; higher means cleaner "
+                                          "single presentations")
+    family_size: int = flag(1, help="words per anagram family (1: independent words); with 2-6 "
+                                    "the semantic signal lives in phone order only")
+    overwrite: bool = flag(False, help="replace a dataset written earlier at --out")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Write a small synthetic dataset in the exact ds003020 layout, with a planted "
-                    "signal (semantic, acoustic and noise voxels) recorded in "
-                    "synthetic_truth.json. Deterministic for a seed.",
-        formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--subjects", nargs="+", default=["1", "2"], help="subjects to write, 1..9")
-    parser.add_argument("--n_train_stories", type=int, default=8,
-                        help="training stories, taken from the paper's list")
-    parser.add_argument("--train_trs", type=int, default=64,
-                        help="TRs acquired per training/validation story, +-8 for training "
-                             "(responses have 20 rows fewer)")
-    parser.add_argument("--test_trs", type=int, default=120,
-                        help="TRs acquired for the test story wheretheressmoke")
-    parser.add_argument("--n_voxels", type=int, default=200,
-                        help="voxels of UTS01; UTSn gets 16 * (n - 1) more")
-    parser.add_argument("--n_words", type=int, default=48, help="vocabulary size")
-    parser.add_argument("--semantic_dim", type=int, default=16,
-                        help="dimension of the planted word embeddings")
-    parser.add_argument("--semantic_fraction", type=float, default=0.4,
-                        help="fraction of semantic voxels")
-    parser.add_argument("--acoustic_fraction", type=float, default=0.2,
-                        help="fraction of acoustic-energy voxels; the rest are noise")
-    parser.add_argument("--cc_max_range", nargs=2, type=float, default=list(CC_MAX_RANGE),
-                        metavar=("LOW", "HIGH"),
-                        help="true noise ceilings of the signal voxels are spread uniformly over "
-                             "this range; higher means cleaner single presentations")
-    parser.add_argument("--family_size", type=int, default=1,
-                        help="words per anagram family (1: independent words); with 2-6 the "
-                             "semantic signal lives in phone order only")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a dataset written earlier at --out")
-    return parser.parse_args(argv)
+    return arguments.parse(Settings, argv, description=Settings.__doc__)
 
 
 def main(argv=None):
@@ -182,7 +180,8 @@ def make_story(seed, story, lexicon, duration, rate):
 
 def tr_features(tokens, audio, rate, n_grid_trs, lexicon):
     """Per grid TR: summed word embeddings (n_grid_trs, dim) and audio RMS energy (n_grid_trs,)."""
-    tr_starts = data_utils.TRFile.simulated(n_grid_trs).tr_starts()
+    tr_starts = tr_files.TRFile.simulated(n_grid_trs, data_utils.TR_SECONDS,
+                                           data_utils.SIMULATED_SOUND_START).tr_starts()
     dim = len(next(iter(lexicon["words"].values()))["embedding"])
     semantic = np.zeros((n_grid_trs, dim))
     for start, end, word, _ in tokens:

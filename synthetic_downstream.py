@@ -43,7 +43,7 @@ out (``downstream_data.HUB_LAYOUTS``), a ``save_to_disk`` folder for the probes'
   ``action``, ``intent``; splits ``train`` and ``test``.
 """
 
-import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -53,8 +53,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+import arguments
 import downstream_data
 import run_utils
+from arguments import flag
 import synthetic_speech
 
 logger = logging.getLogger(__name__)
@@ -71,23 +73,26 @@ SPELLING = {"AA": "a", "AE": "x", "AH": "u", "EH": "e", "IH": "i", "IY": "y", "O
             "N": "n", "P": "p", "R": "r", "S": "s", "SH": "h", "T": "t", "Z": "z"}
 
 
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """Write a small synthetic downstream dataset (TIMIT, Speech Commands v2, CREMA-D or SLURP
+    layout) with a planted, learnable signal."""
+
+    layout: str = flag(choices=LAYOUTS, help="dataset layout")
+    out: str = flag(help="output folder (the dataset root)")
+    seed: int = flag(0, help="random seed")
+    hub: bool = flag(False, help="write it as its usual HuggingFace hub copy is laid out (a "
+                                 "save_to_disk folder, for the probes' --hf_dataset) instead of "
+                                 "the distribution layout")
+    overwrite: bool = flag(False, help="replace a dataset written earlier at --out")
+
+    def __post_init__(self):
+        super().__post_init__()
+        arguments.check_at_least(self, 0, "seed")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Write a small synthetic downstream dataset (TIMIT, Speech Commands v2, "
-                    "CREMA-D or SLURP layout) with a planted, learnable signal.",
-        formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--layout", choices=LAYOUTS, required=True, help="dataset layout")
-    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--hub", action="store_true",
-                        help="write it as its usual HuggingFace hub copy is laid out (a "
-                             "save_to_disk folder, for the probes' --hf_dataset) instead of the "
-                             "distribution layout")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a dataset written earlier at --out")
-    args = parser.parse_args(argv)
-    run_utils.check_at_least(parser, args, 0, "seed")
-    return args
+    return arguments.parse(Settings, argv, description=Settings.__doc__)
 
 
 def main(argv=None):

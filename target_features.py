@@ -8,10 +8,10 @@ files made from a big speech model's or a text language model's representations 
     python brain_trainer_story.py --model_name /models/wav2vec2-base --subject 3 --data_dir D \\
         --target_features outputs/targets/whisper-medium.hf5 --exp_name wav2vec2-base_bigslm
 
-``speech`` (BigSLM-tuned, SPEC section 2): one hidden state of a speech encoder (wav2vec2,
+``speech`` (BigSLM-tuned, docs/method.md#brain-tuning): one hidden state of a speech encoder (wav2vec2,
 HuBERT, WavLM, data2vec-audio, Whisper) on each story's TR grid, computed exactly as
 ``brain_evaluate.py`` computes its layer features, by the same code
-(``speech_models.model_tr_features``): windows of ``--context_s`` s of context plus a
+(``layer_features.model_tr_features``): windows of ``--context_s`` s of context plus a
 ``--chunk_s`` s chunk every ``--chunk_s`` s, the hidden state of each window's last frame at its
 end time, Lanczos-resampled to the TR centres; cached in ``--cache_dir`` (the evaluator's cache
 format, so a model evaluated there is not extracted again), and under ``torchrun`` the stories
@@ -19,7 +19,7 @@ are dealt out to the processes.
 
 ``text`` (LM-tuned): a causal text LM (a local checkpoint folder or a hub id in the HF cache,
 e.g. GPT-2 or a LLaMA-family model, loaded with ``AutoModel`` and ``AutoTokenizer``) reads each
-story's word tier (``data_utils.load_words``: no silences, empty labels or noise tokens). Each
+story's word tier (``Dataset.words``: no silences, empty labels or noise tokens). Each
 word is embedded with exactly its ``--context_words`` preceding words (fewer at the story's
 start): the text ``" ".join(words[i - context_words : i + 1])`` is tokenised and the hidden state
 of its last non-special token (the word's last sub-token) at ``--layer`` is the word's vector.
@@ -33,12 +33,12 @@ bf16 on a GPU that supports it (``--precision``), else in fp32.
 ``--layer`` is a hidden-state index as transformers counts them (0: the embeddings, k: the
 output of block k); the default is the model's last one (the state brain-tuning itself pools,
 for a speech model; for a text LM its last block's output after the final layer norm). No
-layer for these baselines is given in the paper's description (SPEC section 2); pass a
+layer for these baselines is given in the paper's description; pass a
 middle layer to target the representations that predict the brain best.
 
 Both cut each story's TR-grid rows to its response rows exactly as the responses are cut
 (``data_utils.TRIM_START_TRS`` grid TRs at the start, ``TRIM_END_TRS`` at the end: respdict - 20
-rows), checked against ``data_utils.response_rows`` before any model is loaded. The stories are
+rows), checked against ``Dataset.response_rows`` before any model is loaded. The stories are
 ``--stories`` or every story with responses of some subject in ``derivative/preprocessed_data``
 (the test story too: the trainer ignores it, the evaluator's semantic preference needs it).
 
@@ -46,11 +46,11 @@ Output ``--out``: an HDF5 file, written atomically and never replaced without ``
 with one float32 dataset ``<story>`` of shape (response rows, features) per story and the
 attributes ``kind``, ``model``, ``layer``, ``fingerprint`` (SHA-256 of the weights and config,
 ``speech_models.fingerprint``), ``settings`` (JSON: every setting the numbers depend on) and
-``run`` (JSON: command, time, host, package versions). ``data_utils.load_target_features``
+``run`` (JSON: command, time, host, package versions). ``data_utils.Dataset.target_features``
 reads it (the trainer's ``--target_features``, the evaluator's ``--semantic_features``).
 """
 
-import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -63,13 +63,18 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                     MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
+import arguments
 import data_utils
 import eval_utils
+import layer_features
 import low_level_features
+import processes
 import run_utils
 import speech_models
-from data_utils import DatasetError
-from run_utils import UsageError
+from arguments import flag
+from data_utils import DatasetFlags
+from layer_features import ExtractionFlags
+from run_utils import DatasetError, UsageError
 from speech_models import ModelError
 
 logger = logging.getLogger(__name__)
@@ -78,108 +83,107 @@ KINDS = ("speech", "text")
 TRIM = (data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)
 
 
+@dataclasses.dataclass(kw_only=True)
+class TargetFileFlags(DatasetFlags):
+    """The flags of both kinds of target file."""
+
+    model_name: str = flag(help="checkpoint folder or hub id already in the HF cache (nothing "
+                                "is downloaded)")
+    out: str = flag(help="the HDF5 file to write (e.g. outputs/targets/MODEL.hf5)")
+    layer: int | None = flag(None, help="hidden-state index (0: the embeddings, k: the output of "
+                                        "block k); default: the model's last")
+    stories: list[str] | None = flag(None, help="stories to write; default: every story with "
+                                                "responses of some subject (the trainer needs "
+                                                "its training and validation stories, the "
+                                                "evaluator's semantic preference also the test "
+                                                "story)")
+    device: str = flag("auto", help="auto, cpu, cuda or cuda:N")
+    precision: str = flag("auto", choices=("auto", "fp32", "bf16"),
+                          help="auto: bf16 on a GPU that supports it, else fp32")
+    overwrite: bool = flag(False, help="replace an existing --out file (once the new one is "
+                                       "complete)")
+    log_level: str = flag("INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                          help="logging level")
+
+    def __post_init__(self):
+        super().__post_init__()
+        arguments.check_at_least(self, 0, "layer")
+
+
+@dataclasses.dataclass(kw_only=True)
+class SpeechCommand(TargetFileFlags, ExtractionFlags):
+    """A speech encoder's hidden state of --layer on each story's TR grid, extracted as
+    brain_evaluate.py extracts its layer features (sliding windows, last frame, Lanczos to the
+    TR centres), cut to the response rows."""
+
+    cache_dir: str | None = flag(None, help="window-feature cache, brain_evaluate.py's format "
+                                            "(default: feature_cache/ beside --out)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cache_dir is None:
+            self.cache_dir = str(Path(self.out).parent / "feature_cache")
+
+
+@dataclasses.dataclass(kw_only=True)
+class TextCommand(TargetFileFlags):
+    """A causal text LM's hidden state of --layer for each word of each story's word tier,
+    with exactly --context_words preceding words as context, at the word's midpoint,
+    Lanczos-resampled to the TR centres, cut to the response rows."""
+
+    context_words: int = flag(100, help="preceding words in each word's context (fewer at a "
+                                        "story's start)")
+    batch_size: int = flag(32, help="word contexts per forward pass")
+
+    def __post_init__(self):
+        super().__post_init__()
+        arguments.check_at_least(self, 1, "batch_size")
+        arguments.check_at_least(self, 0, "context_words")
+
+
+COMMANDS = {"speech": (SpeechCommand, "a speech encoder's layer features on the TR grid "
+                                      "(BigSLM-tuned)"),
+            "text": (TextCommand, "a causal text LM's word states on the TR grid (LM-tuned)")}
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Write a --target_features file of brain_trainer_story.py for the "
-                    "BigSLM-tuned (speech) or LM-tuned (text) baseline.",
-        formatter_class=run_utils.HelpFormatter)
-    commands = parser.add_subparsers(dest="kind", required=True)
-    speech = commands.add_parser(
-        "speech", formatter_class=run_utils.HelpFormatter,
-        help="a speech encoder's layer features on the TR grid (BigSLM-tuned)",
-        description="A speech encoder's hidden state of --layer on each story's TR grid, "
-                    "extracted as brain_evaluate.py extracts its layer features (sliding "
-                    "windows, last frame, Lanczos to the TR centres), cut to the response rows.")
-    text = commands.add_parser(
-        "text", formatter_class=run_utils.HelpFormatter,
-        help="a causal text LM's word states on the TR grid (LM-tuned)",
-        description="A causal text LM's hidden state of --layer for each word of each story's "
-                    "word tier, with exactly --context_words preceding words as context, at the "
-                    "word's midpoint, Lanczos-resampled to the TR centres, cut to the response "
-                    "rows.")
-    for command in (speech, text):
-        command.add_argument("--model_name", required=True,
-                             help="checkpoint folder or hub id already in the HF cache "
-                                  "(nothing is downloaded)")
-        command.add_argument("--data_dir", required=True,
-                             help="ds003020 root: the folder holding stimuli/ and derivative/")
-        command.add_argument("--out", required=True,
-                             help="the HDF5 file to write (e.g. outputs/targets/MODEL.hf5)")
-        command.add_argument("--layer", type=int, default=None,
-                             help="hidden-state index (0: the embeddings, k: the output of "
-                                  "block k); default: the model's last")
-        command.add_argument("--stories", nargs="+", default=None,
-                             help="stories to write; default: every story with responses of "
-                                  "some subject (the trainer needs its training and validation "
-                                  "stories, the evaluator's semantic preference also the test "
-                                  "story)")
-        command.add_argument("--tr_source", choices=data_utils.TR_SOURCES, default="respdict",
-                             help="TR timing (see data_utils.tr_times); use the trainer's")
-        command.add_argument("--tr_path", default=None,
-                             help="folder of .report files or the .jbl file (--tr_source)")
-        command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        command.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                             help="auto: bf16 on a GPU that supports it, else fp32")
-        command.add_argument("--overwrite", action="store_true",
-                             help="replace an existing --out file (once the new one is complete)")
-        command.add_argument("--log_level", default="INFO", type=str.upper,
-                             choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
-    speech.add_argument("--context_s", type=float, default=16.0,
-                        help="window context, seconds (brain_evaluate.py's)")
-    speech.add_argument("--chunk_s", type=float, default=0.1,
-                        help="window step, seconds (brain_evaluate.py's)")
-    speech.add_argument("--batch_size", type=int, default=16, help="windows per forward pass")
-    speech.add_argument("--cache_dir", default=None,
-                        help="window-feature cache, brain_evaluate.py's format (default: "
-                             "feature_cache/ beside --out)")
-    text.add_argument("--context_words", type=int, default=100,
-                      help="preceding words in each word's context (fewer at a story's start)")
-    text.add_argument("--batch_size", type=int, default=32,
-                      help="word contexts per forward pass")
-    args = parser.parse_args(argv)
-    command = speech if args.kind == "speech" else text
-    run_utils.check_at_least(command, args, 1, "batch_size")
-    run_utils.check_at_least(command, args, 0, "layer")
-    if args.kind == "speech":
-        for flag in ("context_s", "chunk_s"):
-            if not getattr(args, flag) > 0:
-                command.error(f"--{flag} must be positive")
-        if args.cache_dir is None:
-            args.cache_dir = str(Path(args.out).parent / "feature_cache")
-    else:
-        run_utils.check_at_least(command, args, 0, "context_words")
-    return args
+    return arguments.parse_command(
+        COMMANDS, argv, description="Write a --target_features file of brain_trainer_story.py "
+                                    "for the BigSLM-tuned (speech) or LM-tuned (text) baseline.")
 
 
 def run(args):
     """Write the file, in this process and the others of its torchrun process group (if any)."""
-    with speech_models.process_group(args.device) as processes:
-        return make_target_features(args, processes)
+    with processes.process_group(args.device) as group:
+        return make_target_features(args, group)
 
 
 def main(argv=None):
     return run_utils.main(parse_args, run, argv)
 
 
-def make_target_features(args, processes):
-    """The whole run: check the output and the stories, compute, and (rank 0) write ``--out``.
-    Returns the path written (None on the other ranks)."""
+def make_target_features(args, group):
+    """The whole run (``args``: a ``SpeechCommand`` or ``TextCommand``): check the output and
+    the stories, compute, and (rank 0) write ``--out``. Returns the path written (None on the
+    other ranks)."""
     out = Path(args.out)
     check_output(out, args.overwrite)
-    stories = choose_stories(args.data_dir, args.stories)
+    dataset = args.open_dataset()
+    stories = choose_stories(dataset, args.stories)
     for story in stories:  # every story's TR grid and files, before any model is loaded
-        response_grid(args.data_dir, story, args.tr_source, args.tr_path)
-    dtype = speech_models.autocast_dtype(args.precision, processes.device)
-    make = speech_targets if args.kind == "speech" else text_targets
-    features, settings = make(args, stories, processes.device, dtype)
-    if not processes.is_main:
+        response_grid(dataset, story)
+    dtype = processes.autocast_dtype(args.precision, group.device)
+    kind = "speech" if isinstance(args, SpeechCommand) else "text"
+    make = speech_targets if kind == "speech" else text_targets
+    features, settings = make(args, dataset, stories, group.device, dtype)
+    if not group.is_main:
         return None
-    settings = {"kind": args.kind, "model": args.model_name, "stories": stories,
+    settings = {"kind": kind, "model": args.model_name, "stories": stories,
                 "tr_source": args.tr_source, "tr_path": args.tr_path,
                 "trim_trs": list(TRIM), **settings}
     write_target_features(out, features, settings, args.overwrite)
     logger.info("wrote %s: %d stories, %d features (%s, layer %d)", out, len(features),
-                next(iter(features.values())).shape[1], args.kind, settings["layer"])
+                next(iter(features.values())).shape[1], kind, settings["layer"])
     return out
 
 
@@ -192,23 +196,24 @@ def check_output(path, overwrite):
         raise run_utils.OutputExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
-def choose_stories(data_dir, requested):
+def choose_stories(dataset, requested):
     """``requested``, or every story with responses of some subject (sorted)."""
     if requested:
         return list(dict.fromkeys(requested))
-    stories = sorted({story for subject in data_utils.list_subjects(data_dir)
-                      for story in data_utils.list_stories(data_dir, subject)})
+    stories = sorted({story for subject in dataset.subjects()
+                      for story in dataset.stories(subject)})
     if not stories:
-        raise UsageError(f"{data_utils.derivative_dir(data_dir) / 'preprocessed_data'}: no "
-                         "responses of any subject; name the stories with --stories")
+        raise UsageError(f"{dataset.derivative / 'preprocessed_data'}: no responses of any "
+                         "subject; name the stories with --stories")
     return stories
 
 
-def response_grid(data_dir, story, tr_source="respdict", tr_path=None):
+def response_grid(dataset, story):
     """The TR centres of a story ((grid TRs,) float64 s), checked to leave exactly its response
-    rows (``data_utils.response_rows``) once ``TRIM`` TRs are cut at the start and the end."""
-    centres = data_utils.tr_times(data_dir, story, tr_source, tr_path)
-    rows = data_utils.response_rows(data_dir, story)
+    rows (``Dataset.response_rows``) once ``TRIM`` TRs are cut at the start and the end."""
+    centres = dataset.tr_times(story)
+    rows = dataset.response_rows(story)
+    tr_source = dataset.tr_source
     if len(centres) - sum(TRIM) != rows:
         raise DatasetError(f"story {story!r}: the {tr_source} TR timing has {len(centres)} TRs, "
                            f"which leave {len(centres) - sum(TRIM)} rows once {TRIM[0]} and "
@@ -219,21 +224,18 @@ def response_grid(data_dir, story, tr_source="respdict", tr_path=None):
 
 # ----------------------------------------------------------------------------- speech (BigSLM)
 
-def speech_targets(args, stories, device, dtype):
+def speech_targets(args, dataset, stories, device, dtype):
     """A speech encoder's ``--layer`` on each story's response rows: (story -> (rows, hidden)
     float32, settings). The WAVs are checked to cover their stories before the model loads."""
     for story in stories:
-        duration = data_utils.audio_duration(data_utils.stimulus_path(args.data_dir, story))
-        problem = data_utils.stimulus_problem(args.data_dir, story, duration, None,
-                                              args.tr_source, args.tr_path)
+        problem = dataset.stimulus_problem(story, dataset.stimulus_duration(story))
         if problem:
             raise DatasetError(problem)
     encoder = speech_models.load_encoder(args.model_name, device)
     layer = check_layer(args.layer, encoder.depth, args.model_name)
-    extraction = speech_models.Extraction(args.data_dir, args.cache_dir, args.context_s,
-                                           args.chunk_s, args.batch_size, False, dtype,
-                                           args.tr_source, args.tr_path)
-    grid = speech_models.model_tr_features(encoder, [layer], stories, extraction, device)[layer]
+    grid = layer_features.model_tr_features(encoder, [layer], dataset, stories,
+                                            args.extraction(dtype), args.cache_dir,
+                                            device)[layer]
     features = {story: eval_utils.trim_rows(grid[story], TRIM).astype(np.float32, copy=False)
                 for story in stories}
     return features, {"layer": layer, "fingerprint": encoder.fingerprint,
@@ -255,25 +257,24 @@ def check_layer(layer, depth, model_name):
 
 # ----------------------------------------------------------------------------- text (LM)
 
-def text_targets(args, stories, device, dtype):
+def text_targets(args, dataset, stories, device, dtype):
     """A causal text LM's ``--layer`` word states on each story's response rows: (story ->
     (rows, hidden) float32, settings). Every word tier is read before the model loads; under
     torchrun the stories are dealt out to the processes by their word counts."""
-    words = {story: story_words(args.data_dir, story) for story in stories}
+    words = {story: story_words(dataset, story) for story in stories}
     model, tokenizer = load_text_model(args.model_name, device, dtype)
     layer = check_layer(args.layer, model.config.num_hidden_layers, args.model_name)
-    mine = [stories[i] for i in speech_models.process_items([len(words[s]) for s in stories])]
+    mine = [stories[i] for i in processes.process_items([len(words[s]) for s in stories])]
     part = {}
     for story in tqdm(mine, desc="stories", unit="story",
-                      disable=not speech_models.is_main_process()):
+                      disable=not processes.is_main_process()):
         states = word_states(model, tokenizer, [word for _, _, word in words[story]], layer,
                              args.context_words, args.batch_size, device, story)
         times = np.array([(start + end) / 2 for start, end, _ in words[story]])
-        grid = low_level_features.to_tr_grid(states, times, response_grid(
-            args.data_dir, story, args.tr_source, args.tr_path))
+        grid = low_level_features.to_tr_grid(states, times, response_grid(dataset, story))
         part[story] = eval_utils.trim_rows(grid, TRIM)
     features = {}
-    for done in speech_models.gather_from_processes(part):
+    for done in processes.gather_from_processes(part):
         features.update(done)
     return {story: features[story] for story in stories}, {
         "layer": layer, "fingerprint": speech_models.fingerprint(model),
@@ -282,12 +283,12 @@ def text_targets(args, stories, device, dtype):
         "tokenizer": {"class": type(tokenizer).__name__, "size": len(tokenizer)}}
 
 
-def story_words(data_dir, story):
-    """The word tier of a story (``data_utils.load_words``); a story without words is a
-    DatasetError naming its TextGrid."""
-    words = data_utils.load_words(data_dir, story)
+def story_words(dataset, story):
+    """The word tier of a story (``Dataset.words``); a story without words is a DatasetError
+    naming its TextGrid."""
+    words = dataset.words(story)
     if not words:
-        raise DatasetError(f"{data_utils.textgrid_path(data_dir, story)}: its word tier holds no "
+        raise DatasetError(f"{dataset.textgrid_path(story)}: its word tier holds no "
                            "words (only silences or noise); get the TextGrid again")
     return words
 
@@ -361,7 +362,7 @@ def word_states(model, tokenizer, words, layer, context_words, batch_size=32, de
     states = None
     with torch.inference_mode():
         for first in tqdm(range(0, len(order), batch_size), desc=story, unit="batch",
-                          leave=False, disable=not speech_models.is_main_process()):
+                          leave=False, disable=not processes.is_main_process()):
             batch = order[first:first + batch_size]
             width = max(len(ids[i]) for i in batch)
             inputs = torch.zeros((len(batch), width), dtype=torch.long)

@@ -6,12 +6,12 @@
 A base-size wav2vec2 (random init from the default config, nothing downloaded) and
 ``--utterances`` random utterances of ``--seconds`` (3.1 s, TIMIT's mean):
 
-- frozen (the default setting): ``eval_asr.utterance_hidden`` per utterance for layers 1, 6
-  and 12, each its own forward pass up to the layer, as ``eval_asr.frame_features`` extracts
+- frozen (the default setting): ``asr.utterance_hidden`` per utterance for layers 1, 6
+  and 12, each its own forward pass up to the layer, as ``asr.frame_features`` extracts
   one layer at a time; the peer is one forward pass of the whole encoder returning every
   hidden state (``output_hidden_states=True``), what extracting all 13 layers together would
   cost.
-- ``--finetune``: ``eval_asr.finetuned_transcripts`` training the last layer, one epoch of
+- ``--finetune``: ``asr.finetuned_transcripts`` training the last layer, one epoch of
   batches of ``--batch_size`` utterances (each encoded alone, as the script does: CTC loss,
   backward through the encoder above the CNN, Adam); the peer is transformers'
   ``Wav2Vec2ForCTC`` with its feature encoder frozen, the same utterances padded into one
@@ -25,13 +25,11 @@ projection to TIMIT without SA (3,696 training and 1,344 test utterances): froze
 layers one pass each, and --finetune for 20 epochs. Results are written as JSON (``--out``).
 """
 
-import argparse
 import copy
 import dataclasses
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,56 +38,54 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import eval_asr  # noqa: E402
+import arguments  # noqa: E402
+import asr  # noqa: E402
+import processes  # noqa: E402
 import run_utils  # noqa: E402
 import speech_models  # noqa: E402
-from bench_features import base_model, torch_gemm_rate  # noqa: E402
-from bench_uncertainty import cpu_name, gemm_rate  # noqa: E402
+from arguments import flag  # noqa: E402
+from machine import (base_backbone, base_preprocessor, cpu_name, gemm_rate, timed,  # noqa: E402
+                     torch_gemm_rate)
 
 TIMIT_TRAIN, TIMIT_TEST = 3696, 1344  # without the SA sentences
 RATE = 16000
 N_TOKENS = 29  # the blank, a space and TIMIT's letters and apostrophe
 
 
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """The benchmark's flags."""
+
+    device: str = flag("cpu", choices=("cpu", "cuda"), help="where the model runs")
+    seconds: float = flag(3.1, help="length of each utterance")
+    utterances: int = flag(4, help="utterances timed")
+    batch_size: int = flag(2, help="utterances per Adam step")
+    seed: int = flag(0, help="random seed")
+    out: str = flag("outputs/bench_asr.json", help="JSON results")
+
+    def __post_init__(self):
+        super().__post_init__()
+        arguments.check_at_least(self, 1, "utterances", "batch_size")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--seconds", type=float, default=3.1, help="length of each utterance")
-    parser.add_argument("--utterances", type=int, default=4, help="utterances timed")
-    parser.add_argument("--batch_size", type=int, default=2, help="utterances per Adam step")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/bench_asr.json", help="JSON results")
-    args = parser.parse_args(argv)
-    run_utils.check_at_least(parser, args, 1, "utterances", "batch_size")
-    return args
-
-
-def timed(work, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = work()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, result
+    return arguments.parse(Settings, argv, description=__doc__.splitlines()[0])
 
 
 def frozen_costs(encoder, waveforms, device):
-    """Seconds per utterance: each layer's own pass (``eval_asr.utterance_hidden``), all layers
-    in one pass as ``eval_asr.extract_layers`` runs it, and the peer, one pass of the encoder
+    """Seconds per utterance: each layer's own pass (``asr.utterance_hidden``), all layers
+    in one pass as ``asr.extract_layers`` runs it, and the peer, one pass of the encoder
     returning every hidden state."""
     layers = list(range(encoder.depth + 1))
     with torch.inference_mode():
-        eval_asr.utterance_hidden(encoder, waveforms[0], encoder.depth, device)  # warm-up
+        asr.utterance_hidden(encoder, waveforms[0], encoder.depth, device)  # warm-up
         per_layer = {}
         for layer in layers:
-            seconds, _ = timed(lambda: [eval_asr.utterance_hidden(encoder, w, layer, device)
+            seconds, _ = timed(lambda: [asr.utterance_hidden(encoder, w, layer, device)
                                         for w in waveforms], device)
             per_layer[layer] = seconds / len(waveforms)
-        seconds, _ = timed(lambda: [eval_asr.utterance_states(encoder, w, layers, device)
+        seconds, _ = timed(lambda: [asr.utterance_states(encoder, w, layers, device)
                                     for w in waveforms], device)
         together = seconds / len(waveforms)
         inputs = [torch.from_numpy(encoder.preprocessor(w[None])).to(device) for w in waveforms]
@@ -106,18 +102,17 @@ def grouped_cost(per_layer, per_pass):
 
 
 def finetune_cost(encoder, folder, waveforms, labels, batch_size, device):
-    """Seconds per training utterance of ``eval_asr.finetuned_transcripts`` (the copy of the
+    """Seconds per training utterance of ``asr.finetuned_transcripts`` (the copy of the
     encoder made once, outside the time)."""
     paths = []
     for index, waveform in enumerate(waveforms):
         paths.append(folder / f"{index}.wav")
         sf.write(paths[-1], waveform, RATE, subtype="FLOAT")
     examples = [{"audio": path} for path in paths]
-    training = eval_asr.Training(1, batch_size, eval_asr.FINETUNE_HEAD_LR,
-                                 eval_asr.FINETUNE_BACKBONE_LR, 0)
-    eval_asr.finetuned_transcripts(encoder, encoder.depth, examples[:batch_size], [],
-                                   labels[:batch_size], N_TOKENS, training, device)  # warm-up
-    seconds, _ = timed(lambda: eval_asr.finetuned_transcripts(
+    training = asr.Training(1, batch_size, asr.FINETUNE_HEAD_LR, asr.FINETUNE_BACKBONE_LR, 0)
+    asr.finetuned_transcripts(encoder, encoder.depth, examples[:batch_size], [],
+                              labels[:batch_size], N_TOKENS, training, device)  # warm-up
+    seconds, _ = timed(lambda: asr.finetuned_transcripts(
         encoder, encoder.depth, examples, [], labels, N_TOKENS, training, device), device)
     copy_seconds, _ = timed(lambda: speech_models.BrainTuningModel(
         copy.deepcopy(encoder.backbone), encoder.family, N_TOKENS), device)
@@ -146,7 +141,7 @@ def peer_finetune_cost(config, waveforms, labels, batch_size, device):
             loss.backward()
             optimizer.step()
 
-    with speech_models.seeded(0):
+    with processes.seeded(0):
         epoch()  # warm-up
         seconds, _ = timed(epoch, device)
     return seconds / len(waveforms)
@@ -159,8 +154,8 @@ def finetune_flops(encoder, waveform, device):
     model.freeze()
     tuned = dataclasses.replace(encoder, backbone=model.backbone)
     with FlopCounterMode(display=False) as counter:
-        logits = model.head(eval_asr.utterance_hidden(tuned, waveform, encoder.depth, device,
-                                                      cut=True))
+        logits = model.head(asr.utterance_hidden(tuned, waveform, encoder.depth, device,
+                                                 cut=True))
         logits.log_softmax(-1).sum().backward()
     return counter.get_total_flops()
 
@@ -169,7 +164,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    backbone, preprocessor = base_model("wav2vec2")
+    backbone, preprocessor = base_backbone("wav2vec2"), base_preprocessor("wav2vec2")
     backbone.to(device).eval()
     encoder = speech_models.Encoder(backbone, "wav2vec2", preprocessor,
                                     speech_models.num_layers(backbone))
@@ -209,7 +204,7 @@ def main(argv=None):
           f"({', '.join(f'{k} {v:.1f}' for k, v in gemm.items())} GFLOP/s)")
     utterances = TIMIT_TRAIN + TIMIT_TEST
     layer_bytes = 50 * args.seconds * utterances * d * 4  # float32 frames of one layer
-    default_pass = max(1, int(eval_asr.FRAME_MEMORY_GB * 2**30 // layer_bytes))
+    default_pass = max(1, int(asr.FRAME_MEMORY_GB * 2**30 // layer_bytes))
     projection = {"frozen_one_pass_per_layer_hours": one_at_a_time * utterances / 3600,
                   "frozen_default_memory_hours": grouped_cost(per_layer, default_pass)
                   * utterances / 3600, "frozen_default_layers_per_pass": default_pass,
@@ -218,7 +213,7 @@ def main(argv=None):
     print(f"\nprojected to TIMIT ({TIMIT_TRAIN} + {TIMIT_TEST} utterances, "
           f"{layer_bytes / 2**30:.1f} GiB of frames per layer): frozen, all 13 layers, "
           f"{projection['frozen_default_memory_hours']:.1f} h with the default "
-          f"--frame_memory_gb {eval_asr.FRAME_MEMORY_GB:g} ({default_pass} layers per pass), "
+          f"--frame_memory_gb {asr.FRAME_MEMORY_GB:g} ({default_pass} layers per pass), "
           f"{projection['frozen_all_in_one_pass_hours']:.1f} h in one pass "
           f"(--frame_memory_gb {np.ceil(13 * layer_bytes / 2**30):.0f}), "
           f"{projection['frozen_one_pass_per_layer_hours']:.1f} h one pass per layer; "

@@ -7,7 +7,7 @@
 Slides the paper's windows (16 s context + 0.1 s chunk, 0.1 s steps) over ``--seconds`` of
 random audio with a base-size encoder (random init from the family's default config, no
 download; Whisper with whisper-base's dimensions) through
-``speech_models.sliding_window_features``, batched and computing only the layers needed, and
+``layer_features.sliding_window_features``, batched and computing only the layers needed, and
 times only the full-length windows: the ones ending in the first 16.1 s are shorter, cheaper
 and, for wav2vec2 and HuBERT, of a different length each, so they are left out (the function's
 window ends are filtered; the rest of its path is the one the evaluator runs). Whisper pads
@@ -21,8 +21,8 @@ embedding and feature projection, and per transformer layer the attention projec
 attention scores with their weighted sum and the MLP, over the layers that actually run), the
 achieved GFLOP/s and its fraction of the machine's GEMM rate, measured in the same run on a
 matrix product of the MLP's shape at the batch's size, in the run's dtype on its device
-(torch; on the CPU in fp32 also numpy's BLAS, ``bench_uncertainty.gemm_rate``, and the best
-is used). The count is checked against ``torch.utils.flop_counter.FlopCounterMode`` on one
+(torch; on the CPU in fp32 also numpy's BLAS, ``machine.gemm_rate``, and the best is
+used). The count is checked against ``torch.utils.flop_counter.FlopCounterMode`` on one
 forward pass of one window. ``--profile`` adds torch.profiler's operators of one batch.
 ``--compare_naive`` adds the earlier comparison over every window of the audio, short ones
 included: batched against the original code's path (one window per forward pass, all
@@ -30,7 +30,7 @@ layers), with the largest difference between their features. Results are written
 (``--out``).
 """
 
-import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -43,57 +43,56 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import brain_evaluate  # noqa: E402
+import arguments  # noqa: E402
+import layer_features  # noqa: E402
+import machine  # noqa: E402
+import processes  # noqa: E402
 import run_utils  # noqa: E402
 import speech_models  # noqa: E402
-from bench_uncertainty import cpu_name, gemm_rate  # noqa: E402
+from alignment_analyses import DEFAULT_LAYERS  # noqa: E402
+from arguments import flag  # noqa: E402
 
 CONTEXT_S, CHUNK_S = 16.0, 0.1  # the paper's windows
 
 
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """The benchmark's flags."""
+
+    family: str = flag("wav2vec2", choices=machine.FAMILIES,
+                       help="encoder family (base size, random weights)")
+    device: str = flag("cpu", choices=("cpu", "cuda"), help="where the model runs")
+    precision: str | None = flag(None, choices=("fp32", "bf16"),
+                                 help="autocast dtype (default: fp32 on cpu, bf16 on cuda)")
+    seconds: float = flag(19.2, help="audio length; the windows ending after 16.1 s are the full "
+                                     "ones timed (19.2 s: 32 windows)")
+    layers: list[int] | None = flag(None, help="hidden-state indices to extract (default: the "
+                                               f"evaluator's, {' '.join(map(str, DEFAULT_LAYERS))}"
+                                               ", up to the model's depth)")
+    batch_size: int = flag(16, help="windows per forward pass")
+    compare_naive: bool = flag(False, help="also time every window of the audio batched and one "
+                                           "per pass")
+    profile: bool = flag(False, help="also print torch.profiler's operators of one batch's "
+                                     "forward pass")
+    seed: int = flag(0, help="random seed")
+    out: str = flag("outputs/bench_features.json", help="JSON results")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--family", choices=("wav2vec2", "hubert", "whisper"), default="wav2vec2")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                        help="autocast dtype (default: fp32 on cpu, bf16 on cuda)")
-    parser.add_argument("--seconds", type=float, default=19.2,
-                        help="audio length; the windows ending after 16.1 s are the full ones "
-                             "timed (19.2 s: 32 windows)")
-    parser.add_argument("--layers", nargs="+", type=int, default=None,
-                        help="hidden-state indices to extract (default: the evaluator's, "
-                             f"{' '.join(map(str, brain_evaluate.DEFAULT_LAYERS))}, up to the "
-                             "model's depth)")
-    parser.add_argument("--batch_size", type=int, default=16, help="windows per forward pass")
-    parser.add_argument("--compare_naive", action="store_true",
-                        help="also time every window of the audio batched and one per pass")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print torch.profiler's operators of one batch's forward pass")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/bench_features.json", help="JSON results")
-    return parser.parse_args(argv)
+    return arguments.parse(Settings, argv, description=__doc__.splitlines()[0])
 
 
 def base_model(family):
-    """A base-size encoder with random weights and its preprocessor."""
-    from transformers import (AutoModel, HubertConfig, Wav2Vec2Config,
-                              Wav2Vec2FeatureExtractor, WhisperConfig, WhisperFeatureExtractor)
-
-    configs = {"wav2vec2": Wav2Vec2Config, "hubert": HubertConfig,
-               "whisper": lambda: WhisperConfig(  # whisper-base's encoder; the decoder is unused
-                   d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
-                   decoder_layers=1, decoder_attention_heads=8)}
-    backbone = AutoModel.from_config(configs[family]())
-    extractor = WhisperFeatureExtractor() if family == "whisper" else Wav2Vec2FeatureExtractor()
-    return backbone, speech_models.AudioPreprocessor(extractor, family)
+    """A base-size encoder with random weights and its preprocessor (Whisper's decoder is
+    unused: one layer of it)."""
+    overrides = {"decoder_layers": 1} if family == "whisper" else {}
+    return machine.base_backbone(family, **overrides), machine.base_preprocessor(family)
 
 
 def layers_run(backbone, layers):
     """Encoder layers a forward pass for ``layers`` runs: one past the highest requested, at
-    most all (as ``speech_models.layer_hidden_states``)."""
+    most all (as ``layer_features.layer_hidden_states``)."""
     return min(max(layers) + 1, speech_models.num_layers(backbone))
 
 
@@ -168,7 +167,7 @@ def counted_flops(backbone, family, inputs, layers):
     backbone.requires_grad_(False)
     try:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            speech_models.hidden_states_at(backbone, family, inputs, layers, -1)
+            layer_features.hidden_states_at(backbone, family, inputs, layers, -1)
     finally:
         switch(original)
         for parameter in trainable:
@@ -180,36 +179,17 @@ def counted_flops(backbone, family, inputs, layers):
     return counts
 
 
-def torch_gemm_rate(m, k, n, dtype, device, min_seconds=0.3):
-    """GFLOP/s of torch's (m, k) @ (k, n) in ``dtype`` on ``device`` (best of two timings)."""
-    a = torch.randn(m, k, device=device).to(dtype)
-    b = torch.randn(k, n, device=device).to(dtype)
-    out = torch.empty(m, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.matmul(a, b, out=out)  # warm-up
-    sync()
-    best = 0.0
-    for _ in range(2):
-        count, began = 0, time.perf_counter()
-        while time.perf_counter() - began < min_seconds:
-            torch.matmul(a, b, out=out)
-            count += 1
-        sync()
-        best = max(best, 2.0 * m * k * n * count / (time.perf_counter() - began) / 1e9)
-    return best
-
-
 @contextmanager
 def full_windows_only(window):
     """Inside the block ``sliding_window_features`` keeps only the windows of ``window``
     samples (those ending at or after it)."""
-    all_ends = speech_models.window_ends
+    all_ends = layer_features.window_ends
 
     def full_ends(n_samples, chunk):
         ends = all_ends(n_samples, chunk)
         return ends[ends >= window]
 
-    with mock.patch.object(speech_models, "window_ends", full_ends):
+    with mock.patch.object(layer_features, "window_ends", full_ends):
         yield
 
 
@@ -226,7 +206,7 @@ def time_extraction(backbone, preprocessor, audio, layers, batch_size, device, d
         last[0] = now
 
     began = last[0] = time.perf_counter()
-    features, times = speech_models.sliding_window_features(
+    features, times = layer_features.sliding_window_features(
         backbone, preprocessor, audio, layers, CONTEXT_S, CHUNK_S, batch_size=batch_size,
         device=device, dtype=dtype, naive=naive, on_batch=on_batch)
     return time.perf_counter() - began, features, len(times), batches
@@ -241,7 +221,7 @@ def profile_table(backbone, family, inputs, layers, device, dtype, rows=20):
                                            else [])
     with torch.inference_mode(), profile(activities=activities, record_shapes=True) as profiler:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            speech_models.hidden_states_at(backbone, family, inputs, layers, -1)
+            layer_features.hidden_states_at(backbone, family, inputs, layers, -1)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return profiler.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=rows)
 
@@ -253,7 +233,7 @@ def compare_naive(backbone, preprocessor, audio, layers, batch_size, device, dty
     runs = {}
     for name, naive in (("batched", False), ("naive", True)):
         # the original ran every layer: keep all of them for the naive path
-        keep_all = (mock.patch.object(speech_models, "first_layers",
+        keep_all = (mock.patch.object(layer_features, "first_layers",
                                       lambda backbone, count: nullcontext())
                     if naive else nullcontext())
         with keep_all:
@@ -268,95 +248,56 @@ def compare_naive(backbone, preprocessor, audio, layers, batch_size, device, dty
                                        for layer in layers))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    device = speech_models.resolve_device(args.device)
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    dtype = speech_models.autocast_dtype(precision, device)
-    torch.manual_seed(args.seed)
-    backbone, preprocessor = base_model(args.family)
-    backbone.to(device).eval()
-    depth = speech_models.num_layers(backbone)
-    layers = run_utils.choose_layers(args.layers, depth, brain_evaluate.DEFAULT_LAYERS)
-    rate = preprocessor.sampling_rate
-    chunk = int(round(CHUNK_S * rate))
-    window = int(round(CONTEXT_S * rate)) + chunk
-    audio = np.random.default_rng(args.seed).standard_normal(
-        int(round(args.seconds * rate))).astype(np.float32)
-    if len(audio) < window:
-        raise SystemExit(f"--seconds {args.seconds}: shorter than one full window "
-                         f"({window / rate} s)")
-    n_layers = layers_run(backbone, layers)
-    parts, frames = window_flops(backbone.config, args.family, window, n_layers)
-    flops = sum(parts.values())
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{cpu_name()}, {os.cpu_count()} cpus")
-    encoder = backbone.encoder if args.family == "whisper" else backbone
-    load_before = os.getloadavg()
-    print(f"{args.family} base ({sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M "
-          f"encoder parameters, attention {backbone.config._attn_implementation}), layers "
-          f"{layers} ({n_layers} of {depth} run), {precision} on {device}; {machine}; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
-          f"{load_before[0]:.2f} (other processes slow every number)")
-
-    # the FLOP check: one window through FlopCounterMode (also the warm-up of the CPU path)
-    inputs = torch.from_numpy(preprocessor(audio[None, :window])).to(device)
-    counted = counted_flops(backbone, args.family, inputs, layers)
-    if device.type == "cuda":  # warm-up at the timed batch shape
-        with full_windows_only(window):
-            time_extraction(backbone, preprocessor, audio[:window + (args.batch_size - 1) * chunk],
-                            layers, args.batch_size, device, dtype)
-
-    # the machine's GEMM rate on the MLP's product at the batch's shape, in the run's dtype
-    m, (k, n) = args.batch_size * frames, widths(backbone.config, args.family)
-    gemm = {f"torch {precision}": torch_gemm_rate(m, k, n, dtype or torch.float32, device)}
+def gemm_rates(m, k, n, precision, dtype, device, seed):
+    """The machine's GEMM rate on an (m, k) @ (k, n) product in the run's dtype: torch's, and on
+    the CPU in fp32 also numpy's; GFLOP/s by name."""
+    gemm = {f"torch {precision}": machine.torch_gemm_rate(m, k, n, dtype or torch.float32, device)}
     if device.type == "cpu" and dtype is None:
-        numpy_rate, setting, _ = gemm_rate(m, k, [n], np.float32, args.seed)
+        numpy_rate, setting, _ = machine.gemm_rate(m, k, [n], np.float32, seed)
         gemm[f"numpy float32 ({setting})"] = numpy_rate
-    gemm_best = max(gemm.values())
+    return gemm
 
-    with full_windows_only(window):
-        seconds, _, windows, batches = time_extraction(
-            backbone, preprocessor, audio, layers, args.batch_size, device, dtype)
+
+def full_window_result(seconds, windows, batches, parts, frames, gemm, counted):
+    """The results of the timed run over the full windows: windows/s, over the run and of its
+    fastest full batch (the figure least slowed by other processes), GFLOP/s and fractions of
+    the GEMM rate, and the FLOP counts."""
+    flops = sum(parts.values())
+    gemm_best = max(gemm.values())
     achieved = flops * windows / seconds / 1e9
-    # the fastest batch of the full batch size: the figure least slowed by other processes
     full = max(count for count, _ in batches)
     best = max(count / batch_s for count, batch_s in batches if count == full)
-    result = dict(windows=windows, window_s=window / rate, frames=frames, seconds=seconds,
-                  windows_per_s=windows / seconds, batch_windows=[c for c, _ in batches],
-                  batch_seconds=[s for _, s in batches], best_batch_windows_per_s=best,
-                  best_batch_gflops=flops * best / 1e9,
-                  best_batch_gemm_fraction=flops * best / 1e9 / gemm_best,
-                  gflop_per_window=flops / 1e9,
-                  gflop_per_window_parts={part: value / 1e9 for part, value in parts.items()},
-                  gflops=achieved, gemm_shape=[m, k, n], gemm_gflops=gemm,
-                  gemm_fraction=achieved / gemm_best,
-                  flop_counter_gflop=sum(counted.values()) / 1e9,
-                  flop_counter_gflop_by_kind={kind: value / 1e9 for kind, value in counted.items()})
-    profile = None
-    if args.profile:  # the last batch of full windows
-        ends = speech_models.window_ends(len(audio), chunk)
-        batch = preprocessor([audio[end - window:end]
-                              for end in ends[ends >= window][-args.batch_size:]])
-        profile = profile_table(backbone, args.family, torch.from_numpy(batch).to(device),
-                                layers, device, dtype)
-    naive = None
-    if args.compare_naive:
-        naive = compare_naive(backbone, preprocessor, audio, layers, args.batch_size, device,
-                              dtype)
-    load_after = os.getloadavg()
+    return dict(windows=windows, frames=frames, seconds=seconds,
+                windows_per_s=windows / seconds, batch_windows=[c for c, _ in batches],
+                batch_seconds=[s for _, s in batches], best_batch_windows_per_s=best,
+                best_batch_gflops=flops * best / 1e9,
+                best_batch_gemm_fraction=flops * best / 1e9 / gemm_best,
+                gflop_per_window=flops / 1e9,
+                gflop_per_window_parts={part: value / 1e9 for part, value in parts.items()},
+                gflops=achieved, gemm_gflops=gemm, gemm_fraction=achieved / gemm_best,
+                flop_counter_gflop=sum(counted.values()) / 1e9,
+                flop_counter_gflop_by_kind={kind: value / 1e9 for kind, value in counted.items()})
 
-    print(f"\nfull {window / rate:.1f} s windows ({frames} encoder frames), batches of "
-          f"{args.batch_size}: {windows} windows in {seconds:.1f} s")
+
+def print_results(settings, result, parts, counted, profile, naive):
+    """The run's figures, the FLOP check and the optional profile and naive comparison."""
+    flops = sum(parts.values())
+    gemm = result["gemm_gflops"]
+    m, k, n = result["gemm_shape"]
+    batches = list(zip(result["batch_windows"], result["batch_seconds"]))
+    print(f"\nfull {result['window_s']:.1f} s windows ({result['frames']} encoder frames), "
+          f"batches of {settings.batch_size}: {result['windows']} windows in "
+          f"{result['seconds']:.1f} s")
     print(f"{'windows/s':<28}{result['windows_per_s']:>10.3f}")
     print(f"{'GFLOP per window':<28}{result['gflop_per_window']:>10.1f}   (" + ", ".join(
         f"{part} {value:.1f}" for part, value in result["gflop_per_window_parts"].items()) + ")")
-    print(f"{'achieved GFLOP/s':<28}{achieved:>10.1f}")
-    print(f"{'GEMM rate GFLOP/s':<28}{gemm_best:>10.1f}   (({m}, {k}) @ ({k}, {n}): " + ", ".join(
-        f"{name} {value:.1f}" for name, value in gemm.items()) + ")")
+    print(f"{'achieved GFLOP/s':<28}{result['gflops']:>10.1f}")
+    print(f"{'GEMM rate GFLOP/s':<28}{max(gemm.values()):>10.1f}   (({m}, {k}) @ ({k}, {n}): "
+          + ", ".join(f"{name} {value:.1f}" for name, value in gemm.items()) + ")")
     print(f"{'fraction of GEMM rate':<28}{result['gemm_fraction']:>10.2f}")
-    print(f"{'fastest batch':<28}{best:>10.3f}   windows/s, {result['best_batch_gflops']:.1f} "
-          f"GFLOP/s, {result['best_batch_gemm_fraction']:.2f} of the GEMM rate (batches: "
+    print(f"{'fastest batch':<28}{result['best_batch_windows_per_s']:>10.3f}   windows/s, "
+          f"{result['best_batch_gflops']:.1f} GFLOP/s, {result['best_batch_gemm_fraction']:.2f} "
+          "of the GEMM rate (batches: "
           + ", ".join(f"{count} in {batch_s:.1f} s" for count, batch_s in batches) + ")")
     print(f"\nFLOP check, one window: ours {flops / 1e9:.2f} GFLOP, FlopCounterMode "
           f"{result['flop_counter_gflop']:.2f} GFLOP (eager attention), "
@@ -364,21 +305,89 @@ def main(argv=None):
           "counted): " + ", ".join(f"{kind} {value / 1e9:.2f} / {counted.get(kind, 0) / 1e9:.2f}"
                                    for kind, value in flops_by_kind(parts).items()))
     if profile:
-        print(f"\ntorch.profiler, one forward pass of {args.batch_size} full windows (or all "
+        print(f"\ntorch.profiler, one forward pass of {settings.batch_size} full windows (or all "
               f"there are):\n{profile}")
     if naive:
-        print(f"\nevery window of {args.seconds:g} s ({naive['windows']}, short ones included): "
-              f"batched {naive['batched_windows_per_s']:.2f} windows/s, one window per pass "
-              f"over all layers {naive['naive_windows_per_s']:.2f} windows/s, batched faster by "
-              f"{naive['speedup']:.1f}x; max |difference| {naive['max_abs_difference']:.2e}")
+        print(f"\nevery window of {settings.seconds:g} s ({naive['windows']}, short ones "
+              f"included): batched {naive['batched_windows_per_s']:.2f} windows/s, one window "
+              f"per pass over all layers {naive['naive_windows_per_s']:.2f} windows/s, batched "
+              f"faster by {naive['speedup']:.1f}x; max |difference| "
+              f"{naive['max_abs_difference']:.2e}")
+
+
+def last_batch_profile(backbone, preprocessor, audio, settings, layers, device, dtype):
+    """torch.profiler's table of the last batch of full windows."""
+    rate = preprocessor.sampling_rate
+    chunk = int(round(CHUNK_S * rate))
+    window = int(round(CONTEXT_S * rate)) + chunk
+    ends = layer_features.window_ends(len(audio), chunk)
+    batch = preprocessor([audio[end - window:end]
+                          for end in ends[ends >= window][-settings.batch_size:]])
+    return profile_table(backbone, settings.family, torch.from_numpy(batch).to(device), layers,
+                         device, dtype)
+
+
+def main(argv=None):
+    settings = parse_args(argv)
+    device = processes.resolve_device(settings.device)
+    precision = settings.precision or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = processes.autocast_dtype(precision, device)
+    torch.manual_seed(settings.seed)
+    backbone, preprocessor = base_model(settings.family)
+    backbone.to(device).eval()
+    depth = speech_models.num_layers(backbone)
+    layers = run_utils.choose_layers(settings.layers, depth, DEFAULT_LAYERS)
+    rate = preprocessor.sampling_rate
+    chunk = int(round(CHUNK_S * rate))
+    window = int(round(CONTEXT_S * rate)) + chunk
+    audio = np.random.default_rng(settings.seed).standard_normal(
+        int(round(settings.seconds * rate))).astype(np.float32)
+    if len(audio) < window:
+        raise SystemExit(f"--seconds {settings.seconds}: shorter than one full window "
+                         f"({window / rate} s)")
+    n_layers = layers_run(backbone, layers)
+    parts, frames = window_flops(backbone.config, settings.family, window, n_layers)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{machine.cpu_name()}, {os.cpu_count()} cpus")
+    encoder = backbone.encoder if settings.family == "whisper" else backbone
+    load_before = os.getloadavg()
+    print(f"{settings.family} base ({sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M "
+          f"encoder parameters, attention {backbone.config._attn_implementation}), layers "
+          f"{layers} ({n_layers} of {depth} run), {precision} on {device}; {where}; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
+          f"{load_before[0]:.2f} (other processes slow every number)")
+
+    # the FLOP check: one window through FlopCounterMode (also the warm-up of the CPU path)
+    inputs = torch.from_numpy(preprocessor(audio[None, :window])).to(device)
+    counted = counted_flops(backbone, settings.family, inputs, layers)
+    if device.type == "cuda":  # warm-up at the timed batch shape
+        with full_windows_only(window):
+            time_extraction(backbone, preprocessor,
+                            audio[:window + (settings.batch_size - 1) * chunk], layers,
+                            settings.batch_size, device, dtype)
+    # the machine's GEMM rate on the MLP's product at the batch's shape, in the run's dtype
+    m, (k, n) = settings.batch_size * frames, widths(backbone.config, settings.family)
+    gemm = gemm_rates(m, k, n, precision, dtype, device, settings.seed)
+    with full_windows_only(window):
+        seconds, _, windows, batches = time_extraction(
+            backbone, preprocessor, audio, layers, settings.batch_size, device, dtype)
+    result = dict(window_s=window / rate, gemm_shape=[m, k, n],
+                  **full_window_result(seconds, windows, batches, parts, frames, gemm, counted))
+    profile = (last_batch_profile(backbone, preprocessor, audio, settings, layers, device, dtype)
+               if settings.profile else None)
+    naive = (compare_naive(backbone, preprocessor, audio, layers, settings.batch_size, device,
+                           dtype) if settings.compare_naive else None)
+    load_after = os.getloadavg()
+    print_results(settings, result, parts, counted, profile, naive)
     print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    results = dict(args=vars(args), family=args.family, device=str(device), machine=machine,
-                   precision=precision, torch=torch.__version__, threads=torch.get_num_threads(),
+    results = dict(args=arguments.as_dict(settings), family=settings.family, device=str(device),
+                   machine=where, precision=precision, torch=torch.__version__,
+                   threads=torch.get_num_threads(),
                    attn_implementation=backbone.config._attn_implementation, layers=layers,
                    layers_run=n_layers, load_average_before=load_before,
                    load_average_after=load_after, full_windows=result, compare_naive=naive)
-    run_utils.write_json(args.out, results, overwrite=True)
-    print(f"results: {args.out}")
+    run_utils.write_json(settings.out, results, overwrite=True)
+    print(f"results: {settings.out}")
 
 
 if __name__ == "__main__":

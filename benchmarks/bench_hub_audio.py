@@ -9,7 +9,7 @@ Commands v2 and the same clips, bytes embedded, as a ``save_to_disk`` dataset la
 ``google/speech_commands`` (``synthetic_downstream.hub_dataset``), then times, for each input,
 what a probe run does before the model: listing the examples of the training split
 (``downstream_data.task_examples``) and reading every clip's samples
-(``data_utils.read_audio``, soundfile on the file, or on the row's bytes). The peer is the
+(``audio_io.read_audio``, soundfile on the file, or on the row's bytes). The peer is the
 folder, read by the same reader; the datasets library's own ``Audio`` decoding needs
 torchcodec and FFmpeg, which are not dependencies. Prints per-clip times, the ratio hub /
 folder and the projection to Speech Commands v0.02's 84,848 training and 4,890 test clips.
@@ -17,12 +17,10 @@ The work is file and Arrow reading, not arithmetic, so no GEMM fraction applies.
 written as JSON (``--out``).
 """
 
-import argparse
-import logging
+import dataclasses
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,26 +28,34 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import data_utils  # noqa: E402
+import arguments  # noqa: E402
+import audio_io  # noqa: E402
 import downstream_data  # noqa: E402
 import run_utils  # noqa: E402
 import synthetic_downstream  # noqa: E402
+from arguments import flag  # noqa: E402
+from machine import best_seconds  # noqa: E402
 
 SPEECH_COMMANDS_CLIPS = 84848 + 4890  # v0.02 training and test splits
 RATE = 16000
 
 
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """The benchmark's flags."""
+
+    clips: int = flag(5000, help="1-s clips to write and read")
+    repeats: int = flag(3, help="timed passes over each input (the fastest is reported)")
+    out: str | None = flag(None, help="also write the figures to this JSON file")
+
+    def __post_init__(self):
+        super().__post_init__()
+        arguments.check_at_least(self, 10, "clips")
+        arguments.check_at_least(self, 1, "repeats")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--clips", type=int, default=5000, help="1-s clips to write and read")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed passes over each input (the fastest is reported)")
-    parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
-    run_utils.check_at_least(parser, args, 10, "clips")
-    run_utils.check_at_least(parser, args, 1, "repeats")
-    return args
+    return arguments.parse(Settings, argv, description=__doc__.splitlines()[0])
 
 
 def write_inputs(root, clips, seed=0):
@@ -75,29 +81,19 @@ def write_inputs(root, clips, seed=0):
     return folder, downstream_data.HubDataset(str(root / "hub"))
 
 
-def timed(work, repeats):
-    """The fastest of ``repeats`` runs of ``work()``, in seconds, and its last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = work()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def measure(source, repeats):
     """Seconds to list the training examples and to read all their audio."""
-    listing, examples = timed(lambda: downstream_data.task_examples("words", source, "train"),
-                              repeats)
-    reading, total = timed(lambda: sum(len(data_utils.read_audio(e["audio"]))
-                                       for e in examples), repeats)
+    listing, examples = best_seconds(
+        lambda: downstream_data.task_examples("words", source, "train"), repeats)
+    reading, total = best_seconds(lambda: sum(len(audio_io.read_audio(e["audio"]))
+                                              for e in examples), repeats)
     return {"examples": len(examples), "list_s": listing, "read_s": reading,
             "samples": int(total)}
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
+    run_utils.setup_logging("WARNING")
     print(f"cpu: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
           f"{args.clips} clips of 1 s, best of {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@ mean held-out correlation, then refit on all rows. Prints seconds, the speed rat
 often the chosen alphas agree. himalaya must be installed (requirements-dev.txt).
 """
 
-import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -18,7 +18,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import arguments  # noqa: E402
 import eval_utils  # noqa: E402
+from arguments import flag  # noqa: E402
+
+
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """The benchmark's flags."""
+
+    n_samples: int = flag(3000, help="rows")
+    n_features: int = flag(768, help="features")
+    n_voxels: int = flag(10000, help="voxels")
+    n_alphas: int = flag(10, help="ridge penalties, log-spaced from 1 to 1e5")
+    story_length: int = flag(300, help="rows per story for the chunk splits")
+    seed: int = flag(0, help="random seed")
+    skip_sklearn: bool = flag(False, help="leave out scikit-learn")
 
 
 def make_problem(n_samples, n_features, n_voxels, seed):
@@ -57,22 +72,14 @@ def sklearn_ridge(X, Y, alphas, splits):
     weights = np.zeros((X.shape[1], Y.shape[1]), np.float32)
     for index in np.unique(best):
         chosen = best == index
-        weights[:, chosen] = Ridge(alpha=alphas[index], fit_intercept=False).fit(
-            X, Y[:, chosen]).coef_.T
+        # one voxel: scikit-learn gives its coef_ as (features,)
+        weights[:, chosen] = np.atleast_2d(Ridge(alpha=alphas[index], fit_intercept=False).fit(
+            X, Y[:, chosen]).coef_).T
     return weights, alphas[best]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n_samples", type=int, default=3000)
-    parser.add_argument("--n_features", type=int, default=768)
-    parser.add_argument("--n_voxels", type=int, default=10000)
-    parser.add_argument("--n_alphas", type=int, default=10)
-    parser.add_argument("--story_length", type=int, default=300,
-                        help="rows per story for the chunk splits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip_sklearn", action="store_true", help="leave out scikit-learn")
-    args = parser.parse_args(argv)
+    args = arguments.parse(Settings, argv, description=__doc__.splitlines()[0])
 
     import torch
 

@@ -1,7 +1,7 @@
 """Benchmark: every stage of a user's run at the real dataset's size, with time and peak memory.
 
-    python benchmarks/bench_scale.py                              # UTS03's real shapes (~13 GB disk)
-    python benchmarks/bench_scale.py --voxels 4000 --stories 3    # a rehearsal in a few minutes
+    python benchmarks/bench_scale.py                            # UTS03's real shapes (~13 GB disk)
+    python benchmarks/bench_scale.py --voxels 4000 --stories 3  # a rehearsal in a few minutes
 
 Writes (streamed, a story at a time) a synthetic dataset with the real shapes of one subject
 (``ds003020_shapes.json`` beside this file, from the dataset's public file listing): its
@@ -17,11 +17,11 @@ OS (``os.wait4``):
   and stimuli, and a base-size random-init wav2vec2 with one output per selected voxel;
 - ``trainer_steps``: ``--train_steps`` optimiser steps of ``--micro_batch`` 10 s windows
   (forward, MSE, backward, AdamW) of that model;
-- ``evaluator``: ``brain_evaluate.encoding_task`` (every response read, the test target and
+- ``evaluator``: ``encoding.encoding_task`` (every response read, the test target and
   ceilings, the CV splits), one layer's ridge (``--hidden`` features x 4 delays) over all
   voxels on random TR features, the test scores with the permutations and the bootstrap, and
-  the results written (``write_results``). The feature extraction is left out (a base model
-  on 240,000 windows is a GPU job; ``bench_features.py`` measures it).
+  the results written (``alignment_outputs.write_results``). The feature extraction is left
+  out (a base model on 240,000 windows is a GPU job; ``bench_features.py`` measures it).
 
 For the ridge the table also gives its FLOPs (every matrix product ``fit_ridge_cv`` makes,
 counted from the shapes), the time those would take at the machine's GEMM rate measured on
@@ -30,6 +30,7 @@ an ``X.T @ Y`` of the same size, and the achieved fraction of that rate. Results
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -44,36 +45,43 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import arguments  # noqa: E402
+import machine  # noqa: E402
+import run_utils  # noqa: E402
+from arguments import flag  # noqa: E402
+
 SHAPES = Path(__file__).resolve().parent / "ds003020_shapes.json"
 STAGES = ("check", "noise_ceiling", "trainer_startup", "trainer_steps", "evaluator")
 MEMORY_GOAL_GIB = 16.0
 WAV_RATE, WAV_CHANNELS = 44100, 2  # the real stimuli: 44.1 kHz, 16-bit, stereo
 
 
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """The benchmark's flags."""
+
+    subject: str = flag("UTS03", help="whose real shapes to use")
+    voxels: int | None = flag(None, help="voxels (default: the subject's real count)")
+    stories: int | None = flag(None, help="training stories (default: every paper training "
+                                          "story it has)")
+    work: str = flag("/tmp/bench_scale", help="folder of the dataset")
+    stages: list[str] = flag(list(STAGES), choices=STAGES, help="stages to run, in order")
+    train_steps: int = flag(2, help="timed optimiser steps")
+    micro_batch: int = flag(4, help="10 s windows per step")
+    hidden: int = flag(768, help="features per TR of the evaluated layer (x4 delays)")
+    n_permutations: int = flag(1000, help="permutations of the evaluator's test scores")
+    n_bootstrap: int = flag(1000, help="bootstrap resamples of the evaluator's test scores")
+    out: str = flag("outputs/bench_scale.json", help="results JSON")
+    keep: bool = flag(False, help="keep the dataset")
+    stage: str | None = flag(None, help=argparse.SUPPRESS)  # the child process of one stage
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--subject", default="UTS03", help="whose real shapes to use")
-    parser.add_argument("--voxels", type=int, default=None,
-                        help="voxels (default: the subject's real count)")
-    parser.add_argument("--stories", type=int, default=None,
-                        help="training stories (default: every paper training story it has)")
-    parser.add_argument("--work", default="/tmp/bench_scale", help="folder of the dataset")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    parser.add_argument("--train_steps", type=int, default=2, help="timed optimiser steps")
-    parser.add_argument("--micro_batch", type=int, default=4, help="10 s windows per step")
-    parser.add_argument("--hidden", type=int, default=768,
-                        help="features per TR of the evaluated layer (x4 delays)")
-    parser.add_argument("--n_permutations", type=int, default=1000)
-    parser.add_argument("--n_bootstrap", type=int, default=1000)
-    parser.add_argument("--out", default="outputs/bench_scale.json", help="results JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the dataset")
-    parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # run one stage
-    return parser.parse_args(argv)
+    return arguments.parse(Settings, argv, description=__doc__.split("\n\n")[0])
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if args.stage:
         return run_stage(args)
     import data_utils
@@ -205,8 +213,7 @@ def child_stage(stage, args, data, subject):
 
 def run_stage(args):
     """The child side of ``trainer_startup``, ``trainer_steps`` and ``evaluator``."""
-    import logging
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    run_utils.setup_logging()
     work = Path(args.work)
     data = work / "ds003020"
     nc_path = work / f"{args.subject}.npy"
@@ -220,36 +227,36 @@ def trainer_stage(args, data, nc_path):
     """The trainer's start-up (and, for trainer_steps, optimiser steps) with its own
     functions, on a base-size random-init wav2vec2."""
     import torch
-    from transformers import AutoModel, Wav2Vec2Config
 
-    import brain_trainer_story as trainer
     import data_utils
     import speech_models
+    import training_data
+    import training_steps
 
     details = {}
     began = time.perf_counter()
+    dataset = data_utils.Dataset(data)
     subjects = [args.subject]
-    train, val = trainer.choose_stories(data, subjects)
+    train, val = training_data.choose_stories(dataset, subjects)
     stories = {s: train[s] + val[s] for s in subjects}
-    counts = {s: data_utils.check_run_inputs(data, s, stories[s]) for s in subjects}
-    voxels = trainer.select_voxels(data, subjects, counts, [str(nc_path)])
-    targets = trainer.load_targets(data, stories, voxels, train)
-    groups, n_outputs = trainer.target_groups(targets, train, val, True)
-    audio, bounds = trainer.load_stimuli(data, stories[args.subject], progress=False)
+    counts = {s: dataset.check_run_inputs(s, stories[s]) for s in subjects}
+    voxels = training_data.select_voxels(dataset, subjects, counts, [str(nc_path)])
+    targets = training_data.load_targets(dataset, stories, voxels, train)
+    groups, n_outputs = training_data.target_groups(targets, train, val, True)
+    audio, bounds = training_data.load_stimuli(dataset, stories[args.subject], progress=False)
     details["data_s"] = round(time.perf_counter() - began, 1)
     model_dir = Path(args.work) / "wav2vec2-base-random"
     if not model_dir.exists():
-        AutoModel.from_config(Wav2Vec2Config()).save_pretrained(model_dir)
-        speech_models.default_feature_extractor("wav2vec2").save_pretrained(model_dir)
+        machine.save_base_model("wav2vec2", model_dir)
     window = next(iter(bounds.values()))[1]
     model, preprocessor = speech_models.build_model(str(model_dir), n_outputs, window)
     details.update(outputs=n_outputs, startup_s=round(time.perf_counter() - began, 1))
     if args.stage == "trainer_steps":
-        optimizer, _ = trainer.make_optimizer(model, 5e-5, 1e-3, 30, 5, 0.5, 1e-5)
-        datasets = trainer.group_datasets(groups, audio, bounds)
-        batches = speech_models.epoch_batches([d.train for d in datasets], 0, 0,
+        optimizer, _ = training_steps.make_optimizer(model, 5e-5, 1e-3, 30, 5, 0.5, 1e-5)
+        datasets = training_data.group_datasets(groups, audio, bounds)
+        batches = training_data.epoch_batches([d.train for d in datasets], 0, 0,
                                               args.micro_batch, args.micro_batch,
-                                              speech_models.Collate(preprocessor))
+                                              training_data.Collate(preprocessor))
         model.train()
         times = []
         for step, micro_batches in enumerate(batches):
@@ -267,14 +274,35 @@ def trainer_stage(args, data, nc_path):
     return details
 
 
+def evaluator_settings(args, data, nc_path):
+    """The evaluator's settings (its flag groups that ``encoding.encoding_task`` and the
+    results' protocol read), at their defaults but for the dataset, the ceiling file and the
+    permutations and resamples."""
+    from brain_regions import RegionFlags
+    from data_utils import DatasetFlags
+    from encoding import EncodingFlags, UncertaintyFlags
+
+    @dataclasses.dataclass(kw_only=True)
+    class EvaluatorSettings(arguments.OutputFlags, UncertaintyFlags, RegionFlags, EncodingFlags,
+                            DatasetFlags):
+        """What the evaluator's start-up and results read of its settings."""
+
+    settings = EvaluatorSettings(data_dir=str(data), nc_path=str(nc_path),
+                                 save_dir=str(Path(args.work) / "alignment"),
+                                 n_permutations=args.n_permutations,
+                                 n_bootstrap=args.n_bootstrap)
+    settings.finish_outputs("unused", args.subject)
+    return settings
+
+
 def evaluator_stage(args, data, nc_path):
     """The evaluator's response loading, one layer's ridge and scores, and the results, with
     its own functions, on random TR features; the ridge's FLOPs against the GEMM rate."""
-    import torch
-
-    import brain_evaluate
+    import alignment_outputs
     import data_utils
+    import encoding
     import eval_utils
+    import summaries
 
     details = {}
     timings = {}
@@ -292,21 +320,19 @@ def evaluator_stage(args, data, nc_path):
                                                  eval_utils.block_permutation_pvalues)
     eval_utils.bootstrap_correlations = timed("bootstrap", eval_utils.bootstrap_correlations)
     out = Path(args.work) / "alignment"
-    evaluate_args = brain_evaluate.parse_args([
-        "--model_name", "unused", "--subject", args.subject, "--data_dir", str(data),
-        "--nc_path", str(nc_path), "--save_dir", str(out), "--exp_name", "run",
-        "--n_permutations", str(args.n_permutations), "--n_bootstrap", str(args.n_bootstrap)])
+    settings = evaluator_settings(args, data, nc_path)
     began = time.perf_counter()
-    stories = brain_evaluate.training_stories(data, args.subject, None, data_utils.TEST_STORY)
-    task, facts = brain_evaluate.encoding_task(evaluate_args, args.subject, stories)
+    dataset = settings.open_dataset()
+    subject = data_utils.subject_id(args.subject)
+    stories = encoding.training_stories(dataset, subject, None, data_utils.TEST_STORY)
+    task, facts = encoding.encoding_task(settings, dataset, subject, stories)
     details["load_s"] = round(time.perf_counter() - began, 1)
     rng = np.random.default_rng(0)
-    features = {story: rng.standard_normal((len(data_utils.tr_times(data, story)), args.hidden),
+    features = {story: rng.standard_normal((len(dataset.tr_times(story)), args.hidden),
                                            dtype=np.float32)
                 for story in [*stories, data_utils.TEST_STORY]}
     start = time.perf_counter()
-    scores = brain_evaluate.with_summary(
-        brain_evaluate.layer_scores(features, task, what="bench"), task)
+    scores = summaries.with_summary(encoding.layer_scores(features, task, what="bench"), task)
     details["scores_s"] = round(time.perf_counter() - start, 1)
     details.update({f"{name}_s": round(seconds, 1) for name, seconds in timings.items()})
     start = time.perf_counter()
@@ -314,15 +340,22 @@ def evaluator_stage(args, data, nc_path):
     out.mkdir(parents=True)
     results = {"pretrained": {1: {"encoding": {"none": scores}, "efficiency": {},
                                   "semantic_preference": None}}}
-    brain_evaluate.write_results(out, results, {
-        "subject": data_utils.subject_id(args.subject), "train_stories": stories,
-        "test_story": data_utils.TEST_STORY, "models": {"pretrained": "unused"}, **facts},
-        task)
+    alignment_outputs.write_results(out, results, {
+        "subject": subject, "train_stories": stories, "test_story": data_utils.TEST_STORY,
+        "models": {"pretrained": "unused"}, **facts,
+        "protocol": alignment_outputs.protocol(settings)}, task)
     details["write_s"] = round(time.perf_counter() - start, 1)
+    details.update(ridge_bound(task, args.hidden, timings["ridge"], rng))
+    return details
 
-    # the ridge's products, from the shapes, against the GEMM rate of X.T @ Y
+
+def ridge_bound(task, hidden, ridge_s, rng):
+    """The FLOPs of the ridge's products, from the shapes, the time they take at the GEMM rate
+    of an ``X.T @ Y`` of the same size, and the ridge's time against it."""
+    import torch
+
     n, v = len(task.responses.train), task.responses.train.shape[1]
-    p = 4 * args.hidden
+    p = 4 * hidden
     n_val = [len(val) for _, val in task.splits]
     alphas = len(task.alphas)
     rank = min(n, p)
@@ -340,11 +373,9 @@ def evaluator_stage(args, data, nc_path):
         x.T @ y
     gemm = repeats * 2 * n * p * y.shape[1] / (time.perf_counter() - start) / 1e9
     bound = flops / 1e9 / gemm
-    details.update(ridge_tflop=round(flops / 1e12, 1), gemm_gflops=round(gemm, 1),
-                   ridge_bound_s=round(bound, 1),
-                   ridge_vs_bound=round(timings["ridge"] / bound, 2),
-                   ridge_gflops=round(flops / 1e9 / timings["ridge"], 1))
-    return details
+    return dict(ridge_tflop=round(flops / 1e12, 1), gemm_gflops=round(gemm, 1),
+                ridge_bound_s=round(bound, 1), ridge_vs_bound=round(ridge_s / bound, 2),
+                ridge_gflops=round(flops / 1e9 / ridge_s, 1))
 
 
 def print_table(results):

@@ -4,7 +4,7 @@
 
 A base-size encoder (random init from the family's default config, so nothing is downloaded)
 is trained for a few steps on synthetic stories through the trainer's own data path, the
-training data pipeline of ``speech_models`` (``TRWindowDataset``, ``Collate(AudioPreprocessor)``,
+training data pipeline of ``training_data`` (``TRWindowDataset``, ``Collate(AudioPreprocessor)``,
 ``epoch_batches``), with each step split into the wait for the DataLoader batch and forward +
 backward + optimiser step. The peer is the original code's design: the loader yields raw audio
 and the model calls the HF feature extractor inside ``forward`` on every batch. Both run in
@@ -13,8 +13,7 @@ alternating order) so that a change in machine load hits both alike.
 Run on demand; not part of the test suite.
 """
 
-import argparse
-import logging
+import dataclasses
 import os
 import platform
 import statistics
@@ -27,47 +26,45 @@ import numpy as np
 import torch
 import transformers
 from torch import nn
-from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model, WhisperConfig,
-                          WhisperModel)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import arguments  # noqa: E402
 import data_utils  # noqa: E402
+import machine  # noqa: E402
 import run_utils  # noqa: E402
 import speech_models  # noqa: E402
-from data_utils import SAMPLING_RATE  # noqa: E402
-from speech_models import Collate, TRWindowDataset, epoch_batches  # noqa: E402
+from arguments import flag  # noqa: E402
+from audio_io import SAMPLING_RATE  # noqa: E402
+from training_data import Collate, TRWindowDataset, epoch_batches  # noqa: E402
 
-FAMILIES = {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
-            "hubert": (HubertConfig, HubertModel),
-            "whisper": (WhisperConfig, WhisperModel)}
-# WhisperConfig() defaults to a tiny-size model; these are openai/whisper-base's dimensions.
-BASE_OVERRIDES = {"whisper": dict(d_model=512, encoder_layers=6, decoder_layers=6,
-                                  encoder_attention_heads=8, decoder_attention_heads=8,
-                                  encoder_ffn_dim=2048, decoder_ffn_dim=2048)}
+
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """The benchmark's flags."""
+
+    family: str = flag("wav2vec2", choices=machine.FAMILIES,
+                       help="encoder family (base size, random weights)")
+    batch_size: int = flag(2, help="samples per training step")
+    steps: int = flag(3, help="timed steps per method")
+    warmup: int = flag(1, help="untimed steps per method first")
+    voxels: int = flag(1000, help="outputs of the linear head")
+    stories: int = flag(2, help="synthetic stories")
+    minutes: float = flag(3.0, help="audio per story")
+    num_workers: int = flag(0, help="DataLoader worker processes")
+    extract_repeats: int = flag(5, help="repeats of the isolated feature-extraction timing "
+                                        "(median)")
+    device: str = flag("cpu", help="cpu or cuda[:N]")
+    seed: int = flag(0, help="random seed")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="wav2vec2",
-                        help="encoder family (base size, random weights)")
-    parser.add_argument("--batch_size", type=int, default=2, help="samples per training step")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per method")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
-    parser.add_argument("--voxels", type=int, default=1000, help="outputs of the linear head")
-    parser.add_argument("--stories", type=int, default=2, help="synthetic stories")
-    parser.add_argument("--minutes", type=float, default=3.0, help="audio per story")
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--extract_repeats", type=int, default=5,
-                        help="repeats of the isolated feature-extraction timing (median)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    return parser.parse_args(argv)
+    return arguments.parse(Settings, argv, description=__doc__.split("\n")[0])
 
 
 def synthetic_stories(n_stories, minutes, n_outputs, rng):
-    """Random audio, TR window bounds from ``data_utils.tr_window_bounds`` and random targets.
+    """Random audio, TR window bounds from ``data_utils.Dataset.window_bounds`` and random
+    targets.
 
     Each story gets a ``respdict.json`` entry whose simulated TR grid ends with the audio, so
     the bounds are those the trainer would compute (10 s windows every 2 s).
@@ -78,23 +75,19 @@ def synthetic_stories(n_stories, minutes, n_outputs, rng):
     with tempfile.TemporaryDirectory() as data_dir:
         respdict = {name: seconds // 2 + 15 for name in names}
         run_utils.write_json(Path(data_dir) / "derivative" / "respdict.json", respdict)
+        dataset = data_utils.Dataset(data_dir)
         for name in names:
             audio[name] = (0.1 * rng.standard_normal(seconds * SAMPLING_RATE)).astype(np.float32)
-            starts, stops = data_utils.tr_window_bounds(data_dir, name, SAMPLING_RATE)
+            starts, stops = dataset.window_bounds(name, SAMPLING_RATE)
             bounds[name] = (starts, int(stops[0] - starts[0]))
             targets[name] = rng.standard_normal((len(starts), n_outputs)).astype(np.float32)
     return audio, bounds, targets
 
 
-def base_config(name):
-    """The family's default (base-size) config."""
-    return FAMILIES[name][0](**BASE_OVERRIDES.get(name, {}))
-
-
 def base_model(name, n_outputs, whisper_frames, seed):
     """Random-init base-size ``BrainTuningModel`` with the paper's freezing."""
     torch.manual_seed(seed)
-    backbone = FAMILIES[name][1](base_config(name))
+    backbone = machine.base_backbone(name)
     model = speech_models.BrainTuningModel(backbone, speech_models.model_family(backbone.config),
                                            n_outputs, whisper_frames)
     model.freeze()
@@ -130,11 +123,6 @@ class ExtractInForward(nn.Module):
         inputs = self.extract(audio)
         self.extract_seconds.append(time.perf_counter() - began)
         return self.model(inputs)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class TimedTraining:
@@ -174,7 +162,7 @@ class TimedTraining:
             loss = nn.functional.mse_loss(output[:, offset:offset + target.shape[1]], target)
             loss.backward()
         self.optimizer.step()
-        synchronize(self.device)
+        machine.synchronize(self.device)
         done = time.perf_counter()
         self.rng = (torch.get_rng_state(), np.random.get_state())
         return loaded - began, done - loaded
@@ -216,7 +204,7 @@ def print_table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    run_utils.setup_logging("WARNING")
     device = torch.device(args.device)
     print(f"python {platform.python_version()}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, numpy {np.__version__}")
@@ -233,7 +221,7 @@ def main(argv=None):
     if len(train_set) < needed:
         sys.exit(f"{len(train_set)} windows but {needed} needed; raise --stories or --minutes")
 
-    family = speech_models.model_family(base_config(args.family))
+    family = speech_models.model_family(machine.base_config(args.family))
     feature_extractor = speech_models.default_feature_extractor(family)
     preprocessor = speech_models.AudioPreprocessor(feature_extractor, family)
     frames = preprocessor.whisper_frames(window_samples) if family == "whisper" else None

@@ -26,68 +26,47 @@ processes slow every number here: the load average is printed before and after. 
 written as JSON (``--out``).
 """
 
-import argparse
+import dataclasses
 import inspect
-import math
 import os
-import platform
-import resource
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import arguments  # noqa: E402
 import eval_utils  # noqa: E402
 import run_utils  # noqa: E402
+from arguments import flag  # noqa: E402
+from machine import best_seconds, cpu_name, gemm_rate, peak_rss_mib  # noqa: E402
+
+PERMUTATIONS, BOOTSTRAP = "permutation p-values", "bootstrap r (weighted)"
+
+
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """The benchmark's flags."""
+
+    voxels: int = flag(95556, help="columns (UTS03: 95,556)")
+    rows: int = flag(251, help="rows (the scored test rows of wheretheressmoke: 251)")
+    n_permutations: int = flag(1000, help="block permutations")
+    n_bootstrap: int = flag(1000, help="block-bootstrap resamples")
+    block_len: int = flag(10, help="rows per block")
+    peer_draws: int = flag(20, help="permutations and resamples the peers are timed on (then "
+                                    "scaled)")
+    check_voxels: int = flag(200, help="voxels on which the peer's p-values use every "
+                                       "permutation")
+    repeats: int = flag(2, help="timed runs of ours (best kept)")
+    seed: int = flag(0, help="random seed")
+    out: str = flag("outputs/bench_uncertainty.json", help="JSON results")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=run_utils.HelpFormatter)
-    parser.add_argument("--voxels", type=int, default=95556, help="columns (UTS03: 95,556)")
-    parser.add_argument("--rows", type=int, default=251,
-                        help="rows (the scored test rows of wheretheressmoke: 251)")
-    parser.add_argument("--n_permutations", type=int, default=1000)
-    parser.add_argument("--n_bootstrap", type=int, default=1000)
-    parser.add_argument("--block_len", type=int, default=10)
-    parser.add_argument("--peer_draws", type=int, default=20,
-                        help="permutations and resamples the peers are timed on (then scaled)")
-    parser.add_argument("--check_voxels", type=int, default=200,
-                        help="voxels on which the peer's p-values use every permutation")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of ours (best kept)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/bench_uncertainty.json", help="JSON results")
-    return parser.parse_args(argv)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def best_seconds(run, repeats):
-    """(best wall seconds over ``repeats`` runs, the last result)."""
-    best, result = math.inf, None
-    for _ in range(repeats):
-        began = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - began)
-    return best, result
+    return arguments.parse(Settings, argv, description=__doc__.splitlines()[0])
 
 
 def stage_report(seconds, flops, gemm, gemm_shape):
@@ -96,32 +75,6 @@ def stage_report(seconds, flops, gemm, gemm_shape):
     gflops, setting, rates = gemm
     return dict(seconds=seconds, flops=flops, gemm_gflops=gflops, gemm_setting=setting,
                 gemm_rates=rates, gemm_shape=gemm_shape, peak_rss_mib=peak_rss_mib())
-
-
-def gemm_rate(m, k, widths, dtype, seed, min_seconds=0.3):
-    """The machine's best GFLOP/s for (m, k) @ (k, width) products in ``dtype``, over ``widths``
-    and over one and the default number of BLAS threads; the setting that gave it; and the
-    rate of every setting."""
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((m, k)).astype(dtype)
-    rates = {}
-    for width in widths:
-        b = rng.standard_normal((k, width)).astype(dtype)
-        out = np.empty((m, width), dtype)
-        for threads in (1, None):
-            with threadpool_limits(threads, user_api="blas") if threads else nullcontext():
-                np.matmul(a, b, out=out)  # warm-up
-                for _ in range(2):
-                    count, began = 0, time.perf_counter()
-                    while time.perf_counter() - began < min_seconds:
-                        np.matmul(a, b, out=out)
-                        count += 1
-                    rate = 2.0 * m * k * width * count / (time.perf_counter() - began) / 1e9
-                    setting = f"width {width}, " + (
-                        "1 BLAS thread" if threads else "default BLAS threads")
-                    rates[setting] = max(rate, rates.get(setting, 0.0))
-    best = max(rates, key=rates.get)
-    return rates[best], best, rates
 
 
 def standardised(x):
@@ -181,85 +134,94 @@ def region_weights(n_voxels, rng):
     return weights
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    rng = np.random.default_rng(args.seed)
-    prediction = rng.standard_normal((args.rows, args.voxels), dtype=np.float32)
-    strength = np.where(rng.random(args.voxels) < 0.5, 0, rng.uniform(0, 0.3, args.voxels))
-    target = rng.standard_normal((args.rows, args.voxels), dtype=np.float32)
-    for first in range(0, args.voxels, 4096):  # in pieces: no full-size temporary in the peak RSS
+def random_problem(settings, rng):
+    """(rows, voxels) float32 prediction and target = c prediction + noise, c = 0 for half the
+    voxels and uniform in [0, 0.3] for the others (so that the p-values spread out)."""
+    prediction = rng.standard_normal((settings.rows, settings.voxels), dtype=np.float32)
+    strength = np.where(rng.random(settings.voxels) < 0.5, 0,
+                        rng.uniform(0, 0.3, settings.voxels))
+    target = rng.standard_normal((settings.rows, settings.voxels), dtype=np.float32)
+    # in pieces: no full-size temporary in the peak RSS
+    for first in range(0, settings.voxels, 4096):
         part = slice(first, first + 4096)
         target[:, part] += strength[part].astype(np.float32) * prediction[:, part]
-    weights = region_weights(args.voxels, rng)
-    counts, starts = eval_utils.bootstrap_block_counts(args.rows, args.block_len,
-                                                       args.n_bootstrap, args.seed)
-    perm_blocks, boot_blocks = args.rows // args.block_len, len(starts) - 1
-    permutations = eval_utils.permuted_blocks(perm_blocks, args.n_permutations, args.seed)
+    return prediction, target
+
+
+def blas_libraries():
+    """The BLAS libraries numpy runs on, their versions and threads."""
+    return ", ".join(f"{lib['internal_api']} {lib.get('version')} ({lib['num_threads']} threads)"
+                     for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+def time_ours(settings, prediction, target, counts, starts, weights):
+    """The stages' entries with our functions' best times, against the GEMM rate of their main
+    products' shapes; and our p-values and weighted bootstrap r."""
+    perm_blocks, boot_blocks = settings.rows // settings.block_len, len(starts) - 1
     perm_batch = inspect.signature(eval_utils.block_permutation_pvalues).parameters[
         "voxel_batch"].default
     boot_batch = inspect.signature(eval_utils.bootstrap_correlations).parameters[
         "voxel_batch"].default
-    blas = ", ".join(f"{lib['internal_api']} {lib.get('version')} ({lib['num_threads']} threads)"
-                     for lib in threadpool_info() if lib["user_api"] == "blas")
-    load_before = os.getloadavg()
-    print(f"data: {args.rows} rows x {args.voxels} voxels float32, blocks of {args.block_len} "
-          f"({perm_blocks} permuted, {boot_blocks} resampled); {args.n_permutations} "
-          f"permutations, {args.n_bootstrap} resamples, 3 weighted summaries")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cpus, numpy "
-          f"{np.__version__}, BLAS {blas}; load average {load_before[0]:.2f} (other processes "
-          f"slow every number)")
-    baseline_rss = peak_rss_mib()
-
-    perm_flops = 2.0 * args.n_permutations * perm_blocks ** 2 * args.voxels
-    boot_flops = 2.0 * 5 * args.n_bootstrap * boot_blocks * args.voxels
-    perm_gemm = gemm_rate(args.n_permutations, perm_blocks ** 2,
-                          [min(perm_batch, args.voxels)], np.float32, args.seed)
-    boot_gemm = gemm_rate(args.n_bootstrap, boot_blocks,
-                          sorted({min(128, args.voxels), min(boot_batch, args.voxels)}),
-                          np.float64, args.seed)
-
+    perm_flops = 2.0 * settings.n_permutations * perm_blocks ** 2 * settings.voxels
+    boot_flops = 2.0 * 5 * settings.n_bootstrap * boot_blocks * settings.voxels
+    perm_gemm = gemm_rate(settings.n_permutations, perm_blocks ** 2,
+                          [min(perm_batch, settings.voxels)], np.float32, settings.seed)
+    boot_gemm = gemm_rate(settings.n_bootstrap, boot_blocks,
+                          sorted({min(128, settings.voxels), min(boot_batch, settings.voxels)}),
+                          np.float64, settings.seed)
     stages = {}
     seconds, p_values = best_seconds(lambda: eval_utils.block_permutation_pvalues(
-        prediction, target, args.n_permutations, args.block_len, args.seed), args.repeats)
-    stages["permutation p-values"] = stage_report(
-        seconds, perm_flops, perm_gemm,
-        f"({args.n_permutations}, {perm_blocks ** 2}) @ ({perm_blocks ** 2}, w) float32")
+        prediction, target, settings.n_permutations, settings.block_len, settings.seed),
+        settings.repeats)
+    stages[PERMUTATIONS] = stage_report(
+        seconds, perm_flops, perm_gemm, f"({settings.n_permutations}, {perm_blocks ** 2}) @ "
+                                        f"({perm_blocks ** 2}, w) float32")
     seconds, summaries = best_seconds(lambda: eval_utils.bootstrap_correlations(
-        prediction, target, counts, starts, weights=weights), args.repeats)
-    stages["bootstrap r (weighted)"] = stage_report(
-        seconds, boot_flops, boot_gemm,
-        f"({args.n_bootstrap}, {boot_blocks}) @ ({boot_blocks}, w) float64")
+        prediction, target, counts, starts, weights=weights), settings.repeats)
+    stages[BOOTSTRAP] = stage_report(
+        seconds, boot_flops, boot_gemm, f"({settings.n_bootstrap}, {boot_blocks}) @ "
+                                        f"({boot_blocks}, w) float64")
+    return stages, p_values, summaries
 
-    draws = min(args.peer_draws, args.n_permutations)
+
+def time_peers(settings, stages, data, permutations, p_values, summaries, rng):
+    """Add to ``stages`` the peers' times (on the first ``--peer_draws`` draws, scaled) and how
+    our results compare with theirs: the p-values on ``--check_voxels`` random voxels, every
+    permutation, and the weighted bootstrap r on the peer's resamples. ``data``: (prediction,
+    target, counts, starts, weights)."""
+    prediction, target, counts, starts, weights = data
+    draws = min(settings.peer_draws, settings.n_permutations)
     began = time.perf_counter()
-    peer_exceed_counts(prediction, target, permutations[:draws], args.block_len)
+    peer_exceed_counts(prediction, target, permutations[:draws], settings.block_len)
     elapsed = time.perf_counter() - began
-    stages["permutation p-values"].update(peer_draws=draws, peer_measured_seconds=elapsed,
-                                          peer_seconds=elapsed * args.n_permutations / draws)
-    check = np.sort(rng.choice(args.voxels, min(args.check_voxels, args.voxels), replace=False))
+    stages[PERMUTATIONS].update(peer_draws=draws, peer_measured_seconds=elapsed,
+                                peer_seconds=elapsed * settings.n_permutations / draws)
+    check = np.sort(rng.choice(settings.voxels, min(settings.check_voxels, settings.voxels),
+                               replace=False))
     peer_p = (1.0 + peer_exceed_counts(prediction[:, check], target[:, check], permutations,
-                                       args.block_len)) / (1.0 + args.n_permutations)
+                                       settings.block_len)) / (1.0 + settings.n_permutations)
     peer_p = peer_p.astype(p_values.dtype)  # ours: the inputs' float32
     differences = np.abs(p_values[check] - peer_p)
-    stages["permutation p-values"].update(
+    stages[PERMUTATIONS].update(
         check_voxels=len(check), identical_p_fraction=float(np.mean(differences == 0)),
         max_abs_p_difference=float(differences.max()))
 
-    draws = min(args.peer_draws, args.n_bootstrap)
+    draws = min(settings.peer_draws, settings.n_bootstrap)
     began = time.perf_counter()
     peer_summaries = peer_bootstrap(prediction, target, counts[:draws], starts, weights)
     elapsed = time.perf_counter() - began
-    stages["bootstrap r (weighted)"].update(
+    stages[BOOTSTRAP].update(
         peer_draws=draws, peer_measured_seconds=elapsed,
-        peer_seconds=elapsed * args.n_bootstrap / draws,
+        peer_seconds=elapsed * settings.n_bootstrap / draws,
         max_abs_r_difference=float(np.abs(summaries[:draws] - peer_summaries).max()))
-    peer_rss = peak_rss_mib()
-    load_after = os.getloadavg()
-
     for stage in stages.values():
         stage.update(speedup=stage["peer_seconds"] / stage["seconds"],
                      gflops=stage["flops"] / stage["seconds"] / 1e9)
         stage["gemm_fraction"] = stage["gflops"] / stage["gemm_gflops"]
+
+
+def print_stages(stages):
+    """The table of the stages, their GEMM rates and how our results compare with the peers'."""
     print(f"\n{'stage':<24}{'seconds':>9}{'peer s':>10}{'speed-up':>10}{'GFLOP/s':>9}"
           f"{'of GEMM':>9}{'peak RSS MiB':>14}")
     for name, stage in stages.items():
@@ -274,24 +236,51 @@ def main(argv=None):
                   f"{setting}: {rate:.1f}" for setting, rate in stage["gemm_rates"].items())
               + f"); peer timed on {stage['peer_draws']} draws "
               f"({stage['peer_measured_seconds']:.2f} s), scaled linearly")
-    perm = stages["permutation p-values"]
+    perm = stages[PERMUTATIONS]
     print(f"p-values on {perm['check_voxels']} voxels, all permutations: "
           f"{perm['identical_p_fraction']:.1%} identical to the peer's, max |difference| "
           f"{perm['max_abs_p_difference']:.2g}")
-    print(f"weighted bootstrap r on the peer's {stages['bootstrap r (weighted)']['peer_draws']} "
-          f"resamples: max |difference| "
-          f"{stages['bootstrap r (weighted)']['max_abs_r_difference']:.1e}")
+    print(f"weighted bootstrap r on the peer's {stages[BOOTSTRAP]['peer_draws']} "
+          f"resamples: max |difference| {stages[BOOTSTRAP]['max_abs_r_difference']:.1e}")
+
+
+def main(argv=None):
+    settings = parse_args(argv)
+    rng = np.random.default_rng(settings.seed)
+    prediction, target = random_problem(settings, rng)
+    weights = region_weights(settings.voxels, rng)
+    counts, starts = eval_utils.bootstrap_block_counts(settings.rows, settings.block_len,
+                                                       settings.n_bootstrap, settings.seed)
+    perm_blocks, boot_blocks = settings.rows // settings.block_len, len(starts) - 1
+    permutations = eval_utils.permuted_blocks(perm_blocks, settings.n_permutations,
+                                              settings.seed)
+    blas = blas_libraries()
+    load_before = os.getloadavg()
+    print(f"data: {settings.rows} rows x {settings.voxels} voxels float32, blocks of "
+          f"{settings.block_len} ({perm_blocks} permuted, {boot_blocks} resampled); "
+          f"{settings.n_permutations} permutations, {settings.n_bootstrap} resamples, 3 weighted "
+          "summaries")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cpus, numpy "
+          f"{np.__version__}, BLAS {blas}; load average {load_before[0]:.2f} (other processes "
+          f"slow every number)")
+    baseline_rss = peak_rss_mib()
+    stages, p_values, summaries = time_ours(settings, prediction, target, counts, starts,
+                                            weights)
+    time_peers(settings, stages, (prediction, target, counts, starts, weights), permutations,
+               p_values, summaries, rng)
+    peer_rss = peak_rss_mib()
+    load_after = os.getloadavg()
+    print_stages(stages)
     print(f"peak RSS: {baseline_rss:.0f} MiB before (data, imports), {peer_rss:.0f} MiB after "
           f"the peers; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-
-    results = dict(args=vars(args), machine=dict(processor=cpu_name(),
-                                                 cpus=os.cpu_count(), numpy=np.__version__,
-                                                 blas=blas),
+    results = dict(args=arguments.as_dict(settings),
+                   machine=dict(processor=cpu_name(), cpus=os.cpu_count(),
+                                numpy=np.__version__, blas=blas),
                    load_average_before=load_before, load_average_after=load_after,
                    baseline_peak_rss_mib=baseline_rss, peer_peak_rss_mib=peer_rss,
                    stages=stages)
-    run_utils.write_json(args.out, results, overwrite=True)
-    print(f"results: {args.out}")
+    run_utils.write_json(settings.out, results, overwrite=True)
+    print(f"results: {settings.out}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ download):
 Prints one table (and writes it as JSON to ``--out``).
 """
 
-import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -33,32 +33,40 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import arguments  # noqa: E402
 import eval_utils  # noqa: E402
+import layer_features  # noqa: E402
+import machine  # noqa: E402
+import processes  # noqa: E402
 import speech_models  # noqa: E402
+from arguments import flag  # noqa: E402
 
 WHOLE_BRAIN = dict(rows=8738, hidden=768, voxels=95556, outputs=50732)  # UTS03
 QUICK = dict(rows=600, hidden=64, voxels=2000, outputs=500)
 
 
+@dataclasses.dataclass(kw_only=True)
+class Settings(arguments.Flags):
+    """The check's flags."""
+
+    device: str = flag("auto", help="auto, cuda, cuda:N or cpu")
+    steps: int = flag(50, help="training steps per model")
+    batch: int = flag(16, help="10 s windows per step")
+    audio_s: float = flag(120.0, help="audio for extraction")
+    cpu_voxels: int = flag(4096, help="voxels of the CPU ridge (scaled to all for the table)")
+    families: list[str] = flag(["wav2vec2", "whisper"], choices=machine.FAMILIES,
+                               help="encoder families")
+    quick: bool = flag(False, help="tiny sizes and few steps: checks that everything runs")
+    out: str = flag("outputs/gpu_check.json", help="results JSON")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    parser.add_argument("--steps", type=int, default=50, help="training steps per model")
-    parser.add_argument("--batch", type=int, default=16, help="10 s windows per step")
-    parser.add_argument("--audio_s", type=float, default=120.0, help="audio for extraction")
-    parser.add_argument("--cpu_voxels", type=int, default=4096,
-                        help="voxels of the CPU ridge (scaled to all for the table)")
-    parser.add_argument("--families", nargs="+", default=["wav2vec2", "whisper"])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and few steps: checks that everything runs")
-    parser.add_argument("--out", default="outputs/gpu_check.json", help="results JSON")
-    return parser.parse_args(argv)
+    return arguments.parse(Settings, argv, description=__doc__.split("\n\n")[0])
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = speech_models.resolve_device(args.device)
+    device = processes.resolve_device(args.device)
     size = QUICK if args.quick else WHOLE_BRAIN
     if args.quick:
         args.steps, args.batch, args.audio_s = min(args.steps, 2), min(args.batch, 2), 20.0
@@ -89,23 +97,11 @@ def main(argv=None):
 def base_model(family, path, quick=False):
     """A random-init encoder with a base model's dimensions (whisper-base for Whisper; tiny
     ones with ``quick``), saved with its feature extractor."""
-    from transformers import AutoModel, Wav2Vec2Config, WhisperConfig
-
     if quick:
         speech_models.save_tiny_model(path, family)
         return
     torch.manual_seed(0)
-    config = (WhisperConfig(d_model=512, encoder_layers=6, decoder_layers=6,
-                            encoder_attention_heads=8, decoder_attention_heads=8,
-                            encoder_ffn_dim=2048, decoder_ffn_dim=2048)
-              if family == "whisper" else Wav2Vec2Config())
-    AutoModel.from_config(config).save_pretrained(path)
-    speech_models.default_feature_extractor(family).save_pretrained(path)
-
-
-def _synchronise(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    machine.save_base_model(family, path)
 
 
 def training(path, family, device, dtype, args, n_outputs):
@@ -122,14 +118,14 @@ def training(path, family, device, dtype, args, n_outputs):
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(args.steps + 1):  # the first step is a warm-up
-        _synchronise(device)
+        machine.synchronize(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             output = model(inputs)
         torch.nn.functional.mse_loss(output.float(), target).backward()
         optimizer.step()
-        _synchronise(device)
+        machine.synchronize(device)
         times.append(time.perf_counter() - start)
     seconds = float(np.median(times[1:]))
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -148,12 +144,12 @@ def extraction(path, family, device, dtype, audio_s):
     for label, autocast in (("bf16", dtype), ("fp32", None)):
         if label == "bf16" and dtype is None:
             continue
-        _synchronise(device)
+        machine.synchronize(device)
         start = time.perf_counter()
-        features, times = speech_models.sliding_window_features(
+        features, times = layer_features.sliding_window_features(
             encoder.backbone, encoder.preprocessor, audio, layers, batch_size=32,
             device=device, dtype=autocast)
-        _synchronise(device)
+        machine.synchronize(device)
         results[label] = (features, len(times) / (time.perf_counter() - start))
     row = {"check": f"extract {family}", "windows": len(times),
            "fp32_windows_per_s": round(results["fp32"][1], 1)}
@@ -179,11 +175,11 @@ def ridge(device, cpu_voxels, rows, hidden, voxels):
     row = {"check": f"ridge {rows}x{p} -> {voxels}"}
     if device.type == "cuda":
         xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        _synchronise(device)
+        machine.synchronize(device)
         start = time.perf_counter()
         weights, _, _ = eval_utils.fit_ridge_cv(xt, yt, alphas, splits, backend="torch",
                                                 device=device, memory_budget=8 * 2**30)
-        _synchronise(device)
+        machine.synchronize(device)
         row["gpu_s"] = round(time.perf_counter() - start, 1)
         gpu_weights = weights[:, :cpu_voxels].cpu().numpy()
         del xt, yt, weights

@@ -1,4 +1,6 @@
-"""One defect each, applied to a private copy of a synthetic dataset (``dataset_copy``).
+"""One defect each, applied to a private copy of a synthetic dataset (``dataset_copy``), given
+by its root folder (a ``data_utils.Dataset`` opened before ``set_respdict`` keeps the respdict
+it has read: open a new one).
 
 The bad inputs a new user meets: stimuli that do not cover the story, respdict counts that
 make no sense, response files of the wrong shape, TextGrid tiers in an unexpected order.
@@ -11,10 +13,15 @@ import numpy as np
 import soundfile as sf
 
 import data_utils
+import textgrids
+
+
+def _dataset(data_dir):
+    return data_utils.Dataset(data_dir)
 
 
 def _wav(data_dir, story):
-    return data_utils.stimulus_path(data_dir, story)
+    return _dataset(data_dir).stimulus_path(story)
 
 
 def shorten_wav(data_dir, story, seconds):
@@ -35,7 +42,7 @@ def truncate_wav_bytes(data_dir, story, fraction):
 
 def set_respdict(data_dir, story, value):
     """Set ``respdict[story]`` to ``value`` (any JSON value)."""
-    path = data_utils.derivative_dir(data_dir) / "respdict.json"
+    path = _dataset(data_dir).derivative / "respdict.json"
     respdict = json.loads(path.read_text())
     respdict[story] = value
     path.write_text(json.dumps(respdict))
@@ -43,13 +50,13 @@ def set_respdict(data_dir, story, value):
 
 def read_hdf5(data_dir, subject, story, name="data"):
     """Dataset ``name`` of a story's response file, as stored (float64)."""
-    with h5py.File(data_utils.response_path(data_dir, subject, story), "r") as handle:
+    with h5py.File(_dataset(data_dir).response_path(subject, story), "r") as handle:
         return handle[name][()]
 
 
 def replace_hdf5(data_dir, subject, story, name, array):
     """Replace dataset ``name`` of a story's response file by ``array``."""
-    with h5py.File(data_utils.response_path(data_dir, subject, story), "a") as handle:
+    with h5py.File(_dataset(data_dir).response_path(subject, story), "a") as handle:
         del handle[name]
         handle.create_dataset(name, data=np.asarray(array))
 
@@ -58,8 +65,8 @@ def swap_tiers(data_dir, story, names=("", "")):
     """Rewrite a story's TextGrid with the word tier first; ``names`` are the names the
     (word, phone) tiers get: unnamed by default, ("phone", "word") for names that contradict
     the content, ("word", "phone") for honest names."""
-    path = data_utils.textgrid_path(data_dir, story)
-    grid = data_utils.load_textgrid(path)
+    path = _dataset(data_dir).textgrid_path(story)
+    grid = textgrids.load_textgrid(path)
     phones, words = list(grid.values())[:2]
     end = max(entry[1] for entry in phones + words)
     lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0",

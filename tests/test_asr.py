@@ -1,5 +1,5 @@
-"""eval_asr.py: the edit distance, greedy CTC decoding, the scores, and the CLI on the synthetic
-TIMIT (characters, phones, --finetune, bad input)."""
+"""asr.py and eval_asr.py: the edit distance, greedy CTC decoding, the scores, and the CLI on
+the synthetic TIMIT (characters, phones, --finetune, bad input, --config)."""
 
 import csv
 import functools
@@ -19,8 +19,10 @@ import soundfile as sf
 import torch
 from transformers import AutoModel, WhisperFeatureExtractor
 
+import asr
 import downstream_data
 import eval_asr
+import layer_features
 import speech_models
 import synthetic_downstream
 
@@ -67,18 +69,18 @@ def _shuffled_score(setup, target, layer=0):
     """The test score of the head trained as the CLI trains it, on the cached features but
     with the training transcripts shuffled among the utterances: chance."""
     encoder = speech_models.load_encoder(setup / "whisper")
-    train, test = (eval_asr.asr_examples(setup / "timit", split, target)
+    train, test = (asr.asr_examples(setup / "timit", split, target)
                    for split in ("train", "test"))
-    vocabulary = eval_asr.token_vocabulary(train)
-    labels = eval_asr.token_ids(train, vocabulary)
+    vocabulary = asr.token_vocabulary(train)
+    labels = asr.token_ids(train, vocabulary)
     random.Random(0).shuffle(labels)
-    x_train, frames_train = eval_asr.frame_features(setup / "cache", encoder, train, layer, "cpu",
+    x_train, frames_train = asr.frame_features(setup / "cache", encoder, train, layer, "cpu",
                                                     None)
-    x_test, frames_test = eval_asr.frame_features(setup / "cache", encoder, test, layer, "cpu",
+    x_test, frames_test = asr.frame_features(setup / "cache", encoder, test, layer, "cpu",
                                                   None)
-    decoded = eval_asr.head_transcripts(x_train, frames_train, labels, x_test, frames_test,
-                                        len(vocabulary), eval_asr.Training(100, 4, 1e-2))
-    return eval_asr.asr_scores([e["tokens"] for e in test],
+    decoded = asr.head_transcripts(x_train, frames_train, labels, x_test, frames_test,
+                                        len(vocabulary), asr.Training(100, 4, 1e-2))
+    return asr.asr_scores([e["tokens"] for e in test],
                                [[vocabulary[i] for i in ids] for ids in decoded], target)
 
 
@@ -97,26 +99,26 @@ def test_edit_distance_is_the_levenshtein_distance():
     rng = random.Random(0)
     for _ in range(300):
         a, b = ([rng.choice("abc") for _ in range(rng.randint(0, 7))] for _ in range(2))
-        assert eval_asr.edit_distance(a, b) == _levenshtein(tuple(a), tuple(b))
-        assert eval_asr.edit_distance(a, b) == eval_asr.edit_distance(b, a)
-    assert eval_asr.edit_distance("kitten", "sitting") == 3
-    assert eval_asr.edit_distance(list("abcd"), []) == eval_asr.edit_distance([], "abcd") == 4
-    assert eval_asr.edit_distance(["the", "cat"], ["the", "cat"]) == 0
-    assert eval_asr.edit_distance(["aa", "b"], ["a", "ab"]) == 2  # tokens, not characters
+        assert asr.edit_distance(a, b) == _levenshtein(tuple(a), tuple(b))
+        assert asr.edit_distance(a, b) == asr.edit_distance(b, a)
+    assert asr.edit_distance("kitten", "sitting") == 3
+    assert asr.edit_distance(list("abcd"), []) == asr.edit_distance([], "abcd") == 4
+    assert asr.edit_distance(["the", "cat"], ["the", "cat"]) == 0
+    assert asr.edit_distance(["aa", "b"], ["a", "ab"]) == 2  # tokens, not characters
 
 
 def test_scores_count_words_characters_and_phones():
     # words: "the cat sat" -> "the bat": one substitution, one deletion; characters:
     # c -> b and " sat" deleted (5 of 11); the extra spaces of the hypothesis do not count
     reference, hypothesis = list(" the cat sat "), list("  the   bat ")
-    scores = eval_asr.asr_scores([reference], [hypothesis], "characters")
+    scores = asr.asr_scores([reference], [hypothesis], "characters")
     assert scores == pytest.approx({"one_minus_wer": 1 / 3, "wer": 2 / 3, "cer": 5 / 11})
     # summed over utterances before dividing; an empty hypothesis scores 0, insertions below
-    scores = eval_asr.asr_scores([list(" a b "), list(" c ")], [[], list(" c d e ")],
+    scores = asr.asr_scores([list(" a b "), list(" c ")], [[], list(" c d e ")],
                                  "characters")
     assert scores["wer"] == pytest.approx((2 + 2) / 3) and scores["one_minus_wer"] < 0
-    assert eval_asr.asr_scores([list(" a ")], [[]], "characters")["one_minus_wer"] == 0
-    phones = eval_asr.asr_scores([["sil", "ah", "b", "sil"]], [["sil", "b", "sil", "sil"]],
+    assert asr.asr_scores([list(" a ")], [[]], "characters")["one_minus_wer"] == 0
+    phones = asr.asr_scores([["sil", "ah", "b", "sil"]], [["sil", "b", "sil", "sil"]],
                                  "phones")
     assert phones == pytest.approx({"one_minus_per": 0.5, "per": 0.5})
 
@@ -125,10 +127,10 @@ def test_greedy_decoding_collapses_repeats_and_drops_blanks():
     best = [0, 1, 1, 0, 1, 2, 2, 2, 0, 0, 3, 1]  # the most likely token of each frame
     logits = np.full((len(best), 4), -1.0, np.float32)
     logits[np.arange(len(best)), best] = 2.0
-    assert eval_asr.greedy_decode(logits) == [1, 1, 2, 3, 1]
-    assert eval_asr.greedy_decode(torch.from_numpy(logits).log_softmax(dim=-1)) == [1, 1, 2, 3, 1]
-    assert eval_asr.greedy_decode(np.zeros((3, 4))) == []  # ties go to the blank, index 0
-    assert eval_asr.greedy_decode(logits, blank=1) == [0, 0, 2, 0, 3]
+    assert asr.greedy_decode(logits) == [1, 1, 2, 3, 1]
+    assert asr.greedy_decode(torch.from_numpy(logits).log_softmax(dim=-1)) == [1, 1, 2, 3, 1]
+    assert asr.greedy_decode(np.zeros((3, 4))) == []  # ties go to the blank, index 0
+    assert asr.greedy_decode(logits, blank=1) == [0, 0, 2, 0, 3]
 
 
 def test_synthetic_timit_spells_each_phone_with_a_letter(setup):
@@ -141,9 +143,9 @@ def test_synthetic_timit_spells_each_phone_with_a_letter(setup):
         assert spoken == words
         assert utterance["wav"].with_suffix(".TXT").read_text().split(None, 2)[2] == (
             words.capitalize() + ".\n")
-    train = eval_asr.asr_examples(setup / "timit", "train", "characters")
+    train = asr.asr_examples(setup / "timit", "train", "characters")
     assert len(train) == 32 and not any(e["audio"].stem.startswith("SA") for e in train)
-    assert len(eval_asr.asr_examples(setup / "timit", "train", "phones", include_sa=True)) == 48
+    assert len(asr.asr_examples(setup / "timit", "train", "phones", include_sa=True)) == 48
 
 
 # ----------------------------------------------------------------------------- the script
@@ -154,7 +156,7 @@ def test_characters_are_recognised_well_above_chance(setup, caplog):
     out = setup / "out" / "whisper_asr"
     saved = json.loads((out / "results.json").read_text())
     assert saved["task"] == "asr" and saved["target"] == "characters"
-    assert saved["score"] == "one_minus_wer" and saved["tokens"][:2] == [eval_asr.BLANK, " "]
+    assert saved["score"] == "one_minus_wer" and saved["tokens"][:2] == [asr.BLANK, " "]
     assert saved["models"] == {"pretrained": str(setup / "whisper"),
                                "final": str(setup / "run" / "final")}
     with open(out / "results.csv") as handle:
@@ -179,11 +181,12 @@ def test_phones_are_recognised_from_the_cached_features(setup, monkeypatch):
     def no_extraction(*args, **kwargs):
         raise AssertionError("frame features were extracted again")
 
-    monkeypatch.setattr(eval_asr, "utterance_hidden", no_extraction)
+    monkeypatch.setattr(asr, "utterance_hidden", no_extraction)
+    monkeypatch.setattr(asr, "utterance_states", no_extraction)
     assert _run(setup, "--target", "phones", "--layers", "0", *TRAINING) == 0
     saved = json.loads((setup / "out" / "whisper_asr_phones" / "results.json").read_text())
     assert saved["task"] == "asr_phones" and saved["score"] == "one_minus_per"
-    assert set(saved["tokens"]) <= {eval_asr.BLANK, *downstream_data.TIMIT_39}
+    assert set(saved["tokens"]) <= {asr.BLANK, *downstream_data.TIMIT_39}
     (row,) = saved["results"]
     assert set(row) == {"model", "layer", "one_minus_per", "per", "n_train", "n_test"}
     monkeypatch.undo()
@@ -208,7 +211,7 @@ def test_finetuning_trains_a_copy_of_the_encoder_but_its_cnn(setup, monkeypatch)
     encoder = speech_models.load_encoder(setup / "wav2vec2")
     before = speech_models.fingerprint(encoder.backbone)
     models, optimizers = [], []
-    original_model, original_train = speech_models.BrainTuningModel, eval_asr.train_ctc
+    original_model, original_train = speech_models.BrainTuningModel, asr.train_ctc
 
     def model(*args):
         models.append(original_model(*args))
@@ -219,12 +222,12 @@ def test_finetuning_trains_a_copy_of_the_encoder_but_its_cnn(setup, monkeypatch)
         return original_train(batch_log_probs, labels, optimizer, training)
 
     monkeypatch.setattr(speech_models, "BrainTuningModel", model)
-    monkeypatch.setattr(eval_asr, "train_ctc", train)
-    train_set = eval_asr.asr_examples(setup / "timit", "train", "phones", max_examples=4)
-    vocabulary = eval_asr.token_vocabulary(train_set)
-    decoded = eval_asr.finetuned_transcripts(
-        encoder, 1, train_set, train_set[:2], eval_asr.token_ids(train_set, vocabulary),
-        len(vocabulary), eval_asr.Training(2, 2, 1e-3, 2e-3))
+    monkeypatch.setattr(asr, "train_ctc", train)
+    train_set = asr.asr_examples(setup / "timit", "train", "phones", max_examples=4)
+    vocabulary = asr.token_vocabulary(train_set)
+    decoded = asr.finetuned_transcripts(
+        encoder, 1, train_set, train_set[:2], asr.token_ids(train_set, vocabulary),
+        len(vocabulary), asr.Training(2, 2, 1e-3, 2e-3))
     assert len(decoded) == 2 and all(0 < i < len(vocabulary) for ids in decoded for i in ids)
     assert speech_models.fingerprint(encoder.backbone) == before  # a copy was tuned
     (tuned,), (optimizer,) = models, optimizers
@@ -257,9 +260,9 @@ def test_ctc_loss_is_the_mean_over_utterances_of_the_loss_per_transcript_token()
         return (head(torch.nn.utils.rnn.pad_sequence([inputs[i] for i in batch]))
                 .log_softmax(-1), torch.tensor([frames[i] for i in batch]))
 
-    losses = eval_asr.train_ctc(batch_log_probs, labels,
+    losses = asr.train_ctc(batch_log_probs, labels,
                                 torch.optim.Adam(head.parameters(), lr=1e-2),
-                                eval_asr.Training(2, 3, 1e-2))
+                                asr.Training(2, 3, 1e-2))
     assert losses[0] == pytest.approx(expected, rel=1e-6)
     assert losses[1] < losses[0]
 
@@ -269,40 +272,40 @@ def test_layers_that_fit_in_memory_share_one_pass_and_equal_one_at_a_time(setup,
     """Frozen: with room for every layer, each utterance is encoded once for all of them; the
     features (and the cache files) are those of one layer at a time."""
     encoder = speech_models.load_encoder(setup / "wav2vec2")
-    train = eval_asr.asr_examples(setup / "timit", "train", "phones", max_examples=6)
+    train = asr.asr_examples(setup / "timit", "train", "phones", max_examples=6)
     seconds = sum(sf.info(str(e["audio"])).frames / 16000 for e in train)
     per_layer = 50 * seconds * 32 * 4  # 50 frames per second, hidden 32, float32
-    assert eval_asr.layers_per_pass(encoder, train, 2.5 * per_layer) == 2
-    assert eval_asr.layers_per_pass(encoder, train, 1) == 1
-    calls, original = [], speech_models.layer_hidden_states
+    assert asr.layers_per_pass(encoder, train, 2.5 * per_layer) == 2
+    assert asr.layers_per_pass(encoder, train, 1) == 1
+    calls, original = [], layer_features.layer_hidden_states
 
     def counting(backbone, family, inputs, layers):
         calls.append(list(layers))
         return original(backbone, family, inputs, layers)
 
-    monkeypatch.setattr(speech_models, "layer_hidden_states", counting)
+    monkeypatch.setattr(layer_features, "layer_hidden_states", counting)
     layers = [0, 1, 2]
     pending = {}
-    together = [eval_asr.frame_features(tmp_path / "together", encoder, train, layer, "cpu",
+    together = [asr.frame_features(tmp_path / "together", encoder, train, layer, "cpu",
                                         None, layers[index:], pending)
                 for index, layer in enumerate(layers)]
     assert calls == [layers] * len(train) and pending == {}
     calls.clear()
-    alone = [eval_asr.frame_features(tmp_path / "alone", encoder, train, layer, "cpu", None)
+    alone = [asr.frame_features(tmp_path / "alone", encoder, train, layer, "cpu", None)
              for layer in layers]
     assert calls == [[layer] for layer in layers for _ in train]
     for (x, frames), (y, frames_alone) in zip(together, alone):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(frames, frames_alone)
     calls.clear()
-    again = eval_asr.frame_features(tmp_path / "together", encoder, train, 1, "cpu", None,
+    again = asr.frame_features(tmp_path / "together", encoder, train, 1, "cpu", None,
                                     layers, pending)
     assert calls == [] and pending == {}  # read from the cache
     np.testing.assert_array_equal(again[0], alone[1][0])
-    eval_asr.frame_features(tmp_path / "some", encoder, train, 2, "cpu", None)
+    asr.frame_features(tmp_path / "some", encoder, train, 2, "cpu", None)
     calls.clear()
     for index, layer in enumerate(layers):
-        eval_asr.frame_features(tmp_path / "some", encoder, train, layer, "cpu", None,
+        asr.frame_features(tmp_path / "some", encoder, train, layer, "cpu", None,
                                 layers[index:], pending)
     assert calls == [[0, 1]] * len(train) and pending == {}  # layer 2 was cached: left out
 
@@ -312,21 +315,21 @@ def test_finetuning_is_repeatable_for_a_seed(setup, monkeypatch):
     the same seed gives the same losses, and the global random states are put back."""
     encoder = speech_models.load_encoder(setup / "wav2vec2")
     assert encoder.backbone.config.layerdrop > 0 and encoder.backbone.config.mask_time_prob > 0
-    train_set = eval_asr.asr_examples(setup / "timit", "train", "phones", max_examples=4)
-    vocabulary = eval_asr.token_vocabulary(train_set)
-    losses, original = [], eval_asr.train_ctc
+    train_set = asr.asr_examples(setup / "timit", "train", "phones", max_examples=4)
+    vocabulary = asr.token_vocabulary(train_set)
+    losses, original = [], asr.train_ctc
 
     def recording(*args):
         losses.append(original(*args))
         return losses[-1]
 
-    monkeypatch.setattr(eval_asr, "train_ctc", recording)
+    monkeypatch.setattr(asr, "train_ctc", recording)
     np.random.seed(7)
     numpy_next, torch_next = np.random.get_state()[1][:5].copy(), torch.get_rng_state()
     for seed in (0, 0, 1):
-        eval_asr.finetuned_transcripts(encoder, 2, train_set, train_set[:1],
-                                       eval_asr.token_ids(train_set, vocabulary),
-                                       len(vocabulary), eval_asr.Training(2, 2, 1e-3, 1e-3, seed))
+        asr.finetuned_transcripts(encoder, 2, train_set, train_set[:1],
+                                       asr.token_ids(train_set, vocabulary),
+                                       len(vocabulary), asr.Training(2, 2, 1e-3, 1e-3, seed))
     assert losses[0] == losses[1] != losses[2]
     np.testing.assert_array_equal(np.random.get_state()[1][:5], numpy_next)
     assert torch.equal(torch.get_rng_state(), torch_next)
@@ -413,3 +416,22 @@ def test_help_gives_the_optimiser_defaults(capsys):
                                 "--target", "phones"])
     assert args.exp_name == "m_asr_phones_finetune" and args.lr == 1e-4
     assert args.cache_dir == str(Path("outputs/downstream") / "feature_cache")
+
+
+def test_config_file_section_asr_gives_the_settings(tmp_path, capsys):
+    """eval_asr.py reads the section "asr" of a --config file (the probes read "probe"); the
+    command line overrides it."""
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"probe": {"num_epochs": 7},
+                                  "asr": {"num_epochs": 3, "finetune": True,
+                                          "target": "phones"}}))
+    base = ["--data_path", "d", "--model_name", "m", "--config", str(config)]
+    settings = eval_asr.parse_args(base)
+    assert settings.num_epochs == 3 and settings.finetune and settings.lr == 1e-4
+    assert settings.exp_name == "m_asr_phones_finetune"
+    assert eval_asr.parse_args([*base, "--num_epochs", "5"]).num_epochs == 5
+    config.write_text(json.dumps({"asr": {"frame_memory": 2}}))
+    with pytest.raises(SystemExit) as stop:
+        eval_asr.parse_args(base)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and str(config) in error and "'frame_memory'" in error

@@ -17,16 +17,23 @@ import scipy.sparse
 import soundfile as sf
 import torch
 
+import alignment_analyses
+import alignment_outputs
 import brain_evaluate
 import brain_regions
 import damage
 import data_utils
+import encoding
 import eval_utils
+import finished_results
+import layer_features
 import low_level_features
 import noise_ceilings
+import processes
 import report
 import run_utils
 import speech_models
+import summaries
 import synthetic_data
 
 # Shorter windows than the paper's (16 s context, 0.1 s steps) keep the CPU tests quick.
@@ -39,7 +46,7 @@ def setup(tmp_path_factory):
     data = root / "ds"
     synthetic_data.generate(data, seed=4, subjects=(1,), n_train_stories=2, train_trs=40,
                             test_trs=100, n_voxels=30, n_words=10)
-    noise_ceilings.get_noise_ceiling(data, 1, root / "UTS01.npy")
+    noise_ceilings.get_noise_ceiling(data_utils.Dataset(data), 1, root / "UTS01.npy")
     for seed in (0, 1):
         speech_models.save_tiny_model(root / f"model{seed}", "wav2vec2", seed=seed)
     return root, data
@@ -54,8 +61,9 @@ def _run(setup, *extra, save="out"):
 
 
 def _authors_scores(repeats, prediction):
-    """The authors' ``spe_and_cc_norm`` written from the formula (SPEC section 4): r with the
-    mean over repeats, cc_max from those rows (unit-variance repeats), cc_norm = r / cc_max."""
+    """The authors' ``spe_and_cc_norm`` written from the formula (docs/method.md#scoring): r
+    with the mean over repeats, cc_max from those rows (unit-variance repeats), cc_norm = r /
+    cc_max."""
     n = len(repeats)
     mean = repeats.astype(np.float64).mean(axis=0)
     signal_power = (n * mean.var(axis=0, ddof=1) - 1) / (n - 1)
@@ -130,7 +138,7 @@ def test_features_are_cached_and_reused(setup, monkeypatch):
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted again")
 
-    monkeypatch.setattr(speech_models, "sliding_window_features", no_extraction)
+    monkeypatch.setattr(layer_features, "sliding_window_features", no_extraction)
     assert _run(setup, "--overwrite", save="cached") == 0
     again = json.loads((setup[0] / "cached" / "run" / "results.json").read_text())["results"]
     assert again == first
@@ -197,14 +205,14 @@ def test_a_failed_or_interrupted_rerun_leaves_the_previous_results(setup, monkey
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(brain_evaluate.plots, "plot_per_layer", interrupt)  # while writing
+    monkeypatch.setattr(alignment_outputs.plots, "plot_per_layer", interrupt)  # while writing
     with pytest.raises(KeyboardInterrupt):
         _run_shared(setup, "--layers", "2", "--overwrite", save=out.name)
     assert _snapshot(out / "run") == before
     # no leftovers but the finished results, which --resume completes without a ridge fit
     assert sorted(p.name for p in out.iterdir()) == [".run.partial", "run"]
     monkeypatch.undo()
-    fits = _count_calls(monkeypatch, brain_evaluate, "layer_scores")
+    fits = _count_calls(monkeypatch, alignment_analyses, "layer_scores")
     assert _run_shared(setup, "--layers", "2", "--overwrite", "--resume", save=out.name) == 0
     assert len(fits) == 0
     assert sorted(p.name for p in out.iterdir()) == ["run"]
@@ -240,8 +248,8 @@ def test_bad_flags_are_parser_errors(setup, flags, message, capsys):
 
 
 def test_default_layers_clip_to_depth_and_explicit_ones_do_not(setup, caplog):
-    assert run_utils.choose_layers(None, 2, brain_evaluate.DEFAULT_LAYERS) == [2]
-    assert run_utils.choose_layers(None, 12, brain_evaluate.DEFAULT_LAYERS) == [
+    assert run_utils.choose_layers(None, 2, alignment_analyses.DEFAULT_LAYERS) == [2]
+    assert run_utils.choose_layers(None, 12, alignment_analyses.DEFAULT_LAYERS) == [
         2, 5, 7, 8, 10, 11, 12]
     assert _run(setup, "--layers", "5", save="deep") == 1
     assert "0..2" in caplog.text
@@ -271,16 +279,16 @@ def test_batched_features_equal_the_naive_path(tmp_path, family, passes, monkeyp
         speech_models.load_feature_extractor(tmp_path, family), family)
     audio = np.random.default_rng(0).standard_normal(16000 * 5).astype(np.float32)
     calls = []
-    forward = speech_models.layer_hidden_states
-    monkeypatch.setattr(speech_models, "layer_hidden_states",
+    forward = layer_features.layer_hidden_states
+    monkeypatch.setattr(layer_features, "layer_hidden_states",
                         lambda *args: calls.append(len(args[2])) or forward(*args))
-    fast, times = speech_models.sliding_window_features(backbone, preprocessor, audio, [0, 2],
+    fast, times = layer_features.sliding_window_features(backbone, preprocessor, audio, [0, 2],
                                                         context_s=2.0, chunk_s=0.25)
     # 20 windows: 8 shorter ones at the start, then 12 of 2.25 s; wav2vec2 batches windows of
     # one length, Whisper (every input padded to 30 s) all of them
     assert len(calls) == passes and sum(calls) == 20
-    monkeypatch.setattr(speech_models, "layer_hidden_states", forward)
-    slow, _ = speech_models.sliding_window_features(backbone, preprocessor, audio, [0, 2],
+    monkeypatch.setattr(layer_features, "layer_hidden_states", forward)
+    slow, _ = layer_features.sliding_window_features(backbone, preprocessor, audio, [0, 2],
                                                     context_s=2.0, chunk_s=0.25, naive=True)
     np.testing.assert_allclose(times, np.arange(1, 21) * 0.25)
     for layer in (0, 2):
@@ -304,7 +312,7 @@ def _planted_window_features(data_dir, story, truth, rng=None):
     features = np.zeros((len(times), truth["semantic_dim"]), np.float32)
     if rng is not None:
         return rng.standard_normal(features.shape).astype(np.float32), times
-    for start, end, word in data_utils.load_words(data_dir, story):
+    for start, end, word in data_utils.Dataset(data_dir).words(story):
         step = min(int((start + end) / 2 * 10), len(times) - 1)
         features[step] += truth["words"][word]["embedding"]
     return features, times
@@ -315,27 +323,27 @@ def _task(stories, test_story, train, test, nc, splits, alphas, alpha_score="cor
     """An EncodingTask of given responses: cc_norm = r / nc, every voxel summarised (also per
     region and group), no permutations or bootstrap."""
     voxels = np.ones(len(nc), bool)
-    return brain_evaluate.EncodingTask(
-        stories, test_story, brain_evaluate.Responses(train, test, nc, nc), voxels,
-        brain_evaluate.summary_weights(voxels, nc, regions or {}, groups or {}), splits,
+    return encoding.EncodingTask(
+        stories, test_story, encoding.Responses(train, test, nc, nc), voxels,
+        summaries.summary_weights(voxels, nc, regions or {}, groups or {}), splits,
         subsets or {}, alphas,
-        alpha_score, 0.0, brain_evaluate.Uncertainty(0, 10, 0, None, None, None, 0.05))
+        alpha_score, 0.0, encoding.Uncertainty(0, 10, 0, None, None, None, 0.05))
 
 
 def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_path):
     synthetic_dir = tmp_path / "ds"
     synthetic_data.generate(synthetic_dir, seed=5, subjects=(1,), n_train_stories=6,
                             train_trs=100, test_trs=311, n_voxels=60, n_words=24)
-    truth = data_utils.load_truth(synthetic_dir)
+    dataset = data_utils.Dataset(synthetic_dir)
+    truth = dataset.truth()
     subject = truth["subjects"]["UTS01"]
     stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
     test = data_utils.TEST_STORY
-    nc = eval_utils.noise_ceiling(data_utils.load_repeats(synthetic_dir, 1)).astype(np.float64)
-    train_responses = np.vstack([data_utils.load_fmri(synthetic_dir, 1, s) for s in stories])
-    test_responses = data_utils.load_fmri(synthetic_dir, 1,
-                                          test)[brain_evaluate.TEST_RESPONSE_TRIM:]
+    nc = eval_utils.noise_ceiling(dataset.repeats(1)).astype(np.float64)
+    train_responses = np.vstack([dataset.responses(1, s) for s in stories])
+    test_responses = dataset.responses(1, test)[data_utils.TEST_RESPONSE_TRIM:]
     splits = eval_utils.bootstrap_chunk_splits(
-        [data_utils.response_rows(synthetic_dir, s) for s in stories], n_boots=3, chunk_len=10)
+        [dataset.response_rows(s) for s in stories], n_boots=3, chunk_len=10)
     semantic = np.array(subject["semantic_voxels"])
     semantic = semantic[nc[semantic] > 0.4]
     noise = np.array(subject["noise_voxels"])
@@ -344,11 +352,11 @@ def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_pa
         tr_level = {}
         for story in [*stories, test]:
             features, times = _planted_window_features(synthetic_dir, story, truth, rng)
-            tr_level[story] = eval_utils.lanczos_interp(
-                features, times, data_utils.tr_times(synthetic_dir, story))
+            tr_level[story] = eval_utils.lanczos_interp(features, times,
+                                                        dataset.tr_times(story))
         task = _task(stories, test, train_responses, test_responses, nc, splits,
                      np.logspace(0, 5, 11))
-        scores[name] = brain_evaluate.layer_scores(tr_level, task, what=name)["cc_norm"]
+        scores[name] = encoding.layer_scores(tr_level, task, what=name)["cc_norm"]
     assert scores["planted"][semantic].mean() > 0.4  # ridge on 480 noisy rows: not 1
     assert abs(scores["random"][semantic].mean()) < 0.15
     assert abs(scores["planted"][noise].mean()) < 0.15
@@ -357,14 +365,13 @@ def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_pa
     tr_level = {}
     for story in [*stories, test]:
         features, times = _planted_window_features(synthetic_dir, story, truth)
-        tr_level[story] = eval_utils.lanczos_interp(features, times,
-                                                    data_utils.tr_times(synthetic_dir, story))
-    lengths = [data_utils.response_rows(synthetic_dir, s) for s in stories]
+        tr_level[story] = eval_utils.lanczos_interp(features, times, dataset.tr_times(story))
+    lengths = [dataset.response_rows(s) for s in stories]
     fractions = (0.1, 0.25, 0.5)
-    subsets = {f: brain_evaluate.training_subset(lengths, f, 3, 10) for f in fractions}
+    subsets = {f: encoding.training_subset(lengths, f, 3, 10) for f in fractions}
     task = _task(stories, test, train_responses, test_responses, nc, splits,
                  np.logspace(0, 5, 11), subsets=subsets)
-    curve = [brain_evaluate.layer_scores(tr_level, task, what="planted", fraction=f)[
+    curve = [encoding.layer_scores(tr_level, task, what="planted", fraction=f)[
         "cc_norm"][semantic].mean() for f in fractions]
     curve.append(scores["planted"][semantic].mean())
     assert all(a < b for a, b in zip(curve, curve[1:])), curve
@@ -424,7 +431,7 @@ def _drop_last_response_row(data):
 
 
 def _respdict_two_more(data):
-    damage.set_respdict(data, "souls", data_utils.load_respdict(data)["souls"] + 2)
+    damage.set_respdict(data, "souls", data_utils.Dataset(data).respdict()["souls"] + 2)
 
 
 @pytest.mark.parametrize("defect", [_drop_last_response_row, _respdict_two_more])
@@ -479,13 +486,13 @@ def test_constant_test_voxels_and_empty_regions_are_left_out_of_summaries(setup,
     all_nan, flat_when_scored = above[:2]
     test = damage.read_hdf5(data, 1, data_utils.TEST_STORY)
     test[:, all_nan] = np.nan  # reads as a constant 0
-    test[brain_evaluate.TEST_RESPONSE_TRIM:, flat_when_scored] = 5.0  # varies in unscored rows
+    test[data_utils.TEST_RESPONSE_TRIM:, flat_when_scored] = 5.0  # varies in unscored rows
     damage.replace_hdf5(data, 1, data_utils.TEST_STORY, "data", test)
     rois = {"low": below[:3].tolist(), "damaged": [int(all_nan), int(flat_when_scored)],
             "mixed": above[:4].tolist()}
     (tmp_path / "roi.json").write_text(json.dumps(rois))
     titles = {}
-    monkeypatch.setattr(brain_evaluate.plots, "plot_per_layer",
+    monkeypatch.setattr(alignment_outputs.plots, "plot_per_layer",
                         lambda path, series, ylabel, title, **_: titles.update(
                             {Path(path).name: (title, set(series))}))
     assert _run_on(setup, data, tmp_path / "out", "--layers", "2", "--nc_thr", "0.2",
@@ -533,11 +540,11 @@ def test_models_with_the_same_folder_name_keep_separate_results(setup, tmp_path)
 def test_summaries_average_each_cell_and_leave_empty_ones_undefined():
     voxels = np.array([True, True, False, True, False, True])
     ceiling = np.array([0.9, 0.04, 0.5, 0.3, 0.06, 0.05])
-    summaries = brain_evaluate.summary_weights(
+    weights = summaries.summary_weights(
         voxels, ceiling, {"empty": [2, 4], "two": [1, 2, 3], "none": []},
         {"group": ["empty", "two", "none"]}, "roi.json", 0.4)
     values = np.array([1.0, 2.0, 9.0, 4.0, 7.0, 3.0])
-    summary = brain_evaluate.summarise(values, summaries)
+    summary = summaries.summarise(values, weights)
     followup = np.where(ceiling > 0.05, values, 0)  # [1, 0, 9, 4, 7, 0]
     assert summary == {
         ("all", "voxel_mean"): pytest.approx(10 / 4),
@@ -548,7 +555,7 @@ def test_summaries_average_each_cell_and_leave_empty_ones_undefined():
         # a group: voxel mean over the union of its regions' voxels, parcel mean = the mean of
         # its regions' means (a region without voxels left out)
         ("group", "voxel_mean"): 3.0, ("group", "parcel_mean"): pytest.approx((8 + 13 / 3) / 2)}
-    members = dict(zip(summaries.keys, (np.array([0, 1, 1, 0, 1, 1.0]) @ summaries.members)))
+    members = dict(zip(weights.keys, (np.array([0, 1, 1, 0, 1, 1.0]) @ weights.members)))
     assert members[("two", "parcel_mean")] == pytest.approx(2 / 3)
     assert members[("group", "parcel_mean")] == pytest.approx((1 + 2 / 3) / 2)
     assert members[("all", "voxel_mean")] == pytest.approx(2 / 4)
@@ -558,15 +565,15 @@ def test_summary_weights_are_sparse_and_match_a_brute_force_computation():
     rng = np.random.default_rng(3)
     n = 40
     voxels = rng.uniform(size=n) > 0.3
-    ceiling = rng.choice([0.0, 0.02, brain_evaluate.FOLLOWUP_CEILING, 0.2, 0.8], n)
+    ceiling = rng.choice([0.0, 0.02, summaries.FOLLOWUP_CEILING, 0.2, 0.8], n)
     regions = {"a": [0, 1, 2, 3, 5, 5, 8], "b": list(range(6, 20)), "c": [30, 31, 39],
                "d": []}
     groups = {"g": ["a", "b", "d"]}
-    summaries = brain_evaluate.summary_weights(voxels, ceiling, regions, groups)
-    assert scipy.sparse.issparse(summaries.weights) and scipy.sparse.issparse(summaries.members)
-    assert summaries.weights.shape == summaries.members.shape == (n, len(summaries.keys))
+    weights = summaries.summary_weights(voxels, ceiling, regions, groups)
+    assert scipy.sparse.issparse(weights.weights) and scipy.sparse.issparse(weights.members)
+    assert weights.weights.shape == weights.members.shape == (n, len(weights.keys))
     values = rng.standard_normal(n)
-    zeroed = np.where(ceiling > brain_evaluate.FOLLOWUP_CEILING, values, 0.0)
+    zeroed = np.where(ceiling > summaries.FOLLOWUP_CEILING, values, 0.0)
     everything = {"all": np.arange(n),
                   **{k: np.unique(np.asarray(v, int)) for k, v in regions.items()}}
     expected = {}
@@ -577,12 +584,12 @@ def test_summary_weights_are_sparse_and_match_a_brute_force_computation():
     union = np.unique(np.concatenate([everything[m] for m in groups["g"]]))
     expected["g", "voxel_mean"] = values[union[voxels[union]]].mean()
     expected["g", "parcel_mean"] = np.mean([expected[m, "parcel_mean"] for m in ("a", "b")])
-    got = brain_evaluate.summarise(values, summaries)
+    got = summaries.summarise(values, weights)
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == (None if value is None else pytest.approx(value, rel=1e-12)), key
-    dense = summaries.weights.toarray()
-    np.testing.assert_allclose(values @ dense, values @ summaries.weights, rtol=1e-12)
+    dense = weights.weights.toarray()
+    np.testing.assert_allclose(values @ dense, values @ weights.weights, rtol=1e-12)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -592,7 +599,7 @@ def test_summary_weights_are_sparse_and_match_a_brute_force_computation():
 def test_bad_roi_files_are_refused(tmp_path, text, message):
     (tmp_path / "roi.json").write_text(text)
     with pytest.raises(data_utils.DatasetError, match=message):
-        brain_evaluate.load_rois(tmp_path / "roi.json", 30)
+        summaries.load_rois(tmp_path / "roi.json", 30)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -611,7 +618,7 @@ def _count_calls(monkeypatch, module, name):
 
 def _interrupt_after_saving(monkeypatch, n_results):
     """Make the run stop (as a kill would) right after its ``n_results``-th finished result."""
-    original, saved = brain_evaluate.FinishedResults.save, []
+    original, saved = finished_results.FinishedResults.save, []
 
     def save(self, key, result):
         original(self, key, result)
@@ -619,7 +626,7 @@ def _interrupt_after_saving(monkeypatch, n_results):
         if len(saved) == n_results:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(brain_evaluate.FinishedResults, "save", save)
+    monkeypatch.setattr(finished_results.FinishedResults, "save", save)
 
 
 RESUMED = ["--layers", "1", "2", "--semantic_preference", "--word_vectors", "synthetic"]
@@ -664,12 +671,13 @@ def test_semantic_features_from_a_file_equal_the_word_vectors_they_hold(setup, u
     TR features, trimmed to the response rows, gives the semantic preference of
     --word_vectors synthetic."""
     root, data = setup
-    vectors = low_level_features.load_word_vectors("synthetic", data)
+    dataset = data_utils.Dataset(data)
+    vectors = low_level_features.load_word_vectors("synthetic", dataset)
     path = tmp_path / "semantic.hf5"
     with h5py.File(path, "w") as handle:
-        for story in data_utils.list_stories(data, 1):
+        for story in dataset.stories(1):
             handle[story] = eval_utils.trim_rows(
-                low_level_features.word_vector_features(data, story, vectors))
+                low_level_features.word_vector_features(dataset, story, vectors))
     flags = [flag for flag in RESUMED if flag not in ("--word_vectors", "synthetic")]
     assert _run_shared(setup, *flags, "--semantic_features", str(path), save="semantic") == 0
     ours = json.loads((root / "semantic" / "run" / "results.json").read_text())
@@ -701,8 +709,8 @@ def test_an_interrupted_run_resumes_without_fitting_its_finished_results_again(
     # the finished results hold bootstrap means over the summary voxels: no other --nc_thr
     assert _run_shared(setup, *RESUMED, "--resume", "--nc_thr", "0.3", save="resumed") == 1
     assert "--nc_thr" in _one_error_line(caplog) and _snapshot(partial) == kept
-    fits = _count_calls(monkeypatch, brain_evaluate, "layer_scores")
-    preferences = _count_calls(monkeypatch, brain_evaluate, "semantic_preference")
+    fits = _count_calls(monkeypatch, alignment_analyses, "layer_scores")
+    preferences = _count_calls(monkeypatch, alignment_analyses, "semantic_preference")
     assert _run_shared(setup, *RESUMED, "--resume", save="resumed") == 0
     assert len(fits) == len(preferences) == 3  # of 4 each
     assert "reusing 2 finished results" in caplog.text
@@ -712,7 +720,7 @@ def test_an_interrupted_run_resumes_without_fitting_its_finished_results_again(
 def test_overwrite_discards_finished_results_and_unreadable_ones_are_computed_again(
         setup, uninterrupted, monkeypatch, caplog):
     _interrupted(setup, monkeypatch, "discarded")
-    fits = _count_calls(monkeypatch, brain_evaluate, "layer_scores")
+    fits = _count_calls(monkeypatch, alignment_analyses, "layer_scores")
     assert _run_shared(setup, *RESUMED, "--overwrite", save="discarded") == 0
     assert len(fits) == 4 and "discarded the finished results" in caplog.text
     _assert_same_results(setup, "discarded", uninterrupted)
@@ -725,17 +733,17 @@ def test_overwrite_discards_finished_results_and_unreadable_ones_are_computed_ag
     _assert_same_results(setup, "damaged", uninterrupted)
 
 
-def _extraction(data, cache_dir, dtype=None):
-    return speech_models.Extraction(str(data), str(cache_dir), context_s=3.0, chunk_s=0.5,
-                                     batch_size=16, naive=False, dtype=dtype)
+def _extraction(dtype=None):
+    return layer_features.Extraction(context_s=3.0, chunk_s=0.5, batch_size=16, naive=False,
+                                     dtype=dtype)
 
 
 def test_cache_key_depends_on_precision(setup, tmp_path):
     root, data = setup
     encoder = speech_models.load_encoder(root / "model0")
     for dtype in (None, torch.bfloat16, None):
-        speech_models.cached_story_features(encoder, "souls", [1],
-                                             _extraction(data, tmp_path, dtype))
+        layer_features.cached_story_features(encoder, data_utils.Dataset(data), "souls", [1],
+                                             _extraction(dtype), tmp_path)
     assert len(list(tmp_path.rglob("*.hf5"))) == 2
     (folder,) = {path.parent for path in tmp_path.rglob("*.hf5")}
     assert folder.name == encoder.fingerprint[:run_utils.KEY_CHARS]
@@ -746,23 +754,24 @@ def test_replaced_stimulus_is_extracted_again_and_other_layers_stay_cached(setup
     copy = tmp_path / "ds"
     shutil.copytree(data, copy)
     encoder = speech_models.load_encoder(root / "model0")
-    extraction = _extraction(copy, tmp_path / "cache")
+    dataset, extraction = data_utils.Dataset(copy), _extraction()
 
     def features(layers):
-        return speech_models.cached_story_features(encoder, "souls", layers, extraction)[0]
+        return layer_features.cached_story_features(encoder, dataset, "souls", layers,
+                                                    extraction, tmp_path / "cache")[0]
 
     before = features([1])
     features([2])
     (cache_file,) = (tmp_path / "cache").rglob("*.hf5")
     with h5py.File(cache_file, "r") as handle:
         assert {"layer_1", "layer_2", "times"} <= set(handle)
-    wav = data_utils.stimulus_path(copy, "souls")
+    wav = dataset.stimulus_path("souls")
     audio, rate = sf.read(wav, dtype="float32")
     sf.write(wav, np.ascontiguousarray(audio[::-1]), rate)
     after = features([1])
     assert len(list((tmp_path / "cache").rglob("*.hf5"))) == 2
-    fresh = speech_models.sliding_window_features(
-        encoder.backbone, encoder.preprocessor, data_utils.load_stimulus(copy, "souls"), [1],
+    fresh = layer_features.sliding_window_features(
+        encoder.backbone, encoder.preprocessor, dataset.stimulus("souls"), [1],
         extraction.context_s, extraction.chunk_s)[0]
     np.testing.assert_allclose(after[1], fresh[1], rtol=1e-5, atol=1e-6)
     assert not np.allclose(after[1], before[1])
@@ -842,14 +851,14 @@ def _planted_tr_features(data_dir, stories, truth):
     """TR-grid features of an ideal model: the planted word embeddings (semantic) and the RMS
     energy of 0.1 s windows (acoustic), side by side."""
     tr_level = {}
+    dataset = data_utils.Dataset(data_dir)
     for story in stories:
         embedding, times = _planted_window_features(data_dir, story, truth)
-        audio = data_utils.load_stimulus(data_dir, story)
+        audio = dataset.stimulus(story)
         ends = (times * 16000).astype(int)
         energy = np.array([np.sqrt(np.mean(audio[max(0, end - 1600):end] ** 2)) for end in ends])
         window = np.hstack([embedding, energy[:, None].astype(np.float32)])
-        tr_level[story] = eval_utils.lanczos_interp(window, times,
-                                                    data_utils.tr_times(data_dir, story))
+        tr_level[story] = eval_utils.lanczos_interp(window, times, dataset.tr_times(story))
     return tr_level
 
 
@@ -869,29 +878,30 @@ def test_region_groups_recover_effects_planted_in_their_parcels(tmp_path):
     synthetic_data.generate(data, seed=6, subjects=(1,), n_train_stories=6, train_trs=100,
                             test_trs=311, n_voxels=50, n_words=24, cc_max_range=(0.7, 0.95),
                             voxel_types={"UTS01": types})
-    truth = data_utils.load_truth(data)
+    dataset = data_utils.Dataset(data)
+    truth = dataset.truth()
     stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
     test = data_utils.TEST_STORY
-    nc = eval_utils.noise_ceiling(data_utils.load_repeats(data, 1)).astype(np.float64)
+    nc = eval_utils.noise_ceiling(dataset.repeats(1)).astype(np.float64)
     splits = eval_utils.bootstrap_chunk_splits(
-        [data_utils.response_rows(data, s) for s in stories], n_boots=3, chunk_len=10)
-    task = _task(stories, test, np.vstack([data_utils.load_fmri(data, 1, s) for s in stories]),
-                 data_utils.load_fmri(data, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:], nc,
+        [dataset.response_rows(s) for s in stories], n_boots=3, chunk_len=10)
+    task = _task(stories, test, np.vstack([dataset.responses(1, s) for s in stories]),
+                 dataset.responses(1, test)[data_utils.TEST_RESPONSE_TRIM:], nc,
                  splits, np.logspace(0, 5, 11), regions=regions, groups=groups)
     features = _planted_tr_features(data, [*stories, test], truth)
     meaning = {story: values[:, :truth["semantic_dim"]] for story, values in features.items()}
-    summaries = {}
+    found = {}
     for name, tr_level in (("meaning and energy", features), ("meaning only", meaning)):
-        scores = brain_evaluate.with_summary(
-            brain_evaluate.layer_scores(tr_level, task, what=name), task)
+        scores = summaries.with_summary(
+            encoding.layer_scores(tr_level, task, what=name), task)
         summary = scores["summary"]["cc_norm"]
         for group, members in groups.items():  # a group's parcel mean: its parcels' means
             expected = np.mean([np.mean(np.where(nc[regions[m]] > 0.05,
                                                  scores["cc_norm"][regions[m]], 0))
                                 for m in members])
             assert summary[group, "parcel_mean"] == pytest.approx(expected, abs=1e-6)
-        summaries[name] = summary
-    both, meaning_only = summaries["meaning and energy"], summaries["meaning only"]
+        found[name] = summary
+    both, meaning_only = found["meaning and energy"], found["meaning only"]
     for hemi in ("", "_lh", "_rh"):
         assert both[f"late_language{hemi}", "parcel_mean"] > 0.4
         assert both[f"primary_auditory{hemi}", "parcel_mean"] > 0.4
@@ -904,22 +914,23 @@ def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp
     data = tmp_path / "ds"
     synthetic_data.generate(data, seed=5, subjects=(1,), n_train_stories=6, train_trs=100,
                             test_trs=311, n_voxels=60, n_words=24, family_size=3)
-    truth = data_utils.load_truth(data)
+    dataset = data_utils.Dataset(data)
+    truth = dataset.truth()
     subject = truth["subjects"]["UTS01"]
     stories = [s for s, info in truth["stories"].items() if info["split"] == "train"]
     test = data_utils.TEST_STORY
-    nc = eval_utils.noise_ceiling(data_utils.load_repeats(data, 1)).astype(np.float64)
+    nc = eval_utils.noise_ceiling(dataset.repeats(1)).astype(np.float64)
     splits = eval_utils.bootstrap_chunk_splits(
-        [data_utils.response_rows(data, s) for s in stories], n_boots=3, chunk_len=10)
+        [dataset.response_rows(s) for s in stories], n_boots=3, chunk_len=10)
     alphas = np.logspace(0, 5, 11)
-    task = _task(stories, test, np.vstack([data_utils.load_fmri(data, 1, s) for s in stories]),
-                 data_utils.load_fmri(data, 1, test)[brain_evaluate.TEST_RESPONSE_TRIM:], nc,
+    task = _task(stories, test, np.vstack([dataset.responses(1, s) for s in stories]),
+                 dataset.responses(1, test)[data_utils.TEST_RESPONSE_TRIM:], nc,
                  splits, alphas)
     features = _planted_tr_features(data, [*stories, test], truth)
-    powspec = {s: low_level_features.story_features(data, s, "powspec")["powspec"]
+    powspec = {s: low_level_features.story_features(dataset, s, "powspec")["powspec"]
                for s in features}
-    before = brain_evaluate.layer_scores(features, task, what="planted")["cc_norm"]
-    after = brain_evaluate.layer_scores(
+    before = encoding.layer_scores(features, task, what="planted")["cc_norm"]
+    after = encoding.layer_scores(
         eval_utils.regress_out(features, powspec, stories, alphas, splits), task,
         what="planted")["cc_norm"]
     drop = {}
@@ -932,11 +943,11 @@ def test_removing_the_power_spectrum_removes_acoustic_not_semantic_alignment(tmp
 
     # semantic preference: the planted embedding features prefer the semantic target, the
     # acoustic energy and the power spectrum the phonetic one
-    vectors = low_level_features.load_word_vectors("synthetic", data)
-    semantic = {s: low_level_features.word_vector_features(data, s, vectors) for s in features}
+    vectors = low_level_features.load_word_vectors("synthetic", dataset)
+    semantic = {s: low_level_features.word_vector_features(dataset, s, vectors) for s in features}
     phonetic = {s: np.hstack(list(low_level_features.story_features(
-        data, s, ["phonemes", "articulation"]).values())) for s in features}
-    scores = {name: brain_evaluate.semantic_preference(
+        dataset, s, ["phonemes", "articulation"]).values())) for s in features}
+    scores = {name: alignment_analyses.semantic_preference(
         {s: values[:, columns] for s, values in source.items()}, semantic, phonetic, stories,
         test, alphas, splits)["preference"]
         for name, source, columns in (("embedding", features, slice(0, -1)),
@@ -1065,7 +1076,7 @@ def test_p_values_intervals_and_data_efficiency_of_a_run(setup):
         assert comparison["difference"] == pytest.approx(
             comparison["model_cc_norm"] - comparison["baseline_cc_norm"])
     # data efficiency: half of the training rows, whole stories first, the same for both models
-    total = sum(data_utils.response_rows(data, s) for s in results["train_stories"])
+    total = sum(data_utils.Dataset(data).response_rows(s) for s in results["train_stories"])
     half = [row for row in results["results"] if row["train_fraction"] == 0.5]
     assert {row["model"] for row in half} == {"pretrained", "model1"}
     assert {row["train_rows"] for row in half} == {round(total / 2)}
@@ -1084,12 +1095,13 @@ def test_blocks_longer_than_the_test_story_are_refused_before_any_model_is_loade
 def test_extraction_logs_its_windows_and_an_estimate_of_the_time_left(setup, monkeypatch,
                                                                        caplog):
     root, data = setup
-    audio = data_utils.load_stimulus(data, data_utils.TEST_STORY)
-    assert speech_models.story_windows(data, data_utils.TEST_STORY, 0.5) == len(
-        speech_models.window_ends(len(audio), 8000))
+    dataset = data_utils.Dataset(data)
+    audio = dataset.stimulus(data_utils.TEST_STORY)
+    assert layer_features.story_windows(dataset, data_utils.TEST_STORY, 0.5) == len(
+        layer_features.window_ends(len(audio), 8000))
     now = [0.0]
-    monkeypatch.setattr(speech_models.time, "perf_counter", lambda: now[0])
-    clock = speech_models.ExtractionClock(1000)
+    monkeypatch.setattr(layer_features.time, "perf_counter", lambda: now[0])
+    clock = layer_features.ExtractionClock(1000)
     with caplog.at_level(logging.INFO):
         clock.batch_done(16)  # start-up: not timed
         for _ in range(3):
@@ -1141,9 +1153,9 @@ def test_more_processes_than_voxels_are_refused(setup, monkeypatch, caplog):
     """Each torchrun process fits a share of the voxels: 40 processes for 30 voxels leave the
     last ten without any, one line of error (the process group faked: rank 39 of 40)."""
     for name, value in (("is_initialized", True), ("get_rank", 39), ("get_world_size", 40)):
-        monkeypatch.setattr(speech_models.dist, name, lambda value=value: value)
-    monkeypatch.setattr(speech_models.dist, "barrier", lambda: None)
-    monkeypatch.setattr(speech_models.dist, "destroy_process_group", lambda: None)
+        monkeypatch.setattr(processes.dist, name, lambda value=value: value)
+    monkeypatch.setattr(processes.dist, "barrier", lambda: None)
+    monkeypatch.setattr(processes.dist, "destroy_process_group", lambda: None)
     _no_model_loading(monkeypatch)
     assert _run(setup, save="too_many") == 1
     assert "--voxels all: 30 voxels to fit, fewer than the torchrun processes" in \
@@ -1173,11 +1185,11 @@ def test_process_shares_cover_the_voxels_and_stories_once(monkeypatch):
     for world_size in (1, 2, 3, 5):
         shares, items = [], []
         for rank in range(world_size):
-            monkeypatch.setattr(speech_models.dist, "is_initialized", lambda: True)
-            monkeypatch.setattr(speech_models.dist, "get_rank", lambda rank=rank: rank)
-            monkeypatch.setattr(speech_models.dist, "get_world_size", lambda w=world_size: w)
-            shares.append(np.arange(23)[speech_models.process_share(23)])
-            items.append(speech_models.process_items(costs))
+            monkeypatch.setattr(processes.dist, "is_initialized", lambda: True)
+            monkeypatch.setattr(processes.dist, "get_rank", lambda rank=rank: rank)
+            monkeypatch.setattr(processes.dist, "get_world_size", lambda w=world_size: w)
+            shares.append(np.arange(23)[processes.process_share(23)])
+            items.append(processes.process_items(costs))
         for ours, expected in zip(shares, np.array_split(np.arange(23), world_size)):
             np.testing.assert_array_equal(ours, expected)
         assert sorted(i for mine in items for i in mine) == list(range(len(costs)))
@@ -1206,7 +1218,7 @@ def _assert_fitted_as_in_the_whole_brain(out, whole, selected):
     for model in ("pretrained", "model1"):
         ours = dict(np.load(out / run_utils.voxel_results_name(model, 2)))
         theirs = dict(np.load(whole / run_utils.voxel_results_name(model, 2)))
-        assert set(ours) == set(theirs) == set(brain_evaluate.VOXEL_ARRAYS)
+        assert set(ours) == set(theirs) == set(alignment_outputs.VOXEL_ARRAYS)
         for name, values in ours.items():
             assert values.shape == (N_SETUP_VOXELS,), name
             assert np.isnan(values[unselected]).all() and np.isfinite(values[selected]).all()
@@ -1267,7 +1279,7 @@ def test_voxels_above_a_noise_ceiling_are_fitted_as_in_a_whole_brain_run(setup, 
         f"Only the voxels whose noise ceiling is above 0.3 were fitted (`--voxels nc>0.3`: "
         f"{selected.size} of {N_SETUP_VOXELS} voxels)")
     planted = json.loads((root / "voxels_nc" / "report" / "summary.json").read_text())
-    truth = data_utils.load_truth(data)["subjects"]["UTS01"]
+    truth = data_utils.Dataset(data).truth()["subjects"]["UTS01"]
     semantic = np.intersect1d(truth["semantic_voxels"], summary)
     cc_norm = np.load(out / run_utils.voxel_results_name("model1", 2))["cc_norm"]
     assert planted["tuned"]["semantic_cc_norm"] == pytest.approx(
@@ -1292,7 +1304,7 @@ def test_voxels_of_a_region_or_group_are_fitted_and_summarised_alone(
     summary = np.load(out / run_utils.SUMMARY_VOXELS_NAME)
     np.testing.assert_array_equal(
         summary, np.intersect1d(np.load(whole_brain / run_utils.SUMMARY_VOXELS_NAME), selected))
-    repeats = data_utils.load_repeats(data, 1)[:, brain_evaluate.TEST_RESPONSE_TRIM:]
+    repeats = data_utils.Dataset(data).repeats(1)[:, data_utils.TEST_RESPONSE_TRIM:]
     ceiling = eval_utils.noise_ceiling(repeats.astype(np.float64))
     regions["all"] = np.arange(N_SETUP_VOXELS)
     for row in results["results"]:
@@ -1314,7 +1326,7 @@ def test_voxels_of_a_region_or_group_are_fitted_and_summarised_alone(
         if not parts:
             assert row["cc_norm"] is None
             continue
-        followup = np.where(ceiling > brain_evaluate.FOLLOWUP_CEILING, cc_norm, 0)
+        followup = np.where(ceiling > summaries.FOLLOWUP_CEILING, cc_norm, 0)
         assert row["cc_norm"] == pytest.approx(
             float(np.mean([followup[part].mean() for part in parts])), rel=1e-5, abs=1e-7)
 

@@ -17,8 +17,9 @@ import brain_evaluate
 import brain_regions
 import report
 import speech_models
-from data_utils import DatasetError
-from run_utils import UsageError
+import summaries
+from data_utils import Dataset
+from run_utils import DatasetError, UsageError
 
 ATLAS_POINTS = 3000  # vertices of the synthetic "fsaverage" sphere
 PARCELS = ["???", "A1", "44", "PGi", "STSda", "V1"]  # planted labels ("???": unlabelled)
@@ -143,7 +144,7 @@ def test_without_pycortex_the_message_names_the_install(monkeypatch, tmp_path):
 def s1(s1_dataset):
     """(dataset, cache, pycortex, anatomy, thick mask, nearest vertex per voxel, vertex counts)."""
     data, cache = s1_dataset
-    anatomy = brain_regions.subject_anatomy(data, 1)
+    anatomy = brain_regions.subject_anatomy(Dataset(data), 1)
     cortex = brain_regions.import_cortex(anatomy, cache)
     mask = brain_regions.thick_mask(cortex, anatomy)
     voxel_vertex = cortex.utils.get_vox_dist(anatomy.subject, anatomy.transform)[1][mask]
@@ -154,7 +155,7 @@ def s1(s1_dataset):
 def test_overlay_regions_equal_pycortex_roi_masks(s1, caplog):
     data, cache, cortex, anatomy, mask, _, _ = s1
     with caplog.at_level(logging.INFO):
-        path = brain_regions.subject_regions(data, 1, "overlays", cache)
+        path = brain_regions.subject_regions(Dataset(data), 1, "overlays", cache)
     regions = json.loads(path.read_text())
     with pytest.warns(UserWarning):  # S1's empty ROIs (V3A, LO, ...)
         masks = cortex.utils.get_roi_masks(anatomy.subject, anatomy.transform,
@@ -175,7 +176,7 @@ def test_overlay_regions_equal_pycortex_roi_masks(s1, caplog):
     # the second time it is the cached file
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        assert brain_regions.subject_regions(data, 1, "overlays", cache) == path
+        assert brain_regions.subject_regions(Dataset(data), 1, "overlays", cache) == path
     assert "(cached)" in caplog.text
 
 
@@ -240,7 +241,7 @@ def test_annotation_parcels_reach_the_subject_exactly(s1, tmp_path):
     freesurfer.mkdir()
     shutil.copytree(tmp_path / "subject", freesurfer / "UTS01")
     # (no response files in this copy: nothing to check the mask's voxel count against)
-    path = brain_regions.subject_regions(work, 1, "annot", cache, [str(a) for a in annots],
+    path = brain_regions.subject_regions(Dataset(work), 1, "annot", cache, [str(a) for a in annots],
                                          str(fsaverage))
     regions = json.loads(path.read_text())
     expected = _expected_regions(planted, voxel_vertex, counts[0])
@@ -268,7 +269,7 @@ def test_annotation_parcels_reach_the_subject_exactly(s1, tmp_path):
                         np.int32)
         nibabel.freesurfer.write_annot(str(freesurfer / "UTS01" / "label" / f"{hemi}.aparc.annot"),
                                        labels, ctab, aparc, fill_ctab=True)
-    aparc = json.loads(brain_regions.subject_regions(work, 1, "aparc", cache).read_text())
+    aparc = json.loads(brain_regions.subject_regions(Dataset(work), 1, "aparc", cache).read_text())
     as_aparc = [[{"???": "unknown", "A1": "superiortemporal"}.get(n, "transversetemporal")
                  for n in names] for names in planted]
     assert aparc == {name: v for name, v in _expected_regions(
@@ -279,7 +280,7 @@ def test_annotation_parcels_reach_the_subject_exactly(s1, tmp_path):
     nibabel.freesurfer.write_geometry(str(fsaverage / "surf" / "lh.sphere.reg"), small, faces)
     wrong_atlas = f"{re.escape(str(annots[0]))}: {ATLAS_POINTS} vertices but .* has 100"
     with pytest.raises(DatasetError, match=wrong_atlas):
-        brain_regions.subject_regions(work, 1, "annot", cache, [str(a) for a in annots],
+        brain_regions.subject_regions(Dataset(work), 1, "annot", cache, [str(a) for a in annots],
                                       str(fsaverage))
     atlas, faces = _sphere(ATLAS_POINTS)
     nibabel.freesurfer.write_geometry(str(fsaverage / "surf" / "lh.sphere.reg"), atlas, faces)
@@ -287,7 +288,7 @@ def test_annotation_parcels_reach_the_subject_exactly(s1, tmp_path):
                                       atlas, faces)
     with pytest.raises(DatasetError, match=f"lh.sphere.reg: {ATLAS_POINTS} vertices but the "
                                            f"subject's pycortex lh surfaces have {counts[0]}"):
-        brain_regions.subject_regions(work, 1, "annot", cache, [str(a) for a in annots],
+        brain_regions.subject_regions(Dataset(work), 1, "annot", cache, [str(a) for a in annots],
                                       str(fsaverage))
 
 
@@ -307,7 +308,8 @@ def _colours(path):
 
 def test_flat_maps_show_where_alignment_rose_and_fell(s1, tmp_path):
     data, cache, _, anatomy, mask, _, _ = s1
-    regions = json.loads(brain_regions.subject_regions(data, 1, "overlays", cache).read_text())
+    dataset = Dataset(data)
+    regions = json.loads(brain_regions.subject_regions(dataset, 1, "overlays", cache).read_text())
     n = int(mask.sum())
     before = np.full(n, 0.2, np.float32)
     after = before.copy()
@@ -315,7 +317,7 @@ def test_flat_maps_show_where_alignment_rose_and_fell(s1, tmp_path):
     after[regions["Broca"]] -= 0.3  # fell in Broca's area
     written = brain_regions.write_flatmaps(tmp_path, {("pretrained", 3): before,
                                                       ("final", 3): after}, np.arange(n),
-                                           data, 1, cache, height=256)
+                                           dataset, 1, cache, height=256)
     assert sorted(p.name for p in written) == [
         "flatmap_final-minus-pretrained_layer3.png", "flatmap_final_layer3.png",
         "flatmap_pretrained_layer3.png"]
@@ -325,13 +327,13 @@ def test_flat_maps_show_where_alignment_rose_and_fell(s1, tmp_path):
     assert red > 50 and blue > 10
     # the other sign gives the other colours
     flipped = brain_regions.write_flatmaps(tmp_path / "flipped", {
-        ("pretrained", 3): after, ("final", 3): before}, np.arange(n), data, 1, cache,
+        ("pretrained", 3): after, ("final", 3): before}, np.arange(n), dataset, 1, cache,
         height=256)
     _, red_flipped, blue_flipped = _colours(flipped[-1])
     assert (red_flipped, blue_flipped) == pytest.approx((blue, red), rel=0.1)
     with pytest.raises(FileExistsError):
         brain_regions.write_flatmaps(tmp_path, {("pretrained", 3): before}, np.arange(n),
-                                     data, 1, cache, height=256)
+                                     dataset, 1, cache, height=256)
 
 
 @pytest.mark.slow
@@ -347,7 +349,7 @@ def test_evaluate_with_regions_and_maps_in_one_command(s1, tmp_path):
         "--n_boots", "2", "--layers", "1", "2", "--n_permutations", "20", "--n_bootstrap", "20",
         "--regions", "overlays", "--flatmap_layers", "best", "--flatmap_height", "128"]) == 0
     regions = json.loads((out / "regions.json").read_text())
-    assert regions == json.loads(brain_regions.subject_regions(data, 1, "overlays", cache)
+    assert regions == json.loads(brain_regions.subject_regions(Dataset(data), 1, "overlays", cache)
                                  .read_text())
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {row["region"] for row in rows} == {"all", *regions}
@@ -362,7 +364,7 @@ def test_evaluate_with_regions_and_maps_in_one_command(s1, tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     section = text[text.index("## Brain regions"):]
     shown = json.loads((out / "results.json").read_text())["regions"]["shown"]
-    assert len(shown) == brain_evaluate.REGION_FIGURE_MAX
+    assert len(shown) == summaries.REGION_FIGURE_MAX
     assert shown == [name for name in regions if not name.endswith(("_lh", "_rh"))][:len(shown)]
     layer = json.loads((tmp_path / "report" / "summary.json").read_text())["layer"]
     for name in shown:

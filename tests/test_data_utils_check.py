@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import audio_io
 import damage
 import data_utils
+import hdf5_io
 import synthetic_data
+import textgrids
+import tr_files
+from data_utils import Dataset
+from run_utils import DatasetError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"^(UTS\d\d): (\d+) stories, (\d+) rows \([^)]*\), (\d+) voxels, "
@@ -92,7 +98,7 @@ def test_clean_dataset_summary_matches_files_and_truth(synthetic_dir, capsys):
     assert code == 0, output
     assert problems(output) == []
     respdict = json.loads(respdict_file(synthetic_dir).read_text())
-    truth = data_utils.load_truth(synthetic_dir)
+    truth = Dataset(synthetic_dir).truth()
     found = summaries(output)
     assert sorted(found) == ["UTS01", "UTS02"]
     for subject, (n_stories, rows, voxels, repeats) in found.items():
@@ -191,8 +197,8 @@ def test_chronological_textgrid_truncated_at_record_boundary(dataset_copy, capsy
     text = path.read_text()
     cut = text.rfind("\n\n", 0, len(text) // 2)
     path.write_text(text[:cut] + "\n")
-    with pytest.raises(data_utils.DatasetError, match="truncated"):
-        data_utils.load_words(dataset_copy, UTS01_ONLY_STORY)
+    with pytest.raises(DatasetError, match="truncated"):
+        Dataset(dataset_copy).words(UTS01_ONLY_STORY)
     code, output = run_check(capsys, dataset_copy)
     assert code == 1, output
     assert any(str(path) in line for line in problems(output))
@@ -305,7 +311,7 @@ def test_missing_individual_repeats_is_a_note(dataset_copy, capsys):
     found = notes(output)
     assert len(found) == 1
     assert str(path) in found[0] and "noise ceiling" in found[0]
-    n_repeats = data_utils.load_truth(dataset_copy)["subjects"]["UTS02"]["n_repeats"]
+    n_repeats = Dataset(dataset_copy).truth()["subjects"]["UTS02"]["n_repeats"]
     assert summaries(output)["UTS01"][3] == "none"
     assert summaries(output)["UTS02"][3] == str(n_repeats)
 
@@ -455,7 +461,7 @@ def test_subject_not_understood_subprocess(synthetic_dir):
 
 def lengthen_wav(data_dir, story, seconds):
     """Append ``seconds`` of silence to a story's WAV (same rate, channels and subtype)."""
-    path = data_utils.stimulus_path(data_dir, story)
+    path = Dataset(data_dir).stimulus_path(story)
     info = sf.info(str(path))
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     padding = np.zeros((int(round(seconds * rate)), audio.shape[1]), np.float32)
@@ -464,7 +470,7 @@ def lengthen_wav(data_dir, story, seconds):
 
 def wav_seconds(data_dir, story):
     """Duration of a story's WAV from the samples actually decoded."""
-    audio, rate = sf.read(data_utils.stimulus_path(data_dir, story))
+    audio, rate = sf.read(Dataset(data_dir).stimulus_path(story))
     return len(audio) / rate
 
 
@@ -474,12 +480,12 @@ def respdict_entry(data_dir, story):
 
 def test_synthetic_wavs_end_where_the_last_response_row_does(synthetic_dir):
     """The generator's WAVs last 2 * respdict - 30 s, the TextGrid ends there too."""
-    for story in data_utils.load_truth(synthetic_dir)["stories"]:
+    for story in Dataset(synthetic_dir).truth()["stories"]:
         expected = 2.0 * respdict_entry(synthetic_dir, story) - 30
         assert wav_seconds(synthetic_dir, story) == pytest.approx(expected, abs=1e-3)
-        assert data_utils.story_span(synthetic_dir, story) == pytest.approx(
+        assert Dataset(synthetic_dir).story_span(story) == pytest.approx(
             (expected, expected + 10))
-        xmax = data_utils.story_textgrid(synthetic_dir, story)[0]
+        xmax = Dataset(synthetic_dir).textgrid(story)[0]
         assert xmax == pytest.approx(expected)
 
 
@@ -489,20 +495,20 @@ def test_wav_cut_to_a_third_of_its_bytes(dataset_copy, capsys):
     story = SHARED_STORY
     needed = 2.0 * respdict_entry(dataset_copy, story) - 30
     damage.truncate_wav_bytes(dataset_copy, story, 1 / 3)
-    path = data_utils.stimulus_path(dataset_copy, story)
+    path = Dataset(dataset_copy).stimulus_path(story)
     real = wav_seconds(dataset_copy, story)
     assert real < needed / 2
-    assert data_utils.audio_duration(path) == pytest.approx(real)  # header gives the real length
+    assert audio_io.audio_duration(path) == pytest.approx(real)  # header gives the real length
     code, output = run_check(capsys, dataset_copy)
     assert code == 1
     found = [line for line in problems(output) if str(path) in line]
     assert len(found) == 1, output
     assert f"{real:.2f} s of audio" in found[0] and f"until {needed:.2f} s" in found[0]
     assert_no_traceback(output)
-    for load in (lambda: data_utils.check_run_inputs(dataset_copy, 1, [story]),
-                 lambda: data_utils.load_stimulus(dataset_copy, story),
-                 lambda: data_utils.tr_audio_windows(dataset_copy, story)):
-        with pytest.raises(data_utils.DatasetError) as info:
+    for load in (lambda: Dataset(dataset_copy).check_run_inputs(1, [story]),
+                 lambda: Dataset(dataset_copy).stimulus(story),
+                 lambda: Dataset(dataset_copy).audio_windows(story)):
+        with pytest.raises(DatasetError) as info:
             load()
         assert str(info.value).startswith(f"{path}: {real:.2f} s of audio")
         assert f"until {needed:.2f} s" in str(info.value)
@@ -511,7 +517,7 @@ def test_wav_cut_to_a_third_of_its_bytes(dataset_copy, capsys):
 def test_20_second_wav_for_a_longer_story(dataset_copy, capsys):
     story = TEST_STORY
     damage.shorten_wav(dataset_copy, story, 20)
-    path = data_utils.stimulus_path(dataset_copy, story)
+    path = Dataset(dataset_copy).stimulus_path(story)
     code, output = run_check(capsys, dataset_copy)
     assert code == 1
     needed = 2.0 * respdict_entry(dataset_copy, story) - 30
@@ -525,7 +531,7 @@ def test_wav_longer_than_the_tr_grid(dataset_copy, capsys):
     """Audio running 3 s past the end of the TR grid (10 s past the last row) is refused."""
     story = SHARED_STORY
     lengthen_wav(dataset_copy, story, 13)
-    path = data_utils.stimulus_path(dataset_copy, story)
+    path = Dataset(dataset_copy).stimulus_path(story)
     grid_end = 2.0 * respdict_entry(dataset_copy, story) - 20
     code, output = run_check(capsys, dataset_copy)
     assert code == 1
@@ -537,17 +543,17 @@ def test_wav_longer_than_the_tr_grid(dataset_copy, capsys):
 def test_wav_and_textgrid_lengths_differ(dataset_copy, capsys):
     """5 s more audio stays inside the TR grid but no longer matches the TextGrid's xmax."""
     story = SHARED_STORY
-    xmax = data_utils.story_textgrid(dataset_copy, story)[0]
+    xmax = Dataset(dataset_copy).textgrid(story)[0]
     lengthen_wav(dataset_copy, story, 5)
-    path = data_utils.stimulus_path(dataset_copy, story)
+    path = Dataset(dataset_copy).stimulus_path(story)
     code, output = run_check(capsys, dataset_copy)
     assert code == 1
     found = [line for line in problems(output) if str(path) in line]
     assert len(found) == 1
     assert f"{xmax + 5:.2f} s of audio" in found[0] and f"ends at {xmax:.2f} s" in found[0]
     assert str(textgrid_file(dataset_copy, story)) in found[0]
-    with pytest.raises(data_utils.DatasetError, match="TextGrid.*ends at"):
-        data_utils.load_stimulus(dataset_copy, story)
+    with pytest.raises(DatasetError, match="TextGrid.*ends at"):
+        Dataset(dataset_copy).stimulus(story)
 
 
 def test_stimulus_length_tolerances(synthetic_dir):
@@ -557,7 +563,7 @@ def test_stimulus_length_tolerances(synthetic_dir):
     grid_end = rows_end + 10
 
     def problem(duration, xmax=None):
-        return data_utils.stimulus_problem(synthetic_dir, story, duration, xmax)
+        return Dataset(synthetic_dir).stimulus_problem(story, duration, xmax)
 
     assert problem(rows_end - 1.9) is None and "response rows" in problem(rows_end - 2.1)
     assert problem(grid_end + 1.9) is None and "TR grid" in problem(grid_end + 2.1)
@@ -599,18 +605,20 @@ def test_bad_respdict_entry_is_named(dataset_copy, capsys, value):
     found = [line for line in problems(output) if expected in line]
     assert len(found) == 1, output
     assert_no_traceback(output)
-    for load in (lambda: data_utils.response_rows(dataset_copy, SHARED_STORY),
-                 lambda: data_utils.tr_times(dataset_copy, SHARED_STORY),
-                 lambda: data_utils.tr_audio_windows(dataset_copy, SHARED_STORY),
-                 lambda: data_utils.check_run_inputs(dataset_copy, 1, [SHARED_STORY])):
-        with pytest.raises(data_utils.DatasetError, match=re.escape(expected)):
+    dataset = Dataset(dataset_copy)
+    for load in (lambda: dataset.response_rows(SHARED_STORY),
+                 lambda: dataset.tr_times(SHARED_STORY),
+                 lambda: dataset.audio_windows(SHARED_STORY),
+                 lambda: dataset.check_run_inputs(1, [SHARED_STORY])):
+        with pytest.raises(DatasetError, match=re.escape(expected)):
             load()
 
 
 def test_smallest_usable_respdict_entry(synthetic_dir):
     respdict = {"a": 21, "b": 20}
-    assert data_utils.respdict_problem(synthetic_dir, respdict, "a") is None
-    assert "leaves 0 response rows" in data_utils.respdict_problem(synthetic_dir, respdict, "b")
+    dataset = Dataset(synthetic_dir)
+    assert dataset.respdict_problem("a", respdict) is None
+    assert "leaves 0 response rows" in dataset.respdict_problem("b", respdict)
 
 
 # ----------------------------------------------------------------------------- TextGrid tiers
@@ -620,12 +628,12 @@ def test_smallest_usable_respdict_entry(synthetic_dir):
 def test_tiers_in_another_order_are_identified(dataset_copy, capsys, names):
     """Word tier first, unnamed, honestly named or oddly named: words and phones are unchanged."""
     story = SHARED_STORY
-    words, phones = (data_utils.load_words(dataset_copy, story),
-                     data_utils.load_phones(dataset_copy, story))
+    dataset = Dataset(dataset_copy)
+    words, phones = dataset.words(story), dataset.phones(story)
     damage.swap_tiers(dataset_copy, story, names)
-    assert list(data_utils.load_textgrid(textgrid_file(dataset_copy, story)))[0] == names[0]
-    assert data_utils.load_words(dataset_copy, story) == words
-    assert data_utils.load_phones(dataset_copy, story) == phones
+    assert list(textgrids.load_textgrid(textgrid_file(dataset_copy, story)))[0] == names[0]
+    assert dataset.words(story) == words
+    assert dataset.phones(story) == phones
     code, output = run_check(capsys, dataset_copy)
     assert code == 0, output
 
@@ -634,24 +642,24 @@ def test_tier_names_that_contradict_the_content(dataset_copy, capsys):
     story = SHARED_STORY
     damage.swap_tiers(dataset_copy, story, ("phone", "word"))
     path = textgrid_file(dataset_copy, story)
-    for load in (data_utils.load_words, data_utils.load_phones):
-        with pytest.raises(data_utils.DatasetError, match=re.escape(f"{path}: the tiers look "
-                                                                    "swapped")):
-            load(dataset_copy, story)
+    dataset = Dataset(dataset_copy)
+    for load in (dataset.words, dataset.phones):
+        with pytest.raises(DatasetError, match=re.escape(f"{path}: the tiers look swapped")):
+            load(story)
     code, output = run_check(capsys, dataset_copy)
     assert code == 1
     found = problems(output)
     assert len(found) == 1 and f"{path}: the tiers look swapped" in found[0]
-    with pytest.raises(data_utils.DatasetError, match="look swapped"):
-        data_utils.check_run_inputs(dataset_copy, 1, [story])
+    with pytest.raises(DatasetError, match="look swapped"):
+        Dataset(dataset_copy).check_run_inputs(1, [story])
 
 
 # ----------------------------------------------------------------------------- check_run_inputs
 
 def test_check_run_inputs_clean(synthetic_dir):
     for subject in ("UTS01", 2):
-        stories = data_utils.list_stories(synthetic_dir, subject)
-        n_voxels = data_utils.check_run_inputs(synthetic_dir, subject, stories)
+        dataset = Dataset(synthetic_dir)
+        n_voxels = dataset.check_run_inputs(subject, dataset.stories(subject))
         assert type(n_voxels) is int
         assert n_voxels == read_dataset(hf5_path(synthetic_dir, data_utils.subject_id(subject),
                                                  SHARED_STORY)).shape[1]
@@ -662,20 +670,22 @@ def test_check_run_inputs_reads_no_audio_and_no_response_matrix(synthetic_dir, m
     def refuse(*args, **kwargs):
         raise AssertionError("check_run_inputs must not read audio or response data")
 
-    for name in ("read_audio", "read_columns", "load_fmri", "load_stimulus"):
-        monkeypatch.setattr(data_utils, name, refuse)
+    for module, name in ((audio_io, "read_audio"), (hdf5_io, "read_columns"),
+                         (hdf5_io, "read_matrix"), (Dataset, "responses"), (Dataset, "repeats"),
+                         (Dataset, "stimulus"), (Dataset, "audio_windows")):
+        monkeypatch.setattr(module, name, refuse)
     monkeypatch.setattr(sf, "read", refuse)
     monkeypatch.setattr(h5py.Dataset, "__getitem__", refuse)
-    stories = data_utils.list_stories(synthetic_dir, 1)
-    assert data_utils.check_run_inputs(synthetic_dir, 1, stories) > 0
+    dataset = Dataset(synthetic_dir)
+    assert dataset.check_run_inputs(1, dataset.stories(1)) > 0
 
 
 def test_check_run_inputs_rows_off_by_one(dataset_copy):
     path = hf5_path(dataset_copy, "UTS01", SHARED_STORY)
     replace_dataset(path, "data", read_dataset(path)[:-1])
     rows = respdict_entry(dataset_copy, SHARED_STORY) - 20
-    with pytest.raises(data_utils.DatasetError) as info:
-        data_utils.check_run_inputs(dataset_copy, 1, [SHARED_STORY, TEST_STORY])
+    with pytest.raises(DatasetError) as info:
+        Dataset(dataset_copy).check_run_inputs(1, [SHARED_STORY, TEST_STORY])
     assert str(info.value).startswith(f"{path}: {rows - 1} rows but respdict.json says")
     assert "more problems" not in str(info.value)
 
@@ -684,19 +694,19 @@ def test_check_run_inputs_voxel_counts_differ(dataset_copy):
     path = hf5_path(dataset_copy, "UTS01", SHARED_STORY)
     data = read_dataset(path)
     replace_dataset(path, "data", data[:, :-4])
-    stories = data_utils.list_stories(dataset_copy, 1)
-    with pytest.raises(data_utils.DatasetError, match=re.escape(
+    stories = Dataset(dataset_copy).stories(1)
+    with pytest.raises(DatasetError, match=re.escape(
             f"{path}: {data.shape[1] - 4} voxels but the subject's other stories have "
             f"{data.shape[1]}")):
-        data_utils.check_run_inputs(dataset_copy, 1, stories)
+        Dataset(dataset_copy).check_run_inputs(1, stories)
 
 
 def test_check_run_inputs_reports_the_first_problem_and_how_many_more(dataset_copy):
     textgrid_file(dataset_copy, SHARED_STORY).unlink()
     damage.shorten_wav(dataset_copy, TEST_STORY, 20)
     hf5_path(dataset_copy, "UTS01", UTS01_ONLY_STORY).unlink()
-    with pytest.raises(data_utils.DatasetError) as info:
-        data_utils.check_run_inputs(dataset_copy, 1, [SHARED_STORY, TEST_STORY, UTS01_ONLY_STORY])
+    with pytest.raises(DatasetError) as info:
+        Dataset(dataset_copy).check_run_inputs(1, [SHARED_STORY, TEST_STORY, UTS01_ONLY_STORY])
     message = str(info.value)
     assert message.startswith(f"{textgrid_file(dataset_copy, SHARED_STORY)}: TextGrid of story")
     assert message.endswith(f"(and 2 more problems; run python data_utils.py check --data_dir "
@@ -721,8 +731,8 @@ def test_constant_and_nan_test_story_voxels_are_noted(dataset_copy, capsys):
                      "responses (1 of them all NaN); they carry no signal and are left out of "
                      "evaluation summaries"]
     np.testing.assert_array_equal(
-        np.flatnonzero(data_utils.constant_voxels(data_utils.load_fmri(dataset_copy, 1,
-                                                                       TEST_STORY))), [3, 5])
+        np.flatnonzero(data_utils.constant_voxels(Dataset(dataset_copy).responses(
+            1, TEST_STORY))), [3, 5])
 
 
 # ----------------------------------------------------------------------------- TR timing sources
@@ -745,7 +755,7 @@ def write_reports(folder, data_dir, stories):
 def write_trfiles(path, data_dir, stories):
     """A ``trfiles_huge.jbl``-like joblib pickle: story -> [TRFile]."""
     import joblib
-    joblib.dump({story: [data_utils.TRFile(
+    joblib.dump({story: [tr_files.TRFile(
         [2.0045 * k for k in range(respdict_entry(data_dir, story) - 5)], 10.0)]
         for story in stories}, path, compress=3)
 
@@ -757,7 +767,7 @@ def story_names(data_dir):
 def test_tr_sources_without_tr_files(synthetic_dir, capsys):
     """No TR files: only the simulated respdict grid, covering every story; no note about it."""
     n = len(story_names(synthetic_dir))
-    assert data_utils.tr_sources(synthetic_dir) == {"respdict": {
+    assert data_utils.tr_sources(Dataset(synthetic_dir)) == {"respdict": {
         "path": str(respdict_file(synthetic_dir)), "stories": n, "of": n, "error": None}}
     code, output = run_check(capsys, synthetic_dir)
     assert code == 0, output
@@ -774,13 +784,13 @@ def test_tr_sources_report_files_for_some_stories(dataset_copy, capsys):
     folder = dataset_copy / "derivative" / "TRfiles"
     write_reports(folder, dataset_copy, stories[:2])
     (folder / "README.txt").write_text("not a report")
-    found = data_utils.tr_sources(dataset_copy)
+    found = data_utils.tr_sources(Dataset(dataset_copy))
     assert sorted(found) == ["report", "respdict"]
     assert found["report"] == {"path": str(folder), "stories": 2, "of": len(stories),
                                "error": None}
     # Counted against the stories asked for; unknown ones have no report.
-    assert data_utils.tr_sources(dataset_copy, [stories[0], stories[-1], "nosuchstory"])[
-        "report"]["stories"] == 1
+    asked = [stories[0], stories[-1], "nosuchstory"]
+    assert data_utils.tr_sources(Dataset(dataset_copy), asked)["report"]["stories"] == 1
     code, output = run_check(capsys, dataset_copy)
     assert code == 0, output
     lines = tr_lines(output)
@@ -798,12 +808,12 @@ def test_tr_sources_trfiles_pickle(dataset_copy, capsys, monkeypatch):
     stories = story_names(dataset_copy)
     path = dataset_copy / "derivative" / "trfiles_huge.jbl"
     write_trfiles(path, dataset_copy, stories[1:])
-    data_utils._load_research_pickle_cached.cache_clear()
+    tr_files._load_research_pickle_cached.cache_clear()
     loads = []
-    original = data_utils._ResearchUnpickler.load
-    monkeypatch.setattr(data_utils._ResearchUnpickler, "load",
+    original = tr_files._ResearchUnpickler.load
+    monkeypatch.setattr(tr_files._ResearchUnpickler, "load",
                         lambda self: loads.append(1) or original(self))
-    found = data_utils.tr_sources(dataset_copy)
+    found = data_utils.tr_sources(Dataset(dataset_copy))
     assert sorted(found) == ["respdict", "trfiles"]
     assert found["trfiles"] == {"path": str(path), "stories": len(stories) - 1,
                                 "of": len(stories), "error": None}
@@ -813,7 +823,7 @@ def test_tr_sources_trfiles_pickle(dataset_copy, capsys, monkeypatch):
     assert tr_lines(output)["trfiles"] == line
     assert any(f"--tr_source trfiles --tr_path {path}" in note for note in notes(output))
 
-    data_utils._load_research_pickle_cached.cache_clear()
+    tr_files._load_research_pickle_cached.cache_clear()
     loads.clear()
     code, output = run_check(capsys, dataset_copy, "--tr_source", "trfiles")
     assert code == 1
@@ -823,25 +833,26 @@ def test_tr_sources_trfiles_pickle(dataset_copy, capsys, monkeypatch):
     assert [p for p in problems(output) if "no TR file" in p] == [
         f"problem: {path}: no TR file for story {stories[0]!r}"]
     assert not [note for note in notes(output) if "TR files" in note]  # already switched
-    data_utils._load_research_pickle_cached.cache_clear()
+    tr_files._load_research_pickle_cached.cache_clear()
 
 
 def test_tr_sources_tr_path_and_checked_stories(dataset_copy, tmp_path, capsys):
     """--tr_path names the file source wherever it lies; counts are of the checked subjects'
     stories; an unreadable pickle is listed as not usable, not a problem of a respdict check."""
     stories = story_names(dataset_copy)
-    uts02 = data_utils.list_stories(dataset_copy, 2)
+    uts02 = Dataset(dataset_copy).stories(2)
     assert len(uts02) == len(stories) - 1
     pickle_path = tmp_path / "elsewhere.jbl"
     write_trfiles(pickle_path, dataset_copy, stories)
     reports = tmp_path / "reports"
     write_reports(reports, dataset_copy, stories)
-    found = data_utils.tr_sources(dataset_copy, uts02, pickle_path)
+    found = data_utils.tr_sources(Dataset(dataset_copy, tr_path=pickle_path), uts02)
     assert sorted(found) == ["respdict", "trfiles"]
     assert found["trfiles"]["stories"] == found["trfiles"]["of"] == len(uts02)
-    assert data_utils.tr_sources(dataset_copy, tr_path=reports)["report"]["path"] == str(reports)
-    assert data_utils.tr_sources(dataset_copy, tr_path=reports / f"{stories[0]}.report")[
-        "report"]["stories"] == len(stories)  # one report file serves every story
+    found = data_utils.tr_sources(Dataset(dataset_copy, tr_path=reports))
+    assert found["report"]["path"] == str(reports)
+    found = data_utils.tr_sources(Dataset(dataset_copy, tr_path=reports / f"{stories[0]}.report"))
+    assert found["report"]["stories"] == len(stories)  # one report file serves every story
     code, output = run_check(capsys, dataset_copy, "--subjects", "2", "--tr_path",
                              str(pickle_path))
     assert code == 0, output
@@ -850,8 +861,8 @@ def test_tr_sources_tr_path_and_checked_stories(dataset_copy, tmp_path, capsys):
     assert f"{len(uts02)} of {len(uts02)} stories" in tr_lines(output)["respdict"]
 
     pickle_path.write_bytes(b"not a pickle at all")
-    data_utils._load_research_pickle_cached.cache_clear()
-    found = data_utils.tr_sources(dataset_copy, tr_path=pickle_path)["trfiles"]
+    tr_files._load_research_pickle_cached.cache_clear()
+    found = data_utils.tr_sources(Dataset(dataset_copy, tr_path=pickle_path))["trfiles"]
     assert found["stories"] is None and str(pickle_path) in found["error"]
     code, output = run_check(capsys, dataset_copy, "--tr_path", str(pickle_path))
     assert code == 0, output

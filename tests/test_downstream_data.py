@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import data_utils
+import audio_io
 import downstream_data
-from data_utils import DatasetError
+from run_utils import DatasetError
 
 # Lee & Hon (1989), table of folded phones, written out independently of the module's dict.
 FOLDED = [("aa", "ao"), ("ah", "ax", "ax-h"), ("er", "axr"), ("hh", "hv"), ("ih", "ix"),
@@ -58,7 +58,7 @@ def test_timit_tree_in_any_case(tmp_path, upper, under_data, sphere):
     assert len(downstream_data.timit_utterances(tmp_path, "TEST")) == 3  # RIFF copies skipped
     header = test[0]["wav"].read_bytes()[:7]
     assert (header == b"NIST_1A") == sphere
-    audio = data_utils.read_audio(test[0]["wav"])
+    audio = audio_io.read_audio(test[0]["wav"])
     np.testing.assert_allclose(audio, written[("TEST", "FCJF0", "SA1")], atol=1 / 2 ** 15)
     classes = downstream_data.timit_phone_classes(
         downstream_data.read_timit_labels(test[0]["phn"]))
@@ -79,7 +79,7 @@ def test_timit_errors_name_the_file(tmp_path):
     wav = next((tmp_path / "TEST").rglob("SA1.WAV"))
     wav.write_bytes(b"NIST_1A\ngarbage")
     with pytest.raises(DatasetError, match="SA1.WAV: unreadable audio"):
-        data_utils.read_audio(wav)
+        audio_io.read_audio(wav)
     phn.unlink()
     with pytest.raises(DatasetError, match="no .PHN file"):
         downstream_data.timit_utterances(tmp_path, "TEST")

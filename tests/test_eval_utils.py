@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-import brain_evaluate
+import alignment_analyses
 import eval_utils
 
 
@@ -286,8 +286,8 @@ def test_prediction_score_is_undefined_for_targets_without_variation():
     splits = eval_utils.bootstrap_chunk_splits([75] * 3, n_boots=2)
     scores = eval_utils.prediction_score(features, targets, stories[:3], "d", [1.0], splits)
     assert scores[0] > 0.9 and np.isnan(scores[1:]).all()
-    preference = brain_evaluate.semantic_preference(features, targets, targets, stories[:3], "d",
-                                                    [1.0], splits)
+    preference = alignment_analyses.semantic_preference(features, targets, targets, stories[:3],
+                                                        "d", [1.0], splits)
     assert preference["semantic_columns"] == preference["phonetic_columns"] == 1
     assert preference["semantic_r"] == pytest.approx(scores[0])
 

@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -15,13 +16,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import data_utils
+import asr
+import audio_io
 import downstream_data
 import eval_asr
+import layer_features
 import probing
 import speech_models
 import synthetic_downstream
-from data_utils import DatasetError
+from run_utils import DatasetError
 
 LAYOUTS = {"phonemes": "timit", "sentence_type": "timit", "words": "speech_commands",
            "emotion": "crema_d", "intent": "slurp"}
@@ -69,9 +72,9 @@ def test_hub_copy_gives_the_raw_readers_examples(setup, task):
         if task == "emotion":
             assert [e["speaker"] for e in hub] == [e["speaker"] for e in raw]
         for r, h in zip(raw, hub):
-            assert isinstance(h["audio"], data_utils.DatasetAudio)
-            np.testing.assert_array_equal(data_utils.read_audio(h["audio"]),
-                                          data_utils.read_audio(r["audio"]))
+            assert isinstance(h["audio"], audio_io.DatasetAudio)
+            np.testing.assert_array_equal(audio_io.read_audio(h["audio"]),
+                                          audio_io.read_audio(r["audio"]))
 
 
 def test_speech_commands_silence_rows_are_left_out(setup, caplog):
@@ -106,8 +109,8 @@ def test_asr_transcripts_equal_the_raw_ones(setup, target):
     source = downstream_data.HubDataset(str(setup / "hub" / "timit"))
     for include_sa in (False, True):
         for split in ("train", "test"):
-            raw = eval_asr.asr_examples(setup / "raw" / "timit", split, target, include_sa)
-            hub = eval_asr.asr_examples(source, split, target, include_sa)
+            raw = asr.asr_examples(setup / "raw" / "timit", split, target, include_sa)
+            hub = asr.asr_examples(source, split, target, include_sa)
             assert [e["tokens"] for e in hub] == [e["tokens"] for e in raw]
             assert [e["speaker"] for e in hub] == [e["speaker"] for e in raw]
 
@@ -115,14 +118,14 @@ def test_asr_transcripts_equal_the_raw_ones(setup, target):
 def test_asr_needs_a_held_out_split(setup):
     source = downstream_data.HubDataset(str(setup / "hub" / "timit"), test_split="train")
     with pytest.raises(DatasetError, match="both 'train'; speech recognition needs a held-out"):
-        eval_asr.asr_examples(source, "test", "characters")
+        asr.asr_examples(source, "test", "characters")
 
 
 def test_asr_words_from_a_text_column(setup):
     """``--label_column text``: the transcript's words, lowercased, punctuation dropped."""
     source = downstream_data.HubDataset(str(setup / "hub" / "timit"), label_column="text")
-    raw = eval_asr.asr_examples(setup / "raw" / "timit", "test", "characters")
-    assert [e["tokens"] for e in eval_asr.asr_examples(source, "test", "characters")] == \
+    raw = asr.asr_examples(setup / "raw" / "timit", "test", "characters")
+    assert [e["tokens"] for e in asr.asr_examples(source, "test", "characters")] == \
         [e["tokens"] for e in raw]
     assert downstream_data.hub_words("She had your dark suit, in 'greasy' wash!", "x") == \
         ["she", "had", "your", "dark", "suit", "in", "'greasy'", "wash"]
@@ -137,8 +140,8 @@ def test_audio_as_file_paths(setup, tmp_path):
     hub = downstream_data.task_examples(
         "intent", downstream_data.HubDataset(str(tmp_path / "paths")), "test")
     assert [e["label"] for e in hub] == [e["label"] for e in raw]
-    np.testing.assert_array_equal(data_utils.read_audio(hub[3]["audio"]),
-                                  data_utils.read_audio(raw[3]["audio"]))
+    np.testing.assert_array_equal(audio_io.read_audio(hub[3]["audio"]),
+                                  audio_io.read_audio(raw[3]["audio"]))
 
 
 # ----------------------------------------------------------------------------- the scripts
@@ -221,13 +224,13 @@ def test_features_are_cached_by_the_dataset(setup, tmp_path, monkeypatch):
     source = ["--hf_dataset", str(setup / "hub" / "slurp"), "--cache_dir", str(tmp_path)]
     assert _probe(setup, "intent", source, "cached") == 0
     extracted = []
-    original = speech_models.pooled_layer_features
+    original = layer_features.pooled_layer_features
 
     def counting(backbone, preprocessor, waveforms, *args, **kwargs):
         extracted.append(True)
         return original(backbone, preprocessor, waveforms, *args, **kwargs)
 
-    monkeypatch.setattr(speech_models, "pooled_layer_features", counting)
+    monkeypatch.setattr(layer_features, "pooled_layer_features", counting)
     assert _probe(setup, "intent", source, "cached", "--overwrite") == 0
     assert extracted == []
 
@@ -323,7 +326,7 @@ def test_rows_without_audio_or_label_are_named(setup, tmp_path, monkeypatch):
                         lambda path, config=None: {"train": table, "test": table})
     example = downstream_data.task_examples("intent", downstream_data.HubDataset("old"), "test")[2]
     with pytest.raises(DatasetError, match=r"^old \[test\] row 2 \(gone.flac\): no audio bytes"):
-        data_utils.read_audio(example["audio"])
+        audio_io.read_audio(example["audio"])
     monkeypatch.undo()
     crema = datasets.load_from_disk(str(setup / "hub" / "crema_d"))["train"]
     labels = list(crema["label"])
@@ -363,28 +366,31 @@ def test_unknown_labels_name_the_row(setup, tmp_path, caplog):
     assert "[train] row 7" in caplog.text and "label 'BOR' is not one of the 6" in caplog.text
 
 
-def _reproduce_commands(*variables):
-    done = subprocess.run(["make", "-n", "reproduce", "MODEL=/m", "DATA=/d", *variables],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+def _reproduce_commands(*flags):
+    """The commands ``reproduce.py`` (what ``make reproduce`` runs) would run, on one line."""
+    done = subprocess.run([sys.executable, "reproduce.py", "--dry_run", "--model_name", "/m",
+                           "--data_dir", "/d", *flags], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr
     return " ".join(done.stdout.split())
 
 
 def test_make_reproduce_takes_hub_datasets_and_runs_asr():
-    text = _reproduce_commands("TIMIT=/t", "SPEECH_COMMANDS=hf:google/speech_commands",
-                               "SLURP=hf:/s", "SLURP_FLAGS=--hf_split_test devel",
-                               "FLAGS_intent=--label_column intent", "TIMIT_FLAGS=--include_x",
-                               "FLAGS_asr=--label_column text")
-    assert "eval_words.py --hf_dataset google/speech_commands --model_name /m" in text
+    models = "--config configs/iclr2025_wav2vec2-base.json --model_name /m"
+    text = _reproduce_commands("--timit", "/t", "--speech_commands", "hf:google/speech_commands",
+                               "--slurp", "hf:/s", "--stage_args", "slurp=--hf_split_test devel",
+                               "--stage_args", "intent=--label_column intent", "--stage_args",
+                               "timit=--include_x", "--stage_args", "asr=--label_column text")
+    assert f"eval_words.py --hf_dataset google/speech_commands {models}" in text
     assert ("eval_intent.py --hf_dataset /s --hf_split_test devel --label_column intent "
-            "--model_name /m") in text
-    assert "eval_phonemes.py --data_path /t --include_x --model_name /m" in text
-    assert "eval_sentence_type.py --data_path /t --include_x --model_name /m" in text
+            f"{models}") in text
+    assert f"eval_phonemes.py --data_path /t --include_x {models}" in text
+    assert f"eval_sentence_type.py --data_path /t --include_x {models}" in text
     assert "eval_asr.py --data_path /t --include_x --label_column text --finetune" in text
     assert "--exp_name m_UTS01_asr_finetune" in text and "downstream/m_UTS01_asr_finetune" in text
-    frozen = _reproduce_commands("TIMIT=hf:timit_asr", "ASR=frozen")
-    assert "eval_asr.py --hf_dataset timit_asr --model_name /m" in frozen
+    frozen = _reproduce_commands("--timit", "hf:timit_asr", "--asr", "frozen")
+    assert f"eval_asr.py --hf_dataset timit_asr {models}" in frozen
     assert "downstream/m_UTS01_asr" in frozen
     assert "--finetune" not in frozen and "asr_finetune" not in frozen
-    assert "eval_asr.py" not in _reproduce_commands("TIMIT=/t", "ASR=none")
+    assert "eval_asr.py" not in _reproduce_commands("--timit", "/t", "--asr", "none")
     assert "eval_asr.py" not in _reproduce_commands()

@@ -14,24 +14,32 @@ import eval_utils
 import low_level_features as llf
 import run_utils
 import synthetic_data
-from data_utils import DatasetError
+from data_utils import Dataset
+from run_utils import DatasetError
 
 STORY = "howtodraw"  # a training story written at 16 kHz mono: no resampling, fast
 
 
-@pytest.fixture(scope="module")
-def truth(synthetic_dir):
-    return data_utils.load_truth(synthetic_dir)
+@pytest.fixture(scope="module", name="dataset")
+def dataset_fixture(synthetic_dir):
+    """The synthetic dataset (read-only) on the simulated respdict grid."""
+    return Dataset(synthetic_dir)
 
 
 @pytest.fixture(scope="module")
-def vocabularies(synthetic_dir, truth):
-    return llf.build_vocabularies(synthetic_dir, train_stories(truth))
+def truth(dataset):
+    return dataset.truth()
+
+
+@pytest.fixture(scope="module")
+def vocabularies(dataset, truth):
+    return llf.build_vocabularies(dataset, train_stories(truth))
 
 
 @pytest.fixture()
 def textgrids_only(synthetic_dir, tmp_path):
-    """A copy of the dataset with respdict.json and the TextGrids but no audio or responses."""
+    """The root of a copy of the dataset with respdict.json and the TextGrids but no audio or
+    responses."""
     copy = tmp_path / "ds003020"
     shutil.copytree(synthetic_dir / "derivative" / "TextGrids", copy / "derivative" / "TextGrids")
     shutil.copy(synthetic_dir / "derivative" / "respdict.json", copy / "derivative")
@@ -42,11 +50,11 @@ def train_stories(truth):
     return [story for story, info in truth["stories"].items() if info["split"] == "train"]
 
 
-def true_phones(data_dir, truth, story):
+def true_phones(dataset, truth, story):
     """Phones of a story from the word tier and the lexicon (not from the phone tier):
     list of (start, end, phone without stress digit, word token number)."""
     phones = []
-    for token, (start, _, word) in enumerate(data_utils.load_words(data_dir, story)):
+    for token, (start, _, word) in enumerate(dataset.words(story)):
         info = truth["words"][word]
         ends = start + np.cumsum(info["durations"])
         for phone, begin, end in zip(info["phones"], np.r_[start, ends[:-1]], ends):
@@ -102,21 +110,21 @@ def test_normalise_phone_strips_stress(tmp_path):
         llf.normalise_phone("QX1", tmp_path / "souls.TextGrid")
 
 
-def test_feature_names_and_bad_requests(synthetic_dir, vocabularies):
+def test_feature_names_and_bad_requests(dataset, vocabularies):
     assert llf.feature_names("phonemes") == list(llf.ARPABET_PHONES)
     assert len(llf.feature_names("powspec")) == llf.N_MELS
     assert llf.feature_names("diphones", vocabularies) == vocabularies["diphones"]
     with pytest.raises(ValueError, match="powspec, phonemes, diphones, triphones, articulation"):
-        llf.story_features(synthetic_dir, STORY, ["phonemes", "mfcc"])
+        llf.story_features(dataset, STORY, ["phonemes", "mfcc"])
     with pytest.raises(ValueError, match="triphones needs a vocabulary"):
-        llf.story_features(synthetic_dir, STORY, ["triphones"], {"diphones": ["AH_B"]})
+        llf.story_features(dataset, STORY, ["triphones"], {"diphones": ["AH_B"]})
 
 
 # ----------------------------------------------------------------------------- phone features
 
-def test_shapes_and_dtypes(synthetic_dir, vocabularies):
-    features = llf.story_features(synthetic_dir, STORY, llf.FEATURE_SETS, vocabularies)
-    n_trs = len(data_utils.tr_times(synthetic_dir, STORY))
+def test_shapes_and_dtypes(dataset, vocabularies):
+    features = llf.story_features(dataset, STORY, llf.FEATURE_SETS, vocabularies)
+    n_trs = len(dataset.tr_times(STORY))
     assert list(features) == list(llf.FEATURE_SETS)
     for name, values in features.items():
         assert values.dtype == np.float32
@@ -125,20 +133,20 @@ def test_shapes_and_dtypes(synthetic_dir, vocabularies):
     assert features["articulation"].shape[1] == len(llf.ARTICULATORY_FEATURES)
 
 
-def test_story_phones_match_the_lexicon(synthetic_dir, truth):
-    raw = [label for _, _, label in data_utils.load_phones(synthetic_dir, STORY)]
+def test_story_phones_match_the_lexicon(dataset, truth):
+    raw = [label for _, _, label in dataset.phones(STORY)]
     assert any(label[-1].isdigit() for label in raw)
-    phones = llf.story_phones(synthetic_dir, STORY)
-    expected = true_phones(synthetic_dir, truth, STORY)
+    phones = llf.story_phones(dataset, STORY)
+    expected = true_phones(dataset, truth, STORY)
     assert [p[2] for p in phones] == [p[2] for p in expected]
     assert [p[3] for p in phones] == [p[3] for p in expected]
     np.testing.assert_allclose([p[:2] for p in phones], [p[:2] for p in expected], atol=1e-6)
 
 
-def test_phoneme_counts(synthetic_dir, truth):
-    features = llf.story_features(synthetic_dir, STORY, "phonemes")["phonemes"]
-    events = [p[:3] for p in true_phones(synthetic_dir, truth, STORY)]
-    centres = data_utils.tr_times(synthetic_dir, STORY)
+def test_phoneme_counts(dataset, truth):
+    features = llf.story_features(dataset, STORY, "phonemes")["phonemes"]
+    events = [p[:3] for p in true_phones(dataset, truth, STORY)]
+    centres = dataset.tr_times(STORY)
     np.testing.assert_allclose(features, expected_counts(events, list(llf.ARPABET_PHONES), centres),
                                atol=1e-5)
     # Lanczos weights of one event sum to 0.994..1 over the TRs: totals are counts.
@@ -147,7 +155,7 @@ def test_phoneme_counts(synthetic_dir, truth):
     expected = np.array([counts[phone] for phone in llf.ARPABET_PHONES], dtype=float)
     assert np.all(totals <= expected + 1e-3) and np.all(totals >= 0.99 * expected - 1e-3)
     # Per TR: close to the number of phone midpoints inside the TR, best at lag 0.
-    starts = data_utils.load_trfile(synthetic_dir, STORY).tr_starts()
+    starts = dataset.trfile(STORY).tr_starts()
     binned = np.histogram([(s + e) / 2 for s, e, _ in events],
                           np.r_[starts, starts[-1] + data_utils.TR_SECONDS])[0]
     per_tr = features.sum(axis=1)
@@ -177,30 +185,30 @@ def test_to_tr_grid_equals_lanczos_on_irregular_trs():
 
 
 @pytest.mark.parametrize("name", ["diphones", "triphones"])
-def test_ngram_counts(synthetic_dir, truth, vocabularies, name):
+def test_ngram_counts(dataset, truth, vocabularies, name):
     n = llf.NGRAM_ORDER[name]
     expected_vocabulary = sorted({gram for story in train_stories(truth) for _, _, gram in
-                                  true_ngrams(true_phones(synthetic_dir, truth, story), n)})
+                                  true_ngrams(true_phones(dataset, truth, story), n)})
     assert vocabularies[name] == expected_vocabulary
     vocabulary = expected_vocabulary[::2]  # the other n-grams must be dropped
-    features = llf.story_features(synthetic_dir, STORY, name, {name: vocabulary})[name]
-    events = true_ngrams(true_phones(synthetic_dir, truth, STORY), n)
+    features = llf.story_features(dataset, STORY, name, {name: vocabulary})[name]
+    events = true_ngrams(true_phones(dataset, truth, STORY), n)
     assert any(gram not in vocabulary for _, _, gram in events)
-    expected = expected_counts(events, vocabulary, data_utils.tr_times(synthetic_dir, STORY))
+    expected = expected_counts(events, vocabulary, dataset.tr_times(STORY))
     np.testing.assert_allclose(features, expected, atol=1e-5)
 
 
-def test_vocabulary_max_size(synthetic_dir, truth):
+def test_vocabulary_max_size(dataset, truth):
     stories = train_stories(truth)[:2]
     counts = collections.Counter(gram for story in stories for _, _, gram in
-                                 true_ngrams(true_phones(synthetic_dir, truth, story), 2))
+                                 true_ngrams(true_phones(dataset, truth, story), 2))
     ranked = sorted(counts, key=lambda gram: (-counts[gram], gram))
-    vocabulary = llf.build_vocabularies(synthetic_dir, stories, ["diphones"], max_size=7)
+    vocabulary = llf.build_vocabularies(dataset, stories, ["diphones"], max_size=7)
     assert vocabulary == {"diphones": sorted(ranked[:7])}
 
 
-def test_articulation_is_phonemes_through_the_table(synthetic_dir):
-    features = llf.story_features(synthetic_dir, STORY, ["phonemes", "articulation"])
+def test_articulation_is_phonemes_through_the_table(dataset):
+    features = llf.story_features(dataset, STORY, ["phonemes", "articulation"])
     table = np.array([[feature in llf.ARTICULATION[phone] for feature in llf.ARTICULATORY_FEATURES]
                       for phone in llf.ARPABET_PHONES], dtype=float)
     np.testing.assert_allclose(features["articulation"], features["phonemes"] @ table, atol=1e-4)
@@ -212,7 +220,7 @@ def test_ngrams_stay_inside_words(textgrids_only):
     words = [(0.0, 0.3, "but"), (0.3, 0.5, ""), (0.5, 0.8, "cat")]
     synthetic_data.write_textgrid(textgrids_only / "derivative" / "TextGrids" / "tiny.TextGrid",
                                   {"phone": phones, "word": words}, 0.8)
-    found = llf.story_phones(textgrids_only, "tiny")
+    found = llf.story_phones(Dataset(textgrids_only), "tiny")
     assert [(p[2], p[3]) for p in found] == [("B", 0), ("AH", 0), ("T", 0), ("S", -1),
                                              ("K", 1), ("AE", 1), ("T", 1)]
     assert llf.phone_ngrams(found, 2) == [(0.0, 0.2, "B_AH"), (0.1, 0.3, "AH_T"),
@@ -225,15 +233,15 @@ def test_unknown_phone_label_names_the_file(textgrids_only):
     text = path.read_text(encoding="utf-8-sig")
     path.write_text(re.sub(r'text = "[A-Z]+[012]" ', 'text = "QX1" ', text, count=1))
     with pytest.raises(DatasetError, match=rf"{STORY}\.TextGrid.*'QX1'"):
-        llf.story_features(textgrids_only, STORY, ["phonemes"])
+        llf.story_features(Dataset(textgrids_only), STORY, ["phonemes"])
 
 
 def test_missing_files_raise_dataset_errors(textgrids_only):
     with pytest.raises(DatasetError, match="stimulus WAV"):
-        llf.story_features(textgrids_only, STORY, ["powspec"])
+        llf.story_features(Dataset(textgrids_only), STORY, ["powspec"])
     (textgrids_only / "derivative" / "TextGrids" / f"{STORY}.TextGrid").unlink()
     with pytest.raises(DatasetError, match="TextGrid"):
-        llf.story_features(textgrids_only, STORY, ["phonemes"])
+        llf.story_features(Dataset(textgrids_only), STORY, ["phonemes"])
 
 
 # ----------------------------------------------------------------------------- power spectrum
@@ -257,24 +265,24 @@ def test_power_spectrum_of_a_pure_tone():
     assert np.all(band[(times >= 0.52) & (times <= 0.98)] > band.max() - 1)
 
 
-def test_power_spectrum_frames_hear_the_phones(synthetic_dir, truth):
+def test_power_spectrum_frames_hear_the_phones(dataset, truth):
     """At the midpoint of each vowel-length phone, the loudest band is the one peaking nearest
     the phone's first (louder) frequency."""
-    spectrum, times = llf.power_spectrum(data_utils.load_stimulus(synthetic_dir, STORY))
+    spectrum, times = llf.power_spectrum(dataset.stimulus(STORY))
     peaks = llf.band_edges()[1:-1]
     hits = [np.argmax(spectrum[np.argmin(np.abs(times - (start + end) / 2))])
             == np.argmin(np.abs(peaks - truth["phones"][phone][0]))
-            for start, end, phone, _ in true_phones(synthetic_dir, truth, STORY)
+            for start, end, phone, _ in true_phones(dataset, truth, STORY)
             if end - start >= 0.09]
     assert len(hits) > 50 and np.mean(hits) > 0.9
 
 
-def test_powspec_follows_the_audio_energy(synthetic_dir):
+def test_powspec_follows_the_audio_energy(dataset):
     """The planted acoustic signal is the RMS energy per TR; the mean log power per TR follows
     it (moderately: it also counts pauses) and best without a lag."""
-    features = llf.story_features(synthetic_dir, STORY, ["powspec"])["powspec"]
-    audio = data_utils.load_stimulus(synthetic_dir, STORY)
-    starts = data_utils.load_trfile(synthetic_dir, STORY).tr_starts()
+    features = llf.story_features(dataset, STORY, ["powspec"])["powspec"]
+    audio = dataset.stimulus(STORY)
+    starts = dataset.trfile(STORY).tr_starts()
     rows = np.arange(10, len(features) - 5)
     log_rms = np.log([np.sqrt(np.mean(audio[int(s * 16000):int((s + 2) * 16000)] ** 2))
                       for s in starts[rows]])
@@ -285,8 +293,8 @@ def test_powspec_follows_the_audio_energy(synthetic_dir):
 
 # ----------------------------------------------------------------------------- cache
 
-def test_cache_is_read_back(synthetic_dir, vocabularies, tmp_path, monkeypatch):
-    first = llf.story_features(synthetic_dir, STORY, llf.FEATURE_SETS, vocabularies,
+def test_cache_is_read_back(dataset, vocabularies, tmp_path, monkeypatch):
+    first = llf.story_features(dataset, STORY, llf.FEATURE_SETS, vocabularies,
                                cache_dir=tmp_path)
     files = sorted(tmp_path.glob("*.hf5"))
     assert len(files) == len(llf.FEATURE_SETS)
@@ -297,35 +305,36 @@ def test_cache_is_read_back(synthetic_dir, vocabularies, tmp_path, monkeypatch):
         raise AssertionError("recomputed")
 
     monkeypatch.setattr(llf, "compute_features", fail)
-    second = llf.story_features(synthetic_dir, STORY, llf.FEATURE_SETS, vocabularies,
+    second = llf.story_features(dataset, STORY, llf.FEATURE_SETS, vocabularies,
                                 cache_dir=tmp_path)
     for name in llf.FEATURE_SETS:
         np.testing.assert_array_equal(first[name], second[name])
     smaller = {"diphones": vocabularies["diphones"][1:]}
     with pytest.raises(AssertionError, match="recomputed"):
-        llf.story_features(synthetic_dir, STORY, ["diphones"], smaller, cache_dir=tmp_path)
+        llf.story_features(dataset, STORY, ["diphones"], smaller, cache_dir=tmp_path)
 
 
 def test_cache_follows_replaced_source_files(dataset_copy, vocabularies, tmp_path):
     names = ["powspec", "phonemes"]
-    before = llf.story_features(dataset_copy, STORY, names, cache_dir=tmp_path / "cache")
-    wav = data_utils.stimulus_path(dataset_copy, STORY)
+    copy = Dataset(dataset_copy)
+    before = llf.story_features(copy, STORY, names, cache_dir=tmp_path / "cache")
+    wav = copy.stimulus_path(STORY)
     audio, rate = sf.read(wav, dtype="float32")
     sf.write(wav, np.ascontiguousarray(audio[::-1]), rate)
-    textgrid = data_utils.textgrid_path(dataset_copy, STORY)
+    textgrid = copy.textgrid_path(STORY)
     textgrid.write_text(textgrid.read_text().replace('"AH0"', '"IY1"'))
-    cached = llf.story_features(dataset_copy, STORY, names, cache_dir=tmp_path / "cache")
-    fresh = llf.story_features(dataset_copy, STORY, names)
+    cached = llf.story_features(copy, STORY, names, cache_dir=tmp_path / "cache")
+    fresh = llf.story_features(copy, STORY, names)
     for name in names:
         np.testing.assert_array_equal(cached[name], fresh[name])
         assert not np.array_equal(cached[name], before[name])
 
 
-def test_cache_key_covers_the_settings(synthetic_dir, vocabularies, monkeypatch):
-    centres = data_utils.tr_times(synthetic_dir, STORY)
+def test_cache_key_covers_the_settings(dataset, synthetic_dir, vocabularies, monkeypatch):
+    centres = dataset.tr_times(STORY)
 
     def key(name="diphones", vocabulary=vocabularies["diphones"], trs=centres, source="respdict"):
-        settings = llf.cache_settings(synthetic_dir, STORY, name, trs, vocabulary, source)
+        settings = llf.cache_settings(Dataset(synthetic_dir, source), STORY, name, trs, vocabulary)
         return run_utils.cache_path("cache", f"{STORY}_{name}", settings)[0]
 
     assert key() == key() and key().name.startswith(f"{STORY}_diphones_")

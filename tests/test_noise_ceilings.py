@@ -11,7 +11,10 @@ import scipy.stats
 import damage
 import data_utils
 import eval_utils
+import hdf5_io
 import noise_ceilings
+from data_utils import Dataset
+from run_utils import DatasetError
 
 
 def _planted_repeats(signal_fraction, n_repeats=10, n_time=400, seed=0):
@@ -24,7 +27,7 @@ def _planted_repeats(signal_fraction, n_repeats=10, n_time=400, seed=0):
 
 
 def _reference_cc_max(repeats):
-    """SPEC section 4, one voxel at a time with plain numpy."""
+    """docs/method.md#scoring, one voxel at a time with plain numpy."""
     n = repeats.shape[0]
     out = []
     for voxel in range(repeats.shape[2]):
@@ -142,8 +145,9 @@ def test_column_correlation_against_scipy():
 # ----------------------------------------------------------------------------- on the dataset
 
 def test_ceilings_track_the_generators_ground_truth(synthetic_dir):
-    truth = data_utils.load_truth(synthetic_dir)["subjects"]["UTS01"]
-    cc_max = eval_utils.noise_ceiling(data_utils.load_repeats(synthetic_dir, 1))
+    dataset = Dataset(synthetic_dir)
+    truth = dataset.truth()["subjects"]["UTS01"]
+    cc_max = eval_utils.noise_ceiling(dataset.repeats(1))
     true = np.array(truth["true_cc_max"])
     signal = true > 0
     assert np.corrcoef(cc_max[signal], true[signal])[0, 1] > 0.9
@@ -160,7 +164,7 @@ def test_cli_writes_file_and_provenance(synthetic_dir, tmp_path):
     cc_max = np.load(out)
     assert cc_max.dtype == np.float64
     np.testing.assert_allclose(cc_max, eval_utils.noise_ceiling(
-        data_utils.load_repeats(synthetic_dir, 2).astype(np.float64)), rtol=1e-5)
+        Dataset(synthetic_dir).repeats(2).astype(np.float64)), rtol=1e-5)
     metadata = json.loads(out.with_suffix(".json").read_text())
     assert metadata["subject"] == "UTS02" and metadata["n_repeats"] == 10
     assert metadata["n_voxels"] == cc_max.size and metadata["arguments"]["voxel_batch"] == 50
@@ -181,22 +185,23 @@ def test_cli_data_problem_is_one_line(synthetic_dir, tmp_path, caplog):
 def test_get_noise_ceiling_computes_once_then_loads(synthetic_dir, tmp_path, caplog):
     path = tmp_path / "UTS01.npy"
     with caplog.at_level(logging.INFO):
-        first = noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path)
+        first = noise_ceilings.get_noise_ceiling(Dataset(synthetic_dir), 1, path)
     assert "computing the noise ceiling" in caplog.text and path.exists()
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        second = noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path)
+        second = noise_ceilings.get_noise_ceiling(Dataset(synthetic_dir), 1, path)
     assert "computing" not in caplog.text
     np.testing.assert_array_equal(first, second)
 
 
 def test_noise_ceiling_of_another_subject_is_refused(synthetic_dir, tmp_path):
     path = tmp_path / "UTS02.npy"
-    noise_ceilings.get_noise_ceiling(synthetic_dir, 2, path)
-    with pytest.raises(data_utils.DatasetError, match="another subject"):
-        noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path)
+    dataset = Dataset(synthetic_dir)
+    noise_ceilings.get_noise_ceiling(dataset, 2, path)
+    with pytest.raises(DatasetError, match="another subject"):
+        noise_ceilings.get_noise_ceiling(dataset, 1, path)
     path.write_bytes(b"garbage")
-    with pytest.raises(data_utils.DatasetError, match="unreadable noise-ceiling file"):
+    with pytest.raises(DatasetError, match="unreadable noise-ceiling file"):
         noise_ceilings.load_noise_ceiling(path)
 
 
@@ -213,7 +218,7 @@ def _repeats_with_fewer_voxels(data_dir, n_voxels=100):
     repeats = damage.read_hdf5(data_dir, 1, data_utils.TEST_STORY, "individual_repeats")
     damage.replace_hdf5(data_dir, 1, data_utils.TEST_STORY, "individual_repeats",
                         repeats[:, :, :n_voxels])
-    return data_utils.hdf5_shape(data_utils.response_path(data_dir, 1, data_utils.TEST_STORY))[1]
+    return hdf5_io.hdf5_shape(Dataset(data_dir).response_path(1, data_utils.TEST_STORY))[1]
 
 
 def test_repeats_with_other_voxel_count_are_refused_before_anything_is_saved(dataset_copy,
@@ -221,14 +226,14 @@ def test_repeats_with_other_voxel_count_are_refused_before_anything_is_saved(dat
     """150-of-200-voxel repeats: no ceiling computed or saved, the message has both counts."""
     n_data = _repeats_with_fewer_voxels(dataset_copy)
     path = tmp_path / "ncs" / "UTS01.npy"
-    with pytest.raises(data_utils.DatasetError) as info:
-        noise_ceilings.get_noise_ceiling(dataset_copy, 1, path)
+    with pytest.raises(DatasetError) as info:
+        noise_ceilings.get_noise_ceiling(Dataset(dataset_copy), 1, path)
     message = str(info.value)
     assert f"{data_utils.TEST_STORY}.hf5" in message and "100 voxels" in message
     assert f"{n_data}" in message
     assert not path.exists() and not path.with_suffix(".json").exists()
-    with pytest.raises(data_utils.DatasetError, match="100 voxels"):
-        noise_ceilings.compute_subject_noise_ceiling(dataset_copy, 1)
+    with pytest.raises(DatasetError, match="100 voxels"):
+        noise_ceilings.compute_subject_noise_ceiling(Dataset(dataset_copy), 1)
 
 
 def test_cli_refuses_repeats_with_other_voxel_count(dataset_copy, tmp_path, caplog):
@@ -242,15 +247,16 @@ def test_cli_refuses_repeats_with_other_voxel_count(dataset_copy, tmp_path, capl
 def test_get_noise_ceiling_checks_the_runs_voxel_count(synthetic_dir, tmp_path):
     """n_voxels is the run's voxel count: a ceiling of another size is refused, loaded or not."""
     path = tmp_path / "UTS01.npy"
-    n_data = data_utils.hdf5_shape(data_utils.response_path(synthetic_dir, 1, "souls"))[1]
-    with pytest.raises(data_utils.DatasetError) as info:
-        noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path, n_voxels=n_data - 7)
+    dataset = Dataset(synthetic_dir)
+    n_data = hdf5_io.hdf5_shape(dataset.response_path(1, "souls"))[1]
+    with pytest.raises(DatasetError) as info:
+        noise_ceilings.get_noise_ceiling(dataset, 1, path, n_voxels=n_data - 7)
     assert f"{n_data} voxels" in str(info.value) and f"{n_data - 7}" in str(info.value)
     assert str(path) in str(info.value) and not path.exists()
-    cc_max = noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path, n_voxels=n_data)
+    cc_max = noise_ceilings.get_noise_ceiling(dataset, 1, path, n_voxels=n_data)
     assert cc_max.shape == (n_data,) and path.exists()
-    with pytest.raises(data_utils.DatasetError, match=f"{path}: {n_data} voxels.*{n_data + 3}"):
-        noise_ceilings.get_noise_ceiling(synthetic_dir, 1, path, n_voxels=n_data + 3)
+    with pytest.raises(DatasetError, match=f"{path}: {n_data} voxels.*{n_data + 3}"):
+        noise_ceilings.get_noise_ceiling(dataset, 1, path, n_voxels=n_data + 3)
 
 
 def test_nan_ceilings_are_counted_and_read_as_zero(tmp_path, caplog):
@@ -282,7 +288,7 @@ def test_ceiling_voxels_refuses_an_empty_selection(tmp_path, nc, threshold, larg
     path = tmp_path / "UTS01.npy"
     np.save(path, nc)
     loaded = noise_ceilings.load_noise_ceiling(path)
-    with pytest.raises(data_utils.DatasetError) as info:
+    with pytest.raises(DatasetError) as info:
         noise_ceilings.ceiling_voxels(loaded, threshold, path)
     assert str(info.value).startswith(
         f"{path}: no voxel has a noise ceiling above {threshold} (max {largest});")

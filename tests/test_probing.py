@@ -18,12 +18,13 @@ import torch
 from sklearn.dummy import DummyClassifier
 
 import downstream_data
+import layer_features
 import plots
 import probing
 import run_utils
 import speech_models
 import synthetic_downstream
-from data_utils import DatasetError
+from run_utils import DatasetError
 
 DATASETS = {"phonemes": "timit", "sentence_type": "timit", "words": "speech_commands",
             "emotion": "crema_d", "intent": "slurp"}
@@ -122,7 +123,7 @@ def test_pooled_features_are_the_mean_of_the_full_models_hidden_states(tmp_path)
         backbone, family = speech_models.load_backbone(tmp_path / folder)
         preprocessor = speech_models.AudioPreprocessor(
             speech_models.load_feature_extractor(tmp_path / folder, family), family)
-        pooled = speech_models.pooled_layer_features(backbone, preprocessor, iter(waveforms),
+        pooled = layer_features.pooled_layer_features(backbone, preprocessor, iter(waveforms),
                                                      [0, 2], batch_size=2)
         encoder = backbone.encoder if family == "whisper" else backbone
         for index, waveform in enumerate(waveforms):
@@ -240,8 +241,8 @@ def test_features_are_cached_per_model_and_split(setup, monkeypatch):
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted again")
 
-    original = speech_models.pooled_layer_features
-    monkeypatch.setattr(speech_models, "pooled_layer_features", no_extraction)
+    original = layer_features.pooled_layer_features
+    monkeypatch.setattr(layer_features, "pooled_layer_features", no_extraction)
     assert _run(setup, "words", "--layers", "1", "--overwrite", save="cached") == 0
     asked = []
 
@@ -249,7 +250,7 @@ def test_features_are_cached_per_model_and_split(setup, monkeypatch):
         asked.append(list(layers))
         return original(backbone, preprocessor, waveforms, layers, *args, **kwargs)
 
-    monkeypatch.setattr(speech_models, "pooled_layer_features", only_missing)
+    monkeypatch.setattr(layer_features, "pooled_layer_features", only_missing)
     assert _run(setup, "words", "--layers", "1", "2", "--overwrite", save="cached") == 0
     assert asked == [[2], [2]]  # train and test splits, the new layer only
 
@@ -383,6 +384,41 @@ def test_help_explains_every_flag(capsys):
     assert "--test_fraction" not in text
 
 
+def test_config_file_section_probe_gives_the_settings_and_flags_override_it(tmp_path):
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"description": "mine", "train": {"num_epochs": 3},
+                                  "probe": {"num_epochs": 7, "lr": 0.01, "layers": [0, 2]}}))
+    base = ["--data_path", "x", "--model_name", "m", "--config", str(config)]
+    settings = probing.parse_args("words", base)
+    assert (settings.num_epochs, settings.lr, settings.layers) == (7, 0.01, [0, 2])
+    settings = probing.parse_args("words", [*base, "--num_epochs", "9", "--layers", "1"])
+    assert (settings.num_epochs, settings.lr, settings.layers) == (9, 0.01, [1])
+    config.write_text(json.dumps({"num_epochs": 4, "test_fraction": 0.5}))  # a flat file
+    settings = probing.parse_args("emotion", base)
+    assert settings.num_epochs == 4 and settings.test_fraction == 0.5
+    assert settings.exp_name == "m_emotion"
+
+
+def test_config_setting_that_is_no_flag_is_refused_in_one_line(tmp_path, capsys):
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"probe": {"num_epoch": 7}}))
+    with pytest.raises(SystemExit) as stop:
+        probing.main("words", ["--data_path", "x", "--model_name", "m", "--save_dir",
+                               str(tmp_path / "out"), "--config", str(config)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and f": error: --config {config}: 'num_epoch'" in error[-1]
+    assert "did you mean 'num_epochs'" in error[-1]
+    assert not (tmp_path / "out").exists()
+    # the probes share the section: a flag of another task's is that task's, skipped by this
+    config.write_text(json.dumps({"probe": {"test_fraction": 0.5, "num_epochs": 7}}))
+    words = probing.parse_args("words", ["--data_path", "x", "--model_name", "m", "--config",
+                                         str(config)])
+    assert words.num_epochs == 7 and words.test_fraction is None  # not a flag of words
+    emotion = probing.parse_args("emotion", ["--data_path", "x", "--model_name", "m",
+                                             "--config", str(config)])
+    assert emotion.num_epochs == 7 and emotion.test_fraction == 0.5
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_unknown_layouts_and_labels_are_named(setup, tmp_path, caplog):
@@ -475,7 +511,7 @@ def test_bad_counts_and_fractions_are_parser_errors(tmp_path, capsys, flags):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("module", ["probing", "downstream_data", "low_level_features"])
+@pytest.mark.parametrize("module", ["probing", "asr", "downstream_data", "low_level_features"])
 def test_library_modules_say_they_have_no_command_line(module):
     done = subprocess.run([sys.executable, f"{module}.py", "--help"], capture_output=True,
                           text=True, cwd=Path(probing.__file__).parent)

@@ -1,7 +1,9 @@
 """report.py: summary numbers from hand-made result folders, the Markdown, refusals."""
 
+import dataclasses
 import json
 import re
+import types
 
 import h5py
 import numpy as np
@@ -10,6 +12,8 @@ import scipy.stats
 
 import noise_ceilings
 import report
+import report_markdown
+import results_schema
 import run_utils
 
 N_VOXELS = 12
@@ -19,29 +23,35 @@ AUTHORS_PROTOCOL = {"test_target": "repeats_mean", "normalise_by": "test_repeats
                     "alpha_score": "r2", "tr_source": "trfiles", "tr_path": "trfiles_huge.jbl",
                     "followup_ceiling": 0.05, "n_permutations": 1000, "n_bootstrap": 1000,
                     "block_len": 10, "fdr_q": 0.05, "confidence": 0.95,
-                    "train_fractions": [0.1, 0.4, 1.0]}
+                    "train_fraction": [0.1, 0.4, 1.0]}
 OUR_PROTOCOL = {**AUTHORS_PROTOCOL, "test_target": "data", "normalise_by": "nc_file",
                 "alpha_score": "corr", "tr_source": "respdict", "tr_path": None}
+# a run without permutations or bootstrap: no intervals, no significant fractions
+PLAIN_PROTOCOL = {**AUTHORS_PROTOCOL, "tr_source": "respdict", "tr_path": None,
+                  "n_permutations": 0, "n_bootstrap": 0, "train_fraction": [1.0]}
 PARCEL_CC_NORM, PARCEL_DROP = 9.0, 777.0  # values of the rows no headline number may use
 
 
 def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), preference=None,
                drop=12.5, n_voxels=None, subject="UTS01", new_style=False, fractions=(),
                cc_norm=None, comparisons=None, protocol=None):
-    """A brain_evaluate.py-like results folder with per-voxel cc_norm drawn at random.
+    """A brain_evaluate.py-like results folder (its results.json laid out by
+    ``results_schema``) with per-voxel cc_norm drawn at random.
 
     ``scored``: (N_VOXELS,) bool, the voxels the run's summaries average over;
     ``preference``: model -> semantic preference (0.25 for all by default); ``n_voxels``: the
-    count written into each row (none by default, as in older results); ``cc_norm``:
-    (model, layer) -> the mean written for it in place of the voxels' mean.
+    count written into each row (the scored voxels' by default); ``cc_norm``: (model, layer)
+    -> the mean written for it in place of the voxels' mean.
 
-    ``new_style``: each row also has aggregation, train_fraction, train_rows (1000), an
-    interval (cc_norm -+ 0.03) and significant_fraction (0.5), and "parcel_mean" rows with
-    PARCEL_CC_NORM and PARCEL_DROP come first; ``fractions``: train fractions below 1 with a
-    voxel-mean row each (cc_norm -fraction, no interval), also first; ``comparisons`` and
-    ``protocol`` are written as given."""
+    Each row is a voxel mean of a fit on all training rows (1000) without interval or
+    significant fraction (a run without permutations or bootstrap). ``new_style``: each row
+    also has an interval (cc_norm -+ 0.03) and significant_fraction (0.5), and "parcel_mean"
+    rows with PARCEL_CC_NORM and PARCEL_DROP come first; ``fractions``: train fractions below 1
+    with a voxel-mean row each (cc_norm -fraction, no interval), also first; ``comparisons``
+    (none by default) and ``protocol`` (PLAIN_PROTOCOL by default) are written as given."""
     folder.mkdir(parents=True)
     np.save(folder / run_utils.SUMMARY_VOXELS_NAME, np.flatnonzero(scored))
+    n_voxels = int(scored.sum()) if n_voxels is None else n_voxels
     rows, first, values = [], [], {}
     for model in models:
         for layer in (1, 2):
@@ -54,12 +64,13 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
                 if analysis == "none" and cc_norm:
                     mean = cc_norm[(model, layer)]
                 row = {"model": model, "layer": layer, "low_level": analysis, "region": "all",
+                       "aggregation": "voxel_mean", "train_fraction": 1.0, "train_rows": 1000,
                        "cc_norm": mean, "r": 0.0,
-                       "drop_percent": None if analysis == "none" else drop}
-                row = row if n_voxels is None else {**row, "n_voxels": n_voxels}
+                       "drop_percent": None if analysis == "none" else drop,
+                       "n_voxels": n_voxels, "cc_norm_ci_low": None, "cc_norm_ci_high": None,
+                       "significant_fraction": None}
                 if new_style:
-                    new = {"aggregation": "voxel_mean", "train_fraction": 1.0, "train_rows": 1000,
-                           "cc_norm_ci_low": mean - 0.03, "cc_norm_ci_high": mean + 0.03,
+                    new = {"cc_norm_ci_low": mean - 0.03, "cc_norm_ci_high": mean + 0.03,
                            "significant_fraction": 0.5}
                     first.append({**row, **new, "aggregation": "parcel_mean",
                                   "cc_norm": PARCEL_CC_NORM, "drop_percent": PARCEL_DROP})
@@ -72,25 +83,27 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
                 rows.append(row)
     rows = first + rows
     preference = preference or {}
-    preference_rows = [{"model": m, "layer": k, "semantic_r": 0.5, "phonetic_r": 0.25,
+    preference_rows = [{"model": m, "layer": k, "semantic_r": 0.5, "semantic_columns": 16,
+                        "phonetic_r": 0.25, "phonetic_columns": 44,
                         "preference": preference.get(m, 0.25)} for m in models for k in (1, 2)]
-    facts = {"subject": subject, "train_stories": ["a", "b"], "subject_voxels": N_VOXELS,
+    facts = {"subject": subject, "train_stories": ["a", "b"], "test_story": "wheretheressmoke",
              "models": {m: "m0" if m == "pretrained" else f"run/{m.replace(' ', '-')}"
-                        for m in models}}
+                        for m in models},
+             "nc_thr": 0.4, "subject_voxels": N_VOXELS, "scored_voxels": int(scored.sum()),
+             "excluded_voxels": 0, "fitted_voxels": {"selection": "all", "n": N_VOXELS},
+             "regions": {"given": None, "file": None, "groups": [], "shown": []},
+             "protocol": PLAIN_PROTOCOL if protocol is None else protocol}
     (folder / "run_config.json").write_text(json.dumps({
         "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
         **facts, "run": {}}))
-    extra = {key: value for key, value in (("comparisons", comparisons), ("protocol", protocol))
-             if value is not None}
-    (folder / "results.json").write_text(json.dumps({**facts, "results": rows,
-                                                     "semantic_preference": preference_rows,
-                                                     **extra}))
+    (folder / "results.json").write_text(json.dumps(results_schema.results_document(
+        facts, rows, comparisons or [], preference_rows)))
     return values
 
 
 def _write_truth(data):
     """The synthetic_truth.json of a synthetic dataset of 12 voxels (planted voxel types)."""
-    data.mkdir()
+    (data / "derivative").mkdir(parents=True)
     (data / "synthetic_truth.json").write_text(json.dumps({"subjects": {"UTS01": TRUTH}}))
 
 
@@ -213,11 +226,14 @@ def test_alignment_tables_show_the_rows_voxel_counts(tmp_path):
     assert f"| {mean:.3f} (n=8) |" in text
     assert "| 12.5% (n=8) |" in text
     assert summary["tuned"]["n_voxels"] == 8
-    # older results: no intervals, comparisons, protocol nor data-efficiency rows
+    # a run without permutations or bootstrap: no intervals, comparisons, significant
+    # fractions nor data-efficiency rows
     assert "cc_norm_ci" not in summary["tuned"] and "significant_fraction" not in summary["tuned"]
-    assert not {"comparison", "protocol", "across_subjects"} & summary.keys()
-    for absent in ("**Protocol:**", "minus pretrained, with", "## Data efficiency",
-                   "## Across subjects", "In brackets"):
+    assert not {"comparison", "across_subjects"} & summary.keys()
+    assert summary["protocol"]["n_bootstrap"] == summary["protocol"]["n_permutations"] == 0
+    for absent in ("- intervals:", "- significance:", "minus pretrained, with",
+                   "## Data efficiency", "## Across subjects", "In brackets",
+                   "Fraction of those voxels"):
         assert absent not in text
 
 
@@ -270,14 +286,14 @@ def test_drops_above_100_percent_and_undefined_drops_are_explained(tmp_path):
     _setup(tmp_path, drop=203.9)
     assert _report(tmp_path, data=False) == 0
     _, text = _outputs(tmp_path)
-    assert "203.9%" in text and report.DROP_ABOVE_100 in text
-    assert report.DROP_UNDEFINED not in text
+    assert "203.9%" in text and report_markdown.DROP_ABOVE_100 in text
+    assert report_markdown.DROP_UNDEFINED not in text
     (tmp_path / "second").mkdir()
     _setup(tmp_path / "second", drop=None)
     assert report.main(["--out", str(tmp_path / "none"), "--alignment",
                         str(tmp_path / "second" / "alignment")]) == 0
     text = (tmp_path / "none" / "report.md").read_text()
-    assert report.DROP_UNDEFINED in text and report.DROP_ABOVE_100 not in text
+    assert report_markdown.DROP_UNDEFINED in text and report_markdown.DROP_ABOVE_100 not in text
 
 
 @pytest.mark.parametrize("tuned", ["final", "random control"])
@@ -349,7 +365,8 @@ def test_baselines_are_tabled_beside_the_brain_tuned_model_it_is_chosen_by_defau
         "| final | fMRI | 0.050 [-0.100, 0.200] | 0.100 [-0.100, 0.200] |",
         "| bigslm | speech features of whisper-medium (BigSLM-tuned) | 0.020 [-0.100, 0.200] "
         "| 0.040 [-0.100, 0.200] |",
-        "| lm | text features of gpt2 (LM-tuned) | -0.010 [-0.100, 0.200] | -0.020 [-0.100, 0.200] |",
+        "| lm | text features of gpt2 (LM-tuned) | -0.010 [-0.100, 0.200] "
+        "| -0.020 [-0.100, 0.200] |",
         "| control | random_fmri_all | 0.000 [-0.100, 0.200] | 0.000 [-0.100, 0.200] |"]
     assert _report(tmp_path, "--tuned", "lm") == 0  # --tuned still chooses
     assert _outputs(tmp_path)[0]["models"]["tuned"] == "lm"
@@ -377,16 +394,72 @@ def test_a_probe_label_meaning_another_model_is_refused(tmp_path, caplog):
 def test_missing_results_are_named(tmp_path, caplog):
     assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "none")]) == 1
     assert "results.json: missing" in caplog.text
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "results.json").write_text("{}")
-    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "old")]) == 1
+    _setup(tmp_path)
+    folder = tmp_path / "alignment"
+    (folder / "run_config.json").unlink()
+    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(folder)]) == 1
     assert "run_config.json: missing" in caplog.text
-    (tmp_path / "old" / "run_config.json").write_text("{")
-    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "old")]) == 1
+    (folder / "run_config.json").write_text("{")
+    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(folder)]) == 1
     assert "run_config.json: not valid JSON" in caplog.text
-    (tmp_path / "old" / "run_config.json").write_text('{"arguments": {}}')
-    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(tmp_path / "old")]) == 1
-    assert "lacks subject, models, results" in caplog.text
+    (folder / "run_config.json").write_text("{}")
+    assert report.main(["--out", str(tmp_path / "r"), "--alignment", str(folder)]) == 1
+    assert 'run_config.json: no "arguments" object' in caplog.text
+
+
+def _errors(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("version", [None, 0, results_schema.SCHEMA_VERSION + 1, "1"])
+def test_results_of_another_schema_version_are_refused_in_one_line(tmp_path, caplog, version):
+    """A results.json written before the schema was versioned, or in another version, is
+    refused in one line that says to evaluate again; no traceback, no report."""
+    _setup(tmp_path)
+    path = tmp_path / "alignment" / "results.json"
+    results = json.loads(path.read_text())
+    if version is None:
+        del results["schema_version"]
+    else:
+        results["schema_version"] = version
+    path.write_text(json.dumps(results))
+    assert _report(tmp_path) == 1
+    [line] = _errors(caplog)
+    assert line.startswith(f"{path}: ") and "\n" not in line
+    assert "evaluate again with brain_evaluate.py" in line
+    assert ("no schema_version" if version is None
+            else f"results schema version {version!r}, but this toolkit reads version "
+                 f"{results_schema.SCHEMA_VERSION}") in line
+    assert "Traceback" not in caplog.text
+    assert not (tmp_path / "report" / "report.md").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: r["results"][3].pop("n_voxels"), "results[3] lacks 'n_voxels'"),
+    (lambda r: r.pop("protocol"), "the file lacks 'protocol'"),
+    (lambda r: r["protocol"].pop("confidence"), "protocol lacks 'confidence'"),
+    (lambda r: r["results"][0].update(layer="2"), "results[0].layer must be an integer, not "
+                                                  '"2"'),
+    (lambda r: r["semantic_preference"][1].update(preference=None),
+     "semantic_preference[1].preference must be a number, not null"),
+    (lambda r: r.update(train_stories="a"), "train_stories must be a list, not \"a\""),
+    (lambda r: r["models"].update(final=3), "models.final must be a str, not 3"),
+    (lambda r: r["comparisons"].append({}), "comparisons[0] lacks 'model'"),
+    (lambda r: r["regions"].update(extra=1), "regions has unknown field(s) 'extra'")])
+def test_a_results_file_with_a_missing_or_mistyped_field_is_refused_naming_it(
+        tmp_path, caplog, damage, message):
+    _setup(tmp_path)
+    path = tmp_path / "alignment" / "results.json"
+    results = json.loads(path.read_text())
+    damage(results)
+    path.write_text(json.dumps(results))
+    assert _report(tmp_path) == 1
+    [line] = _errors(caplog)
+    assert line.startswith(f"{path}: {message}")
+    assert line.endswith("evaluate again with brain_evaluate.py")
+    assert "Traceback" not in caplog.text
+    with pytest.raises(run_utils.DatasetError, match=re.escape(message)):
+        results_schema.read_results_folder(tmp_path / "alignment")
 
 
 def test_planted_voxels_outside_the_responses_are_refused(tmp_path, caplog):
@@ -423,7 +496,7 @@ def test_synthetic_explanation_states_the_gain(tuned, expected):
                "pretrained": {"semantic_cc_norm": 0.2}, "tuned": {"semantic_cc_norm": tuned},
                "semantic_cc_norm_gain": tuned - 0.2,
                "semantic_cc_norm_gain_percent": 100 * (tuned - 0.2) / 0.2}
-    text = report._synthetic_explanation(summary, {"family_size": 1})
+    text = report_markdown._synthetic_explanation(summary, {"family_size": 1})
     assert ("At layer 2, the tuned model's (final) mean cc_norm over the 5 planted semantic "
             "voxels that pass the voxel rule " + expected) in text
 
@@ -657,12 +730,16 @@ def test_a_run_on_a_voxel_selection_is_reported_over_its_fitted_voxels(tmp_path)
     assert summary["planted_voxels"] == {"semantic": 5, "acoustic": 3, "noise": 0}
     assert summary["tuned"]["semantic_cc_norm"] == pytest.approx(
         values[("epoch 3", 2, "none")][:5].mean())
-    assert summary["tuned"]["noise_cc_norm"] is None and "nan" not in text.lower()
-    assert report.fitted_voxels_note({"fitted_voxels": {"selection": "nc>0.4", "n": 3}}) == (
+    assert summary["tuned"]["noise_cc_norm"] is None
+    assert "nan" not in text.lower().replace("constant or nan", "")  # n/a, not a NaN value
+    read = results_schema.read_results(folder / "results.json")
+    assert report_markdown.fitted_voxels_note(dataclasses.replace(
+        read, fitted_voxels=results_schema.FittedVoxels("nc>0.4", 3))) == (
         "Only the voxels whose noise ceiling is above 0.4 were fitted (`--voxels nc>0.4`: 3 "
-        "voxels); every mean and fraction below is over those voxels.")
-    for older in ({}, {"fitted_voxels": {"selection": "all", "n": N_VOXELS}}):
-        assert report.fitted_voxels_note(older) is None
+        f"of {N_VOXELS} voxels); every mean and fraction below is over those voxels.")
+    every = results_schema.FittedVoxels("all", N_VOXELS)
+    assert report_markdown.fitted_voxels_note(dataclasses.replace(read, fitted_voxels=every)) is (
+        None)
 
 
 def test_an_asr_run_is_reported_by_its_own_score(tmp_path):
@@ -724,3 +801,119 @@ def test_probe_sections_say_where_the_data_was_read(tmp_path):
             "for training and test, audio `audio`, labels `label`.") in sections["emotion"]
     assert "Data: `/data/slurp`, in the distribution layout." in sections["intent"]
     assert "Data:" not in sections["phonemes"]
+
+
+RESULT_COLUMNS = ["model", "layer", "low_level", "region", "aggregation", "train_fraction",
+                  "train_rows", "cc_norm", "r", "drop_percent", "n_voxels", "cc_norm_ci_low",
+                  "cc_norm_ci_high", "significant_fraction"]
+COMPARISON_COLUMNS = ["model", "baseline", "layer", "low_level", "region", "aggregation",
+                      "model_cc_norm", "baseline_cc_norm", "difference", "ci_low", "ci_high"]
+PREFERENCE_COLUMNS = ["model", "layer", "semantic_r", "semantic_columns", "phonetic_r",
+                      "phonetic_columns", "preference"]
+
+
+def _written_scores(rng, keys, n_voxels, empty=()):
+    """An encoding model's scores as alignment_analyses makes them (per-voxel arrays, the
+    bootstrap resamples of each summary and the summaries; ``empty``: keys without voxels)."""
+    cc_norm = rng.uniform(-0.1, 0.5, n_voxels)
+    means = {key: None if key in empty else float(rng.uniform(0.05, 0.3)) for key in keys}
+    return {"r": cc_norm, "cc_norm": cc_norm, "alpha": np.ones(n_voxels),
+            "p_value": rng.uniform(0, 1, n_voxels),
+            "prediction": np.zeros((20, n_voxels), np.float32),
+            "bootstrap": rng.normal(0.1, 0.05, (50, len(keys))),
+            "summary": {"cc_norm": means, "r": dict(means),
+                        "n_voxels": {key: 0 if key in empty else n_voxels for key in keys},
+                        "ci": {key: None if key in empty else (means[key] - 0.05,
+                                                               means[key] + 0.05)
+                               for key in keys},
+                        "significant_fraction": {key: None if key in empty else 0.25
+                                                 for key in keys}}}
+
+
+def test_the_writers_results_round_trip_through_the_schema(tmp_path):
+    """alignment_outputs.write_results lays results.json out by the schema, in its version;
+    read back it is the same content, the CSV columns are today's, and report.py reads the
+    folder."""
+    import alignment_outputs
+
+    rng = np.random.default_rng(0)
+    keys = [("all", "voxel_mean"), ("all", "parcel_mean"), ("front", "voxel_mean"),
+            ("front", "parcel_mean")]
+    task = types.SimpleNamespace(
+        responses=types.SimpleNamespace(train=range(100), test=range(20)),
+        fitted_indices=lambda: np.arange(N_VOXELS), subsets={0.5: types.SimpleNamespace(
+            rows=range(50))}, summaries=types.SimpleNamespace(keys=keys),
+        full=lambda values: values, voxels=np.ones(N_VOXELS, bool))
+    preference = {"semantic_r": 0.125, "semantic_columns": 16, "phonetic_r": 0.25,
+                  "phonetic_columns": 44, "preference": -0.125}
+    all_results = {label: {layer: {
+        "encoding": {analysis: _written_scores(rng, keys, N_VOXELS, empty=[keys[2]])
+                     for analysis in ("none", "powspec")},
+        "efficiency": {0.5: _written_scores(rng, keys, N_VOXELS)},
+        "semantic_preference": preference} for layer in (1, 2)}
+        for label in ("pretrained", "final")}
+    facts = {"subject": "UTS01", "train_stories": ["a", "b"], "test_story": "wheretheressmoke",
+             "models": {"pretrained": "m0", "final": "run/final"}, "nc_thr": 0.4,
+             "subject_voxels": N_VOXELS, "scored_voxels": N_VOXELS, "excluded_voxels": 0,
+             "fitted_voxels": {"selection": "all", "n": N_VOXELS},
+             "regions": {"given": "regions.json", "file": None, "groups": [],
+                         "shown": ["front"]},
+             "protocol": {**AUTHORS_PROTOCOL, "train_fraction": [0.5, 1.0]}}
+    out = tmp_path / "alignment"
+    out.mkdir()
+    rows, comparisons, preference_rows = alignment_outputs.write_results(out, all_results,
+                                                                         facts, task)
+    written = json.loads((out / "results.json").read_text())
+    assert written["schema_version"] == results_schema.SCHEMA_VERSION
+    assert list(written) == ["schema_version", *facts, "results", "comparisons",
+                             "semantic_preference"]
+    read = results_schema.read_results(out / "results.json")
+    assert results_schema.to_json(read) == written
+    assert [results_schema.to_json(row) for row in read.results] == run_utils.json_safe(rows)
+    assert [results_schema.to_json(row) for row in read.comparisons] == run_utils.json_safe(
+        comparisons)
+    assert [results_schema.to_json(row) for row in read.semantic_preference] == (
+        run_utils.json_safe(preference_rows))
+    assert any(row.cc_norm is None for row in read.results)  # the region without voxels
+    assert read.protocol.train_fraction == (0.5, 1.0) and read.regions.shown == ("front",)
+    for name, columns in (("results.csv", RESULT_COLUMNS),
+                          ("comparisons.csv", COMPARISON_COLUMNS),
+                          ("semantic_preference.csv", PREFERENCE_COLUMNS)):
+        assert (out / name).read_text().splitlines()[0].split(",") == columns
+    assert [field.name for field in dataclasses.fields(results_schema.ResultRow)] == (
+        RESULT_COLUMNS)
+    # the folder as the evaluator leaves it (with its run_config.json) makes a report
+    (out / "run_config.json").write_text(json.dumps({"arguments": {"data_dir": "d"}}))
+    assert results_schema.read_results_folder(out).arguments == {"data_dir": "d"}
+    assert report.main(["--out", str(tmp_path / "report"), "--alignment", str(out)]) == 0
+    summary, text = _outputs(tmp_path)
+    assert summary["tuned"]["cc_norm"] == next(
+        row["cc_norm"] for row in rows if (row["model"], row["layer"], row["region"],
+                                           row["aggregation"], row["low_level"],
+                                           row["train_fraction"]) ==
+        ("final", 2, "all", "voxel_mean", "none", 1.0))
+    assert "## Brain regions" in text and "## Data efficiency" in text
+
+
+def test_a_writer_that_leaves_the_schema_fails_loudly(tmp_path):
+    """A row or fact the schema does not describe is the writer's bug: SchemaError, before
+    anything is written."""
+    _setup(tmp_path)
+    written = json.loads((tmp_path / "alignment" / "results.json").read_text())
+    facts = {key: value for key, value in written.items() if key not in (
+        "schema_version", "results", "comparisons", "semantic_preference")}
+    rows, preference = written["results"], written["semantic_preference"]
+    assert results_schema.results_document(facts, rows, [], preference) == written
+    with pytest.raises(results_schema.SchemaError, match=r"results\[0\] has unknown field"):
+        results_schema.results_document(facts, [{**rows[0], "extra": 1}], [], preference)
+    with pytest.raises(results_schema.SchemaError, match="the file lacks 'protocol'"):
+        results_schema.results_document({key: value for key, value in facts.items()
+                                         if key != "protocol"}, rows, [], preference)
+    # the protocol is open: a flag declared part of it later is recorded as it is
+    document = results_schema.results_document(
+        {**facts, "protocol": {**facts["protocol"], "new_flag": 1}}, rows, [], preference)
+    assert document["protocol"] == {**facts["protocol"], "new_flag": 1}
+    with pytest.raises(results_schema.SchemaError, match="protocol lacks 'test_target'"):
+        results_schema.results_document(
+            {**facts, "protocol": {key: value for key, value in facts["protocol"].items()
+                                   if key != "test_target"}}, rows, [], preference)

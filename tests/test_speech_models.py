@@ -1,4 +1,4 @@
-"""speech_models.py: the demo-size checkpoint and why the demo needs it; checkpoints without
+"""speech_models.py and make_tiny.py: the demo-size checkpoint and why the demo needs it; checkpoints without
 usable weights; transformers' progress bars."""
 
 import json
@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 from transformers.utils import logging as transformers_logging
 
+import layer_features
+import make_tiny
 import probing
 import speech_models
 import synthetic_speech
@@ -41,8 +43,7 @@ def test_demo_size_checkpoint_tells_the_synthetic_phones_apart(tmp_path):
     accuracy = {}
     for size in ("tiny", "demo"):
         out = tmp_path / size
-        assert speech_models.main(["make-tiny", "--family", "wav2vec2", "--size", size,
-                                   "--out", str(out)]) == 0
+        assert make_tiny.main(["--family", "wav2vec2", "--size", size, "--out", str(out)]) == 0
         backbone, family = speech_models.load_backbone(out)
         backbone.eval()
         preprocessor = speech_models.AudioPreprocessor(
@@ -121,7 +122,7 @@ def test_damaged_weights_stop_a_script_before_any_extraction(tiny_checkpoint, tm
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted before every model was checked")
 
-    monkeypatch.setattr(speech_models, "pooled_layer_features", no_extraction)
+    monkeypatch.setattr(layer_features, "pooled_layer_features", no_extraction)
     code = probing.main("words", ["--data_path", str(tmp_path / "absent"), "--model_name",
                                   str(tiny_checkpoint), "--model_path", str(folder),
                                   "--save_dir", str(tmp_path / "out")])
@@ -161,9 +162,9 @@ def test_a_first_call_for_a_low_layer_leaves_every_layer_recorded(tmp_path, fami
     inputs = torch.from_numpy(encoder.preprocessor(
         np.random.default_rng(0).normal(0, 0.1, (1, 8000)).astype(np.float32)))
     with torch.no_grad():
-        low = speech_models.layer_hidden_states(encoder.backbone, family, inputs, [0])
-        high = speech_models.layer_hidden_states(encoder.backbone, family, inputs,
-                                                 [1, encoder.depth])
+        low = layer_features.layer_hidden_states(encoder.backbone, family, inputs, [0])
+        high = layer_features.layer_hidden_states(encoder.backbone, family, inputs,
+                                                  [1, encoder.depth])
         stack = encoder.backbone.encoder if family == "whisper" else encoder.backbone
         full = stack(inputs, output_hidden_states=True).hidden_states
     torch.testing.assert_close(low[0], full[0])

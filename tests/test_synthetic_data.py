@@ -42,7 +42,7 @@ def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path):
 
 
 def test_layout_and_formats_follow_ds003020(synthetic_dir):
-    truth = data_utils.load_truth(synthetic_dir)
+    truth = data_utils.Dataset(synthetic_dir).truth()
     respdict = json.loads((synthetic_dir / "derivative" / "respdict.json").read_text())
     assert set(respdict) == set(truth["stories"])
     assert {"souls", "legacy", "exorcism", "stagefright", "life",
@@ -75,13 +75,13 @@ def test_layout_and_formats_follow_ds003020(synthetic_dir):
 
 
 def test_responses_are_zscored_per_story(synthetic_dir):
-    data = data_utils.load_fmri(synthetic_dir, 1, "howtodraw")
+    data = data_utils.Dataset(synthetic_dir).responses(1, "howtodraw")
     np.testing.assert_allclose(data.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(data.std(axis=0), 1, atol=1e-4)
 
 
 def test_ground_truth_partitions_voxels_and_spans_ceilings(synthetic_dir):
-    truth = data_utils.load_truth(synthetic_dir)
+    truth = data_utils.Dataset(synthetic_dir).truth()
     for info in truth["subjects"].values():
         groups = [set(info[f"{kind}_voxels"]) for kind in ("semantic", "acoustic", "noise")]
         assert set.union(*groups) == set(range(info["n_voxels"]))
@@ -99,9 +99,10 @@ def test_ground_truth_partitions_voxels_and_spans_ceilings(synthetic_dir):
 def test_words_sound_alike_and_differ_from_other_words(synthetic_dir):
     """The same word sounds the same (up to loudness) wherever it occurs; other words do not."""
     rate = 16000
-    audio = data_utils.load_stimulus(synthetic_dir, data_utils.TEST_STORY, rate)
+    dataset = data_utils.Dataset(synthetic_dir)
+    audio = dataset.stimulus(data_utils.TEST_STORY, rate)
     tokens = collections.defaultdict(list)
-    for start, end, word in data_utils.load_words(synthetic_dir, data_utils.TEST_STORY):
+    for start, end, word in dataset.words(data_utils.TEST_STORY):
         first = int(round(start * rate))
         tokens[word].append(audio[first:first + int((end - start) * rate) - 2])
 
@@ -121,7 +122,7 @@ def _semantic_features(data_dir, story, truth):
     """Summed word embeddings per grid TR from the TextGrid, by the documented rule."""
     n_grid = truth["stories"][story]["respdict_trs"] - 5
     features = np.zeros((n_grid, truth["semantic_dim"]))
-    for start, end, word in data_utils.load_words(data_dir, story):
+    for start, end, word in data_utils.Dataset(data_dir).words(story):
         tr = int(((start + end) / 2 + 10) // 2)
         if tr < n_grid:
             features[tr] += truth["words"][word]["embedding"]
@@ -131,7 +132,7 @@ def _semantic_features(data_dir, story, truth):
 def _energy(data_dir, story, truth):
     """Audio RMS per grid TR, from the WAV as a user would read it."""
     rate = 16000
-    audio = data_utils.load_stimulus(data_dir, story, rate)
+    audio = data_utils.Dataset(data_dir).stimulus(story, rate)
     n_grid = truth["stories"][story]["respdict_trs"] - 5
     energy = np.zeros(n_grid)
     for tr in range(n_grid):
@@ -151,10 +152,10 @@ def _lag(features, truth):
 def test_planted_signal_is_recoverable_from_the_files(synthetic_dir):
     """Rebuilt from TextGrid, WAV and truth, each voxel's signal correlates with the mean
     response as its noise ceiling says (the correlation of the true signal is cc_max)."""
-    truth = data_utils.load_truth(synthetic_dir)
+    truth = data_utils.Dataset(synthetic_dir).truth()
     subject = truth["subjects"]["UTS01"]
     story = data_utils.TEST_STORY
-    response = data_utils.load_fmri(synthetic_dir, 1, story).astype(np.float64)
+    response = data_utils.Dataset(synthetic_dir).responses(1, story).astype(np.float64)
     semantic = _lag(_semantic_features(synthetic_dir, story, truth), truth)
     energy = _lag(_energy(synthetic_dir, story, truth)[:, None], truth)[:, 0]
     weights = np.array(subject["semantic_weights"])
@@ -195,8 +196,8 @@ def test_cli_replaces_only_datasets_it_wrote(tmp_path, caplog):
     assert synthetic_data.main(["--out", str(ours), *sizes]) == 1
     assert synthetic_data.main(["--out", str(ours), *sizes, "--overwrite", "--seed", "1"]) == 0
     assert not (ours / "stray.txt").exists()
-    assert data_utils.load_truth(ours)["seed"] == 1
-    assert data_utils.list_stories(ours, 1) == sorted(["souls", "stagefright", "life",
+    assert data_utils.Dataset(ours).truth()["seed"] == 1
+    assert data_utils.Dataset(ours).stories(1) == sorted(["souls", "stagefright", "life",
                                                        "wheretheressmoke"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "theirs"]  # no lock left
 

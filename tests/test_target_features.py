@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModel, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
 
-import brain_evaluate
+import alignment_analyses
 import brain_trainer_story
 import data_utils
 import eval_utils
+import layer_features
 import speech_models
 import synthetic_data
 import target_features
@@ -38,7 +39,7 @@ def setup(tmp_path_factory):
     synthetic_data.generate(data, seed=2, subjects=(1,), n_train_stories=2, train_trs=40,
                             test_trs=40, n_voxels=20, n_words=12)
     speech_models.save_tiny_model(root / "wav2vec2", "wav2vec2")
-    words = [w for story in STORIES for _, _, w in data_utils.load_words(data, story)]
+    words = [w for story in STORIES for _, _, w in data_utils.Dataset(data).words(story)]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -77,13 +78,14 @@ def test_speech_features_are_the_evaluators_trimmed_to_the_response_rows(setup, 
     encoder = speech_models.load_encoder(wav2vec2)
     assert attrs["kind"] == "speech" and attrs["layer"] == encoder.depth  # the last by default
     assert attrs["fingerprint"] == encoder.fingerprint
-    extraction = speech_models.Extraction(str(data), str(tmp_path / "reference_cache"), 2.0,
-                                           1.0, 16, False, None)
-    grid = speech_models.model_tr_features(encoder, [encoder.depth], STORIES,
-                                            extraction)[encoder.depth]
+    dataset = data_utils.Dataset(data)
+    extraction = layer_features.Extraction(2.0, 1.0, 16, False, None)
+    grid = layer_features.model_tr_features(encoder, [encoder.depth], dataset, STORIES,
+                                            extraction, tmp_path / "reference_cache")[
+        encoder.depth]
     assert sorted(written) == STORIES
     for story in STORIES:
-        rows = data_utils.response_rows(data, story)
+        rows = dataset.response_rows(story)
         assert written[story].shape == (rows, 32) and written[story].dtype == np.float32
         np.testing.assert_allclose(written[story], grid[story][10:10 + rows], rtol=0, atol=1e-6)
         assert len(grid[story]) == rows + 15
@@ -105,9 +107,9 @@ def test_text_features_equal_a_per_word_loop_placed_at_the_word_midpoints(setup,
     model, tokenizer = AutoModel.from_pretrained(gpt2).eval(), AutoTokenizer.from_pretrained(gpt2)
     assert attrs["fingerprint"] == speech_models.fingerprint(model)
     assert sorted(written) == STORIES
-    split = 0
+    split, dataset = 0, data_utils.Dataset(data)
     for story in STORIES:
-        entries = data_utils.load_words(data, story)
+        entries = dataset.words(story)
         words = [word for _, _, word in entries]
         # each word with exactly its 3 preceding words, one forward pass per word
         states = np.stack([_per_word_state(model, tokenizer, " ".join(words[max(0, i - 3):i + 1]),
@@ -117,8 +119,8 @@ def test_text_features_equal_a_per_word_loop_placed_at_the_word_midpoints(setup,
             target_features.word_states(model, tokenizer, words, 1, 3, batch_size=7), states,
             rtol=0, atol=1e-5)
         midpoints = np.array([(start + end) / 2 for start, end, _ in entries])
-        grid = eval_utils.lanczos_interp(states, midpoints, data_utils.tr_times(data, story))
-        rows = data_utils.response_rows(data, story)
+        grid = eval_utils.lanczos_interp(states, midpoints, dataset.tr_times(story))
+        rows = dataset.response_rows(story)
         assert written[story].shape == (rows, GPT_HIDDEN) and written[story].dtype == np.float32
         np.testing.assert_allclose(written[story], grid[10:len(grid) - 5], rtol=0, atol=1e-5)
     assert split > 0  # the word's state is its last sub-token's
@@ -180,18 +182,19 @@ def test_bad_input_is_one_line_naming_the_fix(setup, tmp_path, caplog, case):
 
 
 def test_the_file_reads_back_as_response_rows_and_onto_the_tr_grid(setup, tmp_path):
-    """data_utils.load_target_features (the trainer's and the evaluator's reader) gives the
-    rows written; brain_evaluate.on_tr_grid puts them back at the grid's untrimmed TRs."""
+    """Dataset.target_features (the trainer's and the evaluator's reader) gives the rows
+    written; alignment_analyses.on_tr_grid puts them back at the grid's untrimmed TRs."""
     data, _, gpt2 = setup
     out = tmp_path / "text.hf5"
     assert _make("text", gpt2, data, out, "--stories", "souls", data_utils.TEST_STORY) == 0
     written, _ = _read(out)
-    rows = data_utils.load_target_features(out, data, ["souls", data_utils.TEST_STORY])
+    dataset = data_utils.Dataset(data)
+    rows = dataset.target_features(out, ["souls", data_utils.TEST_STORY])
     for story, values in rows.items():
         np.testing.assert_array_equal(values, written[story])
-        grid = brain_evaluate.on_tr_grid(values, len(data_utils.tr_times(data, story)))
-        assert grid.shape == (len(data_utils.tr_times(data, story)), GPT_HIDDEN)
+        grid = alignment_analyses.on_tr_grid(values, len(dataset.tr_times(story)))
+        assert grid.shape == (len(dataset.tr_times(story)), GPT_HIDDEN)
         np.testing.assert_array_equal(eval_utils.trim_rows(grid), written[story])
         assert np.isnan(grid[:10]).all() and np.isnan(grid[-5:]).all()
     with pytest.raises(data_utils.DatasetError, match="no dataset for story 'legacy'"):
-        data_utils.load_target_features(out, data, ["legacy"])
+        dataset.target_features(out, ["legacy"])

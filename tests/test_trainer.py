@@ -17,13 +17,17 @@ from safetensors.torch import load_file
 from transformers import AutoModel, BertConfig, BertModel, Wav2Vec2FeatureExtractor
 
 import brain_trainer_story as trainer
+import checkpoints
 import damage
 import data_utils
 import eval_utils
+import make_tiny
 import noise_ceilings
 import run_utils
 import speech_models
 import synthetic_data
+import training_data
+import training_steps
 
 FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 FAST = ["--batch_size", "8", "--base_lr", "1e-3", "--linear_layer_lr", "1e-2",
@@ -38,7 +42,8 @@ def train_data(tmp_path_factory):
     synthetic_data.generate(data, seed=1, subjects=(1, 2), n_train_stories=2, train_trs=60,
                             test_trs=80, n_voxels=40, n_words=12)
     for subject in (1, 2):
-        noise_ceilings.get_noise_ceiling(data, subject, root / f"UTS0{subject}.npy")
+        noise_ceilings.get_noise_ceiling(data_utils.Dataset(data), subject,
+                                         root / f"UTS0{subject}.npy")
     return data
 
 
@@ -49,7 +54,7 @@ def tiny_models(tmp_path_factory):
     folders = {}
     for family in FAMILIES:
         folders[family] = root / family
-        assert speech_models.main(["make-tiny", "--family", family, "--out", str(folders[family])]) == 0
+        assert make_tiny.main(["--family", family, "--out", str(folders[family])]) == 0
     return folders
 
 
@@ -81,10 +86,10 @@ def _dead_pid():
 # ----------------------------------------------------------------------------- schedules
 
 def test_schedules_match_the_paper():
-    factors = [trainer.backbone_lr_factor(e, 30, 5) for e in range(31)]
+    factors = [training_steps.backbone_lr_factor(e, 30, 5) for e in range(31)]
     np.testing.assert_allclose(factors[:6], [0, 0.2, 0.4, 0.6, 0.8, 1.0])
     np.testing.assert_allclose(factors[5:], np.linspace(1, 0, 26))
-    heads = [trainer.head_lr_factor(e, 0.8, 0.1) for e in range(15)]
+    heads = [training_steps.head_lr_factor(e, 0.8, 0.1) for e in range(15)]
     np.testing.assert_allclose(heads, np.maximum(0.8 ** np.arange(15), 0.1))
 
 
@@ -146,11 +151,11 @@ def _held_out_correlation(model_dir, data_dir, voxels, trained_head=True):
     if trained_head:
         model.head.load_state_dict(load_file(str(model_dir / "brain_head.safetensors")))
     model.eval()
-    windows = data_utils.tr_audio_windows(data_dir, data_utils.TEST_STORY)
+    windows = data_utils.Dataset(data_dir).audio_windows(data_utils.TEST_STORY)
     with torch.inference_mode():
         prediction = torch.cat([model(torch.from_numpy(preprocessor(windows[i:i + 32])))
                                 for i in range(0, len(windows), 32)]).numpy()
-    responses = data_utils.load_fmri(data_dir, 1, data_utils.TEST_STORY, voxels)
+    responses = data_utils.Dataset(data_dir).responses(1, data_utils.TEST_STORY, voxels)
     return eval_utils.column_correlation(prediction, responses)
 
 
@@ -174,7 +179,7 @@ def test_tuned_model_predicts_held_out_planted_voxels(tmp_path):
     assert code == 0
     final = tmp_path / "run" / "final"
     voxels = np.array(json.loads((final / "voxels.json").read_text())["UTS01"])
-    types = np.array(data_utils.load_truth(data)["subjects"]["UTS01"]["voxel_type"])[voxels]
+    types = np.array(data_utils.Dataset(data).truth()["subjects"]["UTS01"]["voxel_type"])[voxels]
     acoustic = types == "acoustic"
     assert acoustic.sum() >= 10
     torch.manual_seed(0)
@@ -211,7 +216,7 @@ def test_final_is_the_best_validation_epoch(train_data, tiny_models, tmp_path):
 def test_early_stopping(train_data, tiny_models, tmp_path, monkeypatch):
     """With patience 1, training stops once the validation loss fails to improve."""
     losses = iter([1.0, 0.9, 0.95, 0.8, 0.7, 0.6])
-    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: (next(losses), 0.0))
+    monkeypatch.setattr(training_steps, "validate", lambda *a, **k: (next(losses), 0.0))
     code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "6",
                         "--patience", "1", "--save_every", "0")
     assert code == 0
@@ -230,7 +235,7 @@ def test_resume_gives_the_same_weights(train_data, tiny_models, tmp_path, monkey
     assert code == 0
 
     calls = {"n": 0}
-    original = trainer.save_training_state
+    original = checkpoints.save_training_state
 
     def killed_after_epoch_two(run_dir, state):
         original(run_dir, state)
@@ -238,10 +243,10 @@ def test_resume_gives_the_same_weights(train_data, tiny_models, tmp_path, monkey
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "save_training_state", killed_after_epoch_two)
+    monkeypatch.setattr(checkpoints, "save_training_state", killed_after_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         run(train_data, model, tmp_path / "b", "--num_epochs", "3", "--save_every", "0")
-    monkeypatch.setattr(trainer, "save_training_state", original)
+    monkeypatch.setattr(checkpoints, "save_training_state", original)
     killed = tmp_path / "b" / "run"
     assert len(_metrics(killed)) == 2
     if killed_in_swap:
@@ -363,7 +368,7 @@ def test_bad_flags_are_parser_errors_before_any_loading(tmp_path, capsys, flags)
 def test_swap_chunks_moves_whole_chunks_far_apart():
     rng = np.random.default_rng(0)
     responses = np.arange(400, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-    swapped = trainer.swap_chunks(responses, rng)
+    swapped = training_data.swap_chunks(responses, rng)
     n_chunks = 400 // 15
     moved = 0
     for position in range(n_chunks):
@@ -376,41 +381,41 @@ def test_swap_chunks_moves_whole_chunks_far_apart():
             assert int(swapped[source * 15, 0]) // 15 == position  # pairs trade places
     assert moved >= n_chunks - 2
     np.testing.assert_array_equal(swapped[n_chunks * 15:], responses[n_chunks * 15:])
-    with pytest.raises(data_utils.DatasetError, match="two 15-row chunks"):
-        trainer.swap_chunks(responses[:20], rng)
+    with pytest.raises(run_utils.DatasetError, match="two 15-row chunks"):
+        training_data.swap_chunks(responses[:20], rng)
 
 
 def test_borrow_responses_uses_other_training_stories():
     responses = {"a": np.full((30, 2), 1.0), "b": np.full((50, 2), 2.0), "c": np.full((40, 2), 3.0),
                  "val": np.full((20, 2), 4.0)}
     for seed in range(5):
-        borrowed = trainer.borrow_responses(responses, ["a", "b", "c"], np.random.default_rng(seed))
+        borrowed = training_data.borrow_responses(responses, ["a", "b", "c"], np.random.default_rng(seed))
         for story, values in borrowed.items():
             assert values.shape == responses[story].shape
             donor = values[0, 0]
             assert donor != responses[story][0, 0] and (values == donor).all()
             assert donor != 4.0  # validation responses are never lent
-    with pytest.raises(data_utils.DatasetError, match="two training stories"):
-        trainer.borrow_responses({"a": np.ones((3, 1)), "val": np.ones((3, 1))}, ["a"],
+    with pytest.raises(run_utils.DatasetError, match="two training stories"):
+        training_data.borrow_responses({"a": np.ones((3, 1)), "val": np.ones((3, 1))}, ["a"],
                                  np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("target", ["random_fmri_all", "random_fmri_local"])
 def test_random_fmri_controls_train(train_data, tiny_models, tmp_path, monkeypatch, target):
     seen = {}
-    original = speech_models.TRWindowDataset.__init__
+    original = training_data.TRWindowDataset.__init__
 
     def spy(self, audio, bounds, targets, output_offset=0):
         seen.update(targets)
         original(self, audio, bounds, targets, output_offset)
 
-    monkeypatch.setattr(speech_models.TRWindowDataset, "__init__", spy)
+    monkeypatch.setattr(training_data.TRWindowDataset, "__init__", spy)
     code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
                         "--target", target)
     assert code == 0 and (run_dir / "final" / "config.json").exists()
     voxels = json.loads((run_dir / "final" / "voxels.json").read_text())["UTS01"]
     for story, values in seen.items():
-        real = data_utils.load_fmri(train_data, 1, story, voxels)
+        real = data_utils.Dataset(train_data).responses(1, story, voxels)
         assert values.shape == real.shape and not np.array_equal(values, real)
 
 
@@ -418,8 +423,9 @@ def test_target_features_replace_fmri(train_data, tiny_models, tmp_path):
     path = tmp_path / "features.hf5"
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as handle:
-        for story in data_utils.list_stories(train_data, 1):
-            handle[story] = rng.standard_normal((data_utils.response_rows(train_data, story), 6))
+        dataset = data_utils.Dataset(train_data)
+        for story in dataset.stories(1):
+            handle[story] = rng.standard_normal((dataset.response_rows(story), 6))
     code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
                         "--target_features", str(path))
     assert code == 0
@@ -512,7 +518,7 @@ def _no_model_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a model or stimulus was loaded before the inputs were checked")
     monkeypatch.setattr(speech_models, "load_backbone", fail)
-    monkeypatch.setattr(data_utils, "load_stimulus", fail)
+    monkeypatch.setattr(data_utils.Dataset, "stimulus", fail)
 
 
 def _one_error(caplog):
@@ -530,10 +536,10 @@ def test_damaged_dataset_stops_before_any_model_is_loaded(train_data, tiny_model
     if case == "rows_off_by_one":
         rows = damage.read_hdf5(data, 1, story)
         damage.replace_hdf5(data, 1, story, "data", rows[:-1])
-        named = data_utils.response_path(data, 1, story).name
+        named = data_utils.Dataset(data).response_path(1, story).name
     elif case == "short_wav":
         damage.shorten_wav(data, story, 5.0)
-        named = data_utils.stimulus_path(data, story).name
+        named = data_utils.Dataset(data).stimulus_path(story).name
     else:
         damage.set_respdict(data, story, -3)
         named = story
@@ -650,7 +656,7 @@ def test_shards_are_even_across_ranks():
     for size in (8000, 8001, 8065, 3):
         shapes = []
         for rank in (0, 1):
-            loader = speech_models.epoch_batches([Items(size)], epoch=0, seed=0, batch_size=128,
+            loader = training_data.epoch_batches([Items(size)], epoch=0, seed=0, batch_size=128,
                                                  micro_batch_size=16, collate=None, rank=rank,
                                                  world_size=2)
             steps = loader.dataset.steps

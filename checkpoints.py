@@ -1,0 +1,135 @@
+"""The files of a brain-tuning run: the lock and checks of its folder, the tuned checkpoints
+(loadable with ``AutoModel.from_pretrained``), the metrics and the state ``--resume``
+continues from.
+"""
+
+import contextlib
+import json
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import save_file
+
+import arguments
+import processes
+import run_utils
+import speech_models
+from run_utils import UsageError
+
+STATE_FILE = "last/training_state.pt"  # inside the run folder: what --resume continues from
+
+
+def check_resumable(run_dir, settings):
+    """Stop unless ``run_dir`` holds a run to continue with the same ``settings`` (those
+    ``--resume`` may not change, ``arguments.resume_changes``)."""
+    if not (run_dir / STATE_FILE).is_file() or not (run_dir / "run_config.json").is_file():
+        raise UsageError(f"{run_dir}: nothing to resume (no {STATE_FILE} or run_config.json); "
+                         "start the run without --resume")
+    saved = json.loads((run_dir / "run_config.json").read_text())["arguments"]
+    changed = arguments.resume_changes(settings, saved)
+    if changed:
+        raise UsageError(f"{run_dir}: --resume with other settings than the run: "
+                         + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed))
+
+
+@contextlib.contextmanager
+def run_folder(run_dir, settings, group):
+    """The run folder, held for the block: rank 0 locks it and checks it (``--resume``:
+    repairs an interrupted write of ``last/`` and checks ``settings`` against the run's).
+
+    Yields the ``RunFolder`` (None on the other ranks). Nothing is deleted here: a new run
+    calls its ``start()`` once it has set itself up. The lock is released at the end, also
+    after an error."""
+    folder = run_utils.RunFolder(run_dir, what="brain-tuning run") if group.is_main else None
+    try:
+        if folder is not None and settings.resume:
+            folder.resume_from(STATE_FILE)
+            check_resumable(run_dir, settings)
+        elif folder is not None:
+            folder.check(settings.overwrite)
+        processes.barrier()  # the other ranks read last/ only once rank 0 has repaired it
+        yield folder
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def save_tuned_model(directory, model, preprocessor, voxels, run_config, overwrite=False):
+    """Write a folder that ``AutoModel.from_pretrained`` loads as the tuned encoder.
+
+    Holds the encoder (the whole model for Whisper; LoRA adapters merged), its feature
+    extractor, the head (``brain_head.safetensors``), the voxels predicted (``voxels.json``)
+    and the run configuration (``brain_tuning.json``). Written atomically.
+    """
+    with run_utils.atomic_output(directory, overwrite) as tmp, speech_models.quiet_transformers():
+        speech_models.plain_backbone(model).save_pretrained(tmp)
+        preprocessor.feature_extractor.save_pretrained(tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
+                  str(tmp / "brain_head.safetensors"))
+        run_utils.write_json(tmp / "voxels.json", voxels or {})
+        run_utils.write_json(tmp / "brain_tuning.json", run_config)
+
+
+
+def save_training_state(run_dir, state):
+    """Everything ``--resume`` needs, in ``last/``, written atomically."""
+    with run_utils.atomic_output(run_dir / "last", overwrite=True) as tmp:
+        tmp.mkdir()
+        torch.save(state, tmp / "training_state.pt")
+
+
+
+def write_metrics(run_dir, metrics):
+    """``metrics.jsonl``: one JSON object per epoch (NaN and Infinity as null)."""
+    run_utils.write_text(run_dir / "metrics.jsonl",
+                         "".join(run_utils.json_text(line, indent=None) + "\n"
+                                 for line in metrics), overwrite=True)
+
+
+
+class Progress(NamedTuple):
+    """Where a run stands between epochs (saved in ``last/`` and restored by ``--resume``)."""
+
+    start_epoch: int  # epochs done
+    metrics: list  # one line per epoch
+    best: dict  # "val_loss", "epoch" and "state" (weights) of the best epoch so far
+    stale: int  # epochs since the best one
+
+
+
+def load_training_state(path, model, optimizer, scheduler, scaler):
+    """Restore the model, optimiser, schedules and random states of ``last/``; returns the
+    run's ``Progress``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    processes.set_rng_state(state["rng"])
+    return Progress(state["epoch"] + 1, state["metrics"], state["best"], state["stale"])
+
+
+
+def best_epoch(best, stale, line, model):
+    """The best epoch so far (``best``: its "val_loss", "epoch" and weights "state") and the
+    epochs since it (``stale``), after the epoch of metrics ``line``: the lowest validation
+    loss is the paper's rule."""
+    if best["val_loss"] is None or line["val_loss"] < best["val_loss"]:
+        return {"val_loss": line["val_loss"], "epoch": line["epoch"], "state": {
+            k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}, 0
+    return best, stale + 1
+
+
+def save_epoch(run_dir, save_every, epoch, model, preprocessor, voxels, config, optimizer,
+               scheduler, scaler, metrics, best, stale):
+    """What rank 0 keeps after an epoch (0-based ``epoch``): ``checkpoint-epoch<k>/`` every
+    ``save_every`` epochs, ``metrics.jsonl`` and the state of ``last/``."""
+    if save_every and (epoch + 1) % save_every == 0:
+        save_tuned_model(run_dir / f"checkpoint-epoch{epoch + 1}", model, preprocessor, voxels,
+                         {**config, "epoch": epoch + 1}, overwrite=True)
+    write_metrics(run_dir, metrics)
+    save_training_state(run_dir, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "rng": processes.rng_state(), "epoch": epoch, "metrics": metrics, "best": best,
+        "stale": stale})

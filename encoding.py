@@ -1,0 +1,485 @@
+"""The encoding problem of brain alignment and its per-voxel scores: the responses of the
+fitted voxels, the test target and its ceiling, the cross-validation splits, and a layer's
+ridge encoding model fitted and scored on them (docs/method.md#encoding-model,
+docs/method.md#scoring, docs/method.md#uncertainty).
+"""
+
+import dataclasses
+import logging
+import math
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse
+
+import arguments
+import brain_regions
+import data_utils
+import eval_utils
+import noise_ceilings
+import processes
+from arguments import flag
+from run_utils import DatasetError, UsageError
+from summaries import (Summaries, divide_rows, figure_regions, load_rois, summary_voxels,
+                       summary_weights)
+
+logger = logging.getLogger(__name__)
+
+TEST_TARGETS = ("repeats_mean", "data")  # --test_target; the first is the authors'
+NORMALISERS = ("test_repeats", "nc_file")  # --normalise_by; the first is the authors'
+GROUP = "stories, voxels and the ridge"
+PROTOCOL_GROUP = "scoring protocol (the defaults are the authors'; docs/method.md#scoring)"
+
+
+@dataclasses.dataclass(kw_only=True)
+class EncodingFlags(arguments.Flags):
+    """The encoding problem: stories, voxels, the ridge and the scoring protocol."""
+
+    train_stories: list[str] | None = flag(
+        None, group=GROUP, help="stories the encoding model is fitted on; default: the paper's "
+                                "training list restricted to what the subject has")
+    test_story: str = flag(data_utils.TEST_STORY, group=GROUP, help="held-out story")
+    nc_path: str | None = flag(None, group=GROUP,
+                               help="noise-ceiling file (default subject_NCs/UTS0N.npy; computed "
+                                    "from the test-story repeats when missing)")
+    nc_thr: float = flag(eval_utils.NC_THRESHOLD, group=GROUP,
+                         help="summaries average over voxels whose noise ceiling exceeds this "
+                              "(and whose test-story responses vary); a run with no such voxel "
+                              "is refused")
+    voxels: str = flag("all", metavar="SELECTION", group=GROUP,
+                       help="the voxels encoding models are fitted and scored on: 'all', 'nc>T' "
+                            "(noise ceiling of --nc_path above T, e.g. nc>0.4) or the name of a "
+                            "region or group of --regions; only their columns are read, so time "
+                            "and memory scale with the selection. Per-voxel results keep the "
+                            "subject's voxel space (NaN where not fitted) and equal those of an "
+                            "'all' run; every summary (and the FDR) is over the fitted voxels "
+                            "only (results.json fitted_voxels)")
+    alphas: list[float] | None = flag(None, group=GROUP,
+                                      help="ridge penalties (ordinary ridge); default: the "
+                                           "paper's logspace(1, 4, 15) in singular-value units, "
+                                           "squared")
+    n_boots: int = flag(3, group=GROUP, help="cross-validation splits")
+    chunk_len: int = flag(20, group=GROUP, help="rows per held-out chunk")
+    seed: int = flag(0, group=GROUP, help="seed of the cross-validation splits")
+    test_target: str = flag("repeats_mean", choices=TEST_TARGETS, group=PROTOCOL_GROUP,
+                            protocol=True,
+                            help="what the test prediction is correlated with: the mean of the "
+                                 "test story's individual_repeats over the scored rows (the "
+                                 "authors'), or its 'data' rows")
+    normalise_by: str = flag("test_repeats", choices=NORMALISERS, group=PROTOCOL_GROUP,
+                             protocol=True,
+                             help="cc_norm = r / cc_max, cc_max from the scored rows of the test "
+                                  "story's repeats (the authors'), or the noise-ceiling file "
+                                  "(--nc_path, computed on all its rows; the follow-up paper's "
+                                  "normaliser)")
+    alpha_score: str = flag("r2", choices=eval_utils.RIDGE_SCORES, group=PROTOCOL_GROUP,
+                            protocol=True,
+                            help="how each voxel's ridge alpha is chosen on the held-out chunks "
+                                 "(and the alphas of --low_level and --semantic_preference): r2 "
+                                 "= sign(R2) sqrt(|R2|) with the Huth-lab assumed variance "
+                                 "(bootstrap_ridge use_corr=False, the authors'), or corr "
+                                 "(Pearson r)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        arguments.check_at_least(self, 1, "n_boots", "chunk_len")
+        try:
+            voxel_selection(self.voxels)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if self.alphas is None:
+            self.alphas = eval_utils.ENCODING_ALPHAS.tolist()
+
+
+@dataclasses.dataclass(kw_only=True)
+class UncertaintyFlags(arguments.Flags):
+    """p-values, intervals and data efficiency (docs/method.md#uncertainty)."""
+
+    n_permutations: int = flag(1000, group="uncertainty and data efficiency", protocol=True,
+                               help="per-voxel p-values of the test correlation by a block "
+                                    "permutation of the test story (0: none); Benjamini-"
+                                    "Hochberg FDR over the fitted voxels (--voxels)")
+    fdr_q: float = flag(0.05, group="uncertainty and data efficiency", protocol=True,
+                        resumable=True,
+                        help="FDR level: a voxel is significant when its BH-adjusted p-value "
+                             "is below it (significant_fraction in results.csv)")
+    n_bootstrap: int = flag(1000, group="uncertainty and data efficiency", protocol=True,
+                            help="block-bootstrap resamples of the test story's time for the 95%% "
+                                 "intervals of each mean cc_norm and of each tuned-minus-"
+                                 "pretrained difference (the same resamples for every model; "
+                                 "0: none)")
+    block_len: int = flag(10, group="uncertainty and data efficiency", protocol=True,
+                          help="TRs per block of the permutations and of the bootstrap (keeps "
+                               "the autocorrelation of fMRI within a block)")
+    train_fraction: list[float] = flag([1.0], group="uncertainty and data efficiency",
+                                       protocol=True, resumable=True,
+                                       help="data efficiency: also fit each layer's encoding "
+                                            "model on these fractions of the training rows "
+                                            "(whole stories first, then leading rows; the same "
+                                            "for every model) and report cc_norm per fraction; "
+                                            "1.0 is always included")
+
+    def __post_init__(self):
+        super().__post_init__()
+        arguments.check_at_least(self, 1, "block_len")
+        arguments.check_at_least(self, 0, "n_permutations", "n_bootstrap")
+        if not 0 < self.fdr_q < 1:
+            raise UsageError(f"--fdr_q must be in (0, 1), got {self.fdr_q}")
+        if not all(0 < fraction <= 1 for fraction in self.train_fraction):
+            raise UsageError(f"--train_fraction values must be in (0, 1], got "
+                             f"{' '.join(map(str, self.train_fraction))}")
+        self.train_fraction = sorted({*self.train_fraction, 1.0})
+
+
+class Responses(NamedTuple):
+    """The fMRI rows encoding models are fitted and scored on."""
+    train: np.ndarray  # (rows, voxels) the training stories' rows, stacked in story order
+    #                    (under torchrun: this process's share of the voxels, process_share)
+    test: np.ndarray  # (rows, voxels) the test target (--test_target) over the scored rows
+    test_ceiling: np.ndarray  # (voxels,) cc_max of the test story's repeats over those rows
+    normaliser: np.ndarray  # (voxels,) what cc_norm divides r by (--normalise_by)
+
+
+class TrainingSubset(NamedTuple):
+    """The training rows of a --train_fraction."""
+    rows: np.ndarray  # indices into the stacked training rows
+    splits: list  # (train rows, held-out rows) pairs over ``rows``
+
+
+class Uncertainty(NamedTuple):
+    """How p-values and intervals are computed (the same resamples for every model)."""
+    n_permutations: int
+    block_len: int
+    seed: int
+    bootstrap_counts: np.ndarray  # (resamples, blocks), or None for no intervals
+    block_starts: np.ndarray
+    bootstrap_weights: scipy.sparse.csr_array  # (voxels, summaries): per-voxel r -> mean
+    # cc_norm summaries (or a dense array)
+    fdr_q: float
+
+
+class EncodingTask(NamedTuple):
+    """The encoding problem every layer of every model is scored on. Its voxels are the fitted
+    ones (``--voxels``): every array over voxels below has one entry per fitted voxel, in the
+    order of ``fitted``."""
+    stories: list  # training stories, in order
+    test_story: str
+    responses: Responses
+    voxels: np.ndarray  # (voxels,) bool: NC > nc_thr and varying test target (voxel means)
+    summaries: Summaries
+    splits: list  # (train rows, held-out rows) pairs over the stacked training rows
+    subsets: dict  # --train_fraction below 1 -> TrainingSubset
+    alphas: list  # ridge penalties
+    alpha_score: str  # how alphas are chosen (eval_utils.fit_ridge_cv)
+    nc_thr: float  # voxel means average over voxels whose noise ceiling exceeds it
+    uncertainty: Uncertainty
+    fitted: np.ndarray = None  # (voxels,) int64: their indices among the subject's voxels
+    #                            (sorted); None: every voxel, in order
+    n_voxels: int = None  # the subject's voxels; None: as many as fitted
+
+    def fitted_indices(self):
+        """(voxels,) int64: the indices of the fitted voxels among the subject's voxels."""
+        if self.fitted is None:
+            return np.arange(self.voxels.size, dtype=np.int64)
+        return np.asarray(self.fitted, np.int64)
+
+    def full(self, values):
+        """Per-voxel ``values`` of the fitted voxels in the subject's voxel space: (n_voxels,)
+        float, NaN where not fitted (``values`` as they are when every voxel is fitted)."""
+        values = np.asarray(values)
+        n_voxels = self.voxels.size if self.n_voxels is None else self.n_voxels
+        if values.shape[0] == n_voxels:
+            return values
+        dtype = np.result_type(values.dtype, np.float32)
+        out = np.full((n_voxels, *values.shape[1:]), np.nan, dtype)
+        out[self.fitted_indices()] = values
+        return out
+
+
+def training_stories(dataset, subject, requested, test_story):
+    """The requested training stories, or the paper's that the subject has; checked against
+    the subject's responses and the test story."""
+    available = dataset.stories(subject)
+    stories = requested or [s for s in data_utils.TRAIN_STORIES if s in available]
+    if not stories:
+        raise UsageError(f"{subject} has none of the paper's training stories; name them with "
+                         "--train_stories")
+    for story in [*stories, test_story]:
+        if story not in available:
+            raise UsageError(f"story {story!r} has no responses for {subject} (check "
+                             "--train_stories and --test_story)")
+    if test_story in stories:
+        raise UsageError(f"the test story {test_story} is also a training story")
+    return stories
+
+
+def encoding_task(settings, dataset, subject, stories):
+    """The run's encoding problem, every input checked before any model is loaded
+    (``checked_inputs``), then the fitted voxels (``--voxels``, ``fitted_voxels``), the test
+    target and its ceiling (``test_scoring``), the summary voxels (``summary_voxels``), the
+    cross-validation splits and the --train_fraction subsets. ``settings``: the evaluator's
+    (``EncodingFlags``, ``UncertaintyFlags``, ``brain_regions.RegionFlags`` and
+    ``cache_dir``).
+
+    Only the fitted voxels' columns are read, and the task is theirs alone: responses, test
+    target and ceilings, normaliser, summary voxels and summaries (regions cut to the fitted
+    voxels, at their positions among them); ``EncodingTask.full`` takes its per-voxel results
+    back to the subject's voxel space.
+
+    Returns the ``EncodingTask`` and the facts about its voxels (``summary_voxels``, and
+    ``fitted_voxels``: the selection and its voxel count)."""
+    n_voxels, nc, nc_path, region_file = checked_inputs(settings, dataset, subject, stories)
+    regions, groups = load_rois(region_file, n_voxels)
+    fitted = fitted_voxels(settings.voxels, nc, nc_path, regions, groups, region_file,
+                           settings.nc_thr)
+    every = fitted.size == n_voxels
+    columns = None if every else fitted  # None: every column, read as it is
+    target, test_ceiling = test_scoring(dataset, subject, settings.test_story,
+                                        settings.test_target, columns)
+    if len(target) // settings.block_len < 2:
+        raise UsageError(f"--block_len {settings.block_len}: the {len(target)} scored test rows "
+                         "make fewer than 2 blocks to permute and resample")
+    voxels, voxel_facts = summary_voxels(nc[fitted], settings.nc_thr, nc_path, target,
+                                         dataset.response_path(subject, settings.test_story))
+    voxel_facts["subject_voxels"] = int(n_voxels)
+    voxel_facts["fitted_voxels"] = {"selection": settings.voxels, "n": int(fitted.size)}
+    if not every:
+        regions = {name: _positions(indices, fitted) for name, indices in regions.items()}
+    voxel_facts["regions"] = {"given": settings.regions,
+                              "file": region_file and str(region_file), "groups": list(groups),
+                              "shown": figure_regions(regions, groups)}
+    summaries = summary_weights(voxels, test_ceiling, regions, groups, region_file,
+                                settings.nc_thr, "" if every else f" (--voxels {settings.voxels})")
+    normaliser = test_ceiling if settings.normalise_by == "test_repeats" else nc[fitted]
+    responses = Responses(training_responses(dataset, subject, stories, fitted, n_voxels,
+                                             settings.voxels),
+                          target, test_ceiling, normaliser)
+    lengths = [dataset.response_rows(s) for s in stories]
+    splits = cv_splits(lengths, settings.n_boots, settings.chunk_len, settings.seed)
+    subsets = {fraction: training_subset(lengths, fraction, settings.n_boots,
+                                         settings.chunk_len, settings.seed)
+               for fraction in settings.train_fraction if fraction < 1}
+    counts, starts = (eval_utils.bootstrap_block_counts(len(target), settings.block_len,
+                                                        settings.n_bootstrap, settings.seed)
+                      if settings.n_bootstrap else (None, None))
+    uncertainty = Uncertainty(settings.n_permutations, settings.block_len, settings.seed,
+                              counts, starts, divide_rows(summaries.weights, normaliser),
+                              settings.fdr_q)
+    task = EncodingTask(stories, settings.test_story, responses, voxels, summaries, splits,
+                        subsets, settings.alphas, settings.alpha_score, settings.nc_thr,
+                        uncertainty, fitted, int(n_voxels))
+    return task, voxel_facts
+
+
+def checked_inputs(settings, dataset, subject, stories):
+    """Every input of the run checked before any model is loaded: the stories' files
+    (``Dataset.check_run_inputs``), the noise ceiling (computed if missing, never saved with
+    another voxel count than the responses'), the ``--regions`` (made from the anatomy when a
+    source is named) and the anatomy of ``--flatmap_layers``. Rank 0 computes and saves what
+    is missing before the other processes read it.
+
+    Returns the subject's voxel count, the noise ceiling, its file and the region file (or
+    None)."""
+    n_voxels = dataset.check_run_inputs(subject, [*stories, settings.test_story])
+    nc_path = noise_ceilings.ceiling_file(subject, settings.nc_path)
+    with processes.main_process_first():
+        nc = noise_ceilings.get_noise_ceiling(dataset, subject, nc_path, settings.test_story,
+                                              n_voxels=n_voxels)
+        region_file = (brain_regions.subject_regions(dataset, subject, settings.regions,
+                                                     settings.cache_dir, settings.annot,
+                                                     settings.fsaverage)
+                       if settings.regions in brain_regions.SOURCES else settings.regions)
+        if settings.flatmap_layers:  # pycortex, the anatomy and its voxel count
+            anatomy = brain_regions.subject_anatomy(dataset, subject)
+            brain_regions.thick_mask(brain_regions.import_cortex(anatomy, settings.cache_dir),
+                                     anatomy, n_voxels)
+    return n_voxels, nc, nc_path, region_file
+
+
+def training_responses(dataset, subject, stories, fitted, n_voxels, selection):
+    """The training stories' responses of the fitted voxels (``fitted``, sorted indices of the
+    subject's ``n_voxels``; ``--voxels selection``), stacked in story order: under torchrun
+    only this process's contiguous share of them (``processes.process_share``)."""
+    share = processes.process_share(fitted.size)  # all of them without torchrun
+    if share.start == share.stop:
+        raise UsageError(f"--voxels {selection}: {fitted.size} voxels to fit, fewer than the "
+                         "torchrun processes; run fewer processes or select more voxels")
+    every = share == slice(0, fitted.size) and fitted.size == n_voxels
+    if share != slice(0, fitted.size):
+        logger.info("the ridge of each layer is split over the processes: %d of the %d fitted "
+                    "voxels in this one", share.stop - share.start, fitted.size)
+    columns = None if every else fitted[share]  # None: every column, read as it is
+    return np.vstack([dataset.responses(subject, s, columns) for s in stories])
+
+
+
+def voxel_selection(text):
+    """A ``--voxels`` value parsed: ("all", None), ("nc", threshold) for ``nc>T`` (T a finite
+    number) or ("region", name) for anything else. A malformed ``nc>T`` is a ValueError."""
+    text = text.strip()
+    if text == "all":
+        return "all", None
+    if text.startswith("nc>"):
+        try:
+            threshold = float(text[3:])
+        except ValueError:
+            threshold = math.nan
+        if not math.isfinite(threshold):
+            raise ValueError(f"--voxels {text}: expected nc>T with T a finite number, e.g. "
+                             "nc>0.4")
+        return "nc", threshold
+    if not text:
+        raise ValueError("--voxels: expected all, nc>T or a region name, got nothing")
+    return "region", text
+
+
+REGION_NAMES_SHOWN = 8  # an unknown --voxels region is answered with this many known names
+
+
+def fitted_voxels(selection, nc, nc_path, regions, groups, region_file, nc_thr):
+    """The (sorted, int64) indices of the voxels ``--voxels selection`` fits: every voxel; those
+    whose noise ceiling ``nc`` (from ``nc_path``) exceeds T (``nc>T``); or the voxels of a
+    region of ``regions``, or of a group of ``groups`` (the union of its regions'). An unknown
+    region name, a selection without voxels and one without any voxel above ``nc_thr`` (no
+    summary) are UsageErrors."""
+    kind, value = voxel_selection(selection)
+    n_voxels = np.size(nc)
+    if kind == "all":
+        return np.arange(n_voxels, dtype=np.int64)
+    if kind == "nc":
+        fitted = np.flatnonzero(np.asarray(nc) > value)
+        what = f"no voxel has a noise ceiling above {value} in {nc_path} (max {np.max(nc):.3g})"
+    else:
+        if value in groups:
+            members = [index for region in groups[value] for index in regions[region]]
+        elif value in regions:
+            members = regions[value]
+        else:
+            names = [*regions, *groups]
+            shown = ", ".join(names[:REGION_NAMES_SHOWN]) + (
+                f", ... ({len(names)} in all)" if len(names) > REGION_NAMES_SHOWN else "")
+            raise UsageError(f"--voxels {value}: no region or group of that name in --regions "
+                             f"{region_file}; its names: {shown or 'none'}")
+        fitted = np.unique(np.asarray(members, np.int64))
+        kind = "group" if value in groups else "region"
+        what = f"{kind} {value!r} of {region_file} has no voxel"
+    if not fitted.size:
+        raise UsageError(f"--voxels {selection}: {what}; nothing to fit")
+    if not (np.asarray(nc)[fitted] > nc_thr).any():
+        raise UsageError(f"--voxels {selection}: none of its {fitted.size} voxels has a noise "
+                         f"ceiling above --nc_thr {nc_thr} ({nc_path}); every summary would be "
+                         "empty: lower --nc_thr or choose other voxels")
+    logger.info("--voxels %s: fitting %d of the %d voxels", selection, fitted.size, n_voxels)
+    return fitted.astype(np.int64)
+
+
+def _positions(indices, fitted):
+    """The positions in ``fitted`` (sorted voxel indices) of those of ``indices`` it holds."""
+    indices = np.asarray(indices, np.int64)
+    at = np.minimum(np.searchsorted(fitted, indices), max(fitted.size - 1, 0))
+    return at[fitted[at] == indices].tolist()
+
+
+def cv_splits(lengths, n_boots=3, chunk_len=20, seed=0, what=""):
+    """The cross-validation splits over stories of ``lengths`` rows
+    (``eval_utils.bootstrap_chunk_splits``); too few rows for them is a UsageError."""
+    try:
+        return eval_utils.bootstrap_chunk_splits(lengths, n_boots, chunk_len, seed=seed)
+    except ValueError as err:
+        raise UsageError(f"--chunk_len {chunk_len}{what}: {err}") from None
+
+
+def training_subset(lengths, fraction, n_boots=3, chunk_len=20, seed=0):
+    """The ``TrainingSubset`` of a ``fraction`` of the rows of stories of ``lengths`` rows
+    (``eval_utils.leading_rows``), with its own cross-validation splits."""
+    used = eval_utils.leading_rows(lengths, fraction)
+    offsets = np.cumsum([0, *lengths[:-1]])
+    rows = np.concatenate([offset + np.arange(n) for offset, n in zip(offsets, used)])
+    splits = cv_splits([n for n in used if n], n_boots, chunk_len, seed,
+                       f" (--train_fraction {fraction})")
+    return TrainingSubset(rows, splits)
+
+
+def test_scoring(dataset, subject, test_story, test_target, voxels=None, voxel_batch=8192):
+    """What test predictions are scored against, over the scored rows (the first
+    ``data_utils.TEST_RESPONSE_TRIM`` dropped): the target (``test_target`` "repeats_mean": the
+    mean over the story's ``individual_repeats``; "data": its ``data`` rows) and the noise
+    ceiling cc_max of the repeats over those rows (``eval_utils.noise_ceiling``), of the
+    columns ``voxels`` (sorted indices; None: all). The repeats are read a window of
+    ``voxel_batch`` voxel indices at a time (only the selected columns of each).
+
+    Returns (rows, voxels) float32 and (voxels,) float64."""
+    trim = data_utils.TEST_RESPONSE_TRIM
+    _, n_rows, n_voxels = dataset.repeats_shape(subject, test_story)
+    voxels = np.arange(n_voxels) if voxels is None else np.asarray(voxels, np.intp)
+    target = np.empty((n_rows - trim, voxels.size), np.float32)
+    ceiling = np.empty(voxels.size)
+    for first in range(0, n_voxels, voxel_batch):
+        at = np.flatnonzero((voxels >= first) & (voxels < first + voxel_batch))
+        if not at.size:
+            continue
+        repeats = dataset.repeats(subject, test_story, voxels[at])[:, trim:]
+        ceiling[at] = eval_utils.noise_ceiling(repeats.astype(np.float64))
+        if test_target == "repeats_mean":
+            target[:, at] = repeats.mean(axis=0, dtype=np.float64)
+    if test_target == "data":
+        columns = None if voxels.size == n_voxels else voxels
+        target[:] = dataset.responses(subject, test_story, columns)[trim:]
+    return target, ceiling
+
+
+def layer_scores(features, task, device=None, what="features", fraction=1.0):
+    """Encoding-model scores of TR-grid features (story -> (grid TRs, features)) on ``task``,
+    the model fitted on ``fraction`` of the training rows (``task.subsets``): per-voxel ``r``,
+    ``cc_norm`` and ``alpha``, each (n_voxels,). On all the rows also the test
+    ``prediction`` ((scored rows, n_voxels) float32), the permutation ``p_value``
+    (``eval_utils.block_permutation_pvalues``, with --n_permutations) and the block-bootstrap
+    means of cc_norm (``bootstrap``: (resamples, summaries), with --n_bootstrap)."""
+    responses = task.responses
+    x_train, x_test = design_matrices(features, task.stories, task.test_story)
+    if len(x_train) != len(responses.train) or len(x_test) != len(responses.test):
+        raise DatasetError(f"{what}: {len(x_train)}/{len(x_test)} feature rows "
+                           f"but {len(responses.train)}/{len(responses.test)} response rows; "
+                           "the responses do not match respdict.json")
+    y_train, splits = responses.train, task.splits
+    if fraction < 1:
+        subset = task.subsets[fraction]
+        x_train, y_train, splits = x_train[subset.rows], y_train[subset.rows], subset.splits
+    weights, alphas, _ = eval_utils.fit_ridge_cv(x_train, y_train, task.alphas, splits,
+                                                 device=device,
+                                                 progress=processes.is_main_process(),
+                                                 score=task.alpha_score)
+    parts = processes.gather_from_processes(
+        ((x_test @ weights).astype(np.float32, copy=False), alphas))  # under torchrun: shares
+    prediction = np.hstack([part[0] for part in parts])
+    alphas = np.concatenate([part[1] for part in parts])
+    r = eval_utils.column_correlation(prediction, responses.test)
+    normaliser = responses.normaliser
+    cc_norm = np.divide(r, normaliser, out=np.zeros_like(r), where=normaliser > 0)
+    scores = {"r": r, "cc_norm": cc_norm.astype(r.dtype, copy=False), "alpha": alphas}
+    if fraction < 1:
+        return scores
+    scores["prediction"] = prediction
+    uncertainty = task.uncertainty
+    if uncertainty.n_permutations:
+        scores["p_value"] = eval_utils.block_permutation_pvalues(
+            prediction, responses.test, uncertainty.n_permutations, uncertainty.block_len,
+            uncertainty.seed)
+    if uncertainty.bootstrap_counts is not None:
+        scores["bootstrap"] = eval_utils.bootstrap_correlations(
+            prediction, responses.test, uncertainty.bootstrap_counts, uncertainty.block_starts,
+            uncertainty.bootstrap_weights)
+    return scores
+
+
+def design_matrices(tr_level, stories, test_story):
+    """Delayed design matrices from TR-grid features (story -> (grid TRs, features)).
+
+    Training stories are trimmed [10:-5] like the responses; the test story [50:-5], matching
+    its responses without their first 40 rows (the paper's protocol).
+    """
+    x_train = eval_utils.delayed_story_features([tr_level[s] for s in stories])
+    x_test = eval_utils.delayed_story_features(
+        [tr_level[test_story]],
+        trim=(data_utils.TRIM_START_TRS + data_utils.TEST_RESPONSE_TRIM, data_utils.TRIM_END_TRS))
+    return x_train, x_test

@@ -1,0 +1,552 @@
+"""The Markdown of ``report.py``: a section per part of the run (the compared models and the
+paper's expected directions, the tuned-minus-pretrained intervals, alignment per layer and
+region, data efficiency, the subjects, low-level reliance, semantic preference, the probes)
+from the alignment results (a ``results_schema.ResultsFolder``) and ``report_summary``'s
+numbers.
+"""
+
+import os
+from pathlib import Path
+
+import eval_utils
+import run_utils
+from report_summary import (AUTHORS_PROTOCOL, VOXEL_TYPES, excludes_zero, expectation, finite,
+                            find_row, follows_authors, headline_rows, probe_score,
+                            tuned_comparisons, tuning_target)
+
+DROP_ABOVE_100 = ("A drop above 100% means cc_norm became negative once the features were "
+                  "removed: what is left of the layer's features predicts the test story worse "
+                  "than chance.")
+DROP_UNDEFINED = ("A drop is relative to the cc_norm before removal and is undefined where that "
+                  "is <= 0 (or missing).")
+# protocol choice -> (what it is, {value: the value in words})
+PROTOCOL_CHOICES = {
+    "test_target": ("test target", {
+        "repeats_mean": "the mean over the test story's repeats",
+        "data": "the `data` rows of the test story's response file"}),
+    "normalise_by": ("normaliser", {
+        "test_repeats": "cc_max from the scored rows of the test story's repeats",
+        "nc_file": "cc_max from the noise-ceiling file (the follow-up paper's normaliser)"}),
+    "alpha_score": ("alpha score", {
+        "r2": "the signed square root of held-out R2, as the Huth lab's bootstrap_ridge",
+        "corr": "held-out correlation"}),
+    "tr_source": ("TR source", {
+        "respdict": "a simulated 2 s grid from respdict.json",
+        "report": "measured trigger times from the .report files",
+        "trfiles": "measured trigger times from the TR files of Antonello et al."})}
+
+
+# ----------------------------------------------------------------------------- cells
+
+def _number(value):
+    """Three decimals; "n/a" for a missing or non-finite value."""
+    return f"{value:.3f}" if finite(value) else "n/a"
+
+
+def _drop(value):
+    """A drop in percent; "undefined" where there is none (see DROP_UNDEFINED)."""
+    return f"{value:.1f}%" if finite(value) else "undefined"
+
+
+def _counted(text, n):
+    """A table cell with the number of voxels averaged: "0.194 (n=41)"."""
+    return text if n is None else f"{text} (n={n})"
+
+
+def _interval(low, high):
+    """" [0.120, 0.180]"; nothing where the interval is missing."""
+    return "" if low is None or high is None else f" [{_number(low)}, {_number(high)}]"
+
+
+def _mean_cell(row):
+    """A row's mean cc_norm with its interval, where recorded, and voxel count:
+    "0.150 [0.120, 0.180] (n=41)"."""
+    if row is None:
+        return "n/a"
+    return _counted(_number(row.cc_norm) + _interval(row.cc_norm_ci_low, row.cc_norm_ci_high),
+                    row.n_voxels)
+
+
+def _drop_cell(row):
+    return "n/a" if row is None else _counted(_drop(row.drop_percent), row.n_voxels)
+
+
+def _significant_cell(row):
+    return "n/a" if row is None else _counted(f"{row.significant_fraction:.0%}", row.n_voxels)
+
+
+def _difference_cell(row):
+    """A comparison's difference with its interval; "n/a" where there is none."""
+    if row is None or row.difference is None:
+        return "n/a"
+    return _number(row.difference) + _interval(row.ci_low, row.ci_high)
+
+
+def _p(value):
+    """A p-value to four significant digits; "n/a" where there is none."""
+    return f"{value:.4g}" if finite(value) else "n/a"
+
+
+def _drop_notes(drops):
+    """The explanations the drops shown need: above 100%, undefined."""
+    notes = []
+    if any(finite(d) and d > 100 for d in drops):
+        notes.append(DROP_ABOVE_100)
+    if any(not finite(d) for d in drops):
+        notes.append(DROP_UNDEFINED)
+    return [" ".join(notes), ""] if notes else []
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(_number(v) if isinstance(v, float) else str(v)
+                                       for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _image(out, path, caption):
+    return f"![{caption}]({os.path.relpath(path, out)})" if Path(path).exists() else ""
+
+
+# ----------------------------------------------------------------------------- the report
+
+def render(out, alignment, planted, downstream, summary, title, truth):
+    """The report's Markdown text (``downstream``: folder -> its results.json)."""
+    results = alignment.results
+    lines = [f"# {title}", "",
+             f"Subject {results.subject}; encoding models fitted on "
+             f"{len(results.train_stories)} stories, tested on {results.test_story}; "
+             f"means over voxels with a noise ceiling above {results.nc_thr} and test "
+             f"responses that vary ({results.excluded_voxels} voxels left out because their "
+             "test responses are constant or NaN); n is the number of voxels averaged. Models: "
+             + ", ".join(f"**{label}** (`{path}`)" for label, path in results.models.items())
+             + ".", "", *_protocol_section(results.protocol),
+             *_direction_section(summary), *_comparison_section(out, alignment, summary),
+             *_baselines_section(alignment, summary), *_alignment_section(out, alignment),
+             *_planted_section(planted, alignment),
+             *_regions_section(out, alignment, summary),
+             *_efficiency_section(out, alignment, summary)]
+    if "across_subjects" in summary:
+        lines += _across_subjects_section(summary)
+    lines += _reliance_section(out, alignment, planted)
+    lines += _preference_section(out, alignment)
+    for folder, probe in downstream.items():
+        lines += _probe_section(out, folder, probe)
+    lines += ["## Summary", "", "```json", run_utils.json_text(summary, indent=1), "```", ""]
+    if truth is not None:
+        lines += [_synthetic_explanation(summary, truth)]
+    return "\n".join(lines)
+
+
+def _models_and_layers(results):
+    """The models (in order) and layers of the headline rows without a feature removed."""
+    rows = [r for r in headline_rows(results.results) if r.low_level == "none"]
+    return list(dict.fromkeys(r.model for r in rows)), sorted({r.layer for r in rows}), rows
+
+
+def _alignment_section(out, alignment):
+    """Mean cc_norm per model and layer, per reported region; the significant fractions."""
+    results = alignment.results
+    models, layers, rows = _models_and_layers(results)
+    lines = ["## Brain alignment", ""]
+    note = fitted_voxels_note(results)
+    if note:
+        lines += [note, ""]
+    if any(r.cc_norm_ci_low is not None for r in rows):
+        lines += [f"In brackets: the {results.protocol.confidence:.0%} block-bootstrap interval "
+                  "of the mean over the test story's time.", ""]
+    for region in ["all", *results.regions.shown]:
+        lines += [f"Mean cc_norm, region `{region}`:", "",
+                  _table(["model", *[f"layer {k}" for k in layers]],
+                         [[m, *[_mean_cell(find_row(rows, model=m, layer=k, region=region))
+                                for k in layers]] for m in models]), ""]
+    significant = [r for r in rows if r.region == "all" and r.significant_fraction is not None]
+    if significant:
+        lines += ["Fraction of those voxels whose permutation p-value survives "
+                  f"Benjamini-Hochberg FDR at q = {results.protocol.fdr_q}, region `all`:", "",
+                  _table(["model", *[f"layer {k}" for k in layers]],
+                         [[m, *[_significant_cell(find_row(significant, model=m, layer=k))
+                                for k in layers]] for m in models]), ""]
+    return lines + [_image(out, alignment.folder / "alignment.png", "alignment per layer"), ""]
+
+
+def _planted_section(planted, alignment):
+    """Mean cc_norm over the planted voxels of each type (synthetic data)."""
+    if not planted:
+        return []
+    _, layers, _ = _models_and_layers(alignment.results)
+    return ["### Planted voxels (synthetic data)", "",
+            "Mean cc_norm over the planted voxels of each type that pass the same rule "
+            "(noise voxels respond to nothing, so few or none clear the noise-ceiling "
+            "threshold):", "",
+            _table(["model", "layer", *VOXEL_TYPES],
+                   [[m, k, *[_counted(_number(planted.means[m]["none"][k][t]), planted.counts[t])
+                             for t in VOXEL_TYPES]]
+                    for m in planted.means for k in layers]), ""]
+
+
+def fitted_voxels_note(results):
+    """The sentence saying which voxels a run fitted (``fitted_voxels``), or None when it
+    fitted every voxel."""
+    fitted = results.fitted_voxels
+    if fitted.selection == "all":
+        return None
+    selection = fitted.selection
+    what = (f"the voxels whose noise ceiling is above {selection[3:]}"
+            if selection.startswith("nc>") else
+            f"the voxels of `{selection}` (a region or group of the run's --regions)")
+    return (f"Only {what} were fitted (`--voxels {selection}`: {fitted.n} of "
+            f"{results.subject_voxels} voxels); every mean and fraction below is over those "
+            "voxels.")
+
+
+def _direction_section(summary):
+    """The compared models, whether each headline number moves the paper's way, plainly."""
+    roles, layer, checks = summary["models"], summary["layer"], summary["expected_direction"]
+    tuned = roles["tuned"]
+    against = [key for key, check in checks.items() if check["as_expected"] is False]
+    if against:
+        verdict = ("**Against the paper's expected direction:** " + "; ".join(
+            f"{expectation(key)[0]} is {checks[key]['tuned']:.3f} for {tuned} and "
+            f"{checks[key]['pretrained']:.3f} for pretrained, where brain-tuning should "
+            f"make it {checks[key]['expected']}" for key in against) + ".")
+    else:
+        verdict = "Every comparison with a defined value goes the paper's expected way."
+    table = [[expectation(key)[0],
+              *[(_drop if key.startswith("drop") else _number)(check[role])
+                for role in ("pretrained", "tuned")], check["expected"],
+              {True: "as expected", False: "**against the expected direction**",
+               None: "undefined" if key.startswith("drop") else "n/a"}[check["as_expected"]]]
+             for key, check in checks.items()]
+    drops = [value for key, check in checks.items() if key.startswith("drop")
+             for value in (check["pretrained"], check["tuned"])]
+    return [f"## {tuned} against pretrained", "",
+            f"The tuned model compared is **{tuned}** (`{summary['checkpoints']['tuned']}`), at "
+            f"layer {layer}, the deepest evaluated. {verdict}", "",
+            _table(["measure", "pretrained", tuned, "paper expects tuned", "here"], table), "",
+            *_drop_notes(drops)]
+
+
+def _protocol_section(protocol):
+    """The run's protocol choices in words, each said to be the authors' or not."""
+    follows = follows_authors(protocol)
+    items = []
+    for name, (what, words) in PROTOCOL_CHOICES.items():
+        value = getattr(protocol, name)
+        text = words.get(value, repr(value))
+        if name == "tr_source" and value != "respdict" and protocol.tr_path:
+            text += f" (`{protocol.tr_path}`)"
+        authors = "authors'" if follows[name] else (
+            f"not the authors', which is {words[AUTHORS_PROTOCOL[name][0]]}")
+        items.append(f"- {what}: {text} ({authors})")
+    if protocol.n_bootstrap:
+        items.append(f"- intervals: {protocol.confidence:.0%}, from {protocol.n_bootstrap} "
+                     f"block-bootstrap resamples of the test story's time (blocks of "
+                     f"{protocol.block_len} TRs)")
+    if protocol.n_permutations:
+        items.append(f"- significance: {protocol.n_permutations} permutations per voxel, "
+                     f"Benjamini-Hochberg FDR at q = {protocol.fdr_q}")
+    items.append("- parcel means (follow-up paper): cc_norm set to 0 where the test-row "
+                 f"ceiling is <= {protocol.followup_ceiling}, averaged over all of a "
+                 "region's voxels")
+    departs = [PROTOCOL_CHOICES[name][0] for name, same in follows.items() if not same]
+    verdict = (f"departs from the authors' in: {', '.join(departs)}." if departs else
+               "the authors' in every choice recorded.")
+    return [f"**Protocol:** {verdict}", "", *items, ""]
+
+
+def _comparison_section(out, alignment, summary):
+    """The tuned model minus the pretrained one, with intervals, per layer, region and
+    aggregation."""
+    results = alignment.results
+    rows = tuned_comparisons(results, summary["models"])
+    if not rows:
+        return []
+    tuned = summary["models"]["tuned"]
+    confidence = results.protocol.confidence
+    regions = ["all", *results.regions.shown]
+    rows = sorted((r for r in rows if r.region in regions),
+                  key=lambda r: (regions.index(r.region), r.aggregation, r.layer))
+    cells = []
+    for r in rows:
+        excludes = excludes_zero(r.ci_low, r.ci_high)
+        side = "higher" if excludes and r.ci_low > 0 else "lower"
+        cells.append([r.region, r.aggregation, r.layer, r.baseline_cc_norm, r.model_cc_norm,
+                      _number(r.difference) + _interval(r.ci_low, r.ci_high),
+                      {True: f"yes, {side}", False: "no", None: "n/a"}[excludes]])
+    return [f"## {tuned} minus pretrained, with {confidence:.0%} intervals", "",
+            f"Mean cc_norm of {tuned} minus that of pretrained, with the {confidence:.0%} "
+            "block-bootstrap interval over the test story's time (the same resamples for both "
+            "models). `voxel_mean`: the mean over the voxels above the noise-ceiling threshold; "
+            "`parcel_mean`: the follow-up paper's, per-voxel cc_norm set to 0 where the test-row "
+            "ceiling is low and averaged over all of a region's voxels (a group of regions: the "
+            "mean of its regions' means).", "",
+            _table(["region", "aggregation", "layer", "pretrained", tuned, "difference",
+                    "interval excludes 0"], cells), "",
+            _image(out, alignment.folder / "comparison.png", "difference per layer"), ""]
+
+
+def _baselines_section(alignment, summary):
+    """Every tuned model's difference from the pretrained one side by side (region ``all``,
+    voxel means), with what each was tuned towards: the brain-tuned model and the baselines
+    tuned towards a big speech model's or a text LM's features (``tuning_target``); nothing
+    when the run has one tuned model."""
+    results = alignment.results
+    comparisons = [row for row in results.comparisons
+                   if row.baseline == "pretrained" and row.low_level == "none"
+                   and row.region == "all" and row.aggregation == "voxel_mean"]
+    models = list(dict.fromkeys(row.model for row in comparisons))
+    if len(models) < 2:
+        return []
+    headline = summary["models"]["tuned"]
+    models = [headline] + [m for m in models if m != headline] if headline in models else models
+    layers = sorted({row.layer for row in comparisons})
+    cells = [[model, tuning_target(results.models.get(model)) or "n/a",
+              *[_difference_cell(find_row(comparisons, model=model, layer=layer))
+                for layer in layers]]
+             for model in models]
+    return [f"## Brain-tuned and baseline models: minus pretrained, with "
+            f"{results.protocol.confidence:.0%} intervals", "",
+            "Mean cc_norm (region `all`, voxel means) of each tuned model minus that of the "
+            "pretrained one. The baselines are tuned like the brain-tuned model, towards "
+            "another target: a bigger speech model's features (BigSLM-tuned) or a text LM's "
+            "(LM-tuned), `target_features.py`.", "",
+            _table(["model", "tuned towards", *[f"layer {k}" for k in layers]], cells), ""]
+
+
+def _regions_section(out, alignment, summary):
+    """Per region (or group) of regions.png at the compared layer: each model's parcel-mean
+    cc_norm and the tuned-minus-pretrained difference, with intervals; regions.png and the
+    cortical maps (flatmap_*.png) of the run."""
+    results = alignment.results
+    shown = results.regions.shown
+    maps = sorted(alignment.folder.glob("flatmap_*.png"))
+    if not shown and not maps:
+        return []
+    lines = ["## Brain regions", ""]
+    layer, tuned = summary["layer"], summary["models"]["tuned"]
+    if shown:
+        rows = [r for r in results.results if r.aggregation == "parcel_mean"
+                and r.train_fraction == 1 and r.low_level == "none" and r.layer == layer]
+        gains = [r for r in tuned_comparisons(results, summary["models"])
+                 if r.aggregation == "parcel_mean" and r.layer == layer]
+        models = list(dict.fromkeys(r.model for r in rows))
+        cells = [[region, *[_mean_cell(find_row(rows, model=m, region=region)) for m in models],
+                  _difference_cell(find_row(gains, region=region))] for region in shown]
+        lines += [f"Mean cc_norm per region at layer {layer} (regions: "
+                  f"`{results.regions.given}`), the follow-up paper's way: per-voxel cc_norm "
+                  "set to 0 where the test-row ceiling is low, averaged over all of a region's "
+                  "voxels, a group's the mean of its regions' means; in brackets the "
+                  f"{results.protocol.confidence:.0%} block-bootstrap interval.",
+                  "", _table(["region", *models, f"{tuned} - pretrained"], cells), "",
+                  _image(out, alignment.folder / "regions.png", "alignment per region"), ""]
+    if maps:
+        lines += ["Per-voxel cc_norm on the subject's flat map (voxels above the noise-ceiling "
+                  "threshold), and the tuned model minus the pretrained one:", ""]
+        lines += [_image(out, path, path.stem.removeprefix("flatmap_").replace("_", " "))
+                  for path in maps] + [""]
+    return lines
+
+
+def _efficiency_section(out, alignment, summary):
+    """Mean cc_norm at the compared layer (region all) of encoding models fitted on fractions
+    of the training rows, where the run fitted some on fewer than all."""
+    layer = summary["layer"]
+    rows = [r for r in alignment.results.results if r.aggregation == "voxel_mean"
+            and r.region == "all" and r.low_level == "none" and r.layer == layer]
+    if all(r.train_fraction == 1 for r in rows):
+        return []
+    fractions = sorted({r.train_fraction for r in rows})
+    cells = []
+    for m in dict.fromkeys(r.model for r in rows):
+        cell = []
+        for fraction in fractions:
+            row = find_row(rows, model=m, train_fraction=fraction)
+            cell.append("n/a" if row is None else
+                        f"{_number(row.cc_norm)} ({row.train_rows} rows)")
+        cells.append([m, *cell])
+    return ["## Data efficiency", "",
+            f"Mean cc_norm at layer {layer} (region `all`) of encoding models fitted on a "
+            "fraction of the training rows (in brackets: how many rows):", "",
+            _table(["model", *[f"{fraction:.0%} of training rows" for fraction in fractions]],
+                   cells), "",
+            _image(out, alignment.folder / "data_efficiency.png", "data efficiency"), ""]
+
+
+def _across_subjects_section(summary):
+    """Each subject's mean cc_norm of both compared models per layer, and the Wilcoxon
+    signed-rank test of the gains over subjects."""
+    tuned = summary["models"]["tuned"]
+    by_layer = summary["across_subjects"]
+    cells, tests, notes = [], [], []
+    for layer, scores in by_layer.items():
+        for subject, before, after, gain in zip(scores["subjects"], scores["pretrained"],
+                                                scores["tuned"], scores["gain"]):
+            cells.append([layer, subject, _number(before), _number(after), f"{gain:+.3f}"
+                          if finite(gain) else "n/a"])
+        statistic = scores["wilcoxon_statistic"]
+        tests.append([layer, len(scores["subjects"]),
+                      "n/a" if statistic is None else f"{statistic:g}", _p(scores["p_value"])])
+        if scores["p_value"] is None:
+            reason = ("every gain is zero" if all(g == 0 for g in scores["gain"])
+                      else "a subject's mean is undefined")
+            notes.append(f"At layer {layer} the test cannot run: {reason}.")
+    n = len(next(iter(by_layer.values()))["subjects"])
+    smallest = (f"With {n} subjects the exact two-sided p cannot go below "
+                f"{_p(2.0 / 2 ** n)} (2/2^{n}, reached when every gain has the same sign)"
+                + ("; with fewer than 6 subjects it cannot go below 0.05." if n < 6 else "."))
+    return ["## Across subjects", "",
+            f"Mean cc_norm (region `all`, the voxels above each run's noise-ceiling threshold, "
+            f"encoding models fitted on all training rows) of pretrained and {tuned} per "
+            f"subject, and the gain ({tuned} minus pretrained):", "",
+            _table(["layer", "subject", "pretrained", tuned, "gain"], cells), "",
+            "Wilcoxon signed-rank test of the gains over subjects (`scipy.stats.wilcoxon`, "
+            f"two-sided). {smallest}", "",
+            _table(["layer", "subjects", "statistic", "p"], tests), "", *notes,
+            *([""] if notes else [])]
+
+
+def _reliance_section(out, alignment, planted):
+    """The drop of mean cc_norm without each low-level feature set, per model and layer, and
+    per planted voxel type; nothing when the run removed none."""
+    headline = headline_rows(alignment.results.results)
+    models, layers, _ = _models_and_layers(alignment.results)
+    analyses = [a for a in dict.fromkeys(r.low_level for r in headline) if a != "none"]
+    if not analyses:
+        return []
+    drops = [r for r in headline if r.low_level != "none" and r.region == "all"]
+    lines = ["## Reliance on low-level features", "",
+             "Drop of mean cc_norm (percent) when each low-level feature set is regressed out "
+             "of the layer's features before fitting the encoding model:", "",
+             _table(["model", "removed", *[f"layer {k}" for k in layers]],
+                    [[m, a, *[_drop_cell(find_row(drops, model=m, low_level=a, layer=k))
+                              for k in layers]]
+                     for m in models for a in analyses]), "",
+             *_drop_notes([r.drop_percent for r in drops])]
+    if planted:
+        lines += _planted_reliance(planted, analyses, layers)
+    return lines + [_image(out, alignment.folder / "reliance.png", "reliance per layer"), ""]
+
+
+def _planted_reliance(planted, analyses, layers):
+    cells, shown = [], []
+    for m in planted.means:
+        for a in analyses:
+            for k in layers:
+                row = [m, a, k]
+                for t in ("semantic", "acoustic"):
+                    before, after = planted.means[m]["none"][k][t], planted.means[m][a][k][t]
+                    drop = eval_utils.percent_drop(before, after)
+                    shown.append(drop)
+                    row.append(_counted(f"{_number(before)} -> {_number(after)}, drop "
+                                        f"{_drop(drop)}", planted.counts[t]))
+                cells.append(row)
+    return ["By planted voxel type (cc_norm before -> after, and the drop):", "",
+            _table(["model", "removed", "layer", "semantic", "acoustic"], cells), "",
+            *_drop_notes(shown)]
+
+
+def _preference_section(out, alignment):
+    rows = alignment.results.semantic_preference
+    if not rows:
+        return []
+    return ["## Semantic preference", "",
+            "How well each layer predicts the semantic features of the words heard, and "
+            "the phonetic features (held-out story, mean r):", "",
+            _table(["model", "layer", "semantic r", "phonetic r", "preference"],
+                   [[r.model, r.layer, r.semantic_r, r.phonetic_r, r.preference]
+                    for r in rows]), "",
+            _image(out, alignment.folder / "semantic_preference.png", "semantic preference"),
+            ""]
+
+
+# ----------------------------------------------------------------------------- probes
+
+def _source_text(source):
+    """Where a probe run read its data (results of older runs do not say)."""
+    if not source:
+        return ""
+    if "hf_dataset" not in source:
+        return f" Data: `{source['data_path']}`, in the distribution layout."
+    config = f", config `{source['hf_config']}`" if source.get("hf_config") else ""
+    train, test = source["splits"]
+    splits = (f"its `{train}` split's speakers split for training and test" if train == test
+              else f"splits `{train}` and `{test}`")
+    return (f" Data: the HuggingFace dataset `{source['hf_dataset']}`{config}, {splits}, "
+            f"audio `{source['audio_column']}`, labels `{source['label_column']}`.")
+
+
+def _probe_section(out, folder, probe):
+    """A probe's headline score per model and layer (an ``eval_*.py`` results.json)."""
+    task = probe["task"]
+    task_layers = sorted({r["layer"] for r in probe["results"]})
+    rows = probe["results"]
+    score = probe_score(probe)
+    renamed = "".join(f" This probe's results label {new} as `{old}`."
+                      for old, new in probe["relabelled"].items())
+    csv_path = os.path.relpath(Path(folder) / "results.csv", out)
+    if score == "f1_macro":
+        chance = probe.get("chance_f1_macro")
+        chance_text = (f" Chance (guessing labels at their training frequencies): {chance:.3f}."
+                       if finite(chance) else "")
+        intro = ("Macro F1 on the test split per layer (micro F1, the other scores and sizes in "
+                 f"`{csv_path}`).{chance_text}")
+    else:  # eval_asr.py
+        intro = (f"{probe['score_name']} on the test split per layer: {probe['description']} "
+                 f"(the other error rates and the sizes in `{csv_path}`). An empty transcript "
+                 "scores 0.")
+
+    def cell(model, layer):
+        row = next((r for r in rows if r["model"] == model and r["layer"] == layer), None)
+        return "n/a" if row is None else _number(row[score])
+
+    return [f"## Downstream probe: {task} ({probe['dataset']})", "",
+            intro + renamed + _source_text(probe.get("source")), "",
+            _table(["model", *[f"layer {k}" for k in task_layers]],
+                   [[m, *[cell(m, k) for k in task_layers]]
+                    for m in dict.fromkeys(r["model"] for r in rows)]), "",
+            _image(out, Path(folder) / f"{task}.png", task), ""]
+
+
+def _synthetic_explanation(summary, truth):
+    """What the planted signal of a synthetic dataset predicts, and what the run found."""
+    pretrained, tuned = summary["pretrained"], summary["tuned"]
+    label = summary["models"]["tuned"]
+    n = summary["planted_voxels"]["semantic"]
+    gain = summary["semantic_cc_norm_gain"]
+    percent = summary["semantic_cc_norm_gain_percent"]
+    relative = f" ({percent:+.0f}%)" if finite(percent) else ""
+    if not finite(gain):
+        outcome = ("No comparison is possible: no planted semantic voxel passes the voxel rule "
+                   f"(noise ceiling above {summary['nc_thr']}).")
+    elif gain > 0:
+        outcome = f"The tuned model is better{relative}, as expected."
+    else:
+        outcome = ("The tuned model is NOT better here: the tuning run did not learn word "
+                   "identity (see val_corr in the run's metrics.jsonl). A small random-weight "
+                   "model tuned for a few CPU minutes on a few hundred noisy samples often does "
+                   "not; the method assumes a pretrained model whose features already tell "
+                   "sounds apart, and more data and epochs (a GPU).")
+    return (
+        "## What the planted signal predicts\n\n"
+        "The synthetic subject's semantic voxels respond to a fixed embedding of each word "
+        "heard; acoustic voxels to the loudness of the audio; noise voxels to nothing. "
+        + ("Words come in families that share their sounds and differ only in the order of "
+           "their phones, with embeddings that average to zero within a family, so the semantic "
+           "signal cannot be read off which sounds occur (removing the power spectrum or the "
+           "phoneme counts should leave semantic alignment intact and remove acoustic "
+           "alignment): a model has to tell the words apart. "
+           if truth.get("family_size", 1) > 1 else
+           "Each word has its own sounds, so part of the semantic signal can be read off which "
+           "sounds occur; the rest needs the words told apart. ")
+        + "An untrained model's features hold which sounds are heard only diffusely, mixed with "
+        "everything else in the audio, so a linear encoding model fitted on a few hundred TRs "
+        "finds little of the semantic signal in them. Brain-tuning trains the encoder to predict "
+        "these very voxels from the audio of the training stories, so a tuned model's features "
+        "should carry word identity and predict the semantic voxels of the held-out story "
+        "better.\n\n"
+        f"At layer {summary['layer']}, the tuned model's ({label}) mean cc_norm over the {n} "
+        f"planted semantic voxels that pass the voxel rule is {_number(tuned['semantic_cc_norm'])}"
+        f" against {_number(pretrained['semantic_cc_norm'])} for the pretrained model"
+        f"{f' ({gain:+.3f})' if finite(gain) else ''}. {outcome}\n")
