@@ -84,6 +84,7 @@ class AnalysisFlags(arguments.Flags):
             raise UsageError(str(err)) from None
         if self.low_level_alphas is None:
             self.low_level_alphas = eval_utils.CONFOUND_ALPHAS.tolist()
+        arguments.check_penalties(self, "low_level_alphas")
 
 
 class Stimulus(NamedTuple):
@@ -153,7 +154,8 @@ def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, ta
     Returns dict layer -> {"encoding": {analysis: scores}, "efficiency": {fraction: scores},
     "semantic_preference": ... or None}, where analysis is "none" (the layer's features) or a
     ``low_level`` item (the features with those low-level features regressed out), and scores
-    holds the per-voxel results (``layer_scores``) and their ``summary`` (``summarise``).
+    holds the per-voxel results (``layer_scores``) and their ``summary`` (``summarise``); and
+    the model's fingerprint (``speech_models.fingerprint``), for the run's record.
     """
     encoder = speech_models.load_encoder(checkpoint, device)
     layers = run_utils.choose_layers(layers, encoder.depth, DEFAULT_LAYERS)
@@ -206,7 +208,7 @@ def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, ta
         if preference is not None:
             logger.info("%s layer %d: semantic r %.3f, phonetic r %.3f", label, layer,
                         preference["semantic_r"], preference["phonetic_r"])
-    return results
+    return results, encoder.fingerprint
 
 
 def _what(label, layer, analysis, fraction=1.0):

@@ -308,6 +308,16 @@ def check_positive(settings, *names):
             raise UsageError(f"--{name} must be a positive number, got {value}")
 
 
+def check_penalties(settings, *names):
+    """A UsageError unless each flag of ``names`` lists ridge penalties that are all positive
+    finite numbers (a penalty of 0 or below leaves the ridge unregularised or undefined)."""
+    for name in names:
+        bad = [value for value in getattr(settings, name) if not 0 < value < math.inf]
+        if bad:
+            raise UsageError(f"--{name}: ridge penalties must be positive numbers, got "
+                             f"{' '.join(map(str, bad))}")
+
+
 def check_exp_name(name):
     """An output-folder name that stays inside its parent folder, or a UsageError."""
     if not name or name in (".", "..") or os.sep in name or "/" in name or (

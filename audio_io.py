@@ -14,6 +14,8 @@ import run_utils
 from run_utils import DatasetError
 
 SAMPLING_RATE = 16000  # Hz: every model here takes 16 kHz audio
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the soundfile subtypes that can hold NaN
+SAMPLED_SECONDS = 16  # seconds of a PCM file signal_problem reads
 
 
 class DatasetAudio(NamedTuple):
@@ -60,7 +62,8 @@ class DatasetAudio(NamedTuple):
 
 def audio_identity(audios):
     """What a cache of features of these audios (paths or ``DatasetAudio``) is keyed by: the
-    files' paths, sizes and modification times, or each row's split key and index."""
+    files' paths and content hashes (``run_utils.file_identity``), or each row's split key and
+    index."""
     audios = list(audios)
     if not any(isinstance(audio, DatasetAudio) for audio in audios):
         return run_utils.file_identity(audios)
@@ -81,6 +84,9 @@ def read_audio(path, sampling_rate=SAMPLING_RATE):
                            "again") from None
     if audio.size == 0:
         raise DatasetError(f"{path}: the audio file holds no samples; get it again")
+    if not np.isfinite(audio).all():  # only float WAVs can hold them; no model input can
+        raise DatasetError(f"{path}: {int((~np.isfinite(audio)).sum())} audio samples are NaN or "
+                           "infinite; the file is damaged, get it again")
     mono = audio.mean(axis=1, dtype=np.float32)
     if rate != sampling_rate:
         # soxr directly: librosa.resample's default (soxr_hq, the same numbers) costs seconds
@@ -103,6 +109,36 @@ def audio_duration(path):
     if info.frames == 0:
         raise DatasetError(f"{path}: holds no audio; download it again")
     return info.frames / info.samplerate
+
+
+def signal_problem(path, sampled_seconds=SAMPLED_SECONDS):
+    """What keeps an audio file's samples from carrying a signal (one line naming it), or None:
+    NaN or infinite samples (a float WAV is read whole: only float formats can hold them), or
+    silence at every one of ``sampled_seconds`` seconds spread over the file (a PCM file is
+    sampled, not decoded whole, so that checking a dataset stays quick)."""
+    info = sf.info(str(path))
+    if info.subtype in FLOAT_SUBTYPES:
+        audio = sf.read(str(path), dtype="float64", always_2d=True)[0]
+        bad = int((~np.isfinite(audio)).sum())
+        if bad:
+            return (f"{path}: {bad} audio samples are NaN or infinite; the file is damaged, get "
+                    "it again")
+        silent = not np.any(audio)
+    else:
+        length = min(info.samplerate, info.frames)
+        starts = np.linspace(0, info.frames - length, sampled_seconds).astype(np.int64)
+        silent = True
+        with sf.SoundFile(str(path)) as handle:
+            for start in starts:
+                handle.seek(int(start))
+                if np.any(handle.read(length, dtype="float32")):
+                    silent = False
+                    break
+    if not silent:
+        return None
+    where = "" if info.subtype in FLOAT_SUBTYPES else f" in {sampled_seconds} seconds over it"
+    return (f"{path}: the audio is silent (every sample zero{where}); a story's audio carries "
+            "its signal: get the file again")
 
 
 def slice_windows(audio, starts, length):

@@ -115,18 +115,23 @@ def evaluate(settings, group):
                 settings.ngram_vocab_size,
                 settings.semantic_features if settings.semantic_preference else None)
         # every model's layers and analyses
-        all_results = {label: alignment_analyses.evaluate_model(
-            label, checkpoint, settings.layers, dataset, settings.extraction(dtype),
-            settings.cache_dir, task, stimulus, finished, settings.low_level,
-            settings.low_level_alphas, group.device) for label, checkpoint in models}
+        all_results, fingerprints = {}, {}
+        for label, checkpoint in models:
+            all_results[label], fingerprints[label] = alignment_analyses.evaluate_model(
+                label, checkpoint, settings.layers, dataset, settings.extraction(dtype),
+                settings.cache_dir, task, stimulus, finished, settings.low_level,
+                settings.low_level_alphas, group.device)
         if not group.is_main:
             return None
         # the results folder, written whole
         facts = {"subject": subject, "train_stories": stories, "test_story": settings.test_story,
-                 "models": dict(models), **voxel_facts, "protocol": alignment_outputs.protocol(settings)}
+                 "models": dict(models), **voxel_facts,
+                 "protocol": alignment_outputs.protocol(settings)}
+        inputs = {**keep["input files"], "model_fingerprints": fingerprints}  # the manifest
         with run_utils.output_folder(out_dir, settings.overwrite) as staging:
             run_utils.write_json(staging / "run_config.json", run_utils.run_config(
-                arguments.as_dict(settings), **facts, processes=group.world_size))
+                arguments.as_dict(settings), **facts, inputs=inputs,
+                processes=group.world_size))
             rows, comparisons, preference_rows = alignment_outputs.write_results(
                 staging, all_results, facts, task)
             if settings.flatmap_layers:

@@ -23,12 +23,14 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
 
 import arguments
 import checkpoints
+import noise_ceilings
 import processes
 import run_utils
 import speech_models
@@ -95,10 +97,22 @@ def parse_args(argv=None):
         "Whisper) to predict fMRI responses (ds003020)."))
 
 
+class RunData(NamedTuple):
+    """What a run learns from, every input checked."""
+
+    stories: tuple  # (training stories, validation stories), each subject -> list
+    voxels: dict  # subject -> voxel indices (None with feature targets)
+    groups: list  # training_data.TargetGroup
+    n_outputs: int  # of the head
+    audio: dict  # story -> (samples,) float32
+    bounds: dict  # story -> (window starts, window length)
+    inputs: dict  # every file read, with its content hash (run_utils.file_identity)
+
+
 def load_data(settings, dataset, group):
-    """The run's data, every input checked before anything slow: the stories per subject,
-    the voxels (None with feature targets), the ``TargetGroup``s, the head's outputs and the
-    audio and window bounds of every story."""
+    """The run's ``RunData``, every input checked before anything slow: the stories per
+    subject, the voxels, the ``TargetGroup``s, the head's outputs, the audio and window bounds
+    of every story, and the identity of every file read."""
     subjects = settings.subjects()
     shared_head = settings.multi_subject == "shared_head" or len(subjects) == 1
     train_stories, val_stories = training_data.choose_stories(
@@ -115,7 +129,13 @@ def load_data(settings, dataset, group):
                                                     shared_head)
     audio, bounds = training_data.load_stimuli(
         dataset, sorted({s for g in groups for s in g.targets}), progress=group.is_main)
-    return (train_stories, val_stories), voxels, groups, n_outputs, audio, bounds
+    files = [path for s in subjects for path in dataset.input_files(s, stories[s])]
+    if voxels is not None:
+        files += [noise_ceilings.ceiling_file(s, path)
+                  for s, path in zip(subjects, settings.nc_path or [None] * len(subjects))]
+    files += [settings.target_features] if settings.target_features else []
+    return RunData((train_stories, val_stories), voxels, groups, n_outputs, audio, bounds,
+                   run_utils.file_identity(list(dict.fromkeys(map(str, files)))))
 
 
 def build_model(settings, n_outputs, window_samples, group):
@@ -153,26 +173,27 @@ def train(settings, group):
         speech_models.load_config(settings.model_name)  # a bad --model_name stops at once
 
         # data and model
-        dataset = settings.open_dataset()
-        (train_stories, val_stories), voxels, groups, n_outputs, audio, bounds = load_data(
-            settings, dataset, group)
-        window_samples = next(iter(bounds.values()))[1]
+        data = load_data(settings, settings.open_dataset(), group)
+        (train_stories, val_stories), voxels = data.stories, data.voxels
+        window_samples = next(iter(data.bounds.values()))[1]
         model, preprocessor, optimizer, scheduler, scaler, network, dtype = build_model(
-            settings, n_outputs, window_samples, group)
+            settings, data.n_outputs, window_samples, group)
         num_workers = settings.num_workers if settings.num_workers is not None else (
             4 if group.device.type == "cuda" else 0)
         collate = training_data.Collate(preprocessor)
-        datasets = training_data.group_datasets(groups, audio, bounds)
+        datasets = training_data.group_datasets(data.groups, data.audio, data.bounds)
         val_loaders = [DataLoader(d.val, batch_size=settings.micro_batch_size,
                                   collate_fn=collate, num_workers=num_workers) for d in datasets]
         config = run_utils.run_config(
             arguments.as_dict(settings), subjects=settings.subjects(),
-            train_stories=train_stories, val_stories=val_stories, n_outputs=n_outputs,
+            train_stories=train_stories, val_stories=val_stories, n_outputs=data.n_outputs,
             family=model.family, voxel_counts={s: int(v.size) for s, v in (voxels or {}).items()},
-            window_samples=window_samples)
+            window_samples=window_samples,
+            inputs={**data.inputs, "model_fingerprint": speech_models.fingerprint(model.backbone)})
 
         # where the run stands: resumed, or started (only now is an old run replaced)
         if settings.resume:
+            checkpoints.check_inputs(run_dir, config["inputs"])
             progress = checkpoints.load_training_state(run_dir / checkpoints.STATE_FILE, model,
                                                        optimizer, scheduler, scaler)
             logger.info("resuming %s after epoch %d", run_dir, progress.start_epoch)

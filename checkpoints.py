@@ -32,6 +32,29 @@ def check_resumable(run_dir, settings):
                          + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed))
 
 
+def check_inputs(run_dir, inputs):
+    """Stop unless the run in ``run_dir`` was made from the same inputs (files and their
+    content hashes, the model's fingerprint) as ``inputs``: one line naming what changed."""
+    saved = json.loads((run_dir / "run_config.json").read_text()).get("inputs")
+    if saved is None:
+        raise UsageError(f"{run_dir}: its run_config.json records no inputs (an older run); "
+                         "start the run again with --overwrite")
+    current = json.loads(run_utils.json_text(inputs))
+    if saved == current:
+        return
+    changed = [f"{file} ({old[:12]} -> {new[:12]})" for file, old, new in zip(
+        current.get("files", []), saved.get("sha256", []), current.get("sha256", []))
+        if old != new]
+    if saved.get("files") != current.get("files"):
+        changed.append(f"the files read ({len(saved.get('files', []))} -> "
+                       f"{len(current.get('files', []))})")
+    if saved.get("model_fingerprint") != current.get("model_fingerprint"):
+        changed.append("the pretrained model's weights")
+    raise UsageError(f"{run_dir}: --resume with other inputs than the run's: "
+                     f"{'; '.join(changed)}; resume with the run's inputs, or start again with "
+                     "--overwrite")
+
+
 @contextlib.contextmanager
 def run_folder(run_dir, settings, group):
     """The run folder, held for the block: rank 0 locks it and checks it (``--resume``:

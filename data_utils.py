@@ -169,6 +169,7 @@ class Dataset:
     def response_path(self, subject, story):
         """A story's ``.hf5`` response file; a clear error naming the stories if absent."""
         path = self.subject_dir(subject) / f"{story}.hf5"
+        _not_a_folder(path)
         if not path.is_file():
             stories = self.stories(subject)
             raise DatasetError(
@@ -180,6 +181,7 @@ class Dataset:
     def stimulus_path(self, story):
         """``stimuli/<story>.wav``."""
         path = self.root / "stimuli" / f"{story}.wav"
+        _not_a_folder(path)
         if not path.is_file():
             raise DatasetError(f"{path}: stimulus WAV of story {story!r} is missing; download "
                                "stimuli/ of ds003020")
@@ -188,6 +190,7 @@ class Dataset:
     def textgrid_path(self, story):
         """``derivative/TextGrids/<story>.TextGrid``."""
         path = self.derivative / "TextGrids" / f"{story}.TextGrid"
+        _not_a_folder(path)
         if not path.is_file():
             raise DatasetError(f"{path}: TextGrid of story {story!r} is missing; download "
                                "derivative/TextGrids/ of ds003020")
@@ -200,6 +203,33 @@ class Dataset:
                 *(self.response_path(subject, s) for s in stories),
                 *(self.stimulus_path(s) for s in stories),
                 *(self.textgrid_path(s) for s in stories)]
+
+    def story_record(self, stories, kinds=("wav", "textgrid")):
+        """What a file derived from ``stories`` records of its inputs: the content hash of
+        respdict.json and of each story's files of ``kinds`` ("wav", "textgrid"); checked by
+        ``check_story_record`` when the file is used again."""
+        paths = {"wav": self.stimulus_path, "textgrid": self.textgrid_path}
+        return {"respdict": run_utils.content_hash(self.derivative / "respdict.json"),
+                "stories": {story: {kind: run_utils.content_hash(paths[kind](story))
+                                    for kind in kinds} for story in stories}}
+
+    def check_story_record(self, record, stories, path):
+        """A DatasetError, naming ``path`` (the derived file) and the input, when ``record``
+        (``story_record`` of when it was made) says one of ``stories``' files had other
+        content then; a file without a record is used with a warning."""
+        if not isinstance(record, dict) or not isinstance(record.get("stories"), dict):
+            logger.warning("%s has no record of the dataset files it was made from; its "
+                           "source cannot be checked", path)
+            return
+        paths = {"wav": self.stimulus_path, "textgrid": self.textgrid_path}
+        for story in stories:
+            for kind, made in record["stories"].get(story, {}).items():
+                now = run_utils.content_hash(paths[kind](story))
+                if now != made:
+                    raise DatasetError(
+                        f"{path} was made from another {paths[kind](story).name} (sha256 "
+                        f"{str(made)[:12]}) than this dataset's {paths[kind](story)} "
+                        f"({now[:12]}): make the file again from this dataset")
 
     # ------------------------------------------------------------------------- respdict
 
@@ -218,6 +248,9 @@ class Dataset:
                                "ds003020") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DatasetError(f"{path}: not valid JSON ({err}); download it again") from None
+        except OSError as err:  # a folder in its place, or no permission to read it
+            raise DatasetError(f"{path}: cannot be read ({err.strerror}); download "
+                               "derivative/respdict.json of ds003020 again") from None
         if not isinstance(respdict, dict):
             raise DatasetError(f"{path}: expected a JSON object mapping story names to TR "
                                f"counts, found a JSON {type(respdict).__name__}; download it "
@@ -298,8 +331,9 @@ class Dataset:
             raise DatasetError(f"{path}: unreadable target-features file ({err}); make it "
                                "with target_features.py") from None
         with handle:
-            made_with = json.loads(handle.attrs.get("settings", "{}")).get("tr_source",
-                                                                         self.tr_source)
+            settings = json.loads(handle.attrs.get("settings", "{}"))
+            self.check_story_record(settings.get("inputs"), stories, path)
+            made_with = settings.get("tr_source", self.tr_source)
             if made_with != self.tr_source:
                 logger.warning("%s was made on the %s TR timing and is read for the %s one; "
                                "make it with --tr_source %s", path, made_with, self.tr_source,
@@ -314,8 +348,12 @@ class Dataset:
                     raise DatasetError(f"{path}: dataset {story!r} has shape "
                                        f"{handle[story].shape}, expected ({rows}, features): "
                                        "the story's response rows")
-                features[story] = hdf5_io.read_columns(handle[story]).astype(np.float32,
-                                                                             copy=False)
+                values = handle[story][()]
+                if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+                    raise DatasetError(f"{path}: dataset {story!r} holds values that are not "
+                                       "finite numbers; make the file again with "
+                                       "target_features.py")
+                features[story] = values.astype(np.float32, copy=False)
         widths = {values.shape[1] for values in features.values()}
         if len(widths) > 1:
             raise DatasetError(f"{path}: stories have different feature counts {sorted(widths)}")
@@ -365,7 +403,8 @@ class Dataset:
         if story not in trfiles:
             raise DatasetError(f"{path}: no TR file for story {story!r}")
         trfile = trfiles[story]
-        return trfile[0] if isinstance(trfile, (list, tuple)) else trfile
+        return tr_files.checked(trfile[0] if isinstance(trfile, (list, tuple)) else trfile,
+                                f"{path} [{story}]")
 
     def tr_file_path(self, source):
         """Where the TR files of ``source`` ("report" or "trfiles") are: ``tr_path`` for the
@@ -450,6 +489,9 @@ class Dataset:
         TR timing and the TextGrid's end when there is one; the decoded length) is a
         DatasetError naming the WAV and both durations."""
         audio = audio_io.read_audio(self.stimulus_path(story), sampling_rate)
+        if not np.any(audio):
+            raise DatasetError(f"{self.stimulus_path(story)}: the audio is silent (every sample "
+                               "zero); a story's audio carries its signal: get the file again")
         textgrid = self.derivative / "TextGrids" / f"{story}.TextGrid"
         xmax = textgrids.read_textgrid(textgrid)[0] if textgrid.is_file() else None
         problem = self.stimulus_problem(story, len(audio) / sampling_rate, xmax)
@@ -468,11 +510,11 @@ class Dataset:
     # ------------------------------------------------------------------------- checks
 
     def check_run_inputs(self, subject, stories):
-        """Check every input a run on ``stories`` needs, from metadata and headers only: each
-        story's respdict entry, response file (readable, 2-D ``data`` with respdict - 20 rows,
-        one voxel count for every story), WAV (readable, as long as the story) and TextGrid
-        (readable, phone and word tiers identifiable). Quick: no audio decoded, no response
-        matrix read.
+        """Check every input a run on ``stories`` needs, from metadata and headers: each
+        story's respdict entry, response file (readable, 2-D numeric ``data`` with respdict - 20
+        rows, one voxel count for every story), WAV (readable, as long as the story, a signal:
+        ``audio_io.signal_problem``) and TextGrid (readable, times in order, phone and word
+        tiers identifiable). Quick: no response matrix read, of a PCM WAV 16 sampled seconds.
 
         Returns the subject's voxel count. Raises one DatasetError with the first problem and
         how many more there are."""
@@ -523,7 +565,8 @@ class Dataset:
             duration = self.stimulus_duration(story)
             length_problem = None if entry_problem else self.stimulus_problem(story, duration,
                                                                               xmax)
-            found += [length_problem] if length_problem else []
+            signal = audio_io.signal_problem(self.stimulus_path(story))
+            found += [problem for problem in (length_problem, signal) if problem]
         except DatasetError as err:
             found.append(str(err))
         return found
@@ -546,6 +589,13 @@ class Dataset:
                                f"{respdict[story]} TRs, so {expected} rows are expected; the "
                                "file or respdict.json is from another release")
         return shape, None
+
+
+def _not_a_folder(path):
+    """A DatasetError when a dataset file's path is a folder (or anything but a file)."""
+    if path.exists() and not path.is_file():
+        raise DatasetError(f"{path}: a folder (or other non-file) stands where the dataset's "
+                           "file should be; remove it and download the file")
 
 
 def _labelled(entries):
@@ -609,6 +659,10 @@ def _test_story_checks(dataset, subject, shape, problems, notes):
     not match ``shape``, the story's ``data``; a note when there are none), added to
     ``problems`` and ``notes``. Returns the number of repeats, as text ("none")."""
     path = dataset.subject_dir(subject) / f"{TEST_STORY}.hf5"
+    if shape[0] <= TEST_RESPONSE_TRIM:
+        problems.append(f"{path}: {shape[0]} response rows, but brain_evaluate.py does not score "
+                        f"the test story's first {TEST_RESPONSE_TRIM} (the paper's protocol): "
+                        "the file is cut short, download it again")
     try:
         n_constant, n_all_nan = hdf5_io.constant_voxel_counts(path)
     except DatasetError as err:

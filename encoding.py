@@ -18,6 +18,7 @@ import data_utils
 import eval_utils
 import noise_ceilings
 import processes
+import run_utils
 from arguments import flag
 from run_utils import DatasetError, UsageError
 from summaries import (Summaries, divide_rows, figure_regions, load_rois, summary_voxels,
@@ -83,12 +84,16 @@ class EncodingFlags(arguments.Flags):
     def __post_init__(self):
         super().__post_init__()
         arguments.check_at_least(self, 1, "n_boots", "chunk_len")
+        if not 0 <= self.nc_thr < 1:
+            raise UsageError(f"--nc_thr must be in [0, 1) (noise ceilings are correlations), "
+                             f"got {self.nc_thr}")
         try:
             voxel_selection(self.voxels)
         except ValueError as err:
             raise UsageError(str(err)) from None
         if self.alphas is None:
             self.alphas = eval_utils.ENCODING_ALPHAS.tolist()
+        arguments.check_penalties(self, "alphas")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -281,6 +286,13 @@ def checked_inputs(settings, dataset, subject, stories):
     Returns the subject's voxel count, the noise ceiling, its file and the region file (or
     None)."""
     n_voxels = dataset.check_run_inputs(subject, [*stories, settings.test_story])
+    dataset.repeats_shape(subject, settings.test_story)  # the test story was repeated
+    test_rows = dataset.response_rows(settings.test_story)
+    if test_rows <= data_utils.TEST_RESPONSE_TRIM:
+        raise DatasetError(f"{dataset.response_path(subject, settings.test_story)}: the test "
+                           f"story has {test_rows} response rows, but its first "
+                           f"{data_utils.TEST_RESPONSE_TRIM} are not scored (the paper's "
+                           "protocol); choose a longer --test_story")
     nc_path = noise_ceilings.ceiling_file(subject, settings.nc_path)
     with processes.main_process_first():
         nc = noise_ceilings.get_noise_ceiling(dataset, subject, nc_path, settings.test_story,
@@ -441,6 +453,10 @@ def layer_scores(features, task, device=None, what="features", fraction=1.0):
         raise DatasetError(f"{what}: {len(x_train)}/{len(x_test)} feature rows "
                            f"but {len(responses.train)}/{len(responses.test)} response rows; "
                            "the responses do not match respdict.json")
+    if not (np.isfinite(x_train).all() and np.isfinite(x_test).all()):
+        raise run_utils.UserError(  # NaN predictions would be scored as a correlation of 0
+            f"{what}: the features hold NaN or infinite values (the model overflowed, e.g. in "
+            "reduced precision: try --precision fp32); nothing of them is scored")
     y_train, splits = responses.train, task.splits
     if fraction < 1:
         subset = task.subsets[fraction]

@@ -388,7 +388,10 @@ def _ridge_tensors(X, Y, alphas, device):
         raise ValueError(f"X and Y must be (samples, features) and (samples, voxels) with the "
                          f"same samples, got {tuple(X.shape)} and {tuple(Y.shape)}")
     dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float32
-    alphas_t = torch.as_tensor(np.asarray(alphas, dtype=np.float64), device=device).to(dtype)
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if not alphas.size or not ((alphas > 0) & np.isfinite(alphas)).all():
+        raise ValueError(f"ridge penalties must be positive finite numbers, got {alphas}")
+    alphas_t = torch.as_tensor(alphas, device=device).to(dtype)
     return X.to(dtype), Y.to(dtype), alphas_t
 
 

@@ -30,10 +30,12 @@ def result_settings(settings, dataset, subject, stories, dtype):
     """What the numbers of a (model, layer, analysis) result depend on beyond its key: the
     flags ``--resume`` may not change (``arguments.fixed_values``), the stories, the autocast
     dtype and the identity of the input files (noise ceiling, respdict, responses, WAVs,
-    TextGrids, word vectors or semantic features)."""
+    TextGrids, a --regions file, word vectors or semantic features)."""
     all_stories = [*stories, settings.test_story]
     files = [noise_ceilings.ceiling_file(subject, settings.nc_path),
              *dataset.input_files(subject, all_stories)]
+    if settings.regions is not None and Path(settings.regions).is_file():
+        files.append(settings.regions)  # (a source's regions come from the anatomy, cached)
     if settings.semantic_preference:
         files += [path for path in (settings.word_vectors, settings.semantic_features)
                   if path is not None and Path(path).is_file()]

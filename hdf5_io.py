@@ -36,6 +36,9 @@ def hdf5_dataset(handle, name, path, ndim=None):
     dataset = handle[name]
     if ndim is not None and dataset.ndim != ndim:
         raise DatasetError(f"{path}: dataset {name!r} has shape {dataset.shape}, expected {ndim} axes")
+    if dataset.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: dataset {name!r} holds {dataset.dtype} values, not numbers; "
+                           "the file is damaged or not a response file: download it again")
     return dataset
 
 

@@ -448,6 +448,9 @@ def load_word_vectors(source, dataset=None):
                 values = np.asarray(fields[-dim:], dtype=np.float32)
             except ValueError:
                 raise DatasetError(f"{path}:{number}: expected '<word> <{dim} numbers>'") from None
+            if not np.isfinite(values).all():
+                raise DatasetError(f"{path}:{number}: NaN or infinite values; the file is "
+                                   "damaged, get it again")
             vectors.setdefault(" ".join(fields[:-dim]).lower(), values)
     if not vectors:
         raise DatasetError(f"{path}: no word vectors in the file")

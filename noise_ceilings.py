@@ -9,6 +9,7 @@ was made. The trainer and the evaluator read these files, and compute a missing 
 """
 
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -61,11 +62,14 @@ def compute_subject_noise_ceiling(dataset, subject, story=data_utils.TEST_STORY,
 
 
 def save_noise_ceiling(path, cc_max, metadata, overwrite=False):
-    """Write a noise-ceiling file (float64 .npy) and its provenance JSON, both atomically."""
+    """Write a noise-ceiling file (float64 .npy) and its provenance JSON (``metadata`` and the
+    file's own hash, which ties the record to it), both atomically."""
     path = Path(path)
     with run_utils.atomic_output(path, overwrite) as tmp:
         np.save(tmp, np.asarray(cc_max, dtype=np.float64))
-    run_utils.write_json(path.with_suffix(".json"), metadata, overwrite=True)
+    run_utils.write_json(path.with_suffix(".json"),
+                         {**metadata, "ceiling_sha256": run_utils.content_hash(path)},
+                         overwrite=True)
 
 
 def load_noise_ceiling(path, n_voxels=None):
@@ -94,7 +98,41 @@ def load_noise_ceiling(path, n_voxels=None):
         logger.warning("%s: %d of %d noise ceilings are NaN or infinite; reading them as 0 (those "
                        "voxels are below any ceiling threshold)", path, missing.sum(), cc_max.size)
         cc_max[missing] = 0.0
+    outside = (cc_max < 0) | (cc_max > 1)
+    if outside.any():  # a ceiling is a correlation: it would flip or shrink cc_norm
+        raise DatasetError(
+            f"{path}: {outside.sum()} of {cc_max.size} noise ceilings lie outside [0, 1] "
+            f"(min {cc_max.min():.3g}, max {cc_max.max():.3g}); a ceiling is a correlation: "
+            "make the file again with `python noise_ceilings.py` or pass the right --nc_path")
     return cc_max
+
+
+def check_made_from(path, response_file):
+    """Refuse a ceiling file that its record (``<path>.json``, written beside it) says was
+    computed from other responses than ``response_file`` (the run's test story), in one line
+    naming both; a file without such a record (e.g. the authors' published ceilings) is used
+    with a warning that its source cannot be checked."""
+    record_path = Path(path).with_suffix(".json")
+    try:
+        record = json.loads(record_path.read_text())
+        made_from = record.get("responses")
+        if record.get("ceiling_sha256") != run_utils.content_hash(path):
+            made_from = None  # the record of another file: the ceiling was replaced after it
+    except (OSError, ValueError, AttributeError):
+        made_from = None
+    if not isinstance(made_from, dict):
+        logger.warning("%s has no record of the responses it was computed from (%s); its voxel "
+                       "count matches this run's, its source cannot be checked", path,
+                       record_path)
+        return
+    ours = run_utils.file_identity([response_file])
+    if made_from.get("sha256") != ours["sha256"]:
+        raise DatasetError(
+            f"{path} was computed from {made_from.get('files', ['?'])[0]} (sha256 "
+            f"{str(made_from.get('sha256', ['?'])[0])[:12]}), not from this run's "
+            f"{ours['files'][0]} ({ours['sha256'][0][:12]}): pass the ceiling of these "
+            "responses with --nc_path, or make it again with `python noise_ceilings.py "
+            "--overwrite`")
 
 
 def ceiling_voxels(nc, nc_thr, path):
@@ -128,7 +166,9 @@ def get_noise_ceiling(dataset, subject, nc_path=None, story=data_utils.TEST_STOR
     if n_voxels is None:
         n_voxels = hdf5_io.hdf5_shape(response_file)[1]
     if path.exists():
-        return load_noise_ceiling(path, n_voxels)
+        cc_max = load_noise_ceiling(path, n_voxels)
+        check_made_from(path, response_file)
+        return cc_max
     n_repeat_voxels = dataset.repeats_shape(subject, story)[2]
     if n_repeat_voxels != n_voxels:
         raise DatasetError(
@@ -149,6 +189,7 @@ def _nc_metadata(dataset, subject, story, n_repeats, data_norm, cc_max, argument
         "subject": data_utils.subject_id(subject),
         "data_dir": str(dataset.root.resolve()),
         "story": story,
+        "responses": run_utils.file_identity([dataset.response_path(subject, story)]),
         "n_repeats": int(n_repeats),
         "n_voxels": int(cc_max.shape[0]),
         "data_norm": data_norm,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import arguments
 import data_utils
+import noise_ceilings
 import run_utils
 from arguments import flag
 from run_utils import UsageError
@@ -136,7 +137,7 @@ def plan(settings):
               settings.data_dir]
     stages = [("check", script("data_utils.py", "check", "--data_dir", settings.data_dir,
                                "--subjects", settings.subject, *settings.extra("check")))]
-    if not (ROOT / "subject_NCs" / f"{subject}.npy").exists():
+    if not noise_ceilings.default_nc_path(subject).exists():
         stages.append(("ceiling", script("noise_ceilings.py", "--data_dir", settings.data_dir,
                                          "--subject", settings.subject)))
     tuned = [("train", run, [])]

@@ -28,6 +28,7 @@ two runs of the same name apart.
 import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -37,11 +38,13 @@ import platform
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +53,14 @@ PACKAGES = ("numpy", "scipy", "h5py", "soundfile", "librosa", "torch", "transfor
             "peft")
 # OSErrors that mean "cannot write here", not a bug: permission, read-only, full disk, quota.
 WRITE_FAILURES = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+# OSErrors of a file where a folder is wanted, or the other way round: a path in the way
+PATH_CONFLICTS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
 FULL_DISK_BYTES = 2**20  # a write that fails with less free space than this: the disk is full
 KEY_CHARS = 16  # hex characters of a cache-key digest
+HASH_WHOLE_BYTES = 16 * 2**20  # files up to this size are hashed whole (content_hash)
+HASH_BLOCK_BYTES = 2**20
+HASH_SAMPLED_BLOCKS = 16  # blocks hashed between the first and the last of a larger file
+_CONTENT_HASHES = {}  # (path, inode, size, times) -> content hash, for this process
 
 
 # ----------------------------------------------------------------------------- errors
@@ -93,11 +102,21 @@ def main(parse_args, run, argv=None):
         logger.error("%s", err)
         return 1
     except OSError as err:
-        if err.errno not in WRITE_FAILURES:
+        if err.errno not in WRITE_FAILURES + PATH_CONFLICTS:
             raise
         logger.error("%s", write_failure_message(err))
         return 1
     return 0
+
+
+def check_free_space(path, nbytes):
+    """An OSError (ENOSPC, naming ``path``) unless the disk of ``path`` has room for ``nbytes``
+    and ``FULL_DISK_BYTES`` more: checked before h5py writes, which can crash the process
+    (not raise) when the disk fills under it."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(folder).free < nbytes + FULL_DISK_BYTES:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def write_failure_message(err):
@@ -106,6 +125,9 @@ def write_failure_message(err):
     where = err.filename or "an output file"
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some space (or raise the quota) or choose another --save_dir/--cache_dir"
+    elif err.errno in PATH_CONFLICTS:
+        fix = ("a file stands where a folder is wanted, or a folder where a file is: move it "
+               "or choose other paths")
     else:
         fix = "check its permissions or choose another --save_dir/--cache_dir"
     return f"{where}: {err.strerror}; {fix} (files written earlier are intact)"
@@ -295,11 +317,30 @@ def run_metadata():
             versions[module] = getattr(imported, "__version__", "unknown")
     return {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "code": code_version(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
     }
+
+
+@functools.lru_cache(maxsize=1)
+def code_version():
+    """The toolkit's version: the git commit of its checkout, "+changes" when files git tracks
+    differ from it, or None outside a git checkout (a copy without .git)."""
+    root = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=30)
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                  "--untracked-files=no"], capture_output=True, text=True,
+                                 timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
 def run_config(arguments, **facts):
@@ -394,10 +435,16 @@ class FolderLock:
                                 "uses the folder")
 
     def _holder(self):
+        """Who holds the lock, or None when the file does not say (half-written by a process
+        killed while taking it, or not a lock this project wrote): such a lock is taken over."""
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return None  # half-written by a process killed while taking it
+            return None
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int) or isinstance(
+                holder.get("pid"), bool):
+            return None
+        return holder
 
     @staticmethod
     def _stale(holder):
@@ -541,13 +588,35 @@ def choose_layers(requested, depth, default=None):
 
 # ----------------------------------------------------------------------------- caches
 
+def content_hash(path):
+    """SHA-256 of a file's content (hex): of all of it up to ``HASH_WHOLE_BYTES``; of a larger
+    file, its size, its first and last ``HASH_BLOCK_BYTES`` and ``HASH_SAMPLED_BLOCKS`` blocks
+    spread between them (a replaced WAV or response file differs there). Kept per process for
+    the file's inode, size and modification and change times: a copy with its times preserved
+    (``cp -p``, ``rsync -a``) still has a new change time, so it is hashed again."""
+    stat = os.stat(path)
+    key = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _CONTENT_HASHES:
+        digest_ = hashlib.sha256(str(stat.st_size).encode())
+        with open(path, "rb") as handle:
+            if stat.st_size <= HASH_WHOLE_BYTES:
+                for block in iter(lambda: handle.read(HASH_BLOCK_BYTES), b""):
+                    digest_.update(block)
+            else:
+                last = stat.st_size - HASH_BLOCK_BYTES
+                for offset in np.linspace(0, last, HASH_SAMPLED_BLOCKS + 2).astype(np.int64):
+                    handle.seek(int(offset))
+                    digest_.update(handle.read(HASH_BLOCK_BYTES))
+        _CONTENT_HASHES[key] = digest_.hexdigest()
+    return _CONTENT_HASHES[key]
+
+
 def file_identity(paths):
-    """Resolved paths, sizes and modification times of files, for cache keys: a file replaced
-    or regenerated at the same path gives a different key."""
+    """Resolved paths and content hashes (``content_hash``) of files, for cache keys and the
+    records of what a result was made from: a file replaced at the same path, also by one of
+    the same size and time, gives another identity."""
     files = [str(Path(path).resolve()) for path in paths]
-    stats = [Path(path).stat() for path in files]
-    return {"files": files, "sizes": [stat.st_size for stat in stats],
-            "modified_ns": [stat.st_mtime_ns for stat in stats]}
+    return {"files": files, "sha256": [content_hash(path) for path in files]}
 
 
 def digest(text):
@@ -609,6 +678,8 @@ def cached_arrays(path, names, compute, settings):
     if missing:
         new, extras = compute(missing)
         found.update(new)
+        size = sum(np.asarray(values).nbytes for values in [*extras.values(), *new.values()])
+        check_free_space(path, size + (path.stat().st_size if readable else 0))
         with atomic_output(path, overwrite=True) as tmp:
             if readable:
                 shutil.copyfile(path, tmp)

@@ -179,6 +179,8 @@ def make_target_features(args, group):
     if not group.is_main:
         return None
     settings = {"kind": kind, "model": args.model_name, "stories": stories,
+                "inputs": dataset.story_record(stories, ("wav",) if kind == "speech"
+                                               else ("textgrid",)),
                 "tr_source": args.tr_source, "tr_path": args.tr_path,
                 "trim_trs": list(TRIM), **settings}
     write_target_features(out, features, settings, args.overwrite)
@@ -384,6 +386,8 @@ def word_states(model, tokenizer, words, layer, context_words, batch_size=32, de
 def write_target_features(path, features, settings, overwrite=False):
     """Write ``features`` (story -> (rows, features)) as float32 datasets of an HDF5 file,
     atomically, with ``settings`` (a dict) as attributes (see the module docstring)."""
+    run_utils.check_free_space(path, sum(np.asarray(v, np.float32).nbytes
+                                         for v in features.values()))
     with run_utils.atomic_output(path, overwrite) as tmp, h5py.File(tmp, "w") as handle:
         for story, values in features.items():
             handle.create_dataset(story, data=np.asarray(values, np.float32))

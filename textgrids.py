@@ -27,6 +27,7 @@ ARPABET_PHONES = ("AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH"
 # A tier is a phone tier by content when at least this fraction of its non-noise labels are
 # ARPAbet phones (a word tier has a few: "uh", "ah").
 PHONE_TIER_MIN_FRACTION = 0.5
+TIME_TOLERANCE_S = 1e-6  # times closer than this are the same (rounding of the stored text)
 PHONE_TIER_NAMES = frozenset({"phone", "phones"})
 WORD_TIER_NAMES = frozenset({"word", "words"})
 
@@ -133,7 +134,7 @@ def _parse_textgrid(text, path):
     header = tokens.string() if not tokens.at_end() else ""
     tiers = []
     if header == "Praat chronological TextGrid text file":
-        _, xmax = tokens.number(), tokens.number()
+        xmin, xmax = tokens.number(), tokens.number()
         n_tiers = tokens.integer()
         ends = []
         for _ in range(n_tiers):
@@ -152,14 +153,14 @@ def _parse_textgrid(text, path):
         # This format has no entry counts: a file cut at a line end is caught by interval
         # tiers that stop before their declared end (Praat's interval tiers tile it).
         for (kind, name, entries), end in zip(tiers, ends):
-            if kind == "IntervalTier" and (not entries or abs(entries[-1][1] - end) > 1e-6):
-                raise DatasetError(f"{path}: tier {name!r} stops at "
-                                   f"{entries[-1][1] if entries else 0} s but should reach {end} s; "
-                                   "the file is truncated")
+            reached = max((entry[1] for entry in entries), default=0)
+            if kind == "IntervalTier" and (not entries or abs(reached - end) > TIME_TOLERANCE_S):
+                raise DatasetError(f"{path}: tier {name!r} stops at {reached} s but should reach "
+                                   f"{end} s; the file is truncated")
     elif header.startswith("ooTextFile"):
         if tokens.string() != "TextGrid":
             raise DatasetError(f"{path}: a Praat text file but not a TextGrid")
-        _, xmax = tokens.number(), tokens.number()
+        xmin, xmax = tokens.number(), tokens.number()
         has_tiers = tokens.flag() != "<absent>"
         for _ in range(tokens.integer() if has_tiers else 0):
             kind, name = tokens.string(), tokens.string()
@@ -173,7 +174,31 @@ def _parse_textgrid(text, path):
     else:
         raise DatasetError(f"{path}: not a Praat TextGrid in text format (first value "
                            f"{header!r}); binary TextGrids must be saved as text from Praat")
-    return xmax, run_utils.unique_names((name, entries) for _, name, entries in tiers)
+    return xmax, run_utils.unique_names(
+        (name, _in_time_order(name, entries, (min(xmin, 0), xmax), path))
+        for _, name, entries in tiers)
+
+
+def _in_time_order(name, entries, span, path):
+    """A tier's entries in time order, checked: no time outside the file's ``span`` (from 0,
+    or an earlier xmin, to xmax) or below 0, no interval that ends before it starts, no two
+    intervals that overlap (Praat's tiers tile time). The stored order is not trusted: a tier
+    written out of order is read in time order."""
+    ordered = sorted(entries, key=lambda entry: (entry[0], entry[1]))
+    low, high = span[0] - TIME_TOLERANCE_S, span[1] + TIME_TOLERANCE_S
+    for start, end, label in ordered:
+        if start < 0 or end < start or start < low or end > high:
+            raise DatasetError(f"{path}: tier {name!r} has {label!r} from {start} s to {end} s, "
+                               f"outside the file's 0-{span[1]} s or ending before it starts: "
+                               "the file is damaged, get it again")
+    for before, after in zip(ordered, ordered[1:]):
+        if after[0] < before[1] - TIME_TOLERANCE_S:
+            raise DatasetError(f"{path}: tier {name!r}: {before[2]!r} ({before[0]}-{before[1]} s) "
+                               f"overlaps {after[2]!r} ({after[0]}-{after[1]} s); a tier's "
+                               "intervals follow each other: the file is damaged, get it again")
+    if ordered != entries:
+        logger.warning("%s: tier %r is stored out of time order; read in time order", path, name)
+    return ordered
 
 
 def read_textgrid(path):

@@ -69,6 +69,7 @@ class TRFile:
                 others.append((when, label))
         if start is None or len(trtimes) < 2:
             raise DatasetError(f"{path}: needs a 'sound-start' line and at least two triggers")
+        checked(cls(trtimes, start), path)
         # A gap of more than 1.5 typical TRs means missed triggers: put them back.
         gaps = np.diff(trtimes)
         for missed in np.flatnonzero(gaps > 1.5 * np.median(gaps))[::-1]:
@@ -89,6 +90,22 @@ class TRFile:
     def tr_centres(self):
         """Centre of each TR in seconds from story onset, float64 (n_trs,)."""
         return self.tr_starts() + self.avgtr / 2.0
+
+
+def checked(trfile, where):
+    """``trfile`` if its trigger times are finite and increase (at least two of them) and its
+    sound start is a finite time, else a DatasetError naming ``where``: TR timing out of order
+    would place every feature at the wrong TR."""
+    times = np.asarray(trfile.trtimes, dtype=np.float64)
+    start = float(trfile.soundstarttime)
+    if len(times) < 2 or not np.isfinite(times).all() or not np.isfinite(start):
+        raise DatasetError(f"{where}: the TR timing needs at least two finite trigger times and "
+                           "a finite sound start; get the TR files again")
+    if (np.diff(times) <= 0).any():
+        at = int(np.flatnonzero(np.diff(times) <= 0)[0])
+        raise DatasetError(f"{where}: trigger times do not increase ({times[at]:g} s, then "
+                           f"{times[at + 1]:g} s); the TR file is damaged: get it again")
+    return trfile
 
 
 class _ResearchTextGrid:

@@ -20,6 +20,17 @@ SMALL_DATASET = dict(seed=3, subjects=(1, 2), n_train_stories=4, train_trs=44, t
                      n_voxels=120, n_words=24)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ceilings_outside_the_repository(tmp_path_factory):
+    """A run without --nc_path writes the ceiling it computes into subject_NCs/: in tests that
+    folder is a temporary one, so a test never leaves a ceiling that a user's run would read."""
+    import noise_ceilings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(noise_ceilings, "NC_DIR", tmp_path_factory.mktemp("subject_NCs"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory):
     """Read-only synthetic dataset (do not modify; copy it with ``dataset_copy``)."""

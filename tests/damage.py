@@ -13,6 +13,7 @@ import numpy as np
 import soundfile as sf
 
 import data_utils
+import synthetic_data
 import textgrids
 
 
@@ -79,3 +80,28 @@ def swap_tiers(data_dir, story, names=("", "")):
             lines += [f"        intervals [{index}]:", f"            xmin = {start}",
                       f"            xmax = {stop}", f'            text = "{label}"']
     path.write_text("\n".join(lines) + "\n")
+
+
+def shorten_story(data_dir, story, rows):
+    """Make a story ``rows`` response rows long, consistently: every subject's responses (and
+    repeats) cut to ``rows``, respdict ``rows + 20``, the WAV cut to end where the response rows
+    do and the TextGrid cut there too (a story that is merely short, not damaged)."""
+    dataset = _dataset(data_dir)
+    for subject in dataset.subjects():
+        path = dataset.subject_dir(subject) / f"{story}.hf5"
+        if not path.is_file():
+            continue
+        with h5py.File(path, "a") as handle:
+            for name in ("data", "individual_repeats"):
+                if name in handle:
+                    values = handle[name][()]
+                    del handle[name]
+                    handle[name] = values[:rows] if values.ndim == 2 else values[:, :rows]
+    set_respdict(data_dir, story, rows + 20)
+    seconds = 2.0 * (rows + 20) - 30  # the end of the last response row's TR
+    shorten_wav(data_dir, story, seconds)
+    path = dataset.textgrid_path(story)
+    _, grid = textgrids.read_textgrid(path)
+    cut = {name: [(start, min(end, seconds), label) for start, end, label in entries
+                  if start < seconds] for name, entries in grid.items()}
+    synthetic_data.write_textgrid(path, cut, seconds)

@@ -129,6 +129,17 @@ def test_cli_end_to_end(setup, capsys):
     assert "arguments" not in config["run"] and config["models"] == results["models"]
     assert "arguments" not in results and "run" not in results
     assert results["train_stories"] == config["train_stories"]
+    # the manifest: every input with its content hash, the models' fingerprints, the code
+    inputs = config["inputs"]
+    dataset = data_utils.Dataset(data)
+    read = [root / "UTS01.npy", *dataset.input_files(1, [*results["train_stories"],
+                                                          results["test_story"]]), root / "roi.json"]
+    assert inputs["files"] == [str(path.resolve()) for path in read]
+    assert inputs["sha256"] == [run_utils.content_hash(path) for path in read]
+    assert inputs["model_fingerprints"] == {
+        "pretrained": speech_models.load_encoder(root / "model0").fingerprint,
+        "model1": speech_models.load_encoder(root / "model1").fingerprint}
+    assert config["run"]["code"] == run_utils.code_version() and config["run"]["command"]
 
 
 def test_features_are_cached_and_reused(setup, monkeypatch):
@@ -238,7 +249,10 @@ def test_a_rerun_with_fewer_layers_leaves_no_files_of_the_earlier_run(setup):
     (["--chunk_s", "-1"], "--chunk_s"), (["--skip_pretrained"], "nothing to evaluate"),
     (["--fdr_q", "1"], "--fdr_q"), (["--train_fraction", "0"], "--train_fraction"),
     (["--n_permutations", "-1"], "--n_permutations"), (["--block_len", "0"], "--block_len"),
-    (["--n_bootstrap", "nan"], "--n_bootstrap")])
+    (["--n_bootstrap", "nan"], "--n_bootstrap"), (["--alphas", "0"], "--alphas: ridge penalties"),
+    (["--alphas", "-10", "0"], "got -10.0 0.0"), (["--low_level_alphas", "1", "nan"],
+                                                   "--low_level_alphas"),
+    (["--nc_thr", "1.5"], "--nc_thr must be in [0, 1)"), (["--nc_thr", "-0.1"], "--nc_thr")])
 def test_bad_flags_are_parser_errors(setup, flags, message, capsys):
     root, data = setup
     with pytest.raises(SystemExit):
@@ -405,6 +419,14 @@ def _damaged_copy(setup, tmp_path):
     return copy
 
 
+def _original_ceiling(setup, tmp_path):
+    """The original responses' ceiling without its record, for a damaged copy of them: kept
+    on purpose, so the run warns instead of refusing it."""
+    path = tmp_path / "original_ceiling.npy"
+    np.save(path, np.load(setup[0] / "UTS01.npy"))
+    return str(path)
+
+
 def _run_on(setup, data, out, *extra):
     """``_run`` on another dataset, results and cache in ``out``."""
     root, _ = setup
@@ -458,7 +480,7 @@ def test_repeats_with_fewer_voxels_than_the_responses_save_no_ceiling(setup, tmp
     _assert_nothing_written(tmp_path / "out")
 
 
-@pytest.mark.parametrize("zero_ceiling, flags", [(True, []), (False, ["--nc_thr", "40"])])
+@pytest.mark.parametrize("zero_ceiling, flags", [(True, []), (False, ["--nc_thr", "0.99"])])
 def test_an_empty_voxel_selection_is_refused(setup, tmp_path, caplog, monkeypatch,
                                              zero_ceiling, flags):
     root, data = setup
@@ -496,6 +518,7 @@ def test_constant_test_voxels_and_empty_regions_are_left_out_of_summaries(setup,
                         lambda path, series, ylabel, title, **_: titles.update(
                             {Path(path).name: (title, set(series))}))
     assert _run_on(setup, data, tmp_path / "out", "--layers", "2", "--nc_thr", "0.2",
+                   "--nc_path", _original_ceiling(setup, tmp_path),
                    "--roi_file", str(tmp_path / "roi.json"), "--low_level", "powspec",
                    "--test_target", "data") == 0
     out = tmp_path / "out" / "run"
@@ -777,6 +800,39 @@ def test_replaced_stimulus_is_extracted_again_and_other_layers_stay_cached(setup
     assert not np.allclose(after[1], before[1])
 
 
+def test_a_stimulus_replaced_with_its_size_and_time_kept_is_extracted_again(setup, tmp_path):
+    """``cp -p``/``rsync -a`` of another WAV of the same size over a story's WAV keeps its size
+    and modification time; the cache is keyed by content, so the features are extracted again."""
+    root, data = setup
+    copy = tmp_path / "ds"
+    shutil.copytree(data, copy)
+    encoder = speech_models.load_encoder(root / "model0")
+    dataset, extraction = data_utils.Dataset(copy), _extraction()
+    wav = dataset.stimulus_path("souls")
+    before = layer_features.cached_story_features(encoder, dataset, "souls", [1], extraction,
+                                                  tmp_path / "cache")[0][1]
+    audio, rate = sf.read(wav, dtype="int16")
+    stat = wav.stat()
+    replacement = tmp_path / "replacement.wav"
+    sf.write(replacement, np.ascontiguousarray(audio[::-1]), rate, subtype=sf.info(str(wav)).subtype)
+    shutil.copyfile(replacement, wav)
+    os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (wav.stat().st_size, wav.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    after = layer_features.cached_story_features(encoder, data_utils.Dataset(copy), "souls", [1],
+                                                 extraction, tmp_path / "cache")[0][1]
+    assert len(list((tmp_path / "cache").rglob("*.hf5"))) == 2
+    assert not np.allclose(after, before)
+
+
+def test_a_test_story_of_at_most_40_rows_stops_before_any_model_is_loaded(
+        setup, tmp_path, caplog, monkeypatch):
+    data = _damaged_copy(setup, tmp_path)
+    damage.shorten_story(data, data_utils.TEST_STORY, 30)
+    _no_model_loading(monkeypatch)
+    assert _run_on(setup, data, tmp_path / "out", "--nc_path", str(tmp_path / "nc.npy")) == 1
+    assert "the test story has 30 response rows" in _one_error_line(caplog)
+
+
 def test_fingerprint_of_models_with_scalar_buffers():
     """wav2vec2-conformer has 0-d BatchNorm counters; fingerprints still work and differ."""
     from transformers import AutoModel, Wav2Vec2ConformerConfig
@@ -987,6 +1043,7 @@ def test_test_target_and_normaliser_flags_when_data_is_not_the_mean_of_the_repea
     for target, normaliser in (("repeats_mean", "test_repeats"), ("data", "nc_file")):
         out = tmp_path / f"{target}_{normaliser}"
         assert _run_on(setup, data, out, "--layers", "2", "--test_target", target,
+                       "--nc_path", _original_ceiling(setup, tmp_path),
                        "--normalise_by", normaliser, "--n_permutations", "0",
                        "--n_bootstrap", "0", "--cache_dir", str(tmp_path / "cache")) == 0
         folder = out / "run"
@@ -1376,3 +1433,21 @@ def test_a_resume_with_other_voxels_is_refused(setup, monkeypatch, caplog):
     assert _run_shared(setup, *RESUMED, "--resume", "--voxels", "nc>0.3",
                        save="voxels_resumed") == 1
     assert "--voxels" in _one_error_line(caplog) and _snapshot(partial) == kept
+
+
+def test_features_that_are_not_finite_are_never_scored(setup):
+    """NaN features (a model that overflowed) would give NaN predictions, which correlate as
+    0: refused in one line instead."""
+    root, data = setup
+    dataset = data_utils.Dataset(data)
+    stories = ["souls", "legacy"]
+    test = data_utils.TEST_STORY
+    nc = np.ones(30)
+    task = _task(stories, test, np.vstack([dataset.responses(1, s) for s in stories]),
+                 dataset.responses(1, test)[data_utils.TEST_RESPONSE_TRIM:], nc,
+                 eval_utils.bootstrap_chunk_splits([dataset.response_rows(s) for s in stories],
+                                                   n_boots=2, chunk_len=10), [1.0, 10.0])
+    features = {s: np.ones((len(dataset.tr_times(s)), 4), np.float32) for s in [*stories, test]}
+    features[test][60, 2] = np.nan
+    with pytest.raises(run_utils.UserError, match="model1 layer 2: the features hold NaN"):
+        encoding.layer_scores(features, task, what="model1 layer 2")

@@ -870,3 +870,90 @@ def test_tr_sources_tr_path_and_checked_stories(dataset_copy, tmp_path, capsys):
         f"TR timing trfiles ({pickle_path}): not usable: not a readable research pickle")
     assert not [note for note in notes(output) if "TR files" in note]
     assert_no_traceback(output)
+
+
+# ----------------------------------------------------------------------------- inputs that carry no signal
+
+def _rewrite_wav(root, story, change, subtype=None):
+    """Rewrite a story's WAV with ``change(samples)``, same rate (and subtype unless given)."""
+    path = Dataset(root).stimulus_path(story)
+    info = sf.info(str(path))
+    audio, rate = sf.read(path, dtype="float64", always_2d=True)
+    sf.write(path, change(audio), rate, subtype=subtype or info.subtype)
+    return path
+
+
+@pytest.mark.parametrize("case", ["nan", "silent_float", "silent_pcm"])
+def test_audio_without_a_signal_is_reported_and_refused(dataset_copy, capsys, case):
+    """NaN samples (a float WAV) or a WAV of zeros: check names it, and neither the run-input
+    check nor the stimulus loader lets it through."""
+    def nan(audio):
+        audio = audio.copy()
+        audio[1000:1010] = np.nan
+        return audio
+
+    change, subtype = {"nan": (nan, "FLOAT"), "silent_float": (np.zeros_like, "FLOAT"),
+                       "silent_pcm": (np.zeros_like, None)}[case]
+    path = _rewrite_wav(dataset_copy, SHARED_STORY, change, subtype)
+    code, output = run_check(capsys, dataset_copy)
+    found = [line for line in problems(output) if str(path) in line]
+    assert code == 1 and len(found) == 1, output
+    assert ("NaN or infinite" if case == "nan" else "the audio is silent") in found[0]
+    assert_no_traceback(output)
+    dataset = Dataset(dataset_copy)
+    with pytest.raises(DatasetError, match="NaN or infinite" if case == "nan" else "silent"):
+        dataset.check_run_inputs(1, [SHARED_STORY])
+    with pytest.raises(DatasetError, match="NaN or infinite" if case == "nan" else "silent"):
+        dataset.stimulus(SHARED_STORY)
+
+
+def test_responses_stored_as_strings_are_named(dataset_copy, capsys):
+    path = hf5_path(dataset_copy, "UTS01", SHARED_STORY)
+    rows = read_dataset(path)
+    replace_dataset(path, "data", rows.astype("S8"))
+    code, output = run_check(capsys, dataset_copy)
+    found = [line for line in problems(output) if str(path) in line]
+    assert code == 1 and len(found) == 1 and "not numbers" in found[0], output
+    with pytest.raises(DatasetError, match="holds .* values, not numbers"):
+        Dataset(dataset_copy).responses(1, SHARED_STORY)
+
+
+def test_a_folder_named_like_a_wav_is_named_as_such(dataset_copy, capsys):
+    path = Dataset(dataset_copy).stimulus_path(SHARED_STORY)
+    path.unlink()
+    path.mkdir()
+    code, output = run_check(capsys, dataset_copy)
+    found = [line for line in problems(output) if str(path) in line]
+    assert code == 1 and found and "a folder" in found[0] and "missing" not in found[0], output
+    with pytest.raises(DatasetError, match="a folder"):
+        Dataset(dataset_copy).stimulus(SHARED_STORY)
+
+
+def test_a_test_story_of_at_most_40_rows_is_a_problem(dataset_copy, capsys):
+    """The evaluator does not score the test story's first 40 rows: one of 30 rows is cut short
+    (and only that is wrong with it)."""
+    damage.shorten_story(dataset_copy, TEST_STORY, 30)
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 1 and len(problems(output)) == 2, output
+    assert all("30 response rows" in line for line in problems(output))
+
+
+def test_a_textgrid_with_overlapping_words_is_named(dataset_copy, capsys):
+    path = textgrid_file(dataset_copy, SHARED_STORY)
+    xmax, grid = textgrids.read_textgrid(path)
+    words = grid["word"]
+    start, end, label = words[3]
+    words[3] = (start, end + 0.5 * (words[4][1] - words[4][0]) + 0.01, label)  # into the next
+    synthetic_data.write_textgrid(path, {"phone": grid["phone"], "word": words}, xmax)
+    code, output = run_check(capsys, dataset_copy)
+    found = [line for line in problems(output) if str(path) in line]
+    assert code == 1 and len(found) == 1 and "overlaps" in found[0], output
+
+
+def test_a_folder_in_place_of_respdict_is_one_line(dataset_copy, capsys):
+    path = respdict_file(dataset_copy)
+    path.unlink()
+    path.mkdir()
+    code, output = run_check(capsys, dataset_copy)
+    assert code == 1 and any(f"{path}: cannot be read" in line for line in problems(output))
+    assert_no_traceback(output)

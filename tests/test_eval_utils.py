@@ -216,6 +216,14 @@ def test_ridge_bad_shapes():
         eval_utils.fit_ridge_cv(np.ones((10, 3)), np.ones((10, 2)), [1.0], [])
 
 
+@pytest.mark.parametrize("alphas", [[0.0], [-10.0, 0.0], [1.0, np.nan], [np.inf], []])
+def test_ridge_refuses_penalties_that_are_not_positive(alphas):
+    """A penalty of 0 or below gives no ridge (every voxel then scored exactly 0): refused."""
+    splits = [(np.arange(6), np.arange(6, 10))]
+    with pytest.raises(ValueError, match="ridge penalties must be positive"):
+        eval_utils.fit_ridge_cv(np.ones((10, 3)), np.ones((10, 2)), alphas, splits)
+
+
 def test_regress_out_matches_sklearn_ridge_and_removes_the_confounds():
     rng = np.random.default_rng(5)
     stories = ["a", "b", "c", "d"]

@@ -3,6 +3,7 @@ and the subject ceiling files and CLI of noise_ceilings.py."""
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import data_utils
 import eval_utils
 import hdf5_io
 import noise_ceilings
+import run_utils
+import synthetic_data
 from data_utils import Dataset
 from run_utils import DatasetError
 
@@ -205,10 +208,10 @@ def test_noise_ceiling_of_another_subject_is_refused(synthetic_dir, tmp_path):
         noise_ceilings.load_noise_ceiling(path)
 
 
-def test_default_nc_path_is_in_the_repository():
-    path = noise_ceilings.default_nc_path("3")
-    assert path.name == "UTS03.npy" and path.parent.name == "subject_NCs"
-    assert (path.parent / "README.md").exists()
+def test_default_nc_path_is_in_subject_ncs():
+    assert noise_ceilings.default_nc_path("3") == noise_ceilings.NC_DIR / "UTS03.npy"
+    repository = Path(noise_ceilings.__file__).resolve().parent / "subject_NCs"
+    assert (repository / "README.md").exists()
 
 
 # ----------------------------------------------------------------------------- damaged inputs
@@ -292,3 +295,53 @@ def test_ceiling_voxels_refuses_an_empty_selection(tmp_path, nc, threshold, larg
         noise_ceilings.ceiling_voxels(loaded, threshold, path)
     assert str(info.value).startswith(
         f"{path}: no voxel has a noise ceiling above {threshold} (max {largest});")
+
+
+# ----------------------------------------------------------------------------- what made a ceiling
+
+def test_a_ceiling_of_another_datasets_responses_is_refused_naming_both(synthetic_dir, tmp_path):
+    """The same subject and voxel count, other responses (another dataset, or the test story
+    replaced): the ceiling's record says what it was made from, and the run stops."""
+    other = tmp_path / "other"
+    synthetic_data.generate(other, seed=9, subjects=(1,), n_train_stories=2, train_trs=44,
+                            test_trs=311, n_voxels=120, n_words=10)
+    path = tmp_path / "UTS01.npy"
+    made = noise_ceilings.get_noise_ceiling(Dataset(other), 1, path)
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["responses"]["files"] == [str(Dataset(other).response_path(
+        1, data_utils.TEST_STORY).resolve())]
+    assert record["ceiling_sha256"] == run_utils.content_hash(path)
+    np.testing.assert_array_equal(noise_ceilings.get_noise_ceiling(Dataset(other), 1, path),
+                                  made)  # its own dataset: used
+    ours = Dataset(synthetic_dir).response_path(1, data_utils.TEST_STORY)
+    with pytest.raises(DatasetError) as refused:
+        noise_ceilings.get_noise_ceiling(Dataset(synthetic_dir), 1, path)
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message and str(ours.resolve()) in message
+    assert "was computed from" in message and "--nc_path" in message
+
+
+def test_a_ceiling_without_a_record_is_used_with_a_warning(synthetic_dir, tmp_path, caplog):
+    """The authors' published files come without our record: used, with a warning; a record
+    left beside a replaced ceiling is not taken for its own."""
+    path = tmp_path / "UTS01.npy"
+    dataset = Dataset(synthetic_dir)
+    computed = noise_ceilings.get_noise_ceiling(dataset, 1, path)
+    np.save(path, computed * 0.5)  # replaced after its record was written
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(noise_ceilings.get_noise_ceiling(dataset, 1, path),
+                                      computed * 0.5)
+    assert "no record of the responses it was computed from" in caplog.text
+    path.with_suffix(".json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        noise_ceilings.get_noise_ceiling(dataset, 1, path)
+    assert "cannot be checked" in caplog.text
+
+
+@pytest.mark.parametrize("values", [[0.5, 1.2, 0.3], [0.5, -0.2, 0.3]])
+def test_ceilings_outside_zero_one_are_refused(tmp_path, values):
+    path = tmp_path / "UTS01.npy"
+    np.save(path, np.array(values))
+    with pytest.raises(DatasetError, match=r"1 of 3 noise ceilings lie outside \[0, 1\]"):
+        noise_ceilings.load_noise_ceiling(path, 3)

@@ -1,8 +1,10 @@
 """run_utils.py: atomic writes, output folders that never lose a run, locks, model choice,
 caches and the scripts' entry point."""
 
+import argparse
 import csv
 import errno
+import hashlib
 import importlib
 import json
 import logging
@@ -10,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,6 +218,18 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, caplog):
     with caplog.at_level(logging.WARNING), run_utils.output_folder(out) as staging:
         (staging / "x").write_text("1")
     assert "no longer runs" in caplog.text and not lock.path.exists()
+
+
+@pytest.mark.parametrize("content", ['["not", "an", "object"]', '{"pid": "12"}', "7", ""])
+def test_a_lock_file_holding_something_else_is_taken_over(tmp_path, caplog, content):
+    """A lock file that does not say who holds it (another tool's, or damaged) is one warning
+    and taken over, not a crash."""
+    out = tmp_path / "results"
+    lock = run_utils.FolderLock(out)
+    lock.path.write_text(content)
+    with caplog.at_level(logging.WARNING), run_utils.output_folder(out) as staging:
+        (staging / "x").write_text("1")
+    assert "taking over the lock" in caplog.text and (out / "x").exists()
 
 
 def test_run_folder_replaces_an_old_run_only_when_started(tmp_path):
@@ -426,3 +442,53 @@ def test_every_command_line_prints_its_help(script, argv, capsys):
         module.parse_args(argv) if hasattr(module, "parse_args") else module.main(argv)
     assert stop.value.code == 0
     assert "--" in capsys.readouterr().out
+
+
+def test_a_file_replaced_with_its_size_and_time_kept_gets_another_identity(tmp_path):
+    """``cp -p`` or ``rsync -a`` of another file of the same size keeps size and modification
+    time: the content hash (whole, or sampled for a large file) still tells them apart."""
+    for size in (1000, run_utils.HASH_WHOLE_BYTES + 5 * 2**20):
+        path, other = tmp_path / "data.bin", tmp_path / "other.bin"
+        rng = np.random.default_rng(size)
+        path.write_bytes(rng.bytes(size))
+        other.write_bytes(rng.bytes(size))
+        before = run_utils.file_identity([path])
+        stat = path.stat()
+        shutil.copyfile(other, path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+        after = run_utils.file_identity([path])
+        assert after["files"] == before["files"] and after["sha256"] != before["sha256"]
+        assert after["sha256"] == [run_utils.content_hash(other)]
+        if size < run_utils.HASH_WHOLE_BYTES:  # a small file: its size and all of it
+            assert after["sha256"][0] == hashlib.sha256(
+                str(size).encode() + path.read_bytes()).hexdigest()
+
+
+def test_a_cache_is_not_written_onto_a_full_disk(tmp_path, monkeypatch):
+    """h5py can crash the process (not raise) when the disk fills under it: the room is
+    checked first, and a full disk is an OSError naming the cache file."""
+    path = tmp_path / "cache.hf5"
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(run_utils.shutil, "disk_usage",
+                        lambda folder: usage._replace(free=1000))
+    with pytest.raises(OSError) as full:
+        run_utils.cached_arrays(path, [1], lambda missing: ({1: np.zeros(10**5)}, {}), "s")
+    assert full.value.errno == errno.ENOSPC and full.value.filename == str(path)
+    assert not path.exists() and not list(tmp_path.iterdir())
+    assert "No space left" in run_utils.write_failure_message(full.value)
+
+
+def test_a_file_in_the_way_of_an_output_folder_is_one_line(tmp_path, caplog):
+    """--save_dir naming a file, or a folder where a lock file goes: one line, no traceback."""
+    blocker = tmp_path / "results_file"
+    blocker.write_text("not a folder")
+
+    def write(args):
+        run_utils.write_json(Path(args.value) / "run" / "results.json", {})
+
+    parse = argparse.ArgumentParser()
+    parse.add_argument("value")
+    assert run_utils.main(parse.parse_args, write, [str(blocker)]) == 1
+    assert "a file stands where a folder is wanted" in caplog.text
+    assert "Traceback" not in caplog.text and blocker.read_text() == "not a folder"

@@ -2,6 +2,7 @@
 synthetic dataset with a tiny wav2vec2 and a tiny random GPT-2 (built from configs, nothing
 downloaded)."""
 
+import json
 import logging
 import shutil
 
@@ -18,9 +19,11 @@ import brain_trainer_story
 import data_utils
 import eval_utils
 import layer_features
+import run_utils
 import speech_models
 import synthetic_data
 import target_features
+from run_utils import DatasetError
 
 STORIES = ["legacy", "life", "souls", "stagefright", data_utils.TEST_STORY]
 QUICK = ["--context_s", "2", "--chunk_s", "1", "--log_level", "WARNING"]  # speech windows
@@ -198,3 +201,35 @@ def test_the_file_reads_back_as_response_rows_and_onto_the_tr_grid(setup, tmp_pa
         assert np.isnan(grid[:10]).all() and np.isnan(grid[-5:]).all()
     with pytest.raises(data_utils.DatasetError, match="no dataset for story 'legacy'"):
         dataset.target_features(out, ["legacy"])
+
+def test_a_target_file_is_used_only_for_the_files_it_was_made_from(setup, tmp_path, caplog):
+    """The file records the content of the WAVs (speech) or TextGrids (text) it was made
+    from: another dataset's story of the same name and length is refused in one line."""
+    data, _, gpt2 = setup
+    out = tmp_path / "text.hf5"
+    assert _make("text", gpt2, data, out, "--stories", "souls", "legacy") == 0
+    record = json.loads(_read(out)[1]["settings"])["inputs"]
+    dataset = data_utils.Dataset(data)
+    assert record["stories"]["souls"] == {
+        "textgrid": run_utils.content_hash(dataset.textgrid_path("souls"))}
+    assert set(dataset.target_features(out, ["souls", "legacy"])) == {"souls", "legacy"}
+    copy = data_utils.Dataset(shutil.copytree(data, tmp_path / "ds"))
+    path = copy.textgrid_path("souls")
+    path.write_text(path.read_text().replace('"AH0"', '"AA0"', 1))  # another story's words
+    with pytest.raises(DatasetError) as refused:
+        copy.target_features(out, ["souls", "legacy"])
+    message = str(refused.value)
+    assert str(out) in message and str(path) in message and "\n" not in message
+    assert copy.target_features(out, ["legacy"])  # the other story is the one it was made of
+
+
+def test_a_target_file_holding_nan_is_refused(setup, tmp_path):
+    data, _, _ = setup
+    dataset = data_utils.Dataset(data)
+    out = tmp_path / "nan.hf5"
+    with h5py.File(out, "w") as handle:
+        values = np.zeros((dataset.response_rows("souls"), 3))
+        values[2, 1] = np.nan
+        handle["souls"] = values
+    with pytest.raises(DatasetError, match="'souls' holds values that are not finite numbers"):
+        dataset.target_features(out, ["souls"])

@@ -494,3 +494,46 @@ def test_is_noise(label):
 @pytest.mark.parametrize("label", ["spin", "hello", "S", "AH0", "{hello}", "brr"])
 def test_words_and_phones_are_not_noise(label):
     assert not textgrids.is_noise(label)
+
+
+# ----------------------------------------------------------------------------- times that cannot be
+
+def _short_grid(words, xmax=3.0):
+    """A short-format TextGrid: a phone tier of one interval and a word tier of ``words``
+    ((start, end, label) in the order stored)."""
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "0", str(xmax),
+             "<exists>", "2", '"IntervalTier"', '"phone"', "0", str(xmax), "1", "0", str(xmax),
+             '"AH0"', '"IntervalTier"', '"word"', "0", str(xmax), str(len(words))]
+    for start, end, label in words:
+        lines += [str(start), str(end), f'"{label}"']
+    return "\n".join(lines) + "\n"
+
+
+def test_a_tier_stored_out_of_order_is_read_in_time_order(caplog):
+    stored = [(0, 1, "one"), (2, 3, "three"), (1, 2, "two")]
+    grid = textgrids.parse_textgrid(_short_grid(stored), "x.TextGrid")
+    assert grid["word"] == [(0.0, 1.0, "one"), (1.0, 2.0, "two"), (2.0, 3.0, "three")]
+    assert "x.TextGrid: tier 'word' is stored out of time order" in caplog.text
+
+
+@pytest.mark.parametrize("words, message", [
+    ([(0, 1.5, "one"), (1.2, 3, "two")], r"'one' \(0.0-1.5 s\) overlaps 'two' \(1.2-3.0 s\)"),
+    ([(-0.5, 1, "one"), (1, 3, "two")], "'one' from -0.5 s to 1.0 s"),
+    ([(0, 2, "one"), (2, 1.5, "two")], "'two' from 2.0 s to 1.5 s"),
+])
+def test_impossible_times_are_one_line_naming_the_file_and_tier(tmp_path, words, message):
+    path = _write(tmp_path, _short_grid(words).encode())
+    with pytest.raises(DatasetError, match=message) as refused:
+        textgrids.read_textgrid(path)
+    assert str(path) in str(refused.value) and "tier 'word'" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_intervals_that_touch_within_rounding_are_not_an_overlap():
+    grid = textgrids.parse_textgrid(_short_grid([(0, 1.0000004, "one"), (1, 3, "two")]))
+    assert [label for _, _, label in grid["word"]] == ["one", "two"]
+
+
+def test_an_interval_beyond_the_files_end_is_refused():
+    with pytest.raises(DatasetError, match="outside the file's 0-3.0 s"):
+        textgrids.parse_textgrid(_short_grid([(0, 1, "one"), (1, 3.5, "two")]), "x.TextGrid")

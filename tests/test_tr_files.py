@@ -134,6 +134,18 @@ def test_from_report_incomplete(tmp_path, text):
     assert str(path) in str(excinfo.value)
 
 
+@pytest.mark.parametrize("triggers", ["0.0 trigger\n2.0 trigger\n1.9 trigger\n",
+                                      "0.0 trigger\n2.0 trigger\n2.0 trigger\n"])
+def test_trigger_times_that_do_not_increase_are_refused(tmp_path, triggers):
+    """A report whose triggers go back in time would put every feature at the wrong TR."""
+    path = write_report(tmp_path, triggers + "1.0 sound-start\n")
+    with pytest.raises(DatasetError, match="trigger times do not increase") as excinfo:
+        tr_files.TRFile.from_report(path)
+    assert str(path) in str(excinfo.value)
+    with pytest.raises(DatasetError, match="at least two finite trigger times"):
+        tr_files.checked(tr_files.TRFile([0.0, np.nan], 0.0), "pickle [souls]")
+
+
 # ----------------------------------------------------------------------------- research pickles
 
 COMPRESSIONS = [0, 3, ("zlib", 3), ("gzip", 3), ("bz2", 3), ("xz", 3), ("lzma", 3)]

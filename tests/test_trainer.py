@@ -281,6 +281,37 @@ def test_existing_run_is_never_overwritten(train_data, tiny_models, tmp_path, ca
     assert json.loads((tmp_path / "run" / "run_config.json").read_text())["arguments"]["seed"] == 4
 
 
+def test_resume_refuses_inputs_other_than_the_runs(train_data, tiny_models, tmp_path, caplog):
+    """The run records every file it read with its content hash, the model's fingerprint and
+    the code; --resume on changed responses is one line naming the file, nothing written."""
+    data = tmp_path / "ds"
+    shutil.copytree(train_data, data)
+    model = tiny_models["wav2vec2"]
+    args = ["--model_name", str(model), "--subject", "1", "--data_dir", str(data),
+            "--save_dir", str(tmp_path), "--exp_name", "run",
+            "--nc_path", str(train_data.parent / "UTS01.npy"), *FAST]
+    assert trainer.main([*args, "--num_epochs", "1"]) == 0
+    config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    inputs = config["inputs"]
+    dataset = data_utils.Dataset(data)
+    souls = dataset.response_path(1, "souls")
+    assert str(souls.resolve()) in inputs["files"]
+    assert str((train_data.parent / "UTS01.npy").resolve()) in inputs["files"]
+    assert inputs["sha256"][inputs["files"].index(str(souls.resolve()))] == \
+        run_utils.content_hash(souls)
+    assert inputs["model_fingerprint"] and config["run"]["code"] == run_utils.code_version()
+    final = json.loads((tmp_path / "run" / "final" / "brain_tuning.json").read_text())
+    assert final["inputs"] == inputs  # the checkpoint carries the manifest too
+    before = _snapshot(tmp_path / "run")
+    rows = damage.read_hdf5(data, 1, "souls")
+    damage.replace_hdf5(data, 1, "souls", "data", rows[::-1].copy())
+    caplog.clear()
+    assert trainer.main([*args, "--num_epochs", "1", "--resume"]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "other inputs" in errors[0] and str(souls.resolve()) in errors[0]
+    assert _snapshot(tmp_path / "run") == before
+
+
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_set_itself_up(
         train_data, tiny_models, tmp_path, caplog):
     """A misspelt story stops the new run before it replaces anything."""
