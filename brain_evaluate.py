@@ -34,6 +34,7 @@ import encoding
 import finished_results
 import processes
 import run_utils
+import speech_models
 from alignment_analyses import AnalysisFlags
 from arguments import ModelFlags, OutputFlags, flag
 from brain_regions import RegionFlags
@@ -94,13 +95,11 @@ def evaluate(settings, group):
         # inputs: the dataset, its stories and the encoding problem, all checked
         dataset = settings.open_dataset()
         subject = data_utils.subject_id(settings.subject)
-        models = run_utils.models_to_evaluate(settings.model_name, settings.model_path,
-                                              settings.logs_dir, settings.epochs,
-                                              settings.skip_pretrained)
         dtype = processes.autocast_dtype(settings.precision, group.device)
         stories = encoding.training_stories(dataset, subject, settings.train_stories,
                                             settings.test_story)
         task, voxel_facts = encoding.encoding_task(settings, dataset, subject, stories)
+        models = speech_models.checked_models(settings, settings.layers)  # before extraction
         # what a resumed run keeps, and the stimulus features every model shares
         keep = finished_results.result_settings(settings, dataset, subject, stories, dtype)
         partial = finished_results.partial_folder(out_dir)

@@ -41,9 +41,9 @@ from pathlib import Path
 import arguments
 import asr
 import downstream_data
-import probing
 import processes
 import run_utils
+import speech_models
 from arguments import ModelFlags, OutputFlags, flag
 from probing import ProbeFlags
 
@@ -120,7 +120,7 @@ def recognise(settings, group):
     out_dir = Path(settings.save_dir) / settings.exp_name
     run_utils.check_replaceable(out_dir, settings.overwrite)  # before the slow part
     with group.folder_lock(out_dir):  # held for the run's life
-        models = probing.checked_models(settings)
+        models = speech_models.checked_models(settings, settings.layers)
         dtype = processes.autocast_dtype(settings.precision, group.device)
         source = settings.data_source()
         train, test = [asr.asr_examples(source, split, settings.target, settings.include_sa,

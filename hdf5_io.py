@@ -1,5 +1,5 @@
 """Response matrices in HDF5 files: read only the voxel columns asked for, as float32 with NaN
-read as 0, in blocks that bound the memory; shapes from metadata; unreadable files and failed
+read as 0 (infinities refused), in blocks that bound the memory; shapes from metadata; unreadable files and failed
 reads are a ``DatasetError`` naming the file.
 """
 
@@ -36,7 +36,7 @@ def hdf5_dataset(handle, name, path, ndim=None):
     dataset = handle[name]
     if ndim is not None and dataset.ndim != ndim:
         raise DatasetError(f"{path}: dataset {name!r} has shape {dataset.shape}, expected {ndim} axes")
-    if dataset.dtype.kind not in "biuf":
+    if dataset.dtype.kind not in "iuf":  # bool is a mask, not a response
         raise DatasetError(f"{path}: dataset {name!r} holds {dataset.dtype} values, not numbers; "
                            "the file is damaged or not a response file: download it again")
     return dataset
@@ -90,8 +90,17 @@ def read_columns(dataset, columns=None, block_bytes=HDF5_BLOCK_BYTES):
             rows = slice(row, min(row + rows_per_block, n_rows))
             block = np.asarray(dataset[lead + (rows, slice(first, stop))])
             out[lead + (rows,)] = block if take is None else block[:, take]
-    out[~np.isfinite(out)] = 0.0
+    out[np.isnan(out)] = 0.0
     return out
+
+
+def _refuse_infinities(values, path, name):
+    """NaN marks a missing value (read as 0, as the authors' loaders do); an infinity cannot come
+    from z-scored responses, and reading it as any number would be silently wrong."""
+    count = int(np.isinf(values).sum())
+    if count:
+        raise DatasetError(f"{path}: dataset {name!r} holds {count} infinite values; the file is "
+                           "damaged: download it again")
 
 
 def read_matrix(path, name, ndim, voxels=None):
@@ -99,7 +108,9 @@ def read_matrix(path, name, ndim, voxels=None):
     of the ``ndim``-axis dataset ``name`` of an HDF5 file, as ``read_columns`` reads them."""
     with open_hdf5(path) as handle:
         dataset = hdf5_dataset(handle, name, path, ndim=ndim)
-        return read_columns(dataset, voxel_columns(voxels, dataset.shape[-1], path))
+        values = read_columns(dataset, voxel_columns(voxels, dataset.shape[-1], path))
+    _refuse_infinities(values, path, name)
+    return values
 
 
 def hdf5_shape(path, name="data"):
@@ -119,6 +130,7 @@ def constant_voxel_counts(path):
         rows_per_block = max(1, HDF5_BLOCK_BYTES // (dataset.dtype.itemsize * max(1, n_voxels)))
         for row in range(0, n_rows, rows_per_block):
             block = np.asarray(dataset[row:row + rows_per_block], dtype=np.float64)
+            _refuse_infinities(block, path, "data")
             finite = np.isfinite(block)
             missing += (~finite).sum(axis=0)
             block[~finite] = 0.0

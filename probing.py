@@ -308,7 +308,7 @@ def probe(settings, group):
     out_dir = Path(settings.save_dir) / settings.exp_name
     run_utils.check_replaceable(out_dir, settings.overwrite)  # before the slow part
     with group.folder_lock(out_dir):  # held for the run's life
-        models = checked_models(settings)
+        models = speech_models.checked_models(settings, settings.layers)
         device = group.device
         dtype = processes.autocast_dtype(settings.precision, device)
         task = downstream_data.TASKS[settings.task]
@@ -344,18 +344,6 @@ def probe(settings, group):
         for key in ("f1_micro", "f1_macro"):
             print(run_utils.comparison_table(rows, key))
         logger.info("results in %s", out_dir)
-
-
-def checked_models(settings):
-    """The (label, checkpoint) pairs the ``arguments.ModelFlags`` name
-    (``run_utils.models_to_evaluate``), each loaded once here so that a broken checkpoint
-    stops the run before any extraction."""
-    models = run_utils.models_to_evaluate(settings.model_name, settings.model_path,
-                                          settings.logs_dir, settings.epochs,
-                                          settings.skip_pretrained)
-    for _, checkpoint in models:
-        speech_models.load_encoder(checkpoint)
-    return models
 
 
 def split_examples(task, data_path, split, seed=0, max_examples=None, test_fraction=0.2,

@@ -128,6 +128,19 @@ class Encoder:
         return fingerprint(self.backbone)
 
 
+def checked_models(settings, layers=None):
+    """The (label, checkpoint) pairs the ``arguments.ModelFlags`` name
+    (``run_utils.models_to_evaluate``), each loaded once here, and ``layers`` checked against
+    its depth, so that a broken checkpoint or a layer it lacks stops the run before any
+    extraction."""
+    models = run_utils.models_to_evaluate(settings.model_name, settings.model_path,
+                                          settings.logs_dir, settings.epochs,
+                                          settings.skip_pretrained)
+    for _, checkpoint in models:
+        run_utils.choose_layers(layers, load_encoder(checkpoint).depth)
+    return models
+
+
 def load_encoder(name_or_path, device=None):
     """A checkpoint as an ``Encoder``: backbone (moved to ``device`` if given), family,
     preprocessor (the saved feature extractor or the family's default) and depth."""

@@ -269,6 +269,22 @@ def test_default_layers_clip_to_depth_and_explicit_ones_do_not(setup, caplog):
     assert "0..2" in caplog.text
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--layers", "5"], "--layers 5: the model has hidden states 0..2 only"),
+    (["--model_path", "/nonexistent/model"], "/nonexistent/model: no such model directory")])
+def test_a_model_flag_that_cannot_work_stops_before_any_extraction(setup, tmp_path, caplog,
+                                                                   monkeypatch, flags, message):
+    extracted = []
+    monkeypatch.setattr(alignment_analyses, "evaluate_model",
+                        lambda *args, **kwargs: extracted.append(args))
+    root, data = setup
+    assert brain_evaluate.main([
+        "--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data),
+        "--nc_path", str(root / "UTS01.npy"), "--save_dir", str(tmp_path), *QUICK,
+        *flags]) == 1
+    assert message in _one_error_line(caplog) and not extracted
+
+
 def test_noise_ceiling_of_wrong_length_is_refused(setup, caplog):
     root, _ = setup
     np.save(root / "short.npy", np.ones(7))

@@ -957,3 +957,15 @@ def test_a_folder_in_place_of_respdict_is_one_line(dataset_copy, capsys):
     code, output = run_check(capsys, dataset_copy)
     assert code == 1 and any(f"{path}: cannot be read" in line for line in problems(output))
     assert_no_traceback(output)
+
+
+def test_infinite_test_story_responses_are_a_problem(dataset_copy, capsys):
+    path = hf5_path(dataset_copy, "UTS01", TEST_STORY)
+    rows = read_dataset(path)
+    rows[50, 3] = -np.inf
+    replace_dataset(path, "data", rows)
+    code, output = run_check(capsys, dataset_copy)
+    found = [line for line in problems(output) if str(path) in line]
+    assert code == 1 and len(found) == 1 and "1 infinite values" in found[0], output
+    with pytest.raises(DatasetError, match="1 infinite values; the file is damaged"):
+        Dataset(dataset_copy).responses(1, TEST_STORY)

@@ -1,8 +1,13 @@
-"""Response matrices read by hdf5_io: the requested columns in bounded blocks, NaN read as 0."""
+"""Response matrices read by hdf5_io: the requested columns in bounded blocks, NaN read as 0, infinities and non-numbers refused."""
 
+import re
+
+import h5py
 import numpy as np
+import pytest
 
 import hdf5_io
+from run_utils import DatasetError
 
 
 class RecordingDataset:
@@ -32,6 +37,27 @@ def test_read_columns_reads_bounded_blocks_of_the_requested_span():
     assert sum(np.prod(shape) for shape in dataset.reads) == 3 * 50 * 281
 
 
-def test_read_columns_zeroes_nan_and_inf():
-    array = np.array([[1.0, np.nan], [np.inf, -np.inf]])
-    np.testing.assert_array_equal(hdf5_io.read_columns(array), [[1, 0], [0, 0]])
+def test_read_columns_zeroes_nan():
+    array = np.array([[1.0, np.nan], [np.nan, -2.0]])
+    np.testing.assert_array_equal(hdf5_io.read_columns(array), [[1, 0], [0, -2]])
+
+
+@pytest.mark.parametrize("name", ["data", "individual_repeats"])
+def test_infinite_responses_refuse_the_file(tmp_path, name):
+    path = tmp_path / "story.hf5"
+    values = np.ones((2, 4, 3)) if name == "individual_repeats" else np.ones((4, 3))
+    values[..., 1, 2] = np.inf
+    with h5py.File(path, "w") as handle:
+        handle[name] = values
+    count = int(np.isinf(values).sum())
+    with pytest.raises(DatasetError, match=f"{re.escape(str(path))}: dataset '{name}' holds "
+                                           f"{count} infinite values"):
+        hdf5_io.read_matrix(path, name, values.ndim)
+
+
+def test_boolean_responses_are_not_numbers(tmp_path):
+    path = tmp_path / "story.hf5"
+    with h5py.File(path, "w") as handle:
+        handle["data"] = np.ones((4, 3), bool)
+    with pytest.raises(DatasetError, match="holds bool values, not numbers"):
+        hdf5_io.read_matrix(path, "data", 2)
