@@ -230,7 +230,7 @@ def analysis_result(analysis, features, task, stimulus, low_level_alphas, device
     if analysis == SEMANTIC_PREFERENCE:
         return semantic_preference(features, stimulus.semantic, stimulus.phonetic, task.stories,
                                    task.test_story, task.alphas, task.splits, device,
-                                   task.alpha_score)
+                                   task.alpha_score, task.uncertainty)
     if analysis == "none":
         return layer_scores(features, task, device, what, fraction)
     confounds = {story: np.hstack([stimulus.low_level[story][name]
@@ -243,23 +243,27 @@ def analysis_result(analysis, features, task, stimulus, low_level_alphas, device
 
 
 def semantic_preference(features, semantic, phonetic, stories, test_story, alphas, splits,
-                        device=None, score="corr"):
+                        device=None, score="corr", uncertainty=None):
     """How much better a layer predicts semantic than phonetic stimulus features
     (docs/method.md#semantic-preference).
 
     Each score is the mean, over the target's columns that vary in both the training stories
     and the test story, of the held-out-story correlation of a ridge prediction from the
-    layer's TR-grid features (``eval_utils.prediction_score``).
+    layer's TR-grid features (``eval_utils.prediction_score``). With ``uncertainty``
+    (``encoding.Uncertainty``) holding bootstrap resamples, the preference is also computed on
+    block-bootstrap resamples of the test story's rows drawn from its ``seed`` and
+    ``block_len``: the same resamples for every model.
 
     Returns
     -------
-    dict with ``semantic_r``, ``phonetic_r``, ``preference`` = semantic_r - phonetic_r, and
-    ``semantic_columns``/``phonetic_columns``, the number of columns averaged.
+    dict with ``semantic_r``, ``phonetic_r``, ``preference`` = semantic_r - phonetic_r,
+    ``semantic_columns``/``phonetic_columns``, the number of columns averaged, and with
+    resamples ``bootstrap``: (n_bootstrap,) float64 preferences.
     """
-    scores = {}
+    scores, resampled = {}, {}
     for name, targets in (("semantic", semantic), ("phonetic", phonetic)):
-        per_column = eval_utils.prediction_score(features, targets, stories, test_story, alphas,
-                                                 splits, device, score=score)
+        per_column, prediction, target = eval_utils.prediction_score(
+            features, targets, stories, test_story, alphas, splits, device, score=score)
         used = np.isfinite(per_column)
         if not used.any():
             raise DatasetError(f"no {name} feature column varies in both the training stories "
@@ -268,5 +272,14 @@ def semantic_preference(features, semantic, phonetic, stories, test_story, alpha
                                "words, or that --semantic_features varies)")
         scores[f"{name}_r"] = float(per_column[used].mean())
         scores[f"{name}_columns"] = int(used.sum())
+        if uncertainty is not None and uncertainty.bootstrap_counts is not None:
+            counts, starts = eval_utils.bootstrap_block_counts(
+                len(target), uncertainty.block_len, len(uncertainty.bootstrap_counts),
+                uncertainty.seed)
+            mean = np.full((int(used.sum()), 1), 1.0 / used.sum())
+            resampled[name] = eval_utils.bootstrap_correlations(
+                prediction[:, used], target[:, used], counts, starts, mean)[:, 0]
     scores["preference"] = scores["semantic_r"] - scores["phonetic_r"]
+    if resampled:
+        scores["bootstrap"] = resampled["semantic"] - resampled["phonetic"]
     return scores

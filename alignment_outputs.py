@@ -14,6 +14,7 @@ import eval_utils
 import plots
 import results_schema
 import run_utils
+from alignment_analyses import DEFAULT_LAYERS
 from summaries import CONFIDENCE, FOLLOWUP_CEILING
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,58 @@ def protocol(settings):
     declared part of it (``arguments.protocol_values``) and the constants of the summaries."""
     return {**arguments.protocol_values(settings), "followup_ceiling": FOLLOWUP_CEILING,
             "confidence": CONFIDENCE}
+
+
+# flag -> (the values that are the paper's, the paper's in words);
+# docs/method.md#departures-from-the-paper
+PAPER_EVALUATION = {
+    "context_s": ((16.0,), "16"), "chunk_s": ((0.1,), "0.1"),
+    "layers": ((None, list(DEFAULT_LAYERS)), " ".join(map(str, DEFAULT_LAYERS))),
+    "tr_source": (("trfiles", "report"), "trfiles (measured TR times; or report)"),
+    "alphas": ((None, eval_utils.ENCODING_ALPHAS.tolist()),
+               "logspace(1, 4, 15) in singular-value units"),
+    "n_boots": ((3,), "3"), "chunk_len": ((20,), "20"),
+    "train_stories": ((None,), "the paper's training stories"),
+    "test_story": ((data_utils.TEST_STORY,), data_utils.TEST_STORY),
+    "test_target": (("repeats_mean",), "repeats_mean"),
+    "normalise_by": (("test_repeats",), "test_repeats"), "alpha_score": (("r2",), "r2"),
+    "nc_thr": ((0.4,), "0.4"), "voxels": (("all",), "all"),
+    "epochs": ((["final"],), "final (the epoch of lowest validation loss)")}
+
+
+def departures(settings, dtype, models):
+    """The settings of a run that are not the paper's: [{"setting", "value", "paper"}], its
+    flags (``PAPER_EVALUATION``), the precision of the extraction (``dtype``: None for fp32)
+    and, per tuned model of ``models`` ((label, checkpoint) pairs), how its epoch was chosen."""
+    found = [{"setting": f"--{name}", "value": _flag_text(getattr(settings, name)),
+              "paper": paper} for name, (values, paper) in PAPER_EVALUATION.items()
+             if not any(_same(getattr(settings, name), value) for value in values)]
+    if dtype is not None:
+        found.append({"setting": "--precision", "value": f"{settings.precision} "
+                      f"({str(dtype).removeprefix('torch.')} autocast)", "paper": "fp32"})
+    for label, checkpoint in models:
+        chosen_by = (run_utils.tuning_arguments(checkpoint) or {}).get("select_by", "loss")
+        if chosen_by != "loss":
+            found.append({"setting": f"checkpoint of {label} (--select_by)",
+                          "value": f"{chosen_by} (the epoch of highest validation correlation)",
+                          "paper": "loss (the epoch of lowest validation loss)"})
+    return found
+
+
+def _same(value, paper):
+    """Whether a flag's value is the paper's: numbers (and lists of them) to rounding error."""
+    if isinstance(value, (list, tuple)) and isinstance(paper, list):
+        return len(value) == len(paper) and all(map(_same, value, paper))
+    if isinstance(value, (int, float)) and isinstance(paper, (int, float)):
+        return bool(np.isclose(value, paper, rtol=1e-9, atol=0))
+    return value == paper
+
+
+def _flag_text(value):
+    """A flag's value as written on the command line."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return "default" if value is None else str(value)
 
 
 def write_results(out_dir, all_results, facts, task):
@@ -46,14 +99,14 @@ def write_results(out_dir, all_results, facts, task):
     columns = task.fitted_indices()  # the subject's voxel index of each fitted voxel
     for label, layers in all_results.items():
         for layer, result in layers.items():
-            before = result["encoding"]["none"]["summary"]["cc_norm"]
+            reference = result["encoding"]["none"]
             fitted = [(analysis, 1.0, n_train, scores)
                       for analysis, scores in result["encoding"].items()]
             fitted += [("none", fraction, len(task.subsets[fraction].rows), scores)
                        for fraction, scores in result["efficiency"].items()]
             for analysis, fraction, train_rows, scores in fitted:
                 rows += summary_rows(label, layer, analysis, fraction, train_rows, scores,
-                                     before, task.summaries.keys)
+                                     reference, task.summaries.keys)
                 if fraction < 1:
                     continue
                 np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis),
@@ -64,8 +117,8 @@ def write_results(out_dir, all_results, facts, task):
                                                                     "predictions"),
                              prediction=scores["prediction"], rows=test_rows, voxels=columns)
             if result["semantic_preference"] is not None:
-                preference_rows.append({"model": label, "layer": layer,
-                                        **result["semantic_preference"]})
+                preference_rows.append(preference_row(label, layer,
+                                                      result["semantic_preference"]))
     comparisons = compare_to_pretrained(all_results, task.summaries)
     run_utils.write_json(out_dir / results_schema.RESULTS_FILE, results_schema.results_document(
         facts, rows, comparisons, preference_rows))
@@ -84,20 +137,33 @@ def write_results(out_dir, all_results, facts, task):
 VOXEL_ARRAYS = ("r", "cc_norm", "alpha", "p_value", "q_value")  # in voxels_*.npz
 
 
-def summary_rows(label, layer, analysis, fraction, train_rows, scores, before, keys):
+def preference_row(label, layer, preference):
+    """A semantic_preference.csv row: the scores and, with resamples, the interval."""
+    low, high = _interval(None if preference.get("bootstrap") is None
+                          else preference["bootstrap"][:, None])
+    return {"model": label, "layer": layer,
+            **{name: value for name, value in preference.items() if name != "bootstrap"},
+            "ci_low": _at(low, 0), "ci_high": _at(high, 0)}
+
+
+def summary_rows(label, layer, analysis, fraction, train_rows, scores, reference, keys):
     """results.csv rows of one fitted encoding model: one per (region, aggregation) key;
-    ``drop_percent`` against ``before`` (the cc_norm summaries of the layer's own features)."""
+    ``drop_percent`` (and its interval, from the same resamples) against ``reference``, the
+    scores of the layer's own features."""
     summary = scores["summary"]
+    before = reference["summary"]["cc_norm"]
+    drop_low, drop_high = _drop_interval(reference, scores, analysis)
     rows = []
-    for key in keys:
+    for index, key in enumerate(keys):
         region, aggregation = key
         value, ci = summary["cc_norm"][key], summary["ci"][key]
         defined = analysis != "none" and None not in (before[key], value)
+        drop = eval_utils.percent_drop(before[key], value) if defined else None
         rows.append({
             "model": label, "layer": layer, "low_level": analysis, "region": region,
             "aggregation": aggregation, "train_fraction": fraction, "train_rows": train_rows,
-            "cc_norm": value, "r": summary["r"][key],
-            "drop_percent": eval_utils.percent_drop(before[key], value) if defined else None,
+            "cc_norm": value, "r": summary["r"][key], "drop_percent": drop,
+            "drop_ci_low": _at(drop_low, index, drop), "drop_ci_high": _at(drop_high, index, drop),
             "n_voxels": summary["n_voxels"][key],
             "cc_norm_ci_low": None if ci is None else ci[0],
             "cc_norm_ci_high": None if ci is None else ci[1],
@@ -105,10 +171,49 @@ def summary_rows(label, layer, analysis, fraction, train_rows, scores, before, k
     return rows
 
 
+def _drop_samples(reference, scores):
+    """Per resample and summary, the drop in percent of ``scores`` from ``reference`` (the
+    layer's own features); None without resamples of both."""
+    if "bootstrap" not in reference or "bootstrap" not in scores:
+        return None
+    return eval_utils.percent_drop_samples(reference["bootstrap"], scores["bootstrap"])
+
+
+def _drops(reference, scores, keys):
+    """key -> the drop in percent of ``scores`` from ``reference`` (None where undefined)."""
+    before, after = reference["summary"]["cc_norm"], scores["summary"]["cc_norm"]
+    return {key: None if None in (before[key], after[key])
+            else eval_utils.percent_drop(before[key], after[key]) for key in keys}
+
+
+def _drop_interval(reference, scores, analysis):
+    """(low, high) arrays of the drop's interval per summary, NaN where a resample's mean
+    before removal is not positive (the drop is undefined there); (None, None) without one."""
+    samples = None if analysis == "none" else _drop_samples(reference, scores)
+    return _interval(samples)
+
+
+def _interval(samples):
+    if samples is None:
+        return None, None
+    low, high = eval_utils.percentile_interval(samples, CONFIDENCE)
+    undefined = np.isnan(samples).any(axis=0)
+    return np.where(undefined, np.nan, low), np.where(undefined, np.nan, high)
+
+
+def _at(values, index, defined=True):
+    """``values[index]`` as a float; None where ``values`` is None, the entry is NaN or the
+    value it belongs to is undefined (None)."""
+    if values is None or defined is None or not np.isfinite(values[index]):
+        return None
+    return float(values[index])
+
+
 def compare_to_pretrained(all_results, summaries):
-    """Each tuned model minus the pretrained one, per layer both have, analysis and (region,
-    aggregation): the difference of mean cc_norm and, with the bootstrap, its interval from
-    the same resamples of both models. [] without a pretrained model."""
+    """Each tuned model against the pretrained one, per layer both have: the difference of
+    mean cc_norm (per analysis and (region, aggregation)), of each low-level drop and of the
+    semantic preference, with the interval from the same resamples of both models and its
+    verdict (``eval_utils.interval_verdict``). [] without a pretrained model."""
     baseline = all_results.get("pretrained")
     if baseline is None:
         return []
@@ -117,24 +222,54 @@ def compare_to_pretrained(all_results, summaries):
         if label == "pretrained":
             continue
         for layer in sorted(set(layers) & set(baseline)):
-            for analysis, scores in layers[layer]["encoding"].items():
-                reference = baseline[layer]["encoding"][analysis]
-                differences = (scores["bootstrap"] - reference["bootstrap"]
-                               if "bootstrap" in scores else None)
-                low, high = (eval_utils.percentile_interval(differences, CONFIDENCE)
-                             if differences is not None else (None, None))
-                for index, key in enumerate(summaries.keys):
-                    ours, theirs = scores["summary"]["cc_norm"][key], reference["summary"][
-                        "cc_norm"][key]
-                    defined = None not in (ours, theirs)
-                    comparisons.append({
-                        "model": label, "baseline": "pretrained", "layer": layer,
-                        "low_level": analysis, "region": key[0], "aggregation": key[1],
-                        "model_cc_norm": ours, "baseline_cc_norm": theirs,
-                        "difference": ours - theirs if defined else None,
-                        "ci_low": float(low[index]) if defined and low is not None else None,
-                        "ci_high": float(high[index]) if defined and low is not None else None})
+            ours, theirs = layers[layer], baseline[layer]
+            common = {"model": label, "baseline": "pretrained", "layer": layer}
+            for analysis, scores in ours["encoding"].items():
+                reference = theirs["encoding"][analysis]
+                comparisons += _summary_comparisons(
+                    common, "cc_norm", analysis, summaries.keys,
+                    scores["summary"]["cc_norm"], reference["summary"]["cc_norm"],
+                    _difference(scores.get("bootstrap"), reference.get("bootstrap")))
+                if analysis == "none":
+                    continue
+                pairs = [(result["encoding"]["none"], result["encoding"][analysis])
+                         for result in (ours, theirs)]
+                comparisons += _summary_comparisons(
+                    common, "drop_percent", analysis, summaries.keys,
+                    *[_drops(*pair, summaries.keys) for pair in pairs],
+                    _difference(*[_drop_samples(*pair) for pair in pairs]))
+            preferences = (ours["semantic_preference"], theirs["semantic_preference"])
+            if None not in preferences:
+                comparisons += _summary_comparisons(
+                    common, "semantic_preference", "none", [(None, None)],
+                    {(None, None): preferences[0]["preference"]},
+                    {(None, None): preferences[1]["preference"]},
+                    _difference(*[None if p.get("bootstrap") is None else p["bootstrap"][:, None]
+                                  for p in preferences]))
     return comparisons
+
+
+def _difference(ours, theirs):
+    """Resamples of ``ours - theirs``; None unless both have them."""
+    return None if ours is None or theirs is None else ours - theirs
+
+
+def _summary_comparisons(common, measure, analysis, keys, ours, theirs, differences):
+    """Comparison rows of one measure, one per key: both values, their difference, its
+    interval (from ``differences``, (resamples, keys)) and verdict."""
+    low, high = _interval(differences)
+    rows = []
+    for index, key in enumerate(keys):
+        defined = None not in (ours[key], theirs[key])
+        ci_low = _at(low, index, True if defined else None)
+        ci_high = _at(high, index, True if defined else None)
+        rows.append({**common, "measure": measure, "low_level": analysis, "region": key[0],
+                     "aggregation": key[1], "model_value": ours[key],
+                     "baseline_value": theirs[key],
+                     "difference": ours[key] - theirs[key] if defined else None,
+                     "ci_low": ci_low, "ci_high": ci_high,
+                     "verdict": eval_utils.interval_verdict(ci_low, ci_high)})
+    return rows
 
 
 def write_run_flatmaps(out_dir, all_results, rows, layers, dataset, subject, task, cache_dir,
@@ -182,8 +317,9 @@ def write_plots(out_dir, rows, comparisons, preference_rows, facts):
     plots.plot_per_layer(out_dir / "alignment.png", _series(baseline, "cc_norm"),
                          "mean cc_norm", f"Brain alignment, {voxels}",
                          intervals=_intervals(baseline, "cc_norm_ci_low", "cc_norm_ci_high"))
-    gains = [row for row in comparisons if row["region"] == "all"
-             and row["aggregation"] == "voxel_mean" and row["low_level"] == "none"]
+    gains = [row for row in comparisons if row["measure"] == "cc_norm"
+             and row["region"] == "all" and row["aggregation"] == "voxel_mean"
+             and row["low_level"] == "none"]
     if gains:
         plots.plot_per_layer(out_dir / "comparison.png", _series(gains, "difference"),
                              "tuned - pretrained mean cc_norm",
@@ -255,8 +391,8 @@ def print_tables(rows, comparisons, preference_rows, low_level=()):
         print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
                                          "drop_percent"))
     gains = [{**row, "model": f"{row['model']} - {row['baseline']}"} for row in comparisons
-             if row["region"] == "all" and row["aggregation"] == "voxel_mean"
-             and row["low_level"] == "none"]
+             if row["measure"] == "cc_norm" and row["region"] == "all"
+             and row["aggregation"] == "voxel_mean" and row["low_level"] == "none"]
     if gains:
         print(run_utils.comparison_table(gains, "difference"))
     if preference_rows:

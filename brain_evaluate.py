@@ -100,6 +100,10 @@ def evaluate(settings, group):
                                             settings.test_story)
         task, voxel_facts = encoding.encoding_task(settings, dataset, subject, stories)
         models = speech_models.checked_models(settings, settings.layers)  # before extraction
+        departures = alignment_outputs.departures(settings, dtype, models)
+        for departure in departures:
+            logger.info("not the paper's protocol: %(setting)s %(value)s (the paper's: "
+                        "%(paper)s)", departure)
         # what a resumed run keeps, and the stimulus features every model shares
         keep = finished_results.result_settings(settings, dataset, subject, stories, dtype)
         partial = finished_results.partial_folder(out_dir)
@@ -125,7 +129,8 @@ def evaluate(settings, group):
         # the results folder, written whole
         facts = {"subject": subject, "train_stories": stories, "test_story": settings.test_story,
                  "models": dict(models), **voxel_facts,
-                 "protocol": alignment_outputs.protocol(settings)}
+                 "protocol": alignment_outputs.protocol(settings),
+                 "departures": departures}
         inputs = {**keep["input files"], "model_fingerprints": fingerprints}  # the manifest
         with run_utils.output_folder(out_dir, settings.overwrite) as staging:
             run_utils.write_json(staging / "run_config.json", run_utils.run_config(

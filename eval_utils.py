@@ -508,7 +508,8 @@ def prediction_score(features, targets, train_stories, test_story, alphas, split
     Returns
     -------
     (n_targets,) correlations; NaN for a target that is constant over the training rows or
-    over the test story (nothing to predict, or no correlation defined).
+    over the test story (nothing to predict, or no correlation defined); and the test
+    ``prediction`` and ``target``, (n_test_rows, n_targets) each, for resampling.
     """
     train_targets = _trimmed(targets, train_stories, trim)
     weights, _, _ = fit_ridge_cv(_trimmed(features, train_stories, trim), train_targets, alphas,
@@ -516,8 +517,10 @@ def prediction_score(features, targets, train_stories, test_story, alphas, split
     x_test = _trimmed(features, [test_story], trim)
     test_targets = trim_rows(targets[test_story], trim)
     varies = (np.ptp(train_targets, axis=0) > 0) & (np.ptp(test_targets, axis=0) > 0)
-    scores = column_correlation(x_test @ weights.astype(x_test.dtype), test_targets)
-    return np.where(varies, scores, np.nan).astype(scores.dtype, copy=False)
+    prediction = x_test @ weights.astype(x_test.dtype)
+    scores = column_correlation(prediction, test_targets)
+    return (np.where(varies, scores, np.nan).astype(scores.dtype, copy=False), prediction,
+            test_targets)
 
 
 # ----------------------------------------------------------------------------- training data
@@ -731,3 +734,21 @@ def percent_drop(before, after):
     if not np.isfinite(before) or before <= 0 or not np.isfinite(after):
         return None
     return float(100.0 * (before - after) / before)
+
+
+def percent_drop_samples(before, after):
+    """``percent_drop`` of each resample: (n_resamples, ...) arrays of the scores before and
+    after removal, NaN wherever a resample's ``before`` is not positive."""
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    positive = before > 0
+    return np.where(positive, 100.0 * (before - after) / np.where(positive, before, 1.0), np.nan)
+
+
+def interval_verdict(low, high):
+    """What an interval of a difference (B - A) says: "higher" (it lies above 0), "lower" (below
+    0), "no detectable difference" (it holds 0), or None without a finite interval."""
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    if low > 0:
+        return "higher"
+    return "lower" if high < 0 else "no detectable difference"

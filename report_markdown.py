@@ -10,9 +10,9 @@ from pathlib import Path
 
 import eval_utils
 import run_utils
-from report_summary import (AUTHORS_PROTOCOL, VOXEL_TYPES, excludes_zero, expectation, finite,
-                            find_row, follows_authors, headline_rows, probe_score,
-                            tuned_comparisons, tuning_target)
+from report_summary import (ACROSS_SUBJECTS_ALPHA, NO_DIFFERENCE, VOXEL_TYPES, expectation,
+                            finite, find_row, headline_rows, probe_score, tuned_comparisons,
+                            tuning_target)
 
 DROP_ABOVE_100 = ("A drop above 100% means cc_norm became negative once the features were "
                   "removed: what is left of the layer's features predicts the test story worse "
@@ -68,7 +68,12 @@ def _mean_cell(row):
 
 
 def _drop_cell(row):
-    return "n/a" if row is None else _counted(_drop(row.drop_percent), row.n_voxels)
+    """A row's drop with its interval, where recorded, and voxel count."""
+    if row is None:
+        return "n/a"
+    interval = ("" if row.drop_ci_low is None else
+                f" [{_drop(row.drop_ci_low)}, {_drop(row.drop_ci_high)}]")
+    return _counted(_drop(row.drop_percent) + interval, row.n_voxels)
 
 
 def _significant_cell(row):
@@ -79,7 +84,21 @@ def _difference_cell(row):
     """A comparison's difference with its interval; "n/a" where there is none."""
     if row is None or row.difference is None:
         return "n/a"
+    if row.measure == "drop_percent":
+        interval = "" if row.ci_low is None else f" [{row.ci_low:+.1f}, {row.ci_high:+.1f}]"
+        return f"{row.difference:+.1f} points{interval}"
     return _number(row.difference) + _interval(row.ci_low, row.ci_high)
+
+
+def _verdict_cell(verdict, expected=None):
+    """What an interval says, in words: the verdict (None: "no interval"); with ``expected``
+    (the paper's direction) whether it goes the paper's way, in bold when it goes against."""
+    if verdict is None:
+        return "no interval"
+    if verdict == NO_DIFFERENCE or expected is None:
+        return verdict
+    return (f"{verdict}, as expected" if verdict == expected
+            else f"**{verdict}: against the expected direction**")
 
 
 def _p(value):
@@ -121,7 +140,7 @@ def render(out, alignment, planted, downstream, summary, title, truth):
              f"responses that vary ({results.excluded_voxels} voxels left out because their "
              "test responses are constant or NaN); n is the number of voxels averaged. Models: "
              + ", ".join(f"**{label}** (`{path}`)" for label, path in results.models.items())
-             + ".", "", *_protocol_section(results.protocol),
+             + ".", "", *_protocol_section(results),
              *_direction_section(summary), *_comparison_section(out, alignment, summary),
              *_baselines_section(alignment, summary), *_alignment_section(out, alignment),
              *_planted_section(planted, alignment),
@@ -129,8 +148,8 @@ def render(out, alignment, planted, downstream, summary, title, truth):
              *_efficiency_section(out, alignment, summary)]
     if "across_subjects" in summary:
         lines += _across_subjects_section(summary)
-    lines += _reliance_section(out, alignment, planted)
-    lines += _preference_section(out, alignment)
+    lines += _reliance_section(out, alignment, summary, planted)
+    lines += _preference_section(out, alignment, summary)
     for folder, probe in downstream.items():
         lines += _probe_section(out, folder, probe)
     lines += ["## Summary", "", "```json", run_utils.json_text(summary, indent=1), "```", ""]
@@ -202,44 +221,68 @@ def fitted_voxels_note(results):
 
 
 def _direction_section(summary):
-    """The compared models, whether each headline number moves the paper's way, plainly."""
+    """The compared models and, per headline number, whether it moves the paper's way beyond
+    the noise: the interval of the difference decides (docs/method.md#uncertainty)."""
     roles, layer, checks = summary["models"], summary["layer"], summary["expected_direction"]
     tuned = roles["tuned"]
     against = [key for key, check in checks.items() if check["as_expected"] is False]
+    confirmed = [key for key, check in checks.items() if check["as_expected"] is True]
+    undetected = [key for key, check in checks.items() if check["verdict"] == NO_DIFFERENCE]
     if against:
-        verdict = ("**Against the paper's expected direction:** " + "; ".join(
+        verdict = ("**Against the paper's expected direction, beyond the noise:** " + "; ".join(
             f"{expectation(key)[0]} is {checks[key]['tuned']:.3f} for {tuned} and "
             f"{checks[key]['pretrained']:.3f} for pretrained, where brain-tuning should "
             f"make it {checks[key]['expected']}" for key in against) + ".")
     else:
-        verdict = "Every comparison with a defined value goes the paper's expected way."
+        verdict = "No comparison goes against the paper's expected direction beyond the noise."
+    parts = [f"{len(confirmed)} of {len(checks)} go the paper's way with an interval that "
+             "excludes 0"]
+    if undetected:
+        parts.append(f"{len(undetected)} show no detectable difference (the interval holds 0: "
+                     "read them as noise, whichever way the point estimates go)")
     table = [[expectation(key)[0],
               *[(_drop if key.startswith("drop") else _number)(check[role])
-                for role in ("pretrained", "tuned")], check["expected"],
-              {True: "as expected", False: "**against the expected direction**",
-               None: "undefined" if key.startswith("drop") else "n/a"}[check["as_expected"]]]
+                for role in ("pretrained", "tuned")],
+              _check_difference(key, check), check["expected"],
+              _verdict_cell(check["verdict"], check["expected"])
+              if check["difference"] is not None else
+              ("undefined" if key.startswith("drop") else "n/a")]
              for key, check in checks.items()]
     drops = [value for key, check in checks.items() if key.startswith("drop")
              for value in (check["pretrained"], check["tuned"])]
     return [f"## {tuned} against pretrained", "",
             f"The tuned model compared is **{tuned}** (`{summary['checkpoints']['tuned']}`), at "
-            f"layer {layer}, the deepest evaluated. {verdict}", "",
-            _table(["measure", "pretrained", tuned, "paper expects tuned", "here"], table), "",
+            f"layer {layer}, the deepest evaluated. {verdict} Of the comparisons, "
+            f"{'; '.join(parts)}. A verdict needs an interval: where a number has none (planted "
+            "voxel types, a run with `--n_bootstrap 0`, or a drop whose cc_norm before removal "
+            "is not above 0 in every resample) it is left undecided.", "",
+            _table(["measure", "pretrained", tuned, "difference", "paper expects tuned",
+                    "verdict"], table), "",
             *_drop_notes(drops)]
 
 
-def _protocol_section(protocol):
-    """The run's protocol choices in words, each said to be the authors' or not."""
-    follows = follows_authors(protocol)
+def _check_difference(key, check):
+    """A headline check's difference with its interval ("n/a" where it has none)."""
+    difference, ci = check["difference"], check["ci"]
+    if difference is None:
+        return "n/a"
+    if key.startswith("drop"):
+        return f"{difference:+.1f} points" + ("" if ci is None else
+                                              f" [{ci[0]:+.1f}, {ci[1]:+.1f}]")
+    return _number(difference) + ("" if ci is None else _interval(*ci))
+
+
+def _protocol_section(results):
+    """Every setting of the run that departs from the paper's, with the paper's value, then the
+    scoring choices in words."""
+    protocol = results.protocol
     items = []
     for name, (what, words) in PROTOCOL_CHOICES.items():
         value = getattr(protocol, name)
         text = words.get(value, repr(value))
         if name == "tr_source" and value != "respdict" and protocol.tr_path:
             text += f" (`{protocol.tr_path}`)"
-        authors = "authors'" if follows[name] else (
-            f"not the authors', which is {words[AUTHORS_PROTOCOL[name][0]]}")
-        items.append(f"- {what}: {text} ({authors})")
+        items.append(f"- {what}: {text}")
     if protocol.n_bootstrap:
         items.append(f"- intervals: {protocol.confidence:.0%}, from {protocol.n_bootstrap} "
                      f"block-bootstrap resamples of the test story's time (blocks of "
@@ -250,10 +293,14 @@ def _protocol_section(protocol):
     items.append("- parcel means (follow-up paper): cc_norm set to 0 where the test-row "
                  f"ceiling is <= {protocol.followup_ceiling}, averaged over all of a "
                  "region's voxels")
-    departs = [PROTOCOL_CHOICES[name][0] for name, same in follows.items() if not same]
-    verdict = (f"departs from the authors' in: {', '.join(departs)}." if departs else
-               "the authors' in every choice recorded.")
-    return [f"**Protocol:** {verdict}", "", *items, ""]
+    departures = results.departures
+    if not departures:
+        return ["**Protocol:** the paper's in every setting recorded.", "", *items, ""]
+    return [f"**Protocol: departs from the paper's in {len(departures)} setting"
+            f"{'s' if len(departures) > 1 else ''}** (numbers may differ from the paper's "
+            "for these alone):", "",
+            *[f"- `{d.setting}`: {d.value} (the paper's: {d.paper})" for d in departures], "",
+            "Scoring:", "", *items, ""]
 
 
 def _comparison_section(out, alignment, summary):
@@ -268,13 +315,8 @@ def _comparison_section(out, alignment, summary):
     regions = ["all", *results.regions.shown]
     rows = sorted((r for r in rows if r.region in regions),
                   key=lambda r: (regions.index(r.region), r.aggregation, r.layer))
-    cells = []
-    for r in rows:
-        excludes = excludes_zero(r.ci_low, r.ci_high)
-        side = "higher" if excludes and r.ci_low > 0 else "lower"
-        cells.append([r.region, r.aggregation, r.layer, r.baseline_cc_norm, r.model_cc_norm,
-                      _number(r.difference) + _interval(r.ci_low, r.ci_high),
-                      {True: f"yes, {side}", False: "no", None: "n/a"}[excludes]])
+    cells = [[r.region, r.aggregation, r.layer, r.baseline_value, r.model_value,
+              _difference_cell(r), _verdict_cell(r.verdict)] for r in rows]
     return [f"## {tuned} minus pretrained, with {confidence:.0%} intervals", "",
             f"Mean cc_norm of {tuned} minus that of pretrained, with the {confidence:.0%} "
             "block-bootstrap interval over the test story's time (the same resamples for both "
@@ -283,7 +325,7 @@ def _comparison_section(out, alignment, summary):
             "ceiling is low and averaged over all of a region's voxels (a group of regions: the "
             "mean of its regions' means).", "",
             _table(["region", "aggregation", "layer", "pretrained", tuned, "difference",
-                    "interval excludes 0"], cells), "",
+                    "verdict"], cells), "",
             _image(out, alignment.folder / "comparison.png", "difference per layer"), ""]
 
 
@@ -294,8 +336,9 @@ def _baselines_section(alignment, summary):
     when the run has one tuned model."""
     results = alignment.results
     comparisons = [row for row in results.comparisons
-                   if row.baseline == "pretrained" and row.low_level == "none"
-                   and row.region == "all" and row.aggregation == "voxel_mean"]
+                   if row.baseline == "pretrained" and row.measure == "cc_norm"
+                   and row.low_level == "none" and row.region == "all"
+                   and row.aggregation == "voxel_mean"]
     models = list(dict.fromkeys(row.model for row in comparisons))
     if len(models) < 2:
         return []
@@ -387,7 +430,8 @@ def _across_subjects_section(summary):
                           if finite(gain) else "n/a"])
         statistic = scores["wilcoxon_statistic"]
         tests.append([layer, len(scores["subjects"]),
-                      "n/a" if statistic is None else f"{statistic:g}", _p(scores["p_value"])])
+                      "n/a" if statistic is None else f"{statistic:g}", _p(scores["p_value"]),
+                      _verdict_cell(scores["verdict"], "higher")])
         if scores["p_value"] is None:
             reason = ("every gain is zero" if all(g == 0 for g in scores["gain"])
                       else "a subject's mean is undefined")
@@ -402,28 +446,41 @@ def _across_subjects_section(summary):
             f"subject, and the gain ({tuned} minus pretrained):", "",
             _table(["layer", "subject", "pretrained", tuned, "gain"], cells), "",
             "Wilcoxon signed-rank test of the gains over subjects (`scipy.stats.wilcoxon`, "
-            f"two-sided). {smallest}", "",
-            _table(["layer", "subjects", "statistic", "p"], tests), "", *notes,
+            f"two-sided); across subjects it decides the verdict: higher or lower where p < "
+            f"{ACROSS_SUBJECTS_ALPHA}, else no detectable difference. {smallest}", "",
+            _table(["layer", "subjects", "statistic", "p", "verdict"], tests), "", *notes,
             *([""] if notes else [])]
 
 
-def _reliance_section(out, alignment, planted):
-    """The drop of mean cc_norm without each low-level feature set, per model and layer, and
-    per planted voxel type; nothing when the run removed none."""
-    headline = headline_rows(alignment.results.results)
-    models, layers, _ = _models_and_layers(alignment.results)
+def _reliance_section(out, alignment, summary, planted):
+    """The drop of mean cc_norm without each low-level feature set, per model and layer, the
+    tuned model's against the pretrained one's with verdicts, and per planted voxel type;
+    nothing when the run removed none."""
+    results = alignment.results
+    headline = headline_rows(results.results)
+    models, layers, _ = _models_and_layers(results)
     analyses = [a for a in dict.fromkeys(r.low_level for r in headline) if a != "none"]
     if not analyses:
         return []
     drops = [r for r in headline if r.low_level != "none" and r.region == "all"]
     lines = ["## Reliance on low-level features", "",
              "Drop of mean cc_norm (percent) when each low-level feature set is regressed out "
-             "of the layer's features before fitting the encoding model:", "",
+             "of the layer's features before fitting the encoding model (in brackets: the "
+             f"{results.protocol.confidence:.0%} block-bootstrap interval):", "",
              _table(["model", "removed", *[f"layer {k}" for k in layers]],
                     [[m, a, *[_drop_cell(find_row(drops, model=m, low_level=a, layer=k))
                               for k in layers]]
                      for m in models for a in analyses]), "",
              *_drop_notes([r.drop_percent for r in drops])]
+    gains = [r for r in tuned_comparisons(results, summary["models"], "drop_percent")
+             if r.region == "all" and r.aggregation == "voxel_mean"]
+    if gains:
+        tuned = summary["models"]["tuned"]
+        lines += [f"{tuned}'s drop minus pretrained's (percentage points; the paper expects "
+                  "brain-tuning to lower it), with the interval from the same resamples:", "",
+                  _table(["removed", "layer", "difference", "verdict"],
+                         [[r.low_level, r.layer, _difference_cell(r),
+                           _verdict_cell(r.verdict, "lower")] for r in gains]), ""]
     if planted:
         lines += _planted_reliance(planted, analyses, layers)
     return lines + [_image(out, alignment.folder / "reliance.png", "reliance per layer"), ""]
@@ -447,18 +504,31 @@ def _planted_reliance(planted, analyses, layers):
             *_drop_notes(shown)]
 
 
-def _preference_section(out, alignment):
-    rows = alignment.results.semantic_preference
+def _preference_section(out, alignment, summary):
+    """Each layer's semantic preference with its interval, and the tuned model's against the
+    pretrained one's with verdicts."""
+    results = alignment.results
+    rows = results.semantic_preference
     if not rows:
         return []
-    return ["## Semantic preference", "",
-            "How well each layer predicts the semantic features of the words heard, and "
-            "the phonetic features (held-out story, mean r):", "",
-            _table(["model", "layer", "semantic r", "phonetic r", "preference"],
-                   [[r.model, r.layer, r.semantic_r, r.phonetic_r, r.preference]
-                    for r in rows]), "",
-            _image(out, alignment.folder / "semantic_preference.png", "semantic preference"),
-            ""]
+    lines = ["## Semantic preference", "",
+             "How well each layer predicts the semantic features of the words heard, and "
+             "the phonetic features (held-out story, mean r); the preference is the "
+             f"difference, in brackets its {results.protocol.confidence:.0%} block-bootstrap "
+             "interval:", "",
+             _table(["model", "layer", "semantic r", "phonetic r", "preference"],
+                    [[r.model, r.layer, r.semantic_r, r.phonetic_r,
+                      _number(r.preference) + _interval(r.ci_low, r.ci_high)] for r in rows]),
+             ""]
+    gains = tuned_comparisons(results, summary["models"], "semantic_preference")
+    if gains:
+        lines += [f"{summary['models']['tuned']} minus pretrained (the paper expects "
+                  "brain-tuning to raise the preference):", "",
+                  _table(["layer", "difference", "verdict"],
+                         [[r.layer, _difference_cell(r), _verdict_cell(r.verdict, "higher")]
+                          for r in gains]), ""]
+    return lines + [_image(out, alignment.folder / "semantic_preference.png",
+                           "semantic preference"), ""]
 
 
 # ----------------------------------------------------------------------------- probes

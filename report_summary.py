@@ -5,7 +5,6 @@ results.json files (``eval_*.py``) are read as they are.
 """
 
 import dataclasses
-import json
 from pathlib import Path
 
 import h5py
@@ -23,10 +22,8 @@ TRUTH_FILE = "synthetic_truth.json"  # beside a synthetic dataset (data_utils.Da
 EXPECTED_DIRECTION = {"cc_norm": ("brain alignment (mean cc_norm)", "higher"),
                       "semantic_cc_norm": ("planted semantic voxels (mean cc_norm)", "higher"),
                       "semantic_preference": ("semantic preference", "higher")}
-# the authors' values of each protocol choice
-# (docs/method.md#where-our-defaults-differ-from-the-authors-code)
-AUTHORS_PROTOCOL = {"test_target": ("repeats_mean",), "normalise_by": ("test_repeats",),
-                    "alpha_score": ("r2",), "tr_source": ("trfiles", "report")}
+ACROSS_SUBJECTS_ALPHA = 0.05  # a Wilcoxon p below it decides the verdict across subjects
+NO_DIFFERENCE = "no detectable difference"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +79,8 @@ def tuning_target(checkpoint):
     "fMRI", the random-fMRI control ("random_fmri_all", ...), or for a ``--target_features``
     file "<kind> features of <model>" (``target_features.py``: speech = BigSLM-tuned, text =
     LM-tuned) or its file name; None when the folder is no brain-tuning checkpoint."""
-    try:
-        arguments = json.loads((Path(checkpoint) / "brain_tuning.json").read_text())["arguments"]
-    except (TypeError, OSError, ValueError, KeyError):
+    arguments = run_utils.tuning_arguments(checkpoint)
+    if arguments is None:
         return None
     features = arguments.get("target_features")
     if not features:
@@ -98,11 +94,25 @@ def tuning_target(checkpoint):
     return f"{kind} features of {Path(model).name} ({role})"
 
 
-def tuned_comparisons(results, roles):
-    """The comparisons of the tuned model against the pretrained one, without low-level
-    features removed."""
+def tuned_comparisons(results, roles, measure="cc_norm"):
+    """The comparisons of the tuned model against the pretrained one in ``measure``; of mean
+    cc_norm those without low-level features removed."""
     return [row for row in results.comparisons if row.model == roles["tuned"]
-            and row.baseline == roles["pretrained"] and row.low_level == "none"]
+            and row.baseline == roles["pretrained"] and row.measure == measure
+            and (measure != "cc_norm" or row.low_level == "none")]
+
+
+def headline_intervals(results, roles, layer):
+    """The comparison row (or None) behind each summary entry the paper states a direction for,
+    at ``layer``: "cc_norm", "drop_percent_without_<set>" and "semantic_preference"."""
+    overall = dict(layer=layer, region="all", aggregation="voxel_mean")
+    found = {"cc_norm": find_row(tuned_comparisons(results, roles), **overall),
+             "semantic_preference": find_row(
+                 tuned_comparisons(results, roles, "semantic_preference"), layer=layer)}
+    for row in tuned_comparisons(results, roles, "drop_percent"):
+        if all(getattr(row, name) == value for name, value in overall.items()):
+            found[f"drop_percent_without_{row.low_level}"] = row
+    return found
 
 
 # ----------------------------------------------------------------------------- probes
@@ -227,16 +237,21 @@ def summarise(alignment, roles, planted, downstream):
         summary["semantic_cc_norm_gain"] = after - before
         summary["semantic_cc_norm_gain_percent"] = (100.0 * (after - before) / abs(before)
                                                     if before else None)
-    summary["expected_direction"] = expected_direction(summary["pretrained"], summary["tuned"])
-    comparison = find_row(tuned_comparisons(results, roles), layer=layer, region="all",
-                          aggregation="voxel_mean")
+    intervals = headline_intervals(results, roles, layer)
+    summary["expected_direction"] = expected_direction(summary["pretrained"], summary["tuned"],
+                                                       intervals)
+    comparison = intervals["cc_norm"]
     if comparison is not None:
-        summary["comparison"] = {
-            "difference": comparison.difference, "ci": [comparison.ci_low, comparison.ci_high],
-            "excludes_zero": excludes_zero(comparison.ci_low, comparison.ci_high)}
+        summary["comparison"] = {"difference": comparison.difference, "ci": _ci(comparison),
+                                 "verdict": comparison.verdict}
     summary["protocol"] = {**results_schema.to_json(results.protocol),
-                           "follows_authors": follows_authors(results.protocol)}
+                           "departures": results_schema.to_json(results.departures)}
     return summary
+
+
+def _ci(row):
+    """[low, high] of a row's interval, or None where it has none."""
+    return None if row is None or row.ci_low is None else [row.ci_low, row.ci_high]
 
 
 def _model_entry(rows):
@@ -251,6 +266,9 @@ def _model_entry(rows):
     for row in rows:
         if row.low_level != "none":
             entry[f"drop_percent_without_{row.low_level}"] = row.drop_percent
+            if row.drop_ci_low is not None:
+                entry[f"drop_percent_without_{row.low_level}_ci"] = [row.drop_ci_low,
+                                                                     row.drop_ci_high]
     return entry
 
 
@@ -271,7 +289,12 @@ def _planted_entry(planted, model, layer):
 
 def _preference_entry(results, model, layer):
     preference = find_row(results.semantic_preference, model=model, layer=layer)
-    return {} if preference is None else {"semantic_preference": preference.preference}
+    if preference is None:
+        return {}
+    entry = {"semantic_preference": preference.preference}
+    if preference.ci_low is not None:
+        entry["semantic_preference_ci"] = [preference.ci_low, preference.ci_high]
+    return entry
 
 
 def _probe_entry(downstream, model):
@@ -290,42 +313,35 @@ def finite(value):
     return value is not None and bool(np.isfinite(value))
 
 
-def excludes_zero(low, high):
-    """Whether the interval [low, high] leaves out 0 (None where it is missing)."""
-    if not (finite(low) and finite(high)):
-        return None
-    return bool(low > 0 or high < 0)
-
-
-def follows_authors(protocol):
-    """Per protocol choice: whether the run's is the authors' (AUTHORS_PROTOCOL)."""
-    return {name: getattr(protocol, name) in values for name, values in AUTHORS_PROTOCOL.items()}
-
-
 def expectation(key):
     """(what ``key`` of a summary entry measures, "higher" or "lower"), or None when the paper
     states no direction for it."""
     if key in EXPECTED_DIRECTION:
         return EXPECTED_DIRECTION[key]
-    if key.startswith("drop_percent_without_"):
+    if key.startswith("drop_percent_without_") and not key.endswith("_ci"):
         return f"drop without {key[len('drop_percent_without_'):]} (%)", "lower"
     return None
 
 
-def expected_direction(pretrained, tuned):
+def expected_direction(pretrained, tuned, intervals):
     """Per summary entry the paper states a direction for: the expected direction, both
-    values and ``as_expected`` (None where a value is missing or undefined)."""
+    values, the difference with its interval and ``verdict`` (from the comparison row of
+    ``intervals``, ``headline_intervals``; None without an interval) and ``as_expected``:
+    True or False only where the interval excludes 0, None where it does not or is missing."""
     checks = {}
     for key in pretrained:
         expected = expectation(key)
         if expected is None or key not in tuned:
             continue
         before, after = pretrained[key], tuned[key]
-        holds = None
-        if finite(before) and finite(after):
-            holds = after > before if expected[1] == "higher" else after < before
+        row = intervals.get(key)
+        verdict = None if row is None else row.verdict
         checks[key] = {"expected": expected[1], "pretrained": before, "tuned": after,
-                       "as_expected": holds}
+                       "difference": after - before if finite(before) and finite(after)
+                       else None,
+                       "ci": _ci(row), "verdict": verdict,
+                       "as_expected": None if verdict in (None, NO_DIFFERENCE)
+                       else verdict == expected[1]}
     return checks
 
 
@@ -365,11 +381,24 @@ def across_subjects(alignments, roles, layer, tuned):
         pretrained = [means[(roles["pretrained"], k)] for means in scores]
         tuned_scores = [means[(roles["tuned"], k)] for means in scores]
         statistic, p_value = wilcoxon_test(tuned_scores, pretrained)
+        gains = _gains(tuned_scores, pretrained)
         summary[k] = {"subjects": list(folders), "pretrained": pretrained,
-                      "tuned": tuned_scores, "gain": _gains(tuned_scores, pretrained).tolist(),
+                      "tuned": tuned_scores, "gain": gains.tolist(),
                       "wilcoxon_statistic": statistic, "p_value": p_value,
-                      "min_possible_p": 2.0 / 2 ** len(scores)}
+                      "min_possible_p": 2.0 / 2 ** len(scores),
+                      "verdict": subjects_verdict(gains, p_value)}
     return summary
+
+
+def subjects_verdict(gains, p_value):
+    """The verdict across subjects: "higher" or "lower" (the median gain's sign) where the
+    Wilcoxon p is below ``ACROSS_SUBJECTS_ALPHA``, else "no detectable difference"; None where
+    the test could not run."""
+    if p_value is None:
+        return None
+    if p_value >= ACROSS_SUBJECTS_ALPHA:
+        return NO_DIFFERENCE
+    return "higher" if np.median(gains) > 0 else "lower"
 
 
 def _gains(tuned, pretrained):

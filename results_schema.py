@@ -22,7 +22,7 @@ from pathlib import Path
 import run_utils
 from run_utils import DatasetError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: intervals of drops and preferences, comparisons per measure, departures
 RESULTS_FILE = "results.json"
 RUN_CONFIG_FILE = "run_config.json"
 FIX = "evaluate again with brain_evaluate.py"
@@ -49,6 +49,8 @@ class ResultRow:
     cc_norm: float | None
     r: float | None
     drop_percent: float | None
+    drop_ci_low: float | None
+    drop_ci_high: float | None
     n_voxels: int
     cc_norm_ci_low: float | None
     cc_norm_ci_high: float | None
@@ -57,20 +59,26 @@ class ResultRow:
 
 @dataclasses.dataclass(frozen=True)
 class ComparisonRow:
-    """A tuned model minus the pretrained one (a row of comparisons.csv): mean cc_norm of both
-    and the difference with its block-bootstrap interval."""
+    """A tuned model against the pretrained one (a row of comparisons.csv) in one ``measure``:
+    mean cc_norm ("cc_norm", with ``low_level`` removed), the drop without the ``low_level``
+    features ("drop_percent") or the semantic preference ("semantic_preference", no region):
+    both values, the difference with its block-bootstrap interval (the same resamples for both
+    models) and the ``verdict`` that interval gives: "higher", "lower" or "no detectable
+    difference" (None without an interval; docs/method.md#uncertainty)."""
 
     model: str
     baseline: str
     layer: int
+    measure: str
     low_level: str
-    region: str
-    aggregation: str
-    model_cc_norm: float | None
-    baseline_cc_norm: float | None
+    region: str | None
+    aggregation: str | None
+    model_value: float | None
+    baseline_value: float | None
     difference: float | None
     ci_low: float | None
     ci_high: float | None
+    verdict: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,18 @@ class PreferenceRow:
     phonetic_r: float
     phonetic_columns: int
     preference: float
+    ci_low: float | None
+    ci_high: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Departure:
+    """A setting of the run that is not the paper's (docs/method.md#departures-from-the-paper),
+    both values as written on the command line."""
+
+    setting: str
+    value: str
+    paper: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +164,7 @@ class AlignmentResults:
     fitted_voxels: FittedVoxels
     regions: Regions
     protocol: Protocol
+    departures: tuple[Departure, ...]
     results: tuple[ResultRow, ...]
     comparisons: tuple[ComparisonRow, ...]
     semantic_preference: tuple[PreferenceRow, ...]

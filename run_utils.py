@@ -538,6 +538,16 @@ def resolve_checkpoint(path):
     return path
 
 
+def tuning_arguments(checkpoint):
+    """The trainer's arguments recorded in a tuned checkpoint (``brain_tuning.json``), or None
+    for a folder that is no brain-tuning checkpoint (a pretrained model)."""
+    try:
+        arguments = json.loads((Path(checkpoint) / "brain_tuning.json").read_text())["arguments"]
+    except (TypeError, OSError, ValueError, KeyError):
+        return None
+    return arguments if isinstance(arguments, dict) else None
+
+
 def models_to_evaluate(model_name, model_paths=(), logs_dir=None, epochs=("final",),
                        skip_pretrained=False):
     """(label, checkpoint) pairs: the pretrained model, then every tuned one.

@@ -31,6 +31,7 @@ import low_level_features
 import noise_ceilings
 import processes
 import report
+import results_schema
 import run_utils
 import speech_models
 import summaries
@@ -1139,7 +1140,7 @@ def test_p_values_intervals_and_data_efficiency_of_a_run(setup):
             significant = voxels["q_value"][cells[row["region"]]] < 0.05
             assert row["significant_fraction"] == pytest.approx(significant.mean())
     for comparison in results["comparisons"]:
-        if comparison["aggregation"] != "voxel_mean":
+        if comparison["aggregation"] != "voxel_mean" or comparison["measure"] != "cc_norm":
             continue
         difference = (means["model1"][comparison["region"]]
                       - means["pretrained"][comparison["region"]])
@@ -1147,7 +1148,7 @@ def test_p_values_intervals_and_data_efficiency_of_a_run(setup):
         assert (comparison["ci_low"], comparison["ci_high"]) == (
             pytest.approx(low, abs=1e-5), pytest.approx(high, abs=1e-5))
         assert comparison["difference"] == pytest.approx(
-            comparison["model_cc_norm"] - comparison["baseline_cc_norm"])
+            comparison["model_value"] - comparison["baseline_value"])
     # data efficiency: half of the training rows, whole stories first, the same for both models
     total = sum(data_utils.Dataset(data).response_rows(s) for s in results["train_stories"])
     half = [row for row in results["results"] if row["train_fraction"] == 0.5]
@@ -1467,3 +1468,85 @@ def test_features_that_are_not_finite_are_never_scored(setup):
     features[test][60, 2] = np.nan
     with pytest.raises(run_utils.UserError, match="model1 layer 2: the features hold NaN"):
         encoding.layer_scores(features, task, what="model1 layer 2")
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+def _planted_response_features(dataset, story, n_grid, lead=2):
+    """The story's responses as TR-grid features, ``lead`` TRs early, so that the encoding
+    model's delay of ``lead`` TRs finds each response row (grid row g holds response row
+    g - TRIM_START_TRS)."""
+    responses = dataset.responses(1, story)
+    planted = np.zeros((n_grid, responses.shape[1]), np.float32)
+    rows = np.arange(n_grid) - data_utils.TRIM_START_TRS + lead
+    inside = (rows >= 0) & (rows < len(responses))
+    planted[inside] = responses[rows[inside]]
+    return planted
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_the_verdict_follows_the_interval_equal_models_and_a_planted_gain(setup, tmp_path,
+                                                                          monkeypatch, planted):
+    """The same model evaluated twice differs by nothing: "no detectable difference"; a tuned
+    model whose features carry the responses themselves (a planted gain) is "higher", with an
+    interval above 0, and the report says so."""
+    root, data = setup
+    tuned = root / "model1" if planted else tmp_path / "same"
+    if not planted:
+        shutil.copytree(root / "model0", tuned)
+    extract, calls = layer_features.model_tr_features, []
+
+    def features(encoder, layers, dataset, stories, *args, **kwargs):
+        found = extract(encoder, layers, dataset, stories, *args, **kwargs)
+        calls.append(layers)
+        if planted and len(calls) == 2:  # the tuned model, evaluated after the pretrained one
+            found = {layer: {story: np.hstack([by_story[story], 5 * _planted_response_features(
+                dataset, story, len(by_story[story]))]) for story in by_story}
+                for layer, by_story in found.items()}
+        return found
+
+    monkeypatch.setattr(layer_features, "model_tr_features", features)
+    assert brain_evaluate.main([
+        "--model_name", str(root / "model0"), "--model_path", str(tuned),
+        "--subject", "1", "--data_dir", str(data), "--nc_path", str(root / "UTS01.npy"),
+        "--save_dir", str(tmp_path), "--exp_name", "run", "--layers", "2",
+        "--n_permutations", "0", "--n_bootstrap", "200", *QUICK]) == 0
+    results = results_schema.read_results(tmp_path / "run" / "results.json")
+    row = next(r for r in results.comparisons if (r.measure, r.region, r.aggregation) ==
+               ("cc_norm", "all", "voxel_mean"))
+    if planted:
+        assert row.ci_low > 0 and row.verdict == "higher"
+    else:
+        assert row.difference == row.ci_low == row.ci_high == 0
+        assert row.verdict == "no detectable difference"
+    assert report.main(["--out", str(tmp_path / "report"), "--alignment",
+                        str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    check = summary["expected_direction"]["cc_norm"]
+    assert check["verdict"] == row.verdict and check["as_expected"] is (True if planted else None)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert ("| higher, as expected |" if planted else "| no detectable difference |") in text
+
+
+def test_departures_from_the_paper_are_named_with_the_papers_value(setup, tmp_path):
+    root, data = setup
+    base = ["--model_name", str(root / "model0"), "--subject", "1", "--data_dir", str(data)]
+    paper_grid = [str(alpha) for alpha in eval_utils.ENCODING_ALPHAS]
+    settings = brain_evaluate.parse_args([*base, "--layers", "2", "5", "7", "8", "10", "11", "12",
+                                          "--alphas", *paper_grid])
+    assert alignment_outputs.departures(settings, None, []) == [
+        {"setting": "--tr_source", "value": "respdict",
+         "paper": alignment_outputs.PAPER_EVALUATION["tr_source"][1]}]
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "brain_tuning.json").write_text(json.dumps(
+        {"arguments": {"select_by": "corr"}}))
+    settings = brain_evaluate.parse_args([*base, "--chunk_s", "1.0", "--n_boots", "5"])
+    found = alignment_outputs.departures(settings, torch.bfloat16, [
+        ("pretrained", root / "model0"), ("final", tmp_path / "tuned")])
+    assert {d["setting"]: (d["value"], d["paper"]) for d in found} == {
+        "--tr_source": ("respdict", alignment_outputs.PAPER_EVALUATION["tr_source"][1]),
+        "--chunk_s": ("1.0", "0.1"), "--n_boots": ("5", "3"),
+        "--precision": ("auto (bfloat16 autocast)", "fp32"),
+        "checkpoint of final (--select_by)": (
+            "corr (the epoch of highest validation correlation)",
+            "loss (the epoch of lowest validation loss)")}

@@ -1,6 +1,7 @@
 """Encoding-model maths in eval_utils: Lanczos resampling, delays, z-scoring, splits, ridge."""
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -268,9 +269,14 @@ def test_prediction_score_is_high_for_a_linear_target_and_null_for_an_unrelated_
     unrelated = {s: rng.standard_normal((90, 3)) for s in stories}
     splits = eval_utils.bootstrap_chunk_splits([75] * 3, n_boots=2)
     alphas = np.logspace(-1, 3, 5)
-    high = eval_utils.prediction_score(features, linear, stories[:3], "d", alphas, splits)
-    low = eval_utils.prediction_score(features, unrelated, stories[:3], "d", alphas, splits)
+    high, high_prediction, target = eval_utils.prediction_score(features, linear, stories[:3],
+                                                                "d", alphas, splits)
+    low = eval_utils.prediction_score(features, unrelated, stories[:3], "d", alphas, splits)[0]
     assert high.shape == (3,) and high.min() > 0.95
+    # the prediction and target returned are those the scores correlate
+    np.testing.assert_array_equal(target, linear["d"][10:85])
+    np.testing.assert_allclose(high, eval_utils.column_correlation(high_prediction, target),
+                               atol=1e-6)
     assert np.abs(low).max() < 0.35
     # one alpha: the same correlations as scikit-learn's ridge prediction
     rows = slice(10, 85)
@@ -279,7 +285,7 @@ def test_prediction_score_is_high_for_a_linear_target_and_null_for_an_unrelated_
     prediction = Ridge(alpha=5.0, fit_intercept=False).fit(x, y).predict(
         eval_utils.zscore(features["d"][rows].astype(np.float64)))
     np.testing.assert_allclose(
-        eval_utils.prediction_score(features, linear, stories[:3], "d", [5.0], splits),
+        eval_utils.prediction_score(features, linear, stories[:3], "d", [5.0], splits)[0],
         eval_utils.column_correlation(prediction, linear["d"][rows]), atol=1e-4)
 
 
@@ -292,7 +298,7 @@ def test_prediction_score_is_undefined_for_targets_without_variation():
                                    np.zeros(90) if s == "d" else rng.standard_normal(90),
                                    np.ones(90)]) for s in stories}
     splits = eval_utils.bootstrap_chunk_splits([75] * 3, n_boots=2)
-    scores = eval_utils.prediction_score(features, targets, stories[:3], "d", [1.0], splits)
+    scores = eval_utils.prediction_score(features, targets, stories[:3], "d", [1.0], splits)[0]
     assert scores[0] > 0.9 and np.isnan(scores[1:]).all()
     preference = alignment_analyses.semantic_preference(features, targets, targets, stories[:3],
                                                         "d", [1.0], splits)
@@ -468,7 +474,7 @@ def test_prediction_score_and_regress_out_choose_alphas_by_the_given_score():
         prediction = x_test @ weights
         expected = [np.corrcoef(prediction[:, v], y_test[:, v])[0, 1] for v in range(12)]
         got = eval_utils.prediction_score(features, targets, stories[:3], "d", alphas, splits,
-                                          score=score)
+                                          score=score)[0]
         np.testing.assert_allclose(got, expected, atol=1e-8)
         residuals = eval_utils.regress_out(targets, features, stories[:3], alphas, splits,
                                            score=score)
@@ -533,3 +539,52 @@ def test_ridge_primal_and_dual_solvers_agree(n_rows, n_features, score, monkeypa
     monkeypatch.setattr(eval_utils, "_eig_gram", lambda m: sizes.append(m.shape[1]) or eig_gram(m))
     eval_utils.fit_ridge_cv(x, y, alphas, splits, score=score)
     assert max(sizes) == min(n_rows, n_features)
+
+
+def test_percent_drop_samples_match_percent_drop_and_are_nan_below_zero():
+    before = np.array([[0.4, -0.1], [0.2, 0.0]])
+    after = np.array([[0.1, 0.3], [0.3, 0.2]])
+    samples = eval_utils.percent_drop_samples(before, after)
+    assert samples[0, 0] == pytest.approx(eval_utils.percent_drop(0.4, 0.1))
+    assert samples[1, 0] == pytest.approx(eval_utils.percent_drop(0.2, 0.3))
+    assert np.isnan(samples[:, 1]).all()  # before <= 0: undefined, as percent_drop's None
+
+
+@pytest.mark.parametrize("low, high, verdict", [
+    (0.01, 0.2, "higher"), (-0.2, -0.01, "lower"), (-0.1, 0.1, "no detectable difference"),
+    (0.0, 0.0, "no detectable difference"), (None, None, None), (np.nan, 0.1, None)])
+def test_interval_verdict(low, high, verdict):
+    assert eval_utils.interval_verdict(low, high) == verdict
+
+
+def test_semantic_preference_resamples_equal_brute_force_resampling():
+    """The preference on each block-bootstrap resample of the test story's rows: the mean
+    correlation over the used columns of the resampled rows, semantic minus phonetic."""
+    rng = np.random.default_rng(11)
+    stories = ["a", "b", "c", "d"]
+    features = {s: rng.standard_normal((90, 5)).astype(np.float32) for s in stories}
+    semantic = {s: features[s] @ rng.standard_normal((5, 3)) + rng.standard_normal((90, 3))
+                for s in stories}
+    phonetic = {s: rng.standard_normal((90, 4)) for s in stories}
+    phonetic["d"][:, 1] = 0.0  # a column that does not vary in the test story: left out
+    splits = eval_utils.bootstrap_chunk_splits([75] * 3, n_boots=2)
+    uncertainty = types.SimpleNamespace(bootstrap_counts=np.zeros((40, 1)), block_len=10,
+                                        seed=4)
+    scores = alignment_analyses.semantic_preference(features, semantic, phonetic, stories[:3],
+                                                    "d", [1.0], splits, uncertainty=uncertainty)
+    counts, starts = eval_utils.bootstrap_block_counts(75, 10, 40, seed=4)
+    expected = []
+    for draw in counts:
+        rows = np.concatenate([np.repeat(np.arange(starts[b], starts[b + 1])[None], n, 0).ravel()
+                               for b, n in enumerate(draw) if n])
+        means = []
+        for targets in (semantic, phonetic):
+            _, prediction, target = eval_utils.prediction_score(features, targets, stories[:3],
+                                                                "d", [1.0], splits)
+            used = np.ptp(target, axis=0) > 0
+            means.append(np.mean([np.corrcoef(prediction[rows, v], target[rows, v])[0, 1]
+                                  for v in np.flatnonzero(used)]))
+        expected.append(means[0] - means[1])
+    np.testing.assert_allclose(scores["bootstrap"], expected, atol=1e-6)
+    assert scores["phonetic_columns"] == 3
+    assert abs(np.mean(scores["bootstrap"]) - scores["preference"]) < 0.1

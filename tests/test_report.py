@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import eval_utils
 import noise_ceilings
 import report
 import report_markdown
@@ -34,7 +35,7 @@ PARCEL_CC_NORM, PARCEL_DROP = 9.0, 777.0  # values of the rows no headline numbe
 
 def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), preference=None,
                drop=12.5, n_voxels=None, subject="UTS01", new_style=False, fractions=(),
-               cc_norm=None, comparisons=None, protocol=None):
+               cc_norm=None, comparisons=None, protocol=None, departures=()):
     """A brain_evaluate.py-like results folder (its results.json laid out by
     ``results_schema``) with per-voxel cc_norm drawn at random.
 
@@ -48,7 +49,8 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
     also has an interval (cc_norm -+ 0.03) and significant_fraction (0.5), and "parcel_mean"
     rows with PARCEL_CC_NORM and PARCEL_DROP come first; ``fractions``: train fractions below 1
     with a voxel-mean row each (cc_norm -fraction, no interval), also first; ``comparisons``
-    (none by default) and ``protocol`` (PLAIN_PROTOCOL by default) are written as given."""
+    (none by default), ``protocol`` (PLAIN_PROTOCOL by default) and ``departures`` are written
+    as given."""
     folder.mkdir(parents=True)
     np.save(folder / run_utils.SUMMARY_VOXELS_NAME, np.flatnonzero(scored))
     n_voxels = int(scored.sum()) if n_voxels is None else n_voxels
@@ -67,7 +69,7 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
                        "aggregation": "voxel_mean", "train_fraction": 1.0, "train_rows": 1000,
                        "cc_norm": mean, "r": 0.0,
                        "drop_percent": None if analysis == "none" else drop,
-                       "n_voxels": n_voxels, "cc_norm_ci_low": None, "cc_norm_ci_high": None,
+                       "drop_ci_low": None, "drop_ci_high": None, "n_voxels": n_voxels, "cc_norm_ci_low": None, "cc_norm_ci_high": None,
                        "significant_fraction": None}
                 if new_style:
                     new = {"cc_norm_ci_low": mean - 0.03, "cc_norm_ci_high": mean + 0.03,
@@ -85,14 +87,16 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
     preference = preference or {}
     preference_rows = [{"model": m, "layer": k, "semantic_r": 0.5, "semantic_columns": 16,
                         "phonetic_r": 0.25, "phonetic_columns": 44,
-                        "preference": preference.get(m, 0.25)} for m in models for k in (1, 2)]
+                        "preference": preference.get(m, 0.25), "ci_low": None, "ci_high": None}
+                       for m in models for k in (1, 2)]
     facts = {"subject": subject, "train_stories": ["a", "b"], "test_story": "wheretheressmoke",
              "models": {m: "m0" if m == "pretrained" else f"run/{m.replace(' ', '-')}"
                         for m in models},
              "nc_thr": 0.4, "subject_voxels": N_VOXELS, "scored_voxels": int(scored.sum()),
              "excluded_voxels": 0, "fitted_voxels": {"selection": "all", "n": N_VOXELS},
              "regions": {"given": None, "file": None, "groups": [], "shown": []},
-             "protocol": PLAIN_PROTOCOL if protocol is None else protocol}
+             "protocol": PLAIN_PROTOCOL if protocol is None else protocol,
+             "departures": list(departures)}
     (folder / "run_config.json").write_text(json.dumps({
         "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
         **facts, "run": {}}))
@@ -251,23 +255,62 @@ def test_a_missing_or_damaged_voxel_selection_is_refused(tmp_path, caplog, damag
     assert not (tmp_path / "report" / "report.md").exists()
 
 
-def test_results_against_the_expected_direction_are_stated(tmp_path):
-    """The demo's case: the tuned model's semantic preference is lower than the pretrained's."""
-    _setup(tmp_path, preference={"pretrained": -0.172, "epoch 3": -0.192})
+def _headline_comparisons(preference, drop, cc_norm=(0.1, 0.05, 0.15)):
+    """Comparison rows at the compared layer (2): (difference, low, high) of the semantic
+    preference, of the drop without powspec and of mean cc_norm."""
+    return [_comparison(2, *preference, measure="semantic_preference"),
+            _comparison(2, *drop, low_level="powspec", measure="drop_percent"),
+            _comparison(2, *cc_norm)]
+
+
+def test_results_against_the_expected_direction_beyond_the_noise_are_stated(tmp_path):
+    """The demo's case: the tuned model's semantic preference is lower than the pretrained's,
+    and its interval says so."""
+    _setup(tmp_path, preference={"pretrained": -0.172, "epoch 3": -0.192},
+           comparisons=_headline_comparisons((-0.02, -0.03, -0.01), (5.0, 1.0, 9.0)))
     assert _report(tmp_path, data=False) == 0
     summary, text = _outputs(tmp_path)
     check = summary["expected_direction"]["semantic_preference"]
     assert check == {"expected": "higher", "pretrained": -0.172, "tuned": -0.192,
-                     "as_expected": False}
+                     "difference": pytest.approx(-0.02), "ci": [-0.03, -0.01],
+                     "verdict": "lower", "as_expected": False}
     assert summary["expected_direction"]["drop_percent_without_powspec"]["as_expected"] is False
-    assert ("**Against the paper's expected direction:** " in text
+    assert summary["expected_direction"]["cc_norm"]["as_expected"] is True
+    assert ("**Against the paper's expected direction, beyond the noise:** " in text
             and "semantic preference is -0.192 for epoch 3 and -0.172 for pretrained, where "
                 "brain-tuning should make it higher" in text)
-    assert "| semantic preference | -0.172 | -0.192 | higher | **against" in text
+    assert ("| semantic preference | -0.172 | -0.192 | -0.020 [-0.030, -0.010] | higher | "
+            "**lower: against the expected direction** |" in text)
+
+
+@pytest.mark.parametrize("preference", [(-0.02, -0.05, 0.01), None])
+def test_a_difference_within_the_noise_gets_no_verdict_of_direction(tmp_path, preference):
+    """Point estimates against the paper, with an interval that holds 0 (or none): "no
+    detectable difference" (or "no interval"), never the bold verdict."""
+    comparisons = ([] if preference is None else
+                   _headline_comparisons(preference, (5.0, -1.0, 9.0), (-0.01, -0.04, 0.02)))
+    _setup(tmp_path, preference={"pretrained": -0.172, "epoch 3": -0.192},
+           comparisons=comparisons)
+    assert _report(tmp_path, data=False) == 0
+    summary, text = _outputs(tmp_path)
+    verdict = "no detectable difference" if preference else None
+    for key in ("cc_norm", "semantic_preference", "drop_percent_without_powspec"):
+        check = summary["expected_direction"][key]
+        assert check["verdict"] == verdict and check["as_expected"] is None, key
+    assert "**Against" not in text and "against the expected direction**" not in text
+    assert "No comparison goes against the paper's expected direction beyond the noise." in text
+    if preference:
+        assert "3 show no detectable difference" in text
+        assert summary["comparison"] == {"difference": -0.01, "ci": [-0.04, 0.02],
+                                         "verdict": "no detectable difference"}
+    else:
+        assert "| no interval |" in text and "comparison" not in summary
 
 
 def test_results_in_the_expected_direction_are_stated(tmp_path):
-    _setup(tmp_path, preference={"pretrained": 0.1, "epoch 3": 0.2}, drop=None)
+    _setup(tmp_path, preference={"pretrained": 0.1, "epoch 3": 0.2}, drop=None,
+           comparisons=_headline_comparisons((0.1, 0.05, 0.15), (None, None, None),
+                                             (0.2, 0.1, 0.3)))
     results = json.loads((tmp_path / "alignment" / "results.json").read_text())
     for row in results["results"]:  # tuned better everywhere
         row["cc_norm"] = 0.3 if row["model"] == "epoch 3" else 0.1
@@ -277,9 +320,9 @@ def test_results_in_the_expected_direction_are_stated(tmp_path):
     directions = summary["expected_direction"]
     assert directions["cc_norm"]["as_expected"] and directions["semantic_preference"]["as_expected"]
     assert directions["drop_percent_without_powspec"]["as_expected"] is None
-    assert "Every comparison with a defined value goes the paper's expected way." in text
+    assert "2 of 3 go the paper's way with an interval that excludes 0" in text
     assert "Against the paper's" not in text
-    assert "| undefined | undefined | lower | undefined |" in text
+    assert "| undefined | undefined | n/a | lower | undefined |" in text
 
 
 def test_drops_above_100_percent_and_undefined_drops_are_explained(tmp_path):
@@ -511,10 +554,13 @@ def _table_lines(text):
 
 
 def _comparison(layer, difference, low, high, aggregation="voxel_mean", model="epoch 3",
-                low_level="none"):
-    return {"model": model, "baseline": "pretrained", "layer": layer, "low_level": low_level,
-            "region": "all", "aggregation": aggregation, "model_cc_norm": 0.3,
-            "baseline_cc_norm": 0.2, "difference": difference, "ci_low": low, "ci_high": high}
+                low_level="none", measure="cc_norm"):
+    region = None if measure == "semantic_preference" else "all"
+    return {"model": model, "baseline": "pretrained", "layer": layer, "measure": measure,
+            "low_level": low_level, "region": region,
+            "aggregation": None if region is None else aggregation, "model_value": 0.3,
+            "baseline_value": 0.2, "difference": difference, "ci_low": low, "ci_high": high,
+            "verdict": eval_utils.interval_verdict(low, high)}
 
 
 def test_parcel_means_and_smaller_fits_change_no_headline_number_nor_table(tmp_path):
@@ -558,9 +604,9 @@ def test_intervals_and_significance_are_shown_in_cells_and_summary(tmp_path):
     assert "| epoch 3 | 50% (n=8) | 50% (n=8) |" in text
 
 
-@pytest.mark.parametrize("low, high, words, excludes", [(-0.15, -0.02, "yes, lower", True),
-                                                        (-0.15, 0.02, "no", False)])
-def test_the_tuned_minus_pretrained_intervals_are_tabled(tmp_path, low, high, words, excludes):
+@pytest.mark.parametrize("low, high, words", [(-0.15, -0.02, "lower"),
+                                              (-0.15, 0.02, "no detectable difference")])
+def test_the_tuned_minus_pretrained_intervals_are_tabled(tmp_path, low, high, words):
     comparisons = [_comparison(1, 0.1, 0.05, 0.15), _comparison(2, -0.1, low, high),
                    _comparison(2, 0.01, -0.02, 0.04, "parcel_mean"),
                    _comparison(2, 0.5, 0.4, 0.6, model="other"),
@@ -570,41 +616,36 @@ def test_the_tuned_minus_pretrained_intervals_are_tabled(tmp_path, low, high, wo
     assert _report(tmp_path, data=False) == 0
     summary, text = _outputs(tmp_path)
     section = _section(text, "## epoch 3 minus pretrained, with 95% intervals")
-    assert ("| all | voxel_mean | 1 | 0.200 | 0.300 | 0.100 [0.050, 0.150] | yes, higher |"
+    assert ("| all | voxel_mean | 1 | 0.200 | 0.300 | 0.100 [0.050, 0.150] | higher |"
             in section)
     assert (f"| all | voxel_mean | 2 | 0.200 | 0.300 | -0.100 [{low:.3f}, {high:.3f}] | {words} |"
             in section)
-    assert "| all | parcel_mean | 2 | 0.200 | 0.300 | 0.010 [-0.020, 0.040] | no |" in section
+    assert ("| all | parcel_mean | 2 | 0.200 | 0.300 | 0.010 [-0.020, 0.040] | no detectable "
+            "difference |" in section)
     assert "0.500" not in section and "0.700" not in section
     assert "![difference per layer](../alignment/comparison.png)" in section
-    assert summary["comparison"] == {"difference": -0.1, "ci": [low, high],
-                                     "excludes_zero": excludes}
+    assert summary["comparison"] == {"difference": -0.1, "ci": [low, high], "verdict": words}
 
 
-@pytest.mark.parametrize("protocol, departs", [
-    (AUTHORS_PROTOCOL, []), ({**AUTHORS_PROTOCOL, "tr_source": "report"}, []),
-    ({**AUTHORS_PROTOCOL, "tr_source": "respdict"}, ["tr_source"]),
-    (OUR_PROTOCOL, ["test_target", "normalise_by", "alpha_score", "tr_source"])])
-def test_the_protocol_says_which_choices_are_the_authors(tmp_path, protocol, departs):
-    _setup(tmp_path, protocol=protocol)
+@pytest.mark.parametrize("departures", [
+    [], [{"setting": "--chunk_s", "value": "1.0", "paper": "0.1"},
+         {"setting": "--precision", "value": "auto (bfloat16 autocast)", "paper": "fp32"}]])
+def test_the_protocol_header_names_every_departure_from_the_paper(tmp_path, departures):
+    _setup(tmp_path, protocol=OUR_PROTOCOL, departures=departures)
     assert _report(tmp_path, data=False) == 0
     summary, text = _outputs(tmp_path)
-    names = {"test_target": "test target", "normalise_by": "normaliser",
-             "alpha_score": "alpha score", "tr_source": "TR source"}
-    lines = {key: next(line for line in text.splitlines() if line.startswith(f"- {name}: "))
-             for key, name in names.items()}
-    for key, line in lines.items():
-        if key in departs:
-            assert "(not the authors', which is " in line and "(authors')" not in line
-        else:
-            assert line.endswith("(authors')")
-    assert ("**Protocol:** the authors' in every choice recorded." in text) == (not departs)
-    if departs:
-        assert (f"**Protocol:** departs from the authors' in: "
-                f"{', '.join(names[key] for key in departs)}." in text)
-    assert ("`trfiles_huge.jbl`" in lines["tr_source"]) == (protocol["tr_source"] != "respdict")
-    assert summary["protocol"]["test_target"] == protocol["test_target"]
-    assert summary["protocol"]["follows_authors"] == {key: key not in departs for key in names}
+    header = text.split("## ")[0]
+    assert ("**Protocol:** the paper's in every setting recorded." in header) == (not departures)
+    if departures:
+        assert f"**Protocol: departs from the paper's in {len(departures)} settings**" in header
+        for departure in departures:
+            assert (f"- `{departure['setting']}`: {departure['value']} (the paper's: "
+                    f"{departure['paper']})" in header)
+    for words in ("- test target: the `data` rows", "- normaliser: cc_max from the noise-ceiling",
+                  "- alpha score: held-out correlation", "- TR source: a simulated 2 s grid"):
+        assert words in header
+    assert summary["protocol"]["test_target"] == "data"
+    assert summary["protocol"]["departures"] == departures
 
 
 def test_the_data_efficiency_table(tmp_path):
@@ -804,12 +845,13 @@ def test_probe_sections_say_where_the_data_was_read(tmp_path):
 
 
 RESULT_COLUMNS = ["model", "layer", "low_level", "region", "aggregation", "train_fraction",
-                  "train_rows", "cc_norm", "r", "drop_percent", "n_voxels", "cc_norm_ci_low",
-                  "cc_norm_ci_high", "significant_fraction"]
-COMPARISON_COLUMNS = ["model", "baseline", "layer", "low_level", "region", "aggregation",
-                      "model_cc_norm", "baseline_cc_norm", "difference", "ci_low", "ci_high"]
+                  "train_rows", "cc_norm", "r", "drop_percent", "drop_ci_low", "drop_ci_high",
+                  "n_voxels", "cc_norm_ci_low", "cc_norm_ci_high", "significant_fraction"]
+COMPARISON_COLUMNS = ["model", "baseline", "layer", "measure", "low_level", "region",
+                      "aggregation", "model_value", "baseline_value", "difference", "ci_low",
+                      "ci_high", "verdict"]
 PREFERENCE_COLUMNS = ["model", "layer", "semantic_r", "semantic_columns", "phonetic_r",
-                      "phonetic_columns", "preference"]
+                      "phonetic_columns", "preference", "ci_low", "ci_high"]
 
 
 def _written_scores(rng, keys, n_voxels, empty=()):
@@ -820,7 +862,7 @@ def _written_scores(rng, keys, n_voxels, empty=()):
     return {"r": cc_norm, "cc_norm": cc_norm, "alpha": np.ones(n_voxels),
             "p_value": rng.uniform(0, 1, n_voxels),
             "prediction": np.zeros((20, n_voxels), np.float32),
-            "bootstrap": rng.normal(0.1, 0.05, (50, len(keys))),
+            "bootstrap": rng.normal(0.2, 0.05, (50, len(keys))),
             "summary": {"cc_norm": means, "r": dict(means),
                         "n_voxels": {key: 0 if key in empty else n_voxels for key in keys},
                         "ci": {key: None if key in empty else (means[key] - 0.05,
@@ -844,13 +886,13 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
         fitted_indices=lambda: np.arange(N_VOXELS), subsets={0.5: types.SimpleNamespace(
             rows=range(50))}, summaries=types.SimpleNamespace(keys=keys),
         full=lambda values: values, voxels=np.ones(N_VOXELS, bool))
-    preference = {"semantic_r": 0.125, "semantic_columns": 16, "phonetic_r": 0.25,
-                  "phonetic_columns": 44, "preference": -0.125}
     all_results = {label: {layer: {
         "encoding": {analysis: _written_scores(rng, keys, N_VOXELS, empty=[keys[2]])
                      for analysis in ("none", "powspec")},
         "efficiency": {0.5: _written_scores(rng, keys, N_VOXELS)},
-        "semantic_preference": preference} for layer in (1, 2)}
+        "semantic_preference": {"semantic_r": 0.125, "semantic_columns": 16, "phonetic_r": 0.25,
+                                "phonetic_columns": 44, "preference": -0.125,
+                                "bootstrap": rng.normal(-0.125, 0.05, 50)}} for layer in (1, 2)}
         for label in ("pretrained", "final")}
     facts = {"subject": "UTS01", "train_stories": ["a", "b"], "test_story": "wheretheressmoke",
              "models": {"pretrained": "m0", "final": "run/final"}, "nc_thr": 0.4,
@@ -858,7 +900,8 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
              "fitted_voxels": {"selection": "all", "n": N_VOXELS},
              "regions": {"given": "regions.json", "file": None, "groups": [],
                          "shown": ["front"]},
-             "protocol": {**AUTHORS_PROTOCOL, "train_fraction": [0.5, 1.0]}}
+             "protocol": {**AUTHORS_PROTOCOL, "train_fraction": [0.5, 1.0]},
+             "departures": [{"setting": "--chunk_s", "value": "1.0", "paper": "0.1"}]}
     out = tmp_path / "alignment"
     out.mkdir()
     rows, comparisons, preference_rows = alignment_outputs.write_results(out, all_results,
@@ -893,6 +936,34 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
                                            row["train_fraction"]) ==
         ("final", 2, "all", "voxel_mean", "none", 1.0))
     assert "## Brain regions" in text and "## Data efficiency" in text
+    assert "- `--chunk_s`: 1.0 (the paper's: 0.1)" in text
+    # every comparison's interval, from the same resamples of both models, brute force
+    confidence = 100 * (1 - read.protocol.confidence) / 2
+    for row in read.comparisons:
+        ours, theirs = [all_results[label][row.layer] for label in ("final", "pretrained")]
+        if row.measure == "semantic_preference":
+            samples = (ours["semantic_preference"]["bootstrap"]
+                       - theirs["semantic_preference"]["bootstrap"])
+        else:
+            column = keys.index((row.region, row.aggregation))
+            resampled = [[result["encoding"][name]["bootstrap"][:, column]
+                          for name in ("none", row.low_level)] for result in (ours, theirs)]
+            if row.measure == "drop_percent":
+                samples = np.subtract(*[100 * (before - after) / before
+                                        for before, after in resampled])
+            else:
+                samples = resampled[0][1] - resampled[1][1]
+        undefined = row.measure == "drop_percent" and min(
+            before.min() for (before, _) in resampled) <= 0  # a drop relative to <= 0
+        if row.difference is None or undefined:
+            assert row.ci_low is None and row.verdict is None
+            continue
+        low, high = np.percentile(samples, [confidence, 100 - confidence])
+        assert (row.ci_low, row.ci_high) == pytest.approx((low, high))
+        assert row.verdict == ("higher" if low > 0 else "lower" if high < 0
+                               else "no detectable difference")
+    assert {row.measure for row in read.comparisons if row.ci_low is not None} == {
+        "cc_norm", "drop_percent", "semantic_preference"}
 
 
 def test_a_writer_that_leaves_the_schema_fails_loudly(tmp_path):
