@@ -42,12 +42,20 @@ PAPER_EVALUATION = {
     "normalise_by": (("test_repeats",), "test_repeats"), "alpha_score": (("r2",), "r2"),
     "nc_thr": ((0.4,), "0.4"), "voxels": (("all",), "all"),
     "epochs": ((["final"],), "final (the epoch of lowest validation loss)")}
+# the trainer's flags recorded in a tuned checkpoint -> (the paper's values, in words)
+PAPER_TRAINING = {
+    "select_by": (("loss",), "loss (the epoch of lowest validation loss)"),
+    "target": (("fmri",), "fmri"), "nc_thr": ((0.4,), "0.4"), "num_epochs": ((30,), "30"),
+    "batch_size": ((128,), "128"), "base_lr": ((5e-5,), "5e-05"),
+    "linear_layer_lr": ((1e-4,), "0.0001"), "warmup_epochs": ((5,), "5"),
+    "head_lr_decay": ((0.8,), "0.8"), "head_lr_floor": ((0.1,), "0.1")}
 
 
 def departures(settings, dtype, models):
     """The settings of a run that are not the paper's: [{"setting", "value", "paper"}], its
     flags (``PAPER_EVALUATION``), the precision of the extraction (``dtype``: None for fp32)
-    and, per tuned model of ``models`` ((label, checkpoint) pairs), how its epoch was chosen."""
+    and, per tuned model of ``models`` ((label, checkpoint) pairs), the training flags its
+    checkpoint records (``PAPER_TRAINING``; how its epoch was chosen among them)."""
     found = [{"setting": f"--{name}", "value": _flag_text(getattr(settings, name)),
               "paper": paper} for name, (values, paper) in PAPER_EVALUATION.items()
              if not any(_same(getattr(settings, name), value) for value in values)]
@@ -55,11 +63,11 @@ def departures(settings, dtype, models):
         found.append({"setting": "--precision", "value": f"{settings.precision} "
                       f"({str(dtype).removeprefix('torch.')} autocast)", "paper": "fp32"})
     for label, checkpoint in models:
-        chosen_by = (run_utils.tuning_arguments(checkpoint) or {}).get("select_by", "loss")
-        if chosen_by != "loss":
-            found.append({"setting": f"checkpoint of {label} (--select_by)",
-                          "value": f"{chosen_by} (the epoch of highest validation correlation)",
-                          "paper": "loss (the epoch of lowest validation loss)"})
+        trained = run_utils.tuning_arguments(checkpoint) or {}  # {} for a pretrained model
+        found += [{"setting": f"{label}: brain_trainer_story.py --{name}",
+                   "value": _flag_text(trained[name]), "paper": paper}
+                  for name, (values, paper) in PAPER_TRAINING.items()
+                  if name in trained and not any(_same(trained[name], v) for v in values)]
     return found
 
 

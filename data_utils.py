@@ -60,7 +60,11 @@ TRAIN_STORIES = (
     "sloth", "exorcism", "buck", "inamoment",
 )
 TR_SOURCES = ("respdict", "report", "trfiles")
-# The stimulus must reach the end of the last response row's TR, at most this much earlier ...
+# The stimulus must reach the end of the simulated respdict grid, at most this much earlier
+# (real WAVs end within -2.0..+0.3 s of it; the measured grids of the TR files are offset from
+# it by the sound start, so they are held to the next rule only) ...
+GRID_PAST_AUDIO_TOLERANCE_S = TR_SECONDS
+# ... and on every grid the end of the last response row's TR, at most this much earlier ...
 AUDIO_SHORT_TOLERANCE_S = TR_SECONDS
 # ... and may not run past the end of the TR grid by more than this (real WAVs end within
 # -2.0..+0.3 s of it) ...
@@ -463,12 +467,18 @@ class Dataset:
     def stimulus_problem(self, story, duration, xmax=None):
         """What is wrong with a story's audio length (one line naming the WAV), or None.
 
-        The audio (``duration`` s) must reach the end of the last response row's TR (less
-        ``AUDIO_SHORT_TOLERANCE_S``), end before the TR grid does (plus
+        The audio (``duration`` s) must reach, on the simulated respdict grid, the grid's end
+        (less ``GRID_PAST_AUDIO_TOLERANCE_S``), on every grid the end of the last response row's
+        TR (less ``AUDIO_SHORT_TOLERANCE_S``), end before the TR grid does (plus
         ``AUDIO_LONG_TOLERANCE_S``) and, when ``xmax`` (the TextGrid's end) is given, end
         within ``TEXTGRID_AUDIO_TOLERANCE_S`` of it."""
         wav = self.root / "stimuli" / f"{story}.wav"
         rows_end, grid_end = self.story_span(story)
+        if self.tr_source == "respdict" and duration < grid_end - GRID_PAST_AUDIO_TOLERANCE_S:
+            return (f"{wav}: {duration:.2f} s of audio, but the story's TR grid (respdict.json: "
+                    f"{self.respdict_trs(story)} TRs) ends at {grid_end:.2f} s, more than a TR "
+                    "later; the respdict entry is wrong (download respdict.json again) or the WAV "
+                    "is truncated (download it again)")
         if duration < rows_end - AUDIO_SHORT_TOLERANCE_S:
             return (f"{wav}: {duration:.2f} s of audio, but the story's response rows need "
                     f"audio until {rows_end:.2f} s ({self.tr_source} TR timing); the WAV is "

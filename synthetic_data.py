@@ -66,6 +66,8 @@ from arguments import flag
 logger = logging.getLogger(__name__)
 
 NOISE_TOKENS = ("{BR}", "{LG}", "{NS}")
+AUDIO_TAIL_S = 9.0  # speech ends with the last response row's TR (2 * respdict - 30 s); the WAV
+#                     goes on to audio_seconds, as a real story's closing silence does
 HRF_DELAYS = (2, 3, 4)  # TRs
 HRF_WEIGHTS = (0.45, 0.35, 0.2)
 CC_MAX_RANGE = (0.1, 0.9)
@@ -121,14 +123,23 @@ def run(args):
              args.family_size, args.overwrite)
 
 
+def audio_seconds(respdict_trs):
+    """The length of a story's WAV: 1 s before its simulated TR grid ends (2 * respdict - 20 s),
+    as real ds003020 WAVs end within -2.0..+0.3 s of it."""
+    return 2.0 * respdict_trs - 21.0
+
+
 def make_story(seed, story, lexicon, duration, rate):
-    """Audio (float64 mono at ``rate``), phone and word tiers, and the word tokens of a story.
+    """Audio (float64 mono at ``rate``), phone and word tiers, and the word tokens of a story:
+    speech until ``AUDIO_TAIL_S`` before ``duration``, then background noise alone (a story's
+    closing silence).
 
     Returns audio, phone tier, word tier (lists of (start, end, label) tiling 0..duration)
     and tokens (start, end, word, gain).
     """
     rng = synthetic_speech.named_rng(seed, f"story/{story}")
-    audio = rng.normal(0.0, 0.002, int(round(duration * rate)))
+    speech = duration - AUDIO_TAIL_S
+    audio = rng.normal(0.0, 0.002, int(round(speech * rate)))
     words = list(lexicon["words"])
     phone_tier, word_tier, tokens = [], [], []
     now = 0.0
@@ -150,7 +161,7 @@ def make_story(seed, story, lexicon, duration, rate):
         else:
             label = words[rng.integers(len(words))]
             length = sum(lexicon["words"][label]["durations"])
-        if now + length > duration - 0.5:
+        if now + length > speech - 0.5:
             break
         start = now
         if label == "sp":
@@ -174,7 +185,10 @@ def make_story(seed, story, lexicon, duration, rate):
             word_tier.append((start, now, label))
             tokens.append((start, now, label, gain))
         gap(round(now + rng.uniform(0.03, 0.2), 4))
-    gap(duration)
+    gap(duration)  # the closing silence, drawn from its own stream: the speech stays the same
+    tail = synthetic_speech.named_rng(seed, f"tail/{story}")
+    audio = np.concatenate([audio, tail.normal(0.0, 0.002,
+                                               int(round(duration * rate)) - len(audio))])
     return audio, phone_tier, word_tier, tokens
 
 
@@ -378,7 +392,7 @@ def generate(out, seed=0, subjects=(1, 2), n_train_stories=8, train_trs=64, test
             (tmp / folder).mkdir(parents=True, exist_ok=True)
         for index, (story, (split, n_trs)) in enumerate(plan.items()):
             rate, channels, subtype = AUDIO_FORMATS[index % len(AUDIO_FORMATS)]
-            duration = 2.0 * (n_trs - 15)
+            duration = audio_seconds(n_trs)
             audio, phone_tier, word_tier, tokens = make_story(seed, story, lexicon, duration, rate)
             fmt = TEXTGRID_FORMATS.get(story, "long")
             bom = index % 3 == 1

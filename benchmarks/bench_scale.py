@@ -146,7 +146,7 @@ def write_dataset(root, subject, stories, n_voxels, respdict, seed=0):
     for story in plan:
         n_trs = respdict[story]
         rows = n_trs - 20
-        duration = 2.0 * (n_trs - 15)
+        duration = synthetic_data.audio_seconds(n_trs)
         with sf.SoundFile(root / "stimuli" / f"{story}.wav", "w", WAV_RATE, WAV_CHANNELS,
                           "PCM_16") as wav:
             for start in range(0, int(duration * WAV_RATE), 60 * WAV_RATE):

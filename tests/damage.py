@@ -84,8 +84,8 @@ def swap_tiers(data_dir, story, names=("", "")):
 
 def shorten_story(data_dir, story, rows):
     """Make a story ``rows`` response rows long, consistently: every subject's responses (and
-    repeats) cut to ``rows``, respdict ``rows + 20``, the WAV cut to end where the response rows
-    do and the TextGrid cut there too (a story that is merely short, not damaged)."""
+    repeats) cut to ``rows``, respdict ``rows + 20``, the WAV cut to end 1 s before the TR grid
+    does (``synthetic_data.audio_seconds``) and the TextGrid cut there too (a story that is merely short, not damaged)."""
     dataset = _dataset(data_dir)
     for subject in dataset.subjects():
         path = dataset.subject_dir(subject) / f"{story}.hf5"
@@ -98,7 +98,7 @@ def shorten_story(data_dir, story, rows):
                     del handle[name]
                     handle[name] = values[:rows] if values.ndim == 2 else values[:, :rows]
     set_respdict(data_dir, story, rows + 20)
-    seconds = 2.0 * (rows + 20) - 30  # the end of the last response row's TR
+    seconds = synthetic_data.audio_seconds(rows + 20)
     shorten_wav(data_dir, story, seconds)
     path = dataset.textgrid_path(story)
     _, grid = textgrids.read_textgrid(path)

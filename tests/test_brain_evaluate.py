@@ -1539,7 +1539,8 @@ def test_departures_from_the_paper_are_named_with_the_papers_value(setup, tmp_pa
          "paper": alignment_outputs.PAPER_EVALUATION["tr_source"][1]}]
     (tmp_path / "tuned").mkdir()
     (tmp_path / "tuned" / "brain_tuning.json").write_text(json.dumps(
-        {"arguments": {"select_by": "corr"}}))
+        {"arguments": {"select_by": "corr", "num_epochs": 4, "base_lr": 5e-5, "target": "fmri",
+                       "seed": 3}}))
     settings = brain_evaluate.parse_args([*base, "--chunk_s", "1.0", "--n_boots", "5"])
     found = alignment_outputs.departures(settings, torch.bfloat16, [
         ("pretrained", root / "model0"), ("final", tmp_path / "tuned")])
@@ -1547,6 +1548,6 @@ def test_departures_from_the_paper_are_named_with_the_papers_value(setup, tmp_pa
         "--tr_source": ("respdict", alignment_outputs.PAPER_EVALUATION["tr_source"][1]),
         "--chunk_s": ("1.0", "0.1"), "--n_boots": ("5", "3"),
         "--precision": ("auto (bfloat16 autocast)", "fp32"),
-        "checkpoint of final (--select_by)": (
-            "corr (the epoch of highest validation correlation)",
-            "loss (the epoch of lowest validation loss)")}
+        "final: brain_trainer_story.py --select_by": (
+            "corr", "loss (the epoch of lowest validation loss)"),
+        "final: brain_trainer_story.py --num_epochs": ("4", "30")}

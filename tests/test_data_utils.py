@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 import data_utils
+import synthetic_data
 from data_utils import Dataset
 from run_utils import DatasetError
 
@@ -207,7 +208,7 @@ def test_windows_pair_with_response_rows_on_the_simulated_grid(dataset_copy):
     rate = 16000
     dataset = Dataset(dataset_copy)
     n_rows = dataset.response_rows("souls")
-    duration = 2.0 * (n_rows + 20 - 15)
+    duration = synthetic_data.audio_seconds(n_rows + 20)
     ramp = np.arange(int(duration * rate), dtype=np.float64) / (duration * rate)
     _write_wav(dataset_copy, "souls", ramp, rate, "DOUBLE")
     windows = dataset.audio_windows("souls")
@@ -221,21 +222,27 @@ def test_windows_pair_with_response_rows_on_the_simulated_grid(dataset_copy):
 
 
 def test_windows_zero_pad_before_onset_and_after_end(dataset_copy):
-    """Audio ending 1.5 s before the last row's TR (within the tolerance) is zero-padded."""
+    """Windows are zero-padded before the audio's onset (row 0's 16 s window starts 4 s before
+    it on the simulated grid) and after its end, on a grid that runs past it: triggers 10.5 s
+    later than the simulated grid's, so the last row's TR ends 1.5 s after the audio (within the
+    tolerance)."""
     rate = 16000
     dataset = Dataset(dataset_copy)
     n_rows = dataset.response_rows("souls")
-    rows_end = 2.0 * (n_rows + 20) - 30
-    audio = np.ones(int((rows_end - 1.5) * rate))
-    _write_wav(dataset_copy, "souls", audio, rate, "FLOAT")
+    seconds = synthetic_data.audio_seconds(n_rows + 20)
+    _write_wav(dataset_copy, "souls", np.ones(int(seconds * rate)), rate, "FLOAT")
     windows = dataset.audio_windows("souls", n_delays=7)  # 16 s windows
     assert windows.shape == (n_rows, 16 * rate)
     # row 0 spans -4..12 s: 4 s of padding, then audio
     np.testing.assert_array_equal(windows[0, :4 * rate], 0)
     np.testing.assert_array_equal(windows[0, 4 * rate:], 1)
-    # the last row ends at rows_end: 14.5 s of audio, then 1.5 s of padding
-    np.testing.assert_array_equal(windows[-1, :int(14.5 * rate)], 1)
-    np.testing.assert_array_equal(windows[-1, int(14.5 * rate):], 0)
+    report = dataset_copy / "souls.report"
+    report.write_text("\n".join([f"{20.5 + 2.0 * k:.4f} trigger" for k in range(n_rows + 15)]
+                                + ["20.0 sound-start"]) + "\n")
+    late = Dataset(dataset_copy, "report", report).audio_windows("souls", n_delays=7)
+    # the last row ends 1.5 s after the audio: 14.5 s of audio, then 1.5 s of padding
+    np.testing.assert_array_equal(late[-1, :int(14.5 * rate)], 1)
+    np.testing.assert_array_equal(late[-1, int(14.5 * rate):], 0)
 
 
 def test_windows_use_exact_sample_arithmetic_for_fractional_trs(dataset_copy):
@@ -290,21 +297,21 @@ def test_stimulus_without_textgrid_checks_the_tr_grid_only(dataset_copy):
     (dataset_copy / "derivative" / "TextGrids" / "souls.TextGrid").unlink()
     rate = 16000
     dataset = Dataset(dataset_copy)
-    rows_end = 2.0 * (dataset.response_rows("souls") + 20) - 30
-    _write_wav(dataset_copy, "souls", np.full(int((rows_end + 4) * rate), 0.25), rate, "FLOAT")
-    assert len(dataset.stimulus("souls")) == int((rows_end + 4) * rate)
-    _write_wav(dataset_copy, "souls", np.full(int((rows_end - 3) * rate), 0.25), rate, "FLOAT")
-    with pytest.raises(DatasetError, match=f"{rows_end - 3:.2f} s of audio.*until "
-                                           f"{rows_end:.2f} s"):
+    grid_end = 2.0 * (dataset.response_rows("souls") + 20) - 20
+    _write_wav(dataset_copy, "souls", np.full(int((grid_end + 1) * rate), 0.25), rate, "FLOAT")
+    assert len(dataset.stimulus("souls")) == int((grid_end + 1) * rate)
+    _write_wav(dataset_copy, "souls", np.full(int((grid_end - 3) * rate), 0.25), rate, "FLOAT")
+    with pytest.raises(DatasetError, match=f"{grid_end - 3:.2f} s of audio.*ends at "
+                                           f"{grid_end:.2f} s"):
         dataset.audio_windows("souls")
 
 
 def test_stimulus_checks_against_the_datasets_tr_timing(dataset_copy):
-    """The dataset's tr_source/tr_path reach the length check: triggers 6 s later make the WAV
-    too short."""
+    """The dataset's tr_source/tr_path reach the length check: triggers 13 s later make the
+    WAV too short."""
     n_trs = json.loads((dataset_copy / "derivative" / "respdict.json").read_text())["souls"] - 5
     report = dataset_copy / "souls.report"
-    report.write_text("\n".join([f"{16.0 + 2.0 * k:.4f} trigger" for k in range(n_trs)]
+    report.write_text("\n".join([f"{23.0 + 2.0 * k:.4f} trigger" for k in range(n_trs)]
                                 + ["20.0 sound-start"]) + "\n")
     assert len(Dataset(dataset_copy).stimulus("souls")) > 0
     measured = Dataset(dataset_copy, "report", report)

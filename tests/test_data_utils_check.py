@@ -478,22 +478,26 @@ def respdict_entry(data_dir, story):
     return json.loads(respdict_file(data_dir).read_text())[story]
 
 
-def test_synthetic_wavs_end_where_the_last_response_row_does(synthetic_dir):
-    """The generator's WAVs last 2 * respdict - 30 s, the TextGrid ends there too."""
+def test_synthetic_wavs_end_a_second_before_the_tr_grid(synthetic_dir):
+    """The generator's WAVs last 2 * respdict - 21 s, 1 s before the simulated grid ends (2 *
+    respdict - 20 s), as real ones do; the TextGrid ends there too, its words by the end of the
+    last response row's TR (2 * respdict - 30 s)."""
     for story in Dataset(synthetic_dir).truth()["stories"]:
-        expected = 2.0 * respdict_entry(synthetic_dir, story) - 30
+        respdict = respdict_entry(synthetic_dir, story)
+        expected = 2.0 * respdict - 21
         assert wav_seconds(synthetic_dir, story) == pytest.approx(expected, abs=1e-3)
         assert Dataset(synthetic_dir).story_span(story) == pytest.approx(
-            (expected, expected + 10))
-        xmax = Dataset(synthetic_dir).textgrid(story)[0]
+            (2.0 * respdict - 30, 2.0 * respdict - 20))
+        xmax, _, words = Dataset(synthetic_dir).textgrid(story)
         assert xmax == pytest.approx(expected)
+        assert max(end for _, end, label in words if label) <= 2.0 * respdict - 30
 
 
 def test_wav_cut_to_a_third_of_its_bytes(dataset_copy, capsys):
     """An interrupted download (header claims the full length): check, check_run_inputs and the
     audio loaders all refuse it, naming the WAV and both durations; the real length is used."""
     story = SHARED_STORY
-    needed = 2.0 * respdict_entry(dataset_copy, story) - 30
+    needed = 2.0 * respdict_entry(dataset_copy, story) - 20  # the grid's end
     damage.truncate_wav_bytes(dataset_copy, story, 1 / 3)
     path = Dataset(dataset_copy).stimulus_path(story)
     real = wav_seconds(dataset_copy, story)
@@ -503,7 +507,7 @@ def test_wav_cut_to_a_third_of_its_bytes(dataset_copy, capsys):
     assert code == 1
     found = [line for line in problems(output) if str(path) in line]
     assert len(found) == 1, output
-    assert f"{real:.2f} s of audio" in found[0] and f"until {needed:.2f} s" in found[0]
+    assert f"{real:.2f} s of audio" in found[0] and f"ends at {needed:.2f} s" in found[0]
     assert_no_traceback(output)
     for load in (lambda: Dataset(dataset_copy).check_run_inputs(1, [story]),
                  lambda: Dataset(dataset_copy).stimulus(story),
@@ -511,7 +515,7 @@ def test_wav_cut_to_a_third_of_its_bytes(dataset_copy, capsys):
         with pytest.raises(DatasetError) as info:
             load()
         assert str(info.value).startswith(f"{path}: {real:.2f} s of audio")
-        assert f"until {needed:.2f} s" in str(info.value)
+        assert f"ends at {needed:.2f} s" in str(info.value)
 
 
 def test_20_second_wav_for_a_longer_story(dataset_copy, capsys):
@@ -520,11 +524,32 @@ def test_20_second_wav_for_a_longer_story(dataset_copy, capsys):
     path = Dataset(dataset_copy).stimulus_path(story)
     code, output = run_check(capsys, dataset_copy)
     assert code == 1
-    needed = 2.0 * respdict_entry(dataset_copy, story) - 30
+    respdict = respdict_entry(dataset_copy, story)
     assert [line for line in problems(output) if str(path) in line] == [
-        f"problem: {path}: 20.00 s of audio, but the story's response rows need audio until "
-        f"{needed:.2f} s (respdict TR timing); the WAV is truncated or belongs to another story: "
-        "download it again"]
+        f"problem: {path}: 20.00 s of audio, but the story's TR grid (respdict.json: {respdict} "
+        f"TRs) ends at {2.0 * respdict - 20:.2f} s, more than a TR later; the respdict entry is "
+        "wrong (download respdict.json again) or the WAV is truncated (download it again)"]
+
+
+def test_a_respdict_entry_five_trs_too_long(dataset_copy, capsys):
+    """A TR grid running 5 TRs past the audio (and response files that agree with it): one
+    problem naming the WAV and both durations, and the runs refuse the story."""
+    story = SHARED_STORY
+    respdict = respdict_entry(dataset_copy, story) + 5
+    for subject in (1, 2):
+        path = hf5_path(dataset_copy, f"UTS0{subject}", story)
+        rows = read_dataset(path)
+        replace_dataset(path, "data", np.vstack([rows, rows[-5:]]))
+    damage.set_respdict(dataset_copy, story, respdict)
+    audio = wav_seconds(dataset_copy, story)
+    code, output = run_check(capsys, dataset_copy)
+    wav = Dataset(dataset_copy).stimulus_path(story)
+    found = [line for line in problems(output) if str(wav) in line]
+    assert code == 1 and len(problems(output)) == 1 and len(found) == 1, output
+    assert (f"{audio:.2f} s of audio, but the story's TR grid (respdict.json: {respdict} TRs) "
+            f"ends at {2.0 * respdict - 20:.2f} s, more than a TR later" in found[0])
+    with pytest.raises(DatasetError, match="more than a TR later"):
+        Dataset(dataset_copy).check_run_inputs(1, [story])
 
 
 def test_wav_longer_than_the_tr_grid(dataset_copy, capsys):
@@ -541,51 +566,52 @@ def test_wav_longer_than_the_tr_grid(dataset_copy, capsys):
 
 
 def test_wav_and_textgrid_lengths_differ(dataset_copy, capsys):
-    """5 s more audio stays inside the TR grid but no longer matches the TextGrid's xmax."""
+    """2.5 s more audio stays within a TR of the grid's end but no longer matches the
+    TextGrid's xmax."""
     story = SHARED_STORY
     xmax = Dataset(dataset_copy).textgrid(story)[0]
-    lengthen_wav(dataset_copy, story, 5)
+    lengthen_wav(dataset_copy, story, 2.5)
     path = Dataset(dataset_copy).stimulus_path(story)
     code, output = run_check(capsys, dataset_copy)
     assert code == 1
     found = [line for line in problems(output) if str(path) in line]
     assert len(found) == 1
-    assert f"{xmax + 5:.2f} s of audio" in found[0] and f"ends at {xmax:.2f} s" in found[0]
+    assert f"{xmax + 2.5:.2f} s of audio" in found[0] and f"ends at {xmax:.2f} s" in found[0]
     assert str(textgrid_file(dataset_copy, story)) in found[0]
     with pytest.raises(DatasetError, match="TextGrid.*ends at"):
         Dataset(dataset_copy).stimulus(story)
 
 
 def test_stimulus_length_tolerances(synthetic_dir):
-    """One TR of tolerance each side, computed from respdict independently."""
+    """One TR of tolerance each side of the grid's end, computed from respdict
+    independently."""
     story = SHARED_STORY
-    rows_end = 2.0 * respdict_entry(synthetic_dir, story) - 30
-    grid_end = rows_end + 10
+    grid_end = 2.0 * respdict_entry(synthetic_dir, story) - 20
 
     def problem(duration, xmax=None):
         return Dataset(synthetic_dir).stimulus_problem(story, duration, xmax)
 
-    assert problem(rows_end - 1.9) is None and "response rows" in problem(rows_end - 2.1)
-    assert problem(grid_end + 1.9) is None and "TR grid" in problem(grid_end + 2.1)
-    assert problem(rows_end, rows_end + 1.9) is None
-    assert "TextGrid" in problem(rows_end, rows_end + 2.1)
-    assert "TextGrid" in problem(rows_end, rows_end - 2.1)
+    assert problem(grid_end - 1.9) is None and "more than a TR later" in problem(grid_end - 2.1)
+    assert problem(grid_end + 1.9) is None and "TR grid ends" in problem(grid_end + 2.1)
+    assert problem(grid_end, grid_end + 1.9) is None
+    assert "TextGrid" in problem(grid_end, grid_end + 2.1)
+    assert "TextGrid" in problem(grid_end, grid_end - 2.1)
 
 
 def test_check_uses_the_chosen_tr_timing(dataset_copy, capsys):
     """With --tr_source report the rows end is the report's: a WAV that the simulated grid
-    accepts is too short for triggers that start 6 s later."""
+    accepts is too short for triggers that start 13 s later."""
     folder = dataset_copy / "TRfiles"
     folder.mkdir()
     for story in json.loads(respdict_file(dataset_copy).read_text()):
         n_trs = respdict_entry(dataset_copy, story) - data_utils.RESPDICT_PAD_TRS
-        triggers = 16.0 + 2.0 * np.arange(n_trs)
+        triggers = 23.0 + 2.0 * np.arange(n_trs)
         lines = [f"{t:.4f} trigger" for t in triggers] + ["20.0 sound-start"]
         (folder / f"{story}.report").write_text("\n".join(lines) + "\n")
     code, output = run_check(capsys, dataset_copy, "--tr_source", "report", "--tr_path",
                              str(folder))
     assert code == 1
-    rows_end = 2.0 * respdict_entry(dataset_copy, SHARED_STORY) - 30 + 6
+    rows_end = 2.0 * respdict_entry(dataset_copy, SHARED_STORY) - 30 + 13
     assert any(f"until {rows_end:.2f} s (report TR timing)" in line and
                f"{SHARED_STORY}.wav" in line for line in problems(output)), output
     code, output = run_check(capsys, dataset_copy)

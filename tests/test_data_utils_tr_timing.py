@@ -226,12 +226,13 @@ def test_story_span_report(dataset_copy):
 
 # ----------------------------------------------------------------------------- one TR source
 
-LATE_START = 20.0  # the sound starts 20 s after the first trigger: TR k starts at 2.0045k - 4 s
+LATE_START = 20.0  # the sound starts 20 s after the first trigger: TR k starts at 2.0045k + 3 s
 
 
 def _late_trfile(n_trs):
-    """A measured-looking TR file whose TRs start ~6 s later than the simulated grid's."""
-    return tr_files.TRFile(16.0 + 2.0045 * np.arange(n_trs), LATE_START)
+    """A measured-looking TR file whose TRs start ~13 s later than the simulated grid's (which
+    starts at -10 s), more than the synthetic WAVs' closing 9 s of silence covers."""
+    return tr_files.TRFile(23.0 + 2.0045 * np.arange(n_trs), LATE_START)
 
 
 def _late_timing(data_dir, source):
@@ -256,7 +257,7 @@ def _late_timing(data_dir, source):
 def test_one_dataset_answers_for_its_tr_source(dataset_copy, source):
     """``Dataset(root, source, path)`` gives that source's timing to every question alike: TR
     times, row windows, story span, the stimulus checks (the WAVs, made for the simulated
-    grid, are ~6 s short of these TRs) and ``check_dataset``; the simulated dataset of the
+    grid, are ~4 s short of these TRs' response rows) and ``check_dataset``; the simulated dataset of the
     same root is untouched."""
     tr_path = _late_timing(dataset_copy, source)
     measured, simulated = Dataset(dataset_copy, source, tr_path), Dataset(dataset_copy)
