@@ -184,21 +184,13 @@ class Dataset:
 
     def stimulus_path(self, story):
         """``stimuli/<story>.wav``."""
-        path = self.root / "stimuli" / f"{story}.wav"
-        _not_a_folder(path)
-        if not path.is_file():
-            raise DatasetError(f"{path}: stimulus WAV of story {story!r} is missing; download "
-                               "stimuli/ of ds003020")
-        return path
+        return _story_file(self.root / "stimuli" / f"{story}.wav", "stimulus WAV", story,
+                           "stimuli/")
 
     def textgrid_path(self, story):
         """``derivative/TextGrids/<story>.TextGrid``."""
-        path = self.derivative / "TextGrids" / f"{story}.TextGrid"
-        _not_a_folder(path)
-        if not path.is_file():
-            raise DatasetError(f"{path}: TextGrid of story {story!r} is missing; download "
-                               "derivative/TextGrids/ of ds003020")
-        return path
+        return _story_file(self.derivative / "TextGrids" / f"{story}.TextGrid", "TextGrid",
+                           story, "derivative/TextGrids/")
 
     def input_files(self, subject, stories):
         """Every file a run on ``stories`` reads: respdict.json and each story's response file,
@@ -599,6 +591,15 @@ class Dataset:
                                f"{respdict[story]} TRs, so {expected} rows are expected; the "
                                "file or respdict.json is from another release")
         return shape, None
+
+
+def _story_file(path, what, story, folder):
+    """``path``, a story's ``what``, or a DatasetError saying to download ``folder``."""
+    _not_a_folder(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} of story {story!r} is missing; download {folder} "
+                           "of ds003020")
+    return path
 
 
 def _not_a_folder(path):
