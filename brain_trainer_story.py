@@ -13,10 +13,11 @@ mean of its last hidden state over time and one linear layer. Every input is che
 model or audio is loaded; a loss that turns NaN or infinite stops the run with one line.
 
 Outputs under ``<save_dir>/<exp_name>/`` (``checkpoints``): ``checkpoint-epoch<k>/`` and
-``final/`` (the epoch of lowest validation loss), each loadable with
-``transformers.AutoModel.from_pretrained``; ``metrics.jsonl``; ``run_config.json``; ``last/``,
-what ``--resume`` continues from. ``--overwrite`` replaces an earlier run only once the new one
-has set itself up.
+``final/`` (the epoch of lowest validation loss; ``--select_by corr``: of highest validation
+correlation), each loadable with ``transformers.AutoModel.from_pretrained`` (a Whisper one also
+with ``WhisperForConditionalGeneration``, with the base's tokenizer); ``metrics.jsonl``;
+``run_config.json``; ``last/``, what ``--resume`` continues from. ``--overwrite`` replaces an
+earlier run only once the new one has set itself up.
 """
 
 import dataclasses
@@ -178,6 +179,8 @@ def train(settings, group):
         window_samples = next(iter(data.bounds.values()))[1]
         model, preprocessor, optimizer, scheduler, scaler, network, dtype = build_model(
             settings, data.n_outputs, window_samples, group)
+        beside = [*speech_models.load_base_files(settings.model_name),
+                  preprocessor.feature_extractor]  # saved with the weights
         num_workers = settings.num_workers if settings.num_workers is not None else (
             4 if group.device.type == "cuda" else 0)
         collate = training_data.Collate(preprocessor)
@@ -198,13 +201,12 @@ def train(settings, group):
                                                        optimizer, scheduler, scaler)
             logger.info("resuming %s after epoch %d", run_dir, progress.start_epoch)
         else:
-            progress = checkpoints.Progress(0, [], {"val_loss": None, "epoch": None,
-                                                    "state": None}, 0)
+            progress = checkpoints.Progress(0, [], None, 0)
             if group.is_main:
                 folder.start()
                 run_utils.write_json(run_dir / "run_config.json", config)
 
-        # the epochs, until --num_epochs or --patience epochs without a lower validation loss
+        # the epochs, until --num_epochs or --patience epochs without a better --select_by
         metrics, best, stale = progress.metrics, progress.best, progress.stale
         for epoch in range(progress.start_epoch, settings.num_epochs):
             if settings.patience and stale >= settings.patience:
@@ -219,22 +221,39 @@ def train(settings, group):
                         line["train_loss"], line["val_loss"], line["val_corr"])
             training_steps.check_finite(line)
             metrics.append(line)
-            best, stale = checkpoints.best_epoch(best, stale, line, model)
+            best, stale = checkpoints.best_epoch(best, stale, line, model, settings.select_by)
             if group.is_main:
-                checkpoints.save_epoch(run_dir, settings.save_every, epoch, model, preprocessor,
+                checkpoints.save_epoch(run_dir, settings.save_every, epoch, model, beside,
                                        voxels, config, optimizer, scheduler, scaler, metrics,
                                        best, stale)
             processes.barrier()
 
-        if group.is_main:  # final/: the epoch of lowest validation loss
+        if group.is_main:  # final/: the best epoch by --select_by
             model.load_state_dict(best["state"])
-            checkpoints.save_tuned_model(run_dir / "final", model, preprocessor, voxels,
-                                         {**config, "epoch": best["epoch"],
-                                          "best_val_loss": best["val_loss"]}, overwrite=True)
-            logger.info("best validation loss %.4f at epoch %d; tuned model in %s",
-                        best["val_loss"], best["epoch"], run_dir / "final")
+            checkpoints.save_tuned_model(run_dir / "final", model, beside, voxels, {
+                **config, "selected_by": best["selected_by"], "epoch": best["epoch"],
+                "best_val_loss": best["val_loss"], "best_val_corr": best["val_corr"]},
+                overwrite=True)
+            logger.info("epoch %d has the %s (--select_by %s): val loss %.4f, val corr %.4f; "
+                        "tuned model in %s", best["epoch"],
+                        training_steps.SELECT_BY[best["selected_by"]], best["selected_by"],
+                        best["val_loss"], best["val_corr"], run_dir / "final")
+            warn_if_criteria_disagree(metrics, best["selected_by"])
         processes.barrier()
     return run_dir
+
+
+def warn_if_criteria_disagree(metrics, select_by):
+    """A warning when the other ``--select_by`` would have kept another of the epochs run."""
+    epochs = {by: checkpoints.chosen_epoch(metrics, by) for by in training_steps.SELECT_BY}
+    if epochs["loss"]["epoch"] != epochs["corr"]["epoch"]:
+        other = next(by for by in training_steps.SELECT_BY if by != select_by)
+        logger.warning("the validation loss is lowest at epoch %d (%.4f), the validation "
+                       "correlation highest at epoch %d (%.4f): final/ is epoch %d (--select_by "
+                       "%s); --select_by %s would keep epoch %d", epochs["loss"]["epoch"],
+                       epochs["loss"]["val_loss"], epochs["corr"]["epoch"],
+                       epochs["corr"]["val_corr"], epochs[select_by]["epoch"], select_by, other,
+                       epochs[other]["epoch"])
 
 
 def run(settings):

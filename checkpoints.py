@@ -26,6 +26,7 @@ def check_resumable(run_dir, settings):
         raise UsageError(f"{run_dir}: nothing to resume (no {STATE_FILE} or run_config.json); "
                          "start the run without --resume")
     saved = json.loads((run_dir / "run_config.json").read_text())["arguments"]
+    saved.setdefault("select_by", "loss")  # runs from before --select_by chose by the loss
     changed = arguments.resume_changes(settings, saved)
     if changed:
         raise UsageError(f"{run_dir}: --resume with other settings than the run: "
@@ -77,16 +78,23 @@ def run_folder(run_dir, settings, group):
             folder.release()
 
 
-def save_tuned_model(directory, model, preprocessor, voxels, run_config, overwrite=False):
-    """Write a folder that ``AutoModel.from_pretrained`` loads as the tuned encoder.
+def save_tuned_model(directory, model, beside, voxels, run_config, overwrite=False):
+    """Write a folder that ``AutoModel.from_pretrained`` loads as the tuned encoder; for
+    Whisper also ``WhisperForConditionalGeneration``, as the base with its encoder tuned (the
+    whole model is saved, decoder and output projection the base's), which transcribes with
+    the base's tokenizer and generation config. A wav2vec2-like base's task head (e.g. a CTC
+    ``lm_head``) is not kept, its tokenizer is.
 
-    Holds the encoder (the whole model for Whisper; LoRA adapters merged), its feature
-    extractor, the head (``brain_head.safetensors``), the voxels predicted (``voxels.json``)
-    and the run configuration (``brain_tuning.json``). Written atomically.
+    Holds the encoder (LoRA adapters merged), what ``beside`` holds (objects with
+    ``save_pretrained``: the feature extractor and ``speech_models.load_base_files``, e.g. the
+    base's tokenizer and generation config), the head (``brain_head.safetensors``), the voxels
+    predicted (``voxels.json``) and the run configuration (``brain_tuning.json``). Written
+    atomically.
     """
     with run_utils.atomic_output(directory, overwrite) as tmp, speech_models.quiet_transformers():
         speech_models.plain_backbone(model).save_pretrained(tmp)
-        preprocessor.feature_extractor.save_pretrained(tmp)
+        for item in beside:
+            item.save_pretrained(tmp)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
                   str(tmp / "brain_head.safetensors"))
         run_utils.write_json(tmp / "voxels.json", voxels or {})
@@ -115,7 +123,7 @@ class Progress(NamedTuple):
 
     start_epoch: int  # epochs done
     metrics: list  # one line per epoch
-    best: dict  # "val_loss", "epoch" and "state" (weights) of the best epoch so far
+    best: dict | None  # the best epoch so far (``best_epoch``); None before the first
     stale: int  # epochs since the best one
 
 
@@ -129,26 +137,53 @@ def load_training_state(path, model, optimizer, scheduler, scaler):
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     processes.set_rng_state(state["rng"])
-    return Progress(state["epoch"] + 1, state["metrics"], state["best"], state["stale"])
+    best = state["best"]
+    # states saved before --select_by chose by the loss and kept only its value
+    best.setdefault("selected_by", "loss")
+    best.setdefault("val_corr", state["metrics"][best["epoch"] - 1]["val_corr"])
+    return Progress(state["epoch"] + 1, state["metrics"], best, state["stale"])
 
 
 
-def best_epoch(best, stale, line, model):
-    """The best epoch so far (``best``: its "val_loss", "epoch" and weights "state") and the
-    epochs since it (``stale``), after the epoch of metrics ``line``: the lowest validation
-    loss is the paper's rule."""
-    if best["val_loss"] is None or line["val_loss"] < best["val_loss"]:
-        return {"val_loss": line["val_loss"], "epoch": line["epoch"], "state": {
-            k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}, 0
+def improves(line, best, select_by):
+    """Whether the epoch of metrics ``line`` beats ``best`` (the best epoch's "val_loss" and
+    "val_corr"; None: no epoch yet) by ``select_by``: "loss", a lower validation loss (the
+    paper's rule), or "corr", a higher mean validation correlation."""
+    if best is None:
+        return True
+    if select_by == "loss":
+        return line["val_loss"] < best["val_loss"]
+    return line["val_corr"] > best["val_corr"]
+
+
+def chosen_epoch(metrics, select_by):
+    """The metrics line of the epoch ``select_by`` chooses among ``metrics`` (the first of
+    equals)."""
+    best = None
+    for line in metrics:
+        if improves(line, best, select_by):
+            best = line
+    return best
+
+
+def best_epoch(best, stale, line, model, select_by):
+    """The best epoch so far by ``select_by`` (``best``: "selected_by", its "epoch",
+    "val_loss", "val_corr" and weights "state"; None before the first) and the epochs since it
+    (``stale``), after the epoch of metrics ``line``."""
+    if improves(line, best, select_by):
+        return {"selected_by": select_by, "epoch": line["epoch"], "val_loss": line["val_loss"],
+                "val_corr": line["val_corr"], "state": {
+                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}, 0
     return best, stale + 1
 
 
-def save_epoch(run_dir, save_every, epoch, model, preprocessor, voxels, config, optimizer,
+def save_epoch(run_dir, save_every, epoch, model, beside, voxels, config, optimizer,
                scheduler, scaler, metrics, best, stale):
     """What rank 0 keeps after an epoch (0-based ``epoch``): ``checkpoint-epoch<k>/`` every
-    ``save_every`` epochs, ``metrics.jsonl`` and the state of ``last/``."""
+    ``save_every`` epochs (``save_tuned_model``), ``metrics.jsonl`` and the state of
+    ``last/``."""
     if save_every and (epoch + 1) % save_every == 0:
-        save_tuned_model(run_dir / f"checkpoint-epoch{epoch + 1}", model, preprocessor, voxels,
+        save_tuned_model(run_dir / f"checkpoint-epoch{epoch + 1}", model, beside, voxels,
                          {**config, "epoch": epoch + 1}, overwrite=True)
     write_metrics(run_dir, metrics)
     save_training_state(run_dir, {

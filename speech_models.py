@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
 from torch import nn
-from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
+from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor,
+                          AutoTokenizer, GenerationConfig, Wav2Vec2FeatureExtractor,
                           WhisperFeatureExtractor)
 from transformers.utils import logging as transformers_logging
 
@@ -173,6 +175,36 @@ def load_feature_extractor(name_or_path, family):
                        name_or_path, family)
         return default_feature_extractor(family)
 
+
+def has_file(name_or_path, filename):
+    """Whether a checkpoint (a folder, or a hub id in the offline HF cache) holds ``filename``."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        return (folder / filename).is_file()
+    return isinstance(try_to_load_from_cache(str(name_or_path), filename), str)
+
+
+def load_base_files(name_or_path):
+    """What a checkpoint holds beside its weights and feature extractor that a user of its tuned
+    encoder needs, each loaded where it has one: its generation config and its processor (else
+    its tokenizer alone; e.g. Whisper's, or a CTC model's vocabulary). Saved with every tuned
+    checkpoint (``save_pretrained``), so that a tuned Whisper still transcribes. An unreadable
+    one is a ``ModelError``."""
+    files = [(name, loader) for name, loader in (("generation_config.json", GenerationConfig),
+                                                 ("processor_config.json", AutoProcessor))
+             if has_file(name_or_path, name)]
+    tokenizer = next((name for name in ("tokenizer_config.json", "tokenizer.json")
+                      if has_file(name_or_path, name)), None)
+    if tokenizer is None:
+        logger.info("%s has no tokenizer: its tuned checkpoints hold none", name_or_path)
+    elif not has_file(name_or_path, "processor_config.json"):
+        files.append((tokenizer, AutoTokenizer))
+    try:
+        return [loader.from_pretrained(name_or_path) for _, loader in files]
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{name_or_path}: cannot read its {' or '.join(n for n, _ in files)} "
+                         f"({str(err).splitlines()[0]}); save the checkpoint's tokenizer and "
+                         "generation config again, or delete the damaged file") from None
 
 
 class AudioPreprocessor:

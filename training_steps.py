@@ -18,6 +18,9 @@ import run_utils
 from arguments import flag
 from run_utils import UsageError
 
+# --select_by -> the epoch it keeps
+SELECT_BY = {"loss": "lowest validation loss", "corr": "highest validation correlation"}
+
 
 @dataclasses.dataclass(kw_only=True)
 class TrainingFlags(arguments.Flags):
@@ -36,9 +39,13 @@ class TrainingFlags(arguments.Flags):
     head_lr_decay: float = flag(0.8, group="training",
                                 help="head lr factor per epoch (lr * decay**epoch)")
     head_lr_floor: float = flag(0.1, group="training", help="lowest head lr factor")
+    select_by: str = flag("loss", choices=tuple(SELECT_BY), group="training", protocol=True,
+                          help="the epoch final/ keeps, and what --patience waits for: loss, the "
+                               "lowest validation loss (the paper's); corr, the highest mean "
+                               "validation correlation")
     patience: int = flag(5, group="training",
-                         help="stop after this many epochs without a lower validation loss (0: "
-                              "never stop early)")
+                         help="stop after this many epochs without a better validation score "
+                              "(--select_by) (0: never stop early)")
     seed: int = flag(0, group="training", help="random seed")
 
     def __post_init__(self):

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, BertConfig, BertModel, Wav2Vec2FeatureExtractor
+from transformers import (AutoModel, AutoProcessor, AutoTokenizer, BertConfig, BertModel,
+                          GenerationConfig, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor,
+                          Wav2Vec2ForCTC, Wav2Vec2Processor, WhisperFeatureExtractor,
+                          WhisperForConditionalGeneration, WhisperTokenizer)
 
 import brain_trainer_story as trainer
 import checkpoints
@@ -221,6 +224,187 @@ def test_early_stopping(train_data, tiny_models, tmp_path, monkeypatch):
                         "--patience", "1", "--save_every", "0")
     assert code == 0
     assert [m["val_loss"] for m in _metrics(run_dir)] == [1.0, 0.9, 0.95]
+
+
+def _weights(folder):
+    """The encoder's and the head's weights of a tuned model folder."""
+    head = load_file(str(folder / "brain_head.safetensors"))
+    return {**AutoModel.from_pretrained(folder).state_dict(),
+            **{f"head.{k}": v for k, v in head.items()}}
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("select_by, epochs_run, chosen, other", [("loss", 4, 2, 3),
+                                                                   ("corr", 5, 3, 5)])
+def test_select_by_keeps_the_best_epoch_of_its_criterion(train_data, tiny_models, tmp_path,
+                                                         monkeypatch, caplog, select_by,
+                                                         epochs_run, chosen, other):
+    """Planted validation (loss, correlation) per epoch: --select_by loss keeps the epoch of
+    lowest loss, corr that of highest correlation, and --patience 2 waits on that score; final/
+    holds that epoch's weights, its record, the training state and the closing log line name
+    the criterion, and a warning names the epoch the other criterion would keep."""
+    scores = iter([(1.0, 0.1), (0.8, 0.2), (0.9, 0.3), (0.95, 0.25), (0.7, 0.28)])
+    monkeypatch.setattr(training_steps, "validate", lambda *a, **k: next(scores))
+    caplog.set_level(logging.INFO, logger="brain_trainer_story")
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "5",
+                        "--patience", "2", "--select_by", select_by)
+    assert code == 0
+    metrics = _metrics(run_dir)
+    assert [(m["val_loss"], m["val_corr"]) for m in metrics] == [
+        (1.0, 0.1), (0.8, 0.2), (0.9, 0.3), (0.95, 0.25), (0.7, 0.28)][:epochs_run]
+    record = json.loads((run_dir / "final" / "brain_tuning.json").read_text())
+    assert record["arguments"]["select_by"] == select_by
+    assert {k: record[k] for k in ("selected_by", "epoch", "best_val_loss", "best_val_corr")} \
+        == {"selected_by": select_by, "epoch": chosen,
+            "best_val_loss": metrics[chosen - 1]["val_loss"],
+            "best_val_corr": metrics[chosen - 1]["val_corr"]}
+    best = torch.load(run_dir / checkpoints.STATE_FILE, weights_only=False)["best"]
+    assert (best["selected_by"], best["epoch"]) == (select_by, chosen)
+    final = _weights(run_dir / "final")
+    assert _equal(final, _weights(run_dir / f"checkpoint-epoch{chosen}"))
+    assert not _equal(final, _weights(run_dir / f"checkpoint-epoch{other}"))
+    assert f"epoch {chosen} has the {training_steps.SELECT_BY[select_by]} (--select_by " \
+        f"{select_by})" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"final/ is epoch {chosen} (--select_by {select_by})" in w
+               and f"would keep epoch {other}" in w for w in warnings), warnings
+
+
+def test_resume_keeps_the_runs_select_by(train_data, tiny_models, tmp_path, monkeypatch,
+                                         caplog):
+    """--resume with another --select_by is refused, nothing written; a run saved before
+    --select_by existed (no such flag recorded, its best epoch kept with its loss alone)
+    resumes choosing by the loss, with the correlation of its best epoch from its metrics."""
+    model = tiny_models["wav2vec2"]
+    scores = iter([(1.0, 0.3), (1.1, 0.2)])
+    monkeypatch.setattr(training_steps, "validate", lambda *a, **k: next(scores))
+    original = checkpoints.save_training_state
+
+    def killed_after_epoch_one(run_dir, state):
+        original(run_dir, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "save_training_state", killed_after_epoch_one)
+    with pytest.raises(KeyboardInterrupt):
+        run(train_data, model, tmp_path, "--num_epochs", "2")
+    monkeypatch.setattr(checkpoints, "save_training_state", original)
+    run_dir = tmp_path / "run"
+    before = _snapshot(run_dir)
+    code, _ = run(train_data, model, tmp_path, "--num_epochs", "2", "--select_by", "corr",
+                  "--resume")
+    assert code == 1 and "select_by: 'loss' -> 'corr'" in _one_error(caplog)
+    assert _snapshot(run_dir) == before
+
+    config = json.loads((run_dir / "run_config.json").read_text())
+    del config["arguments"]["select_by"]
+    run_utils.write_json(run_dir / "run_config.json", config, overwrite=True)
+    state = torch.load(run_dir / checkpoints.STATE_FILE, weights_only=False)
+    state["best"] = {k: state["best"][k] for k in ("val_loss", "epoch", "state")}
+    torch.save(state, run_dir / checkpoints.STATE_FILE)
+    code, _ = run(train_data, model, tmp_path, "--num_epochs", "2", "--resume")
+    assert code == 0
+    record = json.loads((run_dir / "final" / "brain_tuning.json").read_text())
+    assert {k: record[k] for k in ("selected_by", "epoch", "best_val_loss", "best_val_corr")} \
+        == {"selected_by": "loss", "epoch": 1, "best_val_loss": 1.0, "best_val_corr": 0.3}
+    assert _equal(_weights(run_dir / "final"), _weights(run_dir / "checkpoint-epoch1"))
+
+
+# ----------------------------------------------------------------------------- model folders
+
+WHISPER_VOCAB = {"!": 0, "<|startoftranscript|>": 1, "<|endoftext|>": 2,
+                 **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz\u0120")}}
+
+
+def _tiny_whisper_base(folder, scratch):
+    """A tiny base saved as the hub's Whisper checkpoints are: WhisperForConditionalGeneration,
+    its feature extractor, a byte-level BPE tokenizer (``WHISPER_VOCAB``, with the special
+    tokens generation starts and ends with) and a generation config."""
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(speech_models.tiny_config("whisper")).save_pretrained(folder)
+    WhisperFeatureExtractor().save_pretrained(folder)
+    scratch.mkdir()
+    (scratch / "vocab.json").write_text(json.dumps(WHISPER_VOCAB))
+    (scratch / "merges.txt").write_text("#version: 0.2\n")
+    WhisperTokenizer(str(scratch / "vocab.json"), str(scratch / "merges.txt"),
+                     additional_special_tokens=["<|startoftranscript|>"]).save_pretrained(folder)
+    GenerationConfig(decoder_start_token_id=1, eos_token_id=2, pad_token_id=0,
+                     max_length=6).save_pretrained(folder)
+
+
+def test_a_tuned_whisper_transcribes_as_its_base(train_data, tmp_path):
+    """final/ loads with WhisperForConditionalGeneration: the tuned encoder, the base's decoder
+    and output projection, tokenizer, processor and generation config; it generates and the
+    tokenizer decodes. speech_models.load_encoder still loads the tuned encoder from it."""
+    base = tmp_path / "base"
+    _tiny_whisper_base(base, tmp_path / "scratch")
+    code, run_dir = run(train_data, base, tmp_path, "--num_epochs", "1", "--warmup_epochs", "0")
+    assert code == 0
+    final = run_dir / "final"
+    tuned = {k.removeprefix("backbone.encoder."): v for k, v in torch.load(
+        run_dir / checkpoints.STATE_FILE, weights_only=False)["model"].items()
+        if k.startswith("backbone.encoder.")}  # the one epoch's weights
+    original = WhisperForConditionalGeneration.from_pretrained(base)
+    model = WhisperForConditionalGeneration.from_pretrained(final)
+    assert _equal(model.model.encoder.state_dict(), tuned)
+    assert not _equal(model.model.encoder.state_dict(), original.model.encoder.state_dict())
+    assert _equal(model.model.decoder.state_dict(), original.model.decoder.state_dict())
+    assert torch.equal(model.proj_out.weight, original.proj_out.weight)
+    assert model.generation_config.max_length == 6  # the base's, not a default
+
+    assert AutoTokenizer.from_pretrained(final).get_vocab() == WHISPER_VOCAB
+    processor = AutoProcessor.from_pretrained(final)
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        tokens = model.generate(features)
+    assert tokens.shape[0] == 1 and 1 < tokens.shape[1] <= 6
+    text = {i: token for token, i in WHISPER_VOCAB.items()}
+    assert processor.batch_decode(tokens) == [
+        "".join(text[i] for i in tokens[0].tolist()).replace("\u0120", " ")]
+
+    encoder = speech_models.load_encoder(final)
+    assert encoder.family == "whisper"
+    assert _equal(encoder.backbone.encoder.state_dict(), tuned)
+
+
+def test_a_ctc_base_keeps_its_vocabulary(train_data, tmp_path):
+    """A wav2vec2 CTC base's processor (tokenizer vocabulary and feature extractor) is saved in
+    final/, and the tuned encoder still loads from it."""
+    base, vocab = tmp_path / "base", {"<pad>": 0, "<unk>": 1, "|": 2, "a": 3, "b": 4}
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(speech_models.tiny_config("wav2vec2", vocab_size=len(vocab))).save_pretrained(
+        base)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    Wav2Vec2Processor(Wav2Vec2FeatureExtractor(do_normalize=True),
+                      Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"))).save_pretrained(base)
+    code, run_dir = run(train_data, base, tmp_path, "--num_epochs", "1", "--warmup_epochs", "0")
+    assert code == 0
+    processor = AutoProcessor.from_pretrained(run_dir / "final")
+    assert isinstance(processor, Wav2Vec2Processor)
+    assert processor.tokenizer.get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
+    assert processor.decode([3, 4, 2, 3]) == "ab a"
+    tuned = {k.removeprefix("backbone."): v for k, v in torch.load(
+        run_dir / checkpoints.STATE_FILE, weights_only=False)["model"].items()
+        if k.startswith("backbone.")}
+    encoder = speech_models.load_encoder(run_dir / "final")
+    assert _equal(encoder.backbone.state_dict(), tuned)
+    assert not _equal(tuned, AutoModel.from_pretrained(base).state_dict())
+
+
+def test_base_files_only_where_the_base_has_them(tiny_models, tmp_path, caplog):
+    """A base without tokenizer or generation config: nothing to save, an info line; a
+    damaged tokenizer file: one-line ModelError naming it."""
+    caplog.set_level(logging.INFO, logger="speech_models")
+    assert speech_models.load_base_files(tiny_models["whisper"]) == []
+    assert "has no tokenizer" in caplog.text
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_models["whisper"], damaged)
+    (damaged / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(speech_models.ModelError, match="tokenizer_config.json"):
+        speech_models.load_base_files(damaged)
 
 
 # ----------------------------------------------------------------------------- resume
