@@ -90,11 +90,12 @@ def _difference_cell(row):
     return _number(row.difference) + _interval(row.ci_low, row.ci_high)
 
 
-def _verdict_cell(verdict, expected=None):
-    """What an interval says, in words: the verdict (None: "no interval"); with ``expected``
-    (the paper's direction) whether it goes the paper's way, in bold when it goes against."""
+def _verdict_cell(verdict, expected=None, missing="no interval"):
+    """What an interval (or a test) says, in words: the verdict (None: ``missing``); with
+    ``expected`` (the paper's direction) whether it goes the paper's way, in bold when it goes
+    against."""
     if verdict is None:
-        return "no interval"
+        return missing
     if verdict == NO_DIFFERENCE or expected is None:
         return verdict
     return (f"{verdict}, as expected" if verdict == expected
@@ -431,7 +432,7 @@ def _across_subjects_section(summary):
         statistic = scores["wilcoxon_statistic"]
         tests.append([layer, len(scores["subjects"]),
                       "n/a" if statistic is None else f"{statistic:g}", _p(scores["p_value"]),
-                      _verdict_cell(scores["verdict"], "higher")])
+                      _verdict_cell(scores["verdict"], "higher", missing="no test")])
         if scores["p_value"] is None:
             reason = ("every gain is zero" if all(g == 0 for g in scores["gain"])
                       else "a subject's mean is undefined")

@@ -705,10 +705,18 @@ def test_across_subjects_the_gains_are_tested_with_wilcoxon(tmp_path, n):
         assert scores["wilcoxon_statistic"] == pytest.approx(expected.statistic)
         assert scores["p_value"] == pytest.approx(expected.pvalue)
         assert scores["min_possible_p"] == pytest.approx(2 / 2 ** n)
-        assert f"| {layer} | {n} | {expected.statistic:g} | {expected.pvalue:.4g} |" in section
+        # the test decides: higher where p < 0.05 (all 6 gains of layer 2 positive), else none
+        verdict = ("higher" if expected.pvalue < 0.05 and np.median(gains[layer]) > 0
+                   else "no detectable difference")
+        assert scores["verdict"] == verdict
+        words = "higher, as expected" if verdict == "higher" else verdict
+        assert (f"| {layer} | {n} | {expected.statistic:g} | {expected.pvalue:.4g} | {words} |"
+                in section)
         assert (f"| {layer} | UTS02 | {read['pretrained'][1]:.3f} | {read['epoch 3'][1]:.3f} | "
                 f"{gains[layer][1]:+.3f} |" in section)
     assert summary["across_subjects"]["2"]["p_value"] == pytest.approx(2 / 2 ** n)
+    assert summary["across_subjects"]["2"]["verdict"] == (
+        "higher" if n == 6 else "no detectable difference")
     assert (f"With {n} subjects the exact two-sided p cannot go below {2 / 2 ** n:.4g} "
             f"(2/2^{n}" in section)
     assert ("with fewer than 6 subjects it cannot go below 0.05" in section) == (n < 6)
@@ -721,7 +729,8 @@ def test_across_subjects_all_zero_gains_give_no_p(tmp_path):
     scores = summary["across_subjects"]["2"]
     assert scores["wilcoxon_statistic"] is None and scores["p_value"] is None
     assert scores["min_possible_p"] == 0.25
-    assert "| 2 | 3 | n/a | n/a |" in text
+    assert scores["verdict"] is None
+    assert "| 2 | 3 | n/a | n/a | no test |" in text
     assert "At layer 2 the test cannot run: every gain is zero." in text
 
 
