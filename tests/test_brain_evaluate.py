@@ -1551,3 +1551,19 @@ def test_departures_from_the_paper_are_named_with_the_papers_value(setup, tmp_pa
         "final: brain_trainer_story.py --select_by": (
             "corr", "loss (the epoch of lowest validation loss)"),
         "final: brain_trainer_story.py --num_epochs": ("4", "30")}
+
+
+@pytest.mark.parametrize("config", sorted(Path(alignment_outputs.__file__).parent.glob(
+    "configs/iclr2025_*.json")), ids=lambda path: path.stem)
+def test_the_papers_configs_hold_the_values_departures_compare_with(config):
+    """The paper's settings are written twice, as values in configs/iclr2025_*.json and as the
+    reference of departures (alignment_outputs.PAPER_*): they must agree."""
+    sections = json.loads(config.read_text())
+    for name, value in sections["train"].items():
+        if name in alignment_outputs.PAPER_TRAINING:
+            assert any(alignment_outputs._same(value, paper)
+                       for paper in alignment_outputs.PAPER_TRAINING[name][0]), name
+    for name, value in sections["evaluate"].items():
+        if name in alignment_outputs.PAPER_EVALUATION:
+            assert any(alignment_outputs._same(value, paper)
+                       for paper in alignment_outputs.PAPER_EVALUATION[name][0]), name
