@@ -7,7 +7,8 @@
 #             intervals and the data-efficiency curve) with the low-level reliance and semantic
 #             preference, a phoneme probe on a synthetic TIMIT, and outputs/demo/report.md +
 #             summary.json; every setting of the stages in configs/demo.json
-# make test   set up .venv if needed, then run the test suite
+# make test   set up .venv if needed, then run the whole test suite (TEST_FLAGS: in parallel
+#             processes) and print its slowest tests
 # make test-fast  the same without the tests marked slow (the whole demo)
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,18 +16,32 @@ TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= outputs/demo
 DEMO_EPOCHS ?= 4
 BIN := $(VENV)/bin
+# the built-in synthetic dataset and tiny model of the demo and the quick reproduction
+SYNTHETIC_DATA = synthetic_data.py --seed 0 --overwrite --n_train_stories 10 --train_trs 80 \
+	--cc_max_range 0.85 0.98
+TINY_MODEL = make_tiny.py --family wav2vec2 --size demo --overwrite
 
 # make reproduce DATA=/path/to/ds003020 MODEL=/path/to/wav2vec2-base SUBJECT=3
 #             the paper's protocol on the real data (reproduce.py: check, noise ceiling,
 #             brain-tuning, alignment with reliance, regions and maps, probes, report), every
 #             stage set by CONFIG; ARGS adds reproduce.py flags, e.g.
 #             ARGS="--timit /data/timit --speech_commands hf:google/speech_commands --asr frozen"
+#             or any flag of any stage: ARGS="--stage_args 'evaluate=--n_bootstrap 200'"
+# make reproduce QUICK=1
+#             the same stages on the built-in synthetic data (and a synthetic TIMIT for the
+#             probes and CTC recognition) with the demo's tiny model and settings
+#             (configs/demo.json), in a few minutes; results in OUT (default outputs/quick)
 SUBJECT ?= 1
 MODEL ?=
 DATA ?=
-OUT ?= outputs/reproduce
-CONFIG ?= configs/iclr2025_wav2vec2-base.json
+QUICK ?=
+OUT ?= $(if $(QUICK),outputs/quick,outputs/reproduce)
+CONFIG ?= $(if $(QUICK),configs/demo.json,configs/iclr2025_wav2vec2-base.json)
 ARGS ?=
+
+# the suite runs in parallel processes (pytest-xdist), a test file each, one thread per process:
+# on small machines the processes fill the cores better than threads within one test
+TEST_FLAGS ?= -n auto --maxprocesses 4 --dist loadfile
 
 .PHONY: setup demo test test-fast reproduce
 
@@ -42,18 +57,17 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 setup: $(VENV)/.installed
 
 test: setup
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(TEST_FLAGS) --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(TEST_FLAGS) -m "not slow"
 
 demo: setup
-	$(BIN)/python synthetic_data.py --out $(DEMO_DIR)/data --seed 0 --overwrite \
-		--n_train_stories 10 --train_trs 80 --cc_max_range 0.85 0.98
+	$(BIN)/python $(SYNTHETIC_DATA) --out $(DEMO_DIR)/data
 	$(BIN)/python data_utils.py check --data_dir $(DEMO_DIR)/data
 	$(BIN)/python noise_ceilings.py --data_dir $(DEMO_DIR)/data --subject 1 \
 		--out $(DEMO_DIR)/subject_NCs/UTS01.npy --overwrite
-	$(BIN)/python make_tiny.py --family wav2vec2 --size demo --out $(DEMO_DIR)/tiny-wav2vec2 --overwrite
+	$(BIN)/python $(TINY_MODEL) --out $(DEMO_DIR)/tiny-wav2vec2
 	$(BIN)/python brain_trainer_story.py --config configs/demo.json \
 		--model_name $(DEMO_DIR)/tiny-wav2vec2 --subject 1 --data_dir $(DEMO_DIR)/data \
 		--nc_path $(DEMO_DIR)/subject_NCs/UTS01.npy --num_epochs $(DEMO_EPOCHS) \
@@ -73,5 +87,14 @@ demo: setup
 		--overwrite
 
 reproduce: setup
+ifeq ($(QUICK),)
 	$(BIN)/python reproduce.py --config $(CONFIG) --data_dir "$(DATA)" --model_name "$(MODEL)" \
 		--subject $(SUBJECT) --out $(OUT) $(ARGS)
+else
+	$(BIN)/python $(SYNTHETIC_DATA) --out $(OUT)/data
+	$(BIN)/python $(TINY_MODEL) --out $(OUT)/tiny-wav2vec2
+	$(BIN)/python synthetic_downstream.py --layout timit --out $(OUT)/timit --overwrite
+	$(BIN)/python reproduce.py --config $(CONFIG) --data_dir $(OUT)/data \
+		--model_name $(OUT)/tiny-wav2vec2 --subject 1 --nc_path $(OUT)/subject_NCs/UTS01.npy \
+		--timit $(OUT)/timit --out $(OUT) $(ARGS)
+endif

@@ -128,9 +128,15 @@ def add_flags(parser, settings_class):
         _add_flag(groups.get(title, parser), field, getattr(settings_class, "HELP_VALUES", {}))
 
 
-def build_parser(settings_class, description, prog=None):
-    """The argparse parser of a settings dataclass (and its ``--config`` flag)."""
-    parser = argparse.ArgumentParser(description=description, prog=prog,
+def _epilog(docs):
+    """The last line of ``--help``: the documentation page of the script."""
+    return f"documentation: {docs}" if docs else None
+
+
+def build_parser(settings_class, description, prog=None, docs=None):
+    """The argparse parser of a settings dataclass (and its ``--config`` flag); ``docs``: the
+    documentation page ``--help`` ends with."""
+    parser = argparse.ArgumentParser(description=description, prog=prog, epilog=_epilog(docs),
                                      formatter_class=HelpFormatter)
     add_flags(parser, settings_class)
     if "config" not in {field.name for field in settings_fields(settings_class)}:
@@ -138,13 +144,14 @@ def build_parser(settings_class, description, prog=None):
     return parser
 
 
-def parse(settings_class, argv=None, *, description, section=None, prog=None, shared=()):
+def parse(settings_class, argv=None, *, description, section=None, prog=None, shared=(),
+          docs=None):
     """Settings from the command line ``argv`` (default ``sys.argv[1:]``) and the ``--config``
     file it names (its ``section``, when the file has sections; ``shared``: the settings
     classes of the other scripts that read that section, whose flags it may hold too). Bad
     flags, config entries or settings (a ``UsageError`` of the dataclass's checks) stop with
     argparse's one-line error and exit status 2."""
-    parser = build_parser(settings_class, description, prog)
+    parser = build_parser(settings_class, description, prog, docs)
     argv = list(sys.argv[1:] if argv is None else argv)
     config = argparse.ArgumentParser(add_help=False)
     config.add_argument("--config")
@@ -164,17 +171,17 @@ def parse(settings_class, argv=None, *, description, section=None, prog=None, sh
         parser.error(str(err))
 
 
-def parse_command(commands, argv=None, *, description, prog=None):
+def parse_command(commands, argv=None, *, description, prog=None, docs=None):
     """The settings of a script with commands (``script.py COMMAND --flags``): ``commands``
     maps each command to (its settings dataclass, its one-line help), and the class of the
     settings returned tells the command. The dataclass's docstring is its ``--help``
     description. Errors as ``parse``'s."""
-    parser = argparse.ArgumentParser(description=description, prog=prog,
+    parser = argparse.ArgumentParser(description=description, prog=prog, epilog=_epilog(docs),
                                      formatter_class=HelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (settings_class, summary) in commands.items():
         add_flags(subparsers.add_parser(
-            name, help=summary, description=settings_class.__doc__,
+            name, help=summary, description=settings_class.__doc__, epilog=_epilog(docs),
             formatter_class=HelpFormatter), settings_class)
     values = vars(parser.parse_args(argv))
     command = values.pop("command")

@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 import audio_io
 import downstream_data
@@ -55,6 +53,10 @@ import processes
 import run_utils
 import speech_models
 from run_utils import DatasetError
+
+# loaded on first use, so that --help and argument errors appear at once
+brain_model = run_utils.LazyModule("brain_model")
+torch = run_utils.LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -268,9 +270,9 @@ def extract_layers(encoder, examples, layers, device, dtype):
     hidden = []
     names = " ".join(map(str, layers))
     with torch.inference_mode():
-        for waveform in tqdm(waveforms, desc=f"layer{'s' * (len(layers) > 1)} {names} frames",
-                             unit="utt", total=len(share),
-                             disable=not processes.is_main_process()):
+        for waveform in run_utils.progress(
+                waveforms, desc=f"layer{'s' * (len(layers) > 1)} {names} frames", unit="utt",
+                total=len(share), disable=not processes.is_main_process()):
             states = utterance_states(encoder, waveform, layers, device, dtype)
             hidden.append({k: state.float().cpu().numpy() for k, state in states.items()})
     hidden = [h for part in processes.gather_from_processes(hidden) for h in part]
@@ -355,7 +357,7 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
     test utterances.
 
     The CNN feature encoder (Whisper: conv1, conv2, positions, decoder) stays frozen, as in
-    brain-tuning (``speech_models.BrainTuningModel.freeze``); Adam with ``training.backbone_lr``
+    brain-tuning (``brain_model.BrainTuningModel.freeze``); Adam with ``training.backbone_lr``
     for the encoder and ``training.lr`` for the head. The RNGs of initialisation, order,
     dropout, SpecAugment and layerdrop are seeded with ``training.seed`` (the draws of each
     utterance's forward pass with the seed, the step and the utterance, so that any number of
@@ -368,10 +370,11 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
     device = torch.device(device)
     rate = encoder.preprocessor.sampling_rate
     main = processes.is_main_process()
-    waveforms = list(tqdm(probing.utterance_waveforms(train, rate, encoder.family),
-                          desc="reading audio", unit="utt", total=len(train), disable=not main))
+    waveforms = list(run_utils.progress(probing.utterance_waveforms(train, rate, encoder.family),
+                                        desc="reading audio", unit="utt", total=len(train),
+                                        disable=not main))
     with processes.seeded(training.seed):
-        model = speech_models.BrainTuningModel(copy.deepcopy(encoder.backbone), encoder.family,
+        model = brain_model.BrainTuningModel(copy.deepcopy(encoder.backbone), encoder.family,
                                                n_tokens).to(device)
         model.freeze()
         tuned = dataclasses.replace(encoder, backbone=model.backbone)
@@ -396,9 +399,9 @@ def finetuned_transcripts(encoder, layer, train, test, labels, n_tokens, trainin
     with torch.inference_mode():
         return [greedy_decode(model.head(utterance_hidden(tuned, waveform, layer, device, dtype,
                                                           cut=True).float()))
-                for waveform in tqdm(probing.utterance_waveforms(test, rate, encoder.family),
-                                     desc="decoding", unit="utt", total=len(test),
-                                     disable=not main)]
+                for waveform in run_utils.progress(
+                    probing.utterance_waveforms(test, rate, encoder.family), desc="decoding",
+                    unit="utt", total=len(test), disable=not main)]
 
 
 def train_ctc(batch_log_probs, labels, optimizer, training):
@@ -422,8 +425,8 @@ def train_ctc(batch_log_probs, labels, optimizer, training):
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     device = parameters[0].device
     losses, too_short = [], torch.zeros(len(labels), device=device)
-    bar = tqdm(range(training.num_epochs), desc="CTC epochs", unit="epoch",
-               disable=not processes.is_main_process())
+    bar = run_utils.progress(range(training.num_epochs), desc="CTC epochs", unit="epoch",
+                             disable=not processes.is_main_process())
     step = 0
     for _ in bar:
         order = torch.randperm(len(labels), generator=generator).tolist()

@@ -75,10 +75,11 @@ class Settings(OutputFlags, ExtractionFlags, UncertaintyFlags, AnalysisFlags, Re
 
 
 def parse_args(argv=None):
-    return arguments.parse(Settings, argv, section="evaluate", description=(
-        "Brain alignment of pretrained and brain-tuned speech models (ds003020): per layer, "
-        "how well a ridge encoding model of its features predicts the held-out story's fMRI "
-        "(docs/method.md)."))
+    return arguments.parse(Settings, argv, section="evaluate", docs="docs/alignment.md",
+                           description="Brain alignment of pretrained and brain-tuned speech "
+                                       "models (ds003020): per layer, how well a ridge encoding "
+                                       "model of its features predicts the held-out story's "
+                                       "fMRI (docs/method.md).")
 
 
 def run(settings):

@@ -195,9 +195,9 @@ COMMANDS = {"regions": (RegionsCommand, "write the region file that brain_evalua
 
 def parse_args(argv=None):
     return arguments.parse_command(
-        COMMANDS, argv, description="Brain regions (voxel indices per region) and cortical "
-                                    "flat maps of a ds003020 subject, from its pycortex "
-                                    "database and FreeSurfer folders.")
+        COMMANDS, argv, docs="docs/alignment.md",
+        description="Brain regions (voxel indices per region) and cortical flat maps of a "
+                    "ds003020 subject, from its pycortex database and FreeSurfer folders.")
 
 
 def main(argv=None):

@@ -26,8 +26,6 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-from torch.utils.data import DataLoader
 
 import arguments
 import checkpoints
@@ -42,6 +40,10 @@ from data_utils import DatasetFlags
 from run_utils import UsageError
 from training_data import TargetFlags
 from training_steps import TrainingFlags
+
+# loaded on first use, so that --help and argument errors appear at once
+brain_model = run_utils.LazyModule("brain_model")
+torch = run_utils.LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +95,10 @@ class Settings(TrainingFlags, TargetFlags, DatasetFlags):  # --help lists them i
 
 
 def parse_args(argv=None):
-    return arguments.parse(Settings, argv, section="train", description=(
-        "Brain-tune a pretrained speech encoder (wav2vec2, HuBERT, WavLM, data2vec-audio, "
-        "Whisper) to predict fMRI responses (ds003020)."))
+    return arguments.parse(Settings, argv, section="train", docs="docs/brain-tuning.md",
+                           description="Brain-tune a pretrained speech encoder (wav2vec2, HuBERT, "
+                                       "WavLM, data2vec-audio, Whisper) to predict fMRI "
+                                       "responses (ds003020).")
 
 
 class RunData(NamedTuple):
@@ -143,10 +146,10 @@ def build_model(settings, n_outputs, window_samples, group):
     """The model with the paper's freezing (and LoRA adapters with ``--lora_rank``) on the
     device, its preprocessor, the optimiser, schedules and gradient scaler, and the network
     the steps run (the model in DistributedDataParallel under torchrun)."""
-    model, preprocessor = speech_models.build_model(settings.model_name, n_outputs,
+    model, preprocessor = brain_model.build_model(settings.model_name, n_outputs,
                                                     window_samples)
     if settings.lora_rank:
-        speech_models.add_lora(model, settings.lora_rank, settings.lora_alpha,
+        brain_model.add_lora(model, settings.lora_rank, settings.lora_alpha,
                                settings.lora_dropout)
     model.to(group.device)
     optimizer, scheduler = training_steps.make_optimizer(
@@ -185,7 +188,7 @@ def train(settings, group):
             4 if group.device.type == "cuda" else 0)
         collate = training_data.Collate(preprocessor)
         datasets = training_data.group_datasets(data.groups, data.audio, data.bounds)
-        val_loaders = [DataLoader(d.val, batch_size=settings.micro_batch_size,
+        val_loaders = [torch.utils.data.DataLoader(d.val, batch_size=settings.micro_batch_size,
                                   collate_fn=collate, num_workers=num_workers) for d in datasets]
         config = run_utils.run_config(
             arguments.as_dict(settings), subjects=settings.subjects(),
@@ -213,7 +216,8 @@ def train(settings, group):
                 break
             batches = training_data.epoch_batches(
                 [d.train for d in datasets], epoch, settings.seed, settings.batch_size,
-                settings.micro_batch_size, collate, num_workers, group.rank, group.world_size)
+                settings.micro_batch_size, collate, num_workers, group.rank, group.world_size,
+                settings.batch_order)
             line = training_steps.train_one_epoch(network, model, batches, val_loaders,
                                                   optimizer, scheduler, scaler, dtype, group,
                                                   epoch, settings.num_epochs)

@@ -7,14 +7,16 @@ import contextlib
 import json
 from typing import NamedTuple
 
-import torch
-from safetensors.torch import save_file
 
 import arguments
 import processes
 import run_utils
 import speech_models
 from run_utils import UsageError
+
+# loaded on first use, so that --help and argument errors appear at once
+brain_model = run_utils.LazyModule("brain_model")
+torch = run_utils.LazyModule("torch")
 
 STATE_FILE = "last/training_state.pt"  # inside the run folder: what --resume continues from
 
@@ -91,12 +93,14 @@ def save_tuned_model(directory, model, beside, voxels, run_config, overwrite=Fal
     predicted (``voxels.json``) and the run configuration (``brain_tuning.json``). Written
     atomically.
     """
+    import safetensors.torch  # a torch module: loaded only when a checkpoint is written
+
     with run_utils.atomic_output(directory, overwrite) as tmp, speech_models.quiet_transformers():
-        speech_models.plain_backbone(model).save_pretrained(tmp)
+        brain_model.plain_backbone(model).save_pretrained(tmp)
         for item in beside:
             item.save_pretrained(tmp)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
-                  str(tmp / "brain_head.safetensors"))
+        head = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
+        safetensors.torch.save_file(head, str(tmp / "brain_head.safetensors"))
         run_utils.write_json(tmp / "voxels.json", voxels or {})
         run_utils.write_json(tmp / "brain_tuning.json", run_config)
 

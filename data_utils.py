@@ -818,8 +818,8 @@ class CheckCommand(DatasetFlags):
 def parse_args(argv=None):
     return arguments.parse_command(
         {"check": (CheckCommand, "check a downloaded ds003020 copy and print what it holds")},
-        argv, description="Dataset tools for the Moth Radio Hour fMRI dataset (OpenNeuro "
-                          "ds003020).")
+        argv, docs="docs/dataset.md", description="Dataset tools for the Moth Radio Hour fMRI "
+                                                   "dataset (OpenNeuro ds003020).")
 
 
 def run(args):

@@ -390,7 +390,8 @@ class HubLayout(NamedTuple):
     label_column: str
 
 
-# README "Datasets from the HuggingFace hub" documents these; the flags override every field.
+# docs/downstream.md#datasets-from-the-huggingface-hub documents these; the flags override every
+# field.
 HUB_LAYOUTS = {
     "phonemes": HubLayout("timit_asr", None, ("train", "test"), "phonetic_detail"),
     "sentence_type": HubLayout("timit_asr", None, ("train", "test"), "sentence_type"),

@@ -10,7 +10,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse
+import scipy
 
 import arguments
 import brain_regions
@@ -62,6 +62,18 @@ class EncodingFlags(arguments.Flags):
     n_boots: int = flag(3, group=GROUP, help="cross-validation splits")
     chunk_len: int = flag(20, group=GROUP, help="rows per held-out chunk")
     seed: int = flag(0, group=GROUP, help="seed of the cross-validation splits")
+    cv_chunks: str = flag(eval_utils.CV_CHUNKS[0], choices=eval_utils.CV_CHUNKS, group=GROUP,
+                          protocol=True,
+                          help="held-out chunks of the alpha choice: within_stories (ours; "
+                               "round(25%% of the chunks)) or stacked (the authors': chunks of "
+                               "the stacked rows, int(25%% of rows / --chunk_len)); docs/"
+                               "method.md#where-our-defaults-differ-from-the-authors-code")
+    delays: str = flag(eval_utils.DELAY_MODES[0], choices=eval_utils.DELAY_MODES, group=GROUP,
+                       protocol=True,
+                       help="FIR delays of the training stories: per_story (ours, zero-padded) "
+                            "or stacked (the authors': after stacking, reaching into the "
+                            "previous story); docs/method.md#where-our-defaults-differ-from-"
+                            "the-authors-code")
     test_target: str = flag("repeats_mean", choices=TEST_TARGETS, group=PROTOCOL_GROUP,
                             protocol=True,
                             help="what the test prediction is correlated with: the mean of the "
@@ -158,7 +170,7 @@ class Uncertainty(NamedTuple):
     seed: int
     bootstrap_counts: np.ndarray  # (resamples, blocks), or None for no intervals
     block_starts: np.ndarray
-    bootstrap_weights: scipy.sparse.csr_array  # (voxels, summaries): per-voxel r -> mean
+    bootstrap_weights: "scipy.sparse.csr_array"  # (voxels, summaries): per-voxel r -> mean
     # cc_norm summaries (or a dense array)
     fdr_q: float
 
@@ -181,6 +193,7 @@ class EncodingTask(NamedTuple):
     fitted: np.ndarray = None  # (voxels,) int64: their indices among the subject's voxels
     #                            (sorted); None: every voxel, in order
     n_voxels: int = None  # the subject's voxels; None: as many as fitted
+    delays: str = eval_utils.DELAY_MODES[0]  # how the training stories are delayed (--delays)
 
     def fitted_indices(self):
         """(voxels,) int64: the indices of the fitted voxels among the subject's voxels."""
@@ -260,9 +273,10 @@ def encoding_task(settings, dataset, subject, stories):
                                              settings.voxels),
                           target, test_ceiling, normaliser)
     lengths = [dataset.response_rows(s) for s in stories]
-    splits = cv_splits(lengths, settings.n_boots, settings.chunk_len, settings.seed)
+    splits = cv_splits(lengths, settings.n_boots, settings.chunk_len, settings.seed,
+                       chunks=settings.cv_chunks)
     subsets = {fraction: training_subset(lengths, fraction, settings.n_boots,
-                                         settings.chunk_len, settings.seed)
+                                         settings.chunk_len, settings.seed, settings.cv_chunks)
                for fraction in settings.train_fraction if fraction < 1}
     counts, starts = (eval_utils.bootstrap_block_counts(len(target), settings.block_len,
                                                         settings.n_bootstrap, settings.seed)
@@ -272,7 +286,7 @@ def encoding_task(settings, dataset, subject, stories):
                               settings.fdr_q)
     task = EncodingTask(stories, settings.test_story, responses, voxels, summaries, splits,
                         subsets, settings.alphas, settings.alpha_score, settings.nc_thr,
-                        uncertainty, fitted, int(n_voxels))
+                        uncertainty, fitted, int(n_voxels), settings.delays)
     return task, voxel_facts
 
 
@@ -392,23 +406,31 @@ def _positions(indices, fitted):
     return at[fitted[at] == indices].tolist()
 
 
-def cv_splits(lengths, n_boots=3, chunk_len=20, seed=0, what=""):
-    """The cross-validation splits over stories of ``lengths`` rows
-    (``eval_utils.bootstrap_chunk_splits``); too few rows for them is a UsageError."""
+def cv_splits(lengths, n_boots=3, chunk_len=20, seed=0, what="", chunks="within_stories"):
+    """The cross-validation splits over stories of ``lengths`` rows: ``chunks``
+    "within_stories", chunks inside stories (``eval_utils.bootstrap_chunk_splits``), or
+    "stacked", the authors' chunks of the stacked rows (``eval_utils.stacked_chunk_splits``);
+    too few rows for them is a UsageError."""
     try:
+        if chunks == "stacked":
+            return eval_utils.stacked_chunk_splits(int(sum(lengths)), n_boots, chunk_len,
+                                                   seed=seed)
+        if chunks != "within_stories":
+            raise ValueError(f"unknown --cv_chunks {chunks!r}")
         return eval_utils.bootstrap_chunk_splits(lengths, n_boots, chunk_len, seed=seed)
     except ValueError as err:
         raise UsageError(f"--chunk_len {chunk_len}{what}: {err}") from None
 
 
-def training_subset(lengths, fraction, n_boots=3, chunk_len=20, seed=0):
+def training_subset(lengths, fraction, n_boots=3, chunk_len=20, seed=0,
+                    chunks="within_stories"):
     """The ``TrainingSubset`` of a ``fraction`` of the rows of stories of ``lengths`` rows
-    (``eval_utils.leading_rows``), with its own cross-validation splits."""
+    (``eval_utils.leading_rows``), with its own cross-validation splits (``cv_splits``)."""
     used = eval_utils.leading_rows(lengths, fraction)
     offsets = np.cumsum([0, *lengths[:-1]])
     rows = np.concatenate([offset + np.arange(n) for offset, n in zip(offsets, used)])
     splits = cv_splits([n for n in used if n], n_boots, chunk_len, seed,
-                       f" (--train_fraction {fraction})")
+                       f" (--train_fraction {fraction})", chunks)
     return TrainingSubset(rows, splits)
 
 
@@ -448,7 +470,7 @@ def layer_scores(features, task, device=None, what="features", fraction=1.0):
     (``eval_utils.block_permutation_pvalues``, with --n_permutations) and the block-bootstrap
     means of cc_norm (``bootstrap``: (resamples, summaries), with --n_bootstrap)."""
     responses = task.responses
-    x_train, x_test = design_matrices(features, task.stories, task.test_story)
+    x_train, x_test = design_matrices(features, task.stories, task.test_story, task.delays)
     if len(x_train) != len(responses.train) or len(x_test) != len(responses.test):
         raise DatasetError(f"{what}: {len(x_train)}/{len(x_test)} feature rows "
                            f"but {len(responses.train)}/{len(responses.test)} response rows; "
@@ -488,13 +510,14 @@ def layer_scores(features, task, device=None, what="features", fraction=1.0):
     return scores
 
 
-def design_matrices(tr_level, stories, test_story):
+def design_matrices(tr_level, stories, test_story, delays="per_story"):
     """Delayed design matrices from TR-grid features (story -> (grid TRs, features)).
 
     Training stories are trimmed [10:-5] like the responses; the test story [50:-5], matching
-    its responses without their first 40 rows (the paper's protocol).
+    its responses without their first 40 rows (the paper's protocol). ``delays``: how the
+    training stories are delayed (``eval_utils.delayed_story_features``).
     """
-    x_train = eval_utils.delayed_story_features([tr_level[s] for s in stories])
+    x_train = eval_utils.delayed_story_features([tr_level[s] for s in stories], mode=delays)
     x_test = eval_utils.delayed_story_features(
         [tr_level[test_story]],
         trim=(data_utils.TRIM_START_TRS + data_utils.TEST_RESPONSE_TRIM, data_utils.TRIM_END_TRS))

@@ -102,7 +102,7 @@ class Settings(OutputFlags, ModelFlags, ProbeFlags, dataset="TIMIT",
 
 
 def parse_args(argv=None):
-    return arguments.parse(Settings, argv, section="asr", description=(
+    return arguments.parse(Settings, argv, section="asr", docs="docs/downstream.md", description=(
         "CTC speech recognition on TIMIT with every layer of pretrained and brain-tuned speech "
         "models: a linear CTC head on the frozen encoder, or the encoder fine-tuned with it "
         "(--finetune)."))

@@ -26,12 +26,14 @@ import logging
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse
-import torch
+import scipy
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 import data_utils
+import run_utils
+
+# loaded on first use, so that --help and argument errors appear at once
+torch = run_utils.LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -221,13 +223,20 @@ def trim_rows(x, trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
     return x[start:len(x) - end]
 
 
+DELAY_MODES = ("per_story", "stacked")  # --delays; the first is the default
+
+
 def delayed_story_features(story_features, delays=(1, 2, 3, 4),
-                           trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS)):
+                           trim=(data_utils.TRIM_START_TRS, data_utils.TRIM_END_TRS),
+                           mode="per_story"):
     """Encoding-model design matrix from per-story features on the TR grid.
 
     Each story's (grid TRs, features) matrix is trimmed (``trim`` TRs at start and end, so rows
     match the response rows), z-scored and delayed on its own, so that no delay reaches across
-    a story boundary; the stories are then stacked in the given order.
+    a story boundary; the stories are then stacked in the given order. ``mode`` "stacked" is
+    the authors' order instead (docs/method.md#where-our-defaults-differ-from-the-authors-code):
+    the trimmed, z-scored stories are stacked first and delayed together, so a story's first
+    rows hold the previous story's last ones (zeros only at the start of the first story).
 
     Parameters
     ----------
@@ -237,6 +246,11 @@ def delayed_story_features(story_features, delays=(1, 2, 3, 4),
     -------
     (sum of trimmed rows, n_features * len(delays)) in the features' dtype.
     """
+    if mode == "stacked":
+        return make_delayed(np.vstack([zscore(trim_rows(f, trim)) for f in story_features]),
+                            delays)
+    if mode != "per_story":
+        raise ValueError(f"unknown delay mode {mode!r}; expected one of {DELAY_MODES}")
     return np.vstack([make_delayed(zscore(trim_rows(f, trim)), delays) for f in story_features])
 
 
@@ -267,6 +281,36 @@ def bootstrap_chunk_splits(story_lengths, n_boots=3, chunk_len=20, held_out_frac
         held = np.zeros(offset, bool)
         for index in rng.choice(len(chunks), n_held, replace=False):
             held[chunks[index]] = True
+        splits.append((np.flatnonzero(~held), np.flatnonzero(held)))
+    return splits
+
+
+CV_CHUNKS = ("within_stories", "stacked")  # --cv_chunks; the first is the default
+
+
+def stacked_chunk_splits(n_rows, n_boots=3, chunk_len=20, held_out_fraction=0.25, seed=0):
+    """The authors' held-out chunks (Huth-lab ``bootstrap_ridge`` as their code calls it;
+    docs/method.md#where-our-defaults-differ-from-the-authors-code): the ``n_rows`` stacked
+    rows of all stories cut into whole chunks of ``chunk_len`` (a chunk may straddle a story
+    boundary; the last ``n_rows % chunk_len`` rows are never held out), and each bootstrap
+    holds out ``int(held_out_fraction * n_rows / chunk_len)`` of them at random (theirs are
+    drawn by Python's unseeded ``random.shuffle``, ours by ``seed``).
+
+    Returns
+    -------
+    list of ``n_boots`` (train_idx, val_idx) pairs of sorted int64 row indices.
+    """
+    n_chunks = n_rows // chunk_len
+    n_held = int(held_out_fraction * n_rows / chunk_len)
+    if n_held < 1 or n_held >= n_chunks:
+        raise ValueError(f"{n_rows} rows make {n_chunks} whole chunks of {chunk_len} rows, too "
+                         f"few to hold out {held_out_fraction:.0%} and train on the rest")
+    rng = np.random.default_rng(seed)
+    splits = []
+    for _ in range(n_boots):
+        held = np.zeros(n_rows, bool)
+        for index in rng.permutation(n_chunks)[:n_held]:
+            held[index * chunk_len:(index + 1) * chunk_len] = True
         splits.append((np.flatnonzero(~held), np.flatnonzero(held)))
     return splits
 
@@ -351,8 +395,8 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
     weights = torch.empty((n_features, n_voxels), dtype=X.dtype, device=device)
     cv_scores = torch.zeros((len(alphas_t), n_voxels), dtype=X.dtype, device=device)
     best = torch.empty(n_voxels, dtype=torch.long, device=device)
-    for first in tqdm(range(0, n_voxels, batch), desc="ridge", unit="voxel batch",
-                      disable=not progress):
+    for first in run_utils.progress(range(0, n_voxels, batch), desc="ridge", unit="voxel batch",
+                                    disable=not progress):
         columns = slice(first, min(first + batch, n_voxels))
         y = Y[:, columns]
         xty = None if dual else X.T @ y
@@ -400,12 +444,12 @@ class _RidgeFold(NamedTuple):
     or kernel (dual) matrix, and the held-out design rotated onto those vectors: predictions
     are rotated @ (projected / (values + alpha)), projected = V^T X_train^T y_train (primal)
     or U^T y_train (dual)."""
-    train: torch.Tensor
-    val: torch.Tensor
-    values: torch.Tensor
-    vectors: torch.Tensor
-    rotated: torch.Tensor
-    x_val: torch.Tensor
+    train: "torch.Tensor"
+    val: "torch.Tensor"
+    values: "torch.Tensor"
+    vectors: "torch.Tensor"
+    rotated: "torch.Tensor"
+    x_val: "torch.Tensor"
 
 
 def _ridge_folds(X, splits, dual, device):

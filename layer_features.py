@@ -11,9 +11,6 @@ import time
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch import nn
-from tqdm.auto import tqdm
 
 import arguments
 import eval_utils
@@ -22,6 +19,9 @@ import run_utils
 from arguments import flag
 from speech_models import WHISPER_MAX_SECONDS, ModelError, model_family, num_layers
 
+# loaded on first use, so that --help and argument errors appear at once
+torch = run_utils.LazyModule("torch")
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 def first_layers(backbone, count):
     """Run only the first ``count`` encoder layers inside the block."""
     original = backbone.encoder.layers
-    backbone.encoder.layers = nn.ModuleList(list(original)[:count])
+    backbone.encoder.layers = torch.nn.ModuleList(list(original)[:count])
     try:
         yield
     finally:
@@ -111,8 +111,8 @@ def pooled_layer_features(backbone, preprocessor, waveforms, layers, batch_size=
     limit = WHISPER_MAX_SECONDS * preprocessor.sampling_rate
     rows = {layer: [] for layer in layers}
     backbone.eval()
-    with torch.inference_mode(), tqdm(desc="utterances", unit="utt", total=total,
-                                      disable=not progress) as bar:
+    with torch.inference_mode(), run_utils.progress(desc="utterances", unit="utt", total=total,
+                                                    disable=not progress) as bar:
         for batch in _equal_length_batches(waveforms, batch_size):
             length = len(batch[0][1])
             if family == "whisper" and length > limit:
@@ -132,6 +132,33 @@ def pooled_layer_features(backbone, preprocessor, waveforms, layers, batch_size=
             for layer, values in rows.items()}
 
 
+WHISPER_FRAMES = ("ours", "authors")  # --whisper_frame; the first is the default
+
+
+def whisper_window_frame(preprocessor, n_samples, rule="ours"):
+    """The Whisper encoder frame that stands for a window of ``n_samples`` of real audio (the
+    rest of the 30 s input is padding), by ``rule``
+    (docs/method.md#where-our-defaults-differ-from-the-authors-code):
+
+    - "ours": the last frame made only of real audio, ``whisper_frames(n_samples) - 1``
+      (``m/2 - 1`` for ``m = n_samples // hop`` mel frames);
+    - "authors": the last frame whose receptive field touches real audio, as the authors' code
+      finds it: the feature extractor's attention mask (``ceil(n_samples / hop)`` mel frames)
+      passed through ones-kernels of conv1 (kernel 3, stride 1, padding 1) and conv2 (kernel 3,
+      stride 2, padding 1), its last nonzero output: ``(ceil(n_samples / hop) + 1) // 2``.
+      One frame later than ours whenever ``n_samples`` is a whole number of hops (every
+      window of a story, but a story's last when the story is shorter than a window).
+
+    Never past the encoder's last frame."""
+    if rule == "ours":
+        return preprocessor.whisper_frames(n_samples) - 1
+    if rule != "authors":
+        raise ValueError(f"unknown Whisper frame rule {rule!r}; expected one of {WHISPER_FRAMES}")
+    extractor = preprocessor.feature_extractor
+    mel_frames = math.ceil(n_samples / extractor.hop_length)
+    return min((mel_frames + 1) // 2, extractor.nb_max_frames // 2 - 1)
+
+
 def window_ends(n_samples, chunk):
     """End sample of each sliding window: every ``chunk`` samples, the last at the audio end."""
     return np.minimum(np.arange(1, math.ceil(n_samples / chunk) + 1) * chunk, n_samples)
@@ -139,7 +166,7 @@ def window_ends(n_samples, chunk):
 
 def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.0, chunk_s=0.1,
                             batch_size=16, device="cpu", dtype=None, naive=False, progress=False,
-                            on_batch=None):
+                            on_batch=None, whisper_frame="ours"):
     """Features of a story for brain alignment (docs/method.md#features-for-brain-alignment).
 
     A window of ``context_s`` s of context plus a ``chunk_s`` s chunk slides over the audio in
@@ -152,6 +179,8 @@ def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.
     naive : one window per forward pass, as the original code; same values, slower.
     on_batch : None, or called with the number of windows of each batch once it is done
         (e.g. to estimate the time left).
+    whisper_frame : which frame of a Whisper window (``whisper_window_frame``): "ours" or
+        "authors".
 
     Returns
     -------
@@ -173,12 +202,14 @@ def sliding_window_features(backbone, preprocessor, audio, layers, context_s=16.
             for i in range(0, len(indices), step)]
     backbone.eval()
     with torch.inference_mode():
-        for indices in tqdm(jobs, desc="windows", unit="batch", disable=not progress):
+        for indices in run_utils.progress(jobs, desc="windows", unit="batch",
+                                          disable=not progress):
             windows = [audio[starts[i]:ends[i]] for i in indices]
             inputs = torch.from_numpy(preprocessor(windows)).to(device)
             # the last frame (Whisper: the last one from real audio) of each window
-            frame = (torch.as_tensor([preprocessor.whisper_frames(lengths[i]) - 1
-                                      for i in indices]) if family == "whisper" else -1)
+            frame = (torch.as_tensor([whisper_window_frame(preprocessor, lengths[i],
+                                                           whisper_frame) for i in indices])
+                     if family == "whisper" else -1)
             with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
                 states = hidden_states_at(backbone, family, inputs, layers, frame)
             for layer, values in states.items():
@@ -202,6 +233,11 @@ class ExtractionFlags(arguments.Flags):
                            help="windows per forward pass")
     naive: bool = flag(False, group="features", resumable=True,
                        help="one window per forward pass (reference path; same features)")
+    whisper_frame: str = flag(WHISPER_FRAMES[0], choices=WHISPER_FRAMES, group="features",
+                              protocol=True,
+                              help="Whisper only: a window's frame, ours (m/2 - 1, the last of "
+                                   "real audio only) or the authors' (m/2); docs/method.md#where-"
+                                   "our-defaults-differ-from-the-authors-code")
 
     def __post_init__(self):
         super().__post_init__()
@@ -210,7 +246,8 @@ class ExtractionFlags(arguments.Flags):
 
     def extraction(self, dtype):
         """The ``Extraction`` of these flags at the autocast ``dtype``."""
-        return Extraction(self.context_s, self.chunk_s, self.batch_size, self.naive, dtype)
+        return Extraction(self.context_s, self.chunk_s, self.batch_size, self.naive, dtype,
+                          self.whisper_frame)
 
 
 class Extraction(NamedTuple):
@@ -220,6 +257,7 @@ class Extraction(NamedTuple):
     batch_size: int  # windows per forward pass
     naive: bool  # one window per forward pass (reference path; same features)
     dtype: object  # autocast dtype (None: fp32)
+    whisper_frame: str = WHISPER_FRAMES[0]  # a Whisper window's frame (whisper_window_frame)
 
 
 def model_tr_features(encoder, layers, dataset, stories, extraction, cache_dir, device="cpu"):
@@ -297,10 +335,13 @@ def cached_story_features(encoder, dataset, story, layers, extraction, cache_dir
     """Window features of a story (layer -> (windows, hidden)) and their end times, from the
     cache in ``cache_dir``; missing layers are extracted and cached (keyed by the model's
     fingerprint, the window settings, the autocast dtype, the preprocessor and the story's
-    WAV). ``on_batch``: see ``sliding_window_features``."""
+    WAV, and a Whisper window's frame when not ours). ``on_batch``: see
+    ``sliding_window_features``."""
     settings = {"context_s": extraction.context_s, "chunk_s": extraction.chunk_s,
                 "autocast": str(extraction.dtype), "preprocessor": encoder.preprocessor.digest(),
                 **run_utils.file_identity([dataset.stimulus_path(story)])}
+    if encoder.preprocessor.family == "whisper" and extraction.whisper_frame != WHISPER_FRAMES[0]:
+        settings["whisper_frame"] = extraction.whisper_frame  # (ours keeps the older key)
     path, text = run_utils.cache_path(cache_dir, story, settings, encoder.fingerprint)
 
     def extract(missing):
@@ -309,7 +350,8 @@ def cached_story_features(encoder, dataset, story, layers, extraction, cache_dir
         features, times = sliding_window_features(
             encoder.backbone, encoder.preprocessor, audio, missing, extraction.context_s,
             extraction.chunk_s, extraction.batch_size, device, extraction.dtype,
-            naive=extraction.naive, progress=processes.is_main_process(), on_batch=on_batch)
+            naive=extraction.naive, progress=processes.is_main_process(), on_batch=on_batch,
+            whisper_frame=extraction.whisper_frame)
         return features, {"times": times}
 
     features, extras = run_utils.cached_arrays(path, layers, extract, text)

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 import arguments
 import data_utils
@@ -53,8 +52,8 @@ def compute_subject_noise_ceiling(dataset, subject, story=data_utils.TEST_STORY,
     n_voxels = shape[2]
     cc_max = np.empty(n_voxels, np.float64)
     batches = range(0, n_voxels, voxel_batch)
-    for first in tqdm(batches, desc=f"noise ceiling {data_utils.subject_id(subject)}",
-                      unit="batch", disable=len(batches) < 2):
+    for first in run_utils.progress(batches, unit="batch", disable=len(batches) < 2,
+                                    desc=f"noise ceiling {data_utils.subject_id(subject)}"):
         voxels = np.arange(first, min(first + voxel_batch, n_voxels))
         repeats = dataset.repeats(subject, story, voxels)
         cc_max[voxels] = eval_utils.noise_ceiling(repeats, data_norm)
@@ -226,7 +225,8 @@ class Settings(arguments.Flags):
 
 
 def parse_args(argv=None):
-    return arguments.parse(Settings, argv, description=Settings.__doc__)
+    return arguments.parse(Settings, argv, description=Settings.__doc__,
+                           docs="docs/dataset.md")
 
 
 def run(args):

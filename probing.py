@@ -55,8 +55,6 @@ from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import numpy as np
-import torch
-from sklearn.metrics import accuracy_score, f1_score
 
 import arguments
 import audio_io
@@ -69,6 +67,10 @@ import speech_models
 from arguments import ModelFlags, OutputFlags, flag
 from run_utils import DatasetError, UsageError
 from speech_models import WHISPER_MAX_SECONDS
+
+# loaded on first use, so that --help and argument errors appear at once
+sklearn = run_utils.LazyModule("sklearn")
+torch = run_utils.LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +271,7 @@ def parse_args(task, argv=None):
                    f"on {downstream_data.TASKS[task].dataset} ({task}).")
     # the probes share the config section "probe": one probe's own flags are others' to skip
     return arguments.parse(SETTINGS[task], argv, section="probe", shared=SETTINGS.values(),
-                           description=description)
+                           description=description, docs="docs/downstream.md")
 
 
 def main(task, argv=None):
@@ -473,6 +475,7 @@ def probe_scores(y_true, y_pred, multi_label):
 
     Macro F1 averages over the classes present in ``y_true``; micro F1 counts every prediction
     (a predicted class absent from the test set is a false positive)."""
+    f1_score, accuracy_score = sklearn.metrics.f1_score, sklearn.metrics.accuracy_score
     if multi_label:
         y_true, y_pred = np.asarray(y_true) > 0.5, np.asarray(y_pred).astype(bool)
         present = y_true.any(axis=0)

@@ -11,11 +11,12 @@ import random
 from typing import NamedTuple
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 import run_utils
 from run_utils import UsageError
+
+# loaded on first use, so that --help and argument errors appear at once
+torch = run_utils.LazyModule("torch")
 
 
 def resolve_device(name, local_rank=0):
@@ -38,7 +39,7 @@ def autocast_dtype(precision, device):
 class Processes(NamedTuple):
     """This process's device and rank, and the number of processes (1 without torchrun)."""
 
-    device: torch.device
+    device: "torch.device"
     rank: int
     world_size: int
 
@@ -62,11 +63,11 @@ def setup_processes(device):
     Processes other than rank 0 log warnings and errors only."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    processes = Processes(device, dist.get_rank() if world_size > 1 else 0, world_size)
+    processes = Processes(device, torch.distributed.get_rank() if world_size > 1 else 0, world_size)
     if not processes.is_main:
         logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
     return processes
@@ -74,8 +75,8 @@ def setup_processes(device):
 
 def leave_processes():
     """Leave the torchrun process group, if this process joined one."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -92,33 +93,33 @@ def process_group(device):
 def is_main_process():
     """Whether this process is rank 0 of the torchrun process group (or runs alone); only it
     writes results and shows progress bars."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def barrier():
     """Wait for every process of the torchrun process group (nothing without one)."""
-    if dist.is_initialized():
-        dist.barrier()
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 @contextlib.contextmanager
 def main_process_first():
     """Rank 0 runs the block before the other processes do (they then read what it saved:
     noise ceilings, caches, the run folder), as every process sees the same file system."""
-    if dist.is_initialized() and dist.get_rank() != 0:
-        dist.barrier()
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        torch.distributed.barrier()
     yield
-    if dist.is_initialized() and dist.get_rank() == 0:
-        dist.barrier()
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() == 0:
+        torch.distributed.barrier()
 
 
 def process_share(n):
     """This process's contiguous share of ``range(n)`` (a slice; as ``np.array_split`` cuts it
     over the processes; all of it without torchrun)."""
-    if not dist.is_initialized():
+    if not torch.distributed.is_initialized():
         return slice(0, n)
-    base, extra = divmod(n, dist.get_world_size())
-    rank = dist.get_rank()
+    base, extra = divmod(n, torch.distributed.get_world_size())
+    rank = torch.distributed.get_rank()
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))
 
@@ -127,14 +128,14 @@ def process_items(costs):
     """The indices of the items (``costs``: one number each) this process handles, the items
     dealt out greedily, costliest first, to the process with the least work so far; every
     item without torchrun. The same on every process, for the same ``costs``."""
-    if not dist.is_initialized():
+    if not torch.distributed.is_initialized():
         return list(range(len(costs)))
-    loads = [0.0] * dist.get_world_size()
+    loads = [0.0] * torch.distributed.get_world_size()
     mine = []
     for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
         process = loads.index(min(loads))
         loads[process] += costs[index]
-        if process == dist.get_rank():
+        if process == torch.distributed.get_rank():
             mine.append(index)
     return sorted(mine)
 
@@ -142,10 +143,10 @@ def process_items(costs):
 def gather_from_processes(part):
     """Every process's ``part`` (any picklable object), in rank order: ``[part]`` without
     torchrun."""
-    if not dist.is_initialized():
+    if not torch.distributed.is_initialized():
         return [part]
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, part)
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, part)
     return parts
 
 
@@ -187,10 +188,10 @@ def seeded(seed):
 def sum_across_processes(tensors):
     """Add up each tensor over the processes, in place (nothing without torchrun); one
     all-reduce for all of them. ``tensors``: same device and dtype."""
-    if not dist.is_initialized() or not tensors:
+    if not torch.distributed.is_initialized() or not tensors:
         return
     flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
-    dist.all_reduce(flat)
+    torch.distributed.all_reduce(flat)
     for tensor, summed in zip(tensors, flat.split([tensor.numel() for tensor in tensors])):
         tensor.copy_(summed.view_as(tensor))
 
@@ -200,12 +201,12 @@ def sum_gradients(parameters):
     with each process's loss its share of the whole, the sum is the whole loss's gradient. A
     parameter without a gradient in some processes counts as zero there; one without a
     gradient in any keeps none, so that the optimiser skips it as one process's would."""
-    if not dist.is_initialized():
+    if not torch.distributed.is_initialized():
         return
     parameters = list(parameters)
     present = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32,
                            device=parameters[0].device)
-    dist.all_reduce(present)
+    torch.distributed.all_reduce(present)
     used = [p for p, count in zip(parameters, present.tolist()) if count > 0]
     for parameter in used:
         if parameter.grad is None:

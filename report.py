@@ -79,7 +79,7 @@ class Settings(arguments.Flags):
 
 
 def parse_args(argv=None):
-    return arguments.parse(Settings, argv, description=(
+    return arguments.parse(Settings, argv, docs="docs/alignment.md", description=(
         "Write report.md and summary.json from brain_evaluate.py and eval_*.py results: the "
         "pretrained model against the --tuned one (with intervals where the run has them), "
         "where they go against the paper's expected direction, whether the run followed the "

@@ -198,8 +198,9 @@ def _planted_section(planted, alignment):
     _, layers, _ = _models_and_layers(alignment.results)
     return ["### Planted voxels (synthetic data)", "",
             "Mean cc_norm over the planted voxels of each type that pass the same rule "
-            "(noise voxels respond to nothing, so few or none clear the noise-ceiling "
-            "threshold):", "",
+            "(noise voxels respond to nothing: those that clear the noise-ceiling threshold "
+            "do so by chance, see [What the planted signal predicts]"
+            "(#what-the-planted-signal-predicts)):", "",
             _table(["model", "layer", *VOXEL_TYPES],
                    [[m, k, *[_counted(_number(planted.means[m]["none"][k][t]), planted.counts[t])
                              for t in VOXEL_TYPES]]
@@ -620,4 +621,24 @@ def _synthetic_explanation(summary, truth):
         f"At layer {summary['layer']}, the tuned model's ({label}) mean cc_norm over the {n} "
         f"planted semantic voxels that pass the voxel rule is {_number(tuned['semantic_cc_norm'])}"
         f" against {_number(pretrained['semantic_cc_norm'])} for the pretrained model"
-        f"{f' ({gain:+.3f})' if finite(gain) else ''}. {outcome}\n")
+        f"{f' ({gain:+.3f})' if finite(gain) else ''}. {outcome}\n"
+        + _noise_explanation(summary))
+
+
+def _noise_explanation(summary):
+    """Why planted noise voxels are in the means at all, and what their change says."""
+    noise = summary.get("noise_voxels")
+    if noise is None:
+        return ""
+    return (
+        f"\n{noise['passing']} of the {noise['planted']} planted noise voxels pass the voxel "
+        "rule, though they respond to nothing and their true noise ceiling is 0: each ceiling "
+        "is estimated from the test story's repeats over its scored rows, and with so few rows "
+        f"some estimates of pure noise exceed {summary['nc_thr']} by chance. Their cc_norm "
+        "divides a correlation near 0 by that small, overestimated ceiling, so it swings from "
+        "model to model: tuned minus pretrained over these voxels is "
+        f"{noise['difference']:+.3f}, 95% interval [{_number(noise['ci'][0])}, "
+        f"{_number(noise['ci'][1])}] (a t interval over the voxels, independent by "
+        f"construction): {noise['verdict']}. A real subject's ceilings carry the same "
+        "chance error, which is why the summaries use a threshold and the comparisons an "
+        "interval.\n")

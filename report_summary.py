@@ -9,7 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.stats
+import scipy
 
 import eval_utils
 import results_schema
@@ -32,6 +32,8 @@ class Planted:
 
     counts: dict  # type -> number of voxels averaged
     means: dict  # model -> analysis -> layer -> {type: mean cc_norm}
+    planted: dict  # type -> number of voxels planted
+    noise: dict  # model -> layer -> cc_norm (n,) of the noise voxels averaged
 
 
 # ----------------------------------------------------------------------------- the compared models
@@ -189,7 +191,7 @@ def planted_scores(alignment, truth, truth_path, voxels):
                                f"{voxels.size} voxels of {subject}'s responses; pass the "
                                "--data_dir the alignment run evaluated")
         planted[kind] = indices[voxels[indices]]
-    means = {}
+    means, noise = {}, {}
     for row in headline_rows(alignment.results.results):
         if row.region != "all":
             continue
@@ -201,7 +203,28 @@ def planted_scores(alignment, truth, truth_path, voxels):
                              f"{voxels.size}; pass the --data_dir the alignment run evaluated")
         means.setdefault(row.model, {}).setdefault(row.low_level, {})[row.layer] = {
             kind: _fitted_mean(cc_norm[indices]) for kind, indices in planted.items()}
-    return Planted({kind: int(indices.size) for kind, indices in planted.items()}, means)
+        if row.low_level == "none":
+            noise.setdefault(row.model, {})[row.layer] = cc_norm[planted["noise"]]
+    totals = {kind: len(truth["subjects"][subject][f"{kind}_voxels"]) for kind in VOXEL_TYPES}
+    return Planted({kind: int(indices.size) for kind, indices in planted.items()}, means,
+                   totals, noise)
+
+
+def noise_difference(planted, roles, layer):
+    """Tuned minus pretrained mean cc_norm over the planted noise voxels that pass the voxel
+    rule (by chance: their true ceiling is 0), with its 95% t interval over those voxels,
+    which are independent by construction; None with fewer than two of them.
+
+    Returns {"planted", "passing", "difference", "ci", "verdict"}."""
+    tuned, pretrained = (planted.noise[roles[role]][layer] for role in ("tuned", "pretrained"))
+    fitted = ~(np.isnan(tuned) | np.isnan(pretrained))
+    if fitted.sum() < 2:
+        return None
+    test = scipy.stats.ttest_rel(tuned[fitted], pretrained[fitted])
+    low, high = test.confidence_interval(0.95)
+    return {"planted": planted.planted["noise"], "passing": int(fitted.sum()),
+            "difference": float(np.mean(tuned[fitted] - pretrained[fitted])),
+            "ci": [float(low), float(high)], "verdict": eval_utils.interval_verdict(low, high)}
 
 
 def _fitted_mean(values):
@@ -237,6 +260,7 @@ def summarise(alignment, roles, planted, downstream):
         summary["semantic_cc_norm_gain"] = after - before
         summary["semantic_cc_norm_gain_percent"] = (100.0 * (after - before) / abs(before)
                                                     if before else None)
+        summary["noise_voxels"] = noise_difference(planted, roles, layer)
     intervals = headline_intervals(results, roles, layer)
     summary["expected_direction"] = expected_direction(summary["pretrained"], summary["tuned"],
                                                        intervals)

@@ -6,15 +6,17 @@
         [--baselines bigslm lm --bigslm_model /models/whisper-medium --lm_model /models/gpt2]
     python reproduce.py ... --dry_run        # print the commands, run nothing
 
-``make reproduce DATA=... MODEL=... SUBJECT=3 [CONFIG=...] [ARGS="--timit ..."]`` runs it. The
-stages: check the dataset; the subject's noise ceiling (when subject_NCs/ has none);
-brain-tuning (resumed when interrupted); the BigSLM-tuned and LM-tuned baselines with
-``--baselines`` (their target files made once by target_features.py); brain alignment of the
-pretrained and tuned models with the low-level reliance, regions and maps when the dataset has
-the subject's anatomy, and the semantic preference with ``--word_vectors``; the downstream
-probes of the datasets given (and CTC recognition on TIMIT); the report. Every stage reads its
-section of ``--config`` (train, evaluate, probe, asr) and the flags of ``--stage_args``; a stage
-that fails stops the run with one line naming it and its command.
+``make reproduce DATA=... MODEL=... SUBJECT=3 [CONFIG=...] [ARGS="--timit ..."]`` runs it;
+``make reproduce QUICK=1`` runs it on the built-in synthetic data with the demo's tiny model.
+The stages: check the dataset; the subject's noise ceiling (when ``--nc_path``, default
+subject_NCs/UTS0N.npy, is missing); brain-tuning (resumed when interrupted); the BigSLM-tuned
+and LM-tuned baselines with ``--baselines`` (their target files made once by
+target_features.py); brain alignment of the pretrained and tuned models with the low-level
+reliance, regions and maps when the dataset has the subject's anatomy, and the semantic
+preference with ``--word_vectors``; the downstream probes of the datasets given (and CTC
+recognition on TIMIT); the report. Every stage reads its section of ``--config`` (train,
+evaluate, probe, asr) and the flags of ``--stage_args``; a stage that fails stops the run with
+one line naming it and its command.
 """
 
 import dataclasses
@@ -52,6 +54,9 @@ class Settings(arguments.Flags):
     model_name: str = flag(help="the pretrained checkpoint folder or hub id to brain-tune")
     subject: str = flag("1", help="subject: 1, '1' or UTS01")
     out: str = flag("outputs/reproduce", help="folder of the runs, results and report")
+    nc_path: str | None = flag(None, help="the subject's noise-ceiling file (default: "
+                                          "subject_NCs/UTS0N.npy), made from the test-story "
+                                          "repeats when missing")
     regions: str = flag("overlays", choices=("overlays", "annot", "aparc"),
                         help="regions and maps of the best layer when the dataset has the "
                              "subject's pycortex database (derivative/pycortex-db/UTS0N); annot "
@@ -110,8 +115,8 @@ class Settings(arguments.Flags):
 
 
 def parse_args(argv=None):
-    return arguments.parse(Settings, argv, section="reproduce", description=__doc__.split(
-        "\n\n")[0])
+    return arguments.parse(Settings, argv, section="reproduce", docs="docs/reproduce.md",
+                           description=__doc__.split("\n\n")[0])
 
 
 def script(name, *args):
@@ -133,13 +138,14 @@ def plan(settings):
     out, model = Path(settings.out), settings.model_name
     run = f"{Path(model.rstrip('/')).name}_{subject}"
     runs = out / "runs"
+    ceiling = noise_ceilings.ceiling_file(subject, settings.nc_path)
     common = ["--config", settings.config, "--subject", settings.subject, "--data_dir",
-              settings.data_dir]
+              settings.data_dir, *(["--nc_path", ceiling] if settings.nc_path else [])]
     stages = [("check", script("data_utils.py", "check", "--data_dir", settings.data_dir,
                                "--subjects", settings.subject, *settings.extra("check")))]
-    if not noise_ceilings.default_nc_path(subject).exists():
+    if not ceiling.exists():
         stages.append(("ceiling", script("noise_ceilings.py", "--data_dir", settings.data_dir,
-                                         "--subject", settings.subject)))
+                                         "--subject", settings.subject, "--out", ceiling)))
     tuned = [("train", run, [])]
     for kind in settings.baselines:
         target = out / "targets" / f"{kind}_{Path(getattr(settings, kind + '_model')).name}.hf5"
@@ -207,8 +213,8 @@ def probe_commands(settings, run):
         for task in tasks:
             name = f"{run}_{task}"
             commands.append((task, script(f"eval_{task}.py", *data_source(source),
-                                          *settings.extra(dataset, task), *models, "--exp_name",
-                                          name), name))
+                                          *settings.extra("probe", dataset, task), *models,
+                                          "--exp_name", name), name))
     if settings.timit is not None and settings.asr != "none":
         finetune = settings.asr == "finetune"
         name = f"{run}_asr_finetune" if finetune else f"{run}_asr"

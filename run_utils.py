@@ -30,6 +30,7 @@ import csv
 import errno
 import functools
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ WRITE_FAILURES = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ED
 # OSErrors of a file where a folder is wanted, or the other way round: a path in the way
 PATH_CONFLICTS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
 FULL_DISK_BYTES = 2**20  # a write that fails with less free space than this: the disk is full
+LOG_PROGRESS_S = 30  # off a terminal, long work logs one progress line this often (seconds)
 KEY_CHARS = 16  # hex characters of a cache-key digest
 HASH_WHOLE_BYTES = 16 * 2**20  # files up to this size are hashed whole (content_hash)
 HASH_BLOCK_BYTES = 2**20
@@ -107,6 +110,70 @@ def main(parse_args, run, argv=None):
         logger.error("%s", write_failure_message(err))
         return 1
     return 0
+
+
+class LazyModule:
+    """A module imported on first use, ``torch = run_utils.LazyModule("torch")``: the scripts'
+    ``--help`` and argument errors need no torch or transformers, which take seconds to import.
+    Unlike ``importlib.util.LazyLoader`` it leaves ``sys.modules`` alone, so every other import
+    of the module is an ordinary one (torch breaks when its first import is a submodule's)."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attribute):
+        return getattr(importlib.import_module(self._name), attribute)
+
+    def __repr__(self):
+        return f"<{self._name}, imported on first use>"
+
+
+class _Discard:
+    """A file that keeps nothing (what tqdm would still write itself: its closing newline)."""
+
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
+
+
+class LogProgress(tqdm):
+    """A tqdm bar for logs: instead of redrawing itself it logs its line (``epoch 1/4:  40%
+    4/10 [00:12<00:18, 3.00s/it, loss=0.93]``) at most every ``LOG_PROGRESS_S`` seconds, also
+    when its postfix changes, and once at the end."""
+
+    def __init__(self, *args, **kwargs):
+        self._logged_at, self._closing = 0.0, False
+        kwargs.setdefault("mininterval", LOG_PROGRESS_S)
+        kwargs.setdefault("bar_format", "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} "
+                                        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        super().__init__(*args, file=_Discard(), **kwargs)  # lines go to the log, not stderr
+
+    def display(self, msg=None, pos=None):
+        now = self._time()
+        if msg == "" or self.n == 0 or (  # the bar's clearing, its empty start, too soon
+                not self._closing and now - self._logged_at < self.mininterval):
+            return True
+        self._logged_at = now
+        meter = dict(self.format_dict)
+        if not self.total:  # no percentage or time left to give
+            meter["bar_format"] = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+        logger.info("%s", msg or self.format_meter(**meter))
+        return True
+
+    def close(self):
+        self._closing = not self.disable
+        super().close()
+
+
+def progress(iterable=None, **options):
+    """A progress bar (tqdm's options) on a terminal or in a notebook, else ``LogProgress``:
+    logs of runs in the background or under SLURM get a line every ``LOG_PROGRESS_S``
+    seconds, not a redraw every few tenths of a second."""
+    if sys.stderr.isatty() or "ipykernel" in sys.modules:
+        return tqdm(iterable, **options)
+    return LogProgress(iterable, **options)
 
 
 def check_free_space(path, nbytes):

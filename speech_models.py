@@ -1,4 +1,4 @@
-"""Pretrained speech encoders with a voxel regression head: the model that brain-tuning trains.
+"""Pretrained speech encoders: loading a checkpoint, its family and preprocessing, its layers.
 
 The family is read from the checkpoint's ``config.json`` (``model_type``), never guessed from
 its name. wav2vec2-like encoders (wav2vec2, HuBERT, WavLM, data2vec-audio) take normalised
@@ -9,7 +9,6 @@ make small random-weight checkpoints for tests and the demo (``make_tiny.py``).
 """
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -18,24 +17,21 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-from huggingface_hub import try_to_load_from_cache
-from safetensors import SafetensorError
-from torch import nn
-from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor,
-                          AutoTokenizer, GenerationConfig, Wav2Vec2FeatureExtractor,
-                          WhisperFeatureExtractor)
-from transformers.utils import logging as transformers_logging
 
 import run_utils
 from audio_io import SAMPLING_RATE
+
+# loaded on first use, so that --help and argument errors appear at once
+torch = run_utils.LazyModule("torch")
+transformers = run_utils.LazyModule("transformers")
+huggingface_hub = run_utils.LazyModule("huggingface_hub")
+safetensors = run_utils.LazyModule("safetensors")
 
 logger = logging.getLogger(__name__)
 
 WAV2VEC2_LIKE = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer")
 WHISPER = ("whisper",)
 SUPPORTED = WAV2VEC2_LIKE + WHISPER
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 WHISPER_MAX_SECONDS = 30  # the Whisper encoder takes at most this much audio
 
 
@@ -63,7 +59,7 @@ def read_config(name_or_path, example="a checkpoint folder or a hub id such as "
         raise ModelError(f"{name_or_path}: no such model directory (or no config.json in it); "
                          f"give {example}")
     try:
-        return AutoConfig.from_pretrained(name_or_path)
+        return transformers.AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
         raise ModelError(f"{name_or_path}: cannot load a model config ({str(err).splitlines()[0]}); "
                          "give a checkpoint folder or a hub id that is available offline") from None
@@ -84,11 +80,11 @@ def _silent_bar(factory, args, kwargs):
 def quiet_transformers():
     """Inside the block transformers draws none of its own progress bars ("Loading weights",
     "Writing model shards"), which would break up ours; the hub's download bars stay."""
-    previous = transformers_logging.set_tqdm_hook(_silent_bar)
+    previous = transformers.utils.logging.set_tqdm_hook(_silent_bar)
     try:
         yield
     finally:
-        transformers_logging.set_tqdm_hook(previous)
+        transformers.utils.logging.set_tqdm_hook(previous)
 
 
 def load_backbone(name_or_path):
@@ -99,10 +95,10 @@ def load_backbone(name_or_path):
     config = load_config(name_or_path)
     try:
         with quiet_transformers():
-            backbone = AutoModel.from_pretrained(name_or_path, config=config)
+            backbone = transformers.AutoModel.from_pretrained(name_or_path, config=config)
     except torch.OutOfMemoryError:
         raise
-    except (OSError, SafetensorError, RuntimeError, EOFError) as err:
+    except (OSError, safetensors.SafetensorError, RuntimeError, EOFError) as err:
         # OSError: no weights file; SafetensorError / RuntimeError (torch's zip reader) /
         # EOFError: a truncated or damaged one
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -119,7 +115,7 @@ def load_backbone(name_or_path):
 class Encoder:
     """A loaded speech encoder and what every script needs beside it."""
 
-    backbone: nn.Module  # ``AutoModel`` (the whole ``WhisperModel`` for Whisper)
+    backbone: "torch.nn.Module"  # ``AutoModel`` (the whole ``WhisperModel`` for Whisper)
     family: str  # "wav2vec2" (wav2vec2-like) or "whisper"
     preprocessor: "AudioPreprocessor"
     depth: int  # transformer layers: hidden-state indices run 0..depth
@@ -156,15 +152,15 @@ def load_encoder(name_or_path, device=None):
 def default_feature_extractor(family):
     """The standard feature extractor of a family (wav2vec2-like: normalised raw audio)."""
     if family == "whisper":
-        return WhisperFeatureExtractor()
-    return Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
+        return transformers.WhisperFeatureExtractor()
+    return transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
 
 
 def load_feature_extractor(name_or_path, family):
     """The checkpoint's feature extractor, or the family's default when none was saved."""
     saved = Path(name_or_path).expanduser() / "preprocessor_config.json"
     try:
-        return AutoFeatureExtractor.from_pretrained(name_or_path)
+        return transformers.AutoFeatureExtractor.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
         if saved.is_file():
             raise ModelError(f"{saved}: unreadable feature-extractor settings "
@@ -181,7 +177,7 @@ def has_file(name_or_path, filename):
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         return (folder / filename).is_file()
-    return isinstance(try_to_load_from_cache(str(name_or_path), filename), str)
+    return isinstance(huggingface_hub.try_to_load_from_cache(str(name_or_path), filename), str)
 
 
 def load_base_files(name_or_path):
@@ -190,15 +186,15 @@ def load_base_files(name_or_path):
     its tokenizer alone; e.g. Whisper's, or a CTC model's vocabulary). Saved with every tuned
     checkpoint (``save_pretrained``), so that a tuned Whisper still transcribes. An unreadable
     one is a ``ModelError``."""
-    files = [(name, loader) for name, loader in (("generation_config.json", GenerationConfig),
-                                                 ("processor_config.json", AutoProcessor))
-             if has_file(name_or_path, name)]
+    loaders = (("generation_config.json", transformers.GenerationConfig),
+               ("processor_config.json", transformers.AutoProcessor))
+    files = [(name, loader) for name, loader in loaders if has_file(name_or_path, name)]
     tokenizer = next((name for name in ("tokenizer_config.json", "tokenizer.json")
                       if has_file(name_or_path, name)), None)
     if tokenizer is None:
         logger.info("%s has no tokenizer: its tuned checkpoints hold none", name_or_path)
     elif not has_file(name_or_path, "processor_config.json"):
-        files.append((tokenizer, AutoTokenizer))
+        files.append((tokenizer, transformers.AutoTokenizer))
     try:
         return [loader.from_pretrained(name_or_path) for _, loader in files]
     except (OSError, ValueError) as err:
@@ -243,87 +239,6 @@ class AudioPreprocessor:
         """Encoder frames of a Whisper input that come from ``n_samples`` of real audio."""
         return max(1, math.ceil((n_samples // self.feature_extractor.hop_length) / 2))
 
-
-
-# ----------------------------------------------------------------------------- the model
-
-class BrainTuningModel(nn.Module):
-    """Speech encoder -> mean over time of the last hidden state -> one linear layer.
-
-    Parameters
-    ----------
-    backbone : a transformers audio model (wav2vec2-like, or ``WhisperModel``)
-    family : "wav2vec2" or "whisper"
-    n_outputs : voxels (or target features) predicted
-    whisper_frames : for Whisper, the encoder frames that hold real audio (the rest is the
-        30 s padding and is left out of the mean)
-    """
-
-    def __init__(self, backbone, family, n_outputs, whisper_frames=None):
-        super().__init__()
-        self.backbone = backbone
-        self.family = family
-        self.whisper_frames = whisper_frames
-        self.head = nn.Linear(hidden_size(backbone), n_outputs)
-
-    def freeze(self):
-        """Freeze what the paper keeps fixed: the CNN feature encoder (wav2vec2-like); the
-        decoder, conv1, conv2 and positional embeddings (Whisper)."""
-        if self.family != "whisper":
-            # _freeze_parameters (every wav2vec2-like feature encoder has it) also stops the
-            # CNN from asking for gradients of its input, so no backward pass runs through it
-            self.backbone.feature_extractor._freeze_parameters()
-            return
-        for module in (self.backbone.decoder, self.backbone.encoder.conv1,
-                       self.backbone.encoder.conv2, self.backbone.encoder.embed_positions):
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
-
-    def pooled(self, inputs):
-        """Mean of the last hidden state over time: (batch, hidden)."""
-        if self.family == "whisper":
-            hidden = self.backbone.encoder(inputs).last_hidden_state
-            return hidden[:, :self.whisper_frames].mean(dim=1)
-        return self.backbone(inputs).last_hidden_state.mean(dim=1)
-
-    def forward(self, inputs):
-        """inputs: (batch, samples) audio or (batch, mel, frames) -> (batch, n_outputs)."""
-        return self.head(self.pooled(inputs))
-
-
-def build_model(name_or_path, n_outputs, window_samples):
-    """Load a checkpoint as a ``BrainTuningModel`` with the paper's freezing, plus its
-    ``AudioPreprocessor``."""
-    encoder = load_encoder(name_or_path)
-    preprocessor = encoder.preprocessor
-    frames = preprocessor.whisper_frames(window_samples) if encoder.family == "whisper" else None
-    model = BrainTuningModel(encoder.backbone, encoder.family, n_outputs, frames)
-    model.freeze()
-    return model, preprocessor
-
-
-def add_lora(model, rank, alpha=32, dropout=0.1):
-    """Train LoRA adapters instead of the whole encoder (multi-participant brain-tuning).
-
-    Adapters of ``rank`` go on the q/k/v/out attention projections of the encoder layers
-    (Whisper: not the decoder); every base weight of the backbone is frozen. The head still
-    trains fully.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    pattern = r".*encoder\.layers\.\d+\.(self_attn|attention)\.(" + "|".join(LORA_TARGETS) + ")"
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
-    model.backbone = get_peft_model(model.backbone, config)
-    return model
-
-
-def plain_backbone(model):
-    """The backbone as a plain transformers model: LoRA adapters, if any, merged into a copy."""
-    from peft import PeftModel
-
-    if isinstance(model.backbone, PeftModel):
-        return copy.deepcopy(model.backbone).merge_and_unload()
-    return model.backbone
 
 
 # A wider variant for the synthetic demo. Wav2vec2-like: one 25 ms / 20 ms convolution of 128
@@ -396,6 +311,6 @@ def save_tiny_model(out, family, seed=0, size="tiny"):
     kind = "whisper" if family == "whisper" else "wav2vec2"
     overrides = {} if size == "tiny" else DEMO_SIZE[kind]
     with quiet_transformers():
-        AutoModel.from_config(tiny_config(family, **overrides)).save_pretrained(out)
+        transformers.AutoModel.from_config(tiny_config(family, **overrides)).save_pretrained(out)
     default_feature_extractor(kind).save_pretrained(out)
 

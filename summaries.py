@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse
-import scipy.stats
+import scipy
 
 import brain_regions
 import data_utils
@@ -31,8 +30,8 @@ class Summaries(NamedTuple):
     """Every summary of per-voxel values is a weighted sum over the voxels: ``values @
     weights`` for means (of cc_norm or r), ``indicator @ members`` for fractions of voxels."""
     keys: list  # (region, aggregation) per column
-    weights: scipy.sparse.csr_array  # (voxels, summaries) float64
-    members: scipy.sparse.csr_array  # (voxels, summaries) float64
+    weights: "scipy.sparse.csr_array"  # (voxels, summaries) float64
+    members: "scipy.sparse.csr_array"  # (voxels, summaries) float64
     n_voxels: list  # voxels each summary averages over; 0: no summary (None)
 
 

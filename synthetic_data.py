@@ -109,7 +109,8 @@ class Settings(arguments.Flags):
 
 
 def parse_args(argv=None):
-    return arguments.parse(Settings, argv, description=Settings.__doc__)
+    return arguments.parse(Settings, argv, description=Settings.__doc__,
+                           docs="docs/synthetic-data.md")
 
 
 def main(argv=None):

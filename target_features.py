@@ -57,11 +57,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
-from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer
-from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                    MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 import arguments
 import data_utils
@@ -76,6 +71,10 @@ from data_utils import DatasetFlags
 from layer_features import ExtractionFlags
 from run_utils import DatasetError, UsageError
 from speech_models import ModelError
+
+# loaded on first use, so that --help and argument errors appear at once
+torch = run_utils.LazyModule("torch")
+transformers = run_utils.LazyModule("transformers")
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +147,9 @@ COMMANDS = {"speech": (SpeechCommand, "a speech encoder's layer features on the 
 
 def parse_args(argv=None):
     return arguments.parse_command(
-        COMMANDS, argv, description="Write a --target_features file of brain_trainer_story.py "
-                                    "for the BigSLM-tuned (speech) or LM-tuned (text) baseline.")
+        COMMANDS, argv, docs="docs/brain-tuning.md",
+        description="Write a --target_features file of brain_trainer_story.py for the BigSLM-tuned "
+                    "(speech) or LM-tuned (text) baseline.")
 
 
 def run(args):
@@ -268,8 +268,8 @@ def text_targets(args, dataset, stories, device, dtype):
     layer = check_layer(args.layer, model.config.num_hidden_layers, args.model_name)
     mine = [stories[i] for i in processes.process_items([len(words[s]) for s in stories])]
     part = {}
-    for story in tqdm(mine, desc="stories", unit="story",
-                      disable=not processes.is_main_process()):
+    for story in run_utils.progress(mine, desc="stories", unit="story",
+                                    disable=not processes.is_main_process()):
         states = word_states(model, tokenizer, [word for _, _, word in words[story]], layer,
                              args.context_words, args.batch_size, device, story)
         times = np.array([(start + end) / 2 for start, end, _ in words[story]])
@@ -303,9 +303,9 @@ def load_text_model(name_or_path, device, dtype=None):
         name_or_path, "a text LM's checkpoint folder or a hub id such as gpt2")
     check_causal_lm(config, name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
         with speech_models.quiet_transformers():
-            model = AutoModel.from_pretrained(name_or_path, config=config,
+            model = transformers.AutoModel.from_pretrained(name_or_path, config=config,
                                               dtype=dtype or torch.float32)
     except (OSError, ValueError, RuntimeError, EOFError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -319,8 +319,9 @@ def check_causal_lm(config, name_or_path):
     """A ModelError unless ``config`` is a decoder-only causal LM's (a model type with a causal
     LM head in transformers that is neither a masked LM nor an encoder-decoder)."""
     model_type = getattr(config, "model_type", None)
-    if (model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-            or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    auto = transformers.models.auto.modeling_auto
+    if (model_type not in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            or model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
             or getattr(config, "is_encoder_decoder", False)):
         raise ModelError(f"{name_or_path}: model_type {model_type!r} is not a causal text LM; "
                          "`target_features.py text` needs a decoder-only LM such as GPT-2 or "
@@ -363,8 +364,9 @@ def word_states(model, tokenizer, words, layer, context_words, batch_size=32, de
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     states = None
     with torch.inference_mode():
-        for first in tqdm(range(0, len(order), batch_size), desc=story, unit="batch",
-                          leave=False, disable=not processes.is_main_process()):
+        for first in run_utils.progress(range(0, len(order), batch_size), desc=story,
+                                        unit="batch", leave=False,
+                                        disable=not processes.is_main_process()):
             batch = order[first:first + batch_size]
             width = max(len(ids[i]) for i in batch)
             inputs = torch.zeros((len(batch), width), dtype=torch.long)

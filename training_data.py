@@ -9,23 +9,25 @@ import logging
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 import arguments
 import data_utils
 import eval_utils
 import noise_ceilings
+import run_utils
 from arguments import flag
 from audio_io import SAMPLING_RATE
 from run_utils import DatasetError, UsageError
+
+# loaded on first use, so that --help and argument errors appear at once
+torch = run_utils.LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("fmri", "random_fmri_all", "random_fmri_local")
 CHUNK_TRS = 15  # rows per chunk of the random_fmri_local control
 MIN_CHUNK_DISTANCE = 10  # chunks apart that random_fmri_local swaps
+BATCH_ORDERS = ("shuffled", "consecutive")  # --batch_order; the first is the default
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -239,7 +241,8 @@ def load_targets(dataset, stories_by_subject, voxels, train_stories, target="fmr
     targets = {}
     for subject, stories in stories_by_subject.items():
         responses = {story: dataset.responses(subject, story, voxels[subject])
-                     for story in tqdm(stories, desc=f"responses {subject}", leave=False)}
+                     for story in run_utils.progress(stories, desc=f"responses {subject}",
+                                                     leave=False)}
         if target == "random_fmri_all":
             responses = borrow_responses(responses, train_stories[subject], rng)
         elif target == "random_fmri_local":
@@ -272,14 +275,14 @@ def target_groups(targets, train_stories, val_stories, shared_head):
 def load_stimuli(dataset, stories, progress=True):
     """Audio at ``SAMPLING_RATE`` and TR window bounds (starts, window length) per story."""
     audio, bounds = {}, {}
-    for story in tqdm(stories, desc="stimuli", disable=not progress):
+    for story in run_utils.progress(stories, desc="stimuli", disable=not progress):
         audio[story] = dataset.stimulus(story, SAMPLING_RATE)
         starts, stops = dataset.window_bounds(story, SAMPLING_RATE)
         bounds[story] = (starts, int(stops[0] - starts[0]))
     return audio, bounds
 
 
-class TRWindowDataset(Dataset):
+class TRWindowDataset:
     """(audio window, target row) pairs of several stories.
 
     Each story's audio is loaded, downmixed and resampled once and kept zero-padded, so a
@@ -329,7 +332,7 @@ class Collate:
         return inputs, torch.from_numpy(np.stack(targets)), int(offsets[0])
 
 
-class _StepDataset(Dataset):
+class _StepDataset:
     """One item per optimiser step: the samples of its micro-batches."""
 
     def __init__(self, steps):
@@ -354,32 +357,63 @@ class _StepCollate:
 
 
 def epoch_batches(datasets, epoch, seed, batch_size, micro_batch_size, collate, num_workers=0,
-                  rank=0, world_size=1):
+                  rank=0, world_size=1, order="shuffled"):
     """A DataLoader over the optimiser steps of an epoch, each a list of collated micro-batches.
 
     ``batch_size`` samples per step over all ``world_size`` processes, in forward passes of at
-    most ``micro_batch_size``. The order depends only on (seed, epoch), so a resumed run sees
-    the same batches; with several datasets (per-subject training) their steps alternate.
+    most ``micro_batch_size``. ``order`` (``BATCH_ORDERS``): "shuffled", a permutation of the
+    samples that depends only on (seed, epoch), so a resumed run sees the same batches; or
+    "consecutive", the authors' order (``consecutive_steps``). With several datasets
+    (per-subject training) their steps alternate.
     """
+    if order not in BATCH_ORDERS:
+        raise ValueError(f"unknown batch order {order!r}; expected one of {BATCH_ORDERS}")
     streams = []
+    step = batch_size // world_size
+    micro = min(micro_batch_size, step)
     for index, dataset in enumerate(datasets):
+        if order == "consecutive":
+            batches = []
+            for rows in consecutive_steps(dataset, step * world_size):
+                if world_size > 1:  # pad the step to a share per rank, then take this rank's
+                    share = -(-len(rows) // world_size)
+                    rows = (rows * world_size)[:share * world_size][rank * share:
+                                                                    (rank + 1) * share]
+                batches.append([rows[i:i + micro] for i in range(0, len(rows), micro)])
+            streams.append((dataset, batches))
+            continue
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + index)
-        order = torch.randperm(len(dataset), generator=generator).tolist()
+        rows = torch.randperm(len(dataset), generator=generator).tolist()
         if world_size > 1:
             # pad as DistributedSampler does, so every rank runs the same number of passes
-            order = (order + order[:-len(order) % world_size])[rank::world_size]
-        step = batch_size // world_size
-        micro = min(micro_batch_size, step)
-        batches = [[order[i:i + micro] for i in range(s, min(s + step, len(order)), micro)]
-                   for s in range(0, len(order), step)]
+            rows = (rows + rows[:-len(rows) % world_size])[rank::world_size]
+        batches = [[rows[i:i + micro] for i in range(s, min(s + step, len(rows)), micro)]
+                   for s in range(0, len(rows), step)]
         streams.append((dataset, batches))
     interleaved = []
     for position in range(max(len(b) for _, b in streams)):
         for dataset, batches in streams:
             if position < len(batches):
                 interleaved.append((dataset, batches[position]))
-    return DataLoader(_StepDataset(interleaved), batch_size=None, collate_fn=_StepCollate(collate),
-                      num_workers=num_workers)
+    return torch.utils.data.DataLoader(_StepDataset(interleaved), batch_size=None,
+                                       collate_fn=_StepCollate(collate), num_workers=num_workers)
+
+
+def consecutive_steps(dataset, batch_size):
+    """The authors' batches (docs/method.md#where-our-defaults-differ-from-the-authors-code):
+    each story's rows in order, cut into steps of ``batch_size`` (a story's last step may be
+    shorter; no step spans two stories), the stories in the dataset's order, the same every
+    epoch. A dataset without stories (``TRWindowDataset.items``) is one story. Lists of sample
+    indices."""
+    items = getattr(dataset, "items", None)
+    stories = [story for story, _ in items] if items is not None else [None] * len(dataset)
+    steps, start = [], 0
+    for index in range(1, len(stories) + 1):
+        if (index == len(stories) or stories[index] != stories[start]
+                or index - start == batch_size):
+            steps.append(list(range(start, index)))
+            start = index
+    return steps
 
 
 def group_datasets(groups, audio, bounds):

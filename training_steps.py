@@ -8,15 +8,16 @@ import math
 import time
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from tqdm.auto import tqdm
 
 import arguments
 import eval_utils
 import run_utils
 from arguments import flag
 from run_utils import UsageError
+from training_data import BATCH_ORDERS
+
+# loaded on first use, so that --help and argument errors appear at once
+torch = run_utils.LazyModule("torch")
 
 # --select_by -> the epoch it keeps
 SELECT_BY = {"loss": "lowest validation loss", "corr": "highest validation correlation"}
@@ -46,6 +47,12 @@ class TrainingFlags(arguments.Flags):
     patience: int = flag(5, group="training",
                          help="stop after this many epochs without a better validation score "
                               "(--select_by) (0: never stop early)")
+    batch_order: str = flag(BATCH_ORDERS[0], choices=BATCH_ORDERS, group="training",
+                            protocol=True,
+                            help="samples of a step: shuffled (a permutation per epoch from "
+                                 "--seed and the epoch) or consecutive (the authors': each "
+                                 "story's TRs in order); docs/method.md#where-our-defaults-"
+                                 "differ-from-the-authors-code")
     seed: int = flag(0, group="training", help="random seed")
 
     def __post_init__(self):
@@ -121,7 +128,8 @@ def train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler, 
     lrs = [group["lr"] for group in optimizer.param_groups]
     network.train()
     total, count = 0.0, 0
-    progress = tqdm(batches, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not processes.is_main)
+    progress = run_utils.progress(batches, desc=f"epoch {epoch + 1}/{num_epochs}",
+                                  disable=not processes.is_main)
     for micro_batches in progress:
         optimizer.zero_grad(set_to_none=True)
         n_samples = sum(len(b[1]) for b in micro_batches)
@@ -140,13 +148,13 @@ def train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler, 
     scheduler.step()
     if processes.distributed:
         sums = torch.tensor([total, count], dtype=torch.float64, device=device)
-        dist.all_reduce(sums)
+        torch.distributed.all_reduce(sums)
         total, count = sums.tolist()
     val_loss, val_corr = np.mean([validate(model, loader, device, dtype)
                                   for loader in val_loaders], axis=0)
     if processes.distributed:  # every rank takes rank 0's numbers, so they stop at the same epoch
         shared = torch.tensor([val_loss, val_corr], dtype=torch.float64, device=device)
-        dist.broadcast(shared, src=0)
+        torch.distributed.broadcast(shared, src=0)
         val_loss, val_corr = shared.tolist()
     return {"epoch": epoch + 1, "train_loss": total / max(count, 1),
             "val_loss": float(val_loss), "val_corr": float(val_corr),

@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import arguments  # noqa: E402
+import brain_model  # noqa: E402
 import asr  # noqa: E402
 import processes  # noqa: E402
 import run_utils  # noqa: E402
@@ -114,7 +115,7 @@ def finetune_cost(encoder, folder, waveforms, labels, batch_size, device):
                               labels[:batch_size], N_TOKENS, training, device)  # warm-up
     seconds, _ = timed(lambda: asr.finetuned_transcripts(
         encoder, encoder.depth, examples, [], labels, N_TOKENS, training, device), device)
-    copy_seconds, _ = timed(lambda: speech_models.BrainTuningModel(
+    copy_seconds, _ = timed(lambda: brain_model.BrainTuningModel(
         copy.deepcopy(encoder.backbone), encoder.family, N_TOKENS), device)
     return (seconds - copy_seconds) / len(waveforms)
 
@@ -149,7 +150,7 @@ def peer_finetune_cost(config, waveforms, labels, batch_size, device):
 
 def finetune_flops(encoder, waveform, device):
     """FLOPs of one utterance's fine-tuning step, forward and backward (FlopCounterMode)."""
-    model = speech_models.BrainTuningModel(copy.deepcopy(encoder.backbone), encoder.family,
+    model = brain_model.BrainTuningModel(copy.deepcopy(encoder.backbone), encoder.family,
                                            N_TOKENS).to(device)
     model.freeze()
     tuned = dataclasses.replace(encoder, backbone=model.backbone)

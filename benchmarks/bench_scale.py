@@ -228,8 +228,8 @@ def trainer_stage(args, data, nc_path):
     functions, on a base-size random-init wav2vec2."""
     import torch
 
+    import brain_model
     import data_utils
-    import speech_models
     import training_data
     import training_steps
 
@@ -249,7 +249,7 @@ def trainer_stage(args, data, nc_path):
     if not model_dir.exists():
         machine.save_base_model("wav2vec2", model_dir)
     window = next(iter(bounds.values()))[1]
-    model, preprocessor = speech_models.build_model(str(model_dir), n_outputs, window)
+    model, preprocessor = brain_model.build_model(str(model_dir), n_outputs, window)
     details.update(outputs=n_outputs, startup_s=round(time.perf_counter() - began, 1))
     if args.stage == "trainer_steps":
         optimizer, _ = training_steps.make_optimizer(model, 5e-5, 1e-3, 30, 5, 0.5, 1e-5)

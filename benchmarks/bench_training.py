@@ -30,6 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import arguments  # noqa: E402
+import brain_model  # noqa: E402
 import data_utils  # noqa: E402
 import machine  # noqa: E402
 import run_utils  # noqa: E402
@@ -88,7 +89,7 @@ def base_model(name, n_outputs, whisper_frames, seed):
     """Random-init base-size ``BrainTuningModel`` with the paper's freezing."""
     torch.manual_seed(seed)
     backbone = machine.base_backbone(name)
-    model = speech_models.BrainTuningModel(backbone, speech_models.model_family(backbone.config),
+    model = brain_model.BrainTuningModel(backbone, speech_models.model_family(backbone.config),
                                            n_outputs, whisper_frames)
     model.freeze()
     return model

@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import arguments  # noqa: E402
+import brain_model  # noqa: E402
 import eval_utils  # noqa: E402
 import layer_features  # noqa: E402
 import machine  # noqa: E402
@@ -107,7 +108,7 @@ def base_model(family, path, quick=False):
 def training(path, family, device, dtype, args, n_outputs):
     """Samples/s and peak memory of optimiser steps of the brain-tuning model."""
     window = 10 * 16000
-    model, preprocessor = speech_models.build_model(str(path), n_outputs, window)
+    model, preprocessor = brain_model.build_model(str(path), n_outputs, window)
     model.to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     rng = np.random.default_rng(0)

@@ -3,6 +3,9 @@ the resume checks and the recorded protocol are derived."""
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,10 +14,14 @@ import arguments
 import brain_evaluate
 import brain_trainer_story
 import checkpoints
+import eval_asr
 import finished_results
+import probing
 import results_schema
 from arguments import flag
 from run_utils import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -154,6 +161,12 @@ def test_the_paper_configs_parse_for_every_script_that_reads_them():
             brain_trainer_story.parse_args(["--config", str(config), *required])
         if "evaluate" in content:
             brain_evaluate.parse_args(["--config", str(config), *required])
+        if "probe" in content:
+            probing.parse_args("phonemes", ["--config", str(config), "--data_path", "t",
+                                            "--model_name", "m"])
+        if "asr" in content:
+            eval_asr.parse_args(["--config", str(config), "--data_path", "t", "--model_name",
+                                 "m"])
 
 
 # ----------------------------------------------------------------------------- commands
@@ -244,3 +257,48 @@ def test_the_trainer_refuses_to_resume_with_a_changed_flag(tmp_path):
     with pytest.raises(UsageError, match="base_lr: 5e-05 -> 0.001"):
         checkpoints.check_resumable(run_dir, brain_trainer_story.parse_args(
             [*argv, "--base_lr", "1e-3"]))
+
+
+SCRIPTS = ["brain_evaluate.py", "brain_regions.py", "brain_trainer_story.py", "data_utils.py",
+           "eval_asr.py", "eval_emotion.py", "eval_intent.py", "eval_phonemes.py",
+           "eval_sentence_type.py", "eval_words.py", "make_tiny.py", "noise_ceilings.py",
+           "report.py", "reproduce.py", "synthetic_data.py", "synthetic_downstream.py",
+           "target_features.py"]
+# what --help would wait for: torch, transformers, sklearn and matplotlib take seconds to import
+HEAVY = ("torch.", "transformers.", "sklearn.", "matplotlib.", "scipy.stats", "scipy.sparse")
+
+CHECK_IMPORTS = """
+import contextlib, io, json, runpy, sys
+argv, found = sys.argv[1:], {}
+for script in SCRIPTS:
+    sys.argv, out, err = [script, *argv], io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit:
+            pass
+    heavy = sorted(name for name in sys.modules if name.startswith(HEAVY))
+    found[script] = {"heavy": heavy[:5], "stdout": out.getvalue(), "stderr": err.getvalue()}
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--no_such_flag"]], ids=["help", "bad flag"])
+def test_help_and_argument_errors_import_no_heavy_library(argv):
+    """--help and argument errors appear at once: torch, transformers and the like are loaded
+    lazily, on first use, after the flags are parsed (the scripts run one after the other in
+    one interpreter, so a heavy import is caught at the first script that makes it)."""
+    code = f"SCRIPTS, HEAVY = {SCRIPTS!r}, {HEAVY!r}" + CHECK_IMPORTS
+    result = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for script, found in json.loads(result.stdout).items():
+        assert not found["heavy"], (script, found)
+        if argv == ["--help"]:  # ending with the script's documentation page
+            assert "usage:" in found["stdout"], (script, found)
+            page = found["stdout"].split("documentation: ")[1].split()[0]
+            assert (ROOT / page).is_file(), (script, page)
+        else:
+            assert ("unrecognized arguments" in found["stderr"] or "invalid choice" in
+                    found["stderr"] or "arguments are required" in found["stderr"]), (
+                script, found)

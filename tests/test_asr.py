@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModel, WhisperFeatureExtractor
 
 import asr
+import brain_model
 import downstream_data
 import eval_asr
 import layer_features
@@ -211,7 +212,7 @@ def test_finetuning_trains_a_copy_of_the_encoder_but_its_cnn(setup, monkeypatch)
     encoder = speech_models.load_encoder(setup / "wav2vec2")
     before = speech_models.fingerprint(encoder.backbone)
     models, optimizers = [], []
-    original_model, original_train = speech_models.BrainTuningModel, asr.train_ctc
+    original_model, original_train = brain_model.BrainTuningModel, asr.train_ctc
 
     def model(*args):
         models.append(original_model(*args))
@@ -221,7 +222,7 @@ def test_finetuning_trains_a_copy_of_the_encoder_but_its_cnn(setup, monkeypatch)
         optimizers.append(optimizer)
         return original_train(batch_log_probs, labels, optimizer, training)
 
-    monkeypatch.setattr(speech_models, "BrainTuningModel", model)
+    monkeypatch.setattr(brain_model, "BrainTuningModel", model)
     monkeypatch.setattr(asr, "train_ctc", train)
     train_set = asr.asr_examples(setup / "timit", "train", "phones", max_examples=4)
     vocabulary = asr.token_vocabulary(train_set)

@@ -334,6 +334,112 @@ def test_batched_features_equal_the_naive_path(tmp_path, family, passes, monkeyp
     np.testing.assert_allclose(fast[2][-1], hidden[2][0, frame].numpy(), atol=1e-5)
 
 
+def test_the_authors_cv_chunks_and_delays_reach_the_ridge_and_are_recorded(setup, monkeypatch):
+    """--cv_chunks stacked and --delays stacked: the alphas are chosen on the authors' chunks
+    of the stacked rows and the training design is delayed after stacking; both recorded in
+    results.json's protocol, neither listed as a departure from the paper (they are the
+    authors' code's choices, not the paper's)."""
+    root, _ = setup
+    modes, stacked_rows = [], []
+    delayed, stacked = eval_utils.delayed_story_features, eval_utils.stacked_chunk_splits
+    monkeypatch.setattr(eval_utils, "delayed_story_features", lambda *args, **kwargs: (
+        modes.append(kwargs.get("mode", "per_story")) or delayed(*args, **kwargs)))
+    monkeypatch.setattr(eval_utils, "stacked_chunk_splits", lambda *args, **kwargs: (
+        stacked_rows.append(args[0]) or stacked(*args, **kwargs)))
+    assert _run(setup, "--cv_chunks", "stacked", "--delays", "stacked", "--chunk_len", "5",
+                "--layers", "1", "--n_permutations", "0", "--n_bootstrap", "0",
+                save="authors_cv") == 0
+    dataset = data_utils.Dataset(setup[1])
+    stories = encoding.training_stories(dataset, "UTS01", None, data_utils.TEST_STORY)
+    assert stacked_rows == [sum(dataset.response_rows(s) for s in stories)]
+    assert modes.count("stacked") == 2  # the training design of each model's layer
+    results = json.loads((root / "authors_cv" / "run" / "results.json").read_text())
+    assert results["protocol"]["cv_chunks"] == "stacked"
+    assert results["protocol"]["delays"] == "stacked"
+    assert results["protocol"]["whisper_frame"] == "ours"
+    assert not {"--cv_chunks", "--delays", "--whisper_frame"} & {
+        departure["setting"] for departure in results["departures"]}
+    defaults = brain_evaluate.parse_args(["--model_name", "m", "--subject", "1", "--data_dir",
+                                          "d"])
+    assert (defaults.cv_chunks, defaults.delays) == ("within_stories", "per_story")
+
+
+def _authors_whisper_frame(backbone, extractor, n_samples):
+    """The frame of a Whisper window as the authors' extract_speech_features finds it: the
+    feature extractor's attention mask through ones-kernels of the encoder's conv1 and conv2,
+    the last nonzero output."""
+    mask = extractor([np.zeros(n_samples, np.float32)], sampling_rate=16000, return_tensors="np",
+                     return_attention_mask=True).attention_mask
+    out = torch.from_numpy(mask[:1].astype(np.float32))[None]
+    for conv in (backbone.encoder.conv1, backbone.encoder.conv2):
+        out = torch.nn.functional.conv1d(out, torch.ones((1, 1, *conv.kernel_size)),
+                                         stride=conv.stride, padding=conv.padding)
+    return int(out[0, 0].nonzero().max())
+
+
+def test_the_authors_whisper_frame_is_the_one_after_ours(tmp_path, monkeypatch):
+    """--whisper_frame authors: the frame the authors' code takes (m/2 for m mel frames), one
+    after ours (m/2 - 1) for windows of whole hops, each the hidden state of a full forward pass
+    at that frame; the cache keeps the two apart."""
+    speech_models.save_tiny_model(tmp_path / "whisper", "whisper")
+    backbone, family = speech_models.load_backbone(tmp_path / "whisper")
+    extractor = speech_models.load_feature_extractor(tmp_path / "whisper", family)
+    preprocessor = speech_models.AudioPreprocessor(extractor, family)
+    hop = extractor.hop_length
+    for n in (1, 159, 160, 161, 1600, 1601, 1759, 1760, 4000, 36000, 257600, 479999, 480000):
+        authors = layer_features.whisper_window_frame(preprocessor, n, "authors")
+        ours = layer_features.whisper_window_frame(preprocessor, n, "ours")
+        assert authors == _authors_whisper_frame(backbone, extractor, n), n
+        assert ours == preprocessor.whisper_frames(n) - 1
+        if n % hop == 0 and n < 480000:
+            assert authors == ours + 1, n
+    assert layer_features.whisper_window_frame(preprocessor, 480000, "authors") == 1499
+    with pytest.raises(ValueError, match="unknown Whisper frame rule"):
+        layer_features.whisper_window_frame(preprocessor, 1600, "theirs")
+
+    audio = np.random.default_rng(1).standard_normal(16000 * 3).astype(np.float32)
+    features = {rule: layer_features.sliding_window_features(
+        backbone, preprocessor, audio, [1, 2], context_s=1.0, chunk_s=0.25, whisper_frame=rule)[0]
+        for rule in ("ours", "authors")}
+    ends = layer_features.window_ends(len(audio), 4000)
+    starts = np.maximum(0, ends - 20000)
+    with torch.inference_mode():
+        for index, (start, end) in enumerate(zip(starts, ends)):  # brute force, one by one
+            window = torch.from_numpy(preprocessor(audio[None, start:end]))
+            hidden = backbone.encoder(window, output_hidden_states=True).hidden_states
+            frame = preprocessor.whisper_frames(end - start) - 1
+            for layer in (1, 2):
+                np.testing.assert_allclose(features["ours"][layer][index],
+                                           hidden[layer][0, frame].numpy(), atol=1e-5)
+                np.testing.assert_allclose(features["authors"][layer][index],
+                                           hidden[layer][0, frame + 1].numpy(), atol=1e-5)
+    assert not np.allclose(features["ours"][2], features["authors"][2])
+
+    # the flag reaches the extraction, and the cache keys the authors' frame apart from ours
+    settings = brain_evaluate.parse_args(["--model_name", "m", "--subject", "1", "--data_dir",
+                                          "d", "--whisper_frame", "authors"])
+    assert settings.extraction(None).whisper_frame == "authors"
+    assert alignment_outputs.protocol(settings)["whisper_frame"] == "authors"
+    assert brain_evaluate.parse_args(["--model_name", "m", "--subject", "1", "--data_dir",
+                                      "d"]).whisper_frame == "ours"
+    data = tmp_path / "ds"
+    synthetic_data.generate(data, seed=0, subjects=(1,), n_train_stories=1, train_trs=30,
+                            test_trs=60, n_voxels=8, n_words=6)
+    encoder = speech_models.load_encoder(tmp_path / "whisper")
+    dataset = data_utils.Dataset(data)
+    story = dataset.stories("UTS01")[0]
+    rules = []
+    monkeypatch.setattr(layer_features, "sliding_window_features",
+                        lambda *args, whisper_frame, **kwargs: rules.append(whisper_frame) or (
+                            {1: np.zeros((2, 64), np.float32)}, np.array([1.0, 2.0])))
+    for rule in ("ours", "authors", "ours", "authors"):
+        extraction = layer_features.Extraction(2.0, 1.0, 16, False, None, rule)
+        layer_features.cached_story_features(encoder, dataset, story, [1], extraction,
+                                             tmp_path / "cache")
+    assert rules == ["ours", "authors"]  # each extracted once, then read from the cache
+    assert len(list((tmp_path / "cache").rglob("*.hf5"))) == 2
+
+
 # ----------------------------------------------------------------------------- planted signal
 
 def _planted_window_features(data_dir, story, truth, rng=None):
@@ -1227,9 +1333,9 @@ def test_more_processes_than_voxels_are_refused(setup, monkeypatch, caplog):
     """Each torchrun process fits a share of the voxels: 40 processes for 30 voxels leave the
     last ten without any, one line of error (the process group faked: rank 39 of 40)."""
     for name, value in (("is_initialized", True), ("get_rank", 39), ("get_world_size", 40)):
-        monkeypatch.setattr(processes.dist, name, lambda value=value: value)
-    monkeypatch.setattr(processes.dist, "barrier", lambda: None)
-    monkeypatch.setattr(processes.dist, "destroy_process_group", lambda: None)
+        monkeypatch.setattr(torch.distributed, name, lambda value=value: value)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: None)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: None)
     _no_model_loading(monkeypatch)
     assert _run(setup, save="too_many") == 1
     assert "--voxels all: 30 voxels to fit, fewer than the torchrun processes" in \
@@ -1259,9 +1365,9 @@ def test_process_shares_cover_the_voxels_and_stories_once(monkeypatch):
     for world_size in (1, 2, 3, 5):
         shares, items = [], []
         for rank in range(world_size):
-            monkeypatch.setattr(processes.dist, "is_initialized", lambda: True)
-            monkeypatch.setattr(processes.dist, "get_rank", lambda rank=rank: rank)
-            monkeypatch.setattr(processes.dist, "get_world_size", lambda w=world_size: w)
+            monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+            monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+            monkeypatch.setattr(torch.distributed, "get_world_size", lambda w=world_size: w)
             shares.append(np.arange(23)[processes.process_share(23)])
             items.append(processes.process_items(costs))
         for ours, expected in zip(shares, np.array_split(np.arange(23), world_size)):

@@ -24,6 +24,7 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Loading weights" not in result.stderr  # transformers' bars stay below ours
+    assert "\r" not in result.stderr  # off a terminal, progress is logged lines, not redraws
     summary = json.loads((out / "summary.json").read_text())
     pretrained, tuned = summary["pretrained"], summary["tuned"]
     # The claim is made on final/, the checkpoint that early stopping keeps.

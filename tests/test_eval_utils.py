@@ -92,6 +92,34 @@ def test_story_features_are_trimmed_scored_and_delayed_per_story():
         eval_utils.zscore(stories[0][10:-5]), [2]))
 
 
+def test_stacked_delays_reach_into_the_previous_story():
+    """--delays stacked (the authors'): the trimmed, z-scored stories stacked, then delayed;
+    written out row by row."""
+    rng = np.random.default_rng(2)
+    stories = [rng.standard_normal((40, 2)) * 5 + 3, rng.standard_normal((55, 2)),
+               rng.standard_normal((21, 2))]
+    delays = (1, 2, 3, 4)
+    design = eval_utils.delayed_story_features(stories, delays=delays, mode="stacked")
+    stacked = np.vstack([eval_utils.zscore(story[10:-5]) for story in stories])
+    expected = np.zeros((len(stacked), 2 * len(delays)))
+    for row in range(len(stacked)):
+        for k, delay in enumerate(delays):
+            if row - delay >= 0:
+                expected[row, 2 * k:2 * k + 2] = stacked[row - delay]
+    np.testing.assert_array_equal(design, expected)
+    assert design.shape == (25 + 40 + 6, 8)
+    # the second story's first row holds the first story's last row one TR later (ours: 0)
+    np.testing.assert_array_equal(design[25, 0:2], stacked[24])
+    per_story = eval_utils.delayed_story_features(stories, delays=delays)
+    np.testing.assert_array_equal(per_story[25, 0:2], 0)
+    np.testing.assert_array_equal(per_story[:25], design[:25])  # the first story is the same
+    # from its 5th row on (past the longest delay) a story's rows agree
+    np.testing.assert_array_equal(per_story[29:65], design[29:65])
+    assert not np.array_equal(per_story[65:69], design[65:69])
+    with pytest.raises(ValueError, match="unknown delay mode"):
+        eval_utils.delayed_story_features(stories, mode="across")
+
+
 # ----------------------------------------------------------------------------- splits
 
 def test_splits_hold_out_whole_chunks_inside_stories():
@@ -123,6 +151,60 @@ def test_chunks_never_straddle_stories():
                                                     held_out_fraction=0.25, seed=0):
         assert set(val.tolist()) in ({*range(0, 20)}, {*range(20, 25)}, {*range(25, 45)},
                                      {*range(45, 50)})
+
+
+def _authors_held_out(n_rows, chunk_len, n_boots, seed):
+    """The held-out rows of the Huth-lab bootstrap_ridge as the authors call it, written as it
+    is (whole chunks of the stacked rows by zip(*[iter(rows)] * chunklen), shuffled, the first
+    int(0.25 * rows / chunklen) held out), its random.shuffle replaced by a seeded permutation."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    indchunks = list(zip(*[iter(range(n_rows))] * chunk_len))
+    nchunks = int(n_rows * 0.25 / chunk_len)
+    held = []
+    for _ in range(n_boots):
+        order = rng.permutation(len(indchunks))
+        shuffled = [indchunks[i] for i in order]
+        heldinds = list(itertools.chain(*shuffled[:nchunks]))
+        notheldinds = list(set(range(n_rows)) - set(heldinds))
+        held.append((sorted(notheldinds), sorted(heldinds)))
+    return held
+
+
+def test_stacked_chunks_are_the_authors():
+    """--cv_chunks stacked: whole chunks of the stacked rows, straddling story boundaries, the
+    trailing partial chunk never held out, int(25% of rows / chunk_len) of them per bootstrap;
+    against a brute-force construction of the authors' index sets."""
+    import encoding
+
+    lengths = [53, 100, 47, 31]  # 231 rows: 11 whole chunks of 20, 2 held out
+    for seed in (0, 5):
+        splits = eval_utils.stacked_chunk_splits(sum(lengths), n_boots=3, chunk_len=20,
+                                                 seed=seed)
+        expected = _authors_held_out(sum(lengths), 20, 3, seed)
+        assert len(splits) == 3
+        for (train, val), (their_train, their_val) in zip(splits, expected):
+            assert train.dtype == val.dtype == np.int64
+            assert train.tolist() == their_train and val.tolist() == their_val
+            assert len(val) == 2 * 20 and val.max() < 220
+        same = encoding.cv_splits(lengths, 3, 20, seed, chunks="stacked")
+        assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, same))
+    # the chunk 40..59 straddles the first story's end (row 53): held out whole, sometimes
+    held = [set(val.tolist()) for seed in range(40)
+            for _, val in eval_utils.stacked_chunk_splits(sum(lengths), 1, 20, seed=seed)]
+    assert any(set(range(40, 60)) <= rows for rows in held)
+    # ours on the same stories: 3 + 5 + 3 + 2 = 13 chunks inside stories, round(3.25) = 3 held
+    starts = np.cumsum([0, *lengths[:-1]])
+    chunks = [frozenset(range(first + s, first + min(s + 20, n)))
+              for first, n in zip(starts, lengths) for s in range(0, n, 20)]
+    assert len(chunks) == 13
+    for _, val in encoding.cv_splits(lengths, 3, 20, 0):
+        assert sum(chunk <= set(val.tolist()) for chunk in chunks) == 3
+    with pytest.raises(ValueError, match="too few"):
+        eval_utils.stacked_chunk_splits(79, chunk_len=20)  # int(0.25 * 79 / 20) = 0
+    with pytest.raises(encoding.UsageError, match="--chunk_len 20"):
+        encoding.cv_splits([40, 39], 3, 20, chunks="stacked")
 
 
 # ----------------------------------------------------------------------------- ridge

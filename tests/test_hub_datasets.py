@@ -7,8 +7,6 @@ import importlib
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -364,33 +362,3 @@ def test_unknown_labels_name_the_row(setup, tmp_path, caplog):
     assert probing.main("emotion", ["--hf_dataset", str(tmp_path / "bored"), "--model_name",
                                     str(setup / "model"), "--save_dir", str(tmp_path)]) == 1
     assert "[train] row 7" in caplog.text and "label 'BOR' is not one of the 6" in caplog.text
-
-
-def _reproduce_commands(*flags):
-    """The commands ``reproduce.py`` (what ``make reproduce`` runs) would run, on one line."""
-    done = subprocess.run([sys.executable, "reproduce.py", "--dry_run", "--model_name", "/m",
-                           "--data_dir", "/d", *flags], capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent)
-    assert done.returncode == 0, done.stderr
-    return " ".join(done.stdout.split())
-
-
-def test_make_reproduce_takes_hub_datasets_and_runs_asr():
-    models = "--config configs/iclr2025_wav2vec2-base.json --model_name /m"
-    text = _reproduce_commands("--timit", "/t", "--speech_commands", "hf:google/speech_commands",
-                               "--slurp", "hf:/s", "--stage_args", "slurp=--hf_split_test devel",
-                               "--stage_args", "intent=--label_column intent", "--stage_args",
-                               "timit=--include_x", "--stage_args", "asr=--label_column text")
-    assert f"eval_words.py --hf_dataset google/speech_commands {models}" in text
-    assert ("eval_intent.py --hf_dataset /s --hf_split_test devel --label_column intent "
-            f"{models}") in text
-    assert f"eval_phonemes.py --data_path /t --include_x {models}" in text
-    assert f"eval_sentence_type.py --data_path /t --include_x {models}" in text
-    assert "eval_asr.py --data_path /t --include_x --label_column text --finetune" in text
-    assert "--exp_name m_UTS01_asr_finetune" in text and "downstream/m_UTS01_asr_finetune" in text
-    frozen = _reproduce_commands("--timit", "hf:timit_asr", "--asr", "frozen")
-    assert f"eval_asr.py --hf_dataset timit_asr {models}" in frozen
-    assert "downstream/m_UTS01_asr" in frozen
-    assert "--finetune" not in frozen and "asr_finetune" not in frozen
-    assert "eval_asr.py" not in _reproduce_commands("--timit", "/t", "--asr", "none")
-    assert "eval_asr.py" not in _reproduce_commands()

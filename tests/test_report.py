@@ -210,6 +210,37 @@ def test_every_planted_column_uses_the_voxel_rule_and_shows_its_count(tmp_path):
     assert "(n=4) |" in text.split("By planted voxel type")[1]
 
 
+@pytest.mark.parametrize("passing", [[8, 9, 10, 11], [8, 9, 11], [11]])
+def test_the_noise_voxels_that_pass_by_chance_are_explained_with_a_t_interval(tmp_path,
+                                                                              passing):
+    """Planted noise voxels that clear the ceiling threshold do so by chance; the report says
+    so and gives their tuned-minus-pretrained change with a t interval over those voxels
+    (independent noise), computed here from the formula; with one voxel there is none."""
+    nc = np.full(N_VOXELS, 0.9)
+    nc[np.setdiff1d(TRUTH["noise_voxels"], passing)] = 0.01
+    _, values = _setup(tmp_path, nc=nc)
+    assert _report(tmp_path) == 0
+    summary, text = _outputs(tmp_path)
+    if len(passing) < 2:
+        assert summary["noise_voxels"] is None and "planted noise voxels pass" not in text
+        return
+    differences = values[("epoch 3", 2, "none")][passing] - values[("pretrained", 2, "none")][
+        passing]
+    n = len(passing)
+    half = scipy.stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / np.sqrt(n)
+    noise = summary["noise_voxels"]
+    assert noise["planted"] == 4 and noise["passing"] == n
+    assert noise["difference"] == pytest.approx(differences.mean())
+    assert noise["ci"] == pytest.approx([differences.mean() - half, differences.mean() + half])
+    assert noise["verdict"] == eval_utils.interval_verdict(*noise["ci"])
+    explanation = _section(text, "## What the planted signal predicts")
+    assert (f"{n} of the 4 planted noise voxels pass the voxel rule, though they respond to "
+            "nothing") in explanation
+    assert (f"tuned minus pretrained over these voxels is {differences.mean():+.3f}, 95% "
+            f"interval [{noise['ci'][0]:.3f}, {noise['ci'][1]:.3f}]") in explanation
+    assert f": {noise['verdict']}." in explanation
+
+
 def test_no_planted_voxel_of_a_type_passing_the_rule_reads_n_a(tmp_path):
     nc = np.full(N_VOXELS, 0.9)
     nc[TRUTH["noise_voxels"]] = 0.0

@@ -492,3 +492,32 @@ def test_a_file_in_the_way_of_an_output_folder_is_one_line(tmp_path, caplog):
     assert run_utils.main(parse.parse_args, write, [str(blocker)]) == 1
     assert "a file stands where a folder is wanted" in caplog.text
     assert "Traceback" not in caplog.text and blocker.read_text() == "not a folder"
+
+
+def test_progress_off_a_terminal_logs_a_line_per_interval_and_one_at_the_end(monkeypatch,
+                                                                             caplog):
+    """In a log (stderr not a terminal) a bar logs its line every LOG_PROGRESS_S seconds and
+    once at the end, never a carriage-return redraw; on a terminal it is tqdm's bar."""
+    now = [0.0]  # a clock that advances 10 s per item
+    monkeypatch.setattr("tqdm.std.time", lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="run_utils"):
+        bar, items = run_utils.progress(range(12), desc="windows", unit="batch"), []
+        for item in bar:
+            items.append(item)
+            now[0] += 10
+            bar.set_postfix(loss=0.5)  # a refresh at every item, as the trainer's loss
+    assert items == list(range(12))
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[-1].startswith("windows: 100%") and "12/12" in lines[-1]
+    assert lines[-1].endswith(", loss=0.5]")
+    # a line per 30 s of the 120 s, not one per item nor per refresh
+    assert 3 <= len(lines) <= 120 // run_utils.LOG_PROGRESS_S + 1, lines
+    assert not any("\r" in line for line in lines)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="run_utils"):
+        list(run_utils.progress(range(3), desc="quiet", disable=True))
+    assert not caplog.records
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = run_utils.progress(range(2), desc="terminal")
+    assert not isinstance(bar, run_utils.LogProgress)
+    bar.close()

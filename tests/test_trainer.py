@@ -20,6 +20,7 @@ from transformers import (AutoModel, AutoProcessor, AutoTokenizer, BertConfig, B
                           WhisperForConditionalGeneration, WhisperTokenizer)
 
 import brain_trainer_story as trainer
+import brain_model
 import checkpoints
 import damage
 import data_utils
@@ -150,7 +151,7 @@ def test_loss_falls(train_data, tiny_models, tmp_path):
 
 def _held_out_correlation(model_dir, data_dir, voxels, trained_head=True):
     """Correlation of a model's own predictions with the test story, never used in training."""
-    model, preprocessor = speech_models.build_model(model_dir, len(voxels), 160000)
+    model, preprocessor = brain_model.build_model(model_dir, len(voxels), 160000)
     if trained_head:
         model.head.load_state_dict(load_file(str(model_dir / "brain_head.safetensors")))
     model.eval()
@@ -821,7 +822,7 @@ def test_distributed_data_parallel_on_two_cpu_processes(train_data, tiny_models,
 @pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm", "data2vec-audio"])
 def test_no_backward_through_the_frozen_cnn(tiny_models, family):
     """The frozen CNN's output needs no gradient, so backward stops at the transformer."""
-    model, preprocessor = speech_models.build_model(tiny_models[family], 3, 16000)
+    model, preprocessor = brain_model.build_model(tiny_models[family], 3, 16000)
     model.train()
     inputs = torch.from_numpy(preprocessor(np.random.default_rng(0).standard_normal(
         (2, 16000)).astype(np.float32)))
@@ -877,3 +878,77 @@ def test_shards_are_even_across_ranks():
             steps = loader.dataset.steps
             shapes.append([len(micro) for _, micro in steps])
         assert shapes[0] == shapes[1], size
+
+
+class _Stories:
+    """Samples of stories, as ``TRWindowDataset.items`` lists them: (story, row) in order."""
+
+    def __init__(self, lengths):
+        self.items = [(story, row) for story, n in lengths.items() for row in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+
+def _step_rows(loader):
+    """The sample indices of each step of an ``epoch_batches`` loader, its micro-batches
+    joined."""
+    return [[i for micro in micro_batches for i in micro]
+            for _, micro_batches in loader.dataset.steps]
+
+
+def test_consecutive_batches_are_each_storys_rows_in_order():
+    """--batch_order consecutive (the authors'): a story's rows in order, batch_size at a time
+    (its last batch shorter, none across stories), the same every epoch and seed; shuffled stays
+    the permutation of (seed, epoch)."""
+    lengths = {"a": 37, "b": 16, "c": 5}
+    dataset = _Stories(lengths)
+    expected, offset = [], 0  # brute force: the authors' DataLoader(story, shuffle=False)
+    for n in lengths.values():
+        rows = list(range(offset, offset + n))
+        while rows:
+            expected.append(rows[:16])
+            rows = rows[16:]
+        offset += n
+    assert [len(rows) for rows in expected] == [16, 16, 5, 16, 5]
+    for epoch, seed in ((0, 0), (3, 7)):
+        loader = training_data.epoch_batches([dataset], epoch, seed, 16, 4, None,
+                                             order="consecutive")
+        assert _step_rows(loader) == expected
+        assert all(len(micro) <= 4 for _, micro_batches in loader.dataset.steps
+                   for micro in micro_batches)
+    # shuffled: every sample once per epoch, in the seeded permutation of the epoch
+    for epoch in (0, 1):
+        shuffled = _step_rows(training_data.epoch_batches([dataset], epoch, 5, 16, 16, None))
+        permutation = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
+            5 * 1_000_003 + epoch * 101)).tolist()
+        assert shuffled == [permutation[i:i + 16] for i in range(0, len(dataset), 16)]
+    # two ranks: each step is shared out whole (padded as DistributedSampler pads), with the same
+    # passes on every rank
+    ranks = [training_data.epoch_batches([dataset], 0, 0, 16, 4, None, rank=rank, world_size=2,
+                                         order="consecutive").dataset.steps for rank in (0, 1)]
+    assert [[len(m) for m in micro] for _, micro in ranks[0]] == [
+        [len(m) for m in micro] for _, micro in ranks[1]]
+    for rows, (_, first), (_, second) in zip(expected, *ranks):
+        joined = [i for micro in [*first, *second] for i in micro]
+        assert joined[:len(rows)] == rows and set(joined) == set(rows)
+    with pytest.raises(ValueError, match="unknown batch order"):
+        training_data.epoch_batches([dataset], 0, 0, 16, 16, None, order="sorted")
+
+
+def test_the_trainer_passes_its_batch_order(train_data, tiny_models, tmp_path, monkeypatch):
+    orders = []
+    batches = training_data.epoch_batches
+
+    def recorded(*args, **kwargs):
+        orders.append(args[9])
+        return batches(*args, **kwargs)
+
+    monkeypatch.setattr(training_data, "epoch_batches", recorded)
+    code, run_dir = run(train_data, tiny_models["wav2vec2"], tmp_path, "--num_epochs", "1",
+                        "--batch_order", "consecutive")
+    assert code == 0 and orders == ["consecutive"]
+    config = json.loads((run_dir / "run_config.json").read_text())
+    assert config["arguments"]["batch_order"] == "consecutive"
+    assert trainer.parse_args(["--model_name", "m", "--subject", "1", "--data_dir",
+                               "d"]).batch_order == "shuffled"
