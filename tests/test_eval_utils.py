@@ -250,15 +250,17 @@ def test_ridge_agrees_with_himalaya():
     from himalaya.scoring import correlation_score
 
     set_backend("numpy", on_error="warn")
-    X, Y = _problem(n=600, p=40, v=80, seed=2, dtype=np.float32)
+    X, Y = _problem(n=600, p=40, v=80, seed=2, dtype=np.float64)
     alphas = np.logspace(-1, 5, 10)
     splits = eval_utils.bootstrap_chunk_splits([300, 300], n_boots=3, chunk_len=20, seed=1)
     weights, best, _ = eval_utils.fit_ridge_cv(X, Y, alphas, splits)
     reference = RidgeCV(alphas=alphas, cv=splits, fit_intercept=False,
                         solver_params=dict(score_func=correlation_score, local_alpha=True))
     reference.fit(X, Y)
-    np.testing.assert_allclose(best, reference.best_alphas_, rtol=1e-5)
-    np.testing.assert_allclose(weights, reference.coef_, atol=1e-4)
+    # float64: in float32 a voxel whose two best penalties score within rounding of each other
+    # picks either, depending on the BLAS thread count
+    np.testing.assert_allclose(best, reference.best_alphas_, rtol=1e-10)
+    np.testing.assert_allclose(weights, reference.coef_, rtol=1e-7, atol=1e-10)
     assert len(np.unique(reference.best_alphas_)) > 1  # a comparison of per-voxel choices
 
 

@@ -678,7 +678,7 @@ def test_lora_trains_adapters_only_and_saves_merged(train_data, tiny_models, tmp
     after = AutoModel.from_pretrained(run_dir / "checkpoint-epoch2").state_dict()
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.split(".")[-2] in speech_models.LORA_TARGETS for k in changed)
+    assert changed and all(k.split(".")[-2] in brain_model.LORA_TARGETS for k in changed)
 
 
 # ----------------------------------------------------------------------------- bad input
