@@ -1,5 +1,5 @@
 """make demo end to end: the report, the summary, and the tuned model better on the planted
-semantic voxels. The slowest test (about 6 minutes on 2 CPU cores): it runs the whole demo."""
+semantic voxels. The slowest test (about 3 minutes on 2 CPU cores): it runs the whole demo."""
 
 import json
 import shutil
