@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LAYERS = (2, 5, 7, 8, 10, 11, 12)  # the paper's hidden-state indices
 SEMANTIC_PREFERENCE = "semantic preference"  # the analysis name of --semantic_preference
+RESULT_FORMAT = 2  # of a kept result; 2: with the penalty grid's counts (older: fitted again)
 GROUP = "low-level reliance and semantic preference"
 
 
@@ -164,7 +165,8 @@ def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, ta
     cells = [(analysis, 1.0) for analysis in analyses] + [("none", f) for f in task.subsets]
     keys = {(layer, analysis, fraction): {
         "fingerprint": encoder.fingerprint, "preprocessor": encoder.preprocessor.digest(),
-        "layer": layer, "analysis": analysis, "train_fraction": fraction}
+        "layer": layer, "analysis": analysis, "train_fraction": fraction,
+        "format": RESULT_FORMAT}
         for layer in layers for analysis, fraction in cells}
     done = {cell: finished.load(key) for cell, key in keys.items()}
     reused = [_what(label, *cell) for cell, result in done.items() if result is not None]
@@ -204,11 +206,28 @@ def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, ta
                         _what(label, layer, analysis, fraction), mean,
                         scores["summary"]["r"][("all", "voxel_mean")], task.voxels.sum(),
                         task.nc_thr)
+            warn_of_a_narrow_grid(_what(label, layer, analysis, fraction),
+                                  scores["summary"]["alpha_grid"], task.alphas)
         preference = results[layer]["semantic_preference"]
         if preference is not None:
             logger.info("%s layer %d: semantic r %.3f, phonetic r %.3f", label, layer,
                         preference["semantic_r"], preference["phonetic_r"])
     return results, encoder.fingerprint
+
+
+def warn_of_a_narrow_grid(what, grid, alphas):
+    """One warning line when more than ``eval_utils.EDGE_WARNING_FRACTION`` of the voxels chose
+    an end of the penalty grid (``grid``: ``eval_utils.alpha_grid_summary``), with a wider grid
+    that would cover them."""
+    if grid["wider_alphas"] is None:
+        return
+    ends = [f"{100 * fraction:.0f}% chose its {end} ({value:.3g})" for fraction, end, value in (
+        (grid["lowest_fraction"], "lowest", min(alphas)),
+        (grid["highest_fraction"], "highest", max(alphas)))
+        if fraction > eval_utils.EDGE_WARNING_FRACTION]
+    logger.warning("%s: of the %d voxels, %s of --alphas: the grid may be too narrow; try "
+                   "--alphas %s (docs/alignment.md#the-penalty-grid)", what, grid["n_voxels"],
+                   ", ".join(ends), " ".join(f"{a:.4g}" for a in grid["wider_alphas"]))
 
 
 def _what(label, layer, analysis, fraction=1.0):

@@ -88,8 +88,9 @@ def _flag_text(value):
 
 
 def write_results(out_dir, all_results, facts, task):
-    """results.json (``facts``, the rows, the comparisons and the semantic preference, in the
-    format of ``results_schema``), results.csv, comparisons.csv, the per-voxel .npz files (r,
+    """results.json (``facts``, the rows, the comparisons, the semantic preference and the
+    penalty grids, in the format of ``results_schema``), results.csv, comparisons.csv,
+    alpha_grid.csv, the per-voxel .npz files (r,
     cc_norm, alpha and, with permutations, p_value and q_value; one entry per voxel of the
     subject, NaN where not fitted), the test predictions (``predictions_*.npz``: ``prediction``
     float32 (scored rows, fitted voxels), ``rows``, the test-story response rows they belong
@@ -100,7 +101,7 @@ def write_results(out_dir, all_results, facts, task):
     ``facts`` holds the subject, test story and the ``summary_voxels`` facts, for the titles.
 
     Returns the alignment rows, the comparisons and the semantic-preference rows."""
-    rows, preference_rows = [], []
+    rows, preference_rows, alpha_rows = [], [], []
     n_train = len(task.responses.train)
     trim = data_utils.TEST_RESPONSE_TRIM
     test_rows = np.arange(trim, trim + len(task.responses.test))
@@ -115,6 +116,14 @@ def write_results(out_dir, all_results, facts, task):
             for analysis, fraction, train_rows, scores in fitted:
                 rows += summary_rows(label, layer, analysis, fraction, train_rows, scores,
                                      reference, task.summaries.keys)
+                grid = scores["summary"]["alpha_grid"]
+                alpha_rows.append({
+                    "model": label, "layer": layer, "low_level": analysis,
+                    "train_fraction": fraction, "n_voxels": grid["n_voxels"],
+                    "lowest_fraction": grid["lowest_fraction"],
+                    "highest_fraction": grid["highest_fraction"],
+                    "alphas": [float(a) for a in task.alphas],
+                    "mean_cv_score": grid["mean_cv_score"], "wider_alphas": grid["wider_alphas"]})
                 if fraction < 1:
                     continue
                 np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis),
@@ -129,14 +138,17 @@ def write_results(out_dir, all_results, facts, task):
                                                       result["semantic_preference"]))
     comparisons = compare_to_pretrained(all_results, task.summaries)
     run_utils.write_json(out_dir / results_schema.RESULTS_FILE, results_schema.results_document(
-        facts, rows, comparisons, preference_rows))
+        facts, rows, comparisons, preference_rows, alpha_rows))
     np.save(out_dir / run_utils.SUMMARY_VOXELS_NAME, columns[task.voxels])
     run_utils.write_csv(out_dir / "results.csv", rows)
     if comparisons:
         run_utils.write_csv(out_dir / "comparisons.csv", comparisons)
     if preference_rows:
         run_utils.write_csv(out_dir / "semantic_preference.csv", preference_rows)
-    write_plots(out_dir, rows, comparisons, preference_rows, facts)
+    run_utils.write_csv(out_dir / "alpha_grid.csv", [
+        {name: " ".join(f"{v:.6g}" for v in value) if isinstance(value, list) else value
+         for name, value in row.items()} for row in alpha_rows])
+    write_plots(out_dir, rows, comparisons, preference_rows, facts, alpha_rows)
     if facts["regions"]["file"] is not None:
         shutil.copyfile(facts["regions"]["file"], out_dir / "regions.json")
     return rows, comparisons, preference_rows
@@ -306,13 +318,14 @@ def write_run_flatmaps(out_dir, all_results, rows, layers, dataset, subject, tas
                                      dataset, subject, cache_dir, height)
 
 
-def write_plots(out_dir, rows, comparisons, preference_rows, facts):
+def write_plots(out_dir, rows, comparisons, preference_rows, facts, alpha_rows):
     """alignment.png (mean cc_norm per layer, one line per model, with the bootstrap
     intervals), comparison.png (tuned minus pretrained with intervals), reliance.png (drop
     per layer; colour per model, line style per feature set removed), data_efficiency.png
     (cc_norm against the training rows, a panel per layer) and semantic_preference.png, each
     when the run has its results, over "all" voxel means; regions.png (per layer, the
-    parcel-mean cc_norm of the groups, else regions, per model) with regions."""
+    parcel-mean cc_norm of the groups, else regions, per model) with regions; alpha_grid.png
+    (the mean CV score against the penalty, a panel per layer) of the layers' own features."""
     story = f"{facts['subject']}, {facts['test_story']}"
     voxels = f"{story}, {facts['scored_voxels']} voxels with NC > {facts['nc_thr']}"
     selection = facts.get("fitted_voxels", {}).get("selection", "all")
@@ -346,8 +359,18 @@ def write_plots(out_dir, rows, comparisons, preference_rows, facts):
         for row in fractions:
             curves.setdefault(row["model"], {}).setdefault(row["layer"], {})[
                 row["train_rows"]] = row["cc_norm"]
-        plots.plot_data_efficiency(out_dir / "data_efficiency.png", curves, "mean cc_norm",
-                                   f"Data efficiency, {voxels}")
+        plots.plot_curves_per_layer(out_dir / "data_efficiency.png", curves, "training TRs",
+                                    "mean cc_norm", f"Data efficiency, {voxels}")
+    grids = [row for row in alpha_rows if row["low_level"] == "none"
+             and row["train_fraction"] == 1 and row["mean_cv_score"] is not None]
+    if grids:
+        curves = {}
+        for row in grids:
+            curves.setdefault(row["model"], {})[row["layer"]] = dict(
+                zip(row["alphas"], row["mean_cv_score"]))
+        plots.plot_curves_per_layer(out_dir / "alpha_grid.png", curves, "ridge penalty (alpha)",
+                                    "mean CV score", f"The penalty grid, {voxels}",
+                                    log_x=True)
     if preference_rows:
         plots.plot_per_layer(out_dir / "semantic_preference.png",
                              _series(preference_rows, "preference"),

@@ -58,7 +58,8 @@ class EncodingFlags(arguments.Flags):
     alphas: list[float] | None = flag(None, group=GROUP,
                                       help="ridge penalties (ordinary ridge); default: the "
                                            "paper's logspace(1, 4, 15) in singular-value units, "
-                                           "squared")
+                                           "squared; the run warns when more than 5%% of the "
+                                           "voxels choose an end")
     n_boots: int = flag(3, group=GROUP, help="cross-validation splits")
     chunk_len: int = flag(20, group=GROUP, help="rows per held-out chunk")
     seed: int = flag(0, group=GROUP, help="seed of the cross-validation splits")
@@ -465,7 +466,9 @@ def test_scoring(dataset, subject, test_story, test_target, voxels=None, voxel_b
 def layer_scores(features, task, device=None, what="features", fraction=1.0):
     """Encoding-model scores of TR-grid features (story -> (grid TRs, features)) on ``task``,
     the model fitted on ``fraction`` of the training rows (``task.subsets``): per-voxel ``r``,
-    ``cc_norm`` and ``alpha``, each (n_voxels,). On all the rows also the test
+    ``cc_norm`` and ``alpha``, each (n_voxels,), and where the chosen alphas sit on the grid
+    (``alpha_edges``, ``alpha_score_sum``: ``eval_utils.alpha_grid_counts`` over the voxels the
+    summaries average, summed over the torchrun processes). On all the rows also the test
     ``prediction`` ((scored rows, n_voxels) float32), the permutation ``p_value``
     (``eval_utils.block_permutation_pvalues``, with --n_permutations) and the block-bootstrap
     means of cc_norm (``bootstrap``: (resamples, summaries), with --n_bootstrap)."""
@@ -483,18 +486,22 @@ def layer_scores(features, task, device=None, what="features", fraction=1.0):
     if fraction < 1:
         subset = task.subsets[fraction]
         x_train, y_train, splits = x_train[subset.rows], y_train[subset.rows], subset.splits
-    weights, alphas, _ = eval_utils.fit_ridge_cv(x_train, y_train, task.alphas, splits,
-                                                 device=device,
-                                                 progress=processes.is_main_process(),
-                                                 score=task.alpha_score)
-    parts = processes.gather_from_processes(
-        ((x_test @ weights).astype(np.float32, copy=False), alphas))  # under torchrun: shares
+    weights, alphas, cv_scores = eval_utils.fit_ridge_cv(x_train, y_train, task.alphas, splits,
+                                                         device=device,
+                                                         progress=processes.is_main_process(),
+                                                         score=task.alpha_score)
+    parts = processes.gather_from_processes(  # under torchrun: each process's share of voxels
+        ((x_test @ weights).astype(np.float32, copy=False), alphas,
+         *eval_utils.alpha_grid_counts(  # over the voxels the summaries average
+             cv_scores, task.alphas, task.voxels[processes.process_share(task.voxels.size)])))
     prediction = np.hstack([part[0] for part in parts])
     alphas = np.concatenate([part[1] for part in parts])
     r = eval_utils.column_correlation(prediction, responses.test)
     normaliser = responses.normaliser
     cc_norm = np.divide(r, normaliser, out=np.zeros_like(r), where=normaliser > 0)
-    scores = {"r": r, "cc_norm": cc_norm.astype(r.dtype, copy=False), "alpha": alphas}
+    scores = {"r": r, "cc_norm": cc_norm.astype(r.dtype, copy=False), "alpha": alphas,
+              "alpha_edges": sum(part[2] for part in parts),
+              "alpha_score_sum": sum(part[3] for part in parts)}
     if fraction < 1:
         return scores
     scores["prediction"] = prediction

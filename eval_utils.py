@@ -770,6 +770,78 @@ def percentile_interval(samples, confidence=0.95):
     return low, high
 
 
+# ----------------------------------------------------------------------------- penalty grid
+
+EDGE_WARNING_FRACTION = 0.05  # more voxels than this at an end of the grid: it may be too narrow
+# A voxel sits at an end when its score there beats the next alpha's by more than this share of
+# its score's range over the grid: the curve still rises at the end. (Both scores level off
+# far out at either end, where the best of a plateau is a matter of rounding.)
+EDGE_RISE = 1e-2
+
+
+def alpha_grid_counts(cv_scores, alphas, voxels=None):
+    """Where a ridge's per-voxel choices sit on its penalty grid.
+
+    Parameters
+    ----------
+    cv_scores : (n_alphas, n_voxels) array, ``fit_ridge_cv``'s mean held-out scores
+    alphas : (n_alphas,) the penalties, in any order
+    voxels : (n_voxels,) bool, the voxels to count (e.g. those above the noise-ceiling
+        threshold); None: all
+
+    Returns
+    -------
+    edges : (3,) int64, the voxels at the grid's smallest alpha, at its largest, and the voxels
+        counted: those of ``voxels`` whose score is not the same at every alpha (constant
+        responses choose nothing). A voxel is at an end when its best score is there and
+        beats the neighbouring alpha's by more than ``EDGE_RISE`` of its range.
+    score_sum : (n_alphas,) float64, the sum of the counted voxels' scores (order of ``alphas``)
+    Sums, so that the parts of several processes add up.
+    """
+    order = np.argsort(alphas, kind="stable")
+    scores = np.asarray(cv_scores, np.float64)[order]
+    spread = scores.max(0) - scores.min(0)
+    counted = spread > 0
+    if voxels is not None:
+        counted &= np.asarray(voxels, bool)
+    scores, spread = scores[:, counted], spread[counted]
+    best = scores.argmax(0)
+    if len(scores) < 2:
+        lowest = highest = np.zeros_like(best, bool)
+    else:
+        lowest = (best == 0) & (scores[0] - scores[1] > EDGE_RISE * spread)
+        highest = (best == len(scores) - 1) & (scores[-1] - scores[-2] > EDGE_RISE * spread)
+    edges = np.array([lowest.sum(), highest.sum(), counted.sum()], np.int64)
+    return edges, np.asarray(cv_scores, np.float64)[:, counted].sum(1)
+
+
+def alpha_grid_summary(alphas, edges, score_sum, widen_decades=3.0):
+    """The fractions of voxels at each end of the grid, the mean CV score per alpha, and a wider
+    grid where more than ``EDGE_WARNING_FRACTION`` sit at an end (None otherwise).
+
+    ``edges`` and ``score_sum`` are ``alpha_grid_counts``'s (summed over processes). The wider
+    grid keeps the grid's median log spacing and reaches ``widen_decades`` beyond each crowded
+    end. Returns a dict: ``lowest_fraction``, ``highest_fraction``, ``n_voxels``,
+    ``mean_cv_score`` ((n_alphas,) in the order of ``alphas``, None without a counted voxel),
+    ``wider_alphas`` (sorted, or None).
+    """
+    alphas = np.asarray(alphas, np.float64)
+    n_lowest, n_highest, n = (int(count) for count in edges)
+    low, high = (n_lowest / n, n_highest / n) if n else (0.0, 0.0)
+    wider = None
+    if max(low, high) > EDGE_WARNING_FRACTION and len(alphas) > 1:
+        logs = np.log10(np.sort(alphas))
+        step = float(np.median(np.diff(logs))) or 1.0
+        extra = step * np.arange(1, int(np.ceil(widen_decades / step)) + 1)
+        logs = np.concatenate([
+            logs[0] - extra[::-1] if low > EDGE_WARNING_FRACTION else [], logs,
+            logs[-1] + extra if high > EDGE_WARNING_FRACTION else []])
+        wider = (10.0 ** logs).tolist()
+    return {"lowest_fraction": low, "highest_fraction": high, "n_voxels": n,
+            "mean_cv_score": (np.asarray(score_sum, np.float64) / n).tolist() if n else None,
+            "wider_alphas": wider}
+
+
 # ----------------------------------------------------------------------------- summaries
 
 def percent_drop(before, after):

@@ -96,15 +96,16 @@ def interval_bars(axis, positions, intervals, colour):
                   ecolor=colour, capsize=3, linewidth=1)
 
 
-def plot_data_efficiency(path, curves, ylabel, title):
-    """Write ``data_efficiency_figure(curves, ylabel, title)`` as a PNG at ``path``."""
-    _save(path, data_efficiency_figure(curves, ylabel, title))
+def plot_curves_per_layer(path, curves, xlabel, ylabel, title, log_x=False):
+    """Write ``curves_per_layer_figure(...)`` as a PNG at ``path``."""
+    _save(path, curves_per_layer_figure(curves, xlabel, ylabel, title, log_x))
 
 
-def data_efficiency_figure(curves, ylabel, title):
-    """A panel per layer, one line per model: value against the number of training rows.
+def curves_per_layer_figure(curves, xlabel, ylabel, title, log_x=False):
+    """A panel per layer, one line per model: value against x (the training rows of the data
+    efficiency, the penalties of the ridge's grid).
 
-    ``curves``: model label -> {layer: {training rows: value}}; None values leave a gap."""
+    ``curves``: model label -> {layer: {x: value}}; None values leave a gap."""
     plt = _pyplot()
     layers = sorted({layer for by_layer in curves.values() for layer in by_layer})
     columns = min(len(layers), 4)
@@ -119,7 +120,9 @@ def data_efficiency_figure(curves, ylabel, title):
                       color=model_colour(model), label=model)
         axis.axhline(0.0, color="grey", linewidth=0.5)
         axis.set_title(f"layer {layer}", fontsize=9)
-        axis.set_xlabel("training TRs")
+        axis.set_xlabel(xlabel)
+        if log_x:
+            axis.set_xscale("log")
     for axis in axes.flat[len(layers):]:
         axis.set_visible(False)
     for axis in axes[:, 0]:

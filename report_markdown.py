@@ -151,6 +151,7 @@ def render(out, alignment, planted, downstream, summary, title, truth):
         lines += _across_subjects_section(summary)
     lines += _reliance_section(out, alignment, summary, planted)
     lines += _preference_section(out, alignment, summary)
+    lines += _penalty_grid_section(out, alignment)
     for folder, probe in downstream.items():
         lines += _probe_section(out, folder, probe)
     lines += ["## Summary", "", "```json", run_utils.json_text(summary, indent=1), "```", ""]
@@ -417,6 +418,33 @@ def _efficiency_section(out, alignment, summary):
             _table(["model", *[f"{fraction:.0%} of training rows" for fraction in fractions]],
                    cells), "",
             _image(out, alignment.folder / "data_efficiency.png", "data efficiency"), ""]
+
+
+def _penalty_grid_section(out, alignment):
+    """Per model and layer, the share of voxels whose penalty is an end of the grid, and a wider
+    grid where more than 5% are (docs/alignment.md#the-penalty-grid)."""
+    grids = [g for g in alignment.results.alpha_grid if g.low_level == "none"
+             and g.train_fraction == 1]
+    if not grids:
+        return []
+    alphas = grids[0].alphas
+    cells = [[g.model, g.layer, f"{g.lowest_fraction:.0%}", f"{g.highest_fraction:.0%}",
+              g.n_voxels] for g in grids]
+    crowded = [g for g in grids if g.wider_alphas is not None]
+    verdict = "No model and layer has more than 5% of its voxels at an end of the grid."
+    if crowded:
+        widest = max((g.wider_alphas for g in crowded), key=len)
+        verdict = (f"{len(crowded)} of {len(grids)} have more than 5% at an end: the grid may "
+                   "be too narrow for them (their best penalty may lie beyond it). A wider "
+                   f"grid: `--alphas {' '.join(f'{a:.4g}' for a in widest)}`.")
+    return ["## The penalty grid", "",
+            f"The ridge chose each voxel's penalty from {len(alphas)} values, {min(alphas):.3g} "
+            f"to {max(alphas):.3g} (`--alphas`). Share of the voxels averaged whose choice is "
+            "the lowest or the highest (those of the models without a feature set removed; all "
+            "in `alpha_grid.csv`):", "",
+            _table(["model", "layer", "at the lowest", "at the highest", "voxels"], cells), "",
+            verdict, "",
+            _image(out, alignment.folder / "alpha_grid.png", "mean CV score per penalty"), ""]
 
 
 def _across_subjects_section(summary):

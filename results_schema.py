@@ -22,7 +22,8 @@ from pathlib import Path
 import run_utils
 from run_utils import DatasetError, UsageError
 
-SCHEMA_VERSION = 2  # 2: intervals of drops and preferences, comparisons per measure, departures
+SCHEMA_VERSION = 3  # 2: intervals of drops and preferences, comparisons per measure, departures;
+# 3: the penalty grid of each fitted encoding model (alpha_grid)
 RESULTS_FILE = "results.json"
 RUN_CONFIG_FILE = "run_config.json"
 FIX = "evaluate again with brain_evaluate.py"
@@ -98,6 +99,26 @@ class PreferenceRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlphaGridRow:
+    """Where one fitted encoding model's per-voxel penalties sit on its grid (a row of
+    alpha_grid.csv, docs/alignment.md#the-penalty-grid): the fractions of the voxels (those
+    the voxel means average, less any whose CV score is the same at every alpha) whose best
+    alpha is the grid's lowest or highest, the
+    mean CV score per alpha, and a wider grid where more than 5% sit at an end."""
+
+    model: str
+    layer: int
+    low_level: str
+    train_fraction: float
+    n_voxels: int
+    lowest_fraction: float
+    highest_fraction: float
+    alphas: tuple[float, ...]
+    mean_cv_score: tuple[float, ...] | None
+    wider_alphas: tuple[float, ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Departure:
     """A setting of the run that is not the paper's (docs/method.md#departures-from-the-paper),
     both values as written on the command line."""
@@ -168,6 +189,7 @@ class AlignmentResults:
     results: tuple[ResultRow, ...]
     comparisons: tuple[ComparisonRow, ...]
     semantic_preference: tuple[PreferenceRow, ...]
+    alpha_grid: tuple[AlphaGridRow, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,14 +203,14 @@ class ResultsFolder:
 
 # ----------------------------------------------------------------------------- writing
 
-def results_document(facts, rows, comparisons, preference_rows):
+def results_document(facts, rows, comparisons, preference_rows, alpha_rows):
     """The JSON content of results.json: ``facts`` (subject, train_stories, test_story,
     models, nc_thr, subject_voxels, scored_voxels, excluded_voxels, fitted_voxels, regions,
     protocol) and the rows, checked against the schema (a SchemaError is a bug of the writer)
     and laid out in its order, with ``schema_version``."""
     payload = json.loads(run_utils.json_text({  # as written: NaN as null, paths as strings
         "schema_version": SCHEMA_VERSION, **facts, "results": rows, "comparisons": comparisons,
-        "semantic_preference": preference_rows}))
+        "semantic_preference": preference_rows, "alpha_grid": alpha_rows}))
     return to_json(from_json(AlignmentResults, payload))
 
 

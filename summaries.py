@@ -190,7 +190,7 @@ def with_summary(scores, task):
     their ``summary``: per (region, aggregation) key of ``task.summaries``, mean ``r`` and
     ``cc_norm``, ``n_voxels``, the ``ci`` of the mean cc_norm ((low, high), from the
     bootstrap) and the ``significant_fraction`` of voxels (q < --fdr_q); None where not
-    defined or not computed."""
+    defined or not computed; and the ``alpha_grid`` (``eval_utils.alpha_grid_summary``)."""
     summaries = task.summaries
     scores = dict(scores)
     summary = {"r": summarise(scores["r"], summaries),
@@ -198,6 +198,8 @@ def with_summary(scores, task):
                "n_voxels": dict(zip(summaries.keys, summaries.n_voxels))}
     none = dict.fromkeys(summaries.keys)
     summary["ci"], summary["significant_fraction"] = none, none
+    summary["alpha_grid"] = eval_utils.alpha_grid_summary(task.alphas, scores["alpha_edges"],
+                                                          scores["alpha_score_sum"])
     if "p_value" in scores:
         scores["q_value"] = scipy.stats.false_discovery_control(
             scores["p_value"].astype(np.float64)).astype(scores["p_value"].dtype)

@@ -173,6 +173,37 @@ def _no_model_loading(monkeypatch):
     monkeypatch.setattr(speech_models, "load_encoder", fail)
 
 
+def test_a_narrow_penalty_grid_is_warned_of_with_a_wider_one(setup, caplog):
+    """--alphas 0.01 0.1 1 is far below what these voxels need: most choose its highest alpha.
+    Each (model, layer) says so in one warning line with a wider grid, results.json and
+    alpha_grid.csv record it, and the counts agree with the per-voxel alphas saved."""
+    root = setup[0]
+    with caplog.at_level(logging.WARNING):
+        assert _run(setup, "--layers", "2", "--nc_thr", "0.2", "--alphas", "0.01", "0.1", "1",
+                    save="narrow") == 0
+    out = root / "narrow" / "run"
+    grids = json.loads((out / "results.json").read_text())["alpha_grid"]
+    assert [(g["model"], g["layer"], g["low_level"]) for g in grids] == [
+        ("pretrained", 2, "none"), ("model1", 2, "none")]
+    scored = np.load(out / run_utils.SUMMARY_VOXELS_NAME)
+    warnings = [r.getMessage() for r in caplog.records if "too narrow" in r.getMessage()]
+    assert len(warnings) == 2
+    for grid, warning in zip(grids, warnings):
+        assert grid["alphas"] == [0.01, 0.1, 1.0] and grid["n_voxels"] == len(scored)
+        assert grid["highest_fraction"] > 0.5
+        at_highest = np.load(out / run_utils.voxel_results_name(grid["model"], 2))["alpha"]
+        assert grid["highest_fraction"] * len(scored) <= (at_highest[scored] == 1.0).sum()
+        assert grid["wider_alphas"][-1] == pytest.approx(1000)  # three decades up
+        assert set(np.round(np.log10(grid["wider_alphas"]), 9)) >= {-2, -1, 0, 1, 2, 3}
+        assert warning.startswith(f"{grid['model']} layer 2: of the {len(scored)} voxels")
+        assert warning.count("\n") == 0 and "--alphas " + " ".join(
+            f"{a:.4g}" for a in grid["wider_alphas"]) in warning
+    assert (out / "alpha_grid.png").exists()
+    rows = list(csv.DictReader(open(out / "alpha_grid.csv")))
+    assert [float(row["highest_fraction"]) for row in rows] == [
+        g["highest_fraction"] for g in grids]
+
+
 def test_existing_results_are_refused_before_any_work(setup, caplog, monkeypatch):
     root, _ = setup
     assert _run_shared(setup, "--layers", "2", save="kept") == 0

@@ -282,6 +282,67 @@ def test_ridge_dtype_batches_and_torch_backend_agree():
     assert double[0].dtype == np.float64
 
 
+def _brute_force_cv_scores(X, Y, alphas, splits):
+    """(n_alphas, n_voxels) mean held-out correlation over the splits, one sklearn fit each."""
+    scores = np.zeros((len(alphas), Y.shape[1]))
+    for a, alpha in enumerate(alphas):
+        for train, held_out in splits:
+            prediction = Ridge(alpha=alpha, fit_intercept=False).fit(
+                X[train], Y[train]).predict(X[held_out])
+            scores[a] += [np.corrcoef(prediction[:, v], Y[held_out, v])[0, 1]
+                          for v in range(Y.shape[1])]
+    return scores / len(splits)
+
+
+def test_alpha_grid_counts_agree_with_a_brute_force_search():
+    X, Y = _problem(n=300, v=40, seed=3)
+    Y[:, 5] = 1.0  # constant: chooses nothing, not counted
+    alphas = np.array([100.0, 1.0, 10.0])  # in any order
+    splits = eval_utils.bootstrap_chunk_splits([150, 150], n_boots=3, chunk_len=20)
+    _, _, cv_scores = eval_utils.fit_ridge_cv(X, Y, alphas, splits, score="corr")
+    brute = np.nan_to_num(_brute_force_cv_scores(X, Y, alphas, splits))
+    np.testing.assert_allclose(cv_scores, brute, atol=1e-8)
+    scored = np.arange(40) % 4 != 0  # e.g. the voxels above the ceiling threshold
+    edges, score_sum = eval_utils.alpha_grid_counts(cv_scores, alphas, scored)
+    counted = scored & (np.ptp(brute, axis=0) > 0)
+    ends = {"lowest": 0, "highest": 0}
+    for voxel in np.flatnonzero(counted):  # (1, 10, 100): the curve still rising at the end?
+        curve = dict(zip(alphas, brute[:, voxel]))
+        rise = eval_utils.EDGE_RISE * np.ptp(brute[:, voxel])
+        best = max(curve, key=curve.get)
+        ends["lowest"] += best == 1.0 and curve[1.0] - curve[10.0] > rise
+        ends["highest"] += best == 100.0 and curve[100.0] - curve[10.0] > rise
+    assert counted.sum() == 29 and min(ends.values()) > 0
+    assert edges.tolist() == [ends["lowest"], ends["highest"], counted.sum()]
+    np.testing.assert_allclose(score_sum, brute[:, counted].sum(1), atol=1e-8)
+    # the parts of two processes add up to the whole
+    halves = [eval_utils.alpha_grid_counts(cv_scores[:, part], alphas, scored[part])
+              for part in (slice(0, 17), slice(17, 40))]
+    np.testing.assert_array_equal(halves[0][0] + halves[1][0], edges)
+    np.testing.assert_allclose(halves[0][1] + halves[1][1], score_sum)
+
+
+def test_a_wider_grid_covers_the_voxels_a_narrow_one_crowds_at_its_end():
+    """Noisy voxels call for penalties above a narrow grid: they crowd at its highest alpha, the
+    summary proposes a grid three decades wider at that end (the same log step), and refitted
+    on it under a third as many sit at an end."""
+    X, Y = _problem(n=300, v=40, seed=3)
+    splits = eval_utils.bootstrap_chunk_splits([150, 150], n_boots=3, chunk_len=20)
+    narrow = np.logspace(-1, 1, 5)
+    _, _, cv_scores = eval_utils.fit_ridge_cv(X, Y, narrow, splits, score="r2")
+    grid = eval_utils.alpha_grid_summary(narrow, *eval_utils.alpha_grid_counts(cv_scores, narrow))
+    assert grid["highest_fraction"] > 0.5 and grid["n_voxels"] == 40
+    assert grid["lowest_fraction"] <= eval_utils.EDGE_WARNING_FRACTION
+    np.testing.assert_allclose(grid["mean_cv_score"], cv_scores.mean(1))
+    np.testing.assert_allclose(grid["wider_alphas"], np.logspace(-1, 4, 11))  # only upwards
+    wider = np.array(grid["wider_alphas"])
+    _, _, cv_wider = eval_utils.fit_ridge_cv(X, Y, wider, splits, score="r2")
+    again = eval_utils.alpha_grid_summary(wider, *eval_utils.alpha_grid_counts(cv_wider, wider))
+    assert again["highest_fraction"] + again["lowest_fraction"] < grid["highest_fraction"] / 3
+    quiet = eval_utils.alpha_grid_summary(narrow, np.array([1, 2, 100]), np.zeros(5))
+    assert quiet["wider_alphas"] is None and quiet["highest_fraction"] == 0.02
+
+
 def test_ridge_constant_voxels_do_not_break():
     X, Y = _problem(v=5)
     Y[:, 2] = 0.0

@@ -33,9 +33,12 @@ PLAIN_PROTOCOL = {**AUTHORS_PROTOCOL, "tr_source": "respdict", "tr_path": None,
 PARCEL_CC_NORM, PARCEL_DROP = 9.0, 777.0  # values of the rows no headline number may use
 
 
+GRID = [10.0, 100.0, 1000.0]  # the penalty grid of the written results
+
+
 def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), preference=None,
                drop=12.5, n_voxels=None, subject="UTS01", new_style=False, fractions=(),
-               cc_norm=None, comparisons=None, protocol=None, departures=()):
+               cc_norm=None, comparisons=None, protocol=None, departures=(), highest=None):
     """A brain_evaluate.py-like results folder (its results.json laid out by
     ``results_schema``) with per-voxel cc_norm drawn at random.
 
@@ -100,8 +103,15 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
     (folder / "run_config.json").write_text(json.dumps({
         "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
         **facts, "run": {}}))
+    highest = highest or {}
+    alpha_rows = [{"model": m, "layer": k, "low_level": "none", "train_fraction": 1.0,
+                   "n_voxels": int(scored.sum()), "lowest_fraction": 0.0,
+                   "highest_fraction": highest.get((m, k), 0.0), "alphas": GRID,
+                   "mean_cv_score": [0.1, 0.2, 0.15],
+                   "wider_alphas": GRID + [1e4, 1e5] if (m, k) in highest else None}
+                  for m in models for k in (1, 2)]
     (folder / "results.json").write_text(json.dumps(results_schema.results_document(
-        facts, rows, comparisons or [], preference_rows)))
+        facts, rows, comparisons or [], preference_rows, alpha_rows)))
     return values
 
 
@@ -892,6 +902,9 @@ COMPARISON_COLUMNS = ["model", "baseline", "layer", "measure", "low_level", "reg
                       "ci_high", "verdict"]
 PREFERENCE_COLUMNS = ["model", "layer", "semantic_r", "semantic_columns", "phonetic_r",
                       "phonetic_columns", "preference", "ci_low", "ci_high"]
+ALPHA_GRID_COLUMNS = ["model", "layer", "low_level", "train_fraction", "n_voxels",
+                      "lowest_fraction", "highest_fraction", "alphas", "mean_cv_score",
+                      "wider_alphas"]
 
 
 def _written_scores(rng, keys, n_voxels, empty=()):
@@ -909,7 +922,10 @@ def _written_scores(rng, keys, n_voxels, empty=()):
                                                                means[key] + 0.05)
                                for key in keys},
                         "significant_fraction": {key: None if key in empty else 0.25
-                                                 for key in keys}}}
+                                                 for key in keys},
+                        "alpha_grid": {"lowest_fraction": 0.0, "highest_fraction": 0.5,
+                                       "n_voxels": n_voxels, "mean_cv_score": [0.1, 0.2, 0.3],
+                                       "wider_alphas": GRID + [1e4, 1e5]}}}
 
 
 def test_the_writers_results_round_trip_through_the_schema(tmp_path):
@@ -925,7 +941,7 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
         responses=types.SimpleNamespace(train=range(100), test=range(20)),
         fitted_indices=lambda: np.arange(N_VOXELS), subsets={0.5: types.SimpleNamespace(
             rows=range(50))}, summaries=types.SimpleNamespace(keys=keys),
-        full=lambda values: values, voxels=np.ones(N_VOXELS, bool))
+        full=lambda values: values, voxels=np.ones(N_VOXELS, bool), alphas=GRID)
     all_results = {label: {layer: {
         "encoding": {analysis: _written_scores(rng, keys, N_VOXELS, empty=[keys[2]])
                      for analysis in ("none", "powspec")},
@@ -949,7 +965,11 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
     written = json.loads((out / "results.json").read_text())
     assert written["schema_version"] == results_schema.SCHEMA_VERSION
     assert list(written) == ["schema_version", *facts, "results", "comparisons",
-                             "semantic_preference"]
+                             "semantic_preference", "alpha_grid"]
+    assert [(g["model"], g["layer"], g["low_level"], g["train_fraction"], g["alphas"])
+            for g in written["alpha_grid"]] == [
+        (m, k, a, f, GRID) for m in ("pretrained", "final") for k in (1, 2)
+        for a, f in (("none", 1.0), ("powspec", 1.0), ("none", 0.5))]
     read = results_schema.read_results(out / "results.json")
     assert results_schema.to_json(read) == written
     assert [results_schema.to_json(row) for row in read.results] == run_utils.json_safe(rows)
@@ -961,7 +981,8 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
     assert read.protocol.train_fraction == (0.5, 1.0) and read.regions.shown == ("front",)
     for name, columns in (("results.csv", RESULT_COLUMNS),
                           ("comparisons.csv", COMPARISON_COLUMNS),
-                          ("semantic_preference.csv", PREFERENCE_COLUMNS)):
+                          ("semantic_preference.csv", PREFERENCE_COLUMNS),
+                          ("alpha_grid.csv", ALPHA_GRID_COLUMNS)):
         assert (out / name).read_text().splitlines()[0].split(",") == columns
     assert [field.name for field in dataclasses.fields(results_schema.ResultRow)] == (
         RESULT_COLUMNS)
@@ -976,6 +997,8 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
                                            row["train_fraction"]) ==
         ("final", 2, "all", "voxel_mean", "none", 1.0))
     assert "## Brain regions" in text and "## Data efficiency" in text
+    assert "4 of 4 have more than 5% at an end" in text and "--alphas 10 100 1000 1e+04 1e+05" in text
+    assert "![mean CV score per penalty](../alignment/alpha_grid.png)" in text
     assert "- `--chunk_s`: 1.0 (the paper's: 0.1)" in text
     # every comparison's interval, from the same resamples of both models, brute force
     confidence = 100 * (1 - read.protocol.confidence) / 2
@@ -1012,19 +1035,23 @@ def test_a_writer_that_leaves_the_schema_fails_loudly(tmp_path):
     _setup(tmp_path)
     written = json.loads((tmp_path / "alignment" / "results.json").read_text())
     facts = {key: value for key, value in written.items() if key not in (
-        "schema_version", "results", "comparisons", "semantic_preference")}
+        "schema_version", "results", "comparisons", "semantic_preference", "alpha_grid")}
     rows, preference = written["results"], written["semantic_preference"]
-    assert results_schema.results_document(facts, rows, [], preference) == written
+    grids = written["alpha_grid"]
+    assert results_schema.results_document(facts, rows, [], preference, grids) == written
     with pytest.raises(results_schema.SchemaError, match=r"results\[0\] has unknown field"):
-        results_schema.results_document(facts, [{**rows[0], "extra": 1}], [], preference)
+        results_schema.results_document(facts, [{**rows[0], "extra": 1}], [], preference, grids)
+    with pytest.raises(results_schema.SchemaError, match=r"alpha_grid\[0\]"):
+        results_schema.results_document(facts, rows, [], preference,
+                                        [{**grids[0], "alphas": "10 100"}])
     with pytest.raises(results_schema.SchemaError, match="the file lacks 'protocol'"):
         results_schema.results_document({key: value for key, value in facts.items()
-                                         if key != "protocol"}, rows, [], preference)
+                                         if key != "protocol"}, rows, [], preference, grids)
     # the protocol is open: a flag declared part of it later is recorded as it is
     document = results_schema.results_document(
-        {**facts, "protocol": {**facts["protocol"], "new_flag": 1}}, rows, [], preference)
+        {**facts, "protocol": {**facts["protocol"], "new_flag": 1}}, rows, [], preference, grids)
     assert document["protocol"] == {**facts["protocol"], "new_flag": 1}
     with pytest.raises(results_schema.SchemaError, match="protocol lacks 'test_target'"):
         results_schema.results_document(
             {**facts, "protocol": {key: value for key, value in facts["protocol"].items()
-                                   if key != "test_target"}}, rows, [], preference)
+                                   if key != "test_target"}}, rows, [], preference, grids)
