@@ -48,13 +48,9 @@ class EncodingFlags(arguments.Flags):
                               "(and whose test-story responses vary); a run with no such voxel "
                               "is refused")
     voxels: str = flag("all", metavar="SELECTION", group=GROUP,
-                       help="the voxels encoding models are fitted and scored on: 'all', 'nc>T' "
-                            "(noise ceiling of --nc_path above T, e.g. nc>0.4) or the name of a "
-                            "region or group of --regions; only their columns are read, so time "
-                            "and memory scale with the selection. Per-voxel results keep the "
-                            "subject's voxel space (NaN where not fitted) and equal those of an "
-                            "'all' run; every summary (and the FDR) is over the fitted voxels "
-                            "only (results.json fitted_voxels)")
+                       help="the voxels fitted and scored: 'all', 'nc>T' (noise ceiling of "
+                            "--nc_path above T, e.g. nc>0.4) or a region or group of --regions; "
+                            "summaries cover them only (docs/alignment.md)")
     alphas: list[float] | None = flag(None, group=GROUP,
                                       help="ridge penalties (ordinary ridge); default: the "
                                            "paper's logspace(1, 4, 15) in singular-value units, "

@@ -74,10 +74,8 @@ class Settings(OutputFlags, ModelFlags, ProbeFlags, dataset="TIMIT",
                                    "(brain-tuning's backbone rate)")
     frame_memory_gb: float = flag(
         asr.FRAME_MEMORY_GB,
-        help="frozen: the size of the frame features extracted together: the layers whose "
-             "float32 features fit in it share one forward pass per utterance (else each "
-             "layer's pass runs the encoder up to it again); the peak memory is about twice it "
-             "while they are joined, in every torchrun process")
+        help="frozen: GB of frame features extracted together; layers that fit share one "
+             "forward pass per utterance (peak memory about twice it; docs/downstream.md)")
     seed: int = flag(0, help="seed of the head's initialisation, the training order, dropout "
                              "and the --max_examples subsets")
     save_dir: str = flag("outputs/downstream", group="output", resumable=True,

@@ -151,10 +151,27 @@ def test_synthetic_timit_spells_each_phone_with_a_letter(setup):
 
 # ----------------------------------------------------------------------------- the script
 
-def test_characters_are_recognised_well_above_chance(setup, caplog):
-    caplog.set_level(logging.INFO)
-    assert _run(setup, "--model_path", str(setup / "run"), "--layers", "0", *TRAINING) == 0
-    out = setup / "out" / "whisper_asr"
+@pytest.fixture(scope="module")
+def characters_run(setup):
+    """The run on characters (pretrained and tuned, layer 0) and its log text, shared: the
+    phones test reuses the frame features it cached."""
+    messages = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        assert _run(setup, "--model_path", str(setup / "run"), "--layers", "0", *TRAINING) == 0
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return setup / "out" / "whisper_asr", "\n".join(messages)
+
+
+def test_characters_are_recognised_well_above_chance(setup, characters_run):
+    out, log = characters_run
     saved = json.loads((out / "results.json").read_text())
     assert saved["task"] == "asr" and saved["target"] == "characters"
     assert saved["score"] == "one_minus_wer" and saved["tokens"][:2] == [asr.BLANK, " "]
@@ -173,10 +190,10 @@ def test_characters_are_recognised_well_above_chance(setup, caplog):
         assert row["one_minus_wer"] == pytest.approx(1 - row["wer"])
         assert 1 - row["cer"] > max(0.6, 1 - chance["cer"] + 0.3), (row, chance)
         assert row["one_minus_wer"] > max(0.3, chance["one_minus_wer"] + 0.3), (row, chance)
-    assert "one_minus_wer:" in caplog.text and "cer:" in caplog.text
+    assert "one_minus_wer:" in log and "cer:" in log
 
 
-def test_phones_are_recognised_from_the_cached_features(setup, monkeypatch):
+def test_phones_are_recognised_from_the_cached_features(setup, characters_run, monkeypatch):
     assert (setup / "cache").is_dir()  # written by the run on characters, same files and layer
 
     def no_extraction(*args, **kwargs):

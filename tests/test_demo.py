@@ -48,7 +48,10 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
     plots = sorted(out.rglob("*.png"))
     assert {plot.name for plot in plots} == {
         "alignment.png", "comparison.png", "reliance.png", "semantic_preference.png",
-        "data_efficiency.png", "phonemes.png"}
+        "data_efficiency.png", "phonemes.png", "alpha_grid.png"}
     for plot in plots:
         assert f"]({plot.relative_to(out)})" in report
+    # the paper's penalty grid covers the demo's voxels: no warning of a narrow grid
+    assert "No model and layer has more than 5% of its voxels at an end" in report
+    assert "too narrow" not in result.stderr
     assert (out / "runs" / "tiny-wav2vec2_UTS01" / "run_config.json").exists()
