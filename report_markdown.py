@@ -433,15 +433,15 @@ def _penalty_grid_section(out, alignment):
     crowded = [g for g in grids if g.wider_alphas is not None]
     verdict = "No model and layer has more than 5% of its voxels at an end of the grid."
     if crowded:
-        widest = max((g.wider_alphas for g in crowded), key=len)
+        wider = sorted(set().union(*(g.wider_alphas for g in crowded)))  # both ends if need be
         verdict = (f"{len(crowded)} of {len(grids)} have more than 5% at an end: the grid may "
                    "be too narrow for them (their best penalty may lie beyond it). A wider "
-                   f"grid: `--alphas {' '.join(f'{a:.4g}' for a in widest)}`.")
+                   f"grid: `--alphas {' '.join(f'{a:.4g}' for a in wider)}`.")
     return ["## The penalty grid", "",
             f"The ridge chose each voxel's penalty from {len(alphas)} values, {min(alphas):.3g} "
             f"to {max(alphas):.3g} (`--alphas`). Share of the voxels averaged whose choice is "
-            "the lowest or the highest (those of the models without a feature set removed; all "
-            "in `alpha_grid.csv`):", "",
+            "the lowest or the highest with their CV score still rising there (the models "
+            "without a feature set removed; all in `alpha_grid.csv`):", "",
             _table(["model", "layer", "at the lowest", "at the highest", "voxels"], cells), "",
             verdict, "",
             _image(out, alignment.folder / "alpha_grid.png", "mean CV score per penalty"), ""]

@@ -38,7 +38,7 @@ GRID = [10.0, 100.0, 1000.0]  # the penalty grid of the written results
 
 def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), preference=None,
                drop=12.5, n_voxels=None, subject="UTS01", new_style=False, fractions=(),
-               cc_norm=None, comparisons=None, protocol=None, departures=(), highest=None):
+               cc_norm=None, comparisons=None, protocol=None, departures=(), grids=None):
     """A brain_evaluate.py-like results folder (its results.json laid out by
     ``results_schema``) with per-voxel cc_norm drawn at random.
 
@@ -103,12 +103,10 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
     (folder / "run_config.json").write_text(json.dumps({
         "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
         **facts, "run": {}}))
-    highest = highest or {}
     alpha_rows = [{"model": m, "layer": k, "low_level": "none", "train_fraction": 1.0,
                    "n_voxels": int(scored.sum()), "lowest_fraction": 0.0,
-                   "highest_fraction": highest.get((m, k), 0.0), "alphas": GRID,
-                   "mean_cv_score": [0.1, 0.2, 0.15],
-                   "wider_alphas": GRID + [1e4, 1e5] if (m, k) in highest else None}
+                   "highest_fraction": 0.0, "alphas": GRID, "mean_cv_score": [0.1, 0.2, 0.15],
+                   "wider_alphas": None, **(grids or {}).get((m, k), {})}
                   for m in models for k in (1, 2)]
     (folder / "results.json").write_text(json.dumps(results_schema.results_document(
         facts, rows, comparisons or [], preference_rows, alpha_rows)))
@@ -926,6 +924,21 @@ def _written_scores(rng, keys, n_voxels, empty=()):
                         "alpha_grid": {"lowest_fraction": 0.0, "highest_fraction": 0.5,
                                        "n_voxels": n_voxels, "mean_cv_score": [0.1, 0.2, 0.3],
                                        "wider_alphas": GRID + [1e4, 1e5]}}}
+
+
+def test_the_report_names_crowded_grids_and_one_grid_wide_enough_for_all(tmp_path):
+    _setup(tmp_path, grids={
+        ("pretrained", 1): {"lowest_fraction": 0.25, "wider_alphas": [1.0, *GRID]},
+        ("epoch 3", 2): {"highest_fraction": 0.4, "wider_alphas": [*GRID, 1e4]}})
+    assert _report(tmp_path) == 0
+    text = _outputs(tmp_path)[1]
+    assert "| pretrained | 1 | 25% | 0% |" in text and "| epoch 3 | 2 | 0% | 40% |" in text
+    assert "2 of 4 have more than 5% at an end" in text
+    assert "`--alphas 1 10 100 1000 1e+04`" in text  # both crowded ends widened
+    _setup(tmp_path / "quiet")
+    assert report.main(["--out", str(tmp_path / "quiet" / "report"), "--alignment",
+                        str(tmp_path / "quiet" / "alignment")]) == 0
+    assert "No model and layer has more than 5%" in _outputs(tmp_path / "quiet")[1]
 
 
 def test_the_writers_results_round_trip_through_the_schema(tmp_path):
