@@ -798,8 +798,8 @@ def alpha_grid_counts(cv_scores, alphas, voxels=None):
     score_sum : (n_alphas,) float64, the sum of the counted voxels' scores (order of ``alphas``)
     Sums, so that the parts of several processes add up.
     """
-    order = np.argsort(alphas, kind="stable")
-    scores = np.asarray(cv_scores, np.float64)[order]
+    cv_scores = np.asarray(cv_scores, np.float64)
+    scores = cv_scores[np.argsort(alphas, kind="stable")]
     spread = scores.max(0) - scores.min(0)
     counted = spread > 0
     if voxels is not None:
@@ -812,7 +812,7 @@ def alpha_grid_counts(cv_scores, alphas, voxels=None):
         lowest = (best == 0) & (scores[0] - scores[1] > EDGE_RISE * spread)
         highest = (best == len(scores) - 1) & (scores[-1] - scores[-2] > EDGE_RISE * spread)
     edges = np.array([lowest.sum(), highest.sum(), counted.sum()], np.int64)
-    return edges, np.asarray(cv_scores, np.float64)[:, counted].sum(1)
+    return edges, cv_scores[:, counted].sum(1)
 
 
 def alpha_grid_summary(alphas, edges, score_sum, widen_decades=3.0):

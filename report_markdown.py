@@ -422,7 +422,8 @@ def _efficiency_section(out, alignment, summary):
 
 def _penalty_grid_section(out, alignment):
     """Per model and layer, the share of voxels whose penalty is an end of the grid, and a wider
-    grid where more than 5% are (docs/alignment.md#the-penalty-grid)."""
+    grid where more than ``eval_utils.EDGE_WARNING_FRACTION`` are
+    (docs/alignment.md#the-penalty-grid)."""
     grids = [g for g in alignment.results.alpha_grid if g.low_level == "none"
              and g.train_fraction == 1]
     if not grids:
@@ -431,10 +432,11 @@ def _penalty_grid_section(out, alignment):
     cells = [[g.model, g.layer, f"{g.lowest_fraction:.0%}", f"{g.highest_fraction:.0%}",
               g.n_voxels] for g in grids]
     crowded = [g for g in grids if g.wider_alphas is not None]
-    verdict = "No model and layer has more than 5% of its voxels at an end of the grid."
+    share = f"{eval_utils.EDGE_WARNING_FRACTION:.0%}"
+    verdict = f"No model and layer has more than {share} of its voxels at an end of the grid."
     if crowded:
         wider = sorted(set().union(*(g.wider_alphas for g in crowded)))  # both ends if need be
-        verdict = (f"{len(crowded)} of {len(grids)} have more than 5% at an end: the grid may "
+        verdict = (f"{len(crowded)} of {len(grids)} have more than {share} at an end: the grid may "
                    "be too narrow for them (their best penalty may lie beyond it). A wider "
                    f"grid: `--alphas {' '.join(f'{a:.4g}' for a in wider)}`.")
     return ["## The penalty grid", "",
