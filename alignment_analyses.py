@@ -21,16 +21,20 @@ import processes
 import run_utils
 import speech_models
 from arguments import flag
-from encoding import layer_scores
+from encoding import ALL_ROWS, layer_scores, partition_scores
 from run_utils import DatasetError, UsageError
-from summaries import with_summary
+from summaries import PARTITION_PARTS, with_partition_summary, with_summary
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LAYERS = (2, 5, 7, 8, 10, 11, 12)  # the paper's hidden-state indices
 SEMANTIC_PREFERENCE = "semantic preference"  # the analysis name of --semantic_preference
-RESULT_FORMAT = 2  # of a kept result; 2: with the penalty grid's counts (older: fitted again)
+RESULT_FORMAT = 3  # of a kept result (older ones are fitted again); 2: with the penalty grid's
+# counts; 3: keyed by training subset, subsets with their bootstrap
 GROUP = "low-level reliance and semantic preference"
+LOW_LEVEL_METHODS = ("residual", "partition")  # --low_level_method
+PARTITION = "partition"  # the analysis name prefix of --low_level_method partition
+PARTITION_RATIOS = np.logspace(-3, 3, 7)  # the low-level band's penalty over the layer's
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -43,6 +47,19 @@ class AnalysisFlags(arguments.Flags):
                                      "regress out of each layer's features before fitting the "
                                      "encoding model again; each is removed on its own, 'a+b' "
                                      "removes a and b together")
+    low_level_method: list[str] = flag(
+        list(LOW_LEVEL_METHODS), choices=LOW_LEVEL_METHODS, group=GROUP, resumable=True,
+        protocol=True,
+        help="how --low_level reliance is measured: residual (the paper's: the drop in cc_norm "
+             "once the set is regressed out of the features) and/or partition (variance "
+             "partitioning: a banded ridge of the layer and the set together, each with its own "
+             "penalty, gives the variance unique to each and shared; about --partition_ratios "
+             "times the cost of a layer's fit); docs/alignment.md#variance-partitioning")
+    partition_ratios: list[float] | None = flag(
+        None, group=GROUP, protocol=True,
+        help="penalty ratios of the banded ridge of --low_level_method partition (the "
+             "low-level set's penalty over the layer's, each with every --alphas); default: "
+             "logspace(-3, 3, 7)")
     ngram_vocab_size: int = flag(1000, group=GROUP,
                                  help="diphone/triphone columns: the most frequent in the "
                                       "training stories")
@@ -85,7 +102,10 @@ class AnalysisFlags(arguments.Flags):
             raise UsageError(str(err)) from None
         if self.low_level_alphas is None:
             self.low_level_alphas = eval_utils.CONFOUND_ALPHAS.tolist()
-        arguments.check_penalties(self, "low_level_alphas")
+        if self.partition_ratios is None:
+            self.partition_ratios = PARTITION_RATIOS.tolist()
+        arguments.check_penalties(self, "low_level_alphas", "partition_ratios")
+        self.low_level_method = [m for m in LOW_LEVEL_METHODS if m in self.low_level_method]
 
 
 class Stimulus(NamedTuple):
@@ -141,33 +161,38 @@ def on_tr_grid(rows, n_grid_trs):
 
 def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, task, stimulus,
                    finished, low_level=(), low_level_alphas=eval_utils.CONFOUND_ALPHAS,
-                   device="cpu"):
+                   device="cpu", low_level_method=("residual",), partition_ratios=PARTITION_RATIOS):
     """Per-layer scores of one model, its features extracted from the stories of ``dataset``
     (``layer_features.model_tr_features``, cached in ``cache_dir``).
 
     ``layers``: the requested hidden-state indices, or None for ``DEFAULT_LAYERS``;
-    ``low_level``: specs ("a" or "a+b") of low-level feature sets of ``stimulus`` to regress
-    out, one analysis each. The semantic preference is scored when ``stimulus`` has
-    semantic features, and the encoding model fitted again on each of ``task.subsets``. Each
-    (layer, analysis, fraction) result held by ``finished`` (a ``FinishedResults``) is reused;
-    the others are computed and kept there at once.
+    ``low_level``: specs ("a" or "a+b") of low-level feature sets of ``stimulus``, one analysis
+    each per ``low_level_method``: "residual" regresses them out, "partition" partitions the
+    variance with them (``partition_scores``, penalty ratios ``partition_ratios``). The
+    semantic preference is scored when ``stimulus`` has semantic features, and the encoding
+    model fitted again on each of ``task.subsets``. Each (layer, analysis, training subset)
+    result held by ``finished`` (a ``FinishedResults``) is reused; the others are computed and
+    kept there at once.
 
-    Returns dict layer -> {"encoding": {analysis: scores}, "efficiency": {fraction: scores},
-    "semantic_preference": ... or None}, where analysis is "none" (the layer's features) or a
-    ``low_level`` item (the features with those low-level features regressed out), and scores
-    holds the per-voxel results (``layer_scores``) and their ``summary`` (``summarise``); and
+    Returns dict layer -> {"encoding": {analysis: scores}, "efficiency": {subset label:
+    scores}, "partition": {spec: scores}, "semantic_preference": ... or None}, where analysis
+    is "none" (the layer's features) or a ``low_level`` item (the features with those
+    low-level features regressed out), and scores holds the per-voxel results
+    (``layer_scores``) and their ``summary`` (``summarise``); and
     the model's fingerprint (``speech_models.fingerprint``), for the run's record.
     """
     encoder = speech_models.load_encoder(checkpoint, device)
     layers = run_utils.choose_layers(layers, encoder.depth, DEFAULT_LAYERS)
-    analyses = ["none", *low_level] + ([SEMANTIC_PREFERENCE] if stimulus.semantic is not None
-                                       else [])
-    cells = [(analysis, 1.0) for analysis in analyses] + [("none", f) for f in task.subsets]
-    keys = {(layer, analysis, fraction): {
+    residual = low_level if "residual" in low_level_method else []
+    partitioned = low_level if PARTITION in low_level_method else []
+    analyses = (["none", *residual, *[f"{PARTITION} {spec}" for spec in partitioned]]
+                + ([SEMANTIC_PREFERENCE] if stimulus.semantic is not None else []))
+    cells = ([(analysis, ALL_ROWS) for analysis in analyses]
+             + [("none", subset) for subset in task.subsets])
+    keys = {(layer, analysis, subset): {
         "fingerprint": encoder.fingerprint, "preprocessor": encoder.preprocessor.digest(),
-        "layer": layer, "analysis": analysis, "train_fraction": fraction,
-        "format": RESULT_FORMAT}
-        for layer in layers for analysis, fraction in cells}
+        "layer": layer, "analysis": analysis, "subset": subset, "format": RESULT_FORMAT}
+        for layer in layers for analysis, subset in cells}
     done = {cell: finished.load(key) for cell, key in keys.items()}
     reused = [_what(label, *cell) for cell, result in done.items() if result is not None]
     if reused:
@@ -183,30 +208,37 @@ def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, ta
                                                 cache_dir, device)
     results = {}
     for layer in layers:
-        for analysis, fraction in cells:
-            if done[layer, analysis, fraction] is None:
-                done[layer, analysis, fraction] = analysis_result(
+        for analysis, subset in cells:
+            if done[layer, analysis, subset] is None:
+                done[layer, analysis, subset] = analysis_result(
                     analysis, features[layer], task, stimulus, low_level_alphas, device,
-                    _what(label, layer, analysis, fraction), fraction)
+                    _what(label, layer, analysis, subset), subset,
+                    done[layer, "none", ALL_ROWS], partition_ratios)
                 if processes.is_main_process():
-                    finished.save(keys[layer, analysis, fraction],
-                                  done[layer, analysis, fraction])
-        results[layer] = {"encoding": {}, "efficiency": {}, "semantic_preference": done.get(
-            (layer, SEMANTIC_PREFERENCE, 1.0))}
-        for analysis, fraction in cells:
-            if analysis == SEMANTIC_PREFERENCE:
+                    finished.save(keys[layer, analysis, subset], done[layer, analysis, subset])
+        results[layer] = {"encoding": {}, "efficiency": {}, "partition": {
+            spec: with_partition_summary(done[layer, f"{PARTITION} {spec}", ALL_ROWS], task)
+            for spec in partitioned}, "semantic_preference": done.get(
+            (layer, SEMANTIC_PREFERENCE, ALL_ROWS))}
+        for spec, scores in results[layer]["partition"].items():
+            parts = scores["summary"]
+            logger.info("%s: of the variance explained, %.3f unique to the layer, %.3f shared, "
+                        "%.3f unique to %s", _what(label, layer, f"{PARTITION} {spec}"),
+                        *[parts[name][("all", "voxel_mean")] for name in PARTITION_PARTS], spec)
+        for analysis, subset in cells:
+            if analysis == SEMANTIC_PREFERENCE or analysis.startswith(f"{PARTITION} "):
                 continue
-            scores = with_summary(done[layer, analysis, fraction], task)
-            if fraction == 1:
+            scores = with_summary(done[layer, analysis, subset], task)
+            if subset == ALL_ROWS:
                 results[layer]["encoding"][analysis] = scores
             else:
-                results[layer]["efficiency"][fraction] = scores
+                results[layer]["efficiency"][subset] = scores
             mean = scores["summary"]["cc_norm"][("all", "voxel_mean")]
             logger.info("%s: mean cc_norm %.3f, mean r %.3f (%d voxels with NC > %s)",
-                        _what(label, layer, analysis, fraction), mean,
+                        _what(label, layer, analysis, subset), mean,
                         scores["summary"]["r"][("all", "voxel_mean")], task.voxels.sum(),
                         task.nc_thr)
-            warn_of_a_narrow_grid(_what(label, layer, analysis, fraction),
+            warn_of_a_narrow_grid(_what(label, layer, analysis, subset),
                                   scores["summary"]["alpha_grid"], task.alphas)
         preference = results[layer]["semantic_preference"]
         if preference is not None:
@@ -230,30 +262,37 @@ def warn_of_a_narrow_grid(what, grid, alphas):
                    ", ".join(ends), " ".join(f"{a:.4g}" for a in grid["wider_alphas"]))
 
 
-def _what(label, layer, analysis, fraction=1.0):
-    """"<model> layer <k>[ without <set> | semantic preference][, <f> of the training rows]",
-    for log lines."""
+def _what(label, layer, analysis, subset=ALL_ROWS):
+    """"<model> layer <k>[ without <set> | semantic preference | with <set> partitioned][,
+    <training subset>]", for log lines."""
     suffix = {"none": "", SEMANTIC_PREFERENCE: f" {SEMANTIC_PREFERENCE}"}.get(
-        analysis, f" without {analysis}")
-    share = "" if fraction == 1 else f", {fraction:g} of the training rows"
+        analysis, f" with {analysis.removeprefix(PARTITION + ' ')} partitioned"
+        if analysis.startswith(f"{PARTITION} ") else f" without {analysis}")
+    share = "" if subset == ALL_ROWS else f", {subset}"
     return f"{label} layer {layer}{suffix}{share}"
 
 
 def analysis_result(analysis, features, task, stimulus, low_level_alphas, device, what,
-                    fraction=1.0):
+                    subset=ALL_ROWS, own=None, partition_ratios=PARTITION_RATIOS):
     """One analysis of a layer's TR-grid features (story -> (grid TRs, hidden)): the
-    semantic preference (``semantic_preference``), or the encoding scores (``layer_scores``)
-    of the features ("none", fitted on ``fraction`` of the training rows) or of their
-    residuals after regressing out the low-level feature sets of ``analysis`` ("a" or
-    "a+b"). Only the features' own scores keep their test predictions."""
+    semantic preference (``semantic_preference``), the variance partitioning with the
+    low-level sets of "partition a[+b]" (``partition_scores``, from ``own``: the features' own
+    result), or the encoding scores (``layer_scores``) of the features ("none", fitted on
+    the training rows of ``subset``) or of their residuals after regressing out the
+    low-level feature sets of ``analysis`` ("a" or "a+b"). Only the features' own scores keep
+    their test predictions."""
     if analysis == SEMANTIC_PREFERENCE:
         return semantic_preference(features, stimulus.semantic, stimulus.phonetic, task.stories,
                                    task.test_story, task.alphas, task.splits, device,
                                    task.alpha_score, task.uncertainty)
     if analysis == "none":
-        return layer_scores(features, task, device, what, fraction)
+        return layer_scores(features, task, device, what, subset)
+    spec = analysis.removeprefix(f"{PARTITION} ")
     confounds = {story: np.hstack([stimulus.low_level[story][name]
-                                   for name in analysis.split("+")]) for story in features}
+                                   for name in spec.split("+")]) for story in features}
+    if spec != analysis:
+        return partition_scores(features, confounds, task, own["prediction"], partition_ratios,
+                                device, what)
     residuals = eval_utils.regress_out(features, confounds, task.stories, low_level_alphas,
                                        task.splits, device, score=task.alpha_score)
     scores = layer_scores(residuals, task, device, what)

@@ -15,7 +15,8 @@ import plots
 import results_schema
 import run_utils
 from alignment_analyses import DEFAULT_LAYERS
-from summaries import CONFIDENCE, FOLLOWUP_CEILING
+from encoding import ALL_ROWS
+from summaries import CONFIDENCE, FOLLOWUP_CEILING, PARTITION_MEASURES, PARTITION_PARTS
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ def write_results(out_dir, all_results, facts, task):
     fresh ``out_dir``.
     ``facts`` holds the subject, test story and the ``summary_voxels`` facts, for the titles.
 
-    Returns the alignment rows, the comparisons and the semantic-preference rows."""
-    rows, preference_rows, alpha_rows = [], [], []
+    Returns the alignment rows, the comparisons, the semantic-preference rows and the
+    variance-partitioning rows."""
+    rows, preference_rows, alpha_rows, partition_rows = [], [], [], []
     n_train = len(task.responses.train)
     trim = data_utils.TEST_RESPONSE_TRIM
     test_rows = np.arange(trim, trim + len(task.responses.test))
@@ -109,22 +111,24 @@ def write_results(out_dir, all_results, facts, task):
     for label, layers in all_results.items():
         for layer, result in layers.items():
             reference = result["encoding"]["none"]
-            fitted = [(analysis, 1.0, n_train, scores)
+            fitted = [(analysis, ALL_ROWS, 1.0, None, n_train, scores)
                       for analysis, scores in result["encoding"].items()]
-            fitted += [("none", fraction, len(task.subsets[fraction].rows), scores)
-                       for fraction, scores in result["efficiency"].items()]
-            for analysis, fraction, train_rows, scores in fitted:
-                rows += summary_rows(label, layer, analysis, fraction, train_rows, scores,
-                                     reference, task.summaries.keys)
+            fitted += [("none", name, task.subsets[name].fraction,
+                        _count(task.subsets[name].stories), len(task.subsets[name].rows), scores)
+                       for name, scores in result["efficiency"].items()]
+            for analysis, subset, fraction, stories, train_rows, scores in fitted:
+                rows += summary_rows(label, layer, analysis, (fraction, stories, train_rows),
+                                     scores, reference, task.summaries.keys)
                 grid = scores["summary"]["alpha_grid"]
                 alpha_rows.append({
                     "model": label, "layer": layer, "low_level": analysis,
-                    "train_fraction": fraction, "n_voxels": grid["n_voxels"],
+                    "train_fraction": fraction, "train_stories": stories,
+                    "n_voxels": grid["n_voxels"],
                     "lowest_fraction": grid["lowest_fraction"],
                     "highest_fraction": grid["highest_fraction"],
                     "alphas": [float(a) for a in task.alphas],
                     "mean_cv_score": grid["mean_cv_score"], "wider_alphas": grid["wider_alphas"]})
-                if fraction < 1:
+                if subset != ALL_ROWS:
                     continue
                 np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis),
                          **{name: task.full(scores[name]) for name in VOXEL_ARRAYS
@@ -133,28 +137,60 @@ def write_results(out_dir, all_results, facts, task):
                     np.savez(out_dir / run_utils.voxel_results_name(label, layer, analysis,
                                                                     "predictions"),
                              prediction=scores["prediction"], rows=test_rows, voxels=columns)
+            for spec, scores in result["partition"].items():
+                partition_rows += partition_summary_rows(label, layer, spec, scores,
+                                                         task.summaries.keys)
+                np.savez(out_dir / run_utils.voxel_results_name(label, layer,
+                                                                f"partition {spec}"),
+                         **{name: task.full(scores[name])
+                            for name in (*PARTITION_MEASURES, "alpha", "ratio")})
             if result["semantic_preference"] is not None:
                 preference_rows.append(preference_row(label, layer,
                                                       result["semantic_preference"]))
     comparisons = compare_to_pretrained(all_results, task.summaries)
+    needed_rows = stories_needed_rows(all_results, task)
+    story_sets = {str(len(subset.stories)): subset.stories for subset in task.subsets.values()
+                  if subset.stories is not None}
     run_utils.write_json(out_dir / results_schema.RESULTS_FILE, results_schema.results_document(
-        facts, rows, comparisons, preference_rows, alpha_rows))
+        facts, rows, comparisons, preference_rows, alpha_rows, partition_rows, story_sets,
+        needed_rows))
     np.save(out_dir / run_utils.SUMMARY_VOXELS_NAME, columns[task.voxels])
     run_utils.write_csv(out_dir / "results.csv", rows)
     if comparisons:
         run_utils.write_csv(out_dir / "comparisons.csv", comparisons)
     if preference_rows:
         run_utils.write_csv(out_dir / "semantic_preference.csv", preference_rows)
+    if partition_rows:
+        run_utils.write_csv(out_dir / "partition.csv", partition_rows)
+    if needed_rows:
+        run_utils.write_csv(out_dir / "stories_needed.csv", needed_rows)
     run_utils.write_csv(out_dir / "alpha_grid.csv", [
         {name: " ".join(f"{v:.6g}" for v in value) if isinstance(value, list) else value
          for name, value in row.items()} for row in alpha_rows])
-    write_plots(out_dir, rows, comparisons, preference_rows, facts, alpha_rows)
+    write_plots(out_dir, rows, comparisons, preference_rows, facts, alpha_rows, partition_rows)
     if facts["regions"]["file"] is not None:
         shutil.copyfile(facts["regions"]["file"], out_dir / "regions.json")
-    return rows, comparisons, preference_rows
+    return rows, comparisons, preference_rows, partition_rows
 
 
 VOXEL_ARRAYS = ("r", "cc_norm", "alpha", "p_value", "q_value")  # in voxels_*.npz
+
+
+def partition_summary_rows(label, layer, spec, scores, keys):
+    """partition.csv rows of one layer and low-level set: one per (region, aggregation) key,
+    each measure's mean and each part's interval."""
+    summary = scores["summary"]
+    rows = []
+    for key in keys:
+        row = {"model": label, "layer": layer, "low_level": spec, "region": key[0],
+               "aggregation": key[1], "n_voxels": summary["n_voxels"][key]}
+        for name in PARTITION_MEASURES:
+            row[name] = summary[name][key]
+            if name in PARTITION_PARTS:
+                interval = summary["ci"][name][key]
+                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval or (None, None)
+        rows.append(row)
+    return rows
 
 
 def preference_row(label, layer, preference):
@@ -166,10 +202,16 @@ def preference_row(label, layer, preference):
             "ci_low": _at(low, 0), "ci_high": _at(high, 0)}
 
 
-def summary_rows(label, layer, analysis, fraction, train_rows, scores, reference, keys):
+def _count(stories):
+    return None if stories is None else len(stories)
+
+
+def summary_rows(label, layer, analysis, training, scores, reference, keys):
     """results.csv rows of one fitted encoding model: one per (region, aggregation) key;
-    ``drop_percent`` (and its interval, from the same resamples) against ``reference``, the
-    scores of the layer's own features."""
+    ``training``: its (train_fraction, train_stories, train_rows); ``drop_percent`` (and its
+    interval, from the same resamples) against ``reference``, the scores of the layer's own
+    features."""
+    fraction, stories, train_rows = training
     summary = scores["summary"]
     before = reference["summary"]["cc_norm"]
     drop_low, drop_high = _drop_interval(reference, scores, analysis)
@@ -181,7 +223,8 @@ def summary_rows(label, layer, analysis, fraction, train_rows, scores, reference
         drop = eval_utils.percent_drop(before[key], value) if defined else None
         rows.append({
             "model": label, "layer": layer, "low_level": analysis, "region": region,
-            "aggregation": aggregation, "train_fraction": fraction, "train_rows": train_rows,
+            "aggregation": aggregation, "train_fraction": fraction, "train_stories": stories,
+            "train_rows": train_rows,
             "cc_norm": value, "r": summary["r"][key], "drop_percent": drop,
             "drop_ci_low": _at(drop_low, index, drop), "drop_ci_high": _at(drop_high, index, drop),
             "n_voxels": summary["n_voxels"][key],
@@ -269,6 +312,55 @@ def compare_to_pretrained(all_results, summaries):
     return comparisons
 
 
+def stories_needed_rows(all_results, task):
+    """Per tuned model, layer it shares with the pretrained one and (region, aggregation):
+    the whole training stories it needs for the pretrained model's mean cc_norm with all of
+    them (``eval_utils.amount_needed`` over --train_story_counts and all the stories), with
+    the interval of the same reading on each bootstrap resample of both. [] without a
+    pretrained model or --train_story_counts."""
+    baseline = all_results.get("pretrained")
+    counted = [name for name, subset in task.subsets.items() if subset.stories is not None]
+    if baseline is None or not counted:
+        return []
+    total = len(task.stories)
+    amounts = [len(task.subsets[name].stories) for name in counted] + [total]
+    keys = task.summaries.keys
+    rows = []
+    for label, layers in all_results.items():
+        if label == "pretrained":
+            continue
+        for layer in sorted(set(layers) & set(baseline)):
+            curve = [layers[layer]["efficiency"][name] for name in counted]
+            curve.append(layers[layer]["encoding"]["none"])
+            reference = baseline[layer]["encoding"]["none"]
+            target = [_value(reference["summary"]["cc_norm"][key]) for key in keys]
+            needed = eval_utils.amount_needed(amounts, [[_value(s["summary"]["cc_norm"][key])
+                                                         for s in curve] for key in keys],
+                                              target)
+            low = high = None
+            if all("bootstrap" in s for s in [*curve, reference]):
+                samples = eval_utils.amount_needed(
+                    amounts, np.stack([s["bootstrap"] for s in curve], -1),
+                    reference["bootstrap"])
+                tail = (1 - CONFIDENCE) / 2
+                low, high = np.quantile(np.nan_to_num(samples, nan=np.inf), [tail, 1 - tail],
+                                        axis=0, method="inverted_cdf")
+            for index, key in enumerate(keys):
+                value = _at(needed, index) if np.isfinite(target[index]) else None
+                rows.append({
+                    "model": label, "baseline": "pretrained", "layer": layer, "region": key[0],
+                    "aggregation": key[1], "baseline_cc_norm": _at(target, index),
+                    "total_stories": total, "stories_needed": value,
+                    "ci_low": _at(low, index, value), "ci_high": _at(high, index, value),
+                    "less_data": None if value is None else total / value})
+    return rows
+
+
+def _value(number):
+    """A summary's number as a float, NaN for None."""
+    return np.nan if number is None else float(number)
+
+
 def _difference(ours, theirs):
     """Resamples of ``ours - theirs``; None unless both have them."""
     return None if ours is None or theirs is None else ours - theirs
@@ -297,7 +389,8 @@ def write_run_flatmaps(out_dir, all_results, rows, layers, dataset, subject, tas
     """The cortical maps of ``layers`` (--flatmap_layers; 'best': the layer of the highest mean
     cc_norm of the last model) in ``out_dir`` (``brain_regions.write_flatmaps``), from
     per-voxel cc_norm in the subject's voxel space (NaN where not fitted; only summary voxels
-    are drawn)."""
+    are drawn), and with variance partitioning, of the variance unique to the layer beside
+    each low-level set (``..._unique_vs_<set>.png``)."""
     last = list(all_results)[-1]
     overall = {row["layer"]: row["cc_norm"] for row in rows
                if row["model"] == last and row["region"] == "all" and row["low_level"] == "none"
@@ -313,19 +406,30 @@ def write_run_flatmaps(out_dir, all_results, rows, layers, dataset, subject, tas
                            " ".join(map(str, sorted(overall))))
     cc_norm = {(label, layer): task.full(results[layer]["encoding"]["none"]["cc_norm"])
                for label, results in all_results.items() for layer in sorted(chosen)}
-    if cc_norm:  # NaN where not fitted: only the summary voxels are drawn
-        brain_regions.write_flatmaps(out_dir, cc_norm, task.fitted_indices()[task.voxels],
-                                     dataset, subject, cache_dir, height)
+    shown = task.fitted_indices()[task.voxels]  # NaN where not fitted: only these are drawn
+    if cc_norm:
+        brain_regions.write_flatmaps(out_dir, cc_norm, shown, dataset, subject, cache_dir, height)
+    partitioned = {spec for label, results in all_results.items() for layer in chosen
+                   for spec in results[layer]["partition"]}
+    for spec in sorted(partitioned):
+        unique = {(label, layer): task.full(results[layer]["partition"][spec]["unique_layer"])
+                  for label, results in all_results.items() for layer in sorted(chosen)}
+        brain_regions.write_flatmaps(out_dir, unique, shown, dataset, subject, cache_dir, height,
+                                     measure=f"variance unique to the layer beside {spec}",
+                                     suffix=f"_unique_vs_{spec}")
 
 
-def write_plots(out_dir, rows, comparisons, preference_rows, facts, alpha_rows):
+def write_plots(out_dir, rows, comparisons, preference_rows, facts, alpha_rows,
+                partition_rows):
     """alignment.png (mean cc_norm per layer, one line per model, with the bootstrap
     intervals), comparison.png (tuned minus pretrained with intervals), reliance.png (drop
     per layer; colour per model, line style per feature set removed), data_efficiency.png
     (cc_norm against the training rows, a panel per layer) and semantic_preference.png, each
     when the run has its results, over "all" voxel means; regions.png (per layer, the
     parcel-mean cc_norm of the groups, else regions, per model) with regions; alpha_grid.png
-    (the mean CV score against the penalty, a panel per layer) of the layers' own features."""
+    (the mean CV score against the penalty, a panel per layer) of the layers' own features;
+    partition.png (per low-level set and region, the voxel means of the three parts of the
+    explained variance per layer and model) with variance partitioning."""
     story = f"{facts['subject']}, {facts['test_story']}"
     voxels = f"{story}, {facts['scored_voxels']} voxels with NC > {facts['nc_thr']}"
     selection = facts.get("fitted_voxels", {}).get("selection", "all")
@@ -371,6 +475,16 @@ def write_plots(out_dir, rows, comparisons, preference_rows, facts, alpha_rows):
         plots.plot_curves_per_layer(out_dir / "alpha_grid.png", curves, "ridge penalty (alpha)",
                                     "mean CV score", f"The penalty grid, {voxels}",
                                     log_x=True)
+    if partition_rows:
+        regions = ["all", *facts["regions"]["shown"]]
+        cells = {}
+        for row in partition_rows:
+            if row["aggregation"] == "voxel_mean" and row["region"] in regions:
+                cells.setdefault((f"with {row['low_level']}", row["region"]), {}).setdefault(
+                    row["model"], {})[row["layer"]] = [row[name] for name in PARTITION_PARTS]
+        plots.plot_partition(out_dir / "partition.png", dict(sorted(
+            cells.items(), key=lambda item: regions.index(item[0][1]))),
+            f"Variance partitioning (voxel means), {voxels}")
     if preference_rows:
         plots.plot_per_layer(out_dir / "semantic_preference.png",
                              _series(preference_rows, "preference"),
@@ -409,18 +523,27 @@ def _intervals(rows, low, high):
     return intervals or None
 
 
-def print_tables(rows, comparisons, preference_rows, low_level=()):
+def print_tables(rows, comparisons, preference_rows, partition_rows=()):
     """The run's headline tables on stdout: mean cc_norm per model and layer (all voxels,
-    voxel means, all training rows), the drop without each ``low_level`` set, the gains over
-    the pretrained model and the semantic preference."""
+    voxel means, all training rows), the drop without each low-level set, the variance unique
+    to the layer and to each partitioned set, the gains over the pretrained model and the
+    semantic preference."""
     overall = [row for row in rows if row["region"] == "all" and row["train_fraction"] == 1
                and row["aggregation"] == "voxel_mean"]
     print(run_utils.comparison_table([r for r in overall if r["low_level"] == "none"],
                                      "cc_norm"))
-    for spec in low_level:
-        print(f"without {spec}:")
-        print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
-                                         "drop_percent"))
+    for spec in dict.fromkeys(row["low_level"] for row in overall):
+        if spec != "none":
+            print(f"without {spec}:")
+            print(run_utils.comparison_table([r for r in overall if r["low_level"] == spec],
+                                             "drop_percent"))
+    partitions = [row for row in partition_rows if row["region"] == "all"
+                  and row["aggregation"] == "voxel_mean"]
+    for spec in dict.fromkeys(row["low_level"] for row in partitions):
+        print(f"variance partitioned with {spec}:")
+        for part in ("unique_layer", "unique_low_level"):
+            print(run_utils.comparison_table([r for r in partitions if r["low_level"] == spec],
+                                             part))
     gains = [{**row, "model": f"{row['model']} - {row['baseline']}"} for row in comparisons
              if row["measure"] == "cc_norm" and row["region"] == "all"
              and row["aggregation"] == "voxel_mean" and row["low_level"] == "none"]

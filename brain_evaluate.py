@@ -124,7 +124,8 @@ def evaluate(settings, group):
             all_results[label], fingerprints[label] = alignment_analyses.evaluate_model(
                 label, checkpoint, settings.layers, dataset, settings.extraction(dtype),
                 settings.cache_dir, task, stimulus, finished, settings.low_level,
-                settings.low_level_alphas, group.device)
+                settings.low_level_alphas, group.device, settings.low_level_method,
+                settings.partition_ratios)
         if not group.is_main:
             return None
         # the results folder, written whole
@@ -137,14 +138,14 @@ def evaluate(settings, group):
             run_utils.write_json(staging / "run_config.json", run_utils.run_config(
                 arguments.as_dict(settings), **facts, inputs=inputs,
                 processes=group.world_size))
-            rows, comparisons, preference_rows = alignment_outputs.write_results(
+            rows, comparisons, preference_rows, partition_rows = alignment_outputs.write_results(
                 staging, all_results, facts, task)
             if settings.flatmap_layers:
                 alignment_outputs.write_run_flatmaps(
                     staging, all_results, rows, settings.flatmap_layers, dataset, subject, task,
                     settings.cache_dir, settings.flatmap_height)
         finished.remove()
-        alignment_outputs.print_tables(rows, comparisons, preference_rows, settings.low_level)
+        alignment_outputs.print_tables(rows, comparisons, preference_rows, partition_rows)
         logger.info("results in %s", out_dir)
         return out_dir
 

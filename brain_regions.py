@@ -579,16 +579,16 @@ def map_results(results_dir, layers, models=None, out_dir=None, cache_dir=None,
                           cache_dir or config["cache_dir"], height, overwrite)
 
 
-def write_flatmaps(out_dir, cc_norm, voxels, dataset, subject, cache_dir,
-                   height=MAP_HEIGHT, overwrite=False):
-    """``flatmap_<model>_layer<k>.png`` per (model, layer) of ``cc_norm`` (dict -> (n_voxels,)
-    per-voxel values; a layer's maps share one colour scale) and
-    ``flatmap_<tuned>-minus-pretrained_layer<k>.png`` per tuned model when "pretrained" is
-    one of them. Only ``voxels`` (indices: the voxels the summaries average over) are drawn.
-    Returns the paths written."""
+def write_flatmaps(out_dir, per_voxel, voxels, dataset, subject, cache_dir,
+                   height=MAP_HEIGHT, overwrite=False, measure="cc_norm", suffix=""):
+    """``flatmap_<model>_layer<k><suffix>.png`` per (model, layer) of ``per_voxel`` (dict ->
+    (n_voxels,) per-voxel values of ``measure``, named in the titles; a layer's maps share one
+    colour scale) and ``flatmap_<tuned>-minus-pretrained_layer<k><suffix>.png`` per tuned
+    model when "pretrained" is one of them. Only ``voxels`` (indices: the voxels the summaries
+    average over) are drawn. Returns the paths written."""
     anatomy = subject_anatomy(dataset, subject)
     cortex = import_cortex(anatomy, cache_dir)
-    n_voxels = len(next(iter(cc_norm.values())))
+    n_voxels = len(next(iter(per_voxel.values())))
     mask = thick_mask(cortex, anatomy, n_voxels)
     with_rois = shutil.which("inkscape") is not None
     if not with_rois:
@@ -596,13 +596,14 @@ def write_flatmaps(out_dir, cc_norm, voxels, dataset, subject, cache_dir,
     shown = np.zeros(n_voxels, bool)
     shown[np.asarray(voxels, np.intp)] = True
     written = []
-    for layer in sorted({layer for _, layer in cc_norm}):
-        maps = {label: values for (label, at), values in cc_norm.items() if at == layer}
+    for layer in sorted({layer for _, layer in per_voxel}):
+        maps = {label: values for (label, at), values in per_voxel.items() if at == layer}
         top = max(_scale(values[shown]) for values in maps.values())
         for label, values in maps.items():
             written.append(flatmap(
-                Path(out_dir) / flatmap_name(label, layer), cortex, anatomy, mask, values, shown,
-                f"cc_norm, {label}, layer {layer} ({anatomy.subject})", "inferno", 0.0, top,
+                Path(out_dir) / flatmap_name(label, layer, suffix), cortex, anatomy, mask,
+                values, shown, f"{measure}, {label}, layer {layer} ({anatomy.subject})",
+                "inferno", 0.0, top,
                 height, with_rois, overwrite))
         if "pretrained" in maps:
             for label, values in maps.items():
@@ -611,15 +612,15 @@ def write_flatmaps(out_dir, cc_norm, voxels, dataset, subject, cache_dir,
                 difference = values - maps["pretrained"]
                 limit = _scale(np.abs(difference[shown]))
                 written.append(flatmap(
-                    Path(out_dir) / flatmap_name(f"{label}-minus-pretrained", layer), cortex,
-                    anatomy, mask, difference, shown,
-                    f"cc_norm, {label} minus pretrained, layer {layer} ({anatomy.subject})",
+                    Path(out_dir) / flatmap_name(f"{label}-minus-pretrained", layer, suffix),
+                    cortex, anatomy, mask, difference, shown,
+                    f"{measure}, {label} minus pretrained, layer {layer} ({anatomy.subject})",
                     "RdBu_r", -limit, limit, height, with_rois, overwrite))
     return written
 
 
-def flatmap_name(label, layer):
-    return f"flatmap_{label.replace('/', '_').replace(' ', '_')}_layer{layer}.png"
+def flatmap_name(label, layer, suffix=""):
+    return f"flatmap_{label.replace('/', '_').replace(' ', '_')}_layer{layer}{suffix}.png"
 
 
 def _scale(values):

@@ -21,8 +21,8 @@ import processes
 import run_utils
 from arguments import flag
 from run_utils import DatasetError, UsageError
-from summaries import (Summaries, divide_rows, figure_regions, load_rois, summary_voxels,
-                       summary_weights)
+from summaries import (PARTITION_PARTS, Summaries, divide_rows, figure_regions, load_rois,
+                       summary_voxels, summary_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,13 @@ class UncertaintyFlags(arguments.Flags):
                                             "(whole stories first, then leading rows; the same "
                                             "for every model) and report cc_norm per fraction; "
                                             "1.0 is always included")
+    train_story_counts: list[int] = flag(
+        [], group="uncertainty and data efficiency", protocol=True, resumable=True,
+        help="data efficiency in whole stories (the follow-up paper's form, e.g. 2 3 5 10 15 "
+             "20 25): also fit each layer's encoding model on that many training stories, "
+             "nested sets drawn from --seed (the same for every model), and report how many "
+             "stories a tuned model needs for the pretrained model's full-data alignment; each "
+             "below the number of training stories")
 
     def __post_init__(self):
         super().__post_init__()
@@ -143,6 +150,10 @@ class UncertaintyFlags(arguments.Flags):
             raise UsageError(f"--train_fraction values must be in (0, 1], got "
                              f"{' '.join(map(str, self.train_fraction))}")
         self.train_fraction = sorted({*self.train_fraction, 1.0})
+        if any(count < 1 for count in self.train_story_counts):
+            raise UsageError(f"--train_story_counts must be at least 1, got "
+                             f"{' '.join(map(str, self.train_story_counts))}")
+        self.train_story_counts = sorted(set(self.train_story_counts))
 
 
 class Responses(NamedTuple):
@@ -155,9 +166,11 @@ class Responses(NamedTuple):
 
 
 class TrainingSubset(NamedTuple):
-    """The training rows of a --train_fraction."""
+    """The training rows of a --train_fraction or a --train_story_counts."""
     rows: np.ndarray  # indices into the stacked training rows
     splits: list  # (train rows, held-out rows) pairs over ``rows``
+    fraction: float  # the --train_fraction, or the share of the training rows the stories hold
+    stories: list = None  # the whole training stories of a --train_story_counts (in order)
 
 
 class Uncertainty(NamedTuple):
@@ -182,7 +195,8 @@ class EncodingTask(NamedTuple):
     voxels: np.ndarray  # (voxels,) bool: NC > nc_thr and varying test target (voxel means)
     summaries: Summaries
     splits: list  # (train rows, held-out rows) pairs over the stacked training rows
-    subsets: dict  # --train_fraction below 1 -> TrainingSubset
+    subsets: dict  # subset_label(--train_fraction below 1 or --train_story_counts) ->
+    #                TrainingSubset
     alphas: list  # ridge penalties
     alpha_score: str  # how alphas are chosen (eval_utils.fit_ridge_cv)
     nc_thr: float  # voxel means average over voxels whose noise ceiling exceeds it
@@ -272,9 +286,12 @@ def encoding_task(settings, dataset, subject, stories):
     lengths = [dataset.response_rows(s) for s in stories]
     splits = cv_splits(lengths, settings.n_boots, settings.chunk_len, settings.seed,
                        chunks=settings.cv_chunks)
-    subsets = {fraction: training_subset(lengths, fraction, settings.n_boots,
-                                         settings.chunk_len, settings.seed, settings.cv_chunks)
-               for fraction in settings.train_fraction if fraction < 1}
+    subsets = {subset_label(fraction=fraction): training_subset(
+        lengths, fraction, settings.n_boots, settings.chunk_len, settings.seed,
+        settings.cv_chunks) for fraction in settings.train_fraction if fraction < 1}
+    subsets.update({subset_label(stories=count): story_subset(
+        stories, lengths, count, settings.n_boots, settings.chunk_len, settings.seed,
+        settings.cv_chunks) for count in settings.train_story_counts})
     counts, starts = (eval_utils.bootstrap_block_counts(len(target), settings.block_len,
                                                         settings.n_bootstrap, settings.seed)
                       if settings.n_bootstrap else (None, None))
@@ -428,7 +445,34 @@ def training_subset(lengths, fraction, n_boots=3, chunk_len=20, seed=0,
     rows = np.concatenate([offset + np.arange(n) for offset, n in zip(offsets, used)])
     splits = cv_splits([n for n in used if n], n_boots, chunk_len, seed,
                        f" (--train_fraction {fraction})", chunks)
-    return TrainingSubset(rows, splits)
+    return TrainingSubset(rows, splits, fraction)
+
+
+def story_subset(stories, lengths, count, n_boots=3, chunk_len=20, seed=0,
+                 chunks="within_stories"):
+    """The ``TrainingSubset`` of ``count`` whole stories of ``stories`` (of ``lengths`` rows):
+    the first ``count`` of a permutation drawn from ``seed``, so that the sets of several counts
+    are nested and the same for every model; with their own cross-validation splits. A count
+    that is not below the number of stories is a UsageError."""
+    if count >= len(stories):
+        raise UsageError(f"--train_story_counts {count}: the run has {len(stories)} training "
+                         f"stories; give counts below {len(stories)} (all of them is the "
+                         "full-data fit)")
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(stories))[:count])
+    offsets = np.cumsum([0, *lengths[:-1]])
+    rows = np.concatenate([offsets[i] + np.arange(lengths[i]) for i in chosen])
+    splits = cv_splits([lengths[i] for i in chosen], n_boots, chunk_len, seed,
+                       f" (--train_story_counts {count})", chunks)
+    return TrainingSubset(rows, splits, len(rows) / sum(lengths),
+                          [stories[i] for i in chosen])
+
+
+ALL_ROWS = "all rows"  # the training subset of the full-data fit
+
+
+def subset_label(fraction=None, stories=None):
+    """The name of a training subset: "<fraction> of the rows" or "<count> stories"."""
+    return f"{stories} stories" if stories is not None else f"{fraction:g} of the rows"
 
 
 def test_scoring(dataset, subject, test_story, test_target, voxels=None, voxel_batch=8192):
@@ -459,15 +503,16 @@ def test_scoring(dataset, subject, test_story, test_target, voxels=None, voxel_b
     return target, ceiling
 
 
-def layer_scores(features, task, device=None, what="features", fraction=1.0):
+def layer_scores(features, task, device=None, what="features", subset=ALL_ROWS):
     """Encoding-model scores of TR-grid features (story -> (grid TRs, features)) on ``task``,
-    the model fitted on ``fraction`` of the training rows (``task.subsets``): per-voxel ``r``,
+    the model fitted on the training rows of ``subset`` (a label of ``task.subsets``, or
+    ``ALL_ROWS``): per-voxel ``r``,
     ``cc_norm`` and ``alpha``, each (n_voxels,), and where the chosen alphas sit on the grid
     (``alpha_edges``, ``alpha_score_sum``: ``eval_utils.alpha_grid_counts`` over the voxels the
-    summaries average, summed over the torchrun processes). On all the rows also the test
-    ``prediction`` ((scored rows, n_voxels) float32), the permutation ``p_value``
-    (``eval_utils.block_permutation_pvalues``, with --n_permutations) and the block-bootstrap
-    means of cc_norm (``bootstrap``: (resamples, summaries), with --n_bootstrap)."""
+    summaries average, summed over the torchrun processes) and the block-bootstrap means of
+    cc_norm (``bootstrap``: (resamples, summaries), with --n_bootstrap). On all the rows also
+    the test ``prediction`` ((scored rows, n_voxels) float32) and the permutation ``p_value``
+    (``eval_utils.block_permutation_pvalues``, with --n_permutations)."""
     responses = task.responses
     x_train, x_test = design_matrices(features, task.stories, task.test_story, task.delays)
     if len(x_train) != len(responses.train) or len(x_test) != len(responses.test):
@@ -479,9 +524,9 @@ def layer_scores(features, task, device=None, what="features", fraction=1.0):
             f"{what}: the features hold NaN or infinite values (the model overflowed, e.g. in "
             "reduced precision: try --precision fp32); nothing of them is scored")
     y_train, splits = responses.train, task.splits
-    if fraction < 1:
-        subset = task.subsets[fraction]
-        x_train, y_train, splits = x_train[subset.rows], y_train[subset.rows], subset.splits
+    if subset != ALL_ROWS:
+        rows = task.subsets[subset].rows
+        x_train, y_train, splits = x_train[rows], y_train[rows], task.subsets[subset].splits
     weights, alphas, cv_scores = eval_utils.fit_ridge_cv(x_train, y_train, task.alphas, splits,
                                                          device=device,
                                                          progress=processes.is_main_process(),
@@ -498,19 +543,83 @@ def layer_scores(features, task, device=None, what="features", fraction=1.0):
     scores = {"r": r, "cc_norm": cc_norm.astype(r.dtype, copy=False), "alpha": alphas,
               "alpha_edges": sum(part[2] for part in parts),
               "alpha_score_sum": sum(part[3] for part in parts)}
-    if fraction < 1:
-        return scores
-    scores["prediction"] = prediction
     uncertainty = task.uncertainty
-    if uncertainty.n_permutations:
-        scores["p_value"] = eval_utils.block_permutation_pvalues(
-            prediction, responses.test, uncertainty.n_permutations, uncertainty.block_len,
-            uncertainty.seed)
     if uncertainty.bootstrap_counts is not None:
         scores["bootstrap"] = eval_utils.bootstrap_correlations(
             prediction, responses.test, uncertainty.bootstrap_counts, uncertainty.block_starts,
             uncertainty.bootstrap_weights)
+    if subset != ALL_ROWS:
+        return scores
+    scores["prediction"] = prediction
+    if uncertainty.n_permutations:
+        scores["p_value"] = eval_utils.block_permutation_pvalues(
+            prediction, responses.test, uncertainty.n_permutations, uncertainty.block_len,
+            uncertainty.seed)
     return scores
+
+
+def partition_scores(features, low_level, task, layer_prediction, ratios, device=None,
+                     what="features"):
+    """Variance partitioning of a layer's TR-grid features and a low-level feature set
+    (story -> (grid TRs, dims) each; docs/method.md#variance-partitioning).
+
+    The variance each model explains on the test target is ``r |r| / normaliser^2`` per voxel
+    (the share of the explainable variance, scale-free): of the banded ridge of both
+    (``eval_utils.fit_banded_ridge_cv``, penalties ``task.alphas`` x ``ratios``), of the layer
+    alone (``layer_prediction``: its own test prediction, (scored rows, n_voxels)) and of the
+    low-level set alone (``eval_utils.fit_ridge_cv``). Then per voxel ``unique_layer`` = joint
+    - low-level alone, ``unique_low_level`` = joint - layer alone and ``shared`` = layer +
+    low-level - joint.
+
+    Returns a dict of (n_voxels,) arrays: those six (``joint``, ``layer_alone``,
+    ``low_level_alone`` and ``PARTITION_PARTS``), the joint model's ``alpha`` and ``ratio``; with --n_bootstrap also
+    ``bootstrap``: (resamples, 3, summaries) float64, the summaries' means of the three parts on
+    each block-bootstrap resample (the same resamples as every other interval)."""
+    responses = task.responses
+    x_train, x_test = design_matrices(features, task.stories, task.test_story, task.delays)
+    low_train, low_test = design_matrices(low_level, task.stories, task.test_story, task.delays)
+    if len(low_train) != len(responses.train) or len(low_test) != len(responses.test):
+        raise DatasetError(f"{what}: the low-level features have {len(low_train)}/"
+                           f"{len(low_test)} rows, the responses {len(responses.train)}/"
+                           f"{len(responses.test)}; the stimulus does not match respdict.json")
+    progress = processes.is_main_process()
+    weights, alphas, ratios, _ = eval_utils.fit_banded_ridge_cv(
+        x_train, low_train, responses.train, task.alphas, ratios, task.splits, device=device,
+        progress=progress, score=task.alpha_score)
+    low_weights, _, _ = eval_utils.fit_ridge_cv(low_train, responses.train, task.alphas,
+                                                task.splits, device=device, progress=progress,
+                                                score=task.alpha_score)
+    parts = processes.gather_from_processes((  # under torchrun: each process's share of voxels
+        (np.hstack([x_test, low_test]) @ weights).astype(np.float32, copy=False),
+        (low_test @ low_weights).astype(np.float32, copy=False), alphas, ratios))
+    predictions = {"joint": np.hstack([part[0] for part in parts]),
+                   "layer_alone": layer_prediction,
+                   "low_level_alone": np.hstack([part[1] for part in parts])}
+    ceiling = np.square(responses.normaliser.astype(np.float64))
+    scores = {}
+    for name, prediction in predictions.items():
+        r = eval_utils.column_correlation(prediction, responses.test).astype(np.float64)
+        scores[name] = np.divide(r * np.abs(r), ceiling, out=np.zeros_like(r),
+                                 where=ceiling > 0)
+    scores.update(_parts(**scores))
+    scores["alpha"] = np.concatenate([part[2] for part in parts])
+    scores["ratio"] = np.concatenate([part[3] for part in parts])
+    uncertainty = task.uncertainty
+    if uncertainty.bootstrap_counts is not None:
+        weights = divide_rows(task.summaries.weights, ceiling)
+        resampled = {name: eval_utils.bootstrap_correlations(
+            prediction, responses.test, uncertainty.bootstrap_counts, uncertainty.block_starts,
+            weights, signed_square=True) for name, prediction in predictions.items()}
+        parts = _parts(**resampled)
+        scores["bootstrap"] = np.stack([parts[name] for name in PARTITION_PARTS], axis=1)
+    return scores
+
+
+def _parts(joint, layer_alone, low_level_alone):
+    """The three parts of the variance ``joint`` explains, from it and each set's alone."""
+    return {"unique_layer": joint - low_level_alone,
+            "shared": layer_alone + low_level_alone - joint,
+            "unique_low_level": joint - layer_alone}
 
 
 def design_matrices(tr_level, stories, test_story, delays="per_story"):

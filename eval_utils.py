@@ -22,6 +22,7 @@ units (weights ``V diag(s / (s^2 + a^2)) U^T Y``), i.e. ``alpha = a^2``: pass
 ``np.logspace(1, 4, 15) ** 2`` to reproduce it.
 """
 
+import dataclasses
 import logging
 from typing import NamedTuple
 
@@ -324,9 +325,14 @@ def _as_tensor(array, device):
 
 def _eig_gram(x):
     """Eigenvalues (clipped at 0) and eigenvectors of x^T x, solved in float64."""
-    gram = (x.T @ x).double()
-    values, vectors = torch.linalg.eigh(gram)
-    return values.clamp_min(0).to(x.dtype), vectors.to(x.dtype)
+    return _eigh(x.T @ x)
+
+
+def _eigh(gram):
+    """Eigenvalues (clipped at 0) and eigenvectors of a Gram matrix, solved in float64 and
+    returned in its dtype."""
+    values, vectors = torch.linalg.eigh(gram.double())
+    return values.clamp_min(0).to(gram.dtype), vectors.to(gram.dtype)
 
 
 def _centred_correlation(prediction, y_centred, y_norm):
@@ -385,16 +391,123 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
     if device is None:
         device = X.device if torch.is_tensor(X) else torch.device("cpu")
     X, Y, alphas_t = _ridge_tensors(X, Y, alphas, device)
-    n_samples, n_features = X.shape
+    dual = _is_dual(solver, X.shape)
+    fit = _RidgeFit.empty(X.shape[1], Y.shape[1], (len(alphas_t),), X.dtype, device)
+    _fit_design(X, Y, alphas_t, _ridge_folds(X, splits, dual, device),
+                _eig_gram(X.T if dual else X), dual, score, fit.cv_scores, fit,
+                _voxel_batch(X, Y.shape[1], len(alphas_t), memory_budget), progress)
+    best_alphas = alphas_t[fit.best_alpha]
+    if backend == "numpy":
+        return fit.weights.cpu().numpy(), best_alphas.cpu().numpy(), fit.cv_scores.cpu().numpy()
+    return fit.weights, best_alphas, fit.cv_scores
+
+
+def fit_banded_ridge_cv(X1, X2, Y, alphas, ratios, splits, backend="numpy", device=None,
+                        memory_budget=2 * 2**30, progress=False, score="corr", solver="auto"):
+    """Banded ridge of two feature bands, with a pair of penalties per voxel chosen by
+    cross-validation (docs/method.md#variance-partitioning).
+
+    Minimises ``||X1 W1 + X2 W2 - Y||^2 + alpha ||W1||^2 + alpha ratio ||W2||^2``: for each
+    ``ratio`` this is ``fit_ridge_cv`` of the design ``[X1, X2 / sqrt(ratio)]``. Each voxel
+    gets the (ratio, alpha) pair of the best mean held-out ``score`` (the first on ties, ratios
+    before alphas), and its weights refitted on all rows. The Gram matrices (primal) or each
+    band's kernels (dual) of every split are computed once and rescaled per ratio, so a ratio
+    costs one eigendecomposition per split and of all rows, and the held-out products: about
+    one ``fit_ridge_cv``. ``solver``, ``score``, ``backend`` and ``memory_budget`` as there.
+
+    Parameters
+    ----------
+    X1 : (n_samples, n_features_1) array, X2 : (n_samples, n_features_2) array
+    Y : (n_samples, n_voxels) array
+    alphas : (n_alphas,) penalties of the first band
+    ratios : (n_ratios,) the second band's penalty over the first's
+    splits : list of (train_idx, val_idx)
+
+    Returns
+    -------
+    weights : (n_features_1 + n_features_2, n_voxels), the bands' weights stacked;
+    best_alphas, best_ratios : (n_voxels,) each; cv_scores : (n_ratios, n_alphas, n_voxels).
+    """
+    _check_ridge_options(backend, splits, score, solver)
+    if device is None:
+        device = X1.device if torch.is_tensor(X1) else torch.device("cpu")
+    X2, _, ratios_t = _ridge_tensors(X2, Y, ratios, device)
+    X, Y, alphas_t = _ridge_tensors(_as_tensor(X1, device).to(X2.dtype), Y, alphas, device)
+    X = torch.cat([X, X2.to(X.dtype)], 1)
+    band = torch.arange(X.shape[1], device=device) >= X.shape[1] - X2.shape[1]
+    dual = _is_dual(solver, X.shape)
+    fit = _RidgeFit.empty(X.shape[1], Y.shape[1], (len(ratios_t), len(alphas_t)), X.dtype,
+                          device)
+    # each split's products, once: Gram matrices (primal) or per-band kernels (dual)
+    rows = [(torch.as_tensor(np.asarray(train), device=device),
+             torch.as_tensor(np.asarray(val), device=device)) for train, val in splits]
+    every = torch.arange(len(X), device=device)
+    if dual:
+        bands = [X[:, ~band], X[:, band]]
+        products = [[(x[train] @ x[train].T, x[val] @ x[train].T) for x in bands]
+                    for train, val in [*rows, (every, every[:0])]]
+    else:
+        products = [X[train].T @ X[train] for train, _ in [*rows, (every, every[:0])]]
+    batch = _voxel_batch(X, Y.shape[1], len(alphas_t), memory_budget)
+    for index in run_utils.progress(range(len(ratios_t)), desc="banded ridge", unit="ratio",
+                                    disable=not progress):
+        ratio = ratios_t[index]
+        scale = torch.where(band, ratio.rsqrt(), torch.ones_like(ratio))
+        weight = scale.square()[[0, -1]]  # of the first band's kernel and the second's
+        if dual:
+            grams = [(weight[0] * k1 + weight[1] * k2, weight[0] * c1 + weight[1] * c2)
+                     for (k1, c1), (k2, c2) in products]
+        else:
+            grams = [(gram * torch.outer(scale, scale), None) for gram in products]
+        design = X * scale
+        folds = _ridge_folds(design, splits, dual, device, grams[:-1])
+        improved = _fit_design(design, Y, alphas_t, folds, _eigh(grams[-1][0]), dual, score,
+                               fit.cv_scores[index], fit, batch, False, scale)
+        fit.best_ratio[improved] = index
+    best_alphas, best_ratios = alphas_t[fit.best_alpha], ratios_t[fit.best_ratio]
+    if backend == "numpy":
+        return (fit.weights.cpu().numpy(), best_alphas.cpu().numpy(),
+                best_ratios.cpu().numpy(), fit.cv_scores.cpu().numpy())
+    return fit.weights, best_alphas, best_ratios, fit.cv_scores
+
+
+def _is_dual(solver, shape):
+    """Whether ``solver`` solves the rows x rows kernel problem for a design of ``shape``."""
+    return solver == "dual" or (solver == "auto" and shape[0] < shape[1])
+
+
+@dataclasses.dataclass
+class _RidgeFit:
+    """What a ridge search keeps per voxel: the weights refitted with its best penalties, every
+    mean held-out score, the best so far, its alpha index and (banded ridge) ratio index."""
+    weights: "torch.Tensor"  # (features, voxels)
+    cv_scores: "torch.Tensor"  # (*grid, voxels)
+    best_score: "torch.Tensor"  # (voxels,)
+    best_alpha: "torch.Tensor"  # (voxels,) long
+    best_ratio: "torch.Tensor"  # (voxels,) long
+
+    @classmethod
+    def empty(cls, n_features, n_voxels, grid, dtype, device):
+        def indices():
+            return torch.zeros(n_voxels, dtype=torch.long, device=device)
+
+        return cls(torch.zeros((n_features, n_voxels), dtype=dtype, device=device),
+                   torch.zeros((*grid, n_voxels), dtype=dtype, device=device),
+                   torch.full((n_voxels,), -torch.inf, dtype=dtype, device=device), indices(),
+                   indices())
+
+
+def _fit_design(X, Y, alphas_t, folds, eigen, dual, score, cv_scores, fit, batch, progress,
+                scale=None):
+    """Score one design ``X`` on ``folds`` for every alpha into ``cv_scores`` ((alphas,
+    voxels), mean over the folds), and refit on all rows (``eigen``: the eigenvalues and
+    vectors of its Gram or kernel matrix) the voxels whose best score beats ``fit``'s so far,
+    updating ``fit``. ``scale``: per feature, what the refitted weights are multiplied by (a
+    rescaled band). Returns the indices of those voxels."""
+    values, vectors = eigen
+    back = X.T @ vectors if dual else vectors  # W = back @ (projected / (values + a))
     n_voxels = Y.shape[1]
-    dual = solver == "dual" or (solver == "auto" and n_samples < n_features)
-    folds = _ridge_folds(X, splits, dual, device)
-    all_values, all_vectors = _eig_gram(X.T if dual else X)
-    back = X.T @ all_vectors if dual else all_vectors  # W = back @ (projected / (values + a))
-    batch = _voxel_batch(X, n_voxels, len(alphas_t), memory_budget)
-    weights = torch.empty((n_features, n_voxels), dtype=X.dtype, device=device)
-    cv_scores = torch.zeros((len(alphas_t), n_voxels), dtype=X.dtype, device=device)
-    best = torch.empty(n_voxels, dtype=torch.long, device=device)
+    improved = []
     for first in run_utils.progress(range(0, n_voxels, batch), desc="ridge", unit="voxel batch",
                                     disable=not progress):
         columns = slice(first, min(first + batch, n_voxels))
@@ -403,13 +516,17 @@ def fit_ridge_cv(X, Y, alphas, splits, backend="numpy", device=None, memory_budg
         scores = cv_scores[:, columns]  # a view: the batch's scores are written in place
         _add_fold_scores(scores, y, xty, folds, alphas_t, dual, score)
         scores /= len(folds)
-        best[columns] = scores.argmax(0)
-        projected = all_vectors.T @ (y if dual else xty)
-        _refit(weights, first, best[columns], back, projected, all_values, alphas_t)
-    best_alphas = alphas_t[best]
-    if backend == "numpy":
-        return weights.cpu().numpy(), best_alphas.cpu().numpy(), cv_scores.cpu().numpy()
-    return weights, best_alphas, cv_scores
+        best = scores.argmax(0)
+        top = scores.gather(0, best[None])[0]
+        better = torch.nonzero(top > fit.best_score[columns]).flatten()
+        if not len(better):
+            continue
+        at = first + better
+        fit.best_score[at], fit.best_alpha[at] = top[better], best[better]
+        projected = vectors.T @ (y if dual else xty)[:, better]
+        _refit(fit.weights, at, best[better], back, projected, values, alphas_t, scale)
+        improved.append(at)
+    return torch.cat(improved) if improved else torch.zeros(0, dtype=torch.long, device=Y.device)
 
 
 def _check_ridge_options(backend, splits, score, solver):
@@ -452,15 +569,22 @@ class _RidgeFold(NamedTuple):
     x_val: "torch.Tensor"
 
 
-def _ridge_folds(X, splits, dual, device):
-    """The ``_RidgeFold`` of each split."""
+def _ridge_folds(X, splits, dual, device, products=None):
+    """The ``_RidgeFold`` of each split; ``products``: per split, its Gram (primal) or kernel
+    (dual) matrix of the training rows and, dual, the held-out x training kernel, when the
+    caller has them (None: computed from ``X``)."""
     folds = []
-    for train_idx, val_idx in splits:
+    for index, (train_idx, val_idx) in enumerate(splits):
         train = torch.as_tensor(np.asarray(train_idx), device=device)
         val = torch.as_tensor(np.asarray(val_idx), device=device)
-        values, vectors = _eig_gram(X[train].T if dual else X[train])
         x_val = X[val]
-        rotated = (x_val @ X[train].T if dual else x_val) @ vectors
+        if products is None:
+            (values, vectors), cross = _eig_gram(X[train].T if dual else X[train]), None
+        else:
+            (values, vectors), cross = _eigh(products[index][0]), products[index][1]
+        if dual and cross is None:
+            cross = x_val @ X[train].T
+        rotated = (cross if dual else x_val) @ vectors
         folds.append(_RidgeFold(train, val, values, vectors, rotated, x_val))
     return folds
 
@@ -490,13 +614,13 @@ def _add_fold_scores(scores, y, xty, folds, alphas_t, dual, score):
             scores[index] += fold_score
 
 
-def _refit(weights, first, best, back, projected, values, alphas_t):
-    """The weights of the batch of voxels from ``first`` on, refitted on all rows with their
-    ``best`` alpha indices, a product per alpha chosen."""
+def _refit(weights, voxels, best, back, projected, values, alphas_t, scale=None):
+    """The weights of ``voxels`` (indices) refitted on all rows with their ``best`` alpha
+    indices, a product per alpha chosen (each feature's multiplied by ``scale``)."""
     for index in torch.unique(best).tolist():
         chosen = torch.nonzero(best == index).flatten()
-        weights[:, first + chosen] = back @ (projected[:, chosen]
-                                             / (values + alphas_t[index])[:, None])
+        refitted = back @ (projected[:, chosen] / (values + alphas_t[index])[:, None])
+        weights[:, voxels[chosen]] = refitted if scale is None else refitted * scale[:, None]
 
 
 # ----------------------------------------------------------------------------- feature spaces
@@ -677,10 +801,11 @@ def bootstrap_block_counts(n_rows, block_len=10, n_bootstrap=1000, seed=0):
 
 
 def bootstrap_correlations(prediction, target, counts, block_starts, weights=None,
-                           voxel_batch=8192):
+                           voxel_batch=8192, signed_square=False):
     """Pearson correlation of each column of ``prediction`` with ``target`` on each block-
     bootstrap resample (``bootstrap_block_counts``), from per-block sums: five (resamples,
-    blocks) x (blocks, voxels) products, no copy of the resampled rows.
+    blocks) x (blocks, voxels) products, no copy of the resampled rows. ``signed_square``:
+    r |r| in place of r (the variance a prediction explains).
 
     Parameters
     ----------
@@ -753,6 +878,8 @@ def bootstrap_correlations(prediction, target, counts, block_starts, weights=Non
                 mpp[degenerate] = 1.0
                 r = np.divide(mpt, np.sqrt(mpp, out=mpp), out=mpt)
                 r[degenerate] = 0.0
+                if signed_square:
+                    r *= np.abs(r, out=scratch)
                 voxels = slice(first + sub, first + sub + step)
                 if weights is None:
                     out[:, voxels] = r
@@ -858,6 +985,35 @@ def percent_drop_samples(before, after):
     before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
     positive = before > 0
     return np.where(positive, 100.0 * (before - after) / np.where(positive, before, 1.0), np.nan)
+
+
+def amount_needed(amounts, curve, target):
+    """The least training data at which a score curve first reaches ``target``: linear
+    interpolation between the two amounts measured around its first crossing.
+
+    Parameters
+    ----------
+    amounts : (n,) increasing amounts of training data (e.g. stories)
+    curve : (..., n) the score at each amount
+    target : (...) the score to reach
+
+    Returns
+    -------
+    (...) float64: the amount; ``amounts[0]`` where the curve starts at or above the target
+    (an upper bound), NaN where it never reaches it (or is NaN where it would).
+    """
+    amounts = np.asarray(amounts, np.float64)
+    curve = np.asarray(curve, np.float64)
+    target = np.asarray(target, np.float64)[..., None]
+    reached = curve >= target
+    first = reached.argmax(-1)[..., None]
+    before = np.maximum(first - 1, 0)
+    y0, y1 = (np.take_along_axis(curve, at, -1)[..., 0] for at in (before, first))
+    x0, x1 = amounts[before[..., 0]], amounts[first[..., 0]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = x0 + (target[..., 0] - y0) / (y1 - y0) * (x1 - x0)
+    needed = np.where(first[..., 0] == 0, amounts[0], between)
+    return np.where(reached.any(-1), needed, np.nan)
 
 
 def interval_verdict(low, high):

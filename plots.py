@@ -212,6 +212,83 @@ def regions_figure(values, ylabel, title, intervals=None):
     return figure
 
 
+PART_STYLES = {  # a part of the explained variance: its bar drawn in the model's colour as
+    "unique to the layer": {"alpha": 1.0},
+    "shared": {"alpha": 0.45},
+    "unique to the low-level set": {"alpha": 0.15, "hatch": "///"}}
+
+
+def plot_partition(path, values, title):
+    """Write ``partition_figure(values, title)`` as a PNG at ``path``."""
+    _save(path, partition_figure(values, title))
+
+
+def partition_figure(values, title):
+    """Stacked bars of variance partitioning: a panel per (row, column) key, a group of bars
+    per layer, a bar per model stacking its three parts (``PART_STYLES``, in order; positive
+    parts up from 0, negative ones down).
+
+    Parameters
+    ----------
+    values : dict (row name, column name) -> {model label: {layer: (3,) parts}}; a row per
+        low-level set and a column per region, say, in order of first appearance. A part that
+        is None or NaN is left out.
+    title : str; wrapped to ``TITLE_CHARS`` and shown above all panels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure, panels sharing the y axis, one legend of models and parts below.
+    """
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    rows = list(dict.fromkeys(row for row, _ in values))
+    columns = list(dict.fromkeys(column for _, column in values))
+    models = list(dict.fromkeys(model for cell in values.values() for model in cell))
+    if not values:
+        raise ValueError("partition_figure: nothing to plot")
+    size = (max(6.4, 3.2 * len(columns) + 0.6), 2.8 * len(rows) + 1.6)
+    figure, axes = plt.subplots(len(rows), len(columns), squeeze=False, sharey=True,
+                                figsize=size)
+    width = REGION_GROUP / len(models)
+    for (row, column), cell in values.items():
+        axis = axes[rows.index(row), columns.index(column)]
+        layers = sorted({layer for by_layer in cell.values() for layer in by_layer})
+        for index, model in enumerate(models):
+            offset = (index - (len(models) - 1) / 2) * width
+            for position, layer in enumerate(layers):
+                parts = (cell.get(model) or {}).get(layer)
+                up = down = 0.0
+                for value, style in zip(parts if parts is not None else (),
+                                        PART_STYLES.values()):
+                    if not _defined(value):
+                        continue
+                    bottom = up if value >= 0 else down
+                    axis.bar(position + offset, value, width, bottom=bottom,
+                             color=model_colour(model), edgecolor=model_colour(model),
+                             linewidth=0.6, **style)
+                    if value >= 0:
+                        up += value
+                    else:
+                        down += value
+        axis.axhline(0.0, color="grey", linewidth=0.5)
+        axis.set_xticks(range(len(layers)), [str(layer) for layer in layers], fontsize=8)
+        axis.set_title(f"{column}, {row}", fontsize=9)
+        axis.set_xlabel("layer", fontsize=8)
+    for axis in axes[:, 0]:
+        axis.set_ylabel("explained variance (share)")
+    handles = [Patch(color=model_colour(model), label=model) for model in models]
+    handles += [Patch(facecolor=(0.3, 0.3, 0.3, style["alpha"]), edgecolor="0.3",
+                      hatch=style.get("hatch"), label=part)
+                for part, style in PART_STYLES.items()]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8,
+                  frameon=False)
+    figure.suptitle(_wrapped(title), fontsize=10)
+    legend_rows = -(-len(handles) // 4)
+    figure.tight_layout(rect=(0.0, (0.3 * legend_rows + 0.05) / size[1], 1.0, 1.0))
+    return figure
+
+
 def _defined(value):
     return value is not None and not math.isnan(value)
 

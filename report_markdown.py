@@ -150,6 +150,7 @@ def render(out, alignment, planted, downstream, summary, title, truth):
     if "across_subjects" in summary:
         lines += _across_subjects_section(summary)
     lines += _reliance_section(out, alignment, summary, planted)
+    lines += _partition_section(out, alignment)
     lines += _preference_section(out, alignment, summary)
     lines += _penalty_grid_section(out, alignment)
     for folder, probe in downstream.items():
@@ -397,27 +398,70 @@ def _regions_section(out, alignment, summary):
 
 def _efficiency_section(out, alignment, summary):
     """Mean cc_norm at the compared layer (region all) of encoding models fitted on fractions
-    of the training rows, where the run fitted some on fewer than all."""
+    of the training rows and on fewer whole stories, and the stories each tuned model needs
+    for the pretrained model's full-data alignment, where the run fitted some on fewer than
+    all."""
     layer = summary["layer"]
-    rows = [r for r in alignment.results.results if r.aggregation == "voxel_mean"
+    results = alignment.results
+    rows = [r for r in results.results if r.aggregation == "voxel_mean"
             and r.region == "all" and r.low_level == "none" and r.layer == layer]
     if all(r.train_fraction == 1 for r in rows):
         return []
-    fractions = sorted({r.train_fraction for r in rows})
-    cells = []
-    for m in dict.fromkeys(r.model for r in rows):
-        cell = []
-        for fraction in fractions:
-            row = find_row(rows, model=m, train_fraction=fraction)
-            cell.append("n/a" if row is None else
-                        f"{_number(row.cc_norm)} ({row.train_rows} rows)")
-        cells.append([m, *cell])
-    return ["## Data efficiency", "",
-            f"Mean cc_norm at layer {layer} (region `all`) of encoding models fitted on a "
-            "fraction of the training rows (in brackets: how many rows):", "",
-            _table(["model", *[f"{fraction:.0%} of training rows" for fraction in fractions]],
-                   cells), "",
-            _image(out, alignment.folder / "data_efficiency.png", "data efficiency"), ""]
+    models = list(dict.fromkeys(r.model for r in rows))
+    lines = ["## Data efficiency", ""]
+    fractions = sorted({r.train_fraction for r in rows if r.train_stories is None})
+    if len(fractions) > 1:
+        lines += [f"Mean cc_norm at layer {layer} (region `all`) of encoding models fitted on a "
+                  "fraction of the training rows (in brackets: how many rows):", "",
+                  _table(["model", *[f"{fraction:.0%} of training rows"
+                                     for fraction in fractions]],
+                         [[m, *["n/a" if row is None else
+                                f"{_number(row.cc_norm)} ({row.train_rows} rows)"
+                                for row in (find_row(rows, model=m, train_fraction=fraction,
+                                                     train_stories=None)
+                                            for fraction in fractions)]] for m in models]), ""]
+    counts = sorted({r.train_stories for r in rows if r.train_stories is not None})
+    if counts:
+        total = len(results.train_stories)
+        lines += [f"Mean cc_norm at layer {layer} (region `all`) of encoding models fitted on "
+                  "whole training stories (the same nested sets for every model, `story_sets` "
+                  f"in results.json; in brackets the {results.protocol.confidence:.0%} "
+                  "interval):", "",
+                  _table(["model", *[f"{k} {'story' if k == 1 else 'stories'}" for k in counts],
+                          f"all {total}"],
+                         [[m, *[_mean_cell(find_row(rows, model=m, train_stories=k))
+                                for k in counts],
+                           _mean_cell(find_row(rows, model=m, train_fraction=1.0))]
+                          for m in models]), ""]
+        needed = [r for r in results.stories_needed if r.layer == layer and r.region == "all"
+                  and r.aggregation == "voxel_mean"]
+        if needed:
+            lines += ["Stories each model needs for the pretrained model's mean cc_norm with "
+                      "all of them (read off its curve by linear interpolation at the first "
+                      "crossing; the follow-up paper reports about 5x less data for a brain-"
+                      "tuned model on a new participant):", "",
+                      _table(["model", "pretrained with all", "stories needed", "less data"],
+                             [[r.model, f"{_number(r.baseline_cc_norm)} ({r.total_stories} "
+                               "stories)", _needed_cell(r), "n/a" if r.less_data is None
+                               else f"{r.less_data:.1f}x"] for r in needed]), "",
+                      "An interval end of \"not reached\" means that in more than its tail of "
+                      "the resamples the model does not reach the pretrained model's alignment "
+                      "with all the stories; the smallest count is an upper bound where the "
+                      "curve starts above it.", ""]
+    return lines + [_image(out, alignment.folder / "data_efficiency.png", "data efficiency"),
+                    ""]
+
+
+def _needed_cell(row):
+    """Stories needed with its interval: "4.2 [2.0, 9.5] of 24"; "not reached" for None."""
+    def stories(value):
+        return "not reached" if value is None else f"{value:.1f}"
+
+    if row.stories_needed is None:
+        return f"not reached with {row.total_stories}"
+    interval = ("" if row.ci_low is None and row.ci_high is None
+                else f" [{stories(row.ci_low)}, {stories(row.ci_high)}]")
+    return f"{stories(row.stories_needed)}{interval} of {row.total_stories}"
 
 
 def _penalty_grid_section(out, alignment):
@@ -516,6 +560,36 @@ def _reliance_section(out, alignment, summary, planted):
     if planted:
         lines += _planted_reliance(planted, analyses, layers)
     return lines + [_image(out, alignment.folder / "reliance.png", "reliance per layer"), ""]
+
+
+def _partition_section(out, alignment):
+    """Per model, low-level set and layer, the variance unique to the layer, shared and unique
+    to the set (all voxels, voxel means, with intervals), and partition.png; nothing when the
+    run partitioned none."""
+    results = alignment.results
+    rows = [r for r in results.partition if r.region == "all" and r.aggregation == "voxel_mean"]
+    if not rows:
+        return []
+
+    def part(row, name):
+        return _number(getattr(row, name)) + _interval(getattr(row, f"{name}_ci_low"),
+                                                       getattr(row, f"{name}_ci_high"))
+
+    return ["## Variance partitioning", "",
+            "The variance of the test story's responses explained (r |r| / cc_max^2: the "
+            "share of the explainable variance, voxel means) by a banded ridge of the layer's "
+            "features and a low-level feature set together, split into what only the layer "
+            "explains (joint minus the set alone), what both explain (shared) and what only "
+            "the set explains (joint minus the layer alone); in brackets the "
+            f"{results.protocol.confidence:.0%} block-bootstrap interval "
+            "(docs/method.md#variance-partitioning). Reliance on the set shows as a large shared "
+            "part beside a small unique one.", "",
+            _table(["model", "set", "layer", "joint", "unique to the layer", "shared",
+                    "unique to the set"],
+                   [[r.model, r.low_level, r.layer, _number(r.joint), part(r, "unique_layer"),
+                     part(r, "shared"), part(r, "unique_low_level")] for r in rows]), "",
+            _image(out, alignment.folder / "partition.png", "variance partitioning per layer"),
+            ""]
 
 
 def _planted_reliance(planted, analyses, layers):

@@ -22,8 +22,9 @@ from pathlib import Path
 import run_utils
 from run_utils import DatasetError, UsageError
 
-SCHEMA_VERSION = 3  # 2: intervals of drops and preferences, comparisons per measure, departures;
-# 3: the penalty grid of each fitted encoding model (alpha_grid)
+SCHEMA_VERSION = 4  # 2: intervals of drops and preferences, comparisons per measure, departures;
+# 3: the penalty grid of each fitted encoding model (alpha_grid); 4: variance partitioning,
+# data efficiency in whole stories (train_stories, story_sets, stories_needed)
 RESULTS_FILE = "results.json"
 RUN_CONFIG_FILE = "run_config.json"
 FIX = "evaluate again with brain_evaluate.py"
@@ -45,7 +46,8 @@ class ResultRow:
     low_level: str  # "none", or the feature set removed
     region: str  # "all", or a region or group of --regions
     aggregation: str  # "voxel_mean" or "parcel_mean"
-    train_fraction: float
+    train_fraction: float  # --train_fraction, or the share of the training rows used
+    train_stories: int | None  # the whole stories of a --train_story_counts (None: not one)
     train_rows: int
     cc_norm: float | None
     r: float | None
@@ -110,12 +112,63 @@ class AlphaGridRow:
     layer: int
     low_level: str
     train_fraction: float
+    train_stories: int | None
     n_voxels: int
     lowest_fraction: float
     highest_fraction: float
     alphas: tuple[float, ...]
     mean_cv_score: tuple[float, ...] | None
     wider_alphas: tuple[float, ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionRow:
+    """The variance partitioning of a layer and a low-level feature set in one region and
+    aggregation (a row of partition.csv, docs/method.md#variance-partitioning): the variance
+    (r |r| / cc_max^2, the share of the explainable) that the banded model of both, the layer
+    alone and the set alone explain, and its three parts with their intervals (None where
+    undefined or not computed)."""
+
+    model: str
+    layer: int
+    low_level: str  # the feature set, "a" or "a+b"
+    region: str
+    aggregation: str
+    n_voxels: int
+    joint: float | None
+    layer_alone: float | None
+    low_level_alone: float | None
+    unique_layer: float | None
+    unique_layer_ci_low: float | None
+    unique_layer_ci_high: float | None
+    shared: float | None
+    shared_ci_low: float | None
+    shared_ci_high: float | None
+    unique_low_level: float | None
+    unique_low_level_ci_low: float | None
+    unique_low_level_ci_high: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoriesNeededRow:
+    """How many whole training stories a model needs for the baseline's mean cc_norm with all
+    of them (a row of stories_needed.csv, docs/alignment.md#data-efficiency): read off its
+    curve over --train_story_counts and all the stories by linear interpolation at the first
+    crossing, with the interval of the same reading on each bootstrap resample. None: not
+    reached with all the stories (for an interval end: in more than its tail of the
+    resamples), or no interval computed."""
+
+    model: str
+    baseline: str
+    layer: int
+    region: str
+    aggregation: str
+    baseline_cc_norm: float | None  # with all the training stories
+    total_stories: int
+    stories_needed: float | None
+    ci_low: float | None
+    ci_high: float | None
+    less_data: float | None  # total_stories / stories_needed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +243,9 @@ class AlignmentResults:
     comparisons: tuple[ComparisonRow, ...]
     semantic_preference: tuple[PreferenceRow, ...]
     alpha_grid: tuple[AlphaGridRow, ...]
+    partition: tuple[PartitionRow, ...]
+    story_sets: dict[str, tuple[str, ...]]  # --train_story_counts -> its training stories
+    stories_needed: tuple[StoriesNeededRow, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,14 +259,16 @@ class ResultsFolder:
 
 # ----------------------------------------------------------------------------- writing
 
-def results_document(facts, rows, comparisons, preference_rows, alpha_rows):
+def results_document(facts, rows, comparisons, preference_rows, alpha_rows, partition_rows,
+                     story_sets, needed_rows):
     """The JSON content of results.json: ``facts`` (subject, train_stories, test_story,
     models, nc_thr, subject_voxels, scored_voxels, excluded_voxels, fitted_voxels, regions,
     protocol) and the rows, checked against the schema (a SchemaError is a bug of the writer)
     and laid out in its order, with ``schema_version``."""
     payload = json.loads(run_utils.json_text({  # as written: NaN as null, paths as strings
         "schema_version": SCHEMA_VERSION, **facts, "results": rows, "comparisons": comparisons,
-        "semantic_preference": preference_rows, "alpha_grid": alpha_rows}))
+        "semantic_preference": preference_rows, "alpha_grid": alpha_rows,
+        "partition": partition_rows, "story_sets": story_sets, "stories_needed": needed_rows}))
     return to_json(from_json(AlignmentResults, payload))
 
 

@@ -370,6 +370,8 @@ def voxel_results_name(model, layer, analysis="none", kind="voxels"):
     them, ``report.py`` reads them)."""
     safe = model.replace("/", "_").replace(" ", "_")
     suffix = "" if analysis == "none" else f"_without_{analysis}"
+    if analysis.startswith("partition "):
+        suffix = f"_partitioned_with_{analysis.removeprefix('partition ')}"
     return f"{kind}_{safe}_layer{layer}{suffix}.npz"
 
 

@@ -213,6 +213,28 @@ def with_summary(scores, task):
     return scores
 
 
+PARTITION_PARTS = ("unique_layer", "shared", "unique_low_level")  # of the joint variance
+# the variance explained of encoding.partition_scores: by each model, then its parts
+PARTITION_MEASURES = ("joint", "layer_alone", "low_level_alone", *PARTITION_PARTS)
+
+
+def with_partition_summary(scores, task):
+    """``scores`` of ``encoding.partition_scores`` with their ``summary``: per measure of
+    ``PARTITION_MEASURES``, its (region, aggregation) means over ``task.summaries``, their
+    ``n_voxels``, and the ``ci`` of each of the three parts ((low, high) per key, None without the bootstrap)."""
+    summaries = task.summaries
+    summary = {name: summarise(scores[name], summaries) for name in PARTITION_MEASURES}
+    summary["n_voxels"] = dict(zip(summaries.keys, summaries.n_voxels))
+    summary["ci"] = {name: dict.fromkeys(summaries.keys) for name in PARTITION_PARTS}
+    if "bootstrap" in scores:
+        low, high = eval_utils.percentile_interval(scores["bootstrap"], CONFIDENCE)
+        for index, name in enumerate(PARTITION_PARTS):
+            summary["ci"][name] = {
+                key: None if n == 0 else (float(lo), float(hi)) for key, n, lo, hi in zip(
+                    summaries.keys, summaries.n_voxels, low[index], high[index])}
+    return {**scores, "summary": summary}
+
+
 def summarise(values, summaries):
     """Summaries (``Summaries``) of per-voxel values (n_voxels,): (region, aggregation) ->
     float, or None for a summary without voxels."""

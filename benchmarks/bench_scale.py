@@ -339,7 +339,7 @@ def evaluator_stage(args, data, nc_path):
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     results = {"pretrained": {1: {"encoding": {"none": scores}, "efficiency": {},
-                                  "semantic_preference": None}}}
+                                  "partition": {}, "semantic_preference": None}}}
     alignment_outputs.write_results(out, results, {
         "subject": subject, "train_stories": stories, "test_story": data_utils.TEST_STORY,
         "models": {"pretrained": "unused"}, **facts,

@@ -20,6 +20,7 @@ import torch
 import alignment_analyses
 import alignment_outputs
 import brain_evaluate
+import brain_trainer_story
 import brain_regions
 import damage
 import data_utils
@@ -284,7 +285,10 @@ def test_a_rerun_with_fewer_layers_leaves_no_files_of_the_earlier_run(setup):
     (["--n_bootstrap", "nan"], "--n_bootstrap"), (["--alphas", "0"], "--alphas: ridge penalties"),
     (["--alphas", "-10", "0"], "got -10.0 0.0"), (["--low_level_alphas", "1", "nan"],
                                                    "--low_level_alphas"),
-    (["--nc_thr", "1.5"], "--nc_thr must be in [0, 1)"), (["--nc_thr", "-0.1"], "--nc_thr")])
+    (["--nc_thr", "1.5"], "--nc_thr must be in [0, 1)"), (["--nc_thr", "-0.1"], "--nc_thr"),
+    (["--train_story_counts", "3", "0"], "--train_story_counts must be at least 1"),
+    (["--partition_ratios", "0"], "--partition_ratios: ridge penalties"),
+    (["--low_level_method", "drop"], "--low_level_method: invalid choice")])
 def test_bad_flags_are_parser_errors(setup, flags, message, capsys):
     root, data = setup
     with pytest.raises(SystemExit):
@@ -536,14 +540,164 @@ def test_planted_semantic_voxels_are_found_only_with_the_planted_features(tmp_pa
         tr_level[story] = eval_utils.lanczos_interp(features, times, dataset.tr_times(story))
     lengths = [dataset.response_rows(s) for s in stories]
     fractions = (0.1, 0.25, 0.5)
-    subsets = {f: encoding.training_subset(lengths, f, 3, 10) for f in fractions}
+    subsets = {encoding.subset_label(fraction=f): encoding.training_subset(lengths, f, 3, 10)
+               for f in fractions}
     task = _task(stories, test, train_responses, test_responses, nc, splits,
                  np.logspace(0, 5, 11), subsets=subsets)
-    curve = [encoding.layer_scores(tr_level, task, what="planted", fraction=f)[
+    curve = [encoding.layer_scores(tr_level, task, what="planted",
+                                   subset=encoding.subset_label(fraction=f))[
         "cc_norm"][semantic].mean() for f in fractions]
     curve.append(scores["planted"][semantic].mean())
     assert all(a < b for a, b in zip(curve, curve[1:])), curve
     assert curve[-1] - curve[0] > 0.2, curve
+
+
+def test_variance_partitioning_recovers_planted_unique_and_shared_parts():
+    """Layer features [S, A] and a low-level set [S, B] of independent streams; voxels read
+    A only, B only, S only or all three equally (plus noise): the parts of the explainable
+    variance are, by construction, (1, 0, 0), (0, 0, 1), (0, 1, 0) and thirds. The intervals
+    come from the same resamples as a brute-force recomputation on resampled rows."""
+    rng = np.random.default_rng(8)
+    stories, test = ["a", "b", "c", "d"], "t"
+    n_trs = {story: 415 for story in stories} | {test: 415}
+    streams = {story: {name: rng.standard_normal((n, 3)).astype(np.float32)
+                       for name in "SAB"} for story, n in n_trs.items()}
+    layer = {story: np.hstack([x["S"], x["A"]]) for story, x in streams.items()}
+    low = {story: np.hstack([x["S"], x["B"]]) for story, x in streams.items()}
+    designs = {name: encoding.design_matrices({s: x[name] for s, x in streams.items()}, stories,
+                                              test) for name in "SAB"}
+    mixes = {"A": (0, 1, 0), "B": (0, 0, 1), "S": (1, 0, 0), "all": (1, 1, 1)}
+    reads = [mix for mix in mixes.values() for _ in range(6)]
+    weights = rng.standard_normal((12, len(reads)))
+    weights *= np.sqrt(12) / np.linalg.norm(weights, axis=0)  # unit variance per stream read
+
+    def responses(part):  # signal of unit variance per stream read, and noise of variance 1
+        signal = sum(designs[name][part] @ weights * np.array([m[i] for m in reads])
+                     / np.sqrt(12 * np.array([sum(m) for m in reads]))
+                     for i, name in enumerate("SAB"))
+        return signal + rng.standard_normal(signal.shape)
+
+    train, target = responses(0), responses(1)
+    ceiling = np.sqrt(1 / 2)  # explainable share of the variance: signal 1, noise 1
+    splits = eval_utils.bootstrap_chunk_splits([n - 15 for n in n_trs.values()][:4], 3, 20)
+    task = _task(stories, test, train.astype(np.float32), target.astype(np.float32),
+                 np.full(len(reads), ceiling), splits, np.logspace(0, 4, 9))
+    counts, starts = eval_utils.bootstrap_block_counts(len(target), 10, 200, seed=2)
+    task = task._replace(uncertainty=task.uncertainty._replace(bootstrap_counts=counts,
+                                                               block_starts=starts))
+    own = encoding.layer_scores(layer, task._replace(uncertainty=task.uncertainty._replace(
+        bootstrap_counts=None)))
+    scores = encoding.partition_scores(layer, low, task, own["prediction"],
+                                       alignment_analyses.PARTITION_RATIOS)
+    parts = np.stack([scores[name] for name in summaries.PARTITION_PARTS], 1)
+    for index, mix in enumerate(mixes.values()):
+        expected = np.array([mix[1], mix[0], mix[2]]) / sum(mix)  # layer, shared, low-level
+        np.testing.assert_allclose(parts[6 * index:6 * index + 6].mean(0), expected, atol=0.08)
+    np.testing.assert_allclose(parts.sum(1), scores["joint"])  # the parts add up
+    # the joint model gives A-only voxels a heavy low-level penalty, B-only ones a light one
+    assert np.median(scores["ratio"][:6]) > np.median(scores["ratio"][6:12])
+    # the layer's own part (unique + shared) of a resample, recomputed from its rows
+    column = task.summaries.keys.index(("all", "voxel_mean"))
+    for i in (0, 7, 199):
+        rows = np.concatenate([np.tile(np.arange(starts[b], starts[b + 1]), c)
+                               for b, c in enumerate(counts[i])])
+        r = eval_utils.column_correlation(own["prediction"][rows], target[rows])
+        np.testing.assert_allclose(scores["bootstrap"][i, :2, column].sum(),
+                                   (r * np.abs(r)).mean() / ceiling ** 2, atol=1e-5)
+
+
+def test_story_subsets_are_whole_nested_and_seeded():
+    stories = [f"s{i}" for i in range(8)]
+    lengths = [30 + i for i in range(8)]
+    subsets = {k: encoding.story_subset(stories, lengths, k, 2, 10, seed=3) for k in (2, 3, 5)}
+    assert set(subsets[2].stories) < set(subsets[3].stories) < set(subsets[5].stories)
+    again = encoding.story_subset(stories, lengths, 3, 2, 10, seed=3)
+    assert again.stories == subsets[3].stories  # the same sets for every model of a run
+    assert encoding.story_subset(stories, lengths, 5, 2, 10, seed=4).stories != (
+        subsets[5].stories)
+    offsets = np.cumsum([0, *lengths])
+    for subset in subsets.values():  # every row of each chosen story, none of the others
+        expected = np.concatenate([np.arange(offsets[i], offsets[i + 1])
+                                   for i, story in enumerate(stories) if story in subset.stories])
+        np.testing.assert_array_equal(subset.rows, expected)
+        assert subset.fraction == len(expected) / sum(lengths)
+        assert all(set(train) | set(held) <= set(range(len(expected)))
+                   for train, held in subset.splits)
+    with pytest.raises(run_utils.UsageError, match="--train_story_counts 8: the run has 8"):
+        encoding.story_subset(stories, lengths, 8)
+
+
+def test_stories_needed_is_the_first_crossing_of_the_curve():
+    """eval_utils.amount_needed against a loop over random curves and targets."""
+    rng = np.random.default_rng(0)
+    amounts = np.array([2, 3, 5, 10, 24])
+    curves, targets = rng.uniform(0, 1, (500, 5)), rng.uniform(0, 1, 500)
+    got = eval_utils.amount_needed(amounts, curves, targets)
+    for curve, target, value in zip(curves, targets, got):
+        for i, score in enumerate(curve):
+            if score >= target:
+                expected = amounts[0] if i == 0 else np.interp(
+                    target, [curve[i - 1], score], amounts[i - 1:i + 1])
+                break
+        else:
+            expected = np.nan
+        np.testing.assert_allclose(value, expected)
+    assert np.isnan(got).any() and (got == 2).any() and ((got > 2) & (got < 24)).any()
+
+
+@pytest.mark.slow
+def test_a_model_tuned_on_two_subjects_is_read_on_a_held_out_third(tmp_path):
+    """The follow-up paper's new-participant protocol on the synthetic data: tune on subjects 1
+    and 2, evaluate both models on subject 3 with --train_story_counts; the stories needed
+    are read off the results' own curves."""
+    data = tmp_path / "ds"
+    synthetic_data.generate(data, seed=6, subjects=(1, 2, 3), n_train_stories=5, train_trs=40,
+                            test_trs=100, n_voxels=30, n_words=10)
+    ceilings = []
+    for subject in (1, 2, 3):
+        ceilings.append(tmp_path / f"UTS0{subject}.npy")
+        noise_ceilings.get_noise_ceiling(data_utils.Dataset(data), subject, ceilings[-1])
+    speech_models.save_tiny_model(tmp_path / "base", "wav2vec2")
+    assert brain_trainer_story.main([
+        "--model_name", str(tmp_path / "base"), "--subject", "1", "2", "--data_dir", str(data),
+        "--nc_path", *map(str, ceilings[:2]), "--nc_thr", "0.2", "--num_epochs", "1",
+        "--batch_size", "8", "--warmup_epochs", "0", "--save_dir", str(tmp_path / "runs"),
+        "--exp_name", "tuned"]) == 0
+    assert brain_evaluate.main([
+        "--model_name", str(tmp_path / "base"), "--logs_dir", str(tmp_path / "runs" / "tuned"),
+        "--subject", "3", "--data_dir", str(data), "--nc_path", str(ceilings[2]),
+        "--nc_thr", "0.2", "--save_dir", str(tmp_path / "out"), "--exp_name", "run",
+        "--layers", "1", "--train_story_counts", "1", "2", "3", "--n_permutations", "0",
+        "--n_bootstrap", "50", "--chunk_len", "10", *QUICK]) == 0
+    out = tmp_path / "out" / "run"
+    results = json.loads((out / "results.json").read_text())
+    config = json.loads((tmp_path / "runs" / "tuned" / "run_config.json").read_text())
+    assert config["subjects"] == ["UTS01", "UTS02"] and results["subject"] == "UTS03"
+    sets = results["story_sets"]
+    assert set(sets["1"]) < set(sets["2"]) < set(sets["3"]) < set(results["train_stories"])
+    rows = [r for r in results["results"] if r["region"] == "all"
+            and r["aggregation"] == "voxel_mean" and r["low_level"] == "none"]
+    assert {(r["model"], r["train_stories"]) for r in rows} == {
+        (m, k) for m in ("pretrained", "final") for k in (1, 2, 3, None)}
+    needed = next(r for r in results["stories_needed"] if r["region"] == "all"
+                  and r["aggregation"] == "voxel_mean")
+    curve = [next(r["cc_norm"] for r in rows if r["model"] == "final"
+                  and r["train_stories"] == k) for k in (1, 2, 3, None)]
+    target = next(r["cc_norm"] for r in rows if r["model"] == "pretrained"
+                  and r["train_stories"] is None)
+    total = len(results["train_stories"])
+    expected = eval_utils.amount_needed([1, 2, 3, total], curve, target)
+    assert needed["total_stories"] == total and needed["baseline_cc_norm"] == target
+    if np.isnan(expected):
+        assert needed["stories_needed"] is None
+    else:
+        assert needed["stories_needed"] == pytest.approx(float(expected))
+        assert needed["less_data"] == pytest.approx(total / float(expected))
+    assert (out / "stories_needed.csv").is_file() and (out / "data_efficiency.png").is_file()
+    assert report.main(["--out", str(tmp_path / "report"), "--alignment", str(out)]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert f"| model | 1 story | 2 stories | 3 stories | all {total} |" in text
+    assert "Stories each model needs for the pretrained model's mean cc_norm" in text
 
 
 def _models(args):
@@ -645,6 +799,15 @@ def test_an_empty_voxel_selection_is_refused(setup, tmp_path, caplog, monkeypatc
     _no_model_loading(monkeypatch)
     assert _run_on(setup, data, tmp_path / "out", "--nc_path", str(nc_path), *flags) == 1
     _one_error_line(caplog)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_as_many_story_counts_as_training_stories_are_refused_before_any_model(
+        setup, tmp_path, caplog, monkeypatch):
+    root, data = setup
+    _no_model_loading(monkeypatch)
+    assert _run_on(setup, data, tmp_path / "out", "--train_story_counts", "2") == 1
+    assert "--train_story_counts 2: the run has 2 training stories" in _one_error_line(caplog)
     _assert_nothing_written(tmp_path / "out")
 
 
@@ -1291,7 +1454,10 @@ def test_p_values_intervals_and_data_efficiency_of_a_run(setup):
     half = [row for row in results["results"] if row["train_fraction"] == 0.5]
     assert {row["model"] for row in half} == {"pretrained", "model1"}
     assert {row["train_rows"] for row in half} == {round(total / 2)}
-    assert all(row["cc_norm_ci_low"] is None for row in half)
+    # with block-bootstrap intervals (of the same resamples), without p-values
+    assert all(row["cc_norm_ci_low"] < row["cc_norm_ci_high"] for row in half
+               if row["n_voxels"])
+    assert all(row["significant_fraction"] is None for row in half)
     for name in ("comparison.png", "data_efficiency.png", "comparisons.csv"):
         assert (folder / name).is_file()
 

@@ -347,7 +347,8 @@ def test_evaluate_with_regions_and_maps_in_one_command(s1, tmp_path):
         "--subject", "1", "--data_dir", str(data), "--save_dir", str(tmp_path / "out"),
         "--exp_name", "run", "--cache_dir", str(cache), "--context_s", "1", "--chunk_s", "0.5",
         "--n_boots", "2", "--layers", "1", "2", "--n_permutations", "20", "--n_bootstrap", "20",
-        "--regions", "overlays", "--flatmap_layers", "best", "--flatmap_height", "128"]) == 0
+        "--regions", "overlays", "--flatmap_layers", "best", "--flatmap_height", "128",
+        "--low_level", "phonemes", "--low_level_method", "partition"]) == 0
     regions = json.loads((out / "regions.json").read_text())
     assert regions == json.loads(brain_regions.subject_regions(Dataset(data), 1, "overlays", cache)
                                  .read_text())
@@ -356,7 +357,11 @@ def test_evaluate_with_regions_and_maps_in_one_command(s1, tmp_path):
     for name in ("regions.png", "alignment.png"):
         assert matplotlib.image.imread(out / name).shape[0] > 100
     maps = sorted(path.name for path in out.glob("flatmap_*.png"))
-    assert len(maps) == 3 and all(name.endswith(("_layer1.png", "_layer2.png")) for name in maps)
+    assert len(maps) == 6 and all(name.endswith(("_layer1.png", "_layer2.png"))
+                                  or name.endswith(("_unique_vs_phonemes.png")) for name in maps)
+    # the variance unique to the layer is mapped from the partitioning's per-voxel values
+    assert sum(name.endswith("_unique_vs_phonemes.png") for name in maps) == 3
+    assert not (out / "reliance.png").exists()  # --low_level_method partition alone
     for path in out.glob("flatmap_*.png"):
         assert matplotlib.image.imread(path).shape[0] == 128
     # the report: the region table at the compared layer, regions.png and the maps
@@ -374,7 +379,7 @@ def test_evaluate_with_regions_and_maps_in_one_command(s1, tmp_path):
         assert (f"| {name} | {float(cell['cc_norm']):.3f} [{float(cell['cc_norm_ci_low']):.3f}, "
                 f"{float(cell['cc_norm_ci_high']):.3f}]" in section)
     assert "![alignment per region](../out/run/regions.png)" in section
-    assert section.count("](../out/run/flatmap_") == 3
+    assert section.count("](../out/run/flatmap_") == 6
     # a per-voxel result mapped later
     assert brain_regions.main(["map", str(out), "--layers", "2", "1", "--height", "96",
                                "--out", str(tmp_path / "maps")]) == 0

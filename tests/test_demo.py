@@ -48,9 +48,13 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
     plots = sorted(out.rglob("*.png"))
     assert {plot.name for plot in plots} == {
         "alignment.png", "comparison.png", "reliance.png", "semantic_preference.png",
-        "data_efficiency.png", "phonemes.png", "alpha_grid.png"}
+        "data_efficiency.png", "phonemes.png", "alpha_grid.png", "partition.png"}
     for plot in plots:
         assert f"]({plot.relative_to(out)})" in report
+    # beyond the paper: variance partitioning and the stories the tuned model needs
+    assert "| final | phonemes | 2 |" in report.split("## Variance partitioning")[1]
+    assert "| model | 2 stories | 3 stories | 5 stories | all 10 |" in report
+    assert "| final | " in report.split("Stories each model needs")[1]
     # the paper's penalty grid covers the demo's voxels: no warning of a narrow grid
     assert "No model and layer has more than 5% of its voxels at an end" in report
     assert "too narrow" not in result.stderr

@@ -264,6 +264,67 @@ def test_ridge_agrees_with_himalaya():
     assert len(np.unique(reference.best_alphas_)) > 1  # a comparison of per-voxel choices
 
 
+def _banded_problem(n=600, p1=30, p2=8, v=60, seed=4):
+    """Two bands of features; voxels read either or both with varying noise, so that they
+    need different penalty pairs. float64."""
+    rng = np.random.default_rng(seed)
+    X1, X2 = rng.standard_normal((n, p1)), rng.standard_normal((n, p2))
+    mix = rng.uniform(0, 1, v)
+    Y = (X1 @ rng.standard_normal((p1, v)) * mix + X2 @ rng.standard_normal((p2, v)) * (1 - mix)
+         + rng.standard_normal((n, v)) * np.linspace(1, 30, v))
+    return X1, X2, eval_utils.zscore(Y)
+
+
+BANDED_SPLITS = eval_utils.bootstrap_chunk_splits([300, 300], n_boots=3, chunk_len=20, seed=1)
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual"])
+def test_banded_ridge_is_a_search_over_rescaled_designs(solver):
+    """Each ratio scored as fit_ridge_cv scores the design [X1, X2 / sqrt(ratio)], each voxel
+    the best (ratio, alpha) pair of them all, refitted: in either solver."""
+    X1, X2, Y = _banded_problem()
+    alphas, ratios = np.logspace(0, 4, 5), np.logspace(-2, 2, 5)
+    weights, best_alphas, best_ratios, scores = eval_utils.fit_banded_ridge_cv(
+        X1, X2, Y, alphas, ratios, BANDED_SPLITS, solver=solver, score="r2")
+    assert scores.shape == (5, 5, Y.shape[1]) and weights.shape == (38, Y.shape[1])
+    for index, ratio in enumerate(ratios):
+        _, _, expected = eval_utils.fit_ridge_cv(np.hstack([X1, X2 / np.sqrt(ratio)]), Y, alphas,
+                                                 BANDED_SPLITS, score="r2")
+        np.testing.assert_allclose(scores[index], expected, atol=1e-9)
+    flat = scores.reshape(-1, Y.shape[1]).argmax(0)
+    np.testing.assert_array_equal(best_ratios, ratios[flat // len(alphas)])
+    np.testing.assert_array_equal(best_alphas, alphas[flat % len(alphas)])
+    assert len(np.unique(best_ratios)) > 2  # per-voxel choices, not one pair for all
+    for v in range(Y.shape[1]):  # closed form of the chosen penalties
+        penalty = np.r_[np.full(30, best_alphas[v]), np.full(8, best_alphas[v] * best_ratios[v])]
+        X = np.hstack([X1, X2])
+        np.testing.assert_allclose(weights[:, v], np.linalg.solve(X.T @ X + np.diag(penalty),
+                                                                  X.T @ Y[:, v]), atol=1e-9)
+
+
+def test_banded_ridge_predicts_as_himalaya_with_the_same_penalties():
+    """himalaya's WeightedKernelRidge with each voxel's chosen penalties as kernel weights
+    (K = K1 / alpha + K2 / (alpha ratio), penalty 1; its conjugate gradient run to
+    convergence) predicts what our weights predict."""
+    pytest.importorskip("himalaya")
+    from himalaya.backend import set_backend
+    from himalaya.kernel_ridge import WeightedKernelRidge
+
+    set_backend("numpy", on_error="warn")
+    X1, X2, Y = _banded_problem(n=700)
+    train, test = slice(0, 600), slice(600, None)
+    weights, alphas, ratios, _ = eval_utils.fit_banded_ridge_cv(
+        X1[train], X2[train], Y[train], np.logspace(0, 4, 5), np.logspace(-2, 2, 5),
+        BANDED_SPLITS)
+    kernels = [X1[train] @ X1[train].T, X2[train] @ X2[train].T]
+    reference = WeightedKernelRidge(alpha=1.0, kernels="precomputed",
+                                    deltas=-np.log(np.vstack([alphas, alphas * ratios])),
+                                    solver_params=dict(max_iter=1000, tol=1e-12))
+    reference.fit(np.stack(kernels), Y[train])
+    expected = reference.predict(np.stack([X1[test] @ X1[train].T, X2[test] @ X2[train].T]))
+    np.testing.assert_allclose(np.hstack([X1[test], X2[test]]) @ weights, expected, atol=1e-8)
+
+
 def test_ridge_dtype_batches_and_torch_backend_agree():
     X, Y = _problem(v=40, dtype=np.float32)
     alphas = np.logspace(-1, 4, 6)

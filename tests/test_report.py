@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import encoding
 import eval_utils
 import noise_ceilings
 import report
 import report_markdown
 import results_schema
 import run_utils
+import summaries
 
 N_VOXELS = 12
 TRUTH = {"semantic_voxels": [0, 1, 2, 3, 4], "acoustic_voxels": [5, 6, 7],
@@ -69,7 +71,8 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
                 if analysis == "none" and cc_norm:
                     mean = cc_norm[(model, layer)]
                 row = {"model": model, "layer": layer, "low_level": analysis, "region": "all",
-                       "aggregation": "voxel_mean", "train_fraction": 1.0, "train_rows": 1000,
+                       "aggregation": "voxel_mean", "train_fraction": 1.0, "train_stories": None,
+                       "train_rows": 1000,
                        "cc_norm": mean, "r": 0.0,
                        "drop_percent": None if analysis == "none" else drop,
                        "drop_ci_low": None, "drop_ci_high": None, "n_voxels": n_voxels, "cc_norm_ci_low": None, "cc_norm_ci_high": None,
@@ -104,12 +107,12 @@ def _alignment(folder, nc_path, rng, scored, models=("pretrained", "epoch 3"), p
         "arguments": {"nc_path": str(nc_path), "nc_thr": 0.4, "test_story": "wheretheressmoke"},
         **facts, "run": {}}))
     alpha_rows = [{"model": m, "layer": k, "low_level": "none", "train_fraction": 1.0,
-                   "n_voxels": int(scored.sum()), "lowest_fraction": 0.0,
+                   "train_stories": None, "n_voxels": int(scored.sum()), "lowest_fraction": 0.0,
                    "highest_fraction": 0.0, "alphas": GRID, "mean_cv_score": [0.1, 0.2, 0.15],
                    "wider_alphas": None, **(grids or {}).get((m, k), {})}
                   for m in models for k in (1, 2)]
     (folder / "results.json").write_text(json.dumps(results_schema.results_document(
-        facts, rows, comparisons or [], preference_rows, alpha_rows)))
+        facts, rows, comparisons or [], preference_rows, alpha_rows, [], {}, [])))
     return values
 
 
@@ -893,16 +896,22 @@ def test_probe_sections_say_where_the_data_was_read(tmp_path):
 
 
 RESULT_COLUMNS = ["model", "layer", "low_level", "region", "aggregation", "train_fraction",
-                  "train_rows", "cc_norm", "r", "drop_percent", "drop_ci_low", "drop_ci_high",
+                  "train_stories", "train_rows", "cc_norm", "r", "drop_percent", "drop_ci_low", "drop_ci_high",
                   "n_voxels", "cc_norm_ci_low", "cc_norm_ci_high", "significant_fraction"]
 COMPARISON_COLUMNS = ["model", "baseline", "layer", "measure", "low_level", "region",
                       "aggregation", "model_value", "baseline_value", "difference", "ci_low",
                       "ci_high", "verdict"]
 PREFERENCE_COLUMNS = ["model", "layer", "semantic_r", "semantic_columns", "phonetic_r",
                       "phonetic_columns", "preference", "ci_low", "ci_high"]
-ALPHA_GRID_COLUMNS = ["model", "layer", "low_level", "train_fraction", "n_voxels",
+ALPHA_GRID_COLUMNS = ["model", "layer", "low_level", "train_fraction", "train_stories",
+                      "n_voxels",
                       "lowest_fraction", "highest_fraction", "alphas", "mean_cv_score",
                       "wider_alphas"]
+PARTITION_COLUMNS = ["model", "layer", "low_level", "region", "aggregation", "n_voxels",
+                     "joint", "layer_alone", "low_level_alone", "unique_layer",
+                     "unique_layer_ci_low", "unique_layer_ci_high", "shared", "shared_ci_low",
+                     "shared_ci_high", "unique_low_level", "unique_low_level_ci_low",
+                     "unique_low_level_ci_high"]
 
 
 def _written_scores(rng, keys, n_voxels, empty=()):
@@ -924,6 +933,22 @@ def _written_scores(rng, keys, n_voxels, empty=()):
                         "alpha_grid": {"lowest_fraction": 0.0, "highest_fraction": 0.5,
                                        "n_voxels": n_voxels, "mean_cv_score": [0.1, 0.2, 0.3],
                                        "wider_alphas": GRID + [1e4, 1e5]}}}
+
+
+def _written_partition(rng, keys, n_voxels, empty=()):
+    """A variance partitioning as alignment_analyses makes it: per-voxel measures (the parts
+    from the three models' variances), the joint model's penalties and the summaries."""
+    measures = {name: rng.uniform(0, 0.3, n_voxels) for name in ("joint", "layer_alone",
+                                                                 "low_level_alone")}
+    measures.update(encoding._parts(**measures))
+    summary = {name: {key: None if key in empty else float(values.mean()) for key in keys}
+               for name, values in measures.items()}
+    summary["n_voxels"] = {key: 0 if key in empty else n_voxels for key in keys}
+    summary["ci"] = {name: {key: None if key in empty else (summary[name][key] - 0.01,
+                                                            summary[name][key] + 0.02)
+                            for key in keys} for name in summaries.PARTITION_PARTS}
+    return {**measures, "alpha": np.ones(n_voxels), "ratio": np.full(n_voxels, 10.0),
+            "summary": summary}
 
 
 def test_the_report_names_crowded_grids_and_one_grid_wide_enough_for_all(tmp_path):
@@ -952,18 +977,23 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
             ("front", "parcel_mean")]
     task = types.SimpleNamespace(
         responses=types.SimpleNamespace(train=range(100), test=range(20)),
-        fitted_indices=lambda: np.arange(N_VOXELS), subsets={0.5: types.SimpleNamespace(
-            rows=range(50))}, summaries=types.SimpleNamespace(keys=keys),
+        fitted_indices=lambda: np.arange(N_VOXELS), subsets={
+            "0.5 of the rows": types.SimpleNamespace(rows=range(50), fraction=0.5, stories=None),
+            "2 stories": types.SimpleNamespace(rows=range(60), fraction=0.6, stories=["a", "c"])},
+        summaries=types.SimpleNamespace(keys=keys), stories=["a", "b", "c"],
         full=lambda values: values, voxels=np.ones(N_VOXELS, bool), alphas=GRID)
     all_results = {label: {layer: {
         "encoding": {analysis: _written_scores(rng, keys, N_VOXELS, empty=[keys[2]])
                      for analysis in ("none", "powspec")},
-        "efficiency": {0.5: _written_scores(rng, keys, N_VOXELS)},
+        "efficiency": {name: _written_scores(rng, keys, N_VOXELS)
+                       for name in ("0.5 of the rows", "2 stories")},
+        "partition": {"phonemes": _written_partition(rng, keys, N_VOXELS, empty=[keys[2]])},
         "semantic_preference": {"semantic_r": 0.125, "semantic_columns": 16, "phonetic_r": 0.25,
                                 "phonetic_columns": 44, "preference": -0.125,
                                 "bootstrap": rng.normal(-0.125, 0.05, 50)}} for layer in (1, 2)}
         for label in ("pretrained", "final")}
-    facts = {"subject": "UTS01", "train_stories": ["a", "b"], "test_story": "wheretheressmoke",
+    facts = {"subject": "UTS01", "train_stories": ["a", "b", "c"],
+             "test_story": "wheretheressmoke",
              "models": {"pretrained": "m0", "final": "run/final"}, "nc_thr": 0.4,
              "subject_voxels": N_VOXELS, "scored_voxels": N_VOXELS, "excluded_voxels": 0,
              "fitted_voxels": {"selection": "all", "n": N_VOXELS},
@@ -973,16 +1003,17 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
              "departures": [{"setting": "--chunk_s", "value": "1.0", "paper": "0.1"}]}
     out = tmp_path / "alignment"
     out.mkdir()
-    rows, comparisons, preference_rows = alignment_outputs.write_results(out, all_results,
-                                                                         facts, task)
+    rows, comparisons, preference_rows, partition_rows = alignment_outputs.write_results(
+        out, all_results, facts, task)
     written = json.loads((out / "results.json").read_text())
     assert written["schema_version"] == results_schema.SCHEMA_VERSION
     assert list(written) == ["schema_version", *facts, "results", "comparisons",
-                             "semantic_preference", "alpha_grid"]
+                             "semantic_preference", "alpha_grid", "partition", "story_sets",
+                             "stories_needed"]
     assert [(g["model"], g["layer"], g["low_level"], g["train_fraction"], g["alphas"])
             for g in written["alpha_grid"]] == [
         (m, k, a, f, GRID) for m in ("pretrained", "final") for k in (1, 2)
-        for a, f in (("none", 1.0), ("powspec", 1.0), ("none", 0.5))]
+        for a, f in (("none", 1.0), ("powspec", 1.0), ("none", 0.5), ("none", 0.6))]
     read = results_schema.read_results(out / "results.json")
     assert results_schema.to_json(read) == written
     assert [results_schema.to_json(row) for row in read.results] == run_utils.json_safe(rows)
@@ -995,10 +1026,51 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
     for name, columns in (("results.csv", RESULT_COLUMNS),
                           ("comparisons.csv", COMPARISON_COLUMNS),
                           ("semantic_preference.csv", PREFERENCE_COLUMNS),
-                          ("alpha_grid.csv", ALPHA_GRID_COLUMNS)):
+                          ("alpha_grid.csv", ALPHA_GRID_COLUMNS),
+                          ("partition.csv", PARTITION_COLUMNS)):
         assert (out / name).read_text().splitlines()[0].split(",") == columns
     assert [field.name for field in dataclasses.fields(results_schema.ResultRow)] == (
         RESULT_COLUMNS)
+    assert [results_schema.to_json(row) for row in read.partition] == run_utils.json_safe(
+        partition_rows)
+    # every row's measures are the summaries of its per-voxel values, its parts those of
+    # the three models' variances
+    for row in read.partition:
+        scores = all_results[row.model][row.layer]["partition"][row.low_level]
+        key = (row.region, row.aggregation)
+        assert row.unique_layer == scores["summary"]["unique_layer"][key]
+        if row.joint is not None:
+            assert row.shared == pytest.approx(row.layer_alone + row.low_level_alone - row.joint)
+            assert (row.shared_ci_low, row.shared_ci_high) == scores["summary"]["ci"][
+                "shared"][key]
+        saved = np.load(out / run_utils.voxel_results_name(row.model, row.layer,
+                                                           "partition phonemes"))
+        np.testing.assert_array_equal(saved["unique_low_level"], scores["unique_low_level"])
+    assert any(row.joint is None for row in read.partition)  # the region without voxels
+    # the stories needed: final's curve (2 stories, all 3) read at pretrained's full-data mean,
+    # on the summaries and on each resample of both
+    assert read.story_sets == {"2": ("a", "c")}
+    assert {row.train_stories for row in read.results if row.train_fraction == 0.6} == {2}
+    for row in read.stories_needed:
+        ours, theirs = all_results["final"][row.layer], all_results["pretrained"][row.layer]
+        curve = [ours["efficiency"]["2 stories"], ours["encoding"]["none"]]
+        column = keys.index((row.region, row.aggregation))
+        target = theirs["encoding"]["none"]["summary"]["cc_norm"][keys[column]]
+        if target is None:
+            assert row.stories_needed is None
+            continue
+        values = [s["summary"]["cc_norm"][keys[column]] for s in curve]
+        expected = eval_utils.amount_needed([2, 3], values, target)
+        assert row.stories_needed == (None if np.isnan(expected) else pytest.approx(expected))
+        samples = [eval_utils.amount_needed([2, 3], [s["bootstrap"][b, column] for s in curve],
+                                            theirs["encoding"]["none"]["bootstrap"][b, column])
+                   for b in range(50)]
+        ordered = np.sort(np.nan_to_num(samples, nan=np.inf))
+        if row.stories_needed is not None:  # the 2.5% and 97.5% order statistics of the 50
+            low, high = ordered[int(np.ceil(0.025 * 50)) - 1], ordered[int(np.ceil(0.975 * 50)) - 1]
+            assert row.ci_low == (None if np.isinf(low) else pytest.approx(low))
+            assert row.ci_high == (None if np.isinf(high) else pytest.approx(high))
+    assert {row.stories_needed is None for row in read.stories_needed} == {True, False}
     # the folder as the evaluator leaves it (with its run_config.json) makes a report
     (out / "run_config.json").write_text(json.dumps({"arguments": {"data_dir": "d"}}))
     assert results_schema.read_results_folder(out).arguments == {"data_dir": "d"}
@@ -1012,6 +1084,12 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
     assert "## Brain regions" in text and "## Data efficiency" in text
     assert "4 of 4 have more than 5% at an end" in text and "--alphas 10 100 1000 1e+04 1e+05" in text
     assert "![mean CV score per penalty](../alignment/alpha_grid.png)" in text
+    final = next(row for row in read.partition if (row.model, row.layer, row.region,
+                                                   row.aggregation) == ("final", 2, "all",
+                                                                        "voxel_mean"))
+    assert (f"| final | phonemes | 2 | {final.joint:.3f} | {final.unique_layer:.3f} "
+            f"[{final.unique_layer_ci_low:.3f}, {final.unique_layer_ci_high:.3f}] |") in text
+    assert "![variance partitioning per layer](../alignment/partition.png)" in text
     assert "- `--chunk_s`: 1.0 (the paper's: 0.1)" in text
     # every comparison's interval, from the same resamples of both models, brute force
     confidence = 100 * (1 - read.protocol.confidence) / 2
@@ -1048,23 +1126,24 @@ def test_a_writer_that_leaves_the_schema_fails_loudly(tmp_path):
     _setup(tmp_path)
     written = json.loads((tmp_path / "alignment" / "results.json").read_text())
     facts = {key: value for key, value in written.items() if key not in (
-        "schema_version", "results", "comparisons", "semantic_preference", "alpha_grid")}
+        "schema_version", "results", "comparisons", "semantic_preference", "alpha_grid",
+        "partition", "story_sets", "stories_needed")}
     rows, preference = written["results"], written["semantic_preference"]
-    grids = written["alpha_grid"]
-    assert results_schema.results_document(facts, rows, [], preference, grids) == written
+    grids, parts = written["alpha_grid"], (written["partition"], {}, [])
+    assert results_schema.results_document(facts, rows, [], preference, grids, *parts) == written
     with pytest.raises(results_schema.SchemaError, match=r"results\[0\] has unknown field"):
-        results_schema.results_document(facts, [{**rows[0], "extra": 1}], [], preference, grids)
+        results_schema.results_document(facts, [{**rows[0], "extra": 1}], [], preference, grids, *parts)
     with pytest.raises(results_schema.SchemaError, match=r"alpha_grid\[0\]"):
         results_schema.results_document(facts, rows, [], preference,
-                                        [{**grids[0], "alphas": "10 100"}])
+                                        [{**grids[0], "alphas": "10 100"}], *parts)
     with pytest.raises(results_schema.SchemaError, match="the file lacks 'protocol'"):
         results_schema.results_document({key: value for key, value in facts.items()
-                                         if key != "protocol"}, rows, [], preference, grids)
+                                         if key != "protocol"}, rows, [], preference, grids, *parts)
     # the protocol is open: a flag declared part of it later is recorded as it is
     document = results_schema.results_document(
-        {**facts, "protocol": {**facts["protocol"], "new_flag": 1}}, rows, [], preference, grids)
+        {**facts, "protocol": {**facts["protocol"], "new_flag": 1}}, rows, [], preference, grids, *parts)
     assert document["protocol"] == {**facts["protocol"], "new_flag": 1}
     with pytest.raises(results_schema.SchemaError, match="protocol lacks 'test_target'"):
         results_schema.results_document(
             {**facts, "protocol": {key: value for key, value in facts["protocol"].items()
-                                   if key != "test_target"}}, rows, [], preference, grids)
+                                   if key != "test_target"}}, rows, [], preference, grids, *parts)

@@ -199,6 +199,12 @@ def test_bootstrap_correlations_match_the_resampled_rows():
     np.testing.assert_allclose(
         eval_utils.bootstrap_correlations(prediction, target, counts, starts, voxel_batch=4), r,
         rtol=0, atol=1e-13)
+    # the explained variance r |r| of each resample, weighted sums of it too
+    weights = np.random.default_rng(6).uniform(size=(n_voxels, 2))
+    np.testing.assert_allclose(
+        eval_utils.bootstrap_correlations(prediction, target, counts, starts, weights,
+                                          voxel_batch=7, signed_square=True),
+        (r * np.abs(r)) @ weights, rtol=1e-12)
 
 
 def _related_columns(rng, n_rows, n_voxels):
