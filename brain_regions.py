@@ -187,10 +187,27 @@ class MapCommand(arguments.Flags):
             raise UsageError(f"--height must be at least 64 pixels, got {self.height}")
 
 
+@dataclasses.dataclass(kw_only=True)
+class ViewCommand(arguments.Flags):
+    """An interactive viewer of a brain_evaluate.py results folder: one HTML file, opened from
+    the file system, of per model cc_norm and each tuned model minus the pretrained one."""
+
+    results_dir: str = flag(positional=True, help="a brain_evaluate.py results folder")
+    layers: list[int] = flag(help="layers to show (a map per model and layer)")
+    models: list[str] | None = flag(None, help="model labels to show (default: every model of "
+                                               "the folder)")
+    out: str | None = flag(None, help="the HTML file (default: <results_dir>/viewer.html)")
+    cache_dir: str | None = flag(None, help="pycortex cache (default: the run's --cache_dir)")
+    overwrite: bool = flag(False, help="replace --out")
+    log_level: str = flag("INFO", help="logging level")
+
+
 COMMANDS = {"regions": (RegionsCommand, "write the region file that brain_evaluate.py "
                                         "--regions takes"),
             "map": (MapCommand, "draw per-voxel cc_norm of a brain_evaluate.py results folder "
-                                "on the flat map")}
+                                "on the flat map"),
+            "view": (ViewCommand, "write an interactive viewer (one HTML file, no server) of a "
+                                  "brain_evaluate.py results folder")}
 
 
 def parse_args(argv=None):
@@ -214,6 +231,10 @@ def run(settings):
                 shutil.copyfile(path, tmp)
             path = settings.out
         logger.info("regions written to %s", path)
+    elif isinstance(settings, ViewCommand):
+        path = view_results(settings.results_dir, settings.layers, settings.models,
+                            settings.out, settings.cache_dir, settings.overwrite)
+        logger.info("viewer written to %s: open it in a browser", path)
     else:
         written = map_results(settings.results_dir, settings.layers, settings.models,
                               settings.out, settings.cache_dir, settings.height,
@@ -561,22 +582,87 @@ def map_results(results_dir, layers, models=None, out_dir=None, cache_dir=None,
                 height=MAP_HEIGHT, overwrite=False):
     """Flat maps of a ``brain_evaluate.py`` results folder (its run_config.json names the
     dataset); returns the paths written."""
+    folder, cc_norm, voxels = _results_cc_norm(results_dir, layers, models)
+    config = folder.arguments
+    return write_flatmaps(out_dir or folder.folder, cc_norm, voxels,
+                          data_utils.Dataset(config["data_dir"]), folder.results.subject,
+                          cache_dir or config["cache_dir"], height, overwrite)
+
+
+def view_results(results_dir, layers, models=None, out=None, cache_dir=None, overwrite=False):
+    """The viewer (``write_viewer``) of a ``brain_evaluate.py`` results folder, with its
+    regions (its regions.json, when it has one). Returns the file written."""
+    from summaries import load_rois  # summaries imports this module
+
+    folder, cc_norm, voxels = _results_cc_norm(results_dir, layers, models)
+    config = folder.arguments
+    region_file = folder.folder / "regions.json"
+    n_voxels = len(next(iter(cc_norm.values())))
+    regions = load_rois(region_file, n_voxels)[0] if region_file.is_file() else {}
+    title = (f"{folder.results.subject}, {folder.results.test_story}: "
+             f"{folder.results.scored_voxels} voxels with NC > {folder.results.nc_thr}")
+    return write_viewer(out or folder.folder / "viewer.html", cc_norm, voxels,
+                        data_utils.Dataset(config["data_dir"]), folder.results.subject,
+                        cache_dir or config["cache_dir"], regions, title, overwrite)
+
+
+def write_viewer(path, per_voxel, voxels, dataset, subject, cache_dir, regions=None,
+                 title="brain alignment", overwrite=False):
+    """The viewer (``brain_viewer``) at ``path`` of ``per_voxel`` cc_norm ((model, layer) ->
+    (n_voxels,)): a map per (model, layer) and of each tuned model minus "pretrained", on the
+    colour scales of ``write_flatmaps``; only ``voxels`` (the summary voxels' indices) are
+    coloured. ``regions`` (name -> voxel indices) are listed with each map's mean over their
+    shown voxels and outlined on demand. Returns ``path``."""
+    import brain_viewer
+
+    anatomy = subject_anatomy(dataset, subject)
+    cortex = import_cortex(anatomy, cache_dir)
+    n_voxels = len(next(iter(per_voxel.values())))
+    mask = thick_mask(cortex, anatomy, n_voxels)
+    shown = np.zeros(n_voxels, bool)
+    shown[np.asarray(voxels, np.intp)] = True
+    nearest = brain_viewer.vertex_voxels(cortex, anatomy, mask)
+    maps = []
+    for layer in sorted({layer for _, layer in per_voxel}):
+        at_layer = {label: values for (label, at), values in per_voxel.items() if at == layer}
+        top = max(_scale(values[shown]) for values in at_layer.values())
+        scales = [(label, values, "inferno", 0.0, top) for label, values in at_layer.items()]
+        for label, values in at_layer.items():
+            if "pretrained" in at_layer and label != "pretrained":
+                difference = values - at_layer["pretrained"]
+                limit = _scale(np.abs(difference[shown]))
+                scales.append((f"{label} minus pretrained", difference, "RdBu_r", -limit, limit))
+        maps += [{"name": f"cc_norm, {name}, layer {layer}", "values": values,
+                  "colours": brain_viewer.vertex_colours(values, nearest, shown, cmap, low, high),
+                  "bar": brain_viewer.colour_bar(cmap, low, high)}
+                 for name, values, cmap, low, high in scales]
+    listed = []
+    for name, members in (regions or {}).items():
+        members = np.asarray(members, np.int64)
+        scored = members[shown[members]]
+        listed.append({"name": name, "vertices": np.flatnonzero(np.isin(nearest, members)),
+                       "means": [float(np.nanmean(m["values"][scored])) if scored.size
+                                 else None for m in maps]})
+    return brain_viewer.write_viewer(Path(path), f"{title} ({anatomy.subject})",
+                                     brain_viewer.flat_surface(cortex, anatomy), maps, listed,
+                                     overwrite)
+
+
+def _results_cc_norm(results_dir, layers, models):
+    """A results folder (``results_schema.read_results_folder``), its per-voxel cc_norm per
+    (model label, layer) of ``models`` (None: all) and ``layers``, and its summary voxels."""
     folder = results_schema.read_results_folder(results_dir)
-    results_dir, config = folder.folder, folder.arguments
-    voxels = np.load(results_dir / run_utils.SUMMARY_VOXELS_NAME)
-    labels = models or list(folder.results.models)
+    voxels = np.load(folder.folder / run_utils.SUMMARY_VOXELS_NAME)
     cc_norm = {}
-    for label in labels:
+    for label in models or list(folder.results.models):
         for layer in layers:
-            path = results_dir / run_utils.voxel_results_name(label, layer)
+            path = folder.folder / run_utils.voxel_results_name(label, layer)
             if not path.is_file():
-                raise UsageError(f"{path}: not found; {results_dir} has no layer {layer} of "
+                raise UsageError(f"{path}: not found; {folder.folder} has no layer {layer} of "
                                  f"{label!r} (see its results.csv)")
             with np.load(path) as arrays:
                 cc_norm[label, layer] = arrays["cc_norm"]
-    return write_flatmaps(out_dir or results_dir, cc_norm, voxels,
-                          data_utils.Dataset(config["data_dir"]), folder.results.subject,
-                          cache_dir or config["cache_dir"], height, overwrite)
+    return folder, cc_norm, voxels
 
 
 def write_flatmaps(out_dir, per_voxel, voxels, dataset, subject, cache_dir,

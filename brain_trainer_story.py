@@ -34,6 +34,7 @@ import processes
 import run_utils
 import speech_models
 import training_data
+import training_log
 import training_steps
 from arguments import flag
 from data_utils import DatasetFlags
@@ -77,6 +78,12 @@ class Settings(TrainingFlags, TargetFlags, DatasetFlags):  # --help lists them i
                                 "once the new one has set itself up)")
     log_level: str = flag("INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                           group="output", resumable=True, help="logging level")
+    report_to: str = flag("none", choices=training_log.REPORT_TO, group="output",
+                          resumable=True,
+                          help="also log the loss and learning rates per step and the "
+                               "validation scores per epoch for TensorBoard (in <run>/"
+                               "tensorboard/; needs the tensorboard package), beside "
+                               "metrics.jsonl")
 
     def __post_init__(self):
         super().__post_init__()
@@ -92,6 +99,7 @@ class Settings(TrainingFlags, TargetFlags, DatasetFlags):  # --help lists them i
                 self.model_name, "-".join(self.subjects()),
                 "features" if self.target_features else self.target)
         arguments.check_exp_name(self.exp_name)
+        training_log.check_report_to(self.report_to)
 
 
 def parse_args(argv=None):
@@ -211,32 +219,35 @@ def train(settings, group):
 
         # the epochs, until --num_epochs or --patience epochs without a better --select_by
         metrics, best, stale = progress.metrics, progress.best, progress.stale
-        for epoch in range(progress.start_epoch, settings.num_epochs):
-            if settings.patience and stale >= settings.patience:
-                break
-            batches = training_data.epoch_batches(
-                [d.train for d in datasets], epoch, settings.seed, settings.batch_size,
-                settings.micro_batch_size, collate, num_workers, group.rank, group.world_size,
-                settings.batch_order)
-            line = training_steps.train_one_epoch(network, model, batches, val_loaders,
-                                                  optimizer, scheduler, scaler, dtype, group,
-                                                  epoch, settings.num_epochs)
-            logger.info("epoch %d: train loss %.4f, val loss %.4f, val corr %.4f", epoch + 1,
-                        line["train_loss"], line["val_loss"], line["val_corr"])
-            training_steps.check_finite(line)
-            metrics.append(line)
-            best, stale = checkpoints.best_epoch(best, stale, line, model, settings.select_by)
-            if group.is_main:
-                checkpoints.save_epoch(run_dir, settings.save_every, epoch, model, beside,
-                                       voxels, config, optimizer, scheduler, scaler, metrics,
-                                       best, stale)
-            processes.barrier()
+        with training_log.TrainingLog(run_dir, settings.report_to, group.is_main) as log:
+            for epoch in range(progress.start_epoch, settings.num_epochs):
+                if settings.patience and stale >= settings.patience:
+                    break
+                batches = training_data.epoch_batches(
+                    [d.train for d in datasets], epoch, settings.seed, settings.batch_size,
+                    settings.micro_batch_size, collate, num_workers, group.rank,
+                    group.world_size, settings.batch_order)
+                line = training_steps.train_one_epoch(network, model, batches, val_loaders,
+                                                      optimizer, scheduler, scaler, dtype, group,
+                                                      epoch, settings.num_epochs, log)
+                logger.info("epoch %d: train loss %.4f, val loss %.4f, val corr %.4f",
+                            epoch + 1, line["train_loss"], line["val_loss"], line["val_corr"])
+                training_steps.check_finite(line)
+                metrics.append(line)
+                log.epoch(line)
+                best, stale = checkpoints.best_epoch(best, stale, line, model,
+                                                     settings.select_by)
+                if group.is_main:
+                    checkpoints.save_epoch(run_dir, settings.save_every, epoch, model, beside,
+                                           voxels, config, optimizer, scheduler, scaler,
+                                           metrics, best, stale)
+                processes.barrier()
 
         if group.is_main:  # final/: the best epoch by --select_by
             model.load_state_dict(best["state"])
             checkpoints.save_tuned_model(run_dir / "final", model, beside, voxels, {
                 **config, "selected_by": best["selected_by"], "epoch": best["epoch"],
-                "best_val_loss": best["val_loss"], "best_val_corr": best["val_corr"]},
+                "best_val_loss": best["val_loss"], "best_val_corr": best["val_corr"]}, metrics,
                 overwrite=True)
             logger.info("epoch %d has the %s (--select_by %s): val loss %.4f, val corr %.4f; "
                         "tuned model in %s", best["epoch"],

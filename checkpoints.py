@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 
 import arguments
+import model_cards
 import processes
 import run_utils
 import speech_models
@@ -80,7 +81,7 @@ def run_folder(run_dir, settings, group):
             folder.release()
 
 
-def save_tuned_model(directory, model, beside, voxels, run_config, overwrite=False):
+def save_tuned_model(directory, model, beside, voxels, run_config, metrics, overwrite=False):
     """Write a folder that ``AutoModel.from_pretrained`` loads as the tuned encoder; for
     Whisper also ``WhisperForConditionalGeneration``, as the base with its encoder tuned (the
     whole model is saved, decoder and output projection the base's), which transcribes with
@@ -90,7 +91,8 @@ def save_tuned_model(directory, model, beside, voxels, run_config, overwrite=Fal
     Holds the encoder (LoRA adapters merged), what ``beside`` holds (objects with
     ``save_pretrained``: the feature extractor and ``speech_models.load_base_files``, e.g. the
     base's tokenizer and generation config), the head (``brain_head.safetensors``), the voxels
-    predicted (``voxels.json``) and the run configuration (``brain_tuning.json``). Written
+    predicted (``voxels.json``), the run configuration (``brain_tuning.json``) and the model
+    card (``README.md``, ``model_cards.tuning_card``, with the epochs' ``metrics``). Written
     atomically.
     """
     import safetensors.torch  # a torch module: loaded only when a checkpoint is written
@@ -103,6 +105,8 @@ def save_tuned_model(directory, model, beside, voxels, run_config, overwrite=Fal
         safetensors.torch.save_file(head, str(tmp / "brain_head.safetensors"))
         run_utils.write_json(tmp / "voxels.json", voxels or {})
         run_utils.write_json(tmp / "brain_tuning.json", run_config)
+        run_utils.write_text(tmp / model_cards.CARD_FILE,
+                             model_cards.tuning_card(run_config, metrics))
 
 
 
@@ -188,7 +192,7 @@ def save_epoch(run_dir, save_every, epoch, model, beside, voxels, config, optimi
     ``last/``."""
     if save_every and (epoch + 1) % save_every == 0:
         save_tuned_model(run_dir / f"checkpoint-epoch{epoch + 1}", model, beside, voxels,
-                         {**config, "epoch": epoch + 1}, overwrite=True)
+                         {**config, "epoch": epoch + 1}, metrics, overwrite=True)
     write_metrics(run_dir, metrics)
     save_training_state(run_dir, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -133,6 +133,44 @@ def curves_per_layer_figure(curves, xlabel, ylabel, title, log_x=False):
     return figure
 
 
+def plot_training_curves(path, runs, title):
+    """Write ``training_curves_figure(runs, title)`` as a PNG at ``path``."""
+    _save(path, training_curves_figure(runs, title))
+
+
+def training_curves_figure(runs, title):
+    """Two panels over the epochs: the training (solid) and validation (dashed) loss, and the
+    validation correlation; a colour per run, a ring on the epoch it keeps.
+
+    ``runs``: name -> (its ``metrics.jsonl`` lines, the epoch kept or None)."""
+    plt = _pyplot()
+    figure, (losses, correlations) = plt.subplots(1, 2, figsize=(9.6, 3.6))
+    for name, (metrics, kept) in runs.items():
+        colour = model_colour(name)
+        epochs = [line["epoch"] for line in metrics]
+        losses.plot(epochs, [line["train_loss"] for line in metrics], color=colour,
+                    label=f"{name}, training")
+        losses.plot(epochs, [line["val_loss"] for line in metrics], color=colour,
+                    linestyle="--", label=f"{name}, validation")
+        correlations.plot(epochs, [line["val_corr"] for line in metrics], color=colour,
+                          marker="o", markersize=3, label=name)
+        chosen = [line for line in metrics if line["epoch"] == kept]
+        for axis, key in ((losses, "val_loss"), (correlations, "val_corr")):
+            axis.scatter([line["epoch"] for line in chosen], [line[key] for line in chosen],
+                         s=80, facecolors="none", edgecolors=colour, zorder=3)
+    from matplotlib.ticker import MaxNLocator
+
+    losses.set_ylabel("loss (MSE)")
+    correlations.set_ylabel("validation correlation")
+    for axis in (losses, correlations):
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend(fontsize=7)
+    figure.suptitle(_wrapped(title), fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 def plot_regions(path, values, ylabel, title, intervals=None):
     """Write ``regions_figure(values, ylabel, title, intervals)`` as a PNG at ``path``."""
     _save(path, regions_figure(values, ylabel, title, intervals))

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import arguments
 import data_utils
+import model_cards
+import plots
 import report_markdown
 import report_summary
 import results_schema
@@ -75,6 +77,10 @@ class Settings(arguments.Flags):
         None, help="the dataset; when it is synthetic, planted-voxel summaries are added (over "
                    "the voxels above the run's --nc_thr whose test responses vary)")
     title: str = flag("Brain-tuning report", help="report title")
+    model_card: bool = flag(False, help="also write the alignment results into the tuned "
+                                        "model's card (README.md of the --tuned checkpoint, "
+                                        "which brain_trainer_story.py wrote), replacing an "
+                                        "earlier report's; docs/brain-tuning.md#model-cards")
     overwrite: bool = flag(False, help="replace an existing report")
 
 
@@ -106,15 +112,24 @@ def run(settings):
                 alignment, truth, truth_path,
                 report_summary.scored_voxels(alignment, alignment.results.subject_voxels))
     summary = report_summary.summarise(alignment, roles, planted, list(downstream.values()))
+    card = model_cards.card_file(summary["checkpoints"]["tuned"]) if settings.model_card else None
     if len(alignments) > 1:
         summary["across_subjects"] = report_summary.across_subjects(
             alignments, roles, summary["layer"], settings.tuned)
+    runs = report_summary.training_runs(alignment)
+    curves = out / "training_curves.png" if runs else None
+    if curves is not None:
+        plots.plot_training_curves(curves, runs, "Brain-tuning: loss and validation "
+                                                 "correlation per epoch")
     text = report_markdown.render(out, alignment, planted, downstream, summary, settings.title,
-                                  truth)
+                                  truth, curves)
     run_utils.write_json(out / "summary.json", {
         **summary, **run_utils.run_config(arguments.as_dict(settings))}, overwrite=True)
     run_utils.write_text(out / "report.md", text, overwrite=True)
     logger.info("wrote %s and %s", out / "report.md", out / "summary.json")
+    if card is not None:
+        model_cards.add_alignment(card, report_markdown.model_card_lines(summary, alignment))
+        logger.info("added the brain alignment to the model card %s", card)
 
 
 def main(argv=None):

@@ -131,8 +131,9 @@ def _image(out, path, caption):
 
 # ----------------------------------------------------------------------------- the report
 
-def render(out, alignment, planted, downstream, summary, title, truth):
-    """The report's Markdown text (``downstream``: folder -> its results.json)."""
+def render(out, alignment, planted, downstream, summary, title, truth, curves=None):
+    """The report's Markdown text (``downstream``: folder -> its results.json; ``curves``: the
+    tuned models' training_curves.png, or None)."""
     results = alignment.results
     lines = [f"# {title}", "",
              f"Subject {results.subject}; encoding models fitted on "
@@ -153,6 +154,13 @@ def render(out, alignment, planted, downstream, summary, title, truth):
     lines += _partition_section(out, alignment)
     lines += _preference_section(out, alignment, summary)
     lines += _penalty_grid_section(out, alignment)
+    if curves is not None:
+        lines += ["## Brain-tuning runs", "",
+                  "Training (solid) and validation (dashed) loss and the validation correlation "
+                  "per epoch of each tuned model's run (its metrics.jsonl; per step in "
+                  "<run>/tensorboard/ when it was trained with --report_to tensorboard); the "
+                  "ring marks the epoch its final/ keeps.", "",
+                  _image(out, curves, "training curves"), ""]
     for folder, probe in downstream.items():
         lines += _probe_section(out, folder, probe)
     lines += ["## Summary", "", "```json", run_utils.json_text(summary, indent=1), "```", ""]
@@ -244,14 +252,6 @@ def _direction_section(summary):
     if undetected:
         parts.append(f"{len(undetected)} show no detectable difference (the interval holds 0: "
                      "read them as noise, whichever way the point estimates go)")
-    table = [[expectation(key)[0],
-              *[(_drop if key.startswith("drop") else _number)(check[role])
-                for role in ("pretrained", "tuned")],
-              _check_difference(key, check), check["expected"],
-              _verdict_cell(check["verdict"], check["expected"])
-              if check["difference"] is not None else
-              ("undefined" if key.startswith("drop") else "n/a")]
-             for key, check in checks.items()]
     drops = [value for key, check in checks.items() if key.startswith("drop")
              for value in (check["pretrained"], check["tuned"])]
     return [f"## {tuned} against pretrained", "",
@@ -260,9 +260,35 @@ def _direction_section(summary):
             f"{'; '.join(parts)}. A verdict needs an interval: where a number has none (planted "
             "voxel types, a run with `--n_bootstrap 0`, or a drop whose cc_norm before removal "
             "is not above 0 in every resample) it is left undecided.", "",
-            _table(["measure", "pretrained", tuned, "difference", "paper expects tuned",
-                    "verdict"], table), "",
-            *_drop_notes(drops)]
+            _direction_table(summary), "", *_drop_notes(drops)]
+
+
+def _direction_table(summary):
+    """Per headline number: both models', the difference, the paper's direction, the verdict."""
+    checks = summary["expected_direction"]
+    return _table(["measure", "pretrained", summary["models"]["tuned"], "difference",
+                   "paper expects tuned", "verdict"],
+                  [[expectation(key)[0],
+                    *[(_drop if key.startswith("drop") else _number)(check[role])
+                      for role in ("pretrained", "tuned")],
+                    _check_difference(key, check), check["expected"],
+                    _verdict_cell(check["verdict"], check["expected"])
+                    if check["difference"] is not None else
+                    ("undefined" if key.startswith("drop") else "n/a")]
+                   for key, check in checks.items()])
+
+
+def model_card_lines(summary, alignment):
+    """The brain-alignment section of the tuned model's card (``report.py --model_card``):
+    where it was evaluated, and its headline numbers against the pretrained model's."""
+    results = alignment.results
+    return [f"Evaluated with `brain_evaluate.py` on {results.subject}: encoding models fitted "
+            f"on {len(results.train_stories)} stories, tested on {results.test_story}, at "
+            f"layer {summary['layer']}; means over the voxels with a noise ceiling above "
+            f"{results.nc_thr} (n = {summary['tuned'].get('n_voxels')}). In brackets the "
+            f"{results.protocol.confidence:.0%} block-bootstrap interval of the difference; "
+            "the verdict reads it against the brain-tuning paper's expected direction.", "",
+            _direction_table(summary), ""]
 
 
 def _check_difference(key, check):

@@ -5,6 +5,7 @@ results.json files (``eval_*.py``) are read as they are.
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
 import h5py
@@ -118,6 +119,24 @@ def headline_intervals(results, roles, layer):
 
 
 # ----------------------------------------------------------------------------- probes
+
+def training_runs(alignment):
+    """The brain-tuning runs of the alignment's tuned models: run folder name -> (its
+    ``metrics.jsonl`` lines, the epoch its ``final/`` keeps or None), for each checkpoint
+    folder whose parent holds a ``metrics.jsonl`` (one entry per run, however many of its
+    checkpoints were evaluated)."""
+    runs = {}
+    for checkpoint in alignment.results.models.values():
+        run = Path(checkpoint).parent
+        metrics = run / "metrics.jsonl"
+        if run.name in runs or not metrics.is_file():
+            continue
+        lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        final = run / "final" / "brain_tuning.json"
+        kept = json.loads(final.read_text()).get("epoch") if final.is_file() else None
+        runs[run.name] = (lines, kept)
+    return runs
+
 
 def read_probe(folder, alignment_models):
     """An ``eval_*.py`` results.json, each model under the alignment run's label for the same

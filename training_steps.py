@@ -119,10 +119,11 @@ def validate(model, loader, device, dtype):
 
 
 def train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler, scaler, dtype,
-                    processes, epoch, num_epochs):
+                    processes, epoch, num_epochs, log=None):
     """One epoch: an optimiser step per item of ``batches`` (its micro-batches' gradients
-    summed), the schedules' step, then the validation loss and correlation (of rank 0, on
-    every rank). Returns the epoch's metrics line."""
+    summed; each step's loss and learning rates to ``log``, a ``training_log.TrainingLog``),
+    the schedules' step, then the validation loss and correlation (of rank 0, on every
+    rank). Returns the epoch's metrics line."""
     began = time.time()
     device = processes.device
     lrs = [group["lr"] for group in optimizer.param_groups]
@@ -130,9 +131,10 @@ def train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler, 
     total, count = 0.0, 0
     progress = run_utils.progress(batches, desc=f"epoch {epoch + 1}/{num_epochs}",
                                   disable=not processes.is_main)
-    for micro_batches in progress:
+    for index, micro_batches in enumerate(progress):
         optimizer.zero_grad(set_to_none=True)
         n_samples = sum(len(b[1]) for b in micro_batches)
+        step_total = 0.0
         for inputs, target, offset in micro_batches:
             inputs, target = inputs.to(device), target.to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -140,10 +142,13 @@ def train_one_epoch(network, model, batches, val_loaders, optimizer, scheduler, 
             loss = torch.nn.functional.mse_loss(
                 output.float()[:, offset:offset + target.shape[1]], target)
             scaler.scale(loss * len(target) / n_samples).backward()
-            total += loss.item() * len(target)
-            count += len(target)
+            step_total += loss.item() * len(target)
+        total += step_total
+        count += n_samples
         scaler.step(optimizer)
         scaler.update()
+        if log is not None:
+            log.step(epoch * len(batches) + index, step_total / n_samples, lrs)
         progress.set_postfix(loss=f"{total / count:.4f}")
     scheduler.step()
     if processes.distributed:

@@ -694,10 +694,18 @@ def test_a_model_tuned_on_two_subjects_is_read_on_a_held_out_third(tmp_path):
         assert needed["stories_needed"] == pytest.approx(float(expected))
         assert needed["less_data"] == pytest.approx(total / float(expected))
     assert (out / "stories_needed.csv").is_file() and (out / "data_efficiency.png").is_file()
-    assert report.main(["--out", str(tmp_path / "report"), "--alignment", str(out)]) == 0
+    assert report.main(["--out", str(tmp_path / "report"), "--alignment", str(out),
+                        "--model_card"]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert f"| model | 1 story | 2 stories | 3 stories | all {total} |" in text
     assert "Stories each model needs for the pretrained model's mean cc_norm" in text
+    # the run's curves in the report, its alignment on the tuned model's card
+    assert "![training curves](training_curves.png)" in text
+    assert (tmp_path / "report" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    card = (tmp_path / "runs" / "tuned" / "final" / "README.md").read_text()
+    table = text.split("## final against pretrained")[1].split("| measure |")[1].split("\n\n")[0]
+    assert "## Brain alignment" in card and "Evaluated with `brain_evaluate.py` on UTS03" in card
+    assert table in card  # the report's comparison table, as it is
 
 
 def _models(args):

@@ -336,6 +336,85 @@ def test_flat_maps_show_where_alignment_rose_and_fell(s1, tmp_path):
                                      dataset, 1, cache, height=256)
 
 
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _browse(page_file, screenshots, hovered):
+    """Open ``page_file`` in headless Chromium (Playwright driving the system's browser),
+    screenshot each map of its menu (``screenshots``: map index -> PNG path) and, the pointer
+    on the first row of the region list, the last map again (``hovered``); returns the console
+    errors and uncaught exceptions."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    errors = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=BROWSER, args=["--enable-unsafe-swiftshader", "--use-gl=angle",
+                                           "--use-angle=swiftshader"])
+        page = browser.new_page(viewport={"width": 1000, "height": 600})
+        page.on("console", lambda message: message.type == "error" and errors.append(
+            message.text))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(page_file.resolve().as_uri())
+        page.wait_for_function("document.body.dataset.ready !== undefined", timeout=60_000)
+        assert page.evaluate("document.body.dataset.ready") == "true", page.inner_text("#status")
+        for index, path in screenshots.items():
+            page.select_option("#map", str(index))
+            page.locator("#cortex").screenshot(path=str(path))
+        page.hover("tr.region >> nth=0")
+        page.locator("#cortex").screenshot(path=str(hovered))
+        browser.close()
+    return errors
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium found (chromium or chromium-browser "
+                                           "on PATH; .ci/run installs Debian's)")
+def test_the_viewer_shows_where_alignment_rose_and_fell_in_a_real_browser(s1, tmp_path):
+    """The viewer opens from the file system in headless Chromium without a console error, draws
+    the brain (not blank, each map its own picture) and shows a +0.3 planted in auditory cortex
+    in red and a -0.3 in Broca's area in blue on the tuned-minus-pretrained map."""
+    data, cache, _, _, mask, _, _ = s1
+    dataset = Dataset(data)
+    regions = json.loads(brain_regions.subject_regions(dataset, 1, "overlays", cache).read_text())
+    n = int(mask.sum())
+    before = np.full(n, 0.2, np.float32)
+    after = before.copy()
+    after[regions["AC"]] += 0.3
+    after[regions["Broca"]] -= 0.3
+    page_file = brain_regions.write_viewer(
+        tmp_path / "viewer.html", {("pretrained", 3): before, ("final", 3): after},
+        np.arange(n), dataset, 1, cache, {name: regions[name] for name in ("AC", "Broca")})
+    text = page_file.read_text()
+    assert "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text
+    shots = {index: tmp_path / f"map{index}.png" for index in range(3)}
+    assert _browse(page_file, shots, tmp_path / "hovered.png") == []
+    images = {index: matplotlib.image.imread(path)[..., :3] for index, path in shots.items()}
+    for image in images.values():  # the brain, drawn: a third of the page is not background
+        assert (np.abs(image - 1).max(axis=-1) > 0.02).mean() > 0.3
+    assert not np.allclose(images[0], images[2])  # each map its own colours
+    red, blue = _tinted(images[2])  # final minus pretrained: AC red, Broca blue
+    assert red > 2000 and blue > 200
+    assert red / blue == pytest.approx(len(regions["AC"]) / len(regions["Broca"]), rel=0.6)
+    assert _tinted(images[0]) == (0, 0)  # pretrained: 0.2 everywhere, neither
+    # the pointer on the first region's row (AC) outlines it in green, and nothing else
+    hovered = matplotlib.image.imread(tmp_path / "hovered.png")[..., :3]
+    assert _green(hovered) > 100 and _green(images[2]) == 0
+    # the region list's means, as planted
+    cells = [json.loads(row) for row in re.findall(r'"means": (\[[^]]*\])', text)]
+    assert cells == [pytest.approx([0.2, 0.5, 0.3]), pytest.approx([0.2, -0.1, -0.3])]
+
+
+def _green(image):
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    return int(((g > r + 0.3) & (g > b + 0.3)).sum())
+
+
+def _tinted(image):
+    """Pixels clearly red (red above green and blue by 0.2) and clearly blue."""
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    return (int(((r > g + 0.2) & (r > b + 0.2)).sum()),
+            int(((b > r + 0.2) & (b > g + 0.05)).sum()))
+
+
 @pytest.mark.slow
 def test_evaluate_with_regions_and_maps_in_one_command(s1, tmp_path):
     data, cache, _, _, mask, _, _ = s1
@@ -387,6 +466,12 @@ def test_evaluate_with_regions_and_maps_in_one_command(s1, tmp_path):
         f"flatmap_{model}_layer{layer}.png" for layer in (1, 2)
         for model in ("pretrained", "model1", "model1-minus-pretrained"))
     assert brain_regions.main(["map", str(out), "--layers", "7"]) == 1
+    # the viewer of the folder, with its regions listed
+    assert brain_regions.main(["view", str(out), "--layers", "2", "--out",
+                               str(tmp_path / "maps" / "viewer.html")]) == 0
+    page = (tmp_path / "maps" / "viewer.html").read_text()
+    assert '"name": "cc_norm, model1 minus pretrained, layer 2"' in page
+    assert all(f'"name": "{name}"' in page for name in regions)
 
 
 def test_flatmap_flags_check_the_anatomy_before_any_model(dataset_copy, s1, tmp_path, caplog):

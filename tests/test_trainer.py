@@ -13,7 +13,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import (AutoModel, AutoProcessor, AutoTokenizer, BertConfig, BertModel,
                           GenerationConfig, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor,
                           Wav2Vec2ForCTC, Wav2Vec2Processor, WhisperFeatureExtractor,
@@ -26,11 +28,13 @@ import damage
 import data_utils
 import eval_utils
 import make_tiny
+import model_cards
 import noise_ceilings
 import run_utils
 import speech_models
 import synthetic_data
 import training_data
+import training_log
 import training_steps
 
 FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
@@ -202,7 +206,7 @@ def _strict_json(text):
 
 def test_final_is_the_best_validation_epoch(train_data, tiny_models, tmp_path):
     code, run_dir = run(train_data, tiny_models["hubert"], tmp_path, "--num_epochs", "3",
-                        "--patience", "0")
+                        "--patience", "0", "--report_to", "tensorboard")
     assert code == 0
     for name in ("run_config.json", "final/brain_tuning.json", "final/voxels.json",
                  "checkpoint-epoch1/brain_tuning.json"):
@@ -215,6 +219,51 @@ def test_final_is_the_best_validation_epoch(train_data, tiny_models, tmp_path):
     chosen = AutoModel.from_pretrained(run_dir / f"checkpoint-epoch{best}").state_dict()
     assert all(torch.equal(final[k], chosen[k]) for k in final)
     assert json.loads((run_dir / "final" / "brain_tuning.json").read_text())["epoch"] == best
+    # each checkpoint's model card: the HF format, what was tuned on what, its epochs' losses
+    card = ModelCard.load(run_dir / "final" / model_cards.CARD_FILE)
+    assert card.data.library_name == "transformers" and "brain-tuning" in card.data.tags
+    assert card.data.datasets == [model_cards.DATASET]
+    assert card.data.base_model is None and "(a local folder)" in card.text
+    assert f"epoch {best}, the loss rule of `--select_by`" in card.text
+    for line in metrics:
+        assert (f"| {line['epoch']} | {line['train_loss']:.4f} | {line['val_loss']:.4f} | "
+                f"{line['val_corr']:.4f} |") in card.text
+    first = (run_dir / "checkpoint-epoch1" / model_cards.CARD_FILE).read_text()
+    assert "| 1 | " in first and "| 2 | " not in first
+    config = json.loads((run_dir / "final" / "brain_tuning.json").read_text())
+    config["arguments"]["model_name"] = "facebook/hubert-base-ls960"  # a hub id: base_model
+    assert ModelCard(model_cards.tuning_card(config, metrics)).data.base_model == (
+        "facebook/hubert-base-ls960")
+    # report.py --model_card's section: added once, replaced when written again
+    path = model_cards.card_file(run_dir / "final")
+    model_cards.add_alignment(path, ["an earlier report"])
+    model_cards.add_alignment(path, ["| measure | pretrained |"])
+    text = path.read_text()
+    assert text.count(model_cards.ALIGNMENT_HEADING) == 1 and "an earlier report" not in text
+    assert "| measure | pretrained |" in text and "## Losses per epoch" in text
+    assert ModelCard.load(path).data.library_name == "transformers"
+    # --report_to tensorboard: the loss and learning rates per step, the scores per epoch
+    events = EventAccumulator(str(run_dir / training_log.EVENTS_FOLDER))
+    events.Reload()
+    assert [e.value for e in events.Scalars("eval/loss")] == pytest.approx(
+        [line["val_loss"] for line in metrics])
+    assert [e.step for e in events.Scalars("eval/correlation")] == [1, 2, 3]
+    steps = events.Scalars("train/loss")
+    per_epoch = len(steps) // len(metrics)
+    assert per_epoch > 1 and [e.step for e in steps] == list(range(len(steps)))
+    rates = events.Scalars("train/learning_rate")
+    for index, line in enumerate(metrics):
+        epoch = [e.value for e in steps[index * per_epoch:(index + 1) * per_epoch]]
+        assert min(epoch) <= line["train_loss"] <= max(epoch)  # a mean of its steps' losses
+        assert rates[index * per_epoch].value == pytest.approx(line["lr_backbone"])
+
+
+def test_report_to_tensorboard_without_the_package_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(training_log.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit):
+        trainer.parse_args(["--model_name", "m", "--subject", "1", "--data_dir", "d",
+                            "--report_to", "tensorboard"])
+    assert "--report_to tensorboard needs the tensorboard package" in capsys.readouterr().err
 
 
 def test_early_stopping(train_data, tiny_models, tmp_path, monkeypatch):
