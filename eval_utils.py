@@ -120,6 +120,41 @@ def noise_ceiling(repeats, data_norm=True):
     return cc_max.astype(_float_dtype(repeats))
 
 
+def intersubject_ceiling(responses):
+    """Per-voxel noise ceilings of a story heard once by several subjects, from the shared
+    response (docs/method.md#scoring).
+
+    Each subject's z-scored response is taken as a shared signal of variance ``a`` plus its own
+    noise. The leave-one-subject-out intersubject correlation of subject i, ``r_i =
+    corr(y_i, mean of the others)``, is averaged over subjects through Fisher's z; with N
+    subjects it equals ``a / sqrt(a + (1 - a) / (N - 1))`` (the others' mean still holds
+    ``1 / (N - 1)`` of the noise), which the standard correction solves for ``a``: the
+    ceiling of a prediction of one subject's response is ``sqrt(a)``, the correlation of the
+    shared signal with it.
+
+    Parameters
+    ----------
+    responses : (n_subjects, n_time, n_voxels) array, each subject's responses to the story
+
+    Returns
+    -------
+    isc : (n_voxels,) float64, the Fisher-z mean leave-one-out intersubject correlation
+    ceiling : (n_voxels,) float64, ``sqrt(a)``; 0 where the mean correlation is not positive
+    """
+    responses = np.asarray(responses, np.float64)
+    if responses.ndim != 3 or responses.shape[0] < 3 or responses.shape[1] < 3:
+        raise ValueError(f"responses must be (subjects, time, voxels) with at least 3 subjects "
+                         f"and 3 time points, got shape {responses.shape}")
+    n = responses.shape[0]
+    total = responses.sum(axis=0)
+    correlations = np.stack([column_correlation(subject, (total - subject) / (n - 1))
+                             for subject in responses])
+    isc = np.tanh(np.arctanh(np.clip(correlations, -0.999999, 0.999999)).mean(axis=0))
+    r2, shrink = np.square(np.maximum(isc, 0.0)), (n - 2) / (n - 1)
+    shared = (r2 * shrink + np.sqrt(np.square(r2 * shrink) + 4 * r2 / (n - 1))) / 2
+    return isc, np.where(isc > 0, np.sqrt(np.minimum(shared, 1.0)), 0.0)
+
+
 def spe_and_cc_norm(repeats, prediction, data_norm=True, max_flooring=None):
     """Signal power explained and normalised correlation of a prediction (Schoppe et al. 2016).
 

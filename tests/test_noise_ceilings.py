@@ -53,6 +53,27 @@ def test_noise_ceiling_recovers_the_true_ceiling():
     np.testing.assert_allclose(eval_utils.noise_ceiling(repeats), expected, atol=0.02)
 
 
+@pytest.mark.parametrize("n_subjects", [5, 20])
+def test_intersubject_ceiling_recovers_the_planted_shared_signal(n_subjects):
+    """Subjects hearing one story once: a shared signal of variance a plus noise of each
+    one's own. The leave-one-out correlation is the Fisher-z mean of a loop over subjects; the
+    corrected ceiling is sqrt(a), what the planted signal itself reaches on each subject."""
+    shared = np.linspace(0.0, 0.6, 13)
+    subjects, signal = _planted_repeats(shared, n_repeats=n_subjects, n_time=20000, seed=3)
+    isc, ceiling = eval_utils.intersubject_ceiling(subjects)
+    loop = [np.tanh(np.mean([np.arctanh(np.corrcoef(
+        subjects[i, :, v], np.delete(subjects, i, axis=0)[:, :, v].mean(axis=0))[0, 1])
+        for i in range(n_subjects)])) for v in range(len(shared))]
+    np.testing.assert_allclose(isc, loop, atol=1e-10)
+    np.testing.assert_allclose(ceiling, np.sqrt(shared), atol=0.03)
+    reached = [np.mean([np.corrcoef(signal[:, v], subjects[i, :, v])[0, 1]
+                        for i in range(n_subjects)]) for v in range(len(shared))]
+    np.testing.assert_allclose(ceiling[1:], reached[1:], atol=0.03)
+    assert (isc[1:] < ceiling[1:]).all()  # uncorrected, the others' noise lowers it
+    with pytest.raises(ValueError, match="at least 3 subjects"):
+        eval_utils.intersubject_ceiling(subjects[:2])
+
+
 def test_no_signal_gives_zero():
     repeats, _ = _planted_repeats(np.zeros(200), n_time=300)
     cc_max = eval_utils.noise_ceiling(repeats)
