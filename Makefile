@@ -5,8 +5,10 @@
 #             of lowest validation loss, as the paper keeps; 4 s context instead of 16 s, for
 #             speed; scored as the authors score, with permutation p-values, bootstrap
 #             intervals and the data-efficiency curve) with the low-level reliance and semantic
-#             preference, a phoneme probe on a synthetic TIMIT, and outputs/demo/report.md +
-#             summary.json; every setting of the stages in configs/demo.json
+#             preference, variance partitioning and the stories needed, a phoneme probe on a
+#             synthetic TIMIT, and outputs/demo/report.md + summary.json (with the training
+#             curves; the tuned model's card gets its alignment); every setting of the stages
+#             in configs/demo.json
 # make test   set up .venv if needed, then run the whole test suite (TEST_FLAGS: in parallel
 #             processes) and print its slowest tests
 # make test-fast  the same without the tests marked slow (the whole demo)
@@ -84,7 +86,7 @@ demo: setup
 	$(BIN)/python report.py --out $(DEMO_DIR) --title "brain-tuning demo (synthetic data)" \
 		--alignment $(DEMO_DIR)/alignment/tiny-wav2vec2_UTS01 \
 		--downstream $(DEMO_DIR)/downstream/tiny-wav2vec2_phonemes --data_dir $(DEMO_DIR)/data \
-		--overwrite
+		--model_card --overwrite
 
 reproduce: setup
 ifeq ($(QUICK),)

@@ -48,7 +48,8 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
     plots = sorted(out.rglob("*.png"))
     assert {plot.name for plot in plots} == {
         "alignment.png", "comparison.png", "reliance.png", "semantic_preference.png",
-        "data_efficiency.png", "phonemes.png", "alpha_grid.png", "partition.png"}
+        "data_efficiency.png", "phonemes.png", "alpha_grid.png", "partition.png",
+        "training_curves.png"}
     for plot in plots:
         assert f"]({plot.relative_to(out)})" in report
     # beyond the paper: variance partitioning and the stories the tuned model needs
@@ -59,3 +60,6 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
     assert "No model and layer has more than 5% of its voxels at an end" in report
     assert "too narrow" not in result.stderr
     assert (out / "runs" / "tiny-wav2vec2_UTS01" / "run_config.json").exists()
+    # the tuned model's card, with the alignment the report added
+    card = (out / "runs" / "tiny-wav2vec2_UTS01" / "final" / "README.md").read_text()
+    assert "library_name: transformers" in card and "## Brain alignment" in card
