@@ -306,15 +306,23 @@ def _colours(path):
     return image, int(red.sum()), int(blue.sum())
 
 
-def test_flat_maps_show_where_alignment_rose_and_fell(s1, tmp_path):
-    data, cache, _, anatomy, mask, _, _ = s1
+def _rise_and_fall(s1):
+    """S1's dataset, its overlay regions, and cc_norm of 0.2 everywhere (before) and with a
+    rise of 0.3 in auditory cortex and a fall of 0.3 in Broca's area (after)."""
+    data, cache, _, _, mask, _, _ = s1
     dataset = Dataset(data)
     regions = json.loads(brain_regions.subject_regions(dataset, 1, "overlays", cache).read_text())
-    n = int(mask.sum())
-    before = np.full(n, 0.2, np.float32)
+    before = np.full(int(mask.sum()), 0.2, np.float32)
     after = before.copy()
-    after[regions["AC"]] += 0.3  # rose in auditory cortex
-    after[regions["Broca"]] -= 0.3  # fell in Broca's area
+    after[regions["AC"]] += 0.3
+    after[regions["Broca"]] -= 0.3
+    return dataset, regions, before, after
+
+
+def test_flat_maps_show_where_alignment_rose_and_fell(s1, tmp_path):
+    cache = s1[1]
+    dataset, regions, before, after = _rise_and_fall(s1)
+    n = len(before)
     written = brain_regions.write_flatmaps(tmp_path, {("pretrained", 3): before,
                                                       ("final", 3): after}, np.arange(n),
                                            dataset, 1, cache, height=256)
@@ -372,14 +380,9 @@ def test_the_viewer_shows_where_alignment_rose_and_fell_in_a_real_browser(s1, tm
     """The viewer opens from the file system in headless Chromium without a console error, draws
     the brain (not blank, each map its own picture) and shows a +0.3 planted in auditory cortex
     in red and a -0.3 in Broca's area in blue on the tuned-minus-pretrained map."""
-    data, cache, _, _, mask, _, _ = s1
-    dataset = Dataset(data)
-    regions = json.loads(brain_regions.subject_regions(dataset, 1, "overlays", cache).read_text())
-    n = int(mask.sum())
-    before = np.full(n, 0.2, np.float32)
-    after = before.copy()
-    after[regions["AC"]] += 0.3
-    after[regions["Broca"]] -= 0.3
+    cache = s1[1]
+    dataset, regions, before, after = _rise_and_fall(s1)
+    n = len(before)
     page_file = brain_regions.write_viewer(
         tmp_path / "viewer.html", {("pretrained", 3): before, ("final", 3): after},
         np.arange(n), dataset, 1, cache, {name: regions[name] for name in ("AC", "Broca")})
