@@ -161,7 +161,8 @@ def on_tr_grid(rows, n_grid_trs):
 
 def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, task, stimulus,
                    finished, low_level=(), low_level_alphas=eval_utils.CONFOUND_ALPHAS,
-                   device="cpu", low_level_method=("residual",), partition_ratios=PARTITION_RATIOS):
+                   device="cpu", low_level_method=LOW_LEVEL_METHODS,
+                   partition_ratios=PARTITION_RATIOS):
     """Per-layer scores of one model, its features extracted from the stories of ``dataset``
     (``layer_features.model_tr_features``, cached in ``cache_dir``).
 
