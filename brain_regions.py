@@ -622,20 +622,10 @@ def write_viewer(path, per_voxel, voxels, dataset, subject, cache_dir, regions=N
     shown = np.zeros(n_voxels, bool)
     shown[np.asarray(voxels, np.intp)] = True
     nearest = brain_viewer.vertex_voxels(cortex, anatomy, mask)
-    maps = []
-    for layer in sorted({layer for _, layer in per_voxel}):
-        at_layer = {label: values for (label, at), values in per_voxel.items() if at == layer}
-        top = max(_scale(values[shown]) for values in at_layer.values())
-        scales = [(label, values, "inferno", 0.0, top) for label, values in at_layer.items()]
-        for label, values in at_layer.items():
-            if "pretrained" in at_layer and label != "pretrained":
-                difference = values - at_layer["pretrained"]
-                limit = _scale(np.abs(difference[shown]))
-                scales.append((f"{label} minus pretrained", difference, "RdBu_r", -limit, limit))
-        maps += [{"name": f"cc_norm, {name}, layer {layer}", "values": values,
-                  "colours": brain_viewer.vertex_colours(values, nearest, shown, cmap, low, high),
-                  "bar": brain_viewer.colour_bar(cmap, low, high)}
-                 for name, values, cmap, low, high in scales]
+    maps = [{"name": f"cc_norm, {_map_name(label, minus)}, layer {layer}", "values": values,
+             "colours": brain_viewer.vertex_colours(values, nearest, shown, cmap, low, high),
+             "bar": brain_viewer.colour_bar(cmap, low, high)}
+            for layer, label, minus, values, cmap, low, high in _colour_scales(per_voxel, shown)]
     listed = []
     for name, members in (regions or {}).items():
         members = np.asarray(members, np.int64)
@@ -681,28 +671,35 @@ def write_flatmaps(out_dir, per_voxel, voxels, dataset, subject, cache_dir,
         logger.info("Inkscape is not installed: flat maps without ROI outlines and labels")
     shown = np.zeros(n_voxels, bool)
     shown[np.asarray(voxels, np.intp)] = True
-    written = []
+    return [flatmap(Path(out_dir) / flatmap_name(f"{label}-minus-pretrained" if minus else label,
+                                                 layer, suffix),
+                    cortex, anatomy, mask, values, shown,
+                    f"{measure}, {_map_name(label, minus)}, layer {layer} ({anatomy.subject})",
+                    cmap, low, high, height, with_rois, overwrite)
+            for layer, label, minus, values, cmap, low, high in _colour_scales(per_voxel, shown)]
+
+
+def _colour_scales(per_voxel, shown):
+    """The maps of per-voxel values ((model, layer) -> (n_voxels,)) with their colour scales:
+    per layer, each model's values from 0 to the largest 99th percentile of the layer's maps
+    over the ``shown`` voxels ("inferno"), then, with a "pretrained" model, each other model
+    minus it, centred on 0 ("RdBu_r"). Yields (layer, label, minus pretrained or not, values,
+    cmap, low, high)."""
     for layer in sorted({layer for _, layer in per_voxel}):
         maps = {label: values for (label, at), values in per_voxel.items() if at == layer}
         top = max(_scale(values[shown]) for values in maps.values())
         for label, values in maps.items():
-            written.append(flatmap(
-                Path(out_dir) / flatmap_name(label, layer, suffix), cortex, anatomy, mask,
-                values, shown, f"{measure}, {label}, layer {layer} ({anatomy.subject})",
-                "inferno", 0.0, top,
-                height, with_rois, overwrite))
+            yield layer, label, False, values, "inferno", 0.0, top
         if "pretrained" in maps:
             for label, values in maps.items():
-                if label == "pretrained":
-                    continue
-                difference = values - maps["pretrained"]
-                limit = _scale(np.abs(difference[shown]))
-                written.append(flatmap(
-                    Path(out_dir) / flatmap_name(f"{label}-minus-pretrained", layer, suffix),
-                    cortex, anatomy, mask, difference, shown,
-                    f"{measure}, {label} minus pretrained, layer {layer} ({anatomy.subject})",
-                    "RdBu_r", -limit, limit, height, with_rois, overwrite))
-    return written
+                if label != "pretrained":
+                    difference = values - maps["pretrained"]
+                    limit = _scale(np.abs(difference[shown]))
+                    yield layer, label, True, difference, "RdBu_r", -limit, limit
+
+
+def _map_name(label, minus):
+    return f"{label} minus pretrained" if minus else label
 
 
 def flatmap_name(label, layer, suffix=""):
