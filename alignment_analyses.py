@@ -21,7 +21,7 @@ import processes
 import run_utils
 import speech_models
 from arguments import flag
-from encoding import ALL_ROWS, layer_scores, partition_scores
+from encoding import ALL_ROWS, layer_scores, low_level_prediction, partition_scores
 from run_utils import DatasetError, UsageError
 from summaries import PARTITION_PARTS, with_partition_summary, with_summary
 
@@ -162,14 +162,16 @@ def on_tr_grid(rows, n_grid_trs):
 def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, task, stimulus,
                    finished, low_level=(), low_level_alphas=eval_utils.CONFOUND_ALPHAS,
                    device="cpu", low_level_method=LOW_LEVEL_METHODS,
-                   partition_ratios=PARTITION_RATIOS):
+                   partition_ratios=PARTITION_RATIOS, low_level_alone=None):
     """Per-layer scores of one model, its features extracted from the stories of ``dataset``
     (``layer_features.model_tr_features``, cached in ``cache_dir``).
 
     ``layers``: the requested hidden-state indices, or None for ``DEFAULT_LAYERS``;
     ``low_level``: specs ("a" or "a+b") of low-level feature sets of ``stimulus``, one analysis
     each per ``low_level_method``: "residual" regresses them out, "partition" partitions the
-    variance with them (``partition_scores``, penalty ratios ``partition_ratios``). The
+    variance with them (``partition_scores``, penalty ratios ``partition_ratios``; the sets'
+    own test predictions are kept in ``low_level_alone``, a dict spec -> prediction that the
+    caller may share between models, for they are the same for all). The
     semantic preference is scored when ``stimulus`` has semantic features, and the encoding
     model fitted again on each of ``task.subsets``. Each (layer, analysis, training subset)
     result held by ``finished`` (a ``FinishedResults``) is reused; the others are computed and
@@ -182,6 +184,7 @@ def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, ta
     (``layer_scores``) and their ``summary`` (``summarise``); and
     the model's fingerprint (``speech_models.fingerprint``), for the run's record.
     """
+    low_level_alone = {} if low_level_alone is None else low_level_alone
     encoder = speech_models.load_encoder(checkpoint, device)
     layers = run_utils.choose_layers(layers, encoder.depth, DEFAULT_LAYERS)
     residual = low_level if "residual" in low_level_method else []
@@ -214,7 +217,7 @@ def evaluate_model(label, checkpoint, layers, dataset, extraction, cache_dir, ta
                 done[layer, analysis, subset] = analysis_result(
                     analysis, features[layer], task, stimulus, low_level_alphas, device,
                     _what(label, layer, analysis, subset), subset,
-                    done[layer, "none", ALL_ROWS], partition_ratios)
+                    done[layer, "none", ALL_ROWS], partition_ratios, low_level_alone)
                 if processes.is_main_process():
                     finished.save(keys[layer, analysis, subset], done[layer, analysis, subset])
         results[layer] = {"encoding": {}, "efficiency": {}, "partition": {
@@ -274,12 +277,14 @@ def _what(label, layer, analysis, subset=ALL_ROWS):
 
 
 def analysis_result(analysis, features, task, stimulus, low_level_alphas, device, what,
-                    subset=ALL_ROWS, own=None, partition_ratios=PARTITION_RATIOS):
+                    subset=ALL_ROWS, own=None, partition_ratios=PARTITION_RATIOS,
+                    low_level_alone=None):
     """One analysis of a layer's TR-grid features (story -> (grid TRs, hidden)): the
     semantic preference (``semantic_preference``), the variance partitioning with the
     low-level sets of "partition a[+b]" (``partition_scores``, from ``own``: the features' own
-    result), or the encoding scores (``layer_scores``) of the features ("none", fitted on
-    the training rows of ``subset``) or of their residuals after regressing out the
+    result, and the sets' own prediction, fitted once into ``low_level_alone``), or the
+    encoding scores (``layer_scores``) of the features ("none", fitted on the training rows of
+    ``subset``) or of their residuals after regressing out the
     low-level feature sets of ``analysis`` ("a" or "a+b"). Only the features' own scores keep
     their test predictions."""
     if analysis == SEMANTIC_PREFERENCE:
@@ -292,8 +297,11 @@ def analysis_result(analysis, features, task, stimulus, low_level_alphas, device
     confounds = {story: np.hstack([stimulus.low_level[story][name]
                                    for name in spec.split("+")]) for story in features}
     if spec != analysis:
-        return partition_scores(features, confounds, task, own["prediction"], partition_ratios,
-                                device, what)
+        low_level_alone = {} if low_level_alone is None else low_level_alone
+        if spec not in low_level_alone:
+            low_level_alone[spec] = low_level_prediction(confounds, task, device, what)
+        return partition_scores(features, confounds, task, own["prediction"],
+                                low_level_alone[spec], partition_ratios, device, what)
     residuals = eval_utils.regress_out(features, confounds, task.stories, low_level_alphas,
                                        task.splits, device, score=task.alpha_score)
     scores = layer_scores(residuals, task, device, what)

@@ -120,12 +120,13 @@ def evaluate(settings, group):
                 settings.semantic_features if settings.semantic_preference else None)
         # every model's layers and analyses
         all_results, fingerprints = {}, {}
+        low_level_alone = {}  # the low-level sets' own predictions, the same for every model
         for label, checkpoint in models:
             all_results[label], fingerprints[label] = alignment_analyses.evaluate_model(
                 label, checkpoint, settings.layers, dataset, settings.extraction(dtype),
                 settings.cache_dir, task, stimulus, finished, settings.low_level,
                 settings.low_level_alphas, group.device, settings.low_level_method,
-                settings.partition_ratios)
+                settings.partition_ratios, low_level_alone)
         if not group.is_main:
             return None
         # the results folder, written whole

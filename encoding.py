@@ -558,8 +558,21 @@ def layer_scores(features, task, device=None, what="features", subset=ALL_ROWS):
     return scores
 
 
-def partition_scores(features, low_level, task, layer_prediction, ratios, device=None,
-                     what="features"):
+def low_level_prediction(low_level, task, device=None, what="features"):
+    """The test prediction, (scored rows, n_voxels) float32, of an ordinary ridge (penalties
+    ``task.alphas``) of a low-level feature set alone (story -> (grid TRs, dims)): the same for
+    every layer and model, so that ``partition_scores`` takes it once fitted."""
+    low_train, low_test = _low_level_design(low_level, task, what)
+    weights, _, _ = eval_utils.fit_ridge_cv(low_train, task.responses.train, task.alphas,
+                                            task.splits, device=device,
+                                            progress=processes.is_main_process(),
+                                            score=task.alpha_score)
+    return np.hstack(processes.gather_from_processes(  # under torchrun: a share of the voxels
+        (low_test @ weights).astype(np.float32, copy=False)))
+
+
+def partition_scores(features, low_level, task, layer_prediction, low_prediction, ratios,
+                     device=None, what="features"):
     """Variance partitioning of a layer's TR-grid features and a low-level feature set
     (story -> (grid TRs, dims) each; docs/method.md#variance-partitioning).
 
@@ -567,34 +580,26 @@ def partition_scores(features, low_level, task, layer_prediction, ratios, device
     (the share of the explainable variance, scale-free): of the banded ridge of both
     (``eval_utils.fit_banded_ridge_cv``, penalties ``task.alphas`` x ``ratios``), of the layer
     alone (``layer_prediction``: its own test prediction, (scored rows, n_voxels)) and of the
-    low-level set alone (``eval_utils.fit_ridge_cv``). Then per voxel ``unique_layer`` = joint
-    - low-level alone, ``unique_low_level`` = joint - layer alone and ``shared`` = layer +
-    low-level - joint.
+    low-level set alone (``low_prediction``, ``low_level_prediction``'s). Then per voxel
+    ``unique_layer`` = joint - low-level alone, ``unique_low_level`` = joint - layer alone and
+    ``shared`` = layer + low-level - joint.
 
     Returns a dict of (n_voxels,) arrays: those six (``joint``, ``layer_alone``,
-    ``low_level_alone`` and ``PARTITION_PARTS``), the joint model's ``alpha`` and ``ratio``; with --n_bootstrap also
-    ``bootstrap``: (resamples, 3, summaries) float64, the summaries' means of the three parts on
-    each block-bootstrap resample (the same resamples as every other interval)."""
+    ``low_level_alone`` and ``PARTITION_PARTS``), the joint model's ``alpha`` and ``ratio``;
+    with --n_bootstrap also ``bootstrap``: (resamples, 3, summaries) float64, the summaries'
+    means of the three parts on each block-bootstrap resample (the same resamples as every
+    other interval)."""
     responses = task.responses
     x_train, x_test = design_matrices(features, task.stories, task.test_story, task.delays)
-    low_train, low_test = design_matrices(low_level, task.stories, task.test_story, task.delays)
-    if len(low_train) != len(responses.train) or len(low_test) != len(responses.test):
-        raise DatasetError(f"{what}: the low-level features have {len(low_train)}/"
-                           f"{len(low_test)} rows, the responses {len(responses.train)}/"
-                           f"{len(responses.test)}; the stimulus does not match respdict.json")
-    progress = processes.is_main_process()
+    low_train, low_test = _low_level_design(low_level, task, what)
     weights, alphas, ratios, _ = eval_utils.fit_banded_ridge_cv(
         x_train, low_train, responses.train, task.alphas, ratios, task.splits, device=device,
-        progress=progress, score=task.alpha_score)
-    low_weights, _, _ = eval_utils.fit_ridge_cv(low_train, responses.train, task.alphas,
-                                                task.splits, device=device, progress=progress,
-                                                score=task.alpha_score)
+        progress=processes.is_main_process(), score=task.alpha_score)
     parts = processes.gather_from_processes((  # under torchrun: each process's share of voxels
-        (np.hstack([x_test, low_test]) @ weights).astype(np.float32, copy=False),
-        (low_test @ low_weights).astype(np.float32, copy=False), alphas, ratios))
+        (np.hstack([x_test, low_test]) @ weights).astype(np.float32, copy=False), alphas,
+        ratios))
     predictions = {"joint": np.hstack([part[0] for part in parts]),
-                   "layer_alone": layer_prediction,
-                   "low_level_alone": np.hstack([part[1] for part in parts])}
+                   "layer_alone": layer_prediction, "low_level_alone": low_prediction}
     ceiling = np.square(responses.normaliser.astype(np.float64))
     scores = {}
     for name, prediction in predictions.items():
@@ -602,8 +607,8 @@ def partition_scores(features, low_level, task, layer_prediction, ratios, device
         scores[name] = np.divide(r * np.abs(r), ceiling, out=np.zeros_like(r),
                                  where=ceiling > 0)
     scores.update(_parts(**scores))
-    scores["alpha"] = np.concatenate([part[2] for part in parts])
-    scores["ratio"] = np.concatenate([part[3] for part in parts])
+    scores["alpha"] = np.concatenate([part[1] for part in parts])
+    scores["ratio"] = np.concatenate([part[2] for part in parts])
     uncertainty = task.uncertainty
     if uncertainty.bootstrap_counts is not None:
         weights = divide_rows(task.summaries.weights, ceiling)
@@ -613,6 +618,18 @@ def partition_scores(features, low_level, task, layer_prediction, ratios, device
         parts = _parts(**resampled)
         scores["bootstrap"] = np.stack([parts[name] for name in PARTITION_PARTS], axis=1)
     return scores
+
+
+def _low_level_design(low_level, task, what):
+    """The delayed training and test design matrices of a low-level feature set, checked
+    against the responses' rows."""
+    low_train, low_test = design_matrices(low_level, task.stories, task.test_story, task.delays)
+    responses = task.responses
+    if len(low_train) != len(responses.train) or len(low_test) != len(responses.test):
+        raise DatasetError(f"{what}: the low-level features have {len(low_train)}/"
+                           f"{len(low_test)} rows, the responses {len(responses.train)}/"
+                           f"{len(responses.test)}; the stimulus does not match respdict.json")
+    return low_train, low_test
 
 
 def _parts(joint, layer_alone, low_level_alone):

@@ -588,6 +588,7 @@ def test_variance_partitioning_recovers_planted_unique_and_shared_parts():
     own = encoding.layer_scores(layer, task._replace(uncertainty=task.uncertainty._replace(
         bootstrap_counts=None)))
     scores = encoding.partition_scores(layer, low, task, own["prediction"],
+                                       encoding.low_level_prediction(low, task),
                                        alignment_analyses.PARTITION_RATIOS)
     parts = np.stack([scores[name] for name in summaries.PARTITION_PARTS], 1)
     for index, mix in enumerate(mixes.values()):
