@@ -221,7 +221,8 @@ PARTITION_MEASURES = ("joint", "layer_alone", "low_level_alone", *PARTITION_PART
 def with_partition_summary(scores, task):
     """``scores`` of ``encoding.partition_scores`` with their ``summary``: per measure of
     ``PARTITION_MEASURES``, its (region, aggregation) means over ``task.summaries``, their
-    ``n_voxels``, and the ``ci`` of each of the three parts ((low, high) per key, None without the bootstrap)."""
+    ``n_voxels``, and the ``ci`` of each of the three parts ((low, high) per key, None without
+    the bootstrap)."""
     summaries = task.summaries
     summary = {name: summarise(scores[name], summaries) for name in PARTITION_MEASURES}
     summary["n_voxels"] = dict(zip(summaries.keys, summaries.n_voxels))

@@ -134,8 +134,9 @@ def main(argv=None):
         print(f"{name:<28}{seconds:>9.2f}{seconds / timings['ours, banded ridge']:>9.2f}x"
               f"{rate:>9}{share:>9}{test_r:>8.4f}")
     per_ratio = timings["ours, banded ridge"] / len(ratios)
-    print(f"ours: {per_ratio:.2f} s per ratio, {per_ratio / timings['ours, plain ridge of both']:.2f}"
-          f" plain fits of both bands; himalaya / ours: "
+    plain = timings["ours, plain ridge of both"]
+    print(f"ours: {per_ratio:.2f} s per ratio, {per_ratio / plain:.2f} plain fits of both "
+          f"bands; himalaya / ours: "
           f"{timings['himalaya BandedRidgeCV'] / timings['ours, banded ridge']:.2f}x")
 
 
