@@ -31,6 +31,7 @@ def protocol(settings):
 # flag -> (the values that are the paper's, the paper's in words);
 # docs/method.md#departures-from-the-paper
 PAPER_EVALUATION = {
+    "dataset": (("ds003020",), "ds003020"),
     "context_s": ((16.0,), "16"), "chunk_s": ((0.1,), "0.1"),
     "layers": ((None, list(DEFAULT_LAYERS)), " ".join(map(str, DEFAULT_LAYERS))),
     "tr_source": (("trfiles", "report"), "trfiles (measured TR times; or report)"),
@@ -59,7 +60,8 @@ def departures(settings, dtype, models):
     checkpoint records (``PAPER_TRAINING``; how its epoch was chosen among them)."""
     found = [{"setting": f"--{name}", "value": _flag_text(getattr(settings, name)),
               "paper": paper} for name, (values, paper) in PAPER_EVALUATION.items()
-             if not any(_same(getattr(settings, name), value) for value in values)]
+             if not any(_same(getattr(settings, name), value) for value in values)
+             and not (name == "tr_source" and settings.dataset != "ds003020")]
     if dtype is not None:
         found.append({"setting": "--precision", "value": f"{settings.precision} "
                       f"({str(dtype).removeprefix('torch.')} autocast)", "paper": "fp32"})
@@ -105,7 +107,7 @@ def write_results(out_dir, all_results, facts, task):
     variance-partitioning rows."""
     rows, preference_rows, alpha_rows, partition_rows = [], [], [], []
     n_train = len(task.responses.train)
-    trim = data_utils.TEST_RESPONSE_TRIM
+    trim = task.test_trim
     test_rows = np.arange(trim, trim + len(task.responses.test))
     columns = task.fitted_indices()  # the subject's voxel index of each fitted voxel
     for label, layers in all_results.items():

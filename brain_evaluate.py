@@ -29,7 +29,6 @@ from pathlib import Path
 import alignment_analyses
 import alignment_outputs
 import arguments
-import data_utils
 import encoding
 import finished_results
 import processes
@@ -50,7 +49,7 @@ class Settings(OutputFlags, ExtractionFlags, UncertaintyFlags, AnalysisFlags, Re
                EncodingFlags, ModelFlags, DatasetFlags):  # --help lists them in reverse
     """The evaluator's settings: its flags, each declared once in its group."""
 
-    subject: str = flag(help="subject: 1, '1' or UTS01", group="data")
+    subject: str = flag(help="subject: 1, '1' or UTS01 (Narratives: sub-001)", group="data")
     layers: list[int] | None = flag(
         None, resumable=True, group="models",
         help=f"hidden-state indices (default "
@@ -95,7 +94,7 @@ def evaluate(settings, group):
     with group.folder_lock(out_dir):  # held for the run's life
         # inputs: the dataset, its stories and the encoding problem, all checked
         dataset = settings.open_dataset()
-        subject = data_utils.subject_id(settings.subject)
+        subject = dataset.subject_id(settings.subject)
         dtype = processes.autocast_dtype(settings.precision, group.device)
         stories = encoding.training_stories(dataset, subject, settings.train_stories,
                                             settings.test_story)

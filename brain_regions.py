@@ -96,9 +96,10 @@ class AnnotFlags(arguments.Flags):
     def check_source(self, source):
         """A UsageError where the annot flags do not fit ``source``; fills --annot's default."""
         if source == "annot":
-            if self.fsaverage is None:
+            if self.fsaverage is None and self.annot is None:
                 raise UsageError("the annot source needs --fsaverage (the fsaverage folder its "
-                                 "annotation is drawn on)")
+                                 "annotation is drawn on) or, for data on that surface "
+                                 "(Narratives' fsaverage6), --annot LH RH")
             if self.annot is None:
                 self.annot = [str(Path(self.fsaverage) / "label" / f"{hemi}.{ANNOT_NAME}.annot")
                               for hemi in HEMISPHERES]
@@ -357,6 +358,11 @@ def subject_regions(dataset, subject, source, cache_dir, annot=None, fsaverage=N
     """The region file of a subject of ``dataset`` and a source, made once and kept in
     ``<cache_dir>/regions/``: returns its path. ``annot`` (lh, rh paths) and ``fsaverage``
     belong to the annot source."""
+    if dataset.shared_space:
+        return surface_regions(dataset, source, cache_dir, annot)
+    if source == "annot" and fsaverage is None:
+        raise UsageError("the annot source on ds003020 needs --fsaverage: the annotation is "
+                         "carried to the subject's surface through fsaverage's sphere")
     data_dir = dataset.root
     anatomy = subject_anatomy(dataset, subject,
                               ("pycortex",) if source == "overlays" else ("pycortex",
@@ -395,6 +401,43 @@ def subject_regions(dataset, subject, source, cache_dir, annot=None, fsaverage=N
         regions.update(named_groups(regions))
     run_utils.write_json(path, regions, overwrite=True)
     logger.info("regions of %s from %s: %d regions and groups in %s", anatomy.subject, source,
+                len(regions), path)
+    return path
+
+
+def surface_regions(dataset, source, cache_dir, annot):
+    """The region file of a dataset whose columns are surface vertices (Narratives'
+    fsaverage6, left then right hemisphere): each vertex takes its label in ``annot`` (lh, rh
+    annotations of that surface), with the named groups; kept in ``<cache_dir>/regions/``."""
+    if source != "annot" or getattr(dataset, "space", None) != "fsaverage6":
+        raise UsageError(f"--regions {source}: on {dataset.name} in {dataset.space} give a "
+                         "region file, or --regions annot --annot LH RH (annotations of "
+                         "fsaverage6, e.g. HCP-MMP1)")
+    paths = [Path(path) for path in annot]
+    for path in paths:
+        if not path.is_file():
+            raise DatasetError(f"{path}: not found; give the fsaverage6 annotations with "
+                               "--annot LH RH")
+    settings = {"source": source, "space": dataset.space, "version": 1,
+                "inputs": run_utils.file_identity(paths)}
+    path = run_utils.cache_path(Path(cache_dir) / "regions", f"{dataset.name}_{source}",
+                                settings)[0].with_suffix(".json")
+    if path.is_file():
+        return path
+    nibabel = import_nibabel()
+    hemis = [read_annotation(nibabel, annot_path) for annot_path in paths]
+    counts = [len(labels) for labels, _ in hemis]
+    subject = dataset.subjects()[0]
+    n_columns = dataset.n_columns(subject, dataset.stories(subject)[0])
+    if sum(counts) != n_columns:
+        raise DatasetError(f"{paths[0]}, {paths[1]}: {counts[0]} + {counts[1]} vertices but "
+                           f"the responses have {n_columns}; the annotations are not of "
+                           f"{dataset.space}")
+    regions = regions_from_vertices(merged_vertex_sets(hemis), np.arange(n_columns), counts[0],
+                                    "error")
+    regions.update(named_groups(regions))
+    run_utils.write_json(path, regions, overwrite=True)
+    logger.info("regions of %s from %s: %d regions and groups in %s", dataset.space, source,
                 len(regions), path)
     return path
 
@@ -451,16 +494,22 @@ def annotation_vertex_sets(anatomy, counts, source, annot=None, fsaverage=None):
             raise DatasetError(f"{path}: {len(labels)} vertices but the subject's pycortex "
                                f"{hemi} surfaces have {counts[index]}; the FreeSurfer and "
                                "pycortex folders are of different subjects or releases")
-        labels_per_hemi.append((labels, [parcel_name(name, hemi) for name in names]))
-    n_vertices = sum(counts)
-    vertex_sets = {}
-    offset = 0
-    for labels, names in labels_per_hemi:
+        labels_per_hemi.append((labels, names))
+    return merged_vertex_sets(labels_per_hemi)
+
+
+def merged_vertex_sets(labels_per_hemi):
+    """Region name -> (n_vertices,) bool over the merged (left then right) vertices, from each
+    hemisphere's (per-vertex label indices, label names); names as ``parcel_name`` gives
+    them, unlabelled ones left out."""
+    n_vertices = sum(len(labels) for labels, _ in labels_per_hemi)
+    vertex_sets, offset = {}, 0
+    for (labels, names), hemi in zip(labels_per_hemi, HEMISPHERES):
         for label in np.unique(labels[labels >= 0]):
-            if names[label] is None:
-                continue
-            indicator = vertex_sets.setdefault(names[label], np.zeros(n_vertices, bool))
-            indicator[offset + np.flatnonzero(labels == label)] = True
+            name = parcel_name(names[label], hemi)
+            if name is not None:
+                indicator = vertex_sets.setdefault(name, np.zeros(n_vertices, bool))
+                indicator[offset + np.flatnonzero(labels == label)] = True
         offset += len(labels)
     return vertex_sets
 

@@ -72,6 +72,7 @@ AUDIO_LONG_TOLERANCE_S = TR_SECONDS
 # ... nor differ from the TextGrid's xmax by more than this.
 TEXTGRID_AUDIO_TOLERANCE_S = TR_SECONDS
 ROOT_HINT = "--data_dir must be the ds003020 root (the folder that holds stimuli/ and derivative/)"
+DATASETS = ("ds003020", "narratives")  # --dataset: the layouts the toolkit reads
 
 
 def subject_id(subject):
@@ -94,8 +95,17 @@ def constant_voxels(responses):
 class DatasetFlags(arguments.Flags):
     """The flags of a script that reads the dataset: where it is and the TR timing."""
 
-    data_dir: str = flag(help="ds003020 root: the folder holding stimuli/ and derivative/",
+    data_dir: str = flag(help="dataset root: ds003020's folder holding stimuli/ and "
+                              "derivative/, or the Narratives DataLad dataset",
                          group="data")
+    dataset: str = flag(DATASETS[0], choices=DATASETS, group="data", protocol=True,
+                        help="the dataset's layout: ds003020 (the Moth Radio Hour, LeBel et al.) "
+                             "or narratives (OpenNeuro ds002345 with its afni-nosmooth "
+                             "derivatives; docs/dataset.md#narratives)")
+    space: str = flag("fsaverage6", choices=("fsaverage6", "MNI152NLin2009cAsym"), group="data",
+                      protocol=True,
+                      help="narratives only: responses on the fsaverage6 surface (vertices) or "
+                           "in MNI volumes (voxels in the task's brain mask)")
     tr_source: str = flag("respdict", choices=TR_SOURCES, group="data", protocol=True,
                           help="TR timing: the simulated grid of respdict.json, .report files "
                                "or trfiles_huge.jbl (docs/method.md#the-dataset)")
@@ -103,8 +113,18 @@ class DatasetFlags(arguments.Flags):
                                help="folder of .report files or the .jbl file (default: looked "
                                     "up in the dataset)")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dataset == "narratives" and (self.tr_source, self.tr_path) != ("respdict", None):
+            raise run_utils.UsageError("--tr_source and --tr_path belong to ds003020; "
+                                       "Narratives' timing is its BIDS events and bold.json")
+
     def open_dataset(self):
-        """The ``Dataset`` these flags name (a DatasetError when it is not one)."""
+        """The dataset handle these flags name (a DatasetError when it is not one):
+        ``Dataset`` or ``narratives.NarrativesDataset``."""
+        if self.dataset == "narratives":
+            import narratives  # it builds on this module
+            return narratives.NarrativesDataset(self.data_dir, self.space)
         return Dataset(self.data_dir, self.tr_source, self.tr_path)
 
 
@@ -121,6 +141,11 @@ class Dataset:
     whether a run's inputs are usable (``check_run_inputs``). Another layout of a listening
     dataset answers the same questions with its own class.
     """
+
+    name = "ds003020"
+    test_rows_skipped = TEST_RESPONSE_TRIM  # the test story's first rows are not scored
+    shared_space = False  # each subject's voxels are its own
+    subject_id = staticmethod(subject_id)
 
     def __init__(self, root, tr_source="respdict", tr_path=None):
         if tr_source not in TR_SOURCES:
@@ -143,7 +168,7 @@ class Dataset:
 
     def settings(self):
         """What a run records of its dataset: the root and the TR timing."""
-        return {"data_dir": str(self.root), "tr_source": self.tr_source,
+        return {"dataset": self.name, "data_dir": str(self.root), "tr_source": self.tr_source,
                 "tr_path": None if self.tr_path is None else str(self.tr_path)}
 
     # ------------------------------------------------------------------------- files
@@ -191,6 +216,18 @@ class Dataset:
         """``derivative/TextGrids/<story>.TextGrid``."""
         return _story_file(self.derivative / "TextGrids" / f"{story}.TextGrid", "TextGrid",
                            story, "derivative/TextGrids/")
+
+    def alignment_path(self, story):
+        """The file of a story's words and phones: its TextGrid."""
+        return self.textgrid_path(story)
+
+    def ceiling_inputs(self, subject, story):
+        """The files a subject's noise ceiling on ``story`` is computed from."""
+        return [self.response_path(subject, story)]
+
+    def tr_seconds(self, story):
+        """The TR of a story's grid, in seconds."""
+        return TR_SECONDS
 
     def input_files(self, subject, stories):
         """Every file a run on ``stories`` reads: respdict.json and each story's response file,
@@ -825,8 +862,12 @@ def parse_args(argv=None):
 def run(args):
     """Print the dataset report; a dataset with problems is a DatasetError (exit status 1)."""
     try:
-        lines, problems, notes = check_dataset(
-            args.open_dataset(), args.subjects)
+        dataset = args.open_dataset()
+        check = check_dataset
+        if args.dataset == "narratives":
+            import narratives  # it builds on this module
+            check = narratives.check_dataset
+        lines, problems, notes = check(dataset, args.subjects)
     except DatasetError as err:
         lines, problems, notes = [], [str(err)], []
     for line in lines:

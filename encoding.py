@@ -27,7 +27,8 @@ from summaries import (PARTITION_PARTS, Summaries, divide_rows, figure_regions, 
 logger = logging.getLogger(__name__)
 
 TEST_TARGETS = ("repeats_mean", "data")  # --test_target; the first is the authors'
-NORMALISERS = ("test_repeats", "nc_file")  # --normalise_by; the first is the authors'
+NORMALISERS = ("test_repeats", "nc_file", "intersubject")  # --normalise_by; the first is the
+#                                                            authors'
 GROUP = "stories, voxels and the ridge"
 PROTOCOL_GROUP = "scoring protocol (the defaults are the authors'; docs/method.md#scoring)"
 
@@ -39,10 +40,14 @@ class EncodingFlags(arguments.Flags):
     train_stories: list[str] | None = flag(
         None, group=GROUP, help="stories the encoding model is fitted on; default: the paper's "
                                 "training list restricted to what the subject has")
-    test_story: str = flag(data_utils.TEST_STORY, group=GROUP, help="held-out story")
+    test_story: str = flag(data_utils.TEST_STORY, group=GROUP,
+                           help="held-out story (on Narratives one of the subject's, e.g. "
+                                "pieman)")
     nc_path: str | None = flag(None, group=GROUP,
-                               help="noise-ceiling file (default subject_NCs/UTS0N.npy; computed "
-                                    "from the test-story repeats when missing)")
+                               help="noise-ceiling file (default subject_NCs/UTS0N.npy, computed "
+                                    "from the test-story repeats when missing; with "
+                                    "--normalise_by intersubject subject_NCs/"
+                                    "narratives_<space>_<test story>.npy, from its listeners)")
     nc_thr: float = flag(eval_utils.NC_THRESHOLD, group=GROUP,
                          help="summaries average over voxels whose noise ceiling exceeds this "
                               "(and whose test-story responses vary); a run with no such voxel "
@@ -81,7 +86,9 @@ class EncodingFlags(arguments.Flags):
                              help="cc_norm = r / cc_max, cc_max from the scored rows of the test "
                                   "story's repeats (the authors'), or the noise-ceiling file "
                                   "(--nc_path, computed on all its rows; the follow-up paper's "
-                                  "normaliser)")
+                                  "normaliser), or the test story's intersubject ceiling "
+                                  "(Narratives: a story heard once by many; with --test_target "
+                                  "data)")
     alpha_score: str = flag("r2", choices=eval_utils.RIDGE_SCORES, group=PROTOCOL_GROUP,
                             protocol=True,
                             help="how each voxel's ridge alpha is chosen on the held-out chunks "
@@ -205,6 +212,7 @@ class EncodingTask(NamedTuple):
     #                            (sorted); None: every voxel, in order
     n_voxels: int = None  # the subject's voxels; None: as many as fitted
     delays: str = eval_utils.DELAY_MODES[0]  # how the training stories are delayed (--delays)
+    test_trim: int = data_utils.TEST_RESPONSE_TRIM  # test-story rows not scored
 
     def fitted_indices(self):
         """(voxels,) int64: the indices of the fitted voxels among the subject's voxels."""
@@ -226,17 +234,24 @@ class EncodingTask(NamedTuple):
 
 
 def training_stories(dataset, subject, requested, test_story):
-    """The requested training stories, or the paper's that the subject has; checked against
-    the subject's responses and the test story."""
+    """The requested training stories, or by default the paper's that the subject has (on
+    ds003020) or all the subject's other stories (on another dataset); checked against the
+    subject's responses and the test story."""
     available = dataset.stories(subject)
-    stories = requested or [s for s in data_utils.TRAIN_STORIES if s in available]
+    if requested:
+        stories = requested
+    elif dataset.name == "ds003020":
+        stories = [s for s in data_utils.TRAIN_STORIES if s in available]
+    else:
+        stories = [s for s in available if s != test_story]
     if not stories:
         raise UsageError(f"{subject} has none of the paper's training stories; name them with "
                          "--train_stories")
     for story in [*stories, test_story]:
         if story not in available:
             raise UsageError(f"story {story!r} has no responses for {subject} (check "
-                             "--train_stories and --test_story)")
+                             f"--train_stories and --test_story); its stories: "
+                             f"{', '.join(available[:12])}{' ...' if len(available) > 12 else ''}")
     if test_story in stories:
         raise UsageError(f"the test story {test_story} is also a training story")
     return stories
@@ -263,8 +278,12 @@ def encoding_task(settings, dataset, subject, stories):
                            settings.nc_thr)
     every = fitted.size == n_voxels
     columns = None if every else fitted  # None: every column, read as it is
-    target, test_ceiling = test_scoring(dataset, subject, settings.test_story,
-                                        settings.test_target, columns)
+    if settings.normalise_by == "intersubject":  # the ceiling is the test story's own
+        target = dataset.responses(subject, settings.test_story, columns)
+        test_ceiling = nc[fitted]
+    else:
+        target, test_ceiling = test_scoring(dataset, subject, settings.test_story,
+                                            settings.test_target, columns)
     if len(target) // settings.block_len < 2:
         raise UsageError(f"--block_len {settings.block_len}: the {len(target)} scored test rows "
                          "make fewer than 2 blocks to permute and resample")
@@ -300,7 +319,8 @@ def encoding_task(settings, dataset, subject, stories):
                               settings.fdr_q)
     task = EncodingTask(stories, settings.test_story, responses, voxels, summaries, splits,
                         subsets, settings.alphas, settings.alpha_score, settings.nc_thr,
-                        uncertainty, fitted, int(n_voxels), settings.delays)
+                        uncertainty, fitted, int(n_voxels), settings.delays,
+                        dataset.test_rows_skipped)
     return task, voxel_facts
 
 
@@ -314,14 +334,24 @@ def checked_inputs(settings, dataset, subject, stories):
     Returns the subject's voxel count, the noise ceiling, its file and the region file (or
     None)."""
     n_voxels = dataset.check_run_inputs(subject, [*stories, settings.test_story])
-    dataset.repeats_shape(subject, settings.test_story)  # the test story was repeated
+    if settings.normalise_by == "intersubject":
+        if not dataset.shared_space:
+            raise UsageError(f"--normalise_by intersubject needs a dataset whose subjects share "
+                             f"their voxels (--dataset narratives); {dataset.name}'s are each "
+                             "subject's own")
+        if settings.test_target != "data":
+            raise UsageError("--normalise_by intersubject scores the test story's responses: "
+                             "give --test_target data")
+    else:  # the test story was repeated
+        dataset.repeats_shape(subject, settings.test_story)
     test_rows = dataset.response_rows(settings.test_story)
-    if test_rows <= data_utils.TEST_RESPONSE_TRIM:
+    if test_rows <= dataset.test_rows_skipped:
         raise DatasetError(f"{dataset.response_path(subject, settings.test_story)}: the test "
                            f"story has {test_rows} response rows, but its first "
-                           f"{data_utils.TEST_RESPONSE_TRIM} are not scored (the paper's "
+                           f"{dataset.test_rows_skipped} are not scored (the paper's "
                            "protocol); choose a longer --test_story")
-    nc_path = noise_ceilings.ceiling_file(subject, settings.nc_path)
+    nc_path = noise_ceilings.ceiling_file(subject, settings.nc_path, dataset,
+                                          settings.test_story)
     with processes.main_process_first():
         nc = noise_ceilings.get_noise_ceiling(dataset, subject, nc_path, settings.test_story,
                                               n_voxels=n_voxels)
@@ -477,14 +507,14 @@ def subset_label(fraction=None, stories=None):
 
 def test_scoring(dataset, subject, test_story, test_target, voxels=None, voxel_batch=8192):
     """What test predictions are scored against, over the scored rows (the first
-    ``data_utils.TEST_RESPONSE_TRIM`` dropped): the target (``test_target`` "repeats_mean": the
+    ``dataset.test_rows_skipped`` dropped): the target (``test_target`` "repeats_mean": the
     mean over the story's ``individual_repeats``; "data": its ``data`` rows) and the noise
     ceiling cc_max of the repeats over those rows (``eval_utils.noise_ceiling``), of the
     columns ``voxels`` (sorted indices; None: all). The repeats are read a window of
     ``voxel_batch`` voxel indices at a time (only the selected columns of each).
 
     Returns (rows, voxels) float32 and (voxels,) float64."""
-    trim = data_utils.TEST_RESPONSE_TRIM
+    trim = dataset.test_rows_skipped
     _, n_rows, n_voxels = dataset.repeats_shape(subject, test_story)
     voxels = np.arange(n_voxels) if voxels is None else np.asarray(voxels, np.intp)
     target = np.empty((n_rows - trim, voxels.size), np.float32)
@@ -514,7 +544,8 @@ def layer_scores(features, task, device=None, what="features", subset=ALL_ROWS):
     the test ``prediction`` ((scored rows, n_voxels) float32) and the permutation ``p_value``
     (``eval_utils.block_permutation_pvalues``, with --n_permutations)."""
     responses = task.responses
-    x_train, x_test = design_matrices(features, task.stories, task.test_story, task.delays)
+    x_train, x_test = design_matrices(features, task.stories, task.test_story, task.delays,
+                                      task.test_trim)
     if len(x_train) != len(responses.train) or len(x_test) != len(responses.test):
         raise DatasetError(f"{what}: {len(x_train)}/{len(x_test)} feature rows "
                            f"but {len(responses.train)}/{len(responses.test)} response rows; "
@@ -590,7 +621,8 @@ def partition_scores(features, low_level, task, layer_prediction, low_prediction
     means of the three parts on each block-bootstrap resample (the same resamples as every
     other interval)."""
     responses = task.responses
-    x_train, x_test = design_matrices(features, task.stories, task.test_story, task.delays)
+    x_train, x_test = design_matrices(features, task.stories, task.test_story, task.delays,
+                                      task.test_trim)
     low_train, low_test = _low_level_design(low_level, task, what)
     weights, alphas, ratios, _ = eval_utils.fit_banded_ridge_cv(
         x_train, low_train, responses.train, task.alphas, ratios, task.splits, device=device,
@@ -623,7 +655,8 @@ def partition_scores(features, low_level, task, layer_prediction, low_prediction
 def _low_level_design(low_level, task, what):
     """The delayed training and test design matrices of a low-level feature set, checked
     against the responses' rows."""
-    low_train, low_test = design_matrices(low_level, task.stories, task.test_story, task.delays)
+    low_train, low_test = design_matrices(low_level, task.stories, task.test_story, task.delays,
+                                          task.test_trim)
     responses = task.responses
     if len(low_train) != len(responses.train) or len(low_test) != len(responses.test):
         raise DatasetError(f"{what}: the low-level features have {len(low_train)}/"
@@ -639,15 +672,17 @@ def _parts(joint, layer_alone, low_level_alone):
             "unique_low_level": joint - layer_alone}
 
 
-def design_matrices(tr_level, stories, test_story, delays="per_story"):
+def design_matrices(tr_level, stories, test_story, delays="per_story",
+                    test_trim=data_utils.TEST_RESPONSE_TRIM):
     """Delayed design matrices from TR-grid features (story -> (grid TRs, features)).
 
-    Training stories are trimmed [10:-5] like the responses; the test story [50:-5], matching
-    its responses without their first 40 rows (the paper's protocol). ``delays``: how the
-    training stories are delayed (``eval_utils.delayed_story_features``).
+    Training stories are trimmed [10:-5] like the responses; the test story [10 + test_trim:
+    -5], matching its responses without their first ``test_trim`` rows (ds003020: 40, the
+    paper's protocol). ``delays``: how the training stories are delayed
+    (``eval_utils.delayed_story_features``).
     """
     x_train = eval_utils.delayed_story_features([tr_level[s] for s in stories], mode=delays)
     x_test = eval_utils.delayed_story_features(
         [tr_level[test_story]],
-        trim=(data_utils.TRIM_START_TRS + data_utils.TEST_RESPONSE_TRIM, data_utils.TRIM_END_TRS))
+        trim=(data_utils.TRIM_START_TRS + test_trim, data_utils.TRIM_END_TRS))
     return x_train, x_test

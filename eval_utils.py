@@ -134,22 +134,29 @@ def intersubject_ceiling(responses):
 
     Parameters
     ----------
-    responses : (n_subjects, n_time, n_voxels) array, each subject's responses to the story
+    responses : (n_subjects, n_time, n_voxels) array, each subject's responses to the story,
+        or a sequence of (n_time, n_voxels) arrays (read twice, one at a time: a lazy
+        sequence keeps a large dataset out of memory)
 
     Returns
     -------
     isc : (n_voxels,) float64, the Fisher-z mean leave-one-out intersubject correlation
     ceiling : (n_voxels,) float64, ``sqrt(a)``; 0 where the mean correlation is not positive
     """
-    responses = np.asarray(responses, np.float64)
-    if responses.ndim != 3 or responses.shape[0] < 3 or responses.shape[1] < 3:
+    n = len(responses)
+    shape = np.shape(responses[0]) if n else ()
+    if n < 3 or len(shape) != 2 or shape[0] < 3:
         raise ValueError(f"responses must be (subjects, time, voxels) with at least 3 subjects "
-                         f"and 3 time points, got shape {responses.shape}")
-    n = responses.shape[0]
-    total = responses.sum(axis=0)
-    correlations = np.stack([column_correlation(subject, (total - subject) / (n - 1))
-                             for subject in responses])
-    isc = np.tanh(np.arctanh(np.clip(correlations, -0.999999, 0.999999)).mean(axis=0))
+                         f"and 3 time points, got {n} of shape {shape}")
+    total = np.zeros(shape)
+    for subject in range(n):
+        total += responses[subject]
+    z = np.zeros(shape[1])
+    for subject in range(n):
+        y = np.asarray(responses[subject], np.float64)
+        z += np.arctanh(np.clip(column_correlation(y, (total - y) / (n - 1)),
+                                -0.999999, 0.999999))
+    isc = np.tanh(z / n)
     r2, shrink = np.square(np.maximum(isc, 0.0)), (n - 2) / (n - 1)
     shared = (r2 * shrink + np.sqrt(np.square(r2 * shrink) + 4 * r2 / (n - 1))) / 2
     return isc, np.where(isc > 0, np.sqrt(np.minimum(shared, 1.0)), 0.0)

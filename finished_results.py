@@ -32,7 +32,7 @@ def result_settings(settings, dataset, subject, stories, dtype):
     dtype and the identity of the input files (noise ceiling, respdict, responses, WAVs,
     TextGrids, a --regions file, word vectors or semantic features)."""
     all_stories = [*stories, settings.test_story]
-    files = [noise_ceilings.ceiling_file(subject, settings.nc_path),
+    files = [noise_ceilings.ceiling_file(subject, settings.nc_path, dataset, settings.test_story),
              *dataset.input_files(subject, all_stories)]
     if settings.regions is not None and Path(settings.regions).is_file():
         files.append(settings.regions)  # (a source's regions come from the anatomy, cached)

@@ -159,7 +159,7 @@ def story_phones(dataset, story):
     into the story's words (``dataset.words``, sorted by start) of the word whose
     interval [start, end) holds the phone's midpoint, -1 for none.
     """
-    path = dataset.textgrid_path(story)
+    path = dataset.alignment_path(story)
     words = sorted(dataset.words(story))
     word_starts = np.array([start for start, _, _ in words], dtype=np.float64)
     # index -1 (before the first word) reads the appended -inf: never inside a word
@@ -361,7 +361,7 @@ def cache_settings(dataset, story, name, centres, vocabulary=None):
     settings), the identity of the story's WAV or TextGrid included so that a replaced file is
     read again."""
     source = (dataset.stimulus_path(story) if name == "powspec"
-              else dataset.textgrid_path(story))
+              else dataset.alignment_path(story))
     return {**feature_settings(name, vocabulary), **run_utils.file_identity([source]),
             "tr_source": dataset.tr_source, "lanczos_window": LANCZOS_WINDOW,
             "tr_centres": hashlib.sha256(np.ascontiguousarray(centres, np.float64)).hexdigest()}

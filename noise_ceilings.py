@@ -34,9 +34,15 @@ def default_nc_path(subject):
     return NC_DIR / f"{data_utils.subject_id(subject)}.npy"
 
 
-def ceiling_file(subject, nc_path=None):
-    """The noise-ceiling file of a run: ``nc_path`` when given, else ``default_nc_path``."""
-    return Path(nc_path) if nc_path is not None else default_nc_path(subject)
+def ceiling_file(subject, nc_path=None, dataset=None, story=None):
+    """The noise-ceiling file of a run: ``nc_path`` when given, else ``default_nc_path``; on
+    a dataset in a shared space (Narratives), whose ceiling is a story's and not a
+    subject's, ``subject_NCs/<dataset>_<space>_<story>.npy``."""
+    if nc_path is not None:
+        return Path(nc_path)
+    if dataset is not None and dataset.shared_space:
+        return NC_DIR / f"{dataset.name}_{dataset.space}_{story}.npy"
+    return default_nc_path(subject)
 
 
 def compute_subject_noise_ceiling(dataset, subject, story=data_utils.TEST_STORY,
@@ -106,11 +112,12 @@ def load_noise_ceiling(path, n_voxels=None):
     return cc_max
 
 
-def check_made_from(path, response_file):
+def check_made_from(path, inputs):
     """Refuse a ceiling file that its record (``<path>.json``, written beside it) says was
-    computed from other responses than ``response_file`` (the run's test story), in one line
-    naming both; a file without such a record (e.g. the authors' published ceilings) is used
-    with a warning that its source cannot be checked."""
+    computed from other responses than ``inputs`` (the files the run's ceiling comes from:
+    ``dataset.ceiling_inputs``), in one line naming the first that differs; a file without
+    such a record (e.g. the authors' published ceilings) is used with a warning that its
+    source cannot be checked."""
     record_path = Path(path).with_suffix(".json")
     try:
         record = json.loads(record_path.read_text())
@@ -124,14 +131,19 @@ def check_made_from(path, response_file):
                        "count matches this run's, its source cannot be checked", path,
                        record_path)
         return
-    ours = run_utils.file_identity([response_file])
+    ours = run_utils.file_identity(inputs)
     if made_from.get("sha256") != ours["sha256"]:
+        theirs = list(zip(made_from.get("files") or ["?"], made_from.get("sha256") or ["?"]))
+        index = next((i for i, (mine, made) in enumerate(zip(ours["sha256"], theirs))
+                      if mine != made[1]), min(len(theirs), len(ours["files"])) - 1)
+        made = theirs[min(index, len(theirs) - 1)]
+        counts = (f" (file {index + 1} of {len(ours['files'])})" if len(ours["files"]) > 1
+                  else "")
         raise DatasetError(
-            f"{path} was computed from {made_from.get('files', ['?'])[0]} (sha256 "
-            f"{str(made_from.get('sha256', ['?'])[0])[:12]}), not from this run's "
-            f"{ours['files'][0]} ({ours['sha256'][0][:12]}): pass the ceiling of these "
-            "responses with --nc_path, or make it again with `python noise_ceilings.py "
-            "--overwrite`")
+            f"{path} was computed from {made[0]} (sha256 {str(made[1])[:12]}), not from this "
+            f"run's {ours['files'][index]} ({ours['sha256'][index][:12]}){counts}: pass the "
+            "ceiling of these responses with --nc_path, or make it again with `python "
+            "noise_ceilings.py --overwrite`")
 
 
 def ceiling_voxels(nc, nc_thr, path):
@@ -152,26 +164,42 @@ def ceiling_voxels(nc, nc_thr, path):
 
 def get_noise_ceiling(dataset, subject, nc_path=None, story=data_utils.TEST_STORY,
                       n_voxels=None):
-    """A subject's noise ceiling from ``nc_path`` (default ``subject_NCs/UTS0N.npy``).
+    """A subject's noise ceiling from ``nc_path`` (default ``ceiling_file``'s).
 
     ``n_voxels`` is the voxel count of the responses the run uses (default: that of the
     story's ``data``); a ceiling of another size, loaded or about to be computed, is a
     DatasetError naming the file and both counts. When the file is missing it is computed
-    from the test story's repeats and saved there, with a log line saying so; the voxel
-    counts are checked before anything is computed or saved. Returns (n_voxels,) float64.
-    """
-    path = ceiling_file(subject, nc_path)
-    response_file = dataset.response_path(subject, story)
+    and saved there, with a log line saying so: from the story's repeats, or on a dataset in
+    a shared space (Narratives) from the story's listeners (``intersubject_ceiling``); the
+    voxel counts are checked before anything is computed or saved. Returns (n_voxels,)
+    float64."""
+    path = ceiling_file(subject, nc_path, dataset, story)
+    inputs = dataset.ceiling_inputs(subject, story)
     if n_voxels is None:
-        n_voxels = hdf5_io.hdf5_shape(response_file)[1]
+        n_voxels = (dataset.n_columns(subject, story) if dataset.shared_space
+                    else hdf5_io.hdf5_shape(inputs[0])[1])
     if path.exists():
         cc_max = load_noise_ceiling(path, n_voxels)
-        check_made_from(path, response_file)
+        check_made_from(path, inputs)
+        return cc_max
+    if dataset.shared_space:
+        logger.info("%s not found: computing the intersubject ceiling of %s from its %d "
+                    "listeners and saving it there", path, story, len(dataset.listeners(story)))
+        isc, cc_max, listeners = dataset.intersubject_ceiling(story)
+        if cc_max.size != n_voxels:
+            raise DatasetError(f"{inputs[0]}: the listeners' responses have {cc_max.size} "
+                               f"columns but the run's have {n_voxels}; nothing was written "
+                               f"to {path}")
+        save_noise_ceiling(path, cc_max, {
+            **_nc_metadata(dataset, subject, story, 0, True, cc_max, inputs=inputs),
+            "what": "per-vertex intersubject ceiling sqrt(a) of one subject's response "
+                    "(docs/method.md#scoring)",
+            "subject": None, "listeners": listeners, "mean_isc": float(isc.mean())})
         return cc_max
     n_repeat_voxels = dataset.repeats_shape(subject, story)[2]
     if n_repeat_voxels != n_voxels:
         raise DatasetError(
-            f"{response_file}: the repeats give a noise ceiling of {n_repeat_voxels} voxels but "
+            f"{inputs[0]}: the repeats give a noise ceiling of {n_repeat_voxels} voxels but "
             f"the run's responses have {n_voxels}; nothing was written to {path}: use the "
             "responses of the same subject and release")
     logger.info("%s not found: computing the noise ceiling of %s from the repeats of %s and "
@@ -182,13 +210,14 @@ def get_noise_ceiling(dataset, subject, nc_path=None, story=data_utils.TEST_STOR
     return cc_max
 
 
-def _nc_metadata(dataset, subject, story, n_repeats, data_norm, cc_max, arguments=None):
+def _nc_metadata(dataset, subject, story, n_repeats, data_norm, cc_max, arguments=None,
+                 inputs=None):
     return {
         "what": "per-voxel noise ceiling cc_max (Schoppe et al. 2016), 0 where SP <= 0",
-        "subject": data_utils.subject_id(subject),
+        "subject": dataset.subject_id(subject),
         "data_dir": str(dataset.root.resolve()),
         "story": story,
-        "responses": run_utils.file_identity([dataset.response_path(subject, story)]),
+        "responses": run_utils.file_identity(inputs or dataset.ceiling_inputs(subject, story)),
         "n_repeats": int(n_repeats),
         "n_voxels": int(cc_max.shape[0]),
         "data_norm": data_norm,

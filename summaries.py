@@ -52,8 +52,8 @@ def summary_voxels(nc, nc_thr, nc_path, test_target, test_path):
                        above.sum(), nc_thr, test_path)
     if not voxels.any():
         raise DatasetError(f"{test_path}: every voxel with NC > {nc_thr} has constant (or NaN) "
-                           f"responses after the first {data_utils.TEST_RESPONSE_TRIM} rows; nothing can "
-                           "be scored: check the file or --nc_path")
+                           "responses in the scored rows; nothing can be scored: check the "
+                           "file or --nc_path")
     logger.info("voxel means average over %d of %d voxels (NC > %s)", voxels.sum(), nc.size,
                 nc_thr)
     return voxels, {"nc_thr": nc_thr, "subject_voxels": int(nc.size),

@@ -53,7 +53,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import soundfile as sf
 
 import arguments
 import data_utils
@@ -62,14 +61,11 @@ import run_utils
 import synthetic_speech
 import tr_files
 from arguments import flag
+from synthetic_speech import HRF_DELAYS, HRF_WEIGHTS, haemodynamic_lag, make_story, write_wav
 
 logger = logging.getLogger(__name__)
 
-NOISE_TOKENS = ("{BR}", "{LG}", "{NS}")
-AUDIO_TAIL_S = 9.0  # speech ends with the last response row's TR (2 * respdict - 30 s); the WAV
-#                     goes on to audio_seconds, as a real story's closing silence does
-HRF_DELAYS = (2, 3, 4)  # TRs
-HRF_WEIGHTS = (0.45, 0.35, 0.2)
+
 CC_MAX_RANGE = (0.1, 0.9)
 # Training stories in the order they are taken, so that small datasets still hold the
 # stories whose TextGrids are in the compact formats.
@@ -130,69 +126,6 @@ def audio_seconds(respdict_trs):
     return 2.0 * respdict_trs - 21.0
 
 
-def make_story(seed, story, lexicon, duration, rate):
-    """Audio (float64 mono at ``rate``), phone and word tiers, and the word tokens of a story:
-    speech until ``AUDIO_TAIL_S`` before ``duration``, then background noise alone (a story's
-    closing silence).
-
-    Returns audio, phone tier, word tier (lists of (start, end, label) tiling 0..duration)
-    and tokens (start, end, word, gain).
-    """
-    rng = synthetic_speech.named_rng(seed, f"story/{story}")
-    speech = duration - AUDIO_TAIL_S
-    audio = rng.normal(0.0, 0.002, int(round(speech * rate)))
-    words = list(lexicon["words"])
-    phone_tier, word_tier, tokens = [], [], []
-    now = 0.0
-
-    def gap(until, label=""):
-        nonlocal now
-        if until > now:
-            phone_tier.append((now, until, label))
-            word_tier.append((now, until, label))
-            now = until
-
-    gap(round(rng.uniform(0.2, 0.6), 3))
-    while True:
-        event = rng.uniform()
-        if event < 0.06:
-            length, label = rng.uniform(0.5, 1.2), "sp"
-        elif event < 0.09:
-            length, label = 0.3, NOISE_TOKENS[rng.integers(len(NOISE_TOKENS))]
-        else:
-            label = words[rng.integers(len(words))]
-            length = sum(lexicon["words"][label]["durations"])
-        if now + length > speech - 0.5:
-            break
-        start = now
-        if label == "sp":
-            gap(round(start + length, 4), "sp")
-        elif label in NOISE_TOKENS:
-            first = int(round(start * rate))
-            audio[first:first + int(length * rate)] += rng.normal(0.0, 0.02, int(length * rate))
-            phone_tier.append((start, start + length, "ns"))
-            word_tier.append((start, start + length, label))
-            now = start + length
-        else:
-            gain = float(10 ** rng.uniform(-0.8, 0.0))
-            info = lexicon["words"][label]
-            for phone, phone_duration in zip(info["phones"], info["durations"]):
-                first = int(round(now * rate))
-                sound = synthetic_speech.phone_sound(lexicon["phones"][phone.rstrip("012")],
-                                                     phone_duration, rate, rng)
-                audio[first:first + len(sound)] += 0.5 * gain * sound
-                phone_tier.append((now, now + phone_duration, phone))
-                now += phone_duration
-            word_tier.append((start, now, label))
-            tokens.append((start, now, label, gain))
-        gap(round(now + rng.uniform(0.03, 0.2), 4))
-    gap(duration)  # the closing silence, drawn from its own stream: the speech stays the same
-    tail = synthetic_speech.named_rng(seed, f"tail/{story}")
-    audio = np.concatenate([audio, tail.normal(0.0, 0.002,
-                                               int(round(duration * rate)) - len(audio))])
-    return audio, phone_tier, word_tier, tokens
-
-
 def tr_features(tokens, audio, rate, n_grid_trs, lexicon):
     """Per grid TR: summed word embeddings (n_grid_trs, dim) and audio RMS energy (n_grid_trs,)."""
     tr_starts = tr_files.TRFile.simulated(n_grid_trs, data_utils.TR_SECONDS,
@@ -210,14 +143,6 @@ def tr_features(tokens, audio, rate, n_grid_trs, lexicon):
         if last > first:
             energy[tr] = np.sqrt(np.mean(audio[first:last] ** 2))
     return semantic, energy
-
-
-def haemodynamic_lag(features):
-    """Features seen through the lag: sum over ``HRF_DELAYS`` of weight * features[k - delay]."""
-    lagged = np.zeros_like(features)
-    for delay, weight in zip(HRF_DELAYS, HRF_WEIGHTS):
-        lagged[delay:] += weight * features[:-delay]
-    return lagged
 
 
 # ----------------------------------------------------------------------------- responses
@@ -333,13 +258,6 @@ def write_textgrid(path, tiers, duration, fmt="long", bom=False):
     """Write a TextGrid in UTF-8, with a byte-order mark if ``bom``."""
     text = format_textgrid(tiers, duration, fmt)
     Path(path).write_bytes(("\ufeff" if bom else "").encode() + text.encode("utf-8"))
-
-
-def write_wav(path, audio, rate, channels, subtype):
-    """Write mono ``audio`` as a WAV; stereo gets unequal channels whose mean is ``audio``."""
-    if channels == 2:
-        audio = np.stack([1.1 * audio, 0.9 * audio], axis=1)
-    sf.write(path, np.clip(audio, -1.0, 1.0), rate, subtype=subtype, format="WAV")
 
 
 # ----------------------------------------------------------------------------- dataset

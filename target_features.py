@@ -290,7 +290,7 @@ def story_words(dataset, story):
     naming its TextGrid."""
     words = dataset.words(story)
     if not words:
-        raise DatasetError(f"{dataset.textgrid_path(story)}: its word tier holds no "
+        raise DatasetError(f"{dataset.alignment_path(story)}: its word tier holds no "
                            "words (only silences or noise); get the TextGrid again")
     return words
 

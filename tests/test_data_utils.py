@@ -338,9 +338,10 @@ def test_bad_tr_source_is_refused_in_one_line(synthetic_dir, tr_source):
 
 def test_settings_record_root_and_tr_timing(synthetic_dir, tmp_path):
     assert Dataset(synthetic_dir).settings() == {
-        "data_dir": str(synthetic_dir), "tr_source": "respdict", "tr_path": None}
+        "dataset": "ds003020", "data_dir": str(synthetic_dir), "tr_source": "respdict",
+        "tr_path": None}
     assert Dataset(str(synthetic_dir), "report", tmp_path / "reports").settings() == {
-        "data_dir": str(synthetic_dir), "tr_source": "report",
+        "dataset": "ds003020", "data_dir": str(synthetic_dir), "tr_source": "report",
         "tr_path": str(tmp_path / "reports")}
     settings = Dataset(synthetic_dir, "trfiles", str(tmp_path / "t.jbl")).settings()
     assert settings["tr_path"] == str(tmp_path / "t.jbl")
@@ -393,7 +394,7 @@ def test_dataset_flags_open_the_dataset(synthetic_dir, tmp_path):
                                     tr_path=str(tmp_path))
     dataset = flags.open_dataset()
     assert isinstance(dataset, Dataset)
-    assert dataset.settings() == {"data_dir": str(synthetic_dir), "tr_source": "report",
-                                  "tr_path": str(tmp_path)}
+    assert dataset.settings() == {"dataset": "ds003020", "data_dir": str(synthetic_dir),
+                                  "tr_source": "report", "tr_path": str(tmp_path)}
     with pytest.raises(DatasetError, match="no such directory"):
         data_utils.DatasetFlags(data_dir=str(tmp_path / "absent")).open_dataset()

@@ -4,7 +4,7 @@ against hand-written TextGrids and the synthetic dataset."""
 
 import pytest
 
-import synthetic_data
+import synthetic_speech
 import textgrids
 from data_utils import Dataset
 from run_utils import DatasetError
@@ -250,7 +250,7 @@ def test_synthetic_other_formats_match_generator(synthetic_dir):
     for story, info in stories.items():
         if info["textgrid_format"] == "long" and not info["bom"]:
             continue
-        _, phone_tier, word_tier, _ = synthetic_data.make_story(
+        _, phone_tier, word_tier, _ = synthetic_speech.make_story(
             truth["seed"], story, lexicon, info["duration_s"], info["sampling_rate"])
         assert _story_grid(synthetic_dir, story) == {"phone": phone_tier, "word": word_tier}, story
         checked += 1
