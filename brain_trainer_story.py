@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import arguments
 import checkpoints
+import data_utils
 import noise_ceilings
 import processes
 import run_utils
@@ -131,9 +132,13 @@ def load_data(settings, dataset, group):
         dataset, subjects, settings.train_stories, settings.val_stories, settings.multi_subject)
     stories = {s: train_stories[s] + val_stories[s] for s in subjects}
     voxel_counts = {s: dataset.check_run_inputs(s, stories[s]) for s in subjects}
+    # ds003020: each subject's ceiling from the test story's repeats; a shared space
+    # (Narratives): the first validation story's intersubject ceiling
+    ceiling_story = (val_stories[subjects[0]][0] if dataset.shared_space
+                     else data_utils.TEST_STORY)
     with processes.main_process_first():  # it computes and saves missing ceilings
         voxels = None if settings.target_features else training_data.select_voxels(
-            dataset, subjects, voxel_counts, settings.nc_path, settings.nc_thr)
+            dataset, subjects, voxel_counts, settings.nc_path, settings.nc_thr, ceiling_story)
     targets = training_data.load_targets(dataset, stories, voxels, train_stories,
                                          settings.target, settings.target_features,
                                          settings.seed)
@@ -143,7 +148,7 @@ def load_data(settings, dataset, group):
         dataset, sorted({s for g in groups for s in g.targets}), progress=group.is_main)
     files = [path for s in subjects for path in dataset.input_files(s, stories[s])]
     if voxels is not None:
-        files += [noise_ceilings.ceiling_file(s, path)
+        files += [noise_ceilings.ceiling_file(s, path, dataset, ceiling_story)
                   for s, path in zip(subjects, settings.nc_path or [None] * len(subjects))]
     files += [settings.target_features] if settings.target_features else []
     return RunData((train_stories, val_stories), voxels, groups, n_outputs, audio, bounds,

@@ -53,6 +53,7 @@ SPACES = ("fsaverage6", "MNI152NLin2009cAsym")
 HEMIS = ("L", "R")
 PIPELINE = "afni-nosmooth"  # the cleaned, unsmoothed derivatives
 STORY_START_TRIM_TRS = 6  # the authors' initial_trim: TRs after the story onset left out
+WINDOW_TR_S = 1.5  # the brain-tuning windows span this many seconds per delay
 SPLIT_STORIES = {"slumlordreach": ("slumlord", "reach")}  # one file, two stories in one run
 ONSET_TOLERANCE_S = 0.01  # listeners' audio onsets of a story may differ this much
 AUDIO_SHORT_TOLERANCE_S = 1.5  # a story's audio may end this much before its events row
@@ -289,13 +290,13 @@ class NarrativesDataset:
         return timing["first_row_audio"] + (k - data_utils.TRIM_START_TRS + 0.5) * tr
 
     def window_bounds(self, story, sampling_rate=SAMPLING_RATE, n_delays=4):
-        """Sample range of the audio input of each response row: the ``(n_delays + 1)`` TRs
-        ending at the end of the row's TR. (rows,) int64 starts and stops on the audio clock."""
+        """Sample range of the audio input of each response row: ``(n_delays + 1) *
+        WINDOW_TR_S`` seconds (one length for every story, whatever its TR) ending at the end
+        of the row's TR. (rows,) int64 starts and stops on the audio clock."""
         timing = self.story_timing(story)
-        tr = timing["tr"]
-        ends = timing["first_row_audio"] + (np.arange(timing["rows"]) + 1) * tr
+        ends = timing["first_row_audio"] + (np.arange(timing["rows"]) + 1) * timing["tr"]
         stops = np.round(ends * sampling_rate).astype(np.int64)
-        return stops - int(round((n_delays + 1) * tr * sampling_rate)), stops
+        return stops - int(round((n_delays + 1) * WINDOW_TR_S * sampling_rate)), stops
 
     # ------------------------------------------------------------------------- responses
 
@@ -526,6 +527,15 @@ class NarrativesDataset:
         if len(set(counts.values())) > 1:
             problems.append(f"{subject_id(subject)}: stories have different column counts "
                             f"{counts}; use one --space for all")
+        elif self.space != "fsaverage6" and not problems:  # each task has its own mask
+            tasks = {self._hearing_runs(subject, story)[0].scan.task: story for story in counts}
+            masks = {task: self._mask(task) for task in tasks}
+            first = next(iter(masks))
+            problems += [f"{self.mask_path(task)}: the brain masks of {tasks[first]} and "
+                         f"{tasks[task]} differ, so their columns are not the same voxels; "
+                         "use --space fsaverage6 or stories of one task grid"
+                         for task, mask in masks.items()
+                         if mask.shape != masks[first].shape or (mask != masks[first]).any()]
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise DatasetError(problems[0] + more)

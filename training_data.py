@@ -12,6 +12,7 @@ import numpy as np
 
 import arguments
 import data_utils
+import narratives
 import eval_utils
 import noise_ceilings
 import run_utils
@@ -82,8 +83,10 @@ class TargetFlags(arguments.Flags):
                              f"{len(self.nc_path)}")
 
     def subjects(self):
-        """The subjects' canonical names (UTS0N)."""
-        return [data_utils.subject_id(s) for s in self.subject]
+        """The subjects' canonical names (UTS0N; on Narratives sub-XXX)."""
+        canonical = (narratives.subject_id if getattr(self, "dataset", None) == "narratives"
+                     else data_utils.subject_id)
+        return [canonical(s) for s in self.subject]
 
 
 class TargetGroup(NamedTuple):
@@ -151,22 +154,24 @@ def choose_stories(dataset, subjects, train_stories=None, val_stories=None,
 
 
 def select_voxels(dataset, subjects, voxel_counts, nc_paths=None,
-                  nc_thr=eval_utils.NC_THRESHOLD):
+                  nc_thr=eval_utils.NC_THRESHOLD, story=data_utils.TEST_STORY):
     """Voxel indices per subject: noise ceiling above ``nc_thr``.
 
     ``voxel_counts``: dict subject -> voxels of its responses (``Dataset.check_run_inputs``);
     a ceiling of another size is refused (and never computed and saved). ``nc_paths``: one
-    noise-ceiling file per subject, or None for the default files (computed when missing)."""
+    noise-ceiling file per subject, or None for the default files (computed when missing).
+    ``story``: the story the ceiling is computed on (ds003020: the repeated test story;
+    Narratives: a story's intersubject ceiling, the same for every subject)."""
     nc_paths = nc_paths or [None] * len(subjects)
     if len(nc_paths) != len(subjects):
         raise UsageError(f"--nc_path needs one file per subject ({len(subjects)}), got "
                          f"{len(nc_paths)}")
     voxels = {}
     for subject, path in zip(subjects, nc_paths):
-        cc_max = noise_ceilings.get_noise_ceiling(dataset, subject, path,
+        cc_max = noise_ceilings.get_noise_ceiling(dataset, subject, path, story,
                                                   n_voxels=voxel_counts[subject])
         voxels[subject] = np.flatnonzero(noise_ceilings.ceiling_voxels(
-            cc_max, nc_thr, noise_ceilings.ceiling_file(subject, path)))
+            cc_max, nc_thr, noise_ceilings.ceiling_file(subject, path, dataset, story)))
         logger.info("%s: %d of %d voxels have a noise ceiling above %s", subject,
                     voxels[subject].size, cc_max.size, nc_thr)
     return voxels

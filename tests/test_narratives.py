@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import brain_evaluate
+import brain_trainer_story
 import brain_regions
 import data_utils
 import eval_utils
@@ -284,3 +285,67 @@ def test_narratives_usage_errors(evaluated, narratives_dir, synthetic_dir, caplo
         "--normalise_by", "intersubject", "--test_target", "data", "--save_dir",
         str(root / "ds003020"), *QUICK]) == 1
     assert "share their voxels" in caplog.text
+
+
+def test_brain_tuning_on_narratives_listeners(narratives_dir, evaluated):
+    """Several Narratives subjects per story: the multi-subject path, voxels chosen by the
+    validation story's intersubject ceiling, the window length one for every TR."""
+    root, _ = evaluated
+    assert brain_trainer_story.main([
+        "--dataset", "narratives", "--data_dir", str(narratives_dir), "--subject", "1", "2",
+        "--train_stories", "lucy", "reach", "--val_stories", "slumlord",
+        "--model_name", str(root / "model"), "--num_epochs", "1", "--batch_size", "8",
+        "--nc_thr", "0.3", "--save_dir", str(root / "runs"), "--exp_name", "tuned"]) == 0
+    final = root / "runs" / "tuned" / "final"
+    record = json.loads((final / "brain_tuning.json").read_text())
+    assert record["subjects"] == ["sub-001", "sub-002"]
+    dataset = narratives.NarrativesDataset(narratives_dir)
+    ceiling = dataset.intersubject_ceiling("slumlord")[1]
+    np.testing.assert_allclose(
+        np.load(noise_ceilings.NC_DIR / "narratives_fsaverage6_slumlord.npy"), ceiling)
+    voxels = json.loads((final / "voxels.json").read_text())
+    for subject in ("sub-001", "sub-002"):  # the same vertices: the ceiling is the story's
+        assert voxels[subject] == np.flatnonzero(ceiling > 0.3).tolist()
+    assert record["n_outputs"] == 2 * int((ceiling > 0.3).sum())
+    bounds = {s: dataset.window_bounds(s, 16000) for s in ("lucy", "milkywaysynonyms")}
+    assert {int(stops[0] - starts[0]) for starts, stops in bounds.values()} == {5 * 1.5 * 16000}
+
+
+def test_mni_volumes_in_the_task_brain_mask(dataset, narratives_dir, tmp_path):
+    """--space MNI152NLin2009cAsym: the volume's voxels inside the task's brain mask."""
+    copy = tmp_path / "narratives"
+    shutil.copytree(narratives_dir, copy)
+    derived = copy / "derivatives" / "afni-nosmooth"
+    mask = np.zeros((4, 5, 6), bool)
+    mask[1:3, 1:4, 1:5] = True
+    template = derived / "tpl-MNI152NLin2009cAsym"
+    template.mkdir()
+    nibabel.save(nibabel.Nifti1Image(mask.astype(np.uint8), np.eye(4)),
+                 str(template / "tpl-MNI152NLin2009cAsym_res-lucy_desc-brain_mask.nii.gz"))
+    rng = np.random.default_rng(0)
+    volumes = {}
+    for subject in dataset.listeners("lucy"):
+        n_trs = len(nibabel.load(derived / subject / "func" / f"{subject}_task-lucy_space-"
+                                 "fsaverage6_hemi-L_desc-clean.func.gii").darrays)
+        volumes[subject] = rng.standard_normal((4, 5, 6, n_trs)).astype(np.float32)
+        nibabel.save(nibabel.Nifti1Image(volumes[subject], np.eye(4)), str(
+            derived / subject / "func" /
+            f"{subject}_task-lucy_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz"))
+    mni = narratives.NarrativesDataset(copy, space="MNI152NLin2009cAsym")
+    assert mni.check_run_inputs("sub-002", ["lucy"]) == mask.sum()
+    first = round(3.0 / 1.5) + 6
+    expected = eval_utils.zscore(
+        volumes["sub-002"][mask].T[first:first + mni.response_rows("lucy")].astype(np.float64))
+    np.testing.assert_allclose(mni.responses("sub-002", "lucy"), expected, atol=1e-5)
+    with pytest.raises(DatasetError, match="sub-002_task-tunnel_space-MNI152NLin2009cAsym_res-"
+                                           "native_desc-clean_bold.nii.gz: missing"):
+        mni.responses("sub-002", "tunnel")
+    other = mask.copy()
+    other[1, 1, 1], other[0, 0, 0] = False, True  # as many voxels, not the same ones
+    nibabel.save(nibabel.Nifti1Image(other.astype(np.uint8), np.eye(4)),
+                 str(template / "tpl-MNI152NLin2009cAsym_res-tunnel_desc-brain_mask.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(volumes["sub-002"], np.eye(4)), str(
+        derived / "sub-002" / "func" /
+        "sub-002_task-tunnel_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz"))
+    with pytest.raises(DatasetError, match="brain masks of lucy and tunnel differ"):
+        mni.check_run_inputs("sub-002", ["lucy", "tunnel"])
