@@ -7,8 +7,10 @@
 #             intervals and the data-efficiency curve) with the low-level reliance and semantic
 #             preference, variance partitioning and the stories needed, a phoneme probe on a
 #             synthetic TIMIT, and outputs/demo/report.md + summary.json (with the training
-#             curves; the tuned model's card gets its alignment); every setting of the stages
-#             in configs/demo.json
+#             curves; the tuned model's card gets its alignment); then its second act: the
+#             same models scored on a synthetic Narratives (another listener, other stories,
+#             TR 1.5 s, the intersubject ceiling) in outputs/demo/narratives_report/; every
+#             setting of the stages in configs/demo.json
 # make test   set up .venv if needed, then run the whole test suite (TEST_FLAGS: in parallel
 #             processes) and print its slowest tests
 # make test-fast  the same without the tests marked slow (the whole demo)
@@ -87,6 +89,18 @@ demo: setup
 		--alignment $(DEMO_DIR)/alignment/tiny-wav2vec2_UTS01 \
 		--downstream $(DEMO_DIR)/downstream/tiny-wav2vec2_phonemes --data_dir $(DEMO_DIR)/data \
 		--model_card --overwrite
+	$(BIN)/python synthetic_narratives.py --out $(DEMO_DIR)/narratives --overwrite
+	$(BIN)/python data_utils.py check --dataset narratives --data_dir $(DEMO_DIR)/narratives
+	$(BIN)/python brain_evaluate.py --config configs/demo.json --dataset narratives \
+		--data_dir $(DEMO_DIR)/narratives --subject 1 --test_story lucy --test_target data \
+		--normalise_by intersubject --nc_path $(DEMO_DIR)/subject_NCs/narratives_lucy.npy \
+		--regions annot --annot $(DEMO_DIR)/narratives/synthetic_annot/lh.HCPMMP1.annot \
+		$(DEMO_DIR)/narratives/synthetic_annot/rh.HCPMMP1.annot --train_story_counts 2 4 \
+		--model_name $(DEMO_DIR)/tiny-wav2vec2 --logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 \
+		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_narratives_sub-001 --overwrite
+	$(BIN)/python report.py --out $(DEMO_DIR)/narratives_report --overwrite \
+		--title "brain-tuning demo, act 2: tuned on synthetic ds003020, scored on synthetic Narratives" \
+		--alignment $(DEMO_DIR)/alignment/tiny-wav2vec2_narratives_sub-001
 
 reproduce: setup
 ifeq ($(QUICK),)

@@ -359,6 +359,9 @@ def checked_inputs(settings, dataset, subject, stories):
                                                      settings.cache_dir, settings.annot,
                                                      settings.fsaverage)
                        if settings.regions in brain_regions.SOURCES else settings.regions)
+        if settings.flatmap_layers and dataset.shared_space:
+            raise UsageError(f"--flatmap_layers draws on a subject's pycortex anatomy; "
+                             f"{dataset.name}'s {dataset.space} has none here: leave it out")
         if settings.flatmap_layers:  # pycortex, the anatomy and its voxel count
             anatomy = brain_regions.subject_anatomy(dataset, subject)
             brain_regions.thick_mask(brain_regions.import_cortex(anatomy, settings.cache_dir),

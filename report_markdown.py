@@ -26,7 +26,8 @@ PROTOCOL_CHOICES = {
         "data": "the `data` rows of the test story's response file"}),
     "normalise_by": ("normaliser", {
         "test_repeats": "cc_max from the scored rows of the test story's repeats",
-        "nc_file": "cc_max from the noise-ceiling file (the follow-up paper's normaliser)"}),
+        "nc_file": "cc_max from the noise-ceiling file (the follow-up paper's normaliser)",
+        "intersubject": "the test story's intersubject ceiling, from its listeners (leave one subject out)"}),
     "alpha_score": ("alpha score", {
         "r2": "the signed square root of held-out R2, as the Huth lab's bootstrap_ridge",
         "corr": "held-out correlation"}),
@@ -310,7 +311,10 @@ def _protocol_section(results):
     for name, (what, words) in PROTOCOL_CHOICES.items():
         value = getattr(protocol, name)
         text = words.get(value, repr(value))
-        if name == "tr_source" and value != "respdict" and protocol.tr_path:
+        if name == "tr_source" and protocol.others.get("dataset", "ds003020") != "ds003020":
+            text = ("the scan clock of the BIDS events and bold.json (dataset "
+                    f"{protocol.others['dataset']}, {protocol.others.get('space')})")
+        elif name == "tr_source" and value != "respdict" and protocol.tr_path:
             text += f" (`{protocol.tr_path}`)"
         items.append(f"- {what}: {text}")
     if protocol.n_bootstrap:

@@ -63,3 +63,12 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
     # the tuned model's card, with the alignment the report added
     card = (out / "runs" / "tiny-wav2vec2_UTS01" / "final" / "README.md").read_text()
     assert "library_name: transformers" in card and "## Brain alignment" in card
+    # act 2: the same models on the synthetic Narratives, scored against its listeners' ceiling
+    act2 = json.loads((out / "narratives_report" / "summary.json").read_text())
+    assert act2["models"] == {"pretrained": "pretrained", "tuned": "final"}
+    low, high = act2["comparison"]["ci"]
+    assert low <= act2["comparison"]["difference"] <= high
+    text = (out / "narratives_report" / "report.md").read_text()
+    assert "`--dataset`: narratives" in text and "intersubject ceiling" in text
+    assert "| late_language | voxel_mean |" in text
+    assert (out / "subject_NCs" / "narratives_lucy.json").exists()
