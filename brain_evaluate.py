@@ -49,7 +49,8 @@ class Settings(OutputFlags, ExtractionFlags, UncertaintyFlags, AnalysisFlags, Re
                EncodingFlags, ModelFlags, DatasetFlags):  # --help lists them in reverse
     """The evaluator's settings: its flags, each declared once in its group."""
 
-    subject: str = flag(help="subject: 1, '1' or UTS01 (Narratives: sub-001)", group="data")
+    subject: str = flag(help="subject: 1, '1' or UTS01 (Narratives: 1 or sub-001, or 'group': "
+                             "the mean of each story's listeners)", group="data")
     layers: list[int] | None = flag(
         None, resumable=True, group="models",
         help=f"hidden-state indices (default "

@@ -634,7 +634,7 @@ def map_results(results_dir, layers, models=None, out_dir=None, cache_dir=None,
     folder, cc_norm, voxels = _results_cc_norm(results_dir, layers, models)
     config = folder.arguments
     return write_flatmaps(out_dir or folder.folder, cc_norm, voxels,
-                          data_utils.Dataset(config["data_dir"]), folder.results.subject,
+                          _anatomy_dataset(config, results_dir), folder.results.subject,
                           cache_dir or config["cache_dir"], height, overwrite)
 
 
@@ -651,8 +651,18 @@ def view_results(results_dir, layers, models=None, out=None, cache_dir=None, ove
     title = (f"{folder.results.subject}, {folder.results.test_story}: "
              f"{folder.results.scored_voxels} voxels with NC > {folder.results.nc_thr}")
     return write_viewer(out or folder.folder / "viewer.html", cc_norm, voxels,
-                        data_utils.Dataset(config["data_dir"]), folder.results.subject,
+                        _anatomy_dataset(config, results_dir), folder.results.subject,
                         cache_dir or config["cache_dir"], regions, title, overwrite)
+
+
+def _anatomy_dataset(config, results_dir):
+    """The ds003020 copy of a results folder's run (its run_config.json arguments), whose
+    subject's pycortex anatomy the maps are drawn on; a UsageError for another dataset."""
+    if config.get("dataset", "ds003020") != "ds003020":
+        raise UsageError(f"{results_dir}: a run on {config['dataset']} "
+                         f"({config.get('space')}); maps and the viewer draw on a ds003020 "
+                         "subject's pycortex anatomy, and there is none for it here")
+    return data_utils.Dataset(config["data_dir"])
 
 
 def write_viewer(path, per_voxel, voxels, dataset, subject, cache_dir, regions=None,

@@ -221,6 +221,10 @@ class Dataset:
         """The file of a story's words and phones: its TextGrid."""
         return self.textgrid_path(story)
 
+    def is_group(self, subject):
+        """ds003020 has no group subject: each subject's voxels are its own."""
+        return False
+
     def ceiling_inputs(self, subject, story):
         """The files a subject's noise ceiling on ``story`` is computed from."""
         return [self.response_path(subject, story)]

@@ -162,6 +162,15 @@ def intersubject_ceiling(responses):
     return isc, np.where(isc > 0, np.sqrt(np.minimum(shared, 1.0)), 0.0)
 
 
+def group_mean_ceiling(ceiling, n_subjects):
+    """The ceiling of a prediction of the mean of ``n_subjects`` subjects' responses, from the
+    ceiling of one subject's (``intersubject_ceiling``, ``sqrt(a)``): the mean keeps the shared
+    variance ``a`` and ``1 / n`` of the noise, so it is ``sqrt(n a / (n a + 1 - a))`` (the
+    repeats formula of ``noise_ceiling`` with the subjects as repeats). (n_voxels,) float64."""
+    shared = np.square(np.asarray(ceiling, np.float64))
+    return np.sqrt(n_subjects * shared / (n_subjects * shared + 1.0 - shared))
+
+
 def spe_and_cc_norm(repeats, prediction, data_norm=True, max_flooring=None):
     """Signal power explained and normalised correlation of a prediction (Schoppe et al. 2016).
 

@@ -59,13 +59,17 @@ ONSET_TOLERANCE_S = 0.01  # listeners' audio onsets of a story may differ this m
 AUDIO_SHORT_TOLERANCE_S = 1.5  # a story's audio may end this much before its events row
 GENTLE_PHONE_SUFFIX = re.compile(r"_[BIES]$")
 GENTLE_NOISE_PHONES = {"sil", "sp", "spn", "oov"}
+GROUP = "group"  # the subject that is the mean of a story's listeners
 ROOT_HINT = ("--data_dir must be the Narratives root (the DataLad dataset holding sub-*/, "
              "stimuli/, code/ and derivatives/)")
 FETCH = "datalad get"
 
 
 def subject_id(subject):
-    """Canonical Narratives subject name: ``1``, ``"001"``, ``"sub-001"`` -> ``"sub-001"``."""
+    """Canonical Narratives subject name: ``1``, ``"001"``, ``"sub-001"`` -> ``"sub-001"``;
+    ``"group"``: the mean of each story's listeners (``GROUP``)."""
+    if str(subject).strip().lower() == GROUP:
+        return GROUP
     match = re.fullmatch(r"(?:sub-)?0*([1-9]\d{0,2})", str(subject).strip(), re.IGNORECASE)
     if match is None:
         raise DatasetError(f"subject {subject!r} not understood: give a number (1, '001') or a "
@@ -222,12 +226,21 @@ class NarrativesDataset:
         return sorted({s for by_subject in self.hearings().values() for s in by_subject})
 
     def stories(self, subject):
-        """Sorted stories a subject heard in kept scans."""
+        """Sorted stories a subject heard in kept scans (the group: every story)."""
         subject = subject_id(subject)
+        if subject == GROUP:
+            return sorted(self.hearings())
         return sorted(story for story, by_subject in self.hearings().items()
                       if subject in by_subject)
 
+    def is_group(self, subject):
+        """Whether ``subject`` is the mean of each story's listeners (``--subject group``)."""
+        return subject_id(subject) == GROUP
+
     def _hearing_runs(self, subject, story):
+        """A subject's kept runs of a story (the group: every listener's)."""
+        if self.is_group(subject):
+            return [run for runs in self._story(story).values() for run in runs]
         runs = self._story(story).get(subject_id(subject))
         if not runs:
             raise DatasetError(f"{self.root / subject_id(subject)}: subject "
@@ -360,8 +373,14 @@ class NarrativesDataset:
 
     def responses(self, subject, story, voxels=None):
         """A subject's responses to a story: (rows, n_selected) float32, z-scored per column,
-        NaN (the medial wall) -> 0; the mean of the runs when the story was heard twice.
-        ``voxels``: None, indices or a bool mask of the columns."""
+        NaN (the medial wall) -> 0; the mean of the runs when the story was heard twice; the
+        group's: the mean of the listeners' responses, z-scored. ``voxels``: None, indices or
+        a bool mask of the columns."""
+        if self.is_group(subject):
+            total = 0
+            for listener in self.listeners(story):  # one listener at a time in memory
+                total = total + self.responses(listener, story, voxels).astype(np.float64)
+            return eval_utils.zscore(total).astype(np.float32)
         runs = self._run_rows(subject, story)
         data = runs[0] if len(runs) == 1 else np.mean(runs, axis=0, dtype=np.float32)
         return data if voxels is None else data[:, np.asarray(voxels)]
@@ -370,10 +389,12 @@ class NarrativesDataset:
         """(repeats, rows, columns) of a story heard in several kept runs (pieman); a
         DatasetError otherwise."""
         runs = self._hearing_runs(subject, story)
-        if len(runs) < 2:
-            raise DatasetError(f"{self.response_path(subject, story)}: {subject_id(subject)} "
-                               f"heard {story!r} once; Narratives has no repeats (pieman aside): "
-                               "score with --test_target data --normalise_by intersubject")
+        if len(runs) < 2 or self.is_group(subject):
+            who = (f"the group has no repeats of {story!r}" if self.is_group(subject)
+                   else f"{subject_id(subject)} heard {story!r} once")
+            raise DatasetError(f"{self.response_path(subject, story)}: {who}; "
+                               "Narratives has no repeats (pieman aside): score with "
+                               "--test_target data --normalise_by intersubject")
         return len(runs), self.response_rows(story), self.n_columns(subject, story)
 
     def repeats(self, subject, story, voxels=None):

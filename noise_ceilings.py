@@ -41,7 +41,8 @@ def ceiling_file(subject, nc_path=None, dataset=None, story=None):
     if nc_path is not None:
         return Path(nc_path)
     if dataset is not None and dataset.shared_space:
-        return NC_DIR / f"{dataset.name}_{dataset.space}_{story}.npy"
+        group = "_group" if dataset.is_group(subject) else ""
+        return NC_DIR / f"{dataset.name}_{dataset.space}_{story}{group}.npy"
     return default_nc_path(subject)
 
 
@@ -183,18 +184,25 @@ def get_noise_ceiling(dataset, subject, nc_path=None, story=data_utils.TEST_STOR
         check_made_from(path, inputs)
         return cc_max
     if dataset.shared_space:
-        logger.info("%s not found: computing the intersubject ceiling of %s from its %d "
-                    "listeners and saving it there", path, story, len(dataset.listeners(story)))
+        logger.info("%s not found: computing the intersubject ceiling of %s%s from its %d "
+                    "listeners and saving it there", path, story,
+                    " (of their mean)" if dataset.is_group(subject) else "",
+                    len(dataset.listeners(story)))
         isc, cc_max, listeners = dataset.intersubject_ceiling(story)
+        if dataset.is_group(subject):  # the target is the listeners' mean
+            cc_max = eval_utils.group_mean_ceiling(cc_max, len(listeners))
         if cc_max.size != n_voxels:
             raise DatasetError(f"{inputs[0]}: the listeners' responses have {cc_max.size} "
                                f"columns but the run's have {n_voxels}; nothing was written "
                                f"to {path}")
         save_noise_ceiling(path, cc_max, {
             **_nc_metadata(dataset, subject, story, 0, True, cc_max, inputs=inputs),
-            "what": "per-vertex intersubject ceiling sqrt(a) of one subject's response "
-                    "(docs/method.md#scoring)",
-            "subject": None, "listeners": listeners, "mean_isc": float(isc.mean())})
+            "what": ("per-vertex ceiling of the mean of the story's listeners, "
+                     "sqrt(n a / (n a + 1 - a))" if dataset.is_group(subject) else
+                     "per-vertex intersubject ceiling sqrt(a) of one subject's response")
+            + " (docs/method.md#scoring)",
+            "subject": dataset.subject_id(subject) if dataset.is_group(subject) else None,
+            "listeners": listeners, "mean_isc": float(isc.mean())})
         return cc_max
     n_repeat_voxels = dataset.repeats_shape(subject, story)[2]
     if n_repeat_voxels != n_voxels:

@@ -44,9 +44,7 @@ logger = logging.getLogger(__name__)
 TR = 1.5
 SYNONYMS_TR = 1.52  # milkyway's synonyms version, as its bold.json says
 VOLUMES_AFTER_S = 9.0  # scanning goes on after the last events row
-# task -> (events rows (onset, duration, trial_type, file stem or None), audio start row)
-# built by ``task_events``; story durations in seconds, scaled by --story_seconds
-TASKS = ("pieman", "tunnel", "lucy", "black", "slumlordreach", "milkyway")
+TASKS = ("pieman", "tunnel", "lucy", "black", "slumlordreach", "milkyway")  # task_events
 AUDIO_FORMATS = {"pieman": (22050, 2, "PCM_16"), "tunnel": (22050, 1, "PCM_16"),
                  "lucy": (16000, 1, "PCM_16"), "black": (22050, 1, "PCM_16"),
                  "slumlordreach": (16000, 2, "PCM_16"), "milkywayoriginal": (16000, 1, "PCM_16"),
@@ -248,20 +246,19 @@ def write_annotations(folder, vertices, n_vertices):
     import nibabel
 
     folder.mkdir(parents=True)
-    names = ["???"] + [f"{hemi}_{parcel}_ROI" for parcels in REGIONS.values()
-                       for parcel in parcels for hemi in ("L",)]
+    parcels = ["???"] + [parcel for kind in REGIONS.values() for parcel in kind]
+    colours = np.array([[(37 * i) % 256, (91 * i) % 256, (53 * i) % 256, 0, i]
+                        for i in range(len(parcels))], np.int32)
     for index, hemi in enumerate(("lh", "rh")):
         types = vertices["types"][index * n_vertices:(index + 1) * n_vertices]
         labels = np.zeros(n_vertices, np.int32)
-        for kind, parcels in REGIONS.items():
+        for kind, names in REGIONS.items():
             members = np.flatnonzero(types == kind)
-            for number, chunk in enumerate(np.array_split(members, len(parcels))):
-                labels[chunk] = names.index(f"L_{parcels[number]}_ROI")
-        hemi_names = [name.replace("L_", f"{hemi[0].upper()}_", 1) for name in names]
-        colours = np.array([[(37 * i) % 256, (91 * i) % 256, (53 * i) % 256, 0, i]
-                            for i in range(len(names))], np.int32)
+            for name, chunk in zip(names, np.array_split(members, len(names))):
+                labels[chunk] = parcels.index(name)
+        names = ["???"] + [f"{hemi[0].upper()}_{parcel}_ROI" for parcel in parcels[1:]]
         nibabel.freesurfer.write_annot(str(folder / f"{hemi}.HCPMMP1.annot"), labels, colours,
-                                       hemi_names, fill_ctab=True)
+                                       names, fill_ctab=True)
 
 
 def write_tsv(path, header, rows):

@@ -45,7 +45,7 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
     assert low <= summary["comparison"]["difference"] <= high
     assert summary["comparison"]["verdict"] == eval_utils.interval_verdict(low, high)
     assert 0 <= tuned["significant_fraction"] <= 1 and len(tuned["cc_norm_ci"]) == 2
-    plots = sorted(out.rglob("*.png"))
+    plots = sorted(path for path in out.rglob("*.png") if "narratives" not in str(path))
     assert {plot.name for plot in plots} == {
         "alignment.png", "comparison.png", "reliance.png", "semantic_preference.png",
         "data_efficiency.png", "phonemes.png", "alpha_grid.png", "partition.png",
@@ -72,3 +72,5 @@ def test_make_demo_tunes_the_model_towards_the_planted_semantic_voxels(tmp_path)
     assert "`--dataset`: narratives" in text and "intersubject ceiling" in text
     assert "| late_language | voxel_mean |" in text
     assert (out / "subject_NCs" / "narratives_lucy.json").exists()
+    for plot in (out / "narratives_report").rglob("*.png"):
+        assert f"]({plot.relative_to(out / 'narratives_report')})" in text

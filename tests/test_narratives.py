@@ -65,7 +65,7 @@ def test_stories_subjects_and_exclusions(dataset):
     assert "sub-004" not in dataset.listeners("tunnel")  # excluded a priori
     assert dataset.listeners("milkywaysynonyms") == ["sub-002", "sub-004", "sub-006"]
     assert dataset.repeats_shape("sub-001", "pieman")[0] == 2
-    with pytest.raises(DatasetError, match="heard 'pieman' once.*--normalise_by intersubject"):
+    with pytest.raises(DatasetError, match="heard 'pieman' once;.*--normalise_by intersubject"):
         dataset.repeats_shape("sub-002", "pieman")  # its run-2 is excluded
     assert narratives.subject_id("2") == narratives.subject_id("sub-002") == "sub-002"
 
@@ -349,3 +349,48 @@ def test_mni_volumes_in_the_task_brain_mask(dataset, narratives_dir, tmp_path):
         "sub-002_task-tunnel_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz"))
     with pytest.raises(DatasetError, match="brain masks of lucy and tunnel differ"):
         mni.check_run_inputs("sub-002", ["lucy", "tunnel"])
+
+
+def test_group_mean_ceiling_against_a_planted_mean():
+    """The ceiling of the mean of n subjects equals the correlation of a planted group mean
+    with its shared signal."""
+    rng = np.random.default_rng(1)
+    shared = rng.uniform(0.05, 0.8, 30)
+    signal = rng.standard_normal((20000, 30))
+    for n in (3, 10):
+        mean = np.mean([np.sqrt(shared) * signal + np.sqrt(1 - shared) *
+                        rng.standard_normal(signal.shape) for _ in range(n)], axis=0)
+        np.testing.assert_allclose(eval_utils.group_mean_ceiling(np.sqrt(shared), n),
+                                   eval_utils.column_correlation(mean, signal), atol=0.02)
+
+
+def test_the_group_of_listeners(dataset, evaluated, caplog):
+    """--subject group: the listeners' mean, scored against the ceiling of that mean."""
+    root, args = evaluated
+    np.testing.assert_allclose(
+        dataset.responses("group", "lucy"),
+        eval_utils.zscore(np.mean([dataset.responses(s, "lucy") for s in dataset.listeners(
+            "lucy")], axis=0, dtype=np.float64)), atol=1e-5)
+    assert dataset.stories("group") == sorted(dataset.hearings())
+    truth = dataset.truth()
+    true = np.array(truth["true_ceiling"])
+    signal = true > 0
+    n = len(dataset.listeners("lucy"))
+    group_args = [*args[:args.index("--subject")], "--subject", "group",
+                  *args[args.index("--subject") + 2:]]
+    group_args[group_args.index("--nc_path") + 1] = str(root / "lucy_group.npy")
+    group_args[group_args.index("--exp_name") + 1] = "group"
+    assert brain_evaluate.main(group_args) == 0
+    ceiling = np.load(root / "lucy_group.npy")
+    expected = np.sqrt(n * true ** 2 / (n * true ** 2 + 1 - true ** 2))  # of the planted mean
+    assert np.abs(ceiling[signal] - expected[signal]).mean() < 0.06
+    results = json.loads((root / "out" / "group" / "results.json").read_text())
+    assert results["subject"] == "group"
+    with pytest.raises(DatasetError, match="the group has no repeats of 'pieman'"):
+        dataset.repeats_shape("group", "pieman")
+
+
+def test_maps_and_viewer_refuse_a_narratives_run(evaluated, caplog):
+    root, _ = evaluated
+    assert brain_regions.main(["view", str(root / "out" / "run"), "--layers", "1"]) == 1
+    assert "a run on narratives (fsaverage6)" in caplog.text

@@ -981,7 +981,7 @@ def test_the_writers_results_round_trip_through_the_schema(tmp_path):
             "0.5 of the rows": types.SimpleNamespace(rows=range(50), fraction=0.5, stories=None),
             "2 stories": types.SimpleNamespace(rows=range(60), fraction=0.6, stories=["a", "c"])},
         summaries=types.SimpleNamespace(keys=keys), stories=["a", "b", "c"],
-        full=lambda values: values, voxels=np.ones(N_VOXELS, bool), alphas=GRID)
+        full=lambda values: values, voxels=np.ones(N_VOXELS, bool), alphas=GRID, test_trim=40)
     all_results = {label: {layer: {
         "encoding": {analysis: _written_scores(rng, keys, N_VOXELS, empty=[keys[2]])
                      for analysis in ("none", "powspec")},
