@@ -184,26 +184,8 @@ def get_noise_ceiling(dataset, subject, nc_path=None, story=data_utils.TEST_STOR
         check_made_from(path, inputs)
         return cc_max
     if dataset.shared_space:
-        logger.info("%s not found: computing the intersubject ceiling of %s%s from its %d "
-                    "listeners and saving it there", path, story,
-                    " (of their mean)" if dataset.is_group(subject) else "",
-                    len(dataset.listeners(story)))
-        isc, cc_max, listeners = dataset.intersubject_ceiling(story)
-        if dataset.is_group(subject):  # the target is the listeners' mean
-            cc_max = eval_utils.group_mean_ceiling(cc_max, len(listeners))
-        if cc_max.size != n_voxels:
-            raise DatasetError(f"{inputs[0]}: the listeners' responses have {cc_max.size} "
-                               f"columns but the run's have {n_voxels}; nothing was written "
-                               f"to {path}")
-        save_noise_ceiling(path, cc_max, {
-            **_nc_metadata(dataset, subject, story, 0, True, cc_max, inputs=inputs),
-            "what": ("per-vertex ceiling of the mean of the story's listeners, "
-                     "sqrt(n a / (n a + 1 - a))" if dataset.is_group(subject) else
-                     "per-vertex intersubject ceiling sqrt(a) of one subject's response")
-            + " (docs/method.md#scoring)",
-            "subject": dataset.subject_id(subject) if dataset.is_group(subject) else None,
-            "listeners": listeners, "mean_isc": float(isc.mean())})
-        return cc_max
+        logger.info("%s not found: computing it from the listeners of %s", path, story)
+        return save_intersubject_ceiling(dataset, subject, story, path, n_voxels)
     n_repeat_voxels = dataset.repeats_shape(subject, story)[2]
     if n_repeat_voxels != n_voxels:
         raise DatasetError(
@@ -215,6 +197,34 @@ def get_noise_ceiling(dataset, subject, nc_path=None, story=data_utils.TEST_STOR
     cc_max, n_repeats = compute_subject_noise_ceiling(dataset, subject, story)
     save_noise_ceiling(path, cc_max,
                        _nc_metadata(dataset, subject, story, n_repeats, True, cc_max))
+    return cc_max
+
+
+def save_intersubject_ceiling(dataset, subject, story, path, n_voxels=None, arguments=None,
+                              overwrite=False):
+    """Compute a story's intersubject ceiling (of one subject's responses, or of the group's
+    mean: ``dataset.is_group``) on a dataset in a shared space and save it at ``path`` with
+    its record (the listeners and their files). A ceiling of other than ``n_voxels`` columns
+    is a DatasetError, before anything is written. Returns (columns,) float64."""
+    isc, cc_max, listeners = dataset.intersubject_ceiling(story)
+    group = dataset.is_group(subject)
+    if group:  # the target is the listeners' mean
+        cc_max = eval_utils.group_mean_ceiling(cc_max, len(listeners))
+    inputs = dataset.ceiling_inputs(subject, story)
+    if n_voxels is not None and cc_max.size != n_voxels:
+        raise DatasetError(f"{inputs[0]}: the listeners' responses have {cc_max.size} columns "
+                           f"but the run's have {n_voxels}; nothing was written to {path}")
+    what = ("per-vertex ceiling of the mean of the story's listeners, sqrt(n a / (n a + 1 - a))"
+            if group else "per-vertex intersubject ceiling sqrt(a) of one subject's response")
+    save_noise_ceiling(path, cc_max, {
+        **_nc_metadata(dataset, subject, story, 0, True, cc_max, arguments, inputs),
+        "what": f"{what} (docs/method.md#scoring)",
+        "subject": dataset.subject_id(subject) if group else None, "listeners": listeners,
+        "mean_isc": float(isc.mean())}, overwrite=overwrite)
+    logger.info("%s: intersubject ceiling of %s from %d listeners, %d of %d columns above %s; "
+                "wrote %s", story, "their mean" if group else "one listener", len(listeners),
+                (cc_max > eval_utils.NC_THRESHOLD).sum(), cc_max.size, eval_utils.NC_THRESHOLD,
+                path)
     return cc_max
 
 
@@ -238,17 +248,20 @@ def _nc_metadata(dataset, subject, story, n_repeats, data_norm, cc_max, argument
 
 
 @dataclasses.dataclass(kw_only=True)
-class Settings(arguments.Flags):
+class Settings(data_utils.DatasetFlags):
     """Compute a subject's per-voxel noise ceiling cc_max (Schoppe et al. 2016) from the
-    individual repeats of the test story and save it as a float64 .npy file (one value per
-    voxel, 0 where the signal power is not positive), with a .json file beside it that records
-    how it was made (docs/method.md#scoring)."""
+    individual repeats of the test story (on Narratives: a story's intersubject ceiling) and
+    save it as a float64 .npy file (one value per voxel, 0 where the signal power is not
+    positive), with a .json file beside it that records how it was made
+    (docs/method.md#scoring)."""
 
-    data_dir: str = flag(help="ds003020 root: the folder holding stimuli/ and derivative/")
-    subject: str = flag(help="subject: 1, '1' or UTS01")
-    story: str = flag(data_utils.TEST_STORY, help="story with an 'individual_repeats' dataset")
+    subject: str = flag(help="subject: 1, '1' or UTS01 (Narratives: sub-001, or 'group')")
+    story: str = flag(data_utils.TEST_STORY, help="story with an 'individual_repeats' dataset "
+                                                  "(Narratives: the story whose listeners give "
+                                                  "the ceiling)")
     out: str | None = flag(None, help="output .npy path (default: subject_NCs/UTS0N.npy in "
-                                      "this repository)")
+                                      "this repository; Narratives: subject_NCs/"
+                                      "narratives_<space>_<story>[_group].npy)")
     no_data_norm: bool = flag(False, help="use each repeat's measured variance instead of "
                                           "assuming unit variance (the published files assume "
                                           "unit variance)")
@@ -267,11 +280,18 @@ def parse_args(argv=None):
 
 
 def run(args):
-    out = ceiling_file(args.subject, args.out)
+    dataset = args.open_dataset()
+    out = ceiling_file(args.subject, args.out, dataset, args.story)
     if out.exists() and not args.overwrite:
         raise run_utils.OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    if dataset.shared_space:
+        if args.no_data_norm:
+            raise run_utils.UsageError("--no_data_norm belongs to a ceiling from repeats, not "
+                                       "to an intersubject one")
+        save_intersubject_ceiling(dataset, args.subject, args.story, out,
+                                  arguments=arguments.as_dict(args), overwrite=args.overwrite)
+        return out
     data_norm = not args.no_data_norm
-    dataset = data_utils.Dataset(args.data_dir)
     cc_max, n_repeats = compute_subject_noise_ceiling(dataset, args.subject, args.story,
                                                       data_norm, args.voxel_batch)
     save_noise_ceiling(out, cc_max, _nc_metadata(dataset, args.subject, args.story,

@@ -394,3 +394,18 @@ def test_maps_and_viewer_refuse_a_narratives_run(evaluated, caplog):
     root, _ = evaluated
     assert brain_regions.main(["view", str(root / "out" / "run"), "--layers", "1"]) == 1
     assert "a run on narratives (fsaverage6)" in caplog.text
+
+
+def test_noise_ceilings_cli_writes_a_story_ceiling(dataset, narratives_dir, tmp_path):
+    args = ["--dataset", "narratives", "--data_dir", str(narratives_dir), "--story", "pieman"]
+    assert noise_ceilings.main([*args, "--subject", "4", "--out", str(tmp_path / "one.npy")]) == 0
+    isc, ceiling, listeners = dataset.intersubject_ceiling("pieman")
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), ceiling)
+    assert noise_ceilings.main([*args, "--subject", "group", "--out",
+                                str(tmp_path / "group.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "group.npy"),
+                               eval_utils.group_mean_ceiling(ceiling, len(listeners)))
+    record = json.loads((tmp_path / "group.json").read_text())
+    assert record["subject"] == "group" and record["listeners"] == listeners
+    assert noise_ceilings.main([*args, "--subject", "4", "--out", str(tmp_path / "one.npy"),
+                                "--no_data_norm", "--overwrite"]) == 1
