@@ -102,10 +102,11 @@ class DatasetFlags(arguments.Flags):
                         help="the dataset's layout: ds003020 (the Moth Radio Hour, LeBel et al.) "
                              "or narratives (OpenNeuro ds002345 with its afni-nosmooth "
                              "derivatives; docs/dataset.md#narratives)")
-    space: str = flag("fsaverage6", choices=("fsaverage6", "MNI152NLin2009cAsym"), group="data",
-                      protocol=True,
-                      help="narratives only: responses on the fsaverage6 surface (vertices) or "
-                           "in MNI volumes (voxels in the task's brain mask)")
+    space: str | None = flag(None, choices=("fsaverage6", "MNI152NLin2009cAsym"), group="data",
+                             protocol=True,
+                             help="narratives only: responses on the fsaverage6 surface "
+                                  "(vertices; the default) or in MNI volumes (voxels in the "
+                                  "task's brain mask)")
     tr_source: str = flag("respdict", choices=TR_SOURCES, group="data", protocol=True,
                           help="TR timing: the simulated grid of respdict.json, .report files "
                                "or trfiles_huge.jbl (docs/method.md#the-dataset)")
@@ -118,6 +119,11 @@ class DatasetFlags(arguments.Flags):
         if self.dataset == "narratives" and (self.tr_source, self.tr_path) != ("respdict", None):
             raise run_utils.UsageError("--tr_source and --tr_path belong to ds003020; "
                                        "Narratives' timing is its BIDS events and bold.json")
+        if self.dataset == "narratives" and self.space is None:
+            self.space = "fsaverage6"
+        elif self.dataset != "narratives" and self.space is not None:
+            raise run_utils.UsageError("--space belongs to Narratives (--dataset narratives); "
+                                       "ds003020's voxels are each subject's own")
 
     def open_dataset(self):
         """The dataset handle these flags name (a DatasetError when it is not one):

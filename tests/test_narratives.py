@@ -280,6 +280,10 @@ def test_narratives_usage_errors(evaluated, narratives_dir, synthetic_dir, caplo
     with pytest.raises(UsageError, match="--tr_source"):
         data_utils.DatasetFlags(data_dir=str(narratives_dir), dataset="narratives",
                                 tr_source="report")
+    with pytest.raises(UsageError, match="--space belongs to Narratives"):
+        data_utils.DatasetFlags(data_dir=str(synthetic_dir), space="fsaverage6")
+    assert data_utils.DatasetFlags(data_dir=str(narratives_dir),
+                                   dataset="narratives").open_dataset().space == "fsaverage6"
     assert brain_evaluate.main([
         "--data_dir", str(synthetic_dir), "--subject", "1", "--model_name", str(root / "model"),
         "--normalise_by", "intersubject", "--test_target", "data", "--save_dir",
