@@ -125,7 +125,7 @@ class NarrativesDataset:
             raise DatasetError(f"{self.root}: no sub-*/func folders; {ROOT_HINT}")
         self.derivative = self.root / "derivatives" / PIPELINE
         self._scans = self._hearings = None
-        self._repetition_times = {}
+        self._repetition_times, self._timings = {}, {}
 
     def __repr__(self):
         return f"NarrativesDataset({str(self.root)!r}, space={self.space!r})"
@@ -253,8 +253,15 @@ class NarrativesDataset:
     def story_timing(self, story):
         """A story's timing, the same for every listener (checked): dict with ``tr`` (s),
         ``rows`` (response rows), ``audio_onset`` (the story's onset on the audio clock, s),
-        ``first_row_audio`` (audio time of the first response row's TR start, the median
-        over listeners: their rows lie within half a TR of it) and ``stim_file``."""
+        ``first_row_audio`` (audio time of the first response row's TR start: the listeners'
+        own where they agree; where their onsets differ within a TR (schema), the story's
+        ``audio_onset + STORY_START_TRIM_TRS * tr``, which each listener's rounded rows lie
+        within half a TR of) and ``stim_file``."""
+        if story not in self._timings:
+            self._timings[story] = self._story_timing(story)
+        return self._timings[story]
+
+    def _story_timing(self, story):
         facts = []
         for subject, runs in sorted(self._story(story).items()):
             for hearing in runs:
@@ -283,9 +290,11 @@ class NarrativesDataset:
             raise DatasetError(f"{self.events_path(reference[0].scan)}: story {story!r} lasts "
                                f"{reference[0].duration} s, no response row after the first "
                                f"{STORY_START_TRIM_TRS} TRs")
+        starts = [fact[4] for fact in facts]
+        first_row = (starts[0] if np.ptp(starts) <= ONSET_TOLERANCE_S
+                     else reference[2] + STORY_START_TRIM_TRS * reference[1])
         return {"tr": reference[1], "rows": reference[3], "audio_onset": reference[2],
-                "first_row_audio": float(np.median([fact[4] for fact in facts])),
-                "stim_file": reference[0].stim_file}
+                "first_row_audio": float(first_row), "stim_file": reference[0].stim_file}
 
     def response_rows(self, story):
         """Response rows of a story: ``round(duration / TR) - STORY_START_TRIM_TRS``."""

@@ -413,3 +413,40 @@ def test_noise_ceilings_cli_writes_a_story_ceiling(dataset, narratives_dir, tmp_
     assert record["subject"] == "group" and record["listeners"] == listeners
     assert noise_ceilings.main([*args, "--subject", "4", "--out", str(tmp_path / "one.npy"),
                                 "--no_data_norm", "--overwrite"]) == 1
+
+
+def test_story_names_of_runs_with_several_stories(tmp_path):
+    path = tmp_path / "events.tsv"
+    schema = [(5.0, 180, "movie", "n/a"), (199.93, 160, "story", "bigbang_audio.wav"),
+              (369.17, 180, "movie", "n/a"), (558.61, 170, "story", "vinny_audio.wav")]
+    assert narratives._story_names([r for r in schema if r[2] == "story"], path) == [
+        "bigbang", "vinny"]
+    split = [(29.5, 903, "story", "slumlordreach_audio.wav"),
+             (969.5, 825, "story", "slumlordreach_audio.wav")]
+    assert narratives._story_names(split, path) == ["slumlord", "reach"]
+    with pytest.raises(DatasetError, match="only slumlordreach"):
+        narratives._story_names([split[0], (1900.0, 100, "story", "tunnel_audio.wav"),
+                                 (2100.0, 100, "story", "tunnel_audio.wav")], path)
+    with pytest.raises(DatasetError, match="stim_file 'n/a'"):
+        narratives._story_names([(3.0, 10, "story", "n/a")], path)
+
+
+def test_onsets_that_differ_within_a_tr(narratives_dir, tmp_path):
+    """Schema's case: each listener's onset of a story differs by a fraction of a TR. The grid
+    is the story's own; every listener's rounded rows lie within half a TR of it; check says
+    how far."""
+    copy = tmp_path / "narratives"
+    shutil.copytree(narratives_dir, copy)
+    events = copy / "sub-002" / "func" / "sub-002_task-lucy_events.tsv"
+    events.write_text(events.read_text().replace("\n3\t", "\n3.4\t"))
+    dataset = narratives.NarrativesDataset(copy)
+    timing = dataset.story_timing("lucy")
+    assert timing["first_row_audio"] == pytest.approx(6 * 1.5)  # story onset + the 6 TRs
+    first = (round(3.4 / 1.5) + 6) * 1.5 - 3.4  # sub-002's rows, on its audio clock
+    assert abs(first - timing["first_row_audio"]) <= 0.75
+    result = subprocess.run([sys.executable, "data_utils.py", "check", "--dataset",
+                             "narratives", "--data_dir", str(copy)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0
+    assert "lucy: listeners' onsets differ within the TR; their rows lie up to 0.40 s" in \
+        result.stdout
