@@ -332,9 +332,9 @@ def _duration(seconds):
 
 def cached_story_features(encoder, dataset, story, layers, extraction, cache_dir, device="cpu",
                           on_batch=None):
-    """Window features of a story (layer -> (windows, hidden)) and their end times, from the
-    cache in ``cache_dir``; missing layers are extracted and cached (keyed by the model's
-    fingerprint, the window settings, the autocast dtype, the preprocessor and the story's
+    """Window features of a story's audio file (layer -> (windows, hidden)) and their end
+    times, from the cache in ``cache_dir``; missing layers are extracted and cached (keyed by
+    the model's fingerprint, the window settings, the autocast dtype, the preprocessor and the
     WAV, and a Whisper window's frame when not ours). ``on_batch``: see
     ``sliding_window_features``."""
     settings = {"context_s": extraction.context_s, "chunk_s": extraction.chunk_s,
@@ -342,7 +342,10 @@ def cached_story_features(encoder, dataset, story, layers, extraction, cache_dir
                 **run_utils.file_identity([dataset.stimulus_path(story)])}
     if encoder.preprocessor.family == "whisper" and extraction.whisper_frame != WHISPER_FRAMES[0]:
         settings["whisper_frame"] = extraction.whisper_frame  # (ours keeps the older key)
-    path, text = run_utils.cache_path(cache_dir, story, settings, encoder.fingerprint)
+    # named by the audio file: stories that share one (Narratives' slumlord and reach) share
+    # its windows; on ds003020 the file is named after the story
+    path, text = run_utils.cache_path(cache_dir, dataset.stimulus_path(story).stem, settings,
+                                      encoder.fingerprint)
 
     def extract(missing):
         logger.info("%s: extracting layers %s", story, " ".join(map(str, missing)))

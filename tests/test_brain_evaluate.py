@@ -62,6 +62,13 @@ def _run(setup, *extra, save="out"):
         "--save_dir", str(root / save), "--exp_name", "run", *QUICK, *extra])
 
 
+def test_the_intersubject_ceiling_needs_subjects_that_share_voxels(setup, caplog):
+    """ds003020's voxels are each subject's own: --normalise_by intersubject is refused."""
+    assert _run(setup, "--normalise_by", "intersubject", "--test_target", "data",
+                save="intersubject") == 1
+    assert "share their voxels (--dataset narratives)" in caplog.text
+
+
 def _authors_scores(repeats, prediction):
     """The authors' ``spe_and_cc_norm`` written from the formula (docs/method.md#scoring): r
     with the mean over repeats, cc_max from those rows (unit-variance repeats), cc_norm = r /
