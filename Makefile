@@ -89,13 +89,15 @@ demo: setup
 		--alignment $(DEMO_DIR)/alignment/tiny-wav2vec2_UTS01 \
 		--downstream $(DEMO_DIR)/downstream/tiny-wav2vec2_phonemes --data_dir $(DEMO_DIR)/data \
 		--model_card --overwrite
-	$(BIN)/python synthetic_narratives.py --out $(DEMO_DIR)/narratives --overwrite
+	$(BIN)/python synthetic_narratives.py --out $(DEMO_DIR)/narratives --story_seconds 80 \
+		--n_subjects 6 --overwrite
 	$(BIN)/python data_utils.py check --dataset narratives --data_dir $(DEMO_DIR)/narratives
 	$(BIN)/python brain_evaluate.py --config configs/demo.json --dataset narratives \
 		--data_dir $(DEMO_DIR)/narratives --subject 1 --test_story lucy --test_target data \
 		--normalise_by intersubject --nc_path $(DEMO_DIR)/subject_NCs/narratives_lucy.npy \
 		--regions annot --annot $(DEMO_DIR)/narratives/synthetic_annot/lh.HCPMMP1.annot \
-		$(DEMO_DIR)/narratives/synthetic_annot/rh.HCPMMP1.annot --train_story_counts 2 4 --train_fraction 1 \
+		$(DEMO_DIR)/narratives/synthetic_annot/rh.HCPMMP1.annot --layers 2 \
+		--train_story_counts 2 4 --train_fraction 1 \
 		--model_name $(DEMO_DIR)/tiny-wav2vec2 --logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 \
 		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_narratives_sub-001 --overwrite
 	$(BIN)/python report.py --out $(DEMO_DIR)/narratives_report --overwrite \

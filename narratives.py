@@ -57,6 +57,7 @@ WINDOW_TR_S = 1.5  # the brain-tuning windows span this many seconds per delay
 SPLIT_STORIES = {"slumlordreach": ("slumlord", "reach")}  # one file, two stories in one run
 ONSET_TOLERANCE_S = 0.01  # listeners' audio onsets of a story may differ this much
 AUDIO_SHORT_TOLERANCE_S = 1.5  # a story's audio may end this much before its events row
+ONSET_CHECK_S = 10.0  # speech is expected from a story's onset, none in the seconds before it
 GENTLE_PHONE_SUFFIX = re.compile(r"_[BIES]$")
 GENTLE_NOISE_PHONES = {"sil", "sp", "spn", "oov"}
 GROUP = "group"  # the subject that is the mean of a story's listeners
@@ -449,9 +450,7 @@ class NarrativesDataset:
 
     def stimulus_problem(self, story, duration):
         """One line when the audio (``duration`` s) ends before the story does, else None."""
-        timing = self.story_timing(story)
-        hearing = next(iter(self._story(story).values()))[0]
-        end = timing["audio_onset"] + hearing.duration
+        end = self.story_interval(story)[1]
         if duration < end - AUDIO_SHORT_TOLERANCE_S:
             return (f"{self.stimulus_path(story)}: {duration:.2f} s of audio, but story {story!r} "
                     f"ends {end:.2f} s into it (events.tsv); the WAV is truncated or of another "
@@ -476,17 +475,15 @@ class NarrativesDataset:
                                f"`{FETCH} stimuli/gentle/{folder}`")
         return path
 
-    def _aligned_words(self, story):
-        """Gentle's words found in the audio within the story: (start, end, word, phones)."""
+    def _file_words(self, story):
+        """Gentle's words found in the audio of the story's file (every story it holds):
+        (start, end, word, phones) on the audio clock."""
         path = self.alignment_path(story)
         try:
             words = json.loads(path.read_text())["words"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DatasetError(f"{path}: not a Gentle align.json ({err!r}); get it again") \
                 from None
-        timing = self.story_timing(story)
-        hearing = next(iter(self._story(story).values()))[0]
-        begin, end = timing["audio_onset"], timing["audio_onset"] + hearing.duration
         found = []
         for word in words:
             if word.get("case") != "success":
@@ -497,10 +494,40 @@ class NarrativesDataset:
             except (KeyError, TypeError, ValueError) as err:
                 raise DatasetError(f"{path}: word {word.get('word')!r} lacks {err}; get the "
                                    "file again") from None
-            if begin <= start < end:
-                found.append((start, stop, str(word.get("word", word.get("alignedWord"))),
-                              phones))
+            found.append((start, stop, str(word.get("word", word.get("alignedWord"))), phones))
         return found
+
+    def story_interval(self, story):
+        """(start, end) of the story on its audio clock, in seconds."""
+        timing = self.story_timing(story)
+        hearing = next(iter(self._story(story).values()))[0]
+        return timing["audio_onset"], timing["audio_onset"] + hearing.duration
+
+    def _aligned_words(self, story):
+        """Gentle's words found in the audio within the story: (start, end, word, phones)."""
+        begin, end = self.story_interval(story)
+        return [word for word in self._file_words(story) if begin <= word[0] < end]
+
+    def onset_problem(self, story):
+        """One line when the words contradict the assumed audio start (the first events row
+        of the file): speech in the ``ONSET_CHECK_S`` before the story's onset that belongs to
+        no other story of the file, or none in the ``ONSET_CHECK_S`` after it; else None."""
+        begin, _ = self.story_interval(story)
+        stim_file = self.story_timing(story)["stim_file"]
+        spans = [self.story_interval(other) for other, by_subject in self.hearings().items()
+                 if other != story and next(iter(by_subject.values()))[0].stim_file == stim_file]
+        words = self._file_words(story)
+        early = [start for start, _, _, _ in words if begin - ONSET_CHECK_S <= start < begin - 1
+                 and not any(low <= start < high for low, high in spans)]
+        first = min((start for start, _, _, _ in words if start >= begin), default=np.inf)
+        if len(early) < 3 and first <= begin + ONSET_CHECK_S:
+            return None
+        what = (f"{len(early)} words start in the {ONSET_CHECK_S:g} s before it" if len(early) >= 3
+                else f"its first word starts {first - begin:.1f} s after it")
+        return (f"{self.alignment_path(story)}: story {story!r} starts {begin:.2f} s into its "
+                f"audio (events.tsv, the audio taken to start at the first events row of its "
+                f"file), but {what}; the audio starts elsewhere on the scan clock: fix the "
+                "events' onsets or exclude the scans")
 
     def words(self, story):
         """Words of the story found in the audio: list of (start, end, word) on the audio clock."""
@@ -579,7 +606,7 @@ class NarrativesDataset:
             timing = self.story_timing(story)
             for step in (lambda: self.stimulus_problem(story, self.stimulus_duration(story)),
                          lambda: audio_io.signal_problem(self.stimulus_path(story)),
-                         lambda: self.words(story) and None):
+                         lambda: self.onset_problem(story)):
                 try:
                     problem = step()
                 except DatasetError as err:

@@ -445,3 +445,27 @@ def test_onsets_that_differ_within_a_tr(narratives_dir, tmp_path):
     assert result.returncode == 0
     assert "lucy: listeners' onsets differ within the TR; their rows lie up to 0.40 s" in \
         result.stdout
+
+
+def test_words_that_contradict_the_audio_start_are_a_problem(narratives_dir, tmp_path):
+    """The spec's first unknown: where the audio starts on the scan clock (taken to be the
+    first events row of its file). Events that put tunnel's audio 12 s earlier than it is (a
+    music row before the story, the same file) leave its speech before the story's onset: the
+    check names the alignment file, and a run refuses it."""
+    copy = tmp_path / "narratives"
+    shutil.copytree(narratives_dir, copy)
+    for events in copy.glob("sub-*/func/*_task-tunnel_events.tsv"):
+        header, row = events.read_text().splitlines()
+        events.write_text(f"{header}\n0\t10\tmusic\ttunnel_audio.wav\n"
+                          + row.replace("3\t", "15\t", 1) + "\n")
+    dataset = narratives.NarrativesDataset(copy)
+    assert dataset.story_timing("tunnel")["audio_onset"] == 15.0
+    problem = dataset.onset_problem("tunnel")
+    assert "gentle/tunnel/align.json: story 'tunnel' starts 15.00 s into its audio" in problem
+    assert "words start in the 10 s before it" in problem
+    problems = dataset.story_problems("sub-001", "tunnel")[0]  # a run's check lists it too
+    assert problem in problems
+    with pytest.raises(DatasetError, match="and 2 more"):  # the audio also ends too early
+        dataset.check_run_inputs("sub-001", ["tunnel"])
+    assert narratives.NarrativesDataset(narratives_dir).onset_problem("tunnel") is None
+    assert narratives.NarrativesDataset(narratives_dir).onset_problem("reach") is None
