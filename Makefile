@@ -97,7 +97,7 @@ demo: setup
 		--normalise_by intersubject --nc_path $(DEMO_DIR)/subject_NCs/narratives_lucy.npy \
 		--regions annot --annot $(DEMO_DIR)/narratives/synthetic_annot/lh.HCPMMP1.annot \
 		$(DEMO_DIR)/narratives/synthetic_annot/rh.HCPMMP1.annot --layers 2 \
-		--train_story_counts 2 4 --train_fraction 1 \
+		--train_story_counts 3 5 --train_fraction 1 \
 		--model_name $(DEMO_DIR)/tiny-wav2vec2 --logs_dir $(DEMO_DIR)/runs/tiny-wav2vec2_UTS01 \
 		--save_dir $(DEMO_DIR)/alignment --exp_name tiny-wav2vec2_narratives_sub-001 --overwrite
 	$(BIN)/python report.py --out $(DEMO_DIR)/narratives_report --overwrite \
