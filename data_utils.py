@@ -73,6 +73,7 @@ AUDIO_LONG_TOLERANCE_S = TR_SECONDS
 TEXTGRID_AUDIO_TOLERANCE_S = TR_SECONDS
 ROOT_HINT = "--data_dir must be the ds003020 root (the folder that holds stimuli/ and derivative/)"
 DATASETS = ("ds003020", "narratives")  # --dataset: the layouts the toolkit reads
+NARRATIVES_SPACES = ("fsaverage6", "MNI152NLin2009cAsym")  # --space: Narratives' derivatives
 
 
 def subject_id(subject):
@@ -102,7 +103,7 @@ class DatasetFlags(arguments.Flags):
                         help="the dataset's layout: ds003020 (the Moth Radio Hour, LeBel et al.) "
                              "or narratives (OpenNeuro ds002345 with its afni-nosmooth "
                              "derivatives; docs/dataset.md#narratives)")
-    space: str | None = flag(None, choices=("fsaverage6", "MNI152NLin2009cAsym"), group="data",
+    space: str | None = flag(None, choices=NARRATIVES_SPACES, group="data",
                              protocol=True,
                              help="narratives only: responses on the fsaverage6 surface "
                                   "(vertices; the default) or in MNI volumes (voxels in the "

@@ -34,7 +34,6 @@ audio clock.
 import csv
 import dataclasses
 import json
-import logging
 import re
 from pathlib import Path
 
@@ -47,9 +46,6 @@ import run_utils
 from audio_io import SAMPLING_RATE
 from run_utils import DatasetError
 
-logger = logging.getLogger(__name__)
-
-SPACES = ("fsaverage6", "MNI152NLin2009cAsym")
 HEMIS = ("L", "R")
 PIPELINE = "afni-nosmooth"  # the cleaned, unsmoothed derivatives
 STORY_START_TRIM_TRS = 6  # the authors' initial_trim: TRs after the story onset left out
@@ -117,8 +113,9 @@ class NarrativesDataset:
     shared_space = True  # every subject's columns are the same vertices
 
     def __init__(self, root, space="fsaverage6"):
-        if space not in SPACES:
-            raise DatasetError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
+        if space not in data_utils.NARRATIVES_SPACES:
+            raise DatasetError(f"space must be one of {', '.join(data_utils.NARRATIVES_SPACES)}, "
+                               f"got {space!r}")
         self.root, self.space = Path(root), space
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: no such directory; {ROOT_HINT}")
