@@ -359,7 +359,7 @@ def subject_regions(dataset, subject, source, cache_dir, annot=None, fsaverage=N
     ``<cache_dir>/regions/``: returns its path. ``annot`` (lh, rh paths) and ``fsaverage``
     belong to the annot source."""
     if dataset.shared_space:
-        return surface_regions(dataset, source, cache_dir, annot)
+        return surface_regions(dataset, subject, source, cache_dir, annot)
     if source == "annot" and fsaverage is None:
         raise UsageError("the annot source on ds003020 needs --fsaverage: the annotation is "
                          "carried to the subject's surface through fsaverage's sphere")
@@ -405,10 +405,11 @@ def subject_regions(dataset, subject, source, cache_dir, annot=None, fsaverage=N
     return path
 
 
-def surface_regions(dataset, source, cache_dir, annot):
+def surface_regions(dataset, subject, source, cache_dir, annot):
     """The region file of a dataset whose columns are surface vertices (Narratives'
     fsaverage6, left then right hemisphere): each vertex takes its label in ``annot`` (lh, rh
-    annotations of that surface), with the named groups; kept in ``<cache_dir>/regions/``."""
+    annotations of that surface; their vertex count checked against ``subject``'s responses),
+    with the named groups; kept in ``<cache_dir>/regions/``."""
     if source != "annot" or getattr(dataset, "space", None) != "fsaverage6":
         raise UsageError(f"--regions {source}: on {dataset.name} in {dataset.space} give a "
                          "region file, or --regions annot --annot LH RH (annotations of "
@@ -427,7 +428,6 @@ def surface_regions(dataset, source, cache_dir, annot):
     nibabel = import_nibabel()
     hemis = [read_annotation(nibabel, annot_path) for annot_path in paths]
     counts = [len(labels) for labels, _ in hemis]
-    subject = dataset.subjects()[0]
     n_columns = dataset.n_columns(subject, dataset.stories(subject)[0])
     if sum(counts) != n_columns:
         raise DatasetError(f"{paths[0]}, {paths[1]}: {counts[0]} + {counts[1]} vertices but "

@@ -228,6 +228,10 @@ class Dataset:
         """The file of a story's words and phones: its TextGrid."""
         return self.textgrid_path(story)
 
+    def n_columns(self, subject, story):
+        """Voxels of a subject's responses to a story, from the file's metadata."""
+        return hdf5_io.hdf5_shape(self.response_path(subject, story))[1]
+
     def is_group(self, subject):
         """ds003020 has no group subject: each subject's voxels are its own."""
         return False

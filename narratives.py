@@ -254,7 +254,8 @@ class NarrativesDataset:
         ``first_row_audio`` (audio time of the first response row's TR start: the listeners'
         own where they agree; where their onsets differ within a TR (schema), the story's
         ``audio_onset + STORY_START_TRIM_TRS * tr``, which each listener's rounded rows lie
-        within half a TR of) and ``stim_file``."""
+        within half a TR of), ``stim_file`` and ``row_spread`` (the largest distance, s,
+        between a listener's first row and ``first_row_audio``)."""
         if story not in self._timings:
             self._timings[story] = self._story_timing(story)
         return self._timings[story]
@@ -265,10 +266,9 @@ class NarrativesDataset:
             for hearing in runs:
                 tr = self.repetition_time(hearing.scan)
                 audio0 = hearing.scan.audio_start(hearing.stim_file)
-                first = round(hearing.onset / tr) + STORY_START_TRIM_TRS
                 facts.append((hearing, tr, hearing.onset - audio0,
                               round(hearing.duration / tr) - STORY_START_TRIM_TRS,
-                              first * tr - audio0))
+                              _first_row(hearing, tr) * tr - audio0))
         reference = facts[0]
         for hearing, tr, audio_onset, rows, _ in facts[1:]:
             where = f"{self.events_path(hearing.scan)} and {self.events_path(reference[0].scan)}"
@@ -288,11 +288,12 @@ class NarrativesDataset:
             raise DatasetError(f"{self.events_path(reference[0].scan)}: story {story!r} lasts "
                                f"{reference[0].duration} s, no response row after the first "
                                f"{STORY_START_TRIM_TRS} TRs")
-        starts = [fact[4] for fact in facts]
+        starts = np.array([fact[4] for fact in facts])
         first_row = (starts[0] if np.ptp(starts) <= ONSET_TOLERANCE_S
                      else reference[2] + STORY_START_TRIM_TRS * reference[1])
         return {"tr": reference[1], "rows": reference[3], "audio_onset": reference[2],
-                "first_row_audio": float(first_row), "stim_file": reference[0].stim_file}
+                "first_row_audio": float(first_row), "stim_file": reference[0].stim_file,
+                "row_spread": float(np.max(np.abs(starts - first_row)))}
 
     def response_rows(self, story):
         """Response rows of a story: ``round(duration / TR) - STORY_START_TRIM_TRS``."""
@@ -368,7 +369,7 @@ class NarrativesDataset:
         timing, out = self.story_timing(story), []
         for hearing in self._hearing_runs(subject, story):
             data = self._scan_matrix(hearing.scan)
-            first = round(hearing.onset / timing["tr"]) + STORY_START_TRIM_TRS
+            first = _first_row(hearing, timing["tr"])
             if first + timing["rows"] > len(data):
                 raise DatasetError(
                     f"{self._scan_files(hearing.scan)[0]}: {len(data)} TRs, but story {story!r} "
@@ -412,10 +413,10 @@ class NarrativesDataset:
 
     def n_columns(self, subject, story):
         """Columns (vertices or voxels) of a subject's responses to a story, from headers."""
-        scan = self._hearing_runs(subject, story)[0].scan
-        if self.space == "fsaverage6":
-            return sum(_gifti_shape(_nibabel(), path)[1] for path in self._scan_files(scan))
-        return int(self._mask(scan.task).sum())
+        shape, problem = self._scan_shape(self._hearing_runs(subject, story)[0].scan, 0)
+        if problem:
+            raise DatasetError(problem)
+        return shape[1]
 
     def intersubject_ceiling(self, story, voxels=None):
         """Per-column ceiling of a story from its listeners (``eval_utils.intersubject_ceiling``,
@@ -596,23 +597,34 @@ class NarrativesDataset:
         return next(iter(counts.values()))
 
     def story_problems(self, subject, story):
-        """One line per problem of a subject's story (timing, audio, words, response files)
-        and its column count (None when unknown)."""
+        """One line per problem of a subject's story (``story_file_problems`` and
+        ``scan_problems``) and its column count (None when unknown)."""
+        problems, count = self.scan_problems(subject, story)
+        return self.story_file_problems(story) + problems, count
+
+    def story_file_problems(self, story):
+        """One line per problem of a story's files shared by its listeners: its timing, its
+        audio (long enough, a signal) and the words' agreement with the audio start."""
+        problems = []
+        for step in (lambda: self.stimulus_problem(story, self.stimulus_duration(story)),
+                     lambda: audio_io.signal_problem(self.stimulus_path(story)),
+                     lambda: self.onset_problem(story)):
+            try:
+                problem = step()
+            except DatasetError as err:
+                problem = str(err)
+            problems += [problem] if problem and problem not in problems else []
+        return problems
+
+    def scan_problems(self, subject, story):
+        """One line per problem of a subject's response files of a story (present, readable,
+        holding the story's rows) and its column count (None when unknown)."""
         problems, count = [], None
         try:
             timing = self.story_timing(story)
-            for step in (lambda: self.stimulus_problem(story, self.stimulus_duration(story)),
-                         lambda: audio_io.signal_problem(self.stimulus_path(story)),
-                         lambda: self.onset_problem(story)):
-                try:
-                    problem = step()
-                except DatasetError as err:
-                    problem = str(err)
-                problems += [problem] if problem else []
             for hearing in self._hearing_runs(subject, story):
-                needed = round(hearing.onset / timing["tr"]) + STORY_START_TRIM_TRS \
-                    + timing["rows"]
-                shape, problem = self._scan_shape(hearing.scan, needed)
+                shape, problem = self._scan_shape(
+                    hearing.scan, _first_row(hearing, timing["tr"]) + timing["rows"])
                 problems += [problem] if problem else []
                 count = count if shape is None else shape[1]
         except DatasetError as err:
@@ -668,6 +680,12 @@ def _read_events(path):
     except (OSError, KeyError, ValueError, TypeError, AttributeError) as err:
         raise DatasetError(f"{path}: not a BIDS events file with onset, duration, trial_type "
                            f"and stim_file columns ({err!r}); get it again") from None
+
+
+def _first_row(hearing, tr):
+    """The scan TR of a hearing's first response row: ``round(onset / TR)`` plus the authors'
+    ``STORY_START_TRIM_TRS``."""
+    return round(hearing.onset / tr) + STORY_START_TRIM_TRS
 
 
 def _story_names(rows, path):
@@ -733,7 +751,8 @@ def _gifti_shape(nibabel, path):
 def check_dataset(dataset, subjects=None):
     """Check a Narratives copy. Returns (summary lines, problems, notes), problems being fatal,
     each one line naming the file: per story its listeners, TR, rows and audio, and every
-    problem of each listener's files (``story_problems``)."""
+    problem of its files and of each listener's (``story_file_problems``,
+    ``scan_problems``)."""
     lines, problems, notes = [], [], []
     try:
         scans, hearings = dataset.scans(), dataset.hearings()
@@ -756,30 +775,20 @@ def check_dataset(dataset, subjects=None):
         if len(listeners) < 3:
             notes.append(f"{story}: {len(listeners)} kept listeners; no intersubject ceiling "
                          "(it needs 3)")
-        spread = _row_offsets(dataset, story, timing)
-        if spread > 0.1:
+        if timing["row_spread"] > 0.1:
             notes.append(f"{story}: listeners' onsets differ within the TR; their rows lie up to "
-                         f"{spread:.2f} s from the story's TR grid (the authors' rounding)")
+                         f"{timing['row_spread']:.2f} s from the story's TR grid (the authors' "
+                         "rounding)")
+        problems += [p for p in dataset.story_file_problems(story) if p not in problems]
         counts = set()
         for subject in listeners:
             if wanted is not None and subject not in wanted:
                 continue
-            story_problems, count = dataset.story_problems(subject, story)
-            problems += [p for p in story_problems if p not in problems]
+            scan_problems, count = dataset.scan_problems(subject, story)
+            problems += [p for p in scan_problems if p not in problems]
             counts.add(count)
         counts.discard(None)
         if len(counts) > 1:
             problems.append(f"{story}: listeners' responses have different column counts "
                             f"{sorted(counts)}; get the derivatives again")
     return lines, problems, notes
-
-
-def _row_offsets(dataset, story, timing):
-    """The largest distance (s) between a listener's first response row and the grid's."""
-    offsets = []
-    for runs in dataset.hearings()[story].values():
-        for hearing in runs:
-            first = round(hearing.onset / timing["tr"]) + STORY_START_TRIM_TRS
-            audio0 = hearing.scan.audio_start(hearing.stim_file)
-            offsets.append(first * timing["tr"] - audio0 - timing["first_row_audio"])
-    return float(np.max(np.abs(offsets)))

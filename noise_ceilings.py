@@ -19,7 +19,6 @@ import numpy as np
 import arguments
 import data_utils
 import eval_utils
-import hdf5_io
 import run_utils
 from arguments import flag
 from run_utils import DatasetError
@@ -137,7 +136,7 @@ def check_made_from(path, inputs):
         theirs = list(zip(made_from.get("files") or ["?"], made_from.get("sha256") or ["?"]))
         index = next((i for i, (mine, made) in enumerate(zip(ours["sha256"], theirs))
                       if mine != made[1]), min(len(theirs), len(ours["files"])) - 1)
-        made = theirs[min(index, len(theirs) - 1)]
+        made = theirs[index]
         counts = (f" (file {index + 1} of {len(ours['files'])})" if len(ours["files"]) > 1
                   else "")
         raise DatasetError(
@@ -177,8 +176,7 @@ def get_noise_ceiling(dataset, subject, nc_path=None, story=data_utils.TEST_STOR
     path = ceiling_file(subject, nc_path, dataset, story)
     inputs = dataset.ceiling_inputs(subject, story)
     if n_voxels is None:
-        n_voxels = (dataset.n_columns(subject, story) if dataset.shared_space
-                    else hdf5_io.hdf5_shape(inputs[0])[1])
+        n_voxels = dataset.n_columns(subject, story)
     if path.exists():
         cc_max = load_noise_ceiling(path, n_voxels)
         check_made_from(path, inputs)
